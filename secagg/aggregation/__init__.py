@@ -1,0 +1,25 @@
+"""Server-side combine rules: the aggregator interface and its built-in implementations."""
+
+from secagg.aggregation.base import (
+    Aggregate,
+    Aggregator,
+    AggState,
+    UpdateBatch,
+    aggregator_kinds,
+    nest_state,
+    unnest_state,
+)
+from secagg.aggregation.clip import ClipNorm
+from secagg.aggregation.mean import Mean
+
+__all__ = [
+    "AggState",
+    "Aggregate",
+    "Aggregator",
+    "ClipNorm",
+    "Mean",
+    "UpdateBatch",
+    "aggregator_kinds",
+    "nest_state",
+    "unnest_state",
+]

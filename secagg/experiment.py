@@ -1,0 +1,157 @@
+"""A whole training run: configuration, rounds, checkpoint/resume and results on disk.
+
+``run_experiment`` checkpoints after every round (atomically, see :mod:`secagg.checkpoint`) and
+rewrites ``results.json``/``results.csv``, so an interrupted run loses at most the round in flight
+and ``resume=True`` continues it to the same final model an uninterrupted run reaches.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secagg.checkpoint import load_checkpoint, save_checkpoint
+from secagg.config_io import from_plain, to_plain
+from secagg.errors import CheckpointError, ConfigError
+from secagg.fedavg import FedAvg, FedAvgConfig, ServerState
+from secagg.task import TaskConfig, build_task
+from secagg.validation import check_int
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Task + FedAvg settings + the root seed: everything that determines a run's numbers."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    fedavg: FedAvgConfig = field(default_factory=FedAvgConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("seed", self.seed, minimum=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ExperimentConfig:
+        return from_plain(cls, data, "config")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config: not valid JSON ({exc})") from exc
+        return cls.from_dict(data)
+
+
+@dataclass
+class ExperimentResult:
+    config: ExperimentConfig
+    history: list[dict[str, Any]]
+    state: ServerState
+    trainer: FedAvg
+
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, *,
+                   resume: bool = False, on_round: RoundCallback | None = None
+                   ) -> ExperimentResult:
+    """Train ``config.fedavg.rounds`` rounds, checkpointing to ``out_dir`` after each one.
+
+    With ``resume=True`` the run continues from ``out_dir``'s checkpoint, which must have been
+    written by the same configuration (only ``fedavg.rounds`` may differ, to extend a run).
+    ``on_round`` is called with each new round's record (for progress display).
+    """
+    from secagg.results import write_results  # matplotlib import stays off the library path
+
+    if resume and out_dir is None:
+        raise ConfigError("resume: needs out_dir, the directory holding the checkpoint")
+    task = build_task(config.task, seed=config.seed)
+    trainer = FedAvg(config.fedavg, task.model, task.data, seed=config.seed)
+    state, history = trainer.initial_state(), []
+    ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    if resume and ckpt is not None:
+        state, history = _load(ckpt, config, trainer)
+    while state.round < config.fedavg.rounds:
+        result = trainer.run_round(state)
+        state = result.state
+        history.append(result.record)
+        if ckpt is not None:
+            _save(ckpt, config, state, history)
+            write_results(ckpt.parent, config, history)
+        if on_round is not None:
+            on_round(result.record)
+    return ExperimentResult(config, history, state, trainer)
+
+
+def _save(path: Path, config: ExperimentConfig, state: ServerState,
+          history: list[dict[str, Any]]) -> None:
+    tensors = {f"weights/{k}": v for k, v in state.weights.items()}
+    tensors |= {f"aggregator/{k}": v for k, v in state.aggregator_state.items()}
+    if state.momentum is not None:
+        tensors["server/momentum"] = state.momentum
+    save_checkpoint(path, tensors, {"config": config.to_dict(), "round": state.round,
+                                    "history": history})
+
+
+def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(config_dict))
+    out["fedavg"].pop("rounds", None)
+    return out
+
+
+def _load(path: Path, config: ExperimentConfig, trainer: FedAvg
+          ) -> tuple[ServerState, list[dict[str, Any]]]:
+    tensors, meta = load_checkpoint(path)
+    try:
+        saved, round_index, history = meta["config"], int(meta["round"]), list(meta["history"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: metadata lacks config/round/history") from exc
+    if _comparable(saved) != _comparable(config.to_dict()):
+        diff = _first_difference(_comparable(saved), _comparable(config.to_dict()))
+        raise CheckpointError(f"{path}: written by a different configuration ({diff}); "
+                              f"use another --out directory or the same settings")
+    weights = {k.removeprefix("weights/"): v for k, v in tensors.items()
+               if k.startswith("weights/")}
+    expected = trainer.model.state_dict()
+    if set(weights) != set(expected) or any(
+            weights[k].shape != v.shape or weights[k].dtype != v.dtype
+            for k, v in expected.items()):
+        raise CheckpointError(f"{path}: model weights do not match the configured model")
+    agg = {k.removeprefix("aggregator/"): v for k, v in tensors.items()
+           if k.startswith("aggregator/")}
+    momentum = tensors.get("server/momentum")
+    if (momentum is None) != (config.fedavg.server_momentum == 0) or len(history) != round_index:
+        raise CheckpointError(f"{path}: inconsistent server state for round {round_index}")
+    return ServerState(round_index, weights, agg, momentum), history
+
+
+def _first_difference(a: Any, b: Any, where: str = "config") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}")
+    return f"{where}: checkpoint has {a!r}, now {b!r}"
+
+
+def config_summary(config: ExperimentConfig) -> str:
+    """One line naming the settings people compare runs by."""
+    t, f = config.task, config.fedavg
+    part = t.partition.kind + (f"(alpha={t.partition.alpha})" if t.partition.kind == "dirichlet"
+                               else f"({t.partition.shards_per_client})"
+                               if t.partition.kind == "shards" else "")
+    return (f"{t.dataset}/{t.model}, {t.num_clients} clients, {part}, fraction {f.fraction}, "
+            f"E={f.client.epochs} B={f.client.batch_size} lr={f.client.lr}, "
+            f"{f.rounds} rounds, seed {config.seed}, aggregator {f.aggregator}")
+

@@ -1,0 +1,16 @@
+"""FedAvg (McMahan et al. 2017): local client training and the server round."""
+
+from secagg.fedavg.client import ClientUpdate, client_update
+from secagg.fedavg.config import ClientConfig, FedAvgConfig
+from secagg.fedavg.server import FedAvg, RoundResult, ServerState, evaluate
+
+__all__ = [
+    "ClientConfig",
+    "ClientUpdate",
+    "FedAvg",
+    "FedAvgConfig",
+    "RoundResult",
+    "ServerState",
+    "client_update",
+    "evaluate",
+]

@@ -1,0 +1,67 @@
+"""Local training on one client: a pure function of its inputs.
+
+``client_update`` depends only on (model architecture, global weights, client data, config, seed) and
+touches no global state (torch's global RNG is forked inside), so the same call on another process or
+machine returns the same update bit for bit. That is what lets later transports run it remotely.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from secagg.data.federated import ClientData
+from secagg.errors import DataError, UpdateError
+from secagg.fedavg.config import ClientConfig
+from secagg.layout import ParamLayout
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What a client sends back: its delta (local minus global weights, in layout order) and its
+    example count (the weight in FedAvg's mean). ``train_loss`` is the mean loss over local steps."""
+
+    client_id: int
+    delta: torch.Tensor
+    num_examples: int
+    train_loss: float
+
+
+def client_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData,
+                  config: ClientConfig, layout: ParamLayout, *, seed: int,
+                  client_id: int = 0) -> ClientUpdate:
+    """Train a copy of ``model`` loaded with ``global_state`` on ``data`` and return its delta.
+
+    ``model`` supplies the architecture only; neither it nor ``global_state`` is modified. The data
+    order of each epoch and any randomness inside the model (dropout) come from ``seed``. Raises
+    :class:`UpdateError` if training produced NaN/Inf, before anything leaves the client.
+    """
+    n = len(data)
+    if n == 0:
+        raise DataError(f"client {client_id}: has no examples")
+    local = copy.deepcopy(model)
+    local.load_state_dict(global_state, strict=True)
+    local.train()
+    opt = torch.optim.SGD(local.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+    order = torch.Generator().manual_seed(seed)
+    batch = n if config.batch_size == 0 else config.batch_size
+    losses = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(config.epochs):
+            for idx in torch.randperm(n, generator=order).split(batch):
+                loss = nn.functional.cross_entropy(local(data.x[idx]), data.y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+    delta = layout.flatten(local.state_dict()) - layout.flatten(global_state)
+    if not torch.isfinite(delta).all():
+        raise UpdateError(f"client {client_id}: local training produced NaN/Inf "
+                          f"(lower client.lr, currently {config.lr})")
+    return ClientUpdate(client_id, delta, n, float(torch.stack(losses).mean()))

@@ -1,0 +1,84 @@
+"""Configuration of local training and of the FedAvg server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from secagg.aggregation import Aggregator, Mean
+from secagg.config_io import from_plain, to_plain
+from secagg.errors import ConfigError
+from secagg.layout import BUFFER_POLICIES
+from secagg.validation import check_choice, check_int, check_real
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Local training: ``epochs`` passes of SGD over the client's data in batches of ``batch_size``.
+
+    ``batch_size=0`` means full batch (one step per epoch). ``lr`` is the client learning rate.
+    """
+
+    epochs: int = 5
+    batch_size: int = 10
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_int("client.epochs", self.epochs, minimum=1)
+        check_int("client.batch_size", self.batch_size, minimum=0)
+        check_real("client.lr", self.lr, gt=0.0)
+        check_real("client.momentum", self.momentum, ge=0.0, lt=1.0)
+        check_real("client.weight_decay", self.weight_decay, ge=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ClientConfig:
+        return from_plain(cls, data, "client")
+
+
+@dataclass(frozen=True)
+class FedAvgConfig:
+    """One FedAvg run (McMahan et al. 2017), with an optional server optimizer step.
+
+    Each round samples ``max(1, round(fraction * num_clients))`` clients without replacement, trains
+    them from the global weights, combines their deltas with ``aggregator`` and applies
+    ``global += server_lr * step`` where ``step`` is the aggregate, or its momentum
+    ``v = server_momentum * v + aggregate`` (FedAvgM, Hsu et al. 2019) when momentum > 0. Plain FedAvg
+    is ``server_lr=1, server_momentum=0``. Aggregated buffers (see :mod:`secagg.layout`) are always
+    applied with step 1 and no momentum, so they become the aggregate of the clients' statistics.
+    """
+
+    rounds: int = 30
+    fraction: float = 1.0
+    client: ClientConfig = field(default_factory=ClientConfig)
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    aggregator: Aggregator = field(default_factory=Mean)
+    buffers: str = "aggregate"
+
+    def __post_init__(self) -> None:
+        check_int("rounds", self.rounds, minimum=1)
+        check_real("fraction", self.fraction, gt=0.0, le=1.0)
+        check_real("server_lr", self.server_lr, gt=0.0)
+        check_real("server_momentum", self.server_momentum, ge=0.0, lt=1.0)
+        check_choice("buffers", self.buffers, BUFFER_POLICIES)
+        if not isinstance(self.client, ClientConfig):
+            raise ConfigError(f"client: expected a ClientConfig, got {type(self.client).__name__}")
+        if not isinstance(self.aggregator, Aggregator):
+            raise ConfigError(f"aggregator: expected an Aggregator, got "
+                              f"{type(self.aggregator).__name__}")
+
+    def clients_per_round(self, num_clients: int) -> int:
+        """How many of ``num_clients`` take part in each round."""
+        return max(1, min(num_clients, int(self.fraction * num_clients + 0.5)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FedAvgConfig:
+        return from_plain(cls, data, "fedavg")

@@ -1,0 +1,141 @@
+"""The FedAvg server: sample clients, collect their updates, aggregate, step the global model."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from secagg.aggregation import AggState, UpdateBatch
+from secagg.data.federated import FederatedDataset
+from secagg.errors import UpdateError
+from secagg.fedavg.client import ClientUpdate, client_update
+from secagg.fedavg.config import FedAvgConfig
+from secagg.layout import ParamLayout
+from secagg.seeding import derive_seed, numpy_rng
+
+
+@dataclass
+class ServerState:
+    """Everything that changes between rounds; a checkpoint saves exactly this.
+
+    ``round`` counts completed rounds; ``weights`` is the full global state dict (integer buffers
+    included); ``momentum`` is the server-momentum buffer over the parameter slice (``None`` when
+    server momentum is off). There is no generator state: all randomness is derived from the run's
+    seed and the round index (see :mod:`secagg.seeding`).
+    """
+
+    round: int
+    weights: dict[str, torch.Tensor]
+    aggregator_state: AggState = field(default_factory=dict)
+    momentum: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    state: ServerState
+    record: dict[str, Any]
+
+
+def evaluate(model: nn.Module, weights: Mapping[str, torch.Tensor], x: torch.Tensor,
+             y: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
+    """Accuracy (fraction in [0, 1]) and mean cross-entropy loss of ``weights`` on ``(x, y)``."""
+    net = copy.deepcopy(model)
+    net.load_state_dict(weights, strict=True)
+    net.eval()
+    correct, loss_sum = 0, 0.0
+    with torch.no_grad():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+            logits = net(xb)
+            loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == yb).sum())
+    n = int(y.shape[0])
+    return {"accuracy": correct / n, "loss": loss_sum / n}
+
+
+class FedAvg:
+    """Runs FedAvg rounds for ``model`` over ``data``; every round is a function of ``seed``.
+
+    ``model``'s current weights are the initial global model; the object itself is never trained.
+    """
+
+    def __init__(self, config: FedAvgConfig, model: nn.Module, data: FederatedDataset,
+                 *, seed: int = 0) -> None:
+        self.config = config
+        self.model = model
+        self.data = data
+        self.seed = seed
+        self.layout = ParamLayout.from_module(model, config.buffers)
+
+    def initial_state(self) -> ServerState:
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        momentum = (torch.zeros(self.layout.num_parameters, dtype=self.layout.dtype)
+                    if self.config.server_momentum > 0 else None)
+        return ServerState(0, weights, self.config.aggregator.init_state(self.layout.dim), momentum)
+
+    def sample_clients(self, round_index: int) -> list[int]:
+        """The sorted client ids taking part in round ``round_index`` (1-based)."""
+        n = self.data.num_clients
+        m = self.config.clients_per_round(n)
+        chosen = numpy_rng(self.seed, "sample", round_index).choice(n, size=m, replace=False)
+        return sorted(int(c) for c in chosen)
+
+    def run_round(self, state: ServerState) -> RoundResult:
+        """Run round ``state.round + 1`` and return the new state (``state`` is not modified)."""
+        started = time.perf_counter()
+        r = state.round + 1
+        updates: list[ClientUpdate] = []
+        rejected: list[int] = []
+        for c in self.sample_clients(r):
+            try:
+                updates.append(client_update(
+                    self.model, state.weights, self.data.client(c), self.config.client, self.layout,
+                    seed=derive_seed(self.seed, "client", r, c), client_id=c))
+            except UpdateError:
+                rejected.append(c)
+        if not updates:
+            raise UpdateError(f"round {r}: every sampled client's update was rejected "
+                              f"(clients {rejected}); training has diverged")
+        batch = UpdateBatch(
+            updates=torch.stack([u.delta for u in updates]),
+            weights=torch.tensor([u.num_examples for u in updates], dtype=torch.float64),
+            client_ids=tuple(u.client_id for u in updates),
+            round=r, seed=derive_seed(self.seed, "aggregate", r))
+        agg = self.config.aggregator.aggregate(batch, state.aggregator_state)
+        if tuple(agg.update.shape) != (self.layout.dim,) or not torch.isfinite(agg.update).all():
+            raise UpdateError(f"aggregator {self.config.aggregator.kind!r} returned an update of "
+                              f"shape {tuple(agg.update.shape)} (expected ({self.layout.dim},), "
+                              f"finite)")
+        weights, momentum = self._server_step(state, agg.update)
+        examples = batch.weights
+        record: dict[str, Any] = {
+            "round": r,
+            "clients": len(updates),
+            "rejected": rejected,
+            "train_loss": float(torch.tensor([u.train_loss for u in updates],
+                                             dtype=torch.float64) @ examples / examples.sum()),
+            **evaluate(self.model, weights, self.data.test_x, self.data.test_y),
+            "update_norm": float(torch.linalg.vector_norm(agg.update)),
+            **{f"agg/{k}": v for k, v in agg.metrics.items()},
+            "seconds": time.perf_counter() - started,
+        }
+        return RoundResult(ServerState(r, weights, agg.state, momentum), record)
+
+    def _server_step(self, state: ServerState, update: torch.Tensor
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        p = self.layout.num_parameters
+        step = update[:p]
+        momentum = state.momentum
+        if momentum is not None:
+            momentum = self.config.server_momentum * momentum + step
+            step = momentum
+        current = self.layout.flatten(state.weights)
+        new = torch.cat([current[:p] + self.config.server_lr * step, current[p:] + update[p:]])
+        weights = {k: v.clone() for k, v in state.weights.items()}
+        weights.update(self.layout.unflatten(new))
+        return weights, momentum

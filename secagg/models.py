@@ -1,0 +1,83 @@
+"""Small models for the bundled federated tasks, and a registry to build them by name.
+
+Any ``torch.nn.Module`` works with the FedAvg core; these are the defaults for digits (8x8 images,
+10 classes). Register your own with :func:`register_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from secagg.errors import ConfigError
+from secagg.validation import check_choice
+
+ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
+_MODELS: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str, factory: ModelFactory) -> None:
+    """Make ``factory(input_shape, num_classes)`` buildable as ``model=name``."""
+    if name in _MODELS:
+        raise ConfigError(f"model: {name!r} is already registered")
+    _MODELS[name] = factory
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(sorted(_MODELS))
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A freshly initialised model (uses torch's global RNG: seed it, or fork it, around the call)."""
+    check_choice("model", name, model_names())
+    return _MODELS[name](tuple(input_shape), num_classes)
+
+
+class MLP(nn.Module):
+    """Flatten -> Linear(hidden) -> ReLU -> Linear(num_classes)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 64) -> None:
+        super().__init__()
+        features = 1
+        for s in input_shape:
+            features *= s
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """Two 3x3 conv layers (16, 32 channels), 2x2 max-pool, then a linear classifier.
+
+    ``batchnorm=True`` adds BatchNorm after each conv: its running statistics are buffers, handled by
+    the policy in :mod:`secagg.layout`.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int,
+                 batchnorm: bool = False) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ConfigError(f"model: cnn needs (channels, height, width) input, got {input_shape}")
+        channels, height, width = input_shape
+
+        def norm(c: int) -> nn.Module:
+            return nn.BatchNorm2d(c) if batchnorm else nn.Identity()
+
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1), norm(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), norm(32), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Linear(32 * (height // 2) * (width // 2), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+register_model("mlp", lambda shape, k: MLP(shape, k))
+register_model("cnn", lambda shape, k: CNN(shape, k))
+register_model("cnn-bn", lambda shape, k: CNN(shape, k, batchnorm=True))

@@ -1,0 +1,64 @@
+"""Dependency direction (attacks -> dp -> secagg) and safe deserialization, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ALLOWED_UPWARD = {"secagg/cli.py", "secagg/__main__.py"}  # the composition root
+FORBIDDEN = {"secagg": {"dp", "attacks"}, "dp": {"attacks"}, "attacks": set()}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _is_unsafe_torch_load(node: ast.AST) -> bool:
+    """``torch.load(...)`` without ``weights_only=True`` (``safetensors.torch.load`` is fine)."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "load" and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "torch"):
+        return False
+    return not any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                   for k in node.keywords)
+
+
+def test_torch_load_detector_catches_the_unsafe_form():
+    assert _is_unsafe_torch_load(ast.parse("torch.load(f)").body[0].value)
+    assert not _is_unsafe_torch_load(ast.parse("torch.load(f, weights_only=True)").body[0].value)
+    assert not _is_unsafe_torch_load(ast.parse("safetensors.torch.load(b)").body[0].value)
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_upward_imports(package):
+    offenders = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in ALLOWED_UPWARD:
+            continue
+        bad = _imports(path) & FORBIDDEN[package]
+        if bad:
+            offenders.append(f"{rel} imports {sorted(bad)}")
+    assert not offenders, offenders
+
+
+def test_no_code_executing_deserializers():
+    offenders = []
+    for package in FORBIDDEN:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if {"pickle", "marshal", "dill", "cloudpickle"} & _imports(path):
+                offenders.append(path.relative_to(ROOT).as_posix())
+            for node in ast.walk(ast.parse(path.read_text())):
+                if _is_unsafe_torch_load(node):
+                    offenders.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno} torch.load")
+    assert not offenders, offenders
