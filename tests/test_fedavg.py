@@ -146,3 +146,53 @@ def test_server_momentum_accumulates(small_dataset):
     lay = mom.layout
     step1 = lay.flatten(r1m.state.weights) - lay.flatten(s_mom.weights)
     torch.testing.assert_close(r1m.state.momentum, step1)
+
+
+class MixedDtypes(nn.Module):
+    """float64 and bfloat16 parameters, a float32 BatchNorm with an int64 counter, odd shapes."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        features = int(np.prod(input_shape))
+        self.first = nn.Linear(features, 6).double()
+        self.norm = nn.BatchNorm1d(6)
+        self.gate = nn.Parameter(torch.ones(1, 6, dtype=torch.bfloat16))
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x.flatten(1).double()).float()
+        return self.head(torch.relu(self.norm(h)) * self.gate.float())
+
+
+def test_fedavg_handles_mixed_dtypes_and_shapes(small_dataset):
+    torch.manual_seed(0)
+    model = MixedDtypes(small_dataset.input_shape, small_dataset.num_classes)
+    trainer = FedAvg(FedAvgConfig(client=ClientConfig(epochs=2, batch_size=6)), model, small_dataset)
+    assert trainer.layout.dtype == torch.float64
+    state = trainer.initial_state()
+    new = trainer.run_round(trainer.run_round(state).state).state.weights
+    for name, before in state.weights.items():
+        assert new[name].dtype == before.dtype and new[name].shape == before.shape, name
+    assert not torch.equal(new["first.weight"], state.weights["first.weight"])
+    assert not torch.equal(new["gate"], state.weights["gate"])
+    assert torch.equal(new["norm.num_batches_tracked"], state.weights["norm.num_batches_tracked"])
+
+
+def test_aggregator_receives_the_layout(small_dataset):
+    from dataclasses import dataclass
+
+    from secagg.aggregation import Aggregate, Aggregator
+
+    seen = []
+
+    @dataclass(frozen=True)
+    class Spy(Aggregator, kind="test-spy"):
+        def aggregate(self, batch, state):
+            seen.append(batch.layout)
+            return Aggregate(batch.updates.mean(0), dict(state))
+
+    model = MLP(small_dataset.input_shape, small_dataset.num_classes)
+    trainer = FedAvg(FedAvgConfig(aggregator=Spy(), client=ClientConfig(epochs=1)), model, small_dataset)
+    trainer.run_round(trainer.initial_state())
+    assert seen == [trainer.layout]
+    assert set(seen[0].unflatten(torch.zeros(seen[0].dim))) == set(dict(model.named_parameters()))

@@ -279,7 +279,7 @@ def test_unknown_kind():
 
 
 def test_from_dict_rejects_unknown_key():
-    with pytest.raises(ConfigError, match=r"PartitionConfig: unknown field\(s\) beta"):
+    with pytest.raises(ConfigError, match=r"partition: unknown field\(s\) beta"):
         PartitionConfig.from_dict({"kind": "dirichlet", "beta": 0.3})
 
 

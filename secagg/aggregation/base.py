@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from secagg.errors import ConfigError, UpdateError
+from secagg.layout import ParamLayout
 
 AggState = dict[str, torch.Tensor]
 
@@ -36,6 +37,8 @@ class UpdateBatch:
     ``updates``: (n, d) float tensor, one flattened update (delta) per client.
     ``weights``: (n,) float64, the clients' example counts (or any non-negative weights).
     ``round``: the round index; ``seed``: root seed for any non-secret randomness the rule needs.
+    ``layout``: how to unflatten a row into named tensors (for per-layer rules); ``None`` when the
+    updates are plain vectors.
     """
 
     updates: torch.Tensor
@@ -43,6 +46,7 @@ class UpdateBatch:
     client_ids: tuple[int, ...]
     round: int = 0
     seed: int = 0
+    layout: ParamLayout | None = None
 
     def __post_init__(self) -> None:
         u, w = self.updates, self.weights
@@ -56,6 +60,9 @@ class UpdateBatch:
         if not isinstance(w, torch.Tensor) or tuple(w.shape) != (n,):
             raise UpdateError(f"weights: expected shape ({n},), got "
                               f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+        if self.layout is not None and self.layout.dim != u.shape[1]:
+            raise UpdateError(f"updates: layout describes {self.layout.dim} coordinates, "
+                              f"rows have {u.shape[1]}")
         if len(self.client_ids) != n:
             raise UpdateError(f"client_ids: expected {n} ids, got {len(self.client_ids)}")
         if not torch.isfinite(w).all() or (w < 0).any():

@@ -210,10 +210,10 @@ class PartitionConfig:
     shards_per_client: int = 2
 
     def __post_init__(self) -> None:
-        check_choice("kind", self.kind, KINDS)
-        object.__setattr__(self, "alpha", check_real("alpha", self.alpha, gt=0))
+        check_choice("partition.kind", self.kind, KINDS)
+        object.__setattr__(self, "alpha", check_real("partition.alpha", self.alpha, gt=0))
         object.__setattr__(self, "shards_per_client",
-                           _int("shards_per_client", self.shards_per_client, minimum=1))
+                           _int("partition.shards_per_client", self.shards_per_client, minimum=1))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict of the fields."""
@@ -223,7 +223,7 @@ class PartitionConfig:
     def from_dict(cls, data: dict[str, Any]) -> PartitionConfig:
         """Build from :meth:`to_dict` output; unknown keys raise :class:`ConfigError`."""
         allowed = [f.name for f in dataclasses.fields(cls)]
-        return cls(**check_keys("PartitionConfig", data, allowed))
+        return cls(**check_keys("partition", data, allowed))
 
     def split(self, labels: np.ndarray, num_clients: int, *, seed: int) -> Partition:
         """Partition ``range(len(labels))`` across ``num_clients`` with this scheme."""

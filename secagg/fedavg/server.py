@@ -105,7 +105,7 @@ class FedAvg:
             updates=torch.stack([u.delta for u in updates]),
             weights=torch.tensor([u.num_examples for u in updates], dtype=torch.float64),
             client_ids=tuple(u.client_id for u in updates),
-            round=r, seed=derive_seed(self.seed, "aggregate", r))
+            round=r, seed=derive_seed(self.seed, "aggregate", r), layout=self.layout)
         agg = self.config.aggregator.aggregate(batch, state.aggregator_state)
         if tuple(agg.update.shape) != (self.layout.dim,) or not torch.isfinite(agg.update).all():
             raise UpdateError(f"aggregator {self.config.aggregator.kind!r} returned an update of "
