@@ -29,3 +29,11 @@ class CheckpointError(SecAggError):
 
 class ProtocolError(SecAggError):
     """A protocol peer sent a message that breaks the protocol; the round cannot use it."""
+
+
+class WireError(ProtocolError):
+    """Bytes that do not decode to a valid message of the current wire-format version."""
+
+
+class AbortError(SecAggError):
+    """The secure-aggregation round cannot complete (too few clients left, or a party refused)."""

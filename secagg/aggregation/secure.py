@@ -1,0 +1,136 @@
+"""Secure aggregation as a FedAvg aggregator: the server only ever sees the sum.
+
+Each client scales its update by ``w_i / W`` (its example count over a public bound ``W``), appends
+``w_i / W`` as one more coordinate, quantizes both into Z_(2^bits) and joins a SecAgg/SecAgg+ session
+(:mod:`secagg.protocol`). The server unmasks ``sum_i [w_i x_i / W, w_i / W]`` over the surviving
+clients and divides: the weighted FedAvg mean, without ever seeing one update or one weight.
+
+The in-process runner plays every client here; a deployment runs the same state machines over a
+network transport. ``dropout`` simulates clients vanishing after they shared their keys (the
+hardest case: their pairwise masks must be reconstructed), chosen by the round seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from secagg.aggregation.base import Aggregate, AggState, Aggregator, UpdateBatch
+from secagg.errors import ConfigError, UpdateError
+from secagg.protocol.finder import secaggplus_parameters
+from secagg.protocol.messages import SessionParams, Stage
+from secagg.protocol.runner import run_session
+from secagg.quantize import Quantizer
+from secagg.seeding import numpy_rng
+from secagg.validation import check_choice, check_int, check_real
+
+GRAPHS = ("full", "secaggplus")
+
+
+@dataclass(frozen=True)
+class SecureSum(Aggregator, kind="secure-sum"):
+    """The (weighted) mean of the updates, computed through secure aggregation.
+
+    ``clip``: per-coordinate range of the quantized (weight-scaled) updates; larger values are clipped
+    and counted in the ``clipped_fraction`` metric. ``bits``: ring Z_(2^bits), at most 32.
+    ``graph``: ``"full"`` (Bonawitz et al. 2017, threshold ``floor(threshold_fraction * n) + 1``) or
+    ``"secaggplus"`` (Bell et al. 2020: degree and threshold from :func:`secaggplus_parameters` for
+    ``corrupt_fraction`` and ``dropout_fraction``; falls back to the full graph for small rounds).
+    ``weight_bound``: public bound W on a client's example count; 0 uses the round's largest count
+    (fine in simulation; a deployment must fix W in advance, since it is public).
+    ``dropout``: fraction of the sampled clients to drop after ShareKeys (simulation).
+    """
+
+    clip: float = 1.0
+    bits: int = 32
+    graph: str = "full"
+    threshold_fraction: float = 0.5
+    corrupt_fraction: float = 0.05
+    dropout_fraction: float = 0.1
+    weighted: bool = True
+    weight_bound: float = 0.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_real("clip", self.clip, gt=0.0)
+        check_int("bits", self.bits, minimum=8, maximum=32)
+        check_choice("graph", self.graph, GRAPHS)
+        check_real("threshold_fraction", self.threshold_fraction, gt=0.0, lt=1.0)
+        check_real("corrupt_fraction", self.corrupt_fraction, ge=0.0, lt=1.0)
+        check_real("dropout_fraction", self.dropout_fraction, ge=0.0, lt=1.0)
+        check_real("weight_bound", self.weight_bound, ge=0.0)
+        check_real("dropout", self.dropout, ge=0.0, lt=1.0)
+        if not isinstance(self.weighted, bool):
+            raise ConfigError(f"weighted: must be true or false, got {self.weighted!r}")
+
+    def session_params(self, client_ids: tuple[int, ...], vector_length: int, round_index: int = 0
+                       ) -> SessionParams:
+        """The session parameters this aggregator uses for a round with these clients."""
+        n = len(client_ids)
+        if n < 2:
+            raise ConfigError("secure aggregation needs at least 2 clients per round")
+        degree, threshold = n - 1, min(n, math.floor(self.threshold_fraction * n) + 1)
+        if self.graph == "secaggplus" and n >= 4:
+            try:
+                degree, threshold = secaggplus_parameters(n, self.corrupt_fraction, self.dropout_fraction)
+            except ConfigError:
+                pass  # no sparse graph meets the bounds at this size: the full graph does
+        return SessionParams(round=round_index, model_version=b"fedavg", client_ids=client_ids,
+                             threshold=threshold, degree=degree, vector_length=vector_length,
+                             bits=self.bits)
+
+    def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
+        order = sorted(range(batch.num_clients), key=lambda i: batch.client_ids[i])
+        ids = tuple(batch.client_ids[i] for i in order)
+        if len(set(ids)) != len(ids):
+            raise UpdateError("client_ids: duplicate client id in the batch")
+        updates = batch.updates[order].to(torch.float64).numpy()
+        counts = batch.weights[order].numpy()
+        if self.weighted:
+            bound = self.weight_bound or float(counts.max())
+            if counts.max() > bound:
+                raise UpdateError(f"weights: a client has {counts.max():g} examples, above weight_bound={bound:g}")
+            w = counts / bound
+        else:
+            w = np.ones(len(ids))
+        n, d = updates.shape
+        value_q = Quantizer.for_sum(self.clip, n, self.bits)
+        weight_q = Quantizer.for_sum(1.0, n, self.bits)
+        rng = numpy_rng(batch.seed, "secure-sum-dither")
+        inputs, clipped = {}, 0
+        for row, u in enumerate(ids):
+            q, c = value_q.encode(updates[row] * w[row], rng=rng)
+            qw, _ = weight_q.encode(np.array([w[row]]), rng=rng)
+            inputs[u] = np.concatenate([q, qw])
+            clipped += c
+        params = self.session_params(ids, d + 1, batch.round)
+        drop = {}
+        if self.dropout > 0:
+            k = min(int(round(self.dropout * n)), n - params.threshold)
+            chosen = numpy_rng(batch.seed, "secure-sum-dropout").choice(n, size=max(k, 0), replace=False)
+            drop = {ids[i]: Stage.MASKED_INPUT for i in chosen}
+        report = run_session(params, inputs, drop_before=drop)
+        assert report.result is not None
+        survivors = len(report.survivors)
+        total = value_q.decode_sum(report.result[:d], survivors)
+        total_w = float(weight_q.decode_sum(report.result[d:], survivors)[0])
+        if total_w <= 0:
+            raise UpdateError("weights: the secure sum of the surviving clients' weights is not positive")
+        sent = [report.bytes_sent[u] + report.bytes_received[u] for u in ids]
+        metrics = {
+            "survivors": float(survivors),
+            "dropped": float(len(report.dropped)),
+            "threshold": float(params.threshold),
+            "degree": float(params.degree),
+            "clipped_fraction": clipped / (n * d),
+            "client_bytes_mean": float(np.mean(sent)),
+            "client_bytes_max": float(np.max(sent)),
+            "server_bytes": float(report.server_bytes_sent + report.server_bytes_received),
+            "expansion": float(np.mean(sent)) / (4.0 * d),
+            "quantization_error_bound": value_q.error_bound(survivors),
+        }
+        update = torch.from_numpy(total / total_w).to(batch.updates.dtype)
+        return Aggregate(update, dict(state), metrics)

@@ -1,0 +1,233 @@
+"""The client side of one secure-aggregation session, as a sans-I/O state machine.
+
+``Client.handle(message) -> reply`` is the whole interface: no sockets, threads or clocks. Feed it
+the server's messages in order; send back what it returns. Any violation (a message for another
+stage or session, a forged share, a low-order key, a server asking for both shares of one peer)
+raises :class:`ProtocolError` and moves the client to ``ABORTED`` for good: it then refuses every
+further message and has revealed nothing beyond what the protocol allows.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+
+import numpy as np
+
+from secagg.crypto import aead
+from secagg.crypto.keys import PRIVATE_KEY_BYTES, DHKeyPair
+from secagg.crypto.prg import SEED_BYTES, accumulate_masks
+from secagg.crypto.shamir import SHARE_BYTES, Share, split
+from secagg.errors import ConfigError, ProtocolError
+from secagg.protocol.graph import neighbours
+from secagg.protocol.messages import (
+    AdvertiseKeys,
+    ForwardedShares,
+    KeyDirectory,
+    KeyEntry,
+    MaskedInput,
+    Message,
+    SessionParams,
+    Setup,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from secagg.protocol.session import mask_seed, mask_sign, session_id, share_key, share_point
+
+
+class ClientPhase(Enum):
+    NEW = "new"
+    ADVERTISED = "advertised"      # sent AdvertiseKeys, waits for the KeyDirectory
+    SHARED = "shared"              # sent ShareKeys, waits for ForwardedShares
+    MASKED = "masked"              # sent MaskedInput, waits for the UnmaskRequest
+    DONE = "done"                  # answered the UnmaskRequest
+    ABORTED = "aborted"
+
+
+class Client:
+    """One client's session. ``value`` is its input: ``d`` uint32 words (already quantized).
+
+    The state machine guarantees, per peer, that it reveals either the share of the peer's self-mask
+    seed (peer survived) or the share of the peer's mask key (peer dropped), never both.
+    """
+
+    def __init__(self, client_id: int, value: np.ndarray) -> None:
+        if not isinstance(value, np.ndarray) or value.dtype != np.uint32 or value.ndim != 1:
+            raise ConfigError("value: must be a 1-D uint32 array (quantize the update first)")
+        self.id = client_id
+        self._value = value
+        self.phase = ClientPhase.NEW
+        self.params: SessionParams | None = None
+        self.session: bytes = b""
+        self._enc = DHKeyPair.generate()
+        self._mask = DHKeyPair.generate()
+        self._self_seed = b""
+        self._directory: dict[int, KeyEntry] = {}
+        self._neighbours: frozenset[int] = frozenset()
+        self._held: dict[int, tuple[bytes, bytes]] = {}  # peer -> (b-share, s-share) it gave us
+        self._own: tuple[bytes, bytes] = (b"", b"")  # our share of our own secrets
+        self._revealed: dict[int, str] = {}  # peer -> "b" or "s": the one share we showed
+
+    # -- the interface --------------------------------------------------------------------------
+
+    def handle(self, message: Message) -> Message:
+        """Process one server message and return the reply; :class:`ProtocolError` aborts."""
+        if self.phase is ClientPhase.ABORTED:
+            raise ProtocolError(f"client {self.id}: session aborted, message refused")
+        try:
+            return self._dispatch(message)
+        except ProtocolError:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Give up the session; forget every secret (nothing more will be revealed)."""
+        self.phase = ClientPhase.ABORTED
+        self._held.clear()
+        self._self_seed = b""
+        self._own = (b"", b"")
+
+    # -- one method per step --------------------------------------------------------------------
+
+    def _dispatch(self, message: Message) -> Message:
+        expected = {ClientPhase.NEW: Setup, ClientPhase.ADVERTISED: KeyDirectory,
+                    ClientPhase.SHARED: ForwardedShares, ClientPhase.MASKED: UnmaskRequest,
+                    ClientPhase.DONE: UnmaskRequest}[self.phase]
+        if not isinstance(message, expected):
+            raise ProtocolError(f"client {self.id}: got {type(message).__name__} while waiting for "
+                                f"{expected.__name__} (wrong round)")
+        if isinstance(message, Setup):
+            return self._on_setup(message)
+        if isinstance(message, KeyDirectory):
+            return self._on_directory(message)
+        if isinstance(message, ForwardedShares):
+            return self._on_shares(message)
+        return self._on_unmask(message)
+
+    def _on_setup(self, msg: Setup) -> AdvertiseKeys:
+        p = msg.params
+        if self.id not in p.client_ids:
+            raise ProtocolError(f"client {self.id}: not among the invited clients")
+        if self._value.size != p.vector_length:
+            raise ProtocolError(f"client {self.id}: input has {self._value.size} words, the session "
+                                f"expects vector_length={p.vector_length}")
+        if p.bits < 32 and int(self._value.max(initial=0)) >> p.bits:
+            raise ProtocolError(f"client {self.id}: input has words >= 2^{p.bits} (bits={p.bits})")
+        self.params = p
+        self.phase = ClientPhase.ADVERTISED
+        return AdvertiseKeys(self.id, self._enc.public, self._mask.public)
+
+    def _on_directory(self, msg: KeyDirectory) -> ShareKeys:
+        p = self._require_params()
+        entries = {e.client_id: e for e in msg.entries}
+        if len(entries) != len(msg.entries):
+            raise ProtocolError("key directory: duplicate client id")
+        if not set(entries) <= set(p.client_ids):
+            raise ProtocolError("key directory: lists clients that were not invited")
+        mine = entries.get(self.id)
+        if mine is None or (mine.enc_key, mine.mask_key) != (self._enc.public, self._mask.public):
+            raise ProtocolError(f"key directory: does not carry client {self.id}'s own keys")
+        if len(entries) < p.threshold:
+            raise ProtocolError(f"key directory: {len(entries)} clients, fewer than the threshold {p.threshold}")
+        keys = [(e.enc_key, e.mask_key) for e in msg.entries]
+        if len({k for pair in keys for k in pair}) != 2 * len(keys):
+            raise ProtocolError("key directory: a public key appears twice (substituted or replayed)")
+        self.session = session_id(p, msg.entries)
+        self._directory = entries
+        self._neighbours = neighbours(self.session, sorted(entries), p.degree)[self.id]
+        self._self_seed = os.urandom(SEED_BYTES)
+        holders = sorted(self._neighbours | {self.id})  # we keep one share of our own secrets
+        xs = [share_point(v) for v in holders]
+        b_shares = split(self._self_seed, p.threshold, xs)
+        s_shares = split(self._mask.private_bytes(), p.threshold, xs)
+        out = []
+        for v, b, s in zip(holders, b_shares, s_shares, strict=True):
+            if v == self.id:
+                self._own = (b.to_bytes(), s.to_bytes())
+                continue
+            key = share_key(self._enc.agree(entries[v].enc_key, peer=v), self.session, self.id, v)
+            plaintext = (self.id.to_bytes(4, "big") + v.to_bytes(4, "big") + b.to_bytes() + s.to_bytes())
+            out.append((v, aead.seal(key, plaintext, aead.associated_data(self.session, self.id, v))))
+        self.phase = ClientPhase.SHARED
+        return ShareKeys(self.id, self.session, tuple(out))
+
+    def _on_shares(self, msg: ForwardedShares) -> MaskedInput:
+        p = self._require_params()
+        self._check_session(msg.session_id)
+        if msg.recipient != self.id:
+            raise ProtocolError(f"forwarded shares addressed to client {msg.recipient}, not {self.id}")
+        held: dict[int, tuple[bytes, bytes]] = {}
+        for sender, ciphertext in msg.shares:
+            if sender not in self._neighbours:
+                raise ProtocolError(f"forwarded share from client {sender}, who is not a neighbour")
+            key = share_key(self._enc.agree(self._directory[sender].enc_key, peer=sender),
+                            self.session, self.id, sender)
+            plain = aead.open_sealed(key, ciphertext, aead.associated_data(self.session, sender, self.id),
+                                     sender=sender)
+            if (int.from_bytes(plain[:4], "big"), int.from_bytes(plain[4:8], "big")) != (sender, self.id):
+                raise ProtocolError(f"share from client {sender}: wrong sender/recipient inside")
+            b, s = plain[8 : 8 + SHARE_BYTES], plain[8 + SHARE_BYTES :]
+            Share.from_bytes(share_point(self.id), b)  # range checks: ProtocolError if malformed
+            Share.from_bytes(share_point(self.id), s)
+            held[sender] = (b, s)
+        masking_peers = sorted(held)
+        held[self.id] = self._own
+        self._held = held
+        if len(held) + 1 < p.threshold:
+            raise ProtocolError(f"client {self.id}: only {len(held)} neighbours shared keys; with my own "
+                                f"share that is fewer than the threshold {p.threshold}")
+        # pairwise masks with every neighbour that shared keys (U2): they mask with us too
+        masks = [(self._self_seed, 1)]
+        for v in masking_peers:
+            seed = mask_seed(self._mask.agree(self._directory[v].mask_key, peer=v), self.session, self.id, v)
+            masks.append((seed, mask_sign(self.id, v)))
+        y = self._value.copy()
+        accumulate_masks(y, masks)
+        if p.bits < 32:
+            np.bitwise_and(y, np.uint32((1 << p.bits) - 1), out=y)
+        self.phase = ClientPhase.MASKED
+        return MaskedInput(self.id, self.session, y.astype("<u4", copy=False).tobytes())
+
+    def _on_unmask(self, msg: UnmaskRequest) -> UnmaskResponse:
+        p = self._require_params()
+        self._check_session(msg.session_id)
+        survivors, dropped = set(msg.survivors), set(msg.dropped)
+        if survivors & dropped:
+            both = sorted(survivors & dropped)
+            raise ProtocolError(f"unmask request lists client(s) {both} as both surviving and dropped: "
+                                f"refusing to reveal both shares")
+        if self.id not in survivors:
+            raise ProtocolError(f"unmask request does not list client {self.id} among the survivors")
+        if len(survivors) < p.threshold:
+            raise ProtocolError(f"unmask request: {len(survivors)} survivors, fewer than the threshold "
+                                f"{p.threshold}: the sum would expose too few clients")
+        if not (survivors | dropped) <= set(self._directory):
+            raise ProtocolError("unmask request names clients that never advertised keys")
+        claimed = (survivors | dropped) & (self._neighbours | {self.id})
+        if not claimed <= set(self._held):
+            missing = sorted(claimed - set(self._held))
+            raise ProtocolError(f"unmask request names neighbour(s) {missing} that never shared keys with me")
+        asked = {v: ("b" if v in survivors else "s") for v in claimed}
+        for v, kind in asked.items():
+            if self._revealed.get(v, kind) != kind:
+                raise ProtocolError(f"server asked for both the self-mask share and the mask-key share "
+                                    f"of client {v}: refusing")
+        self._revealed.update(asked)
+        b = tuple((v, self._held[v][0]) for v in sorted(asked) if asked[v] == "b")
+        s = tuple((v, self._held[v][1]) for v in sorted(asked) if asked[v] == "s")
+        self.phase = ClientPhase.DONE
+        return UnmaskResponse(self.id, self.session, b, s)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _require_params(self) -> SessionParams:
+        assert self.params is not None  # guaranteed by the phase order
+        return self.params
+
+    def _check_session(self, sid: bytes) -> None:
+        if sid != self.session:
+            raise ProtocolError(f"client {self.id}: message from another session (session id mismatch)")
+
+
+assert PRIVATE_KEY_BYTES == SEED_BYTES  # both secrets are 32 bytes: one Shamir field fits both

@@ -1,0 +1,166 @@
+"""The messages of one secure-aggregation session, as typed values (no I/O, no encoding).
+
+Flow (Bonawitz et al. 2017, with the SecAgg+ graph of Bell et al. 2020)::
+
+    server -> all invited   Setup(params)
+    client -> server        AdvertiseKeys(enc_key, mask_key)                    stage ADVERTISE_KEYS
+    server -> U1            KeyDirectory(every advertised key)
+    client -> server        ShareKeys(one AEAD ciphertext per neighbour)         stage SHARE_KEYS
+    server -> each in U2    ForwardedShares(the ciphertexts addressed to it)
+    client -> server        MaskedInput(x + PRG(b_u) + sum +-PRG(s_uv))          stage MASKED_INPUT
+    server -> U3            UnmaskRequest(survivors U3, dropped U2 \\ U3)
+    client -> server        UnmaskResponse(b-shares of survivors, s-shares of the dropped)  UNMASKING
+
+Every message after the directory carries the session id, so a message from another session (or
+another round) is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from secagg.errors import ConfigError
+from secagg.protocol.graph import check_degree
+from secagg.validation import check_int
+
+MAX_CLIENTS = 1 << 20
+MAX_ID = (1 << 32) - 2  # Shamir evaluation point id + 1 must stay below 2^32
+MAX_VECTOR_LENGTH = 1 << 28
+MODEL_VERSION_MAX_BYTES = 64
+
+
+class Stage(IntEnum):
+    """The protocol step a client message answers (its 'round' in the papers' terms)."""
+
+    ADVERTISE_KEYS = 0
+    SHARE_KEYS = 1
+    MASKED_INPUT = 2
+    UNMASKING = 3
+
+
+@dataclass(frozen=True)
+class SessionParams:
+    """The public parameters of one aggregation session, fixed by the server before it starts.
+
+    ``client_ids``: the invited clients (sorted, unique, each in [0, 2^32 - 2]).
+    ``threshold``: t, the Shamir threshold among the holders of a client's shares: its ``degree``
+    neighbours and itself (so ``t <= degree + 1``; for the full graph, t of n as in Bonawitz et al.).
+    ``degree``: k of the Harary graph; ``len(client_ids) - 1`` means the full graph (classic SecAgg).
+    ``vector_length``: d, uint32 words per input. ``bits``: the ring is Z_(2^bits).
+    ``round`` and ``model_version`` are bound into the session id, so a client given another model
+    or round computes other seeds and cannot be combined with the rest.
+    """
+
+    round: int
+    model_version: bytes
+    client_ids: tuple[int, ...]
+    threshold: int
+    degree: int
+    vector_length: int
+    bits: int = 32
+
+    def __post_init__(self) -> None:
+        check_int("round", self.round, minimum=0, maximum=(1 << 32) - 1)
+        if not isinstance(self.model_version, bytes) or len(self.model_version) > MODEL_VERSION_MAX_BYTES:
+            raise ConfigError(f"model_version: must be bytes of length <= {MODEL_VERSION_MAX_BYTES}")
+        ids = self.client_ids
+        if not isinstance(ids, tuple) or len(ids) < 2:
+            raise ConfigError("client_ids: need a tuple of at least 2 client ids")
+        if len(ids) > MAX_CLIENTS:
+            raise ConfigError(f"client_ids: at most {MAX_CLIENTS} clients, got {len(ids)}")
+        for i in ids:
+            check_int("client_ids[]", i, minimum=0, maximum=MAX_ID)
+        if any(a >= b for a, b in zip(ids, ids[1:], strict=False)):
+            raise ConfigError("client_ids: must be sorted and unique (duplicate or unsorted id)")
+        n = len(ids)
+        check_degree(check_int("degree", self.degree, minimum=1), n)
+        check_int("threshold", self.threshold, minimum=1, maximum=self.degree + 1)
+        check_int("vector_length", self.vector_length, minimum=1, maximum=MAX_VECTOR_LENGTH)
+        check_int("bits", self.bits, minimum=1, maximum=32)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_ids)
+
+    @property
+    def full_graph(self) -> bool:
+        return self.degree == self.num_clients - 1
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """One client's advertised keys (``signature`` is empty unless the malicious-server mode is on)."""
+
+    client_id: int
+    enc_key: bytes
+    mask_key: bytes
+    signature: bytes = b""
+
+
+@dataclass(frozen=True)
+class Setup:
+    params: SessionParams
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    sender: int
+    enc_key: bytes
+    mask_key: bytes
+    signature: bytes = b""
+
+
+@dataclass(frozen=True)
+class KeyDirectory:
+    entries: tuple[KeyEntry, ...]
+
+
+@dataclass(frozen=True)
+class ShareKeys:
+    """``shares``: ``(recipient, ciphertext)`` for each of the sender's neighbours, sorted by id."""
+
+    sender: int
+    session_id: bytes
+    shares: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True)
+class ForwardedShares:
+    """``shares``: ``(sender, ciphertext)`` addressed to ``recipient``, sorted by sender id."""
+
+    recipient: int
+    session_id: bytes
+    shares: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """``vector``: the masked input, ``vector_length`` little-endian uint32 words reduced mod 2^bits."""
+
+    sender: int
+    session_id: bytes
+    vector: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """``survivors``: U3 (sent masked inputs); ``dropped``: U2 \\ U3 (shared keys, then vanished)."""
+
+    session_id: bytes
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """Shares of survivors' self-mask seeds b_u and of dropped clients' mask keys s_u^SK, by peer."""
+
+    sender: int
+    session_id: bytes
+    self_mask_shares: tuple[tuple[int, bytes], ...]
+    mask_key_shares: tuple[tuple[int, bytes], ...]
+
+
+Message = (Setup | AdvertiseKeys | KeyDirectory | ShareKeys | ForwardedShares | MaskedInput
+           | UnmaskRequest | UnmaskResponse)

@@ -1,0 +1,262 @@
+"""The server side of one secure-aggregation session, as a sans-I/O state machine.
+
+The transport feeds every client message to :meth:`Server.receive` and, when the stage is over
+(everyone answered, or the deadline passed: the transport's call), calls :meth:`Server.advance` to
+get the next batch of outgoing messages. A message that breaks the protocol raises
+:class:`ProtocolError` and leaves the server's state exactly as it was, so the transport can log it
+and carry on: a hostile client cannot crash the round. When fewer than ``t`` clients remain, or a
+secret cannot be recovered, :meth:`advance` raises :class:`AbortError`.
+
+The server learns ``sum(x_u for u in U3) mod 2^bits`` and nothing else about individual inputs.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+
+from secagg.crypto.keys import DHKeyPair, is_low_order
+from secagg.crypto.prg import accumulate_masks
+from secagg.crypto.shamir import Share, reconstruct
+from secagg.errors import AbortError, ProtocolError
+from secagg.protocol.graph import neighbours
+from secagg.protocol.messages import (
+    AdvertiseKeys,
+    ForwardedShares,
+    KeyDirectory,
+    KeyEntry,
+    MaskedInput,
+    Message,
+    SessionParams,
+    Setup,
+    ShareKeys,
+    Stage,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from secagg.protocol.session import mask_seed, mask_sign, session_id, share_point
+
+Outgoing = list[tuple[int, Message]]  # (recipient client id, message)
+
+
+class ServerPhase(Enum):
+    NEW = "new"
+    COLLECT_KEYS = "collect-keys"
+    COLLECT_SHARES = "collect-shares"
+    COLLECT_MASKED = "collect-masked"
+    COLLECT_UNMASK = "collect-unmask"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+_EXPECTS = {ServerPhase.COLLECT_KEYS: (AdvertiseKeys, Stage.ADVERTISE_KEYS),
+            ServerPhase.COLLECT_SHARES: (ShareKeys, Stage.SHARE_KEYS),
+            ServerPhase.COLLECT_MASKED: (MaskedInput, Stage.MASKED_INPUT),
+            ServerPhase.COLLECT_UNMASK: (UnmaskResponse, Stage.UNMASKING)}
+
+
+class Server:
+    """Runs one session for ``params``; :attr:`result` holds the sum once :attr:`phase` is DONE."""
+
+    def __init__(self, params: SessionParams) -> None:
+        self.params = params
+        self.phase = ServerPhase.NEW
+        self.session = b""
+        self.result: np.ndarray | None = None
+        self.keys: dict[int, AdvertiseKeys] = {}
+        self.shares: dict[int, ShareKeys] = {}
+        self.masked: set[int] = set()
+        self.responses: dict[int, UnmaskResponse] = {}
+        self._graph: dict[int, frozenset[int]] = {}
+        self._sum = np.zeros(params.vector_length, dtype=np.uint32)
+        self.survivors: tuple[int, ...] = ()
+        self.dropped: tuple[int, ...] = ()
+
+    @property
+    def stage(self) -> Stage | None:
+        """The client stage being collected now (``None`` before start and after the end)."""
+        expected = _EXPECTS.get(self.phase)
+        return expected[1] if expected else None
+
+    def expected_senders(self) -> frozenset[int]:
+        """Who may still send a message in the current stage."""
+        if self.phase is ServerPhase.COLLECT_KEYS:
+            pool, got = set(self.params.client_ids), set(self.keys)
+        elif self.phase is ServerPhase.COLLECT_SHARES:
+            pool, got = set(self.keys), set(self.shares)
+        elif self.phase is ServerPhase.COLLECT_MASKED:
+            pool, got = set(self.shares), self.masked
+        elif self.phase is ServerPhase.COLLECT_UNMASK:
+            pool, got = set(self.survivors), set(self.responses)
+        else:
+            return frozenset()
+        return frozenset(pool - got)
+
+    def stage_complete(self) -> bool:
+        """True when every client that could answer in this stage has answered."""
+        return self.stage is not None and not self.expected_senders()
+
+    # -- transport interface ---------------------------------------------------------------------
+
+    def start(self) -> Outgoing:
+        """Begin the session: the Setup message for every invited client."""
+        if self.phase is not ServerPhase.NEW:
+            raise ProtocolError("server: session already started")
+        self.phase = ServerPhase.COLLECT_KEYS
+        return [(u, Setup(self.params)) for u in self.params.client_ids]
+
+    def receive(self, message: Message) -> None:
+        """Validate and record one client message; :class:`ProtocolError` (state unchanged) if bad."""
+        expected = _EXPECTS.get(self.phase)
+        if expected is None:
+            raise ProtocolError(f"server: no client message expected in phase {self.phase.value}")
+        cls, stage = expected
+        if not isinstance(message, cls):
+            raise ProtocolError(f"server: {type(message).__name__} received during stage {stage.name} "
+                                f"(wrong round)")
+        sender = message.sender
+        if sender not in self.expected_senders():
+            already = sender in (self.keys if cls is AdvertiseKeys else self.shares if cls is ShareKeys
+                                 else self.masked if cls is MaskedInput else self.responses)
+            raise ProtocolError(f"server: {'duplicate' if already else 'unexpected'} {cls.__name__} "
+                                f"from client {sender}")
+        if cls is not AdvertiseKeys and message.session_id != self.session:
+            raise ProtocolError(f"server: {cls.__name__} from client {sender} is for another session")
+        getattr(self, f"_receive_{cls.__name__}")(message)
+
+    def advance(self) -> Outgoing:
+        """Close the current stage; the messages that start the next one. :class:`AbortError` if too few."""
+        try:
+            if self.phase is ServerPhase.COLLECT_KEYS:
+                return self._after_keys()
+            if self.phase is ServerPhase.COLLECT_SHARES:
+                return self._after_shares()
+            if self.phase is ServerPhase.COLLECT_MASKED:
+                return self._after_masked()
+            if self.phase is ServerPhase.COLLECT_UNMASK:
+                self._unmask()
+                return []
+        except AbortError:
+            self.phase = ServerPhase.ABORTED
+            raise
+        raise ProtocolError(f"server: nothing to advance in phase {self.phase.value}")
+
+    # -- receiving ---------------------------------------------------------------------------------
+
+    def _receive_AdvertiseKeys(self, msg: AdvertiseKeys) -> None:  # noqa: N802
+        for name in ("enc_key", "mask_key"):
+            if is_low_order(getattr(msg, name)):
+                raise ProtocolError(f"server: {name} of client {msg.sender} is a low-order X25519 key")
+        if msg.enc_key == msg.mask_key:
+            raise ProtocolError(f"server: client {msg.sender} advertised the same key twice")
+        seen = {k for a in self.keys.values() for k in (a.enc_key, a.mask_key)}
+        if {msg.enc_key, msg.mask_key} & seen:
+            raise ProtocolError(f"server: client {msg.sender} advertised another client's key (replay)")
+        self.keys[msg.sender] = msg
+
+    def _receive_ShareKeys(self, msg: ShareKeys) -> None:  # noqa: N802
+        recipients = {r for r, _ in msg.shares}
+        expected = self._graph[msg.sender]
+        if recipients != expected or len(msg.shares) != len(expected):
+            raise ProtocolError(f"server: client {msg.sender} must send exactly one share to each of its "
+                                f"{len(expected)} neighbours")
+        self.shares[msg.sender] = msg
+
+    def _receive_MaskedInput(self, msg: MaskedInput) -> None:  # noqa: N802
+        d = self.params.vector_length
+        if len(msg.vector) != 4 * d:
+            raise ProtocolError(f"server: masked input of client {msg.sender} has {len(msg.vector) // 4} "
+                                f"words, the session's vector_length is {d}")
+        y = np.frombuffer(msg.vector, dtype="<u4")
+        if self.params.bits < 32 and int(y.max()) >> self.params.bits:
+            raise ProtocolError(f"server: masked input of client {msg.sender} has words >= 2^{self.params.bits}")
+        np.add(self._sum, y, out=self._sum)  # wraps mod 2^32; reduced mod 2^bits at the end
+        self.masked.add(msg.sender)
+
+    def _receive_UnmaskResponse(self, msg: UnmaskResponse) -> None:  # noqa: N802
+        holders = self._graph[msg.sender] | {msg.sender}
+        want_b = holders & set(self.survivors)
+        want_s = holders & set(self.dropped)
+        if {v for v, _ in msg.self_mask_shares} != want_b or len(msg.self_mask_shares) != len(want_b):
+            raise ProtocolError(f"server: client {msg.sender} must return self-mask shares for exactly "
+                                f"{sorted(want_b)}")
+        if {v for v, _ in msg.mask_key_shares} != want_s or len(msg.mask_key_shares) != len(want_s):
+            raise ProtocolError(f"server: client {msg.sender} must return mask-key shares for exactly "
+                                f"{sorted(want_s)}")
+        point = share_point(msg.sender)
+        for _, data in msg.self_mask_shares + msg.mask_key_shares:
+            Share.from_bytes(point, data)  # ProtocolError if out of the field
+        self.responses[msg.sender] = msg
+
+    # -- advancing ---------------------------------------------------------------------------------
+
+    def _need(self, count: int, what: str) -> None:
+        if count < self.params.threshold:
+            raise AbortError(f"only {count} clients {what}, fewer than the threshold t="
+                             f"{self.params.threshold}: round aborted")
+
+    def _after_keys(self) -> Outgoing:
+        self._need(len(self.keys), "advertised keys")
+        entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature) for u, a in sorted(self.keys.items()))
+        self.session = session_id(self.params, entries)
+        self._graph = neighbours(self.session, sorted(self.keys), self.params.degree)
+        self.phase = ServerPhase.COLLECT_SHARES
+        directory = KeyDirectory(entries)
+        return [(u, directory) for u in sorted(self.keys)]
+
+    def _after_shares(self) -> Outgoing:
+        self._need(len(self.shares), "shared keys")
+        inbox: dict[int, list[tuple[int, bytes]]] = {u: [] for u in self.shares}
+        for sender in sorted(self.shares):
+            for recipient, ciphertext in self.shares[sender].shares:
+                if recipient in inbox:
+                    inbox[recipient].append((sender, ciphertext))
+        self.phase = ServerPhase.COLLECT_MASKED
+        return [(u, ForwardedShares(u, self.session, tuple(inbox[u]))) for u in sorted(inbox)]
+
+    def _after_masked(self) -> Outgoing:
+        self._need(len(self.masked), "sent masked inputs")
+        self.survivors = tuple(sorted(self.masked))
+        self.dropped = tuple(sorted(set(self.shares) - self.masked))
+        self.phase = ServerPhase.COLLECT_UNMASK
+        request = UnmaskRequest(self.session, self.survivors, self.dropped)
+        return [(u, request) for u in self.survivors]
+
+    def _collect(self, owner: int, kind: str) -> list[Share]:
+        """The shares of ``owner``'s secret that responders returned, lowest responder ids first."""
+        out = []
+        for responder in sorted(self.responses):
+            pairs = (self.responses[responder].self_mask_shares if kind == "b"
+                     else self.responses[responder].mask_key_shares)
+            for peer, data in pairs:
+                if peer == owner:
+                    out.append(Share.from_bytes(share_point(responder), data))
+        t = self.params.threshold
+        if len(out) < t:
+            what = "self-mask seed" if kind == "b" else "mask key"
+            raise AbortError(f"only {len(out)} shares of client {owner}'s {what} came back, fewer than "
+                             f"the threshold t={t}: round aborted")
+        return out[:t]
+
+    def _unmask(self) -> None:
+        self._need(len(self.responses), "answered the unmask request")
+        masks: list[tuple[bytes, int]] = []
+        for u in self.survivors:
+            masks.append((reconstruct(self._collect(u, "b"), self.params.threshold), -1))
+        survivors = set(self.survivors)
+        for v in self.dropped:
+            raw = reconstruct(self._collect(v, "s"), self.params.threshold)
+            key = DHKeyPair.from_private_bytes(raw)
+            if key.public != self.keys[v].mask_key:
+                raise AbortError(f"the reconstructed mask key of client {v} does not match its advertised "
+                                 f"key: some share was wrong; round aborted")
+            for w in sorted(self._graph[v] & survivors):
+                seed = mask_seed(key.agree(self.keys[w].mask_key, peer=w), self.session, v, w)
+                masks.append((seed, -mask_sign(w, v)))  # w added sign(w, v) * PRG(s_wv): remove it
+        total = self._sum.copy()
+        accumulate_masks(total, masks)
+        if self.params.bits < 32:
+            np.bitwise_and(total, np.uint32((1 << self.params.bits) - 1), out=total)
+        self.result = total
+        self.phase = ServerPhase.DONE

@@ -1,0 +1,44 @@
+"""What both ends of a session derive identically: the session id, pairwise seeds and keys, signs."""
+
+from __future__ import annotations
+
+import hashlib
+
+from secagg.crypto.kdf import MASK_LABEL, SHARE_KEY_LABEL, hkdf, pair_info
+from secagg.protocol.messages import KeyEntry, SessionParams
+from secagg.protocol.wire import encode_params
+
+_SESSION_LABEL = b"secagg/v1/session-id"
+
+
+def session_id(params: SessionParams, directory: tuple[KeyEntry, ...]) -> bytes:
+    """SHA-256 over the parameters (round, model version, ids, t, k, d, bits) and every advertised key.
+
+    Any difference in what two clients were told (another model, another key set) gives another id,
+    hence other seeds and keys: such clients cannot be combined, and the round fails loudly.
+    """
+    h = hashlib.sha256(_SESSION_LABEL)
+    h.update(encode_params(params))
+    for e in directory:
+        h.update(e.client_id.to_bytes(4, "big") + e.enc_key + e.mask_key)
+    return h.digest()
+
+
+def mask_seed(shared_secret: bytes, sid: bytes, u: int, v: int) -> bytes:
+    """The 32-byte seed of the pairwise mask between ``u`` and ``v`` (same for both)."""
+    return hkdf(shared_secret, salt=sid, info=pair_info(MASK_LABEL, u, v))
+
+
+def share_key(shared_secret: bytes, sid: bytes, u: int, v: int) -> bytes:
+    """The AES-256-GCM key under which ``u`` and ``v`` send each other Shamir shares."""
+    return hkdf(shared_secret, salt=sid, info=pair_info(SHARE_KEY_LABEL, u, v))
+
+
+def mask_sign(owner: int, peer: int) -> int:
+    """``owner`` adds +PRG(s_uv) if its id is the smaller of the pair, -PRG(s_uv) otherwise."""
+    return 1 if owner < peer else -1
+
+
+def share_point(client_id: int) -> int:
+    """The Shamir evaluation point of the share a client holds: distinct and non-zero."""
+    return client_id + 1
