@@ -12,13 +12,14 @@ hardest case: their pairwise masks must be reconstructed), chosen by the round s
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from secagg.aggregation.base import Aggregate, AggState, Aggregator, UpdateBatch
+from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.errors import ConfigError, UpdateError
 from secagg.protocol.finder import secaggplus_parameters
 from secagg.protocol.messages import SessionParams, Stage
@@ -74,10 +75,9 @@ class SecureSum(Aggregator, kind="secure-sum"):
             raise ConfigError("secure aggregation needs at least 2 clients per round")
         degree, threshold = n - 1, min(n, math.floor(self.threshold_fraction * n) + 1)
         if self.graph == "secaggplus" and n >= 4:
-            try:
+            # no sparse graph meets the bounds at small sizes: the full graph (already set) does
+            with contextlib.suppress(ConfigError):
                 degree, threshold = secaggplus_parameters(n, self.corrupt_fraction, self.dropout_fraction)
-            except ConfigError:
-                pass  # no sparse graph meets the bounds at this size: the full graph does
         return SessionParams(round=round_index, model_version=b"fedavg", client_ids=client_ids,
                              threshold=threshold, degree=degree, vector_length=vector_length,
                              bits=self.bits)
@@ -92,7 +92,8 @@ class SecureSum(Aggregator, kind="secure-sum"):
         if self.weighted:
             bound = self.weight_bound or float(counts.max())
             if counts.max() > bound:
-                raise UpdateError(f"weights: a client has {counts.max():g} examples, above weight_bound={bound:g}")
+                raise UpdateError(f"weights: a client has {counts.max():g} examples, "
+                                  f"above weight_bound={bound:g}")
             w = counts / bound
         else:
             w = np.ones(len(ids))
@@ -109,7 +110,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
         params = self.session_params(ids, d + 1, batch.round)
         drop = {}
         if self.dropout > 0:
-            k = min(int(round(self.dropout * n)), n - params.threshold)
+            k = min(round(self.dropout * n), n - params.threshold)
             chosen = numpy_rng(batch.seed, "secure-sum-dropout").choice(n, size=max(k, 0), replace=False)
             drop = {ids[i]: Stage.MASKED_INPUT for i in chosen}
         report = run_session(params, inputs, drop_before=drop)

@@ -24,7 +24,7 @@ _BLOCK = 16
 CHUNK_WORDS = 16384  # 64 KiB of keystream per step: fits in L2 with the output slice
 
 
-def _encryptor(seed: bytes):  # noqa: ANN202 - cryptography's CipherContext type is private
+def _encryptor(seed: bytes):
     if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
         raise ConfigError(f"seed: must be {SEED_BYTES} bytes")
     return Cipher(algorithms.AES(bytes(seed[:16])), modes.CTR(bytes(seed[16:]))).encryptor()

@@ -129,7 +129,8 @@ class Client:
         if mine is None or (mine.enc_key, mine.mask_key) != (self._enc.public, self._mask.public):
             raise ProtocolError(f"key directory: does not carry client {self.id}'s own keys")
         if len(entries) < p.threshold:
-            raise ProtocolError(f"key directory: {len(entries)} clients, fewer than the threshold {p.threshold}")
+            raise ProtocolError(f"key directory: {len(entries)} clients, fewer than the threshold "
+                                f"{p.threshold}")
         keys = [(e.enc_key, e.mask_key) for e in msg.entries]
         if len({k for pair in keys for k in pair}) != 2 * len(keys):
             raise ProtocolError("key directory: a public key appears twice (substituted or replayed)")

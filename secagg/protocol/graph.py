@@ -47,7 +47,8 @@ def seeded_permutation(seed: bytes, items: Sequence[int]) -> list[int]:
 def check_degree(degree: int, num_clients: int) -> None:
     """A Harary graph needs an even degree below ``n - 1``, or ``n - 1`` itself (complete graph)."""
     if not 1 <= degree <= num_clients - 1:
-        raise ConfigError(f"degree: must be in [1, {num_clients - 1}] for {num_clients} clients, got {degree}")
+        raise ConfigError(f"degree: must be in [1, {num_clients - 1}] for {num_clients} clients, "
+                          f"got {degree}")
     if degree != num_clients - 1 and degree % 2:
         raise ConfigError(f"degree: must be even (or n - 1 = {num_clients - 1} for the full graph), "
                           f"got {degree}")

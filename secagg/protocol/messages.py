@@ -17,6 +17,7 @@ another round) is refused.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -71,7 +72,7 @@ class SessionParams:
             raise ConfigError(f"client_ids: at most {MAX_CLIENTS} clients, got {len(ids)}")
         for i in ids:
             check_int("client_ids[]", i, minimum=0, maximum=MAX_ID)
-        if any(a >= b for a, b in zip(ids, ids[1:], strict=False)):
+        if any(a >= b for a, b in itertools.pairwise(ids)):
             raise ConfigError("client_ids: must be sorted and unique (duplicate or unsorted id)")
         n = len(ids)
         check_degree(check_int("degree", self.degree, minimum=1), n)

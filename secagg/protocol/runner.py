@@ -19,7 +19,6 @@ from secagg.protocol.client import Client
 from secagg.protocol.messages import (
     ForwardedShares,
     KeyDirectory,
-    Message,
     SessionParams,
     Setup,
     Stage,

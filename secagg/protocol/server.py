@@ -144,7 +144,7 @@ class Server:
 
     # -- receiving ---------------------------------------------------------------------------------
 
-    def _receive_AdvertiseKeys(self, msg: AdvertiseKeys) -> None:  # noqa: N802
+    def _receive_AdvertiseKeys(self, msg: AdvertiseKeys) -> None:
         for name in ("enc_key", "mask_key"):
             if is_low_order(getattr(msg, name)):
                 raise ProtocolError(f"server: {name} of client {msg.sender} is a low-order X25519 key")
@@ -155,7 +155,7 @@ class Server:
             raise ProtocolError(f"server: client {msg.sender} advertised another client's key (replay)")
         self.keys[msg.sender] = msg
 
-    def _receive_ShareKeys(self, msg: ShareKeys) -> None:  # noqa: N802
+    def _receive_ShareKeys(self, msg: ShareKeys) -> None:
         recipients = {r for r, _ in msg.shares}
         expected = self._graph[msg.sender]
         if recipients != expected or len(msg.shares) != len(expected):
@@ -163,18 +163,19 @@ class Server:
                                 f"{len(expected)} neighbours")
         self.shares[msg.sender] = msg
 
-    def _receive_MaskedInput(self, msg: MaskedInput) -> None:  # noqa: N802
+    def _receive_MaskedInput(self, msg: MaskedInput) -> None:
         d = self.params.vector_length
         if len(msg.vector) != 4 * d:
             raise ProtocolError(f"server: masked input of client {msg.sender} has {len(msg.vector) // 4} "
                                 f"words, the session's vector_length is {d}")
         y = np.frombuffer(msg.vector, dtype="<u4")
         if self.params.bits < 32 and int(y.max()) >> self.params.bits:
-            raise ProtocolError(f"server: masked input of client {msg.sender} has words >= 2^{self.params.bits}")
+            raise ProtocolError(f"server: masked input of client {msg.sender} has words "
+                                f">= 2^{self.params.bits}")
         np.add(self._sum, y, out=self._sum)  # wraps mod 2^32; reduced mod 2^bits at the end
         self.masked.add(msg.sender)
 
-    def _receive_UnmaskResponse(self, msg: UnmaskResponse) -> None:  # noqa: N802
+    def _receive_UnmaskResponse(self, msg: UnmaskResponse) -> None:
         holders = self._graph[msg.sender] | {msg.sender}
         want_b = holders & set(self.survivors)
         want_s = holders & set(self.dropped)

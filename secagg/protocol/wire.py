@@ -10,6 +10,7 @@ machines' job.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -88,7 +89,7 @@ def _list(v: Any, field: str, limit: int = MAX_CLIENTS) -> list:
 
 
 def _increasing(ids: list[int], field: str) -> None:
-    if any(a >= b for a, b in zip(ids, ids[1:], strict=False)):
+    if any(a >= b for a, b in itertools.pairwise(ids)):
         raise _fail(field, "ids must be sorted and unique (duplicate id)")
 
 
@@ -225,5 +226,6 @@ def decode(data: bytes) -> Message:
     cls, fields = schema
     if len(obj) != 3 + len(fields):
         raise WireError(f"{cls.__name__}: expected {len(fields)} fields, got {len(obj) - 3}")
-    values = {name: read(v, f"{cls.__name__}.{name}") for (name, read), v in zip(fields, obj[3:], strict=True)}
+    values = {name: read(v, f"{cls.__name__}.{name}")
+              for (name, read), v in zip(fields, obj[3:], strict=True)}
     return cls(**values)
