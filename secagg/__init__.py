@@ -5,7 +5,7 @@ The names below are the stable public API; submodules hold the details.
 
 __version__ = "0.1.0"
 
-from secagg.aggregation import Aggregate, Aggregator, ClipNorm, Mean, UpdateBatch
+from secagg.aggregation import Aggregate, Aggregator, ClipNorm, Mean, SecureSum, UpdateBatch
 from secagg.data.federated import ClientData, FederatedDataset
 from secagg.data.partition import (
     PartitionConfig,
@@ -15,6 +15,7 @@ from secagg.data.partition import (
     shard_partition,
 )
 from secagg.errors import (
+    AbortError,
     CheckpointError,
     ConfigError,
     DataError,
@@ -34,9 +35,12 @@ from secagg.fedavg import (
 )
 from secagg.layout import ParamLayout
 from secagg.models import build_model, register_model
+from secagg.protocol import SessionParams, run_session, secaggplus_parameters
+from secagg.quantize import Quantizer
 from secagg.task import Task, TaskConfig, build_task
 
 __all__ = [
+    "AbortError",
     "Aggregate",
     "Aggregator",
     "CheckpointError",
@@ -55,8 +59,11 @@ __all__ = [
     "ParamLayout",
     "PartitionConfig",
     "ProtocolError",
+    "Quantizer",
     "SecAggError",
+    "SecureSum",
     "ServerState",
+    "SessionParams",
     "Task",
     "TaskConfig",
     "UpdateBatch",
@@ -71,5 +78,7 @@ __all__ = [
     "label_skew",
     "register_model",
     "run_experiment",
+    "run_session",
+    "secaggplus_parameters",
     "shard_partition",
 ]

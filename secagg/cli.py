@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from secagg import __version__
-from secagg.aggregation import ClipNorm
+from secagg.aggregation import ClipNorm, SecureSum
+from secagg.aggregation.secure import GRAPHS
 from secagg.data.partition import KINDS as PARTITION_KINDS
 from secagg.errors import SecAggError
 from secagg.experiment import ExperimentConfig, config_summary, run_experiment
@@ -87,6 +88,17 @@ def _build_parser() -> argparse.ArgumentParser:
     opt("--seed", "seed", "root seed: same seed, same numbers")
     train.add_argument("--clip-norm", type=float, default=None,
                        help="clip each update to this L2 norm before averaging (default: off)")
+    secure = train.add_argument_group("secure aggregation (the server sees only sums)")
+    secure.add_argument("--secure", action="store_true",
+                        help="aggregate with SecAgg/SecAgg+ (quantized, pairwise-masked) "
+                             "instead of in the clear")
+    secure.add_argument("--secure-graph", choices=GRAPHS, default="full",
+                        help="full graph (Bonawitz et al.) or a SecAgg+ Harary graph (default: full)")
+    secure.add_argument("--secure-clip", type=float, default=1.0,
+                        help="per-coordinate quantization range of the weighted update (default: 1.0)")
+    secure.add_argument("--secure-bits", type=int, default=32, help="ring Z_(2^bits) (default: 32)")
+    secure.add_argument("--secure-dropout", type=float, default=0.0,
+                        help="fraction of sampled clients that drop after sharing keys (simulation)")
     train.add_argument("--config", type=Path, default=None,
                        help="JSON configuration to start from (as in results.json's 'config'); "
                             "flags given on the command line override it")
@@ -106,6 +118,10 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         value = getattr(args, dest)
         if value is not None:
             config = _with(config, path, value)
+    if args.secure:
+        config = _with(config, ("fedavg", "aggregator"),
+                       SecureSum(clip=args.secure_clip, bits=args.secure_bits, graph=args.secure_graph,
+                                 dropout=args.secure_dropout))
     if args.clip_norm is not None:
         config = _with(config, ("fedavg", "aggregator"),
                        ClipNorm(max_norm=args.clip_norm, inner=config.fedavg.aggregator))
@@ -141,12 +157,20 @@ def _train(args: argparse.Namespace) -> int:
 
         result = run_experiment(config, args.out, resume=args.resume, on_round=on_round)
 
+    secure = any(key.endswith("client_bytes_mean") for row in result.history for key in row)
     table = Table(title="FedAvg on digits: test metrics per round")
-    for col in ("round", "clients", "train loss", "test loss", "accuracy", "seconds"):
+    columns = ["round", "clients", "train loss", "test loss", "accuracy", "seconds"]
+    for col in columns + (["KiB/client", "dropped"] if secure else []):
         table.add_column(col, justify="right")
     for row in result.history:
-        table.add_row(str(row["round"]), str(row["clients"]), f"{row['train_loss']:.4f}",
-                      f"{row['loss']:.4f}", f"{100 * row['accuracy']:.2f}%", f"{row['seconds']:.2f}")
+        loss = "aborted" if row.get("aborted") else f"{row['train_loss']:.4f}"
+        cells = [str(row["round"]), str(row["clients"]), loss, f"{row['loss']:.4f}",
+                 f"{100 * row['accuracy']:.2f}%", f"{row['seconds']:.2f}"]
+        if secure:
+            kib = next((v for k, v in row.items() if k.endswith("client_bytes_mean")), 0.0)
+            dropped = next((v for k, v in row.items() if k.endswith("/dropped")), 0.0)
+            cells += [f"{kib / 1024:.1f}", f"{dropped:.0f}"]
+        table.add_row(*cells)
     console.print(table)
     summary = summarize(result.history)
     plot = plot_history(result.history, args.out / "accuracy.png", config_summary(config))

@@ -72,7 +72,8 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     ax_acc.set(xlabel="round", ylabel="test accuracy (%)", title="accuracy")
     ax_acc.grid(alpha=0.3)
     ax_loss.plot(rounds, [row["loss"] for row in history], marker="o", ms=3, label="test")
-    ax_loss.plot(rounds, [row["train_loss"] for row in history], marker=".", ms=3,
+    ax_loss.plot(rounds, [float("nan") if row["train_loss"] is None else row["train_loss"]
+                          for row in history], marker=".", ms=3,
                  label="train (clients)")
     ax_loss.set(xlabel="round", ylabel="cross-entropy", title="loss")
     ax_loss.grid(alpha=0.3)

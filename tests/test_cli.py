@@ -49,3 +49,17 @@ def test_python_dash_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "secagg", "--version"], capture_output=True,
                           text=True, check=True, timeout=60)
     assert done.stdout.startswith("secagg ")
+
+
+def test_secure_training_reports_traffic_and_dropouts(tmp_path, capsys):
+    out = tmp_path / "secure"
+    code = main(["train", "--rounds", "2", "--clients", "6", "--local-epochs", "1", "--secure",
+                 "--secure-dropout", "0.2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "KiB/client" in printed and "dropped" in printed
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["fedavg"]["aggregator"]["kind"] == "secure-sum"
+    for row in doc["rounds"]:
+        assert row["agg/dropped"] == 1 and row["agg/survivors"] == 5
+        assert row["agg/expansion"] > 1

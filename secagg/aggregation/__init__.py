@@ -11,6 +11,7 @@ from secagg.aggregation.base import (
 )
 from secagg.aggregation.clip import ClipNorm
 from secagg.aggregation.mean import Mean
+from secagg.aggregation.secure import SecureSum
 
 __all__ = [
     "AggState",
@@ -18,6 +19,7 @@ __all__ = [
     "Aggregator",
     "ClipNorm",
     "Mean",
+    "SecureSum",
     "UpdateBatch",
     "aggregator_kinds",
     "nest_state",

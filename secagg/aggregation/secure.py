@@ -110,8 +110,8 @@ class SecureSum(Aggregator, kind="secure-sum"):
         params = self.session_params(ids, d + 1, batch.round)
         drop = {}
         if self.dropout > 0:
-            k = min(round(self.dropout * n), n - params.threshold)
-            chosen = numpy_rng(batch.seed, "secure-sum-dropout").choice(n, size=max(k, 0), replace=False)
+            k = round(self.dropout * n)  # may leave fewer than t: then the round aborts, as it would live
+            chosen = numpy_rng(batch.seed, "secure-sum-dropout").choice(n, size=k, replace=False)
             drop = {ids[i]: Stage.MASKED_INPUT for i in chosen}
         report = run_session(params, inputs, drop_before=drop)
         assert report.result is not None

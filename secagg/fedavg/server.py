@@ -13,7 +13,7 @@ from torch import nn
 
 from secagg.aggregation import AggState, UpdateBatch
 from secagg.data.federated import FederatedDataset
-from secagg.errors import UpdateError
+from secagg.errors import AbortError, UpdateError
 from secagg.fedavg.client import ClientUpdate, client_update
 from secagg.fedavg.config import FedAvgConfig
 from secagg.layout import ParamLayout
@@ -106,7 +106,16 @@ class FedAvg:
             weights=torch.tensor([u.num_examples for u in updates], dtype=torch.float64),
             client_ids=tuple(u.client_id for u in updates),
             round=r, seed=derive_seed(self.seed, "aggregate", r), layout=self.layout)
-        agg = self.config.aggregator.aggregate(batch, state.aggregator_state)
+        try:
+            agg = self.config.aggregator.aggregate(batch, state.aggregator_state)
+        except AbortError as exc:
+            # a clean abort (e.g. too few clients left in secure aggregation): no update this round
+            record = {"round": r, "clients": 0, "rejected": rejected, "aborted": str(exc),
+                      "train_loss": None,
+                      **evaluate(self.model, state.weights, self.data.test_x, self.data.test_y),
+                      "update_norm": 0.0, "seconds": time.perf_counter() - started}
+            return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum),
+                               record)
         if tuple(agg.update.shape) != (self.layout.dim,) or not torch.isfinite(agg.update).all():
             raise UpdateError(f"aggregator {self.config.aggregator.kind!r} returned an update of "
                               f"shape {tuple(agg.update.shape)} (expected ({self.layout.dim},), "
