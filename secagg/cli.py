@@ -158,9 +158,10 @@ def _train(args: argparse.Namespace) -> int:
         result = run_experiment(config, args.out, resume=args.resume, on_round=on_round)
 
     secure = any(key.endswith("client_bytes_mean") for row in result.history for key in row)
-    table = Table(title="FedAvg on digits: test metrics per round")
+    table = Table(title="FedAvg on digits: test metrics per round"
+                  + (" (KiB: mean traffic per client)" if secure else ""))
     columns = ["round", "clients", "train loss", "test loss", "accuracy", "seconds"]
-    for col in columns + (["KiB/client", "dropped"] if secure else []):
+    for col in columns + (["KiB", "dropped"] if secure else []):
         table.add_column(col, justify="right")
     for row in result.history:
         loss = "aborted" if row.get("aborted") else f"{row['train_loss']:.4f}"
