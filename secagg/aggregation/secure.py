@@ -120,7 +120,8 @@ class SecureSum(Aggregator, kind="secure-sum"):
         total_w = float(weight_q.decode_sum(report.result[d:], survivors)[0])
         if total_w <= 0:
             raise UpdateError("weights: the secure sum of the surviving clients' weights is not positive")
-        sent = [report.bytes_sent[u] + report.bytes_received[u] for u in ids]
+        # traffic of the clients that completed the round (dropped ones stop part-way)
+        sent = [report.bytes_sent[u] + report.bytes_received[u] for u in report.survivors]
         metrics = {
             "survivors": float(survivors),
             "dropped": float(len(report.dropped)),
