@@ -21,13 +21,15 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_second():
     assert commands[1] in ci
 
 
-def test_readme_python_example_runs(tmp_path, capsys):
-    code = re.search(r"```python\n(.*?)```", README, re.S).group(1)
-    code = code.replace("rounds=10", "rounds=2")  # keep the test quick; everything else as written
+def test_readme_python_examples_run(tmp_path, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 2
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        exec(compile(code, "README.md", "exec"), {})
+        for i, code in enumerate(blocks):
+            code = code.replace("rounds=10", "rounds=2")  # keep the test quick; the rest as written
+            exec(compile(code, f"README.md python block {i}", "exec"), {})
     finally:
         os.chdir(cwd)
     assert "test accuracy" in capsys.readouterr().out
