@@ -11,6 +11,8 @@ Every figure is measured in this run, on this machine, against a baseline measur
     the call), and of the rest. Floor: for the same 100 seeds, one AES-128-CTR encryptor each doing
     ``update_into`` over 4d zero bytes into one preallocated buffer, then ``np.add`` of the d words
     into one preallocated uint32 accumulator (median of --repeats). Target: client / floor <= 1.3.
+    The rest of the call costs O(n) (about 200 X25519 agreements at n = 100), the floor O(n d): at
+    --quick's small d the ratio is higher than at d = 10^6.
 (b) server unmasking in the same session with 10% of the clients dropped after ShareKeys (their
     MaskedInput is never delivered; the survivors answer the UnmaskRequest). Timed:
     ``Server.advance()`` at COLLECT_UNMASK (Shamir reconstruction of the survivors' self-mask seeds
@@ -23,7 +25,9 @@ Every figure is measured in this run, on this machine, against a baseline measur
     d = 10^5, 5% of the clients dropping after ShareKeys, degree k and threshold t from
     ``secaggplus_parameters(1000, --corrupt-fraction, 0.05)``. Reported: wall time, the sum of the
     clients' seconds, the server's seconds and the remainder (encoding of the server's messages,
-    client construction, the runner). One process, one thread. Target: wall <= 10 s.
+    client construction, the runner). One process, one thread. Target: wall <= 10 s. With
+    --breakdown the round is run again with timers on its hot functions (graph, wire decode, X25519,
+    HKDF, Shamir, masks...) and the seconds of each are printed: where the round's time goes.
 (d) traffic: mean bytes sent + received per surviving client over the plain update size 4d (the
     expansion factor), from ``run_session`` at (a)/(b)'s setting (with its 10% dropout) and at (c)'s.
     The mean over every invited client (dropped ones included, as ``SecureSum`` reports it) and the
@@ -32,8 +36,9 @@ Every figure is measured in this run, on this machine, against a baseline measur
 Every session's unmasked sum is checked against the survivors' inputs summed mod 2^32; a wrong sum
 makes the script exit with status 1. Target misses are reported (PASS/FAIL), not errors.
 
-    python benchmarks/secagg_speed.py                 # full sizes (a few minutes, ~2 GB of memory)
+    python benchmarks/secagg_speed.py                 # full sizes (about a minute, ~1.1 GB of memory)
     python benchmarks/secagg_speed.py --quick         # n=50, d=2*10^5 for (a, b); n=200, d=10^4 for (c)
+    python benchmarks/secagg_speed.py --breakdown     # also: where (c)'s time goes
     python benchmarks/secagg_speed.py --json out.json --corrupt-fraction 0.33
 """
 
@@ -48,10 +53,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import cryptography
@@ -59,10 +63,13 @@ import numpy as np
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from secagg.crypto import shamir
+from secagg.crypto import aead, shamir
+from secagg.crypto.keys import DHKeyPair
 from secagg.errors import ConfigError
 from secagg.protocol import client as client_module
+from secagg.protocol import runner as runner_module
 from secagg.protocol import server as server_module
+from secagg.protocol import session as session_module
 from secagg.protocol.client import Client
 from secagg.protocol.finder import secaggplus_parameters
 from secagg.protocol.messages import ForwardedShares, SessionParams, Stage
@@ -90,11 +97,12 @@ class CallLog:
 
 
 @contextmanager
-def timed_calls(module: ModuleType, name: str,
+def timed_calls(owner: object, name: str,
                 capture: Callable[..., Any] | None = None) -> Iterator[CallLog]:
-    """Wrap ``module.name`` for the duration of the block: each call is timed (and ``capture(*args)``
-    kept). The callers look the name up in their module at call time, so they get the wrapper."""
-    original = getattr(module, name)
+    """Wrap ``owner.name`` (a module's function or a class's plain method) for the duration of the
+    block: each call is timed (and ``capture(*args)`` kept). The library looks such names up at call
+    time, so it calls the wrapper."""
+    original = getattr(owner, name)
     log = CallLog()
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -106,11 +114,11 @@ def timed_calls(module: ModuleType, name: str,
             if capture is not None:
                 log.captured.append(capture(*args, **kwargs))
 
-    setattr(module, name, wrapper)
+    setattr(owner, name, wrapper)
     try:
         yield log
     finally:
-        setattr(module, name, original)
+        setattr(owner, name, original)
 
 
 def _masks_of(out: np.ndarray, masks: Sequence[tuple[bytes, int]], *_: Any) -> Masks:
@@ -200,6 +208,11 @@ def check_report(report: SessionReport, inputs: Mapping[int, np.ndarray], droppe
 # -- the benchmarks --------------------------------------------------------------------------------
 
 
+def server_repeats(repeats: int) -> int:
+    """The server's unmasking is ~10x a client's masking: fewer repeats of it."""
+    return max(1, min(repeats, 3))
+
+
 def bench_client_server(n: int, d: int, repeats: int, rng: np.random.Generator) -> dict[str, Any]:
     """(a), (b) and (d) at the (a)/(b) setting."""
     params = full_graph_params(n, d)
@@ -247,8 +260,9 @@ def bench_client_server(n: int, d: int, repeats: int, rng: np.random.Generator) 
         server.receive(clients[u].handle(message))
     del clients
     runs: list[tuple[float, float, float, int]] = []
+    server_seeds: list[bytes] = []
     correct = True
-    for _ in range(repeats_server(repeats)):
+    for _ in range(server_repeats(repeats)):
         fresh = copy.deepcopy(server)
         shamir.lagrange_at_zero.cache_clear()  # every run pays for its Lagrange coefficients
         with timed_calls(server_module, "reconstruct") as rec_log, \
@@ -264,7 +278,7 @@ def bench_client_server(n: int, d: int, repeats: int, rng: np.random.Generator) 
     shamir_s = statistics.median(r[1] for r in runs)
     server_acc_s = statistics.median(r[2] for r in runs)
     n_seeds = runs[0][3]
-    server_floor_s = floor_seconds(server_seeds, d, repeats_server(repeats))
+    server_floor_s = floor_seconds(server_seeds, d, server_repeats(repeats))
     server_ratio = server_s / server_floor_s
     print(f"(b) server advance() at COLLECT_UNMASK, median of {len(runs)}: {server_s:.4f} s; sum correct: "
           f"{'yes' if correct else 'NO'}")
@@ -272,7 +286,7 @@ def bench_client_server(n: int, d: int, repeats: int, rng: np.random.Generator) 
           f"{shamir_s:.4f} s; accumulate_masks over {n_seeds} seeds: {server_acc_s:.4f} s; the rest "
           f"(share collection, X25519, HKDF, copy): {server_s - shamir_s - server_acc_s:.4f} s")
     print(f"    floor ({n_seeds} x [update_into {4 * d} B + uint32 add], median of "
-          f"{repeats_server(repeats)}): {server_floor_s:.4f} s")
+          f"{server_repeats(repeats)}): {server_floor_s:.4f} s")
     print(f"    server / floor = {server_ratio:.3f}x; target <= {SERVER_TARGET}x: "
           f"{'PASS' if server_ratio <= SERVER_TARGET else 'FAIL'}")
     del server
@@ -300,16 +314,11 @@ def bench_client_server(n: int, d: int, repeats: int, rng: np.random.Generator) 
             "correct_ab": correct}
 
 
-def repeats_server(repeats: int) -> int:
-    """The server's unmasking is ~10x a client's masking: fewer repeats of it."""
-    return max(1, min(repeats, 3))
-
-
 def bench_round(n: int, d: int, corrupt: float, rng: np.random.Generator) -> dict[str, Any]:
     """(c) and (d) at the (c) setting: one whole SecAgg+ round through run_session."""
     params, note = secaggplus_params(n, d, corrupt, ROUND_DROPOUT)
-    alt = [f"{c}: {secaggplus_parameters(n, c, ROUND_DROPOUT)}" for c in (0.05, 0.2, 0.33) if c != corrupt
-           and _has_sparse(n, c)]
+    alt = [f"{c}: {secaggplus_parameters(n, c, ROUND_DROPOUT)}"
+           for c in (0.05, 0.2, 0.33) if c != corrupt and _has_sparse(n, c)]
     inputs = random_inputs(params.client_ids, d, rng)
     dropped = {int(u) for u in rng.choice(n, size=round(ROUND_DROPOUT * n), replace=False)}
     print(f"(c) SecAgg+ round via run_session: n={n}, d={d}, {len(dropped)} dropped after ShareKeys; {note} "
@@ -336,6 +345,51 @@ def bench_round(n: int, d: int, corrupt: float, rng: np.random.Generator) -> dic
             "correct_round": ok}
 
 
+# where a round's time goes: (label, the functions timed for it); none of them calls another
+COMPONENTS: tuple[tuple[str, tuple[tuple[object, str], ...]], ...] = (
+    ("wire decode (all messages)", ((runner_module, "decode"),)),
+    ("wire encode (all messages)", ((runner_module, "encode"),)),
+    ("Harary graph neighbours() (every client + server)", ((client_module, "neighbours"),
+                                                           (server_module, "neighbours"))),
+    ("session_id (every client + server)", ((client_module, "session_id"), (server_module, "session_id"))),
+    ("X25519 agree", ((DHKeyPair, "agree"),)),
+    ("HKDF of share keys and pair seeds", ((session_module, "hkdf"),)),
+    ("AES-GCM seal/open of shares", ((aead, "seal"), (aead, "open_sealed"))),
+    ("Shamir split (clients)", ((client_module, "split"),)),
+    ("Shamir reconstruct (server)", ((server_module, "reconstruct"),)),
+    ("server share collection (_collect)", ((Server, "_collect"),)),
+    ("accumulate_masks (clients + server)", ((client_module, "accumulate_masks"),
+                                             (server_module, "accumulate_masks"))),
+)
+
+
+def breakdown_round(n: int, d: int, corrupt: float, rng: np.random.Generator
+                    ) -> tuple[dict[str, float], bool]:
+    """The (c) round again with the hot functions wrapped in timers: seconds per component.
+
+    Instrumented (a few hundred thousand wrapped calls), so its wall is a little above (c)'s."""
+    params, _ = secaggplus_params(n, d, corrupt, ROUND_DROPOUT)
+    inputs = random_inputs(params.client_ids, d, rng)
+    dropped = {int(u) for u in rng.choice(n, size=round(ROUND_DROPOUT * n), replace=False)}
+    logs: dict[str, list[CallLog]] = {}
+    with ExitStack() as stack:
+        for label, targets in COMPONENTS:
+            logs[label] = [stack.enter_context(timed_calls(owner, name)) for owner, name in targets]
+        started = time.perf_counter()
+        report = run_session(params, inputs, drop_before=dict.fromkeys(dropped, Stage.MASKED_INPUT))
+        wall = time.perf_counter() - started
+    ok = check_report(report, inputs, dropped)
+    parts = {label: sum(sum(log.seconds) for log in group) for label, group in logs.items()}
+    calls = {label: sum(len(log.seconds) for log in group) for label, group in logs.items()}
+    parts["everything else"] = wall - sum(parts.values())
+    print(f"    breakdown of the same round, instrumented: wall {wall:.2f} s, sum correct: "
+          f"{'yes' if ok else 'NO'}")
+    for label, seconds in sorted(parts.items(), key=lambda item: -item[1]):
+        count = f"{calls[label]:>8} calls" if label in calls else " " * 14
+        print(f"      {label:<52}{seconds:>7.2f} s {100 * seconds / wall:>5.1f}% {count}")
+    return parts, ok
+
+
 def _has_sparse(n: int, corrupt: float) -> bool:
     try:
         secaggplus_parameters(n, corrupt, ROUND_DROPOUT)
@@ -352,6 +406,8 @@ def main() -> int:
                         help="for (c): fraction of clients colluding with the server (default 0.2)")
     parser.add_argument("--repeats", type=int, default=5, help="floor repeats (server: at most 3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="rerun (c) with timers on its hot functions: where the round's time goes")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     if args.repeats < 1:
@@ -365,8 +421,11 @@ def main() -> int:
     started = time.perf_counter()
     figures = bench_client_server(n_ab, d_ab, args.repeats, rng)
     figures |= bench_round(n_round, d_round, args.corrupt_fraction, rng)
-    figures["expansion"] = {"ab": figures["expansion_ab"], "round": figures["expansion_round"]}
     figures["correct"] = figures["correct_ab"] and figures["correct_round"]
+    if args.breakdown:
+        figures["round_breakdown_s"], ok = breakdown_round(n_round, d_round, args.corrupt_fraction, rng)
+        figures["correct"] &= ok
+    figures["expansion"] = {"ab": figures["expansion_ab"], "round": figures["expansion_round"]}
     figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures["quick"] = args.quick
     print(f"summary: client {figures['client_ratio']:.3f}x floor "

@@ -173,11 +173,11 @@ class Client:
             Share.from_bytes(share_point(self.id), s)
             held[sender] = (b, s)
         masking_peers = sorted(held)
+        if len(masking_peers) + 1 < p.threshold:  # holders of my secrets: those peers and me
+            raise ProtocolError(f"client {self.id}: only {len(masking_peers)} neighbours shared keys; with "
+                                f"my own share that is fewer than the threshold {p.threshold}")
         held[self.id] = self._own
         self._held = held
-        if len(held) + 1 < p.threshold:
-            raise ProtocolError(f"client {self.id}: only {len(held)} neighbours shared keys; with my own "
-                                f"share that is fewer than the threshold {p.threshold}")
         # pairwise masks with every neighbour that shared keys (U2): they mask with us too
         masks = [(self._self_seed, 1)]
         for v in masking_peers:
