@@ -349,8 +349,8 @@ def bench_round(n: int, d: int, corrupt: float, rng: np.random.Generator) -> dic
 COMPONENTS: tuple[tuple[str, tuple[tuple[object, str], ...]], ...] = (
     ("wire decode (all messages)", ((runner_module, "decode"),)),
     ("wire encode (all messages)", ((runner_module, "encode"),)),
-    ("Harary graph neighbours() (every client + server)", ((client_module, "neighbours"),
-                                                           (server_module, "neighbours"))),
+    ("Harary graph (own row; server: all)",
+     ((client_module, "neighbours_of"), (server_module, "neighbours"))),
     ("session_id (every client + server)", ((client_module, "session_id"), (server_module, "session_id"))),
     ("X25519 agree", ((DHKeyPair, "agree"),)),
     ("HKDF of share keys and pair seeds", ((session_module, "hkdf"),)),

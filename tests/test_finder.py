@@ -184,6 +184,9 @@ def test_finder_matches_the_oracle(n: int, corrupt: float, dropout: float, malic
     (10, 0.1, 0.1, False), (10, 0.3, 0.0, True), (50, 0.2, 0.1, False), (100, 0.0, 0.4, True),
     (100, 0.1, 0.1, False), (150, 0.33, 0.0, False), (200, 0.05, 0.2, True), (400, 0.4, 0.4, False),
     (400, 0.0, 0.0, False), (333, 0.1, 0.3, True), (64, 0.25, 0.125, False),
+    # points that separate the spec's fine print: the 1e-14 slack in C (0.29 * 100 = 28.999...) and in
+    # the survivor count, and the connectivity bound applying at k == B (skipped only for k > B)
+    (100, 0.29, 0.0, False), (150, 0.0, 0.18, True), (30, 0.0, 0.4, False),
 ])
 def test_finder_matches_the_oracle_on_fixed_points(n: int, corrupt: float, dropout: float,
                                                    malicious: bool) -> None:

@@ -107,6 +107,18 @@ def test_different_session_ids_give_different_graphs(m: int) -> None:
     assert any(g != edge_set(neighbours(base, members, 2)) for g in changed)
 
 
+@given(graph_cases())
+def test_neighbours_of_one_member_matches_the_whole_graph(case: tuple[list[int], int, bytes]) -> None:
+    """Clients compute only their own neighbourhood; it must be exactly their row of the server's graph."""
+    neighbours_of = getattr(graph, "neighbours_of", None)
+    if neighbours_of is None:
+        pytest.skip("graph.neighbours_of is not part of this version")
+    members, degree, sid = case
+    g = neighbours(sid, members, degree)
+    for u in members:
+        assert neighbours_of(sid, members, degree, u) == g[u]
+
+
 def test_complete_graph_for_degree_at_least_m_minus_1() -> None:
     members = [10, 4, 99]
     for degree in (2, 3, 50):
@@ -167,21 +179,25 @@ def test_seeded_permutation_is_unbiased() -> None:
     assert chi_square(first, 8, CHI2_TRIALS) < CHI2_CRIT_7_DOF, first
 
 
-def test_seeded_permutation_rejects_biased_words_and_refills(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Words in the biased top range are skipped (rejection sampling), and exhausting the first block of
-    PRG output draws a fresh block instead of reusing or running past it."""
-    calls: list[int] = []
+def test_seeded_permutation_sorts_by_full_64_bit_prg_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented construction: items ordered by 64-bit keys drawn from PRG(seed), ties kept in input
+    order. Keys whose low 32 bits rise while the high 32 bits fall must order by the high bits."""
+    m = 6
+    keys = np.array([((m - i) << 32) | i for i in range(m)], dtype=np.uint64)
+    requested: list[int] = []
 
     def fake_expand(seed: bytes, length: int) -> np.ndarray:
-        calls.append(length)
-        # First block: only 0xFFFFFFFF, rejected for bound 3 (limit 2^32 - 1); later blocks: all 1s.
-        return np.full(length, 0xFFFFFFFF if len(calls) == 1 else 1, dtype=np.uint32)
+        requested.append(length)
+        words = keys.view(np.uint32)
+        return np.resize(words, length).astype(np.uint32)
 
     monkeypatch.setattr(graph, "expand", fake_expand)
-    # i = 2 (bound 3): block 1 all rejected -> refill -> w = 1 -> swap positions 2 and 1 -> [a, c, b];
-    # i = 1 (bound 2): w = 1 -> j = 1, no swap. Without rejection, w = 0xFFFFFFFF gives j = 0 instead.
-    assert seeded_permutation(b"\x07" * 32, ["a", "b", "c"]) == ["a", "c", "b"]
-    assert len(calls) == 2
+    items = [10, 20, 30, 40, 50, 60]
+    assert seeded_permutation(b"\x07" * 32, items) == items[::-1]
+    assert requested and requested[0] >= 2 * m  # at least 64 bits of PRG output per item
+
+    monkeypatch.setattr(graph, "expand", lambda seed, length: np.zeros(length, dtype=np.uint32))
+    assert seeded_permutation(b"\x07" * 32, items) == items  # all keys tie: input order, deterministic
 
 
 # ---------------------------------------------------------------------------------------------------

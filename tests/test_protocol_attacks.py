@@ -394,7 +394,7 @@ def test_client_refuses_a_directory_with_a_small_order_encryption_key(point: str
     params = make_params(n=4, t=3, d=8)
     clients, entries = _advertised(params, make_inputs(params, 6))
     target, control, peer = params.client_ids[0], params.client_ids[1], params.client_ids[2]
-    forged = tuple(dataclasses.replace(e, enc_key=SMALL_ORDER[point]) if e.client_id == peer else e
+    forged = tuple(e._replace(enc_key=SMALL_ORDER[point]) if e.client_id == peer else e
                    for e in entries)
     produced = []
     with pytest.raises(ProtocolError, match=f"public key of client {peer} has small order"):
@@ -455,8 +455,9 @@ def test_duplicate_client_ids_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="sorted and unique"):
         SessionParams(round=0, model_version=b"", client_ids=(2, 1, 3), threshold=2, degree=2,
                       vector_length=4)
-    # a Setup carrying duplicate ids cannot even be decoded
-    raw = msgpack.packb([MAGIC, VERSION, 1, [0, b"", [1, 2, 2, 3], 2, 3, 4, 32]], use_bin_type=True)
+    # a Setup carrying duplicate ids cannot even be decoded (id lists travel packed, big-endian uint32)
+    packed = b"".join(i.to_bytes(4, "big") for i in (1, 2, 2, 3))
+    raw = msgpack.packb([MAGIC, VERSION, 1, [0, b"", packed, 2, 3, 4, 32]], use_bin_type=True)
     with pytest.raises(WireError, match="duplicate"):
         decode(raw)
 
@@ -519,7 +520,7 @@ def test_client_refuses_directories_with_duplicates() -> None:
     clients, entries = _advertised(params, make_inputs(params, 11))
     a, b, c = params.client_ids[:3]
     # c's keys replayed under b's id (b's own keys replaced): a public key appears twice
-    replayed = tuple(dataclasses.replace(e, enc_key=entries[2].enc_key) if e.client_id == b else e
+    replayed = tuple(e._replace(enc_key=entries[2].enc_key) if e.client_id == b else e
                      for e in entries)
     with pytest.raises(ProtocolError, match="a public key appears twice"):
         clients[a].handle(wire(KeyDirectory(replayed)))

@@ -19,7 +19,7 @@ from secagg.crypto.keys import PRIVATE_KEY_BYTES, DHKeyPair
 from secagg.crypto.prg import SEED_BYTES, accumulate_masks
 from secagg.crypto.shamir import SHARE_BYTES, Share, split
 from secagg.errors import ConfigError, ProtocolError
-from secagg.protocol.graph import neighbours
+from secagg.protocol.graph import neighbours_of
 from secagg.protocol.messages import (
     AdvertiseKeys,
     ForwardedShares,
@@ -67,6 +67,7 @@ class Client:
         self._neighbours: frozenset[int] = frozenset()
         self._held: dict[int, tuple[bytes, bytes]] = {}  # peer -> (b-share, s-share) it gave us
         self._own: tuple[bytes, bytes] = (b"", b"")  # our share of our own secrets
+        self._share_keys: dict[int, bytes] = {}  # neighbour -> AES-GCM key for shares
         self._revealed: dict[int, str] = {}  # peer -> "b" or "s": the one share we showed
 
     # -- the interface --------------------------------------------------------------------------
@@ -87,6 +88,7 @@ class Client:
         self._held.clear()
         self._self_seed = b""
         self._own = (b"", b"")
+        self._share_keys.clear()
 
     # -- one method per step --------------------------------------------------------------------
 
@@ -136,7 +138,7 @@ class Client:
             raise ProtocolError("key directory: a public key appears twice (substituted or replayed)")
         self.session = session_id(p, msg.entries)
         self._directory = entries
-        self._neighbours = neighbours(self.session, sorted(entries), p.degree)[self.id]
+        self._neighbours = neighbours_of(self.session, list(entries), p.degree, self.id)
         self._self_seed = os.urandom(SEED_BYTES)
         holders = sorted(self._neighbours | {self.id})  # we keep one share of our own secrets
         xs = [share_point(v) for v in holders]
@@ -148,6 +150,7 @@ class Client:
                 self._own = (b.to_bytes(), s.to_bytes())
                 continue
             key = share_key(self._enc.agree(entries[v].enc_key, peer=v), self.session, self.id, v)
+            self._share_keys[v] = key
             plaintext = (self.id.to_bytes(4, "big") + v.to_bytes(4, "big") + b.to_bytes() + s.to_bytes())
             out.append((v, aead.seal(key, plaintext, aead.associated_data(self.session, self.id, v))))
         self.phase = ClientPhase.SHARED
@@ -162,8 +165,7 @@ class Client:
         for sender, ciphertext in msg.shares:
             if sender not in self._neighbours:
                 raise ProtocolError(f"forwarded share from client {sender}, who is not a neighbour")
-            key = share_key(self._enc.agree(self._directory[sender].enc_key, peer=sender),
-                            self.session, self.id, sender)
+            key = self._share_keys[sender]  # the pair key is symmetric: derived once, in _on_directory
             plain = aead.open_sealed(key, ciphertext, aead.associated_data(self.session, sender, self.id),
                                      sender=sender)
             if (int.from_bytes(plain[:4], "big"), int.from_bytes(plain[4:8], "big")) != (sender, self.id):

@@ -19,29 +19,16 @@ from secagg.errors import ConfigError
 
 
 def seeded_permutation(seed: bytes, items: Sequence[int]) -> list[int]:
-    """Fisher-Yates shuffle of ``items`` driven by ``PRG(seed)``, with rejection sampling (unbiased)."""
-    out = list(items)
-    m = len(out)
+    """A uniformly random ordering of ``items`` determined by ``seed``: sort by 64-bit ``PRG(seed)`` keys.
+
+    Two items share a key with probability below m^2 / 2^65 (about 2^-45 for a thousand items), the
+    only departure from uniform; ties keep the input order, so the result is still deterministic.
+    """
+    m = len(items)
     if m < 2:
-        return out
-    words = expand(seed, 4 * m + 64)  # rejection needs < 2 words per draw on average; refill below
-    pos = 0
-    counter = 1
-    for i in range(m - 1, 0, -1):
-        bound = i + 1
-        limit = (1 << 32) - ((1 << 32) % bound)  # reject the biased top range
-        while True:
-            if pos == words.size:
-                words = expand(hkdf(seed, salt=b"", info=b"refill" + counter.to_bytes(4, "big")),
-                               4 * m + 64)
-                pos, counter = 0, counter + 1
-            w = int(words[pos])
-            pos += 1
-            if w < limit:
-                break
-        j = w % bound
-        out[i], out[j] = out[j], out[i]
-    return out
+        return list(items)
+    keys = expand(seed, 2 * m).view(np.uint64)
+    return [items[i] for i in np.argsort(keys, kind="stable").tolist()]
 
 
 def check_degree(degree: int, num_clients: int) -> None:
@@ -54,6 +41,27 @@ def check_degree(degree: int, num_clients: int) -> None:
                           f"got {degree}")
 
 
+def _ring(session_id: bytes, members: Sequence[int], degree: int) -> list[int] | None:
+    """The ring order of the members, or ``None`` when the graph is complete."""
+    ids = sorted(members)
+    if degree >= len(ids) - 1:
+        return None
+    if degree % 2:
+        raise ConfigError(f"degree: must be even for a sparse graph, got {degree}")
+    return seeded_permutation(hkdf(session_id, salt=b"", info=GRAPH_LABEL), ids)
+
+
+def neighbours_of(session_id: bytes, members: Sequence[int], degree: int, member: int) -> frozenset[int]:
+    """``member``'s neighbours, the same as ``neighbours(...)[member]`` without building the graph."""
+    if member not in members:
+        raise ConfigError(f"member: client {member} is not among the graph's members")
+    order = _ring(session_id, members, degree)
+    if order is None:
+        return frozenset(members) - {member}
+    m, pos = len(order), order.index(member)
+    return frozenset(order[(pos + j) % m] for j in range(-(degree // 2), degree // 2 + 1) if j)
+
+
 def neighbours(session_id: bytes, members: Sequence[int], degree: int) -> dict[int, frozenset[int]]:
     """Each member's neighbours in the ``degree``-regular Harary graph over ``members``.
 
@@ -61,14 +69,11 @@ def neighbours(session_id: bytes, members: Sequence[int], degree: int) -> dict[i
     is joined. The ring order is :func:`seeded_permutation` of the sorted members under a seed
     derived from ``session_id``.
     """
-    ids = sorted(members)
-    m = len(ids)
-    if degree >= m - 1:
-        everyone = frozenset(ids)
-        return {u: everyone - {u} for u in ids}
-    if degree % 2:
-        raise ConfigError(f"degree: must be even for a sparse graph, got {degree}")
-    order = np.array(seeded_permutation(hkdf(session_id, salt=b"", info=GRAPH_LABEL), ids))
+    ring = _ring(session_id, members, degree)
+    if ring is None:
+        everyone = frozenset(members)
+        return {u: everyone - {u} for u in everyone}
+    order, m = np.array(ring), len(ring)
     half = degree // 2
     offsets = np.concatenate([np.arange(1, half + 1), -np.arange(1, half + 1)])
     ring = (np.arange(m)[:, None] + offsets[None, :]) % m

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from secagg.errors import ConfigError
 from secagg.protocol.graph import check_degree
@@ -70,8 +71,10 @@ class SessionParams:
             raise ConfigError("client_ids: need a tuple of at least 2 client ids")
         if len(ids) > MAX_CLIENTS:
             raise ConfigError(f"client_ids: at most {MAX_CLIENTS} clients, got {len(ids)}")
-        for i in ids:
-            check_int("client_ids[]", i, minimum=0, maximum=MAX_ID)
+        if not all(type(i) is int for i in ids):  # bool and int subclasses are not ids
+            raise ConfigError("client_ids: must all be integers")
+        if ids[0] < 0 or ids[-1] > MAX_ID:
+            raise ConfigError(f"client_ids: must be in [0, {MAX_ID}]")
         if any(a >= b for a, b in itertools.pairwise(ids)):
             raise ConfigError("client_ids: must be sorted and unique (duplicate or unsorted id)")
         n = len(ids)
@@ -89,9 +92,11 @@ class SessionParams:
         return self.degree == self.num_clients - 1
 
 
-@dataclass(frozen=True)
-class KeyEntry:
-    """One client's advertised keys (``signature`` is empty unless the malicious-server mode is on)."""
+class KeyEntry(NamedTuple):
+    """One client's advertised keys (``signature`` is empty unless the malicious-server mode is on).
+
+    A named tuple, not a dataclass: a 1000-client directory builds a thousand of these per client.
+    """
 
     client_id: int
     enc_key: bytes

@@ -224,30 +224,36 @@ class Server:
         request = UnmaskRequest(self.session, self.survivors, self.dropped)
         return [(u, request) for u in self.survivors]
 
-    def _collect(self, owner: int, kind: str) -> list[Share]:
-        """The shares of ``owner``'s secret that responders returned, lowest responder ids first."""
-        out = []
+    def _index_shares(self) -> dict[tuple[str, int], list[tuple[int, bytes]]]:
+        """(kind, owner) -> [(responder, share bytes)], responders in increasing id order."""
+        index: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
         for responder in sorted(self.responses):
-            pairs = (self.responses[responder].self_mask_shares if kind == "b"
-                     else self.responses[responder].mask_key_shares)
-            for peer, data in pairs:
-                if peer == owner:
-                    out.append(Share.from_bytes(share_point(responder), data))
+            response = self.responses[responder]
+            for kind, pairs in (("b", response.self_mask_shares), ("s", response.mask_key_shares)):
+                for owner, data in pairs:
+                    index.setdefault((kind, owner), []).append((responder, data))
+        return index
+
+    def _collect(self, index: dict[tuple[str, int], list[tuple[int, bytes]]], owner: int,
+                 kind: str) -> list[Share]:
+        """The first ``t`` shares of ``owner``'s secret (lowest responder ids); abort if fewer came."""
+        found = index.get((kind, owner), [])
         t = self.params.threshold
-        if len(out) < t:
+        if len(found) < t:
             what = "self-mask seed" if kind == "b" else "mask key"
-            raise AbortError(f"only {len(out)} shares of client {owner}'s {what} came back, fewer than "
+            raise AbortError(f"only {len(found)} shares of client {owner}'s {what} came back, fewer than "
                              f"the threshold t={t}: round aborted")
-        return out[:t]
+        return [Share.from_bytes(share_point(responder), data) for responder, data in found[:t]]
 
     def _unmask(self) -> None:
         self._need(len(self.responses), "answered the unmask request")
+        index = self._index_shares()
         masks: list[tuple[bytes, int]] = []
         for u in self.survivors:
-            masks.append((reconstruct(self._collect(u, "b"), self.params.threshold), -1))
+            masks.append((reconstruct(self._collect(index, u, "b"), self.params.threshold), -1))
         survivors = set(self.survivors)
         for v in self.dropped:
-            raw = reconstruct(self._collect(v, "s"), self.params.threshold)
+            raw = reconstruct(self._collect(index, v, "s"), self.params.threshold)
             key = DHKeyPair.from_private_bytes(raw)
             if key.public != self.keys[v].mask_key:
                 raise AbortError(f"the reconstructed mask key of client {v} does not match its advertised "

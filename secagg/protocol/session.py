@@ -19,8 +19,7 @@ def session_id(params: SessionParams, directory: tuple[KeyEntry, ...]) -> bytes:
     """
     h = hashlib.sha256(_SESSION_LABEL)
     h.update(encode_params(params))
-    for e in directory:
-        h.update(e.client_id.to_bytes(4, "big") + e.enc_key + e.mask_key)
+    h.update(b"".join([e.client_id.to_bytes(4, "big") + e.enc_key + e.mask_key for e in directory]))
     return h.digest()
 
 
