@@ -21,7 +21,7 @@ from secagg.errors import ConfigError
 
 SEED_BYTES = 32
 _BLOCK = 16
-CHUNK_WORDS = 16384  # 64 KiB of keystream per step: fits in L2 with the output slice
+CHUNK_WORDS = 32768  # 128 KiB of keystream per step: stays in L2 with the output slice
 
 
 def _encryptor(seed: bytes):

@@ -63,7 +63,8 @@ class Client:
         self._enc = DHKeyPair.generate()
         self._mask = DHKeyPair.generate()
         self._self_seed = b""
-        self._directory: dict[int, KeyEntry] = {}
+        self._directory: dict[int, KeyEntry] = {}  # neighbours' (and our own) advertised keys
+        self._advertised: frozenset[int] = frozenset()  # every client in the directory
         self._neighbours: frozenset[int] = frozenset()
         self._held: dict[int, tuple[bytes, bytes]] = {}  # peer -> (b-share, s-share) it gave us
         self._own: tuple[bytes, bytes] = (b"", b"")  # our share of our own secrets
@@ -133,12 +134,14 @@ class Client:
         if len(entries) < p.threshold:
             raise ProtocolError(f"key directory: {len(entries)} clients, fewer than the threshold "
                                 f"{p.threshold}")
-        keys = [(e.enc_key, e.mask_key) for e in msg.entries]
-        if len({k for pair in keys for k in pair}) != 2 * len(keys):
+        if len({e.enc_key for e in msg.entries} | {e.mask_key for e in msg.entries}) != 2 * len(entries):
             raise ProtocolError("key directory: a public key appears twice (substituted or replayed)")
         self.session = session_id(p, msg.entries)
-        self._directory = entries
+        self._advertised = frozenset(entries)
         self._neighbours = neighbours_of(self.session, list(entries), p.degree, self.id)
+        # keep only what later steps use: a thousand clients each holding a thousand-entry
+        # directory is a million live objects for the garbage collector to walk
+        self._directory = {v: entries[v] for v in self._neighbours | {self.id}}
         self._self_seed = os.urandom(SEED_BYTES)
         holders = sorted(self._neighbours | {self.id})  # we keep one share of our own secrets
         xs = [share_point(v) for v in holders]
@@ -205,7 +208,7 @@ class Client:
         if len(survivors) < p.threshold:
             raise ProtocolError(f"unmask request: {len(survivors)} survivors, fewer than the threshold "
                                 f"{p.threshold}: the sum would expose too few clients")
-        if not (survivors | dropped) <= set(self._directory):
+        if not (survivors | dropped) <= self._advertised:
             raise ProtocolError("unmask request names clients that never advertised keys")
         claimed = (survivors | dropped) & (self._neighbours | {self.id})
         if not claimed <= set(self._held):

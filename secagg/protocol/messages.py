@@ -71,7 +71,7 @@ class SessionParams:
             raise ConfigError("client_ids: need a tuple of at least 2 client ids")
         if len(ids) > MAX_CLIENTS:
             raise ConfigError(f"client_ids: at most {MAX_CLIENTS} clients, got {len(ids)}")
-        if not all(type(i) is int for i in ids):  # bool and int subclasses are not ids
+        if not set(map(type, ids)) <= {int}:  # bool and int subclasses are not ids
             raise ConfigError("client_ids: must all be integers")
         if ids[0] < 0 or ids[-1] > MAX_ID:
             raise ConfigError(f"client_ids: must be in [0, {MAX_ID}]")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
+
 from secagg.crypto.kdf import MASK_LABEL, SHARE_KEY_LABEL, hkdf, pair_info
 from secagg.protocol.messages import KeyEntry, SessionParams
 from secagg.protocol.wire import encode_params
@@ -19,7 +21,10 @@ def session_id(params: SessionParams, directory: tuple[KeyEntry, ...]) -> bytes:
     """
     h = hashlib.sha256(_SESSION_LABEL)
     h.update(encode_params(params))
-    h.update(b"".join([e.client_id.to_bytes(4, "big") + e.enc_key + e.mask_key for e in directory]))
+    # three fixed-width columns (ids, encryption keys, mask keys): an unambiguous encoding
+    h.update(np.asarray([e.client_id for e in directory], dtype=">u4").tobytes())
+    h.update(b"".join([e.enc_key for e in directory]))
+    h.update(b"".join([e.mask_key for e in directory]))
     return h.digest()
 
 

@@ -12,7 +12,6 @@ session's length?) are the state machines' job.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -85,15 +84,11 @@ def _signature(v: Any, field: str) -> bytes:
     return b
 
 
-def _list(v: Any, field: str, limit: int = MAX_CLIENTS) -> list:
-    if not isinstance(v, list) or len(v) > limit:
+def _list(v: Any, field: str, limit: int = MAX_CLIENTS) -> list | tuple:
+    # decoding yields lists only; tuples are what encode() checks before packing them as arrays
+    if not isinstance(v, list | tuple) or len(v) > limit:
         raise _fail(field, f"expected a list of at most {limit} items")
     return v
-
-
-def _increasing(ids: list[int], field: str) -> None:
-    if any(a >= b for a, b in itertools.pairwise(ids)):
-        raise _fail(field, "ids must be sorted and unique (duplicate id)")
 
 
 def _ids(v: Any, field: str) -> tuple[int, ...]:
@@ -113,14 +108,29 @@ def _pack_ids(ids: tuple[int, ...]) -> bytes:
     return np.asarray(ids, dtype=">u4").tobytes()
 
 
-def _pairs(payload: Reader) -> Reader:
+def _pairs(size: int) -> Reader:
+    """A list of ``[id, bytes of exactly size]``, ids strictly increasing.
+
+    The common (valid) case is checked inline; field names are only built to report an error.
+    """
+    payload = _bytes(size)
+
     def read(v: Any, field: str) -> tuple[tuple[int, bytes], ...]:
         out = []
+        previous = -1
         for i, item in enumerate(_list(v, field)):
-            if not isinstance(item, list) or len(item) != 2:
+            if type(item) not in (list, tuple) or len(item) != 2:  # tuples when encoding
                 raise _fail(f"{field}[{i}]", "expected [id, bytes]")
-            out.append((_id(item[0], f"{field}[{i}].id"), payload(item[1], f"{field}[{i}].data")))
-        _increasing([p[0] for p in out], field)
+            u, data = item
+            if type(u) is not int or not 0 <= u <= MAX_ID:
+                _id(u, f"{field}[{i}].id")
+                raise _fail(f"{field}[{i}].id", f"expected an integer in [0, {MAX_ID}]")
+            if type(data) is not bytes or len(data) != size:
+                payload(data, f"{field}[{i}].data")
+            if u <= previous:
+                raise _fail(field, "ids must be sorted and unique (duplicate id)")
+            previous = u
+            out.append((u, data))
         return tuple(out)
     return read
 
@@ -186,24 +196,23 @@ _SCHEMAS: dict[int, tuple[type, list[tuple[str, Reader]]]] = {
                         ("signature", _signature)]),
     3: (KeyDirectory, [("entries", _entries)]),
     4: (ShareKeys, [("sender", _id), ("session_id", _session),
-                    ("shares", _pairs(_bytes(SHARE_CIPHERTEXT_BYTES)))]),
+                    ("shares", _pairs(SHARE_CIPHERTEXT_BYTES))]),
     5: (ForwardedShares, [("recipient", _id), ("session_id", _session),
-                          ("shares", _pairs(_bytes(SHARE_CIPHERTEXT_BYTES)))]),
+                          ("shares", _pairs(SHARE_CIPHERTEXT_BYTES))]),
     6: (MaskedInput, [("sender", _id), ("session_id", _session), ("vector", _vector)]),
     7: (UnmaskRequest, [("session_id", _session), ("survivors", _ids), ("dropped", _ids)]),
     8: (UnmaskResponse, [("sender", _id), ("session_id", _session),
-                         ("self_mask_shares", _pairs(_bytes(SHARE_BYTES))),
-                         ("mask_key_shares", _pairs(_bytes(SHARE_BYTES)))]),
+                         ("self_mask_shares", _pairs(SHARE_BYTES)),
+                         ("mask_key_shares", _pairs(SHARE_BYTES))]),
 }
 _CODES = {cls: code for code, (cls, _) in _SCHEMAS.items()}
 
 
 def _plain(value: Any) -> Any:
+    """Session parameters as their 7-field array; anything else as is (msgpack packs tuples as arrays)."""
     if isinstance(value, SessionParams):
         return [value.round, value.model_version, _pack_ids(value.client_ids), value.threshold,
                 value.degree, value.vector_length, value.bits]
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
     return value
 
 
@@ -215,11 +224,6 @@ _WRITERS: dict[tuple[type, str], Callable[[Any], Any]] = {
 }
 
 
-def _pack(message: Message) -> bytes:
-    cls = type(message)
-    code = _CODES[cls]
-    fields = [_WRITERS.get((cls, name), _plain)(getattr(message, name)) for name, _ in _SCHEMAS[code][1]]
-    return msgpack.packb([MAGIC, VERSION, code, *fields], use_bin_type=True)
 
 
 def encode(message: Message) -> bytes:
@@ -231,14 +235,17 @@ def encode(message: Message) -> bytes:
     cls = type(message)
     if cls not in _CODES:
         raise WireError(f"cannot encode {cls.__name__}: not a protocol message")
+    code = _CODES[cls]
     try:
-        data = _pack(message)
+        fields = [_WRITERS.get((cls, name), _plain)(getattr(message, name))
+                  for name, _ in _SCHEMAS[code][1]]
     except WireError:
         raise
     except (OverflowError, TypeError, ValueError) as exc:  # e.g. a negative or 2^64 id
         raise WireError(f"cannot encode {cls.__name__}: {type(exc).__name__}: {exc}") from exc
-    decode(data)  # validates every field (and canonical form) exactly as the receiver will
-    return data
+    for (name, read), value in zip(_SCHEMAS[code][1], fields, strict=True):
+        read(value, f"{cls.__name__}.{name}")  # the receiver's checks, on the sender's side
+    return msgpack.packb([MAGIC, VERSION, code, *fields], use_bin_type=True)
 
 
 def encode_params(params: SessionParams) -> bytes:
@@ -257,8 +264,8 @@ def decode(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE_BYTES:
         raise WireError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
     try:
-        obj = msgpack.unpackb(bytes(data), raw=False, use_list=True, strict_map_key=True,
-                              ext_hook=_no_ext,
+        raw = data if isinstance(data, bytes) else bytes(data)
+        obj = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext,
                               max_str_len=0, max_map_len=0, max_ext_len=0,
                               max_bin_len=4 * MAX_VECTOR_LENGTH, max_array_len=MAX_CLIENTS)
     except WireError:
@@ -282,8 +289,7 @@ def decode(data: bytes) -> Message:
         raise WireError(f"{cls.__name__}: expected {len(fields)} fields, got {len(obj) - 3}")
     values = {name: read(v, f"{cls.__name__}.{name}")
               for (name, read), v in zip(fields, obj[3:], strict=True)}
-    message = cls(**values)
-    if _pack(message) != data:
+    if msgpack.packb(obj, use_bin_type=True) != data:
         # one message, one encoding: no malleable non-shortest forms (matters once bytes are signed)
         raise WireError(f"{cls.__name__}: non-canonical encoding (not the shortest msgpack form)")
-    return message
+    return cls(**values)
