@@ -179,3 +179,17 @@ def test_session_id_binds_every_parameter_and_key():
     assert len({sid, *(session_id(v, entries) for v in variants)}) == 1 + len(variants)
     swapped = (KeyEntry(0, b"a" * 32, b"b" * 32), KeyEntry(1, b"c" * 32, b"e" * 32))
     assert session_id(base, swapped) != sid
+
+
+@given(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32),
+       st.integers(0, 2**32 - 2), st.integers(0, 2**32 - 2), st.integers(0, 2**32 - 2))
+def test_pair_seeds_are_symmetric_and_bound_to_session_and_pair(secret, sid, u, v, w):
+    from secagg.protocol.session import mask_seed, share_key
+
+    seed = mask_seed(secret, sid, u, v)
+    assert seed == mask_seed(secret, sid, v, u), "both ends of a pair derive the same seed"
+    assert seed != share_key(secret, sid, u, v), "mask seeds and share keys are domain-separated"
+    other_sid = bytes([sid[0] ^ 1]) + sid[1:]
+    assert seed != mask_seed(secret, other_sid, u, v), "another session (round, model, keys) -> other mask"
+    if {u, v} != {u, w}:
+        assert seed != mask_seed(secret, sid, u, w), "another pair -> another mask"
