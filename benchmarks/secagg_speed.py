@@ -390,6 +390,44 @@ def breakdown_round(n: int, d: int, corrupt: float, rng: np.random.Generator
     return parts, ok
 
 
+def bench_malicious(n: int, d: int, rng: np.random.Generator) -> dict[str, Any]:
+    """(e) Malicious-server mode vs honest-but-curious: same n, d, t and 10% dropout, full graph.
+
+    Malicious mode adds Ed25519 signatures on every key advertisement (each client verifies all n),
+    a ConsistencyCheck round (one signature per survivor, verified by every survivor) and slightly
+    larger messages. Both sessions run through run_session over the real wire format.
+    """
+    corrupt = n // 3
+    t = (n + corrupt) // 2 + 1  # the smallest threshold malicious mode accepts
+    ids = tuple(range(n))
+    inputs = random_inputs(ids, d, rng)
+    dropped = {int(u) for u in rng.choice(n, size=n // 10, replace=False)}
+    out: dict[str, Any] = {}
+    for label, malicious in (("honest", False), ("malicious", True)):
+        params = SessionParams(round=1, model_version=b"bench", client_ids=ids, threshold=t, degree=n - 1,
+                               vector_length=d, malicious=malicious, corrupt=corrupt if malicious else 0)
+        started = time.perf_counter()
+        report = run_session(params, inputs, drop_before=dict.fromkeys(dropped, Stage.MASKED_INPUT))
+        wall = time.perf_counter() - started
+        ok = check_report(report, inputs, dropped)
+        out[f"{label}_s"] = wall
+        out[f"{label}_client_s"] = sum(report.client_seconds.values()) / n
+        out[f"{label}_server_s"] = report.server_seconds
+        out[f"{label}_bytes"] = traffic(report, d)["survivor_bytes_mean"]
+        out[f"{label}_correct"] = ok
+    out["malicious_overhead"] = out["malicious_s"] / out["honest_s"]
+    print(f"(e) malicious-server mode vs honest-but-curious: n={n}, d={d}, t={t}, corrupt={corrupt}, "
+          f"{len(dropped)} dropped after ShareKeys, full graph")
+    for label in ("honest", "malicious"):
+        line = (f"    {label:9s}: round {out[f'{label}_s']:.2f} s (client mean "
+                f"{out[f'{label}_client_s']:.3f} s, server {out[f'{label}_server_s']:.2f} s), "
+                f"{out[f'{label}_bytes']:.0f} B per surviving client; sum correct: ")
+        print(line + ("yes" if out[f"{label}_correct"] else "NO"))
+    print(f"    overhead: {out['malicious_overhead']:.3f}x wall, "
+          f"+{out['malicious_bytes'] - out['honest_bytes']:.0f} B per client")
+    return out
+
+
 def _has_sparse(n: int, corrupt: float) -> bool:
     try:
         secaggplus_parameters(n, corrupt, ROUND_DROPOUT)
@@ -421,7 +459,9 @@ def main() -> int:
     started = time.perf_counter()
     figures = bench_client_server(n_ab, d_ab, args.repeats, rng)
     figures |= bench_round(n_round, d_round, args.corrupt_fraction, rng)
-    figures["correct"] = figures["correct_ab"] and figures["correct_round"]
+    figures |= bench_malicious(n_ab, d_ab, rng)
+    figures["correct"] = (figures["correct_ab"] and figures["correct_round"] and figures["honest_correct"]
+                          and figures["malicious_correct"])
     if args.breakdown:
         figures["round_breakdown_s"], ok = breakdown_round(n_round, d_round, args.corrupt_fraction, rng)
         figures["correct"] &= ok

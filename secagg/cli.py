@@ -99,6 +99,11 @@ def _build_parser() -> argparse.ArgumentParser:
     secure.add_argument("--secure-bits", type=int, default=32, help="ring Z_(2^bits) (default: 32)")
     secure.add_argument("--secure-dropout", type=float, default=0.0,
                         help="fraction of sampled clients that drop after sharing keys (simulation)")
+    secure.add_argument("--secure-malicious", action="store_true",
+                        help="malicious-server mode: signed keys and a consistency round "
+                             "(tolerates --secure-corrupt colluding clients)")
+    secure.add_argument("--secure-corrupt", type=float, default=0.05,
+                        help="fraction of clients that may collude with the server (default: 0.05)")
     train.add_argument("--config", type=Path, default=None,
                        help="JSON configuration to start from (as in results.json's 'config'); "
                             "flags given on the command line override it")
@@ -121,7 +126,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     if args.secure:
         config = _with(config, ("fedavg", "aggregator"),
                        SecureSum(clip=args.secure_clip, bits=args.secure_bits, graph=args.secure_graph,
-                                 dropout=args.secure_dropout))
+                                 dropout=args.secure_dropout, malicious=args.secure_malicious,
+                                 corrupt_fraction=args.secure_corrupt))
     if args.clip_norm is not None:
         config = _with(config, ("fedavg", "aggregator"),
                        ClipNorm(max_norm=args.clip_norm, inner=config.fedavg.aggregator))

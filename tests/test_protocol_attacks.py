@@ -10,6 +10,10 @@ undetectably, as a dishonest client could; transport integrity is assumed for th
 
 Sessions are small (n <= 8, d <= 16; d = 4096 only for the uniformity statistics) and use
 non-contiguous client ids so that no test passes by accident of ids being list indices.
+
+The attacks are written against the honest-but-curious protocol (four client stages); where the
+malicious-server mode changes the picture (a fifth stage, CONSISTENCY_CHECK, and signed sets), the
+test also runs in that mode, and section 11 holds the attacks only that mode defends against.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.crypto import aead
-from secagg.crypto.keys import DHKeyPair
+from secagg.crypto.keys import DHKeyPair, SigningKey
 from secagg.crypto.shamir import split
 from secagg.errors import AbortError, ConfigError, ProtocolError, WireError
 from secagg.protocol.client import Client, ClientPhase
 from secagg.protocol.messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     ForwardedShares,
     KeyDirectory,
     KeyEntry,
@@ -47,7 +53,7 @@ from secagg.protocol.messages import (
 )
 from secagg.protocol.runner import run_session
 from secagg.protocol.server import Outgoing, Server, ServerPhase
-from secagg.protocol.session import session_id, share_key, share_point
+from secagg.protocol.session import consistency_message, session_id, share_key, share_point
 from secagg.protocol.wire import MAGIC, VERSION, decode, encode
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -58,9 +64,15 @@ def ids_for(n: int) -> tuple[int, ...]:
 
 
 def make_params(n: int = 5, t: int = 3, d: int = 8, degree: int | None = None, bits: int = 32,
-                model_version: bytes = b"model-v1") -> SessionParams:
+                model_version: bytes = b"model-v1", malicious: bool = False) -> SessionParams:
     return SessionParams(round=3, model_version=model_version, client_ids=ids_for(n), threshold=t,
-                         degree=n - 1 if degree is None else degree, vector_length=d, bits=bits)
+                         degree=n - 1 if degree is None else degree, vector_length=d, bits=bits,
+                         malicious=malicious)
+
+
+def stages_of(params: SessionParams) -> list[Stage]:
+    """The client stages a session goes through: CONSISTENCY_CHECK only in malicious-server mode."""
+    return [s for s in Stage if params.malicious or s is not Stage.CONSISTENCY_CHECK]
 
 
 def make_inputs(params: SessionParams, seed: int = 0) -> dict[int, np.ndarray]:
@@ -98,8 +110,9 @@ def others(params: SessionParams, *excluded: int) -> tuple[int, ...]:
 def snapshot(server: Server) -> tuple:
     """Everything a refused message must leave untouched (the running sum included)."""
     return (server.phase, server.stage, server.expected_senders(), server.session, dict(server.keys),
-            dict(server.shares), frozenset(server.masked), dict(server.responses), server.survivors,
-            server.dropped, server._sum.tobytes(), None if server.result is None else server.result.tobytes())
+            dict(server.shares), frozenset(server.masked), dict(server.consistency), dict(server.responses),
+            server.survivors, server.dropped, server._sum.tobytes(),
+            None if server.result is None else server.result.tobytes())
 
 
 def flip_bit(data: bytes, byte: int, bit: int = 0) -> bytes:
@@ -113,7 +126,8 @@ class Harness:
 
     ``outgoing`` holds the server messages that open the stage being collected, not yet delivered.
     A client's :class:`ProtocolError` propagates, unless ``tolerant``: then the client is recorded in
-    ``aborts`` and skipped from then on (as the runner does).
+    ``aborts`` and skipped from then on (as the runner does). In malicious-server mode every client
+    gets an Ed25519 ``identities[u]`` and trusts ``registry`` (so does the default server).
     """
 
     def __init__(self, params: SessionParams, inputs: dict[int, np.ndarray], server: Server | None = None,
@@ -121,8 +135,12 @@ class Harness:
         self.params = params
         self.tolerant = tolerant
         self.inputs = inputs
-        self.server = server if server is not None else Server(params)
-        self.clients = {u: Client(u, inputs[u]) for u in params.client_ids}
+        self.identities = ({u: SigningKey.generate() for u in params.client_ids} if params.malicious
+                           else {})
+        self.registry = {u: k.public for u, k in self.identities.items()} if params.malicious else None
+        self.server = server if server is not None else Server(params, self.registry)
+        self.clients = {u: Client(u, inputs[u], identity=self.identities.get(u),
+                                  registry=self.registry) for u in params.client_ids}
         self.aborts: dict[int, str] = {}
         self.outgoing: Outgoing = self.server.start()
 
@@ -163,11 +181,11 @@ def drive(params: SessionParams, inputs: dict[int, np.ndarray], until: Stage,
           server: Server | None = None) -> Harness:
     """A harness whose server collects stage ``until``; ``outgoing`` holds that stage's opening messages."""
     h = Harness(params, inputs, server)
-    for stage in Stage:
+    for stage in stages_of(params):
         if stage == until:
             return h
         h.step()
-    raise AssertionError("unreachable")
+    raise AssertionError(f"stage {until.name} does not occur in this mode")
 
 
 def rewrite(direction: str, target: int, stage: Stage, change):
@@ -457,7 +475,7 @@ def test_duplicate_client_ids_are_a_config_error() -> None:
                       vector_length=4)
     # a Setup carrying duplicate ids cannot even be decoded (id lists travel packed, big-endian uint32)
     packed = b"".join(i.to_bytes(4, "big") for i in (1, 2, 2, 3))
-    raw = msgpack.packb([MAGIC, VERSION, 1, [0, b"", packed, 2, 3, 4, 32]], use_bin_type=True)
+    raw = msgpack.packb([MAGIC, VERSION, 1, [0, b"", packed, 2, 3, 4, 32, False, 0]], use_bin_type=True)
     with pytest.raises(WireError, match="duplicate"):
         decode(raw)
 
@@ -541,24 +559,44 @@ def _candidates(params: SessionParams, sender: int, sid: bytes) -> list[Message]
     """One well-formed message of every type, with the right sender, session id and vector length."""
     key1, key2 = DHKeyPair.generate().public, DHKeyPair.generate().public
     return [AdvertiseKeys(sender, key1, key2), ShareKeys(sender, sid, ()),
-            MaskedInput(sender, sid, bytes(4 * params.vector_length)), UnmaskResponse(sender, sid, (), ()),
+            MaskedInput(sender, sid, bytes(4 * params.vector_length)), ConsistencySignature(sender, sid, bytes(64)),
+            UnmaskResponse(sender, sid, (), ()),
             Setup(params), KeyDirectory((KeyEntry(sender, key1, key2),)), ForwardedShares(sender, sid, ()),
-            UnmaskRequest(sid, (sender,), ())]
+            ConsistencyRequest(sid, (sender,), ()), UnmaskRequest(sid, (sender,), ())]
 
 
 _SERVER_EXPECTS = {Stage.ADVERTISE_KEYS: AdvertiseKeys, Stage.SHARE_KEYS: ShareKeys,
-                   Stage.MASKED_INPUT: MaskedInput, Stage.UNMASKING: UnmaskResponse}
+                   Stage.MASKED_INPUT: MaskedInput, Stage.CONSISTENCY_CHECK: ConsistencySignature,
+                   Stage.UNMASKING: UnmaskResponse}
+# (mode, stage) for every stage the mode has: honest mode has no CONSISTENCY_CHECK
+_MODE_STAGES = [(mode, stage) for mode in ("honest", "malicious")
+                for stage in stages_of(make_params(malicious=mode == "malicious"))]
 
 
-@pytest.mark.parametrize("stage", list(Stage), ids=lambda s: s.name)
-def test_server_refuses_messages_from_the_wrong_round(stage: Stage) -> None:
-    params = make_params(n=5, t=3, d=8)
+def test_consistency_check_is_a_malicious_mode_stage_only() -> None:
+    """An honest-mode server goes straight from MASKED_INPUT to UNMASKING; a malicious-mode one does not."""
+    for malicious in (False, True):
+        params = make_params(n=5, t=3, d=8, malicious=malicious)
+        h = Harness(params, make_inputs(params, 12))
+        seen = [h.server.stage]
+        while h.server.stage is not None:
+            h.step()
+            seen.append(h.server.stage)
+        assert seen == [*stages_of(params), None]
+        assert (Stage.CONSISTENCY_CHECK in seen) is malicious
+        assert_exact(params, h.server.result, h.inputs, params.client_ids)
+
+
+@pytest.mark.parametrize(("mode", "stage"), _MODE_STAGES, ids=[f"{m}-{s.name}" for m, s in _MODE_STAGES])
+def test_server_refuses_messages_from_the_wrong_round(mode: str, stage: Stage) -> None:
+    params = make_params(n=5, t=3, d=8, malicious=mode == "malicious")
     inputs = make_inputs(params, 12)
     h = drive(params, inputs, stage)
     sender = min(h.server.expected_senders())
     sid = h.server.session or bytes(32)
     refused = 0
-    for message in _candidates(params, sender, sid):
+    candidates = _candidates(params, sender, sid)
+    for message in candidates:
         if isinstance(message, _SERVER_EXPECTS[stage]):
             continue
         before = snapshot(h.server)
@@ -566,7 +604,7 @@ def test_server_refuses_messages_from_the_wrong_round(stage: Stage) -> None:
             h.server.receive(wire(message))
         assert snapshot(h.server) == before
         refused += 1
-    assert refused == 7
+    assert refused == len(candidates) - 1 == 9
     assert_exact(params, h.finish(), inputs, params.client_ids)
     for message in _candidates(params, sender, h.server.session):  # after the end: nothing is expected
         with pytest.raises(ProtocolError, match="no client message expected"):
@@ -590,18 +628,27 @@ def test_masked_input_while_collecting_share_keys_changes_nothing() -> None:
 
 # phase the client is in when the harness collects `stage`, and a message it does not expect then
 _CLIENT_CASES = {
-    "new+KeyDirectory": (Stage.ADVERTISE_KEYS, ClientPhase.NEW, KeyDirectory),
-    "advertised+ForwardedShares": (Stage.SHARE_KEYS, ClientPhase.ADVERTISED, ForwardedShares),
-    "shared+UnmaskRequest": (Stage.MASKED_INPUT, ClientPhase.SHARED, UnmaskRequest),
-    "masked+Setup": (Stage.UNMASKING, ClientPhase.MASKED, Setup),
-    "masked+ForwardedShares": (Stage.UNMASKING, ClientPhase.MASKED, ForwardedShares),
+    "new+KeyDirectory": (False, Stage.ADVERTISE_KEYS, ClientPhase.NEW, KeyDirectory),
+    "advertised+ForwardedShares": (False, Stage.SHARE_KEYS, ClientPhase.ADVERTISED, ForwardedShares),
+    "shared+UnmaskRequest": (False, Stage.MASKED_INPUT, ClientPhase.SHARED, UnmaskRequest),
+    "masked+Setup": (False, Stage.UNMASKING, ClientPhase.MASKED, Setup),
+    "masked+ForwardedShares": (False, Stage.UNMASKING, ClientPhase.MASKED, ForwardedShares),
+    # an honest-mode client has no consistency round: a ConsistencyRequest is out of place
+    "masked+ConsistencyRequest": (False, Stage.UNMASKING, ClientPhase.MASKED, ConsistencyRequest),
+    "malicious/shared+ConsistencyRequest": (True, Stage.MASKED_INPUT, ClientPhase.SHARED, ConsistencyRequest),
+    # a malicious server skipping the consistency round: no shares without signing the sets first
+    "malicious/masked+UnmaskRequest": (True, Stage.CONSISTENCY_CHECK, ClientPhase.MASKED, UnmaskRequest),
+    "malicious/masked+Setup": (True, Stage.CONSISTENCY_CHECK, ClientPhase.MASKED, Setup),
+    # a second round of signing (another pair of sets to sign) is refused
+    "malicious/signed+ConsistencyRequest": (True, Stage.UNMASKING, ClientPhase.SIGNED, ConsistencyRequest),
+    "malicious/signed+ForwardedShares": (True, Stage.UNMASKING, ClientPhase.SIGNED, ForwardedShares),
 }
 
 
 @pytest.mark.parametrize("case", sorted(_CLIENT_CASES))
 def test_client_refuses_messages_from_the_wrong_round(case: str) -> None:
-    stage, phase, wrong_type = _CLIENT_CASES[case]
-    params = make_params(n=5, t=3, d=8)
+    malicious, stage, phase, wrong_type = _CLIENT_CASES[case]
+    params = make_params(n=5, t=3, d=8, malicious=malicious)
     inputs = make_inputs(params, 14)
     h = drive(params, inputs, stage)
     u = params.client_ids[2]
@@ -611,8 +658,11 @@ def test_client_refuses_messages_from_the_wrong_round(case: str) -> None:
         h.clients[u].handle(wire(message))
     assert h.clients[u].phase is ClientPhase.ABORTED
     result = h.finish(skip={u})
-    assert (u in h.server.survivors) == (phase is ClientPhase.MASKED)  # it had sent its masked input
-    assert h.server.survivors == (params.client_ids if phase is ClientPhase.MASKED else others(params, u))
+    sent_masked = phase in (ClientPhase.MASKED, ClientPhase.SIGNED)
+    assert (u in h.server.survivors) == sent_masked  # it had sent its masked input
+    assert h.server.survivors == (params.client_ids if sent_masked else others(params, u))
+    if malicious and sent_masked:  # a survivor that never signed is not asked to unmask
+        assert (u in h.server.consistency) == (phase is ClientPhase.SIGNED)
     assert h.server.dropped == ((u,) if phase is ClientPhase.SHARED else ())
     assert_exact(params, result, inputs, h.server.survivors)
 
@@ -724,8 +774,8 @@ def test_words_beyond_the_ring_are_refused_with_bits_below_32() -> None:
 class _StageRecorder(Server):
     """A server that keeps a deep copy of itself as it starts collecting each stage."""
 
-    def __init__(self, params: SessionParams) -> None:
-        super().__init__(params)
+    def __init__(self, params: SessionParams, registry: dict[int, bytes] | None = None) -> None:
+        super().__init__(params, registry)
         self.copies: dict[Stage, Server] = {}
 
     def _keep(self) -> None:
@@ -748,24 +798,29 @@ class _StageRecorder(Server):
 
 
 @functools.cache
-def _fuzz_targets() -> dict[Stage, tuple[Server, tuple[bytes, ...]]]:
+def _fuzz_targets(malicious: bool = False) -> dict[Stage, tuple[Server, tuple[bytes, ...]]]:
     """Per stage: the server about to collect it, and the client messages it then received (real bytes,
-    captured in transit). One client drops after ShareKeys, so the unmask responses carry both kinds."""
-    params = make_params(n=5, t=3, d=8)
-    captured: dict[Stage, list[bytes]] = {s: [] for s in Stage}
+    captured in transit). One client drops after ShareKeys, so the unmask responses carry both kinds.
+    In malicious mode the server holds the identity registry, so it checks every signature it gets."""
+    params = make_params(n=5, t=3, d=8, malicious=malicious)
+    stages = stages_of(params)
+    captured: dict[Stage, list[bytes]] = {s: [] for s in stages}
 
     def tamper(direction: str, u: int, stage: Stage, data: bytes) -> bytes:
         if direction == "to_server":
             captured[stage].append(data)
         return data
 
-    server = _StageRecorder(params)
+    identities = {u: SigningKey.generate() for u in params.client_ids} if malicious else None
+    registry = {u: k.public for u, k in identities.items()} if identities else None
+    server = _StageRecorder(params, registry)
     dropped = params.client_ids[4]
     report = run_session(params, make_inputs(params, 20), drop_before={dropped: Stage.MASKED_INPUT},
-                         tamper=tamper, server=server)
+                         tamper=tamper, server=server, identities=identities)
     assert report.result is not None and report.dropped == (dropped,)
     assert all(captured.values())
-    return {s: (server.copies[s], tuple(captured[s])) for s in Stage}
+    assert set(server.copies) == set(stages)
+    return {s: (server.copies[s], tuple(captured[s])) for s in stages}
 
 
 def _feed(server0: Server, data: bytes, genuine: tuple[bytes, ...] = ()) -> bool:
@@ -785,19 +840,21 @@ def _feed(server0: Server, data: bytes, genuine: tuple[bytes, ...] = ()) -> bool
         except ProtocolError as exc:
             assert "duplicate" in str(exc) or "replay" in str(exc) or "unexpected" in str(exc)
     with contextlib.suppress(AbortError):
-        server.advance()
+        for _, message in server.advance():  # whatever the server sends next can go on the wire
+            encode(message)
     return True
 
 
-_stage = st.sampled_from(list(Stage))
+# (malicious, stage): every stage of both modes
+_stage = st.sampled_from([(m, s) for m in (False, True) for s in stages_of(make_params(malicious=m))])
 
 
 @settings(max_examples=150)
 @given(stage=_stage, data=st.data())
-def test_fuzz_bit_flips_of_real_messages(stage: Stage, data: st.DataObject) -> None:
+def test_fuzz_bit_flips_of_real_messages(stage: tuple[bool, Stage], data: st.DataObject) -> None:
     """Flip bits anywhere, flip bits in the payload (the last 32 bytes: keys, ciphertexts, vectors, shares,
-    which the server often has to accept), truncate, or append bytes."""
-    server0, messages = _fuzz_targets()[stage]
+    signatures, which the server often has to accept), truncate, or append bytes."""
+    server0, messages = _fuzz_targets(stage[0])[stage[1]]
     raw = data.draw(st.sampled_from(messages))
     mode = data.draw(st.sampled_from(["flip", "flip-payload", "truncate", "append"]))
     if mode == "truncate":
@@ -816,14 +873,15 @@ def test_fuzz_bit_flips_of_real_messages(stage: Stage, data: st.DataObject) -> N
 
 @settings(max_examples=80)
 @given(stage=_stage, junk=st.binary(max_size=300))
-def test_fuzz_random_bytes(stage: Stage, junk: bytes) -> None:
-    assert not _feed(_fuzz_targets()[stage][0], junk)
+def test_fuzz_random_bytes(stage: tuple[bool, Stage], junk: bytes) -> None:
+    assert not _feed(_fuzz_targets(stage[0])[stage[1]][0], junk)
 
 
 _leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
                   st.text(max_size=4), st.binary(max_size=40),
                   st.sampled_from([0, 1, 10, 17, 38, 2**32 - 2, 2**32 - 1, -1]),
-                  st.sampled_from([bytes(32), bytes(33), bytes(4 * 8), bytes(4 * 7), bytes(8 + 66 + 28)]))
+                  st.sampled_from([bytes(32), bytes(33), bytes(4 * 8), bytes(4 * 7), bytes(8 + 66 + 28),
+                                   bytes(63)]))
 _value = st.recursive(_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                      st.dictionaries(st.integers(0, 3), inner, max_size=2)),
                       max_leaves=12)
@@ -831,10 +889,10 @@ _value = st.recursive(_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4)
 
 @settings(max_examples=150)
 @given(stage=_stage, data=st.data())
-def test_fuzz_field_replacement_in_real_messages(stage: Stage, data: st.DataObject) -> None:
+def test_fuzz_field_replacement_in_real_messages(stage: tuple[bool, Stage], data: st.DataObject) -> None:
     """Replace one element of a real message's msgpack array (header or field) with an arbitrary value,
     including the session's real ids and session id, so near-valid messages reach the state machine."""
-    server0, messages = _fuzz_targets()[stage]
+    server0, messages = _fuzz_targets(stage[0])[stage[1]]
     obj = msgpack.unpackb(data.draw(st.sampled_from(messages)), raw=False)
     index = data.draw(st.integers(0, len(obj) - 1))
     donors = [msgpack.unpackb(m, raw=False)[index] for m in messages]  # splice another client's field
@@ -845,9 +903,12 @@ def test_fuzz_field_replacement_in_real_messages(stage: Stage, data: st.DataObje
     _feed(server0, msgpack.packb(obj, use_bin_type=True), messages)
 
 
-def test_fuzz_targets_accept_their_own_messages() -> None:
+@pytest.mark.parametrize("malicious", [False, True], ids=["honest", "malicious"])
+def test_fuzz_targets_accept_their_own_messages(malicious: bool) -> None:
     """The fuzzed servers are live: each genuine captured message is accepted at its stage."""
-    for stage, (server0, messages) in _fuzz_targets().items():
+    targets = _fuzz_targets(malicious)
+    assert list(targets) == stages_of(make_params(malicious=malicious))
+    for stage, (server0, messages) in targets.items():
         assert server0.stage is stage
         for raw in messages:
             assert _feed(server0, raw, messages)
@@ -1103,3 +1164,191 @@ def test_client_aborts_when_far_fewer_than_t_holders_have_its_shares() -> None:
     with pytest.raises(ProtocolError, match="fewer than the threshold 5"):
         h.clients[u].handle(wire(short))
     assert h.clients[u].phase is ClientPhase.ABORTED
+
+
+# -- 11. malicious-server mode: signed survivor sets ------------------------------------------------------
+
+
+@pytest.fixture
+def consistency_check() -> Harness:
+    """Malicious mode, n = 5, t = 3 (2t > n): the server is about to ask the survivors to sign."""
+    params = make_params(n=5, t=3, d=8, malicious=True)
+    return drive(params, make_inputs(params, 30), Stage.CONSISTENCY_CHECK)
+
+
+def _sign(h: Harness, signers, survivors: tuple[int, ...], dropped: tuple[int, ...]) -> dict[int, bytes]:
+    """What each of ``signers`` answers to a ConsistencyRequest for these sets (through the codec)."""
+    request = wire(ConsistencyRequest(h.server.session, survivors, dropped))
+    replies = {u: wire(h.clients[u].handle(request)) for u in signers}
+    assert all(isinstance(r, ConsistencySignature) for r in replies.values())
+    assert all(h.clients[u].phase is ClientPhase.SIGNED for u in signers)
+    return {u: r.signature for u, r in replies.items()}
+
+
+def _revealed(responses) -> tuple[set[int], set[int]]:
+    """The peers whose self-mask share, and whose mask-key share, left some client."""
+    return ({p for r in responses for p, _ in r.self_mask_shares},
+            {p for r in responses for p, _ in r.mask_key_shares})
+
+
+def test_malicious_client_refuses_to_sign_a_client_as_survivor_and_dropped(consistency_check: Harness) -> None:
+    h = consistency_check
+    ids = h.params.client_ids
+    c, v = ids[0], ids[3]
+    (request,) = {m for _, m in h.outgoing}
+    assert isinstance(request, ConsistencyRequest) and request.survivors == ids and request.dropped == ()
+    produced = []
+    with pytest.raises(ProtocolError, match="both"):
+        produced.append(h.clients[c].handle(wire(ConsistencyRequest(request.session_id, ids, (v,)))))
+    assert produced == [] and h.clients[c].phase is ClientPhase.ABORTED
+    # c is a survivor that never signed: the others sign, unmask it, and the sum is exact
+    result = h.finish(skip={c})
+    assert h.server.survivors == ids and c not in h.server.consistency
+    assert_exact(h.params, result, h.inputs, ids)
+
+
+@pytest.mark.parametrize("order", ["honest-first", "lie-first"])
+def test_malicious_client_answers_only_for_the_sets_it_signed(consistency_check: Harness, order: str) -> None:
+    """Honest mode answers the first request and refuses the second; here a request for other sets than
+    the signed ones is refused even first, with the genuine signatures attached."""
+    h = consistency_check
+    ids = h.params.client_ids
+    c, v = ids[0], ids[3]
+    h.step()  # everyone signs the true sets
+    honest = h.request()
+    assert len(honest.signatures) == len(ids)
+    lie = UnmaskRequest(honest.session_id, others(h.params, v), (v,), honest.signatures)
+    produced: list[UnmaskResponse] = []
+    if order == "honest-first":
+        produced.append(h.clients[c].handle(wire(honest)))
+        assert h.clients[c].phase is ClientPhase.DONE
+    with pytest.raises(ProtocolError, match="other survivor/dropped sets than the ones I signed"):
+        produced.append(h.clients[c].handle(wire(lie)))
+    assert h.clients[c].phase is ClientPhase.ABORTED
+    b_peers, s_peers = _revealed(produced)
+    assert v not in s_peers and (v in b_peers) == (order == "honest-first")
+    result = h.finish(skip={c})
+    assert_exact(h.params, result, h.inputs, ids)
+
+
+def test_split_view_cannot_collect_t_signatures_for_both_views(consistency_check: Harness) -> None:
+    """The attack the consistency round exists for: v is a survivor to some clients and dropped to others.
+
+    With 2t > n, at most one of the two views gathers t signatures; the clients shown the other refuse,
+    so no share of v's mask key ever leaves a client.
+    """
+    h = consistency_check
+    ids = h.params.client_ids
+    v = ids[4]
+    view_a, view_b = (ids, ()), (others(h.params, v), (v,))
+    group_a, group_b = ids[:2] + (v,), ids[2:4]  # 3 = t sign view A, 2 < t sign view B
+    signatures = {**_sign(h, group_a, *view_a), **_sign(h, group_b, *view_b)}
+    every = tuple(sorted(signatures.items()))
+    responses = []
+    for u in group_b:  # view B with every signature the server holds: only 2 verify over view B
+        with pytest.raises(ProtocolError, match="only 2 valid consistency signatures"):
+            h.clients[u].handle(wire(UnmaskRequest(h.server.session, *view_b, every)))
+        assert h.clients[u].phase is ClientPhase.ABORTED
+    for u in group_a:  # view A has its t signatures: these clients answer, with b-shares only
+        responses.append(h.clients[u].handle(wire(UnmaskRequest(h.server.session, *view_a, every))))
+    b_peers, s_peers = _revealed(responses)
+    assert v in b_peers and s_peers == set()
+
+
+@pytest.mark.parametrize("forgery", ["t-1 genuine", "one bit flipped", "relabelled signer", "other session",
+                                     "other sets", "dropped signer", "unregistered signer", "repeated signer"])
+def test_unmask_request_needs_t_valid_signatures(forgery: str) -> None:
+    """t - 1 genuine signatures plus one that must not count: the client reveals nothing."""
+    params = make_params(n=5, t=3, d=8, malicious=True)
+    h = drive(params, make_inputs(params, 34), Stage.MASKED_INPUT)
+    ids, t = params.client_ids, params.threshold
+    c, a, b, d = ids[0], ids[2], ids[3], ids[4]
+    h.step(skip={d})  # d shared keys, then vanished: it is dropped (and colludes with the server below)
+    h.step()
+    request = h.request()
+    assert request.dropped == (d,) and [u for u, _ in request.signatures] == list(others(params, d))
+    genuine = dict(request.signatures)
+    keep = {u: genuine[u] for u in ids[: t - 1]}
+    sets = (request.survivors, request.dropped)
+    stranger = SigningKey.generate()  # id MAX_ID is in nobody's registry
+    bad: dict[int, bytes] = {
+        "t-1 genuine": {},
+        "one bit flipped": {a: flip_bit(genuine[a], 7)},
+        "relabelled signer": {a: genuine[b]},
+        "other session": {a: h.identities[a].sign(consistency_message(bytes(32), *sets))},
+        "other sets": {a: h.identities[a].sign(consistency_message(request.session_id, ids, ()))},
+        # a valid signature over exactly these sets, by a client they do not list as a survivor
+        "dropped signer": {d: h.identities[d].sign(consistency_message(request.session_id, *sets))},
+        "unregistered signer": {2**32 - 2: stranger.sign(consistency_message(request.session_id, *sets))},
+        "repeated signer": {},
+    }[forgery]
+    pairs = tuple(sorted({**keep, **bad}.items()))
+    forged = UnmaskRequest(request.session_id, *sets, pairs)
+    if forgery == "repeated signer":  # the codec refuses a repeated signer; the client counts it once
+        forged = dataclasses.replace(forged, signatures=(*pairs, pairs[-1]))
+        with pytest.raises(WireError, match="duplicate"):
+            encode(forged)
+    else:
+        forged = wire(forged)
+    produced = []
+    with pytest.raises(ProtocolError, match=f"only {t - 1} valid consistency signatures"):
+        produced.append(h.clients[c].handle(forged))
+    assert produced == [] and h.clients[c].phase is ClientPhase.ABORTED
+    # control: exactly t genuine signatures are enough
+    enough = UnmaskRequest(request.session_id, *sets, tuple(request.signatures[:t]))
+    assert isinstance(h.clients[ids[1]].handle(wire(enough)), UnmaskResponse)
+
+
+def test_identity_holding_client_refuses_a_downgraded_session() -> None:
+    """A server cannot switch the consistency round off: a client with an identity refuses honest mode,
+    and a client without one refuses malicious mode (it could not verify anything)."""
+    honest, malicious = make_params(n=5, t=3, d=8), make_params(n=5, t=3, d=8, malicious=True)
+    inputs = make_inputs(honest, 31)
+    u = honest.client_ids[0]
+    key = SigningKey.generate()
+    client = Client(u, inputs[u], identity=key, registry={u: key.public})
+    with pytest.raises(ProtocolError, match="requires malicious-server mode"):
+        client.handle(wire(Setup(honest)))
+    assert client.phase is ClientPhase.ABORTED
+    plain = Client(u, inputs[u])
+    with pytest.raises(ProtocolError, match="needs an identity key"):
+        plain.handle(wire(Setup(malicious)))
+    assert plain.phase is ClientPhase.ABORTED
+
+
+def test_malicious_mode_both_shares_attack_leaves_the_sum_exact_or_aborts() -> None:
+    """End to end: a server that lists a survivor as dropped in the ConsistencyRequest of one client."""
+    params = make_params(n=5, t=3, d=8, malicious=True)
+    inputs = make_inputs(params, 32)
+    ids = params.client_ids
+    c, v = ids[0], ids[3]
+
+    def tamper(direction: str, u: int, stage: Stage, data: bytes) -> bytes:
+        if (direction, u, stage) == ("to_client", c, Stage.CONSISTENCY_CHECK):
+            msg = decode(data)
+            return encode(dataclasses.replace(msg, dropped=(v,)))
+        return data
+
+    report = run_session(params, inputs, tamper=tamper)
+    assert list(report.client_aborts) == [c] and "both" in report.client_aborts[c]
+    assert report.survivors == ids and report.dropped == ()
+    assert_exact(params, report.result, inputs, ids)
+
+
+# -- library issues found by these tests ------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=WireError, reason=(
+    "library bug: in honest mode Server._receive_AdvertiseKeys accepts a 64-byte signature and "
+    "_after_keys copies it into the KeyDirectory; one signed entry among unsigned ones makes the "
+    "directory unencodable (wire: 'either every entry is signed or none is'), so a single client "
+    "stops the round for everyone. The server should refuse (or strip) signatures in honest mode."))
+def test_a_signed_advertisement_in_honest_mode_cannot_stop_the_round() -> None:
+    params = make_params(n=5, t=3, d=8)
+    inputs = make_inputs(params, 33)
+    victim = params.client_ids[1]
+    report = run_session(params, inputs, tamper=rewrite(
+        "to_server", victim, Stage.ADVERTISE_KEYS, lambda m: dataclasses.replace(m, signature=bytes(64))))
+    # refused (the natural fix) or accepted without its signature: either way the others sum exactly
+    assert set(others(params, victim)) <= set(report.survivors)
+    assert_exact(params, report.result, inputs, report.survivors)

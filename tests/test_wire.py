@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.crypto.shamir import SHARE_BYTES
-from secagg.errors import WireError
+from secagg.errors import ConfigError, WireError
 from secagg.protocol import wire
 from secagg.protocol.messages import (
     MAX_CLIENTS,
@@ -29,6 +29,8 @@ from secagg.protocol.messages import (
     MAX_VECTOR_LENGTH,
     MODEL_VERSION_MAX_BYTES,
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     ForwardedShares,
     KeyDirectory,
     KeyEntry,
@@ -51,7 +53,8 @@ MESSAGE_TYPES = typing.get_args(Message)
 client_id = st.integers(0, MAX_ID)
 key32 = st.binary(min_size=32, max_size=32)
 session_id = st.binary(min_size=wire.SESSION_ID_BYTES, max_size=wire.SESSION_ID_BYTES)
-signature = st.one_of(st.just(b""), st.binary(min_size=64, max_size=64))
+signature64 = st.binary(min_size=64, max_size=64)
+signature = st.one_of(st.just(b""), signature64)
 
 
 def id_tuples(min_size: int = 0, max_size: int = 8) -> st.SearchStrategy[tuple[int, ...]]:
@@ -70,14 +73,22 @@ def session_params(draw: st.DrawFn) -> SessionParams:
     ids = draw(id_tuples(min_size=2, max_size=24))
     n = len(ids)
     degree = draw(st.sampled_from([d for d in range(1, n) if d == n - 1 or d % 2 == 0]))
+    malicious = draw(st.booleans())
+    # malicious mode: a strict majority of the degree + 1 holders; on the full graph (degree + 1 = n)
+    # also t > (n + corrupt) / 2, i.e. corrupt <= 2t - n - 1
+    threshold = draw(st.integers((degree + 1) // 2 + 1 if malicious else 1, degree + 1))
+    full = degree == n - 1
+    corrupt = draw(st.integers(0, 2 * threshold - n - 1 if malicious and full else n - 1))
     return SessionParams(
         round=draw(st.integers(0, (1 << 32) - 1)),
         model_version=draw(st.binary(max_size=MODEL_VERSION_MAX_BYTES)),
         client_ids=ids,
-        threshold=draw(st.integers(1, degree + 1)),
+        threshold=threshold,
         degree=degree,
         vector_length=draw(st.integers(1, MAX_VECTOR_LENGTH)),
         bits=draw(st.integers(1, 32)),
+        malicious=malicious,
+        corrupt=corrupt,
     )
 
 
@@ -98,7 +109,9 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     ShareKeys: st.builds(ShareKeys, client_id, session_id, id_pairs(SHARE_CIPHERTEXT_BYTES)),
     ForwardedShares: st.builds(ForwardedShares, client_id, session_id, id_pairs(SHARE_CIPHERTEXT_BYTES)),
     MaskedInput: st.builds(MaskedInput, client_id, session_id, vector),
-    UnmaskRequest: st.builds(UnmaskRequest, session_id, id_tuples(), id_tuples()),
+    ConsistencyRequest: st.builds(ConsistencyRequest, session_id, id_tuples(), id_tuples()),
+    ConsistencySignature: st.builds(ConsistencySignature, client_id, session_id, signature64),
+    UnmaskRequest: st.builds(UnmaskRequest, session_id, id_tuples(), id_tuples(), id_pairs(64)),
     UnmaskResponse: st.builds(UnmaskResponse, client_id, session_id, id_pairs(SHARE_BYTES),
                               id_pairs(SHARE_BYTES)),
 }
@@ -120,8 +133,12 @@ CT = bytes(range(SHARE_CIPHERTEXT_BYTES))
 SH = bytes(range(1, SHARE_BYTES + 1))
 PARAMS = SessionParams(round=7, model_version=b"v1", client_ids=(3, 200, 70000), threshold=2, degree=2,
                        vector_length=5, bits=16)
+MALICIOUS_PARAMS = SessionParams(round=7, model_version=b"v1", client_ids=(3, 200, 70000, MAX_ID),
+                                 threshold=4, degree=3, vector_length=5, bits=16, malicious=True, corrupt=3)
+SIG = bytes(range(64, 128))
 FIXED: list[Message] = [
     Setup(PARAMS),
+    Setup(MALICIOUS_PARAMS),
     AdvertiseKeys(200, bytes(32), b"\xff" * 32, b"\x01" * 64),
     KeyDirectory((KeyEntry(3, b"\x02" * 32, b"\x03" * 32), KeyEntry(300, b"\x04" * 32, b"\x05" * 32))),
     KeyDirectory((KeyEntry(0, b"\x06" * 32, b"\x07" * 32, b"\x08" * 64),
@@ -131,6 +148,10 @@ FIXED: list[Message] = [
     ForwardedShares(70000, SID, ((3, CT),)),
     MaskedInput(MAX_ID, SID, bytes(range(20))),
     UnmaskRequest(SID, (3, 200), (70000,)),
+    UnmaskRequest(SID, (3, 200), (70000,), ((3, SIG), (200, SIG))),
+    ConsistencyRequest(SID, (3, 200), (70000,)),
+    ConsistencyRequest(SID, (), ()),
+    ConsistencySignature(MAX_ID, SID, SIG),
     UnmaskResponse(3, SID, ((200, SH),), ((70000, SH), (MAX_ID, SH))),
 ]
 
@@ -226,7 +247,7 @@ def test_random_bytes_raise_wire_error(data: bytes) -> None:
         decode(data)
 
 
-@given(st.sampled_from(range(1, 9)), st.integers(3, 10), st.binary(max_size=300))
+@given(st.sampled_from(sorted(wire._SCHEMAS)), st.integers(3, 10), st.binary(max_size=300))
 def test_random_bodies_behind_a_valid_header(code: int, arity: int, body: bytes) -> None:
     """A correct magic/version/type followed by junk: WireError, or (rarely) a faithful valid message."""
     data = bytes([0x90 | arity]) + msgpack.packb(MAGIC) + msgpack.packb(VERSION) + bytes([code]) + body
@@ -316,15 +337,20 @@ def directory(ids: bytes, enc: bytes | None = None, mask: bytes | None = None, s
 
 
 VALID_FIELDS: dict[int, list[Any]] = {
-    1: [[0, b"", packed(1, 2, 3), 2, 2, 4, 32]],
+    # params: [round, model_version, ids, threshold, degree, vector_length, bits, malicious, corrupt]
+    1: [[0, b"", packed(1, 2, 3), 2, 2, 4, 32, False, 0]],
     2: [5, K, K, b""],
     3: [directory(packed(1, 2), sigs=bytes(128))],
     4: [5, SID, [[1, CT], [2, CT]]],
     5: [5, SID, [[1, CT], [2, CT]]],
     6: [5, SID, b"\x00" * 8],
-    7: [SID, packed(1, 2), packed(3)],
+    7: [SID, packed(1, 2), packed(3), [[1, SIG], [2, SIG]]],
     8: [5, SID, [[1, SH]], [[2, SH]]],
+    9: [SID, packed(1, 2), packed(3)],
+    10: [5, SID, SIG],
 }
+# the same, in malicious mode: t = 3 of 3 clients tolerates corrupt <= 2
+MALICIOUS_FIELDS = [0, b"", packed(1, 2, 3), 3, 2, 4, 32, True, 2]
 
 
 def with_field(code: int, index: int, value: Any) -> bytes:
@@ -333,10 +359,14 @@ def with_field(code: int, index: int, value: Any) -> bytes:
     return frame(code, *fields)
 
 
-def with_params(index: int, value: Any) -> bytes:
-    params = list(VALID_FIELDS[1][0])
+def with_params(index: int, value: Any, base: list[Any] | None = None) -> bytes:
+    params = list(VALID_FIELDS[1][0] if base is None else base)
     params[index] = value
     return frame(1, params)
+
+
+def with_malicious_params(index: int, value: Any) -> bytes:
+    return with_params(index, value, MALICIOUS_FIELDS)
 
 
 def nested_arrays(depth: int) -> bytes:
@@ -381,7 +411,7 @@ HEADER_AND_FRAMING_CASES: dict[str, bytes] = {
     "version as array": frame(2, *VALID_FIELDS[2], version=[1]),
     "version as empty map": frame(2, *VALID_FIELDS[2], version={}),
     "type 0": frame(0, *VALID_FIELDS[2]),
-    "type 9": frame(9, *VALID_FIELDS[2]),
+    "type 11 (first unused)": frame(11, *VALID_FIELDS[2]),
     "type 255": frame(255, *VALID_FIELDS[2]),
     "type -2": frame(-2, *VALID_FIELDS[2]),
     "type True (== Setup's code 1)": frame(True, *VALID_FIELDS[1]),
@@ -495,6 +525,39 @@ FIELD_CASES.update({
     "UnmaskRequest.survivors as an empty list": with_field(7, 1, []),
     "UnmaskRequest.survivors nested": with_field(7, 1, [packed(1), packed(2)]),
     "UnmaskRequest.survivors above MAX_CLIENTS": with_field(7, 1, packed(*range(MAX_CLIENTS + 1))),
+    "UnmaskRequest in the old 3-field form": frame(7, *VALID_FIELDS[7][:3]),
+    # consistency signatures carried by the unmask request: [signer, 64 bytes], signers increasing
+    "UnmaskRequest.signatures unsorted": with_field(7, 3, [[2, SIG], [1, SIG]]),
+    "UnmaskRequest.signatures duplicate signer": with_field(7, 3, [[1, SIG], [1, SIG]]),
+    "UnmaskRequest.signatures empty signature": with_field(7, 3, [[1, b""]]),
+    "UnmaskRequest.signatures signature 63 bytes": with_field(7, 3, [[1, SIG[:-1]]]),
+    "UnmaskRequest.signatures signature 65 bytes": with_field(7, 3, [[1, SIG + b"\x00"]]),
+    "UnmaskRequest.signatures share-sized data": with_field(7, 3, [[1, SH]]),
+    "UnmaskRequest.signatures signer bool": with_field(7, 3, [[True, SIG]]),
+    "UnmaskRequest.signatures signer > MAX_ID": with_field(7, 3, [[MAX_ID + 1, SIG]]),
+    "UnmaskRequest.signatures signer negative": with_field(7, 3, [[-1, SIG]]),
+    "UnmaskRequest.signatures item of 3": with_field(7, 3, [[1, SIG, SIG]]),
+    "UnmaskRequest.signatures as one bin": with_field(7, 3, SIG),
+    "UnmaskRequest.signatures as a map": with_field(7, 3, {1: SIG}),
+    # ConsistencyRequest: the same packed id lists as UnmaskRequest, no signatures
+    "ConsistencyRequest.session_id 31": with_field(9, 0, bytes(31)),
+    "ConsistencyRequest.survivors unsorted": with_field(9, 1, packed(2, 1)),
+    "ConsistencyRequest.survivors duplicate": with_field(9, 1, packed(1, 1)),
+    "ConsistencyRequest.survivors > MAX_ID": with_field(9, 1, packed(1, MAX_ID + 1)),
+    "ConsistencyRequest.survivors 7 bytes": with_field(9, 1, packed(1, 2)[:-1]),
+    "ConsistencyRequest.survivors as a list (unpacked form)": with_field(9, 1, [1, 2]),
+    "ConsistencyRequest.dropped unsorted": with_field(9, 2, packed(9, 3)),
+    "ConsistencyRequest.dropped as a list": with_field(9, 2, [3]),
+    "ConsistencyRequest with signatures (UnmaskRequest's form)": frame(9, *VALID_FIELDS[7]),
+    # ConsistencySignature: exactly 64 bytes (unlike AdvertiseKeys, never empty)
+    "ConsistencySignature.signature empty": with_field(10, 2, b""),
+    "ConsistencySignature.signature 63 bytes": with_field(10, 2, SIG[:-1]),
+    "ConsistencySignature.signature 65 bytes": with_field(10, 2, SIG + b"\x00"),
+    "ConsistencySignature.signature 128 bytes": with_field(10, 2, SIG + SIG),
+    "ConsistencySignature.signature as list": with_field(10, 2, [SIG]),
+    "ConsistencySignature.sender bool": with_field(10, 0, True),
+    "ConsistencySignature.sender > MAX_ID": with_field(10, 0, MAX_ID + 1),
+    "ConsistencySignature.session_id 33": with_field(10, 1, bytes(33)),
     # vectors
     "MaskedInput.vector 1 byte": with_field(6, 2, b"\x00"),
     "MaskedInput.vector 2 bytes": with_field(6, 2, b"\x00" * 2),
@@ -503,8 +566,10 @@ FIELD_CASES.update({
     "MaskedInput.vector as list": with_field(6, 2, [0, 0, 0, 0]),
     # Setup / SessionParams
     "Setup.params 6 fields": frame(1, VALID_FIELDS[1][0][:6]),
-    "Setup.params 8 fields": frame(1, [*VALID_FIELDS[1][0], 0]),
-    "Setup.params as bin": frame(1, b"\x00" * 7),
+    "Setup.params in the old 7-field form": frame(1, VALID_FIELDS[1][0][:7]),
+    "Setup.params 8 fields": frame(1, VALID_FIELDS[1][0][:8]),
+    "Setup.params 10 fields": frame(1, [*VALID_FIELDS[1][0], 0]),
+    "Setup.params as bin": frame(1, b"\x00" * 9),
     "Setup.params as map": frame(1, {}),
     "Setup.params round -1": with_params(0, -1),
     "Setup.params round 2**32": with_params(0, 2**32),
@@ -528,16 +593,67 @@ FIELD_CASES.update({
     "Setup.params bits 0": with_params(6, 0),
     "Setup.params bits 33": with_params(6, 33),
     "Setup.params bits float": with_params(6, 32.0),
-    "Setup.params odd degree below n - 1": frame(1, [0, b"", packed(1, 2, 3, 4, 5), 2, 3, 4, 32]),
+    "Setup.params odd degree below n - 1": frame(1, [0, b"", packed(1, 2, 3, 4, 5), 2, 3, 4, 32, False, 0]),
+    # malicious: a real msgpack bool, nothing that merely compares equal to one
+    "Setup.params malicious 1": with_params(7, 1),
+    "Setup.params malicious 0": with_params(7, 0),
+    "Setup.params malicious 1 (malicious base)": with_malicious_params(7, 1),
+    "Setup.params malicious 1.0": with_params(7, 1.0),
+    "Setup.params malicious nil": with_params(7, None),
+    "Setup.params malicious str": with_params(7, "true"),
+    "Setup.params malicious bin": with_params(7, b"\x01"),
+    "Setup.params malicious list": with_params(7, [True]),
+    # corrupt: an integer in [0, n - 1]; in malicious mode also 2t > n + corrupt on the full graph
+    "Setup.params corrupt -1": with_params(8, -1),
+    "Setup.params corrupt n": with_params(8, 3),
+    "Setup.params corrupt > MAX_CLIENTS": with_params(8, MAX_CLIENTS + 1),
+    "Setup.params corrupt 2**64 - 1": with_params(8, 2**64 - 1),
+    "Setup.params corrupt bool": with_params(8, True),
+    "Setup.params corrupt float": with_params(8, 0.0),
+    "Setup.params corrupt nil": with_params(8, None),
+    "Setup.params malicious, corrupt > n - 1": with_malicious_params(8, 3),
+    "Setup.params malicious, corrupt = 2t - n": frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, True, 1]),
+    "Setup.params malicious, t = n / 2": frame(1, [0, b"", packed(1, 2, 3, 4), 2, 3, 4, 32, True, 0]),
+    "Setup.params malicious, t <= (n + corrupt) / 2": with_malicious_params(3, 2),
+    "Setup.params malicious sparse, t = (degree + 1) / 2": frame(
+        1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0]),
 })
 
 
 def test_base_frames_are_valid() -> None:
     """The invalid cases below each change one thing in one of these valid frames."""
+    assert sorted(VALID_FIELDS) == sorted(wire._SCHEMAS)
     for code, fields in VALID_FIELDS.items():
         message = decode(frame(code, *fields))
         assert type(message) is wire._SCHEMAS[code][0]
     assert decode(with_params(4, 2)) == Setup(SessionParams(0, b"", (1, 2, 3), 2, 2, 4, 32))
+    assert decode(with_params(8, 2)) == Setup(SessionParams(0, b"", (1, 2, 3), 2, 2, 4, 32, corrupt=2))
+    assert decode(frame(1, MALICIOUS_FIELDS)) == Setup(
+        SessionParams(0, b"", (1, 2, 3), 3, 2, 4, 32, malicious=True, corrupt=2))
+    # one below the bound: t = 2 of 3 clients tolerates corrupt = 0 (2t = 4 > 3 + 0)
+    assert decode(frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, True, 0])).params.malicious is True
+    # the sparse malicious bound does not involve corrupt: t = 3 > (4 + 1) / 2 for degree 4, corrupt 5
+    sparse = frame(1, [0, b"", packed(*range(1, 7)), 3, 4, 4, 32, True, 5])
+    assert decode(sparse) == Setup(SessionParams(0, b"", tuple(range(1, 7)), 3, 4, 4, 32, True, 5))
+    assert decode(frame(7, *VALID_FIELDS[7][:3], [])) == UnmaskRequest(SID, (1, 2), (3,))
+    assert decode(frame(9, *VALID_FIELDS[9])) == ConsistencyRequest(SID, (1, 2), (3,))
+    assert decode(frame(10, *VALID_FIELDS[10])) == ConsistencySignature(5, SID, SIG)
+
+
+def test_type_codes_of_the_new_messages() -> None:
+    """Codes 1-8 are unchanged; the consistency round adds 9 and 10 (and UnmaskRequest a 4th field)."""
+    assert {code: cls for code, (cls, _) in wire._SCHEMAS.items()} == {
+        1: Setup, 2: AdvertiseKeys, 3: KeyDirectory, 4: ShareKeys, 5: ForwardedShares, 6: MaskedInput,
+        7: UnmaskRequest, 8: UnmaskResponse, 9: ConsistencyRequest, 10: ConsistencySignature}
+    assert msgpack.unpackb(encode(ConsistencyRequest(SID, (1,), ())))[:3] == [MAGIC, VERSION, 9]
+    assert msgpack.unpackb(encode(ConsistencySignature(1, SID, SIG)))[:3] == [MAGIC, VERSION, 10]
+    assert len(msgpack.unpackb(encode(UnmaskRequest(SID, (1,), ())))) == 3 + 4
+    # the id lists travel packed, like UnmaskRequest's
+    assert msgpack.unpackb(encode(ConsistencyRequest(SID, (1, 2), (3,))))[3:] == [SID, packed(1, 2), packed(3)]
+    # malicious travels as a msgpack bool (0xc3), corrupt as an unsigned int
+    fields = msgpack.unpackb(encode(Setup(MALICIOUS_PARAMS)))[3]
+    assert len(fields) == 9 and fields[7] is True and fields[8] == 3
+    assert msgpack.unpackb(encode(Setup(PARAMS)))[3][7:] == [False, 0]
 
 
 @pytest.mark.parametrize("data", HEADER_AND_FRAMING_CASES.values(), ids=HEADER_AND_FRAMING_CASES.keys())
@@ -662,6 +778,25 @@ FIELD_NAME_CASES: list[tuple[bytes, str]] = [
     (with_params(2, packed(3, 2, 1)), "Setup.params.client_ids"),
     (with_params(4, 0), "degree"),
     (frame(2, 5, K, K), "AdvertiseKeys: expected 4 fields"),
+    (with_params(7, 1), "Setup.params.malicious"),
+    (with_params(7, None), "Setup.params.malicious"),
+    (with_params(8, MAX_CLIENTS + 1), "Setup.params.corrupt"),
+    (with_params(8, True), "Setup.params.corrupt"),
+    (with_params(8, 3), "corrupt: must be <= 2"),
+    (with_malicious_params(3, 2), "malicious mode needs t > (n + corrupt) / 2"),
+    (frame(1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0]), "malicious mode needs t > (degree + 1) / 2"),
+    (frame(1, VALID_FIELDS[1][0][:7]), "Setup.params: expected 9 fields"),
+    (frame(7, *VALID_FIELDS[7][:3]), "UnmaskRequest: expected 4 fields"),
+    (with_field(7, 3, [[1, SIG], [2, SIG[:-1]]]), "UnmaskRequest.signatures[1].data"),
+    (with_field(7, 3, [[1, SIG], [True, SIG]]), "UnmaskRequest.signatures[1].id"),
+    (with_field(7, 3, [[2, SIG], [1, SIG]]), "UnmaskRequest.signatures"),
+    (with_field(9, 1, packed(2, 1)), "ConsistencyRequest.survivors"),
+    (with_field(9, 2, packed(MAX_ID + 1)), "ConsistencyRequest.dropped"),
+    (with_field(9, 0, b""), "ConsistencyRequest.session_id"),
+    (frame(9, *VALID_FIELDS[7]), "ConsistencyRequest: expected 3 fields"),
+    (with_field(10, 2, b""), "ConsistencySignature.signature"),
+    (with_field(10, 0, -1), "ConsistencySignature.sender"),
+    (with_field(10, 1, bytes(31)), "ConsistencySignature.session_id"),
     (frame(2, *VALID_FIELDS[2], version=2), "version"),
     (frame(42, *VALID_FIELDS[2]), "unknown message type"),
 ]
@@ -707,7 +842,7 @@ def test_declared_bin_length_is_not_allocated(claimed: int) -> None:
 @pytest.mark.parametrize("claimed", [MAX_CLIENTS + 1, 2**31, 2**32 - 1])
 def test_declared_array_length_above_the_limit_is_not_allocated(claimed: int) -> None:
     _refused_cheaply(array32_header(claimed) + b"\x00" * 16)
-    _refused_cheaply(b"\x94" + msgpack.packb(MAGIC) + b"\x01\x07" + array32_header(claimed) + b"\x01")
+    _refused_cheaply(b"\x97" + msgpack.packb(MAGIC) + b"\x01\x07" + array32_header(claimed) + b"\x01")
 
 
 def test_oversized_input_is_refused_before_copying() -> None:
@@ -744,6 +879,57 @@ def test_encode_refuses_a_directory_with_mixed_signatures() -> None:
     mixed = KeyDirectory((KeyEntry(1, K, K, bytes(64)), KeyEntry(2, K, K, b"")))
     with pytest.raises(WireError, match="signed"):
         encode(mixed)
+
+
+@pytest.mark.parametrize("message", [
+    ConsistencySignature(1, SID, b""),
+    ConsistencySignature(1, SID, bytes(63)),
+    ConsistencySignature(-1, SID, SIG),
+    ConsistencyRequest(SID, (2, 1), ()),
+    ConsistencyRequest(SID, (1,), (1, 1)),
+    ConsistencyRequest(bytes(31), (1,), ()),
+    UnmaskRequest(SID, (1, 2), (), ((2, SIG), (1, SIG))),
+    UnmaskRequest(SID, (1, 2), (), ((1, SIG), (1, SIG))),
+    UnmaskRequest(SID, (1, 2), (), ((1, b""),)),
+    UnmaskRequest(SID, (1, 2), (), ((1, bytes(65)),)),
+    UnmaskRequest(SID, (1, 2), (), ((MAX_ID + 1, SIG),)),
+], ids=["empty signature", "short signature", "negative sender", "unsorted survivors", "duplicate dropped",
+        "short session id", "unsorted signers", "duplicate signer", "empty unmask signature",
+        "long unmask signature", "signer > MAX_ID"])
+def test_encode_refuses_invalid_consistency_fields(message: Message) -> None:
+    """The sender runs the receiver's checks: what the decoder would refuse is never put on the wire."""
+    with pytest.raises(WireError):
+        encode(message)
+
+
+@pytest.mark.parametrize("value", [1, 0, 1.0, None, "", b"\x01", np.True_], ids=repr)
+def test_params_malicious_must_be_a_real_bool(value: Any) -> None:
+    """``malicious`` is a bool on both sides: the constructor refuses 1/0 (ConfigError), the decoder too."""
+    with pytest.raises(ConfigError, match="malicious"):
+        SessionParams(0, b"", (1, 2, 3), 2, 2, 4, 32, malicious=value)
+    if not isinstance(value, np.bool_):  # msgpack cannot carry a numpy bool
+        with pytest.raises(WireError, match="malicious"):
+            decode(with_params(7, value))
+
+
+@given(corrupt=st.one_of(st.integers(-(2**63), 2**64 - 1), st.integers(-2, 6)), malicious=st.booleans())
+def test_params_corrupt_range(corrupt: int, malicious: bool) -> None:
+    """corrupt in [0, n - 1]; in malicious mode on the full graph, also 2t > n + corrupt.
+
+    Five clients, t = 4: honest mode takes corrupt 0..4, malicious mode 0..2 (8 > 5 + 2, not 5 + 3).
+    """
+    fields = [0, b"", packed(1, 2, 3, 4, 5), 4, 4, 4, 32, malicious, corrupt]
+    valid = 0 <= corrupt <= (2 if malicious else 4)
+    if valid:
+        params = decode(frame(1, fields)).params
+        assert (params.malicious, params.corrupt) == (malicious, corrupt)
+        assert decode(encode(Setup(params))) == Setup(params)
+    else:
+        with pytest.raises(WireError, match="corrupt"):
+            decode(frame(1, fields))
+        if corrupt >= 0:
+            with pytest.raises(ConfigError, match="corrupt"):
+                SessionParams(0, b"", (1, 2, 3, 4, 5), 4, 4, 4, 32, malicious, corrupt)
 
 
 def test_encode_of_a_message_subclass_raises_wire_error() -> None:

@@ -43,6 +43,10 @@ class SecureSum(Aggregator, kind="secure-sum"):
     ``weight_bound``: public bound W on a client's example count; 0 uses the round's largest count
     (fine in simulation; a deployment must fix W in advance, since it is public).
     ``dropout``: fraction of the sampled clients to drop after ShareKeys (simulation).
+    ``malicious``: the active-security mode (signed keys, ConsistencyCheck round; see
+    :mod:`secagg.protocol.client`), tolerating ``floor(corrupt_fraction * n)`` clients colluding with
+    the server: full-graph threshold ``floor((n + corrupt) / 2) + 1`` at least, SecAgg+ parameters
+    from the finder's semi-malicious column.
     """
 
     clip: float = 1.0
@@ -54,6 +58,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
     weighted: bool = True
     weight_bound: float = 0.0
     dropout: float = 0.0
+    malicious: bool = False
 
     def __post_init__(self) -> None:
         check_real("clip", self.clip, gt=0.0)
@@ -64,8 +69,9 @@ class SecureSum(Aggregator, kind="secure-sum"):
         check_real("dropout_fraction", self.dropout_fraction, ge=0.0, lt=1.0)
         check_real("weight_bound", self.weight_bound, ge=0.0)
         check_real("dropout", self.dropout, ge=0.0, lt=1.0)
-        if not isinstance(self.weighted, bool):
-            raise ConfigError(f"weighted: must be true or false, got {self.weighted!r}")
+        for name in ("weighted", "malicious"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
 
     def session_params(self, client_ids: tuple[int, ...], vector_length: int, round_index: int = 0
                        ) -> SessionParams:
@@ -74,13 +80,22 @@ class SecureSum(Aggregator, kind="secure-sum"):
         if n < 2:
             raise ConfigError("secure aggregation needs at least 2 clients per round")
         degree, threshold = n - 1, min(n, math.floor(self.threshold_fraction * n) + 1)
+        corrupt = math.floor(self.corrupt_fraction * n + 1e-9) if self.malicious else 0
+        if self.malicious:
+            threshold = max(threshold, (n + corrupt) // 2 + 1)
+            if threshold > n:
+                raise ConfigError(f"corrupt_fraction: {corrupt} corrupt of {n} clients leaves no valid "
+                                  f"malicious-mode threshold (need t > (n + corrupt) / 2 and t <= n)")
         if self.graph == "secaggplus" and n >= 4:
             # no sparse graph meets the bounds at small sizes: the full graph (already set) does
             with contextlib.suppress(ConfigError):
-                degree, threshold = secaggplus_parameters(n, self.corrupt_fraction, self.dropout_fraction)
+                k, t = secaggplus_parameters(n, self.corrupt_fraction, self.dropout_fraction,
+                                             malicious=self.malicious)
+                if not self.malicious or 2 * t > k + 1:
+                    degree, threshold = k, t
         return SessionParams(round=round_index, model_version=b"fedavg", client_ids=client_ids,
                              threshold=threshold, degree=degree, vector_length=vector_length,
-                             bits=self.bits)
+                             bits=self.bits, malicious=self.malicious, corrupt=corrupt)
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         order = sorted(range(batch.num_clients), key=lambda i: batch.client_ids[i])

@@ -10,18 +10,21 @@ further message and has revealed nothing beyond what the protocol allows.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from enum import Enum
 
 import numpy as np
 
 from secagg.crypto import aead
-from secagg.crypto.keys import PRIVATE_KEY_BYTES, DHKeyPair
+from secagg.crypto.keys import PRIVATE_KEY_BYTES, DHKeyPair, SigningKey, verify_signature
 from secagg.crypto.prg import SEED_BYTES, accumulate_masks
 from secagg.crypto.shamir import SHARE_BYTES, Share, split
 from secagg.errors import ConfigError, ProtocolError
 from secagg.protocol.graph import neighbours_of
 from secagg.protocol.messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     ForwardedShares,
     KeyDirectory,
     KeyEntry,
@@ -33,14 +36,23 @@ from secagg.protocol.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.protocol.session import mask_seed, mask_sign, session_id, share_key, share_point
+from secagg.protocol.session import (
+    advertisement_message,
+    consistency_message,
+    mask_seed,
+    mask_sign,
+    session_id,
+    share_key,
+    share_point,
+)
 
 
 class ClientPhase(Enum):
     NEW = "new"
     ADVERTISED = "advertised"      # sent AdvertiseKeys, waits for the KeyDirectory
     SHARED = "shared"              # sent ShareKeys, waits for ForwardedShares
-    MASKED = "masked"              # sent MaskedInput, waits for the UnmaskRequest
+    MASKED = "masked"              # sent MaskedInput, waits for the UnmaskRequest (or ConsistencyRequest)
+    SIGNED = "signed"              # malicious mode: signed the survivor sets, waits for the UnmaskRequest
     DONE = "done"                  # answered the UnmaskRequest
     ABORTED = "aborted"
 
@@ -50,11 +62,25 @@ class Client:
 
     The state machine guarantees, per peer, that it reveals either the share of the peer's self-mask
     seed (peer survived) or the share of the peer's mask key (peer dropped), never both.
+
+    Malicious-server mode: give the client its long-term Ed25519 ``identity`` and the deployment's
+    ``registry`` (client id -> trusted Ed25519 public key). It then signs its key advertisement,
+    verifies every advertisement in the directory, signs the survivor sets it is shown, and reveals
+    shares only if at least t survivors signed exactly the same sets. Such a client refuses a
+    session that is not in malicious mode.
     """
 
-    def __init__(self, client_id: int, value: np.ndarray) -> None:
+    def __init__(self, client_id: int, value: np.ndarray, *, identity: SigningKey | None = None,
+                 registry: Mapping[int, bytes] | None = None) -> None:
         if not isinstance(value, np.ndarray) or value.dtype != np.uint32 or value.ndim != 1:
             raise ConfigError("value: must be a 1-D uint32 array (quantize the update first)")
+        if (identity is None) != (registry is None):
+            raise ConfigError("identity, registry: malicious-server mode needs both (or neither)")
+        if identity is not None and registry is not None and registry.get(client_id) != identity.public:
+            raise ConfigError(f"registry: does not hold client {client_id}'s identity public key")
+        self._identity = identity
+        self._registry = dict(registry) if registry is not None else None
+        self._signed: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self.id = client_id
         self._value = value
         self.phase = ClientPhase.NEW
@@ -94,9 +120,11 @@ class Client:
     # -- one method per step --------------------------------------------------------------------
 
     def _dispatch(self, message: Message) -> Message:
+        malicious = self.params is not None and self.params.malicious
         expected = {ClientPhase.NEW: Setup, ClientPhase.ADVERTISED: KeyDirectory,
-                    ClientPhase.SHARED: ForwardedShares, ClientPhase.MASKED: UnmaskRequest,
-                    ClientPhase.DONE: UnmaskRequest}[self.phase]
+                    ClientPhase.SHARED: ForwardedShares,
+                    ClientPhase.MASKED: ConsistencyRequest if malicious else UnmaskRequest,
+                    ClientPhase.SIGNED: UnmaskRequest, ClientPhase.DONE: UnmaskRequest}[self.phase]
         if not isinstance(message, expected):
             raise ProtocolError(f"client {self.id}: got {type(message).__name__} while waiting for "
                                 f"{expected.__name__} (wrong round)")
@@ -106,6 +134,8 @@ class Client:
             return self._on_directory(message)
         if isinstance(message, ForwardedShares):
             return self._on_shares(message)
+        if isinstance(message, ConsistencyRequest):
+            return self._on_consistency(message)
         return self._on_unmask(message)
 
     def _on_setup(self, msg: Setup) -> AdvertiseKeys:
@@ -117,9 +147,19 @@ class Client:
                                 f"expects vector_length={p.vector_length}")
         if p.bits < 32 and int(self._value.max(initial=0)) >> p.bits:
             raise ProtocolError(f"client {self.id}: input has words >= 2^{p.bits} (bits={p.bits})")
+        if self._identity is not None and not p.malicious:
+            raise ProtocolError(f"client {self.id}: requires malicious-server mode; the server offered a "
+                                f"session without it")
+        signature = b""
+        if p.malicious:
+            if self._identity is None:
+                raise ProtocolError(f"client {self.id}: malicious-server mode needs an identity key and a "
+                                    f"registry of trusted client keys")
+            signature = self._identity.sign(
+                advertisement_message(p, self.id, self._enc.public, self._mask.public))
         self.params = p
         self.phase = ClientPhase.ADVERTISED
-        return AdvertiseKeys(self.id, self._enc.public, self._mask.public)
+        return AdvertiseKeys(self.id, self._enc.public, self._mask.public, signature)
 
     def _on_directory(self, msg: KeyDirectory) -> ShareKeys:
         p = self._require_params()
@@ -136,6 +176,8 @@ class Client:
                                 f"{p.threshold}")
         if len({e.enc_key for e in msg.entries} | {e.mask_key for e in msg.entries}) != 2 * len(entries):
             raise ProtocolError("key directory: a public key appears twice (substituted or replayed)")
+        if p.malicious:
+            self._verify_advertisements(p, msg.entries)
         self.session = session_id(p, msg.entries)
         self._advertised = frozenset(entries)
         self._neighbours = neighbours_of(self.session, list(entries), p.degree, self.id)
@@ -195,10 +237,38 @@ class Client:
         self.phase = ClientPhase.MASKED
         return MaskedInput(self.id, self.session, y.astype("<u4", copy=False).tobytes())
 
+    def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
+        self._check_session(msg.session_id)
+        self._check_sets(msg.survivors, msg.dropped)
+        assert self._identity is not None  # malicious mode was checked at Setup
+        self._signed = (msg.survivors, msg.dropped)
+        self.phase = ClientPhase.SIGNED
+        signature = self._identity.sign(consistency_message(self.session, msg.survivors, msg.dropped))
+        return ConsistencySignature(self.id, self.session, signature)
+
     def _on_unmask(self, msg: UnmaskRequest) -> UnmaskResponse:
         p = self._require_params()
         self._check_session(msg.session_id)
-        survivors, dropped = set(msg.survivors), set(msg.dropped)
+        if p.malicious:
+            if (msg.survivors, msg.dropped) != self._signed:
+                raise ProtocolError(f"client {self.id}: the unmask request names other survivor/dropped "
+                                    f"sets than the ones I signed: refusing")
+            self._verify_consistency(p, msg)
+        asked = self._check_sets(msg.survivors, msg.dropped)
+        for v, kind in asked.items():
+            if self._revealed.get(v, kind) != kind:
+                raise ProtocolError(f"server asked for both the self-mask share and the mask-key share "
+                                    f"of client {v}: refusing")
+        self._revealed.update(asked)
+        b = tuple((v, self._held[v][0]) for v in sorted(asked) if asked[v] == "b")
+        s = tuple((v, self._held[v][1]) for v in sorted(asked) if asked[v] == "s")
+        self.phase = ClientPhase.DONE
+        return UnmaskResponse(self.id, self.session, b, s)
+
+    def _check_sets(self, survivor_ids: tuple[int, ...], dropped_ids: tuple[int, ...]) -> dict[int, str]:
+        """Check every server claim about the sets; return the share kind asked for each holder."""
+        p = self._require_params()
+        survivors, dropped = set(survivor_ids), set(dropped_ids)
         if survivors & dropped:
             both = sorted(survivors & dropped)
             raise ProtocolError(f"unmask request lists client(s) {both} as both surviving and dropped: "
@@ -214,16 +284,39 @@ class Client:
         if not claimed <= set(self._held):
             missing = sorted(claimed - set(self._held))
             raise ProtocolError(f"unmask request names neighbour(s) {missing} that never shared keys with me")
-        asked = {v: ("b" if v in survivors else "s") for v in claimed}
-        for v, kind in asked.items():
-            if self._revealed.get(v, kind) != kind:
-                raise ProtocolError(f"server asked for both the self-mask share and the mask-key share "
-                                    f"of client {v}: refusing")
-        self._revealed.update(asked)
-        b = tuple((v, self._held[v][0]) for v in sorted(asked) if asked[v] == "b")
-        s = tuple((v, self._held[v][1]) for v in sorted(asked) if asked[v] == "s")
-        self.phase = ClientPhase.DONE
-        return UnmaskResponse(self.id, self.session, b, s)
+        return {v: ("b" if v in survivors else "s") for v in claimed}
+
+    def _verify_advertisements(self, p: SessionParams, entries: tuple[KeyEntry, ...]) -> None:
+        assert self._registry is not None
+        for e in entries:
+            trusted = self._registry.get(e.client_id)
+            if trusted is None:
+                raise ProtocolError(f"key directory: client {e.client_id} is not in the trusted registry")
+            if not e.signature:
+                raise ProtocolError(f"key directory: the advertisement of client {e.client_id} is unsigned")
+            verify_signature(trusted, e.signature,
+                             advertisement_message(p, e.client_id, e.enc_key, e.mask_key),
+                             signer=e.client_id)
+
+    def _verify_consistency(self, p: SessionParams, msg: UnmaskRequest) -> None:
+        """At least t distinct survivors signed exactly these sets, or we refuse to reveal anything."""
+        assert self._registry is not None
+        message = consistency_message(self.session, msg.survivors, msg.dropped)
+        survivors = set(msg.survivors)
+        valid = set()
+        for signer, signature in msg.signatures:
+            trusted = self._registry.get(signer)
+            if signer not in survivors or trusted is None:
+                continue
+            try:
+                verify_signature(trusted, signature, message, signer=signer)
+            except ProtocolError:
+                continue
+            valid.add(signer)
+        if len(valid) < p.threshold:
+            raise ProtocolError(f"client {self.id}: only {len(valid)} valid consistency signatures on the "
+                                f"survivor set, fewer than the threshold {p.threshold}: the server may be "
+                                f"showing different sets to different clients; refusing to reveal shares")
 
     # -- helpers --------------------------------------------------------------------------------
 

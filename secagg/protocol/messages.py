@@ -8,7 +8,9 @@ Flow (Bonawitz et al. 2017, with the SecAgg+ graph of Bell et al. 2020)::
     client -> server        ShareKeys(one AEAD ciphertext per neighbour)         stage SHARE_KEYS
     server -> each in U2    ForwardedShares(the ciphertexts addressed to it)
     client -> server        MaskedInput(x + PRG(b_u) + sum +-PRG(s_uv))          stage MASKED_INPUT
-    server -> U3            UnmaskRequest(survivors U3, dropped U2 \\ U3)
+   [server -> U3            ConsistencyRequest(survivors U3, dropped U2 \\ U3)     malicious mode only
+    client -> server        ConsistencySignature(sig over the sets)             stage CONSISTENCY_CHECK]
+    server -> U3 (or U4)    UnmaskRequest(survivors U3, dropped U2 \\ U3[, >= t signatures])
     client -> server        UnmaskResponse(b-shares of survivors, s-shares of the dropped)  UNMASKING
 
 Every message after the directory carries the session id, so a message from another session (or
@@ -38,7 +40,8 @@ class Stage(IntEnum):
     ADVERTISE_KEYS = 0
     SHARE_KEYS = 1
     MASKED_INPUT = 2
-    UNMASKING = 3
+    CONSISTENCY_CHECK = 3  # malicious-server mode only
+    UNMASKING = 4
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ class SessionParams:
     ``vector_length``: d, uint32 words per input. ``bits``: the ring is Z_(2^bits).
     ``round`` and ``model_version`` are bound into the session id, so a client given another model
     or round computes other seeds and cannot be combined with the rest.
+    ``malicious``: the active-security mode of Bonawitz et al.: signed key advertisements and a
+    ConsistencyCheck round. ``corrupt``: how many clients may collude with the server; in malicious
+    mode the threshold must exceed ``(n + corrupt) / 2`` on the full graph (so two different survivor
+    sets can never both collect t signatures), and a strict majority of the ``degree + 1`` holders
+    on a SecAgg+ graph (use ``secaggplus_parameters(..., malicious=True)`` for its exact value).
     """
 
     round: int
@@ -61,6 +69,8 @@ class SessionParams:
     degree: int
     vector_length: int
     bits: int = 32
+    malicious: bool = False
+    corrupt: int = 0
 
     def __post_init__(self) -> None:
         check_int("round", self.round, minimum=0, maximum=(1 << 32) - 1)
@@ -82,6 +92,18 @@ class SessionParams:
         check_int("threshold", self.threshold, minimum=1, maximum=self.degree + 1)
         check_int("vector_length", self.vector_length, minimum=1, maximum=MAX_VECTOR_LENGTH)
         check_int("bits", self.bits, minimum=1, maximum=32)
+        if not isinstance(self.malicious, bool):
+            raise ConfigError(f"malicious: must be true or false, got {self.malicious!r}")
+        check_int("corrupt", self.corrupt, minimum=0, maximum=n - 1)
+        if self.malicious:
+            if self.full_graph and 2 * self.threshold <= n + self.corrupt:
+                raise ConfigError(f"threshold: malicious mode needs t > (n + corrupt) / 2 = "
+                                  f"{(n + self.corrupt) / 2:g} on the full graph, got t={self.threshold}; "
+                                  f"raise the threshold to >= {(n + self.corrupt) // 2 + 1} or lower corrupt")
+            if not self.full_graph and 2 * self.threshold <= self.degree + 1:
+                raise ConfigError(f"threshold: malicious mode needs t > (degree + 1) / 2 = "
+                                  f"{(self.degree + 1) / 2:g} on a SecAgg+ graph, got t={self.threshold}; "
+                                  f"use secaggplus_parameters(..., malicious=True)")
 
     @property
     def num_clients(self) -> int:
@@ -150,12 +172,35 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
-    """``survivors``: U3 (sent masked inputs); ``dropped``: U2 \\ U3 (shared keys, then vanished)."""
+class ConsistencyRequest:
+    """Malicious mode: the sets the server will ask about, for every survivor to sign."""
 
     session_id: bytes
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """A survivor's Ed25519 signature over (session id, survivors, dropped)."""
+
+    sender: int
+    session_id: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """``survivors``: U3 (sent masked inputs); ``dropped``: U2 \\ U3 (shared keys, then vanished).
+
+    In malicious mode ``signatures`` carries ``(signer, signature)`` consistency signatures over
+    exactly these sets; a client reveals nothing unless at least t of them verify.
+    """
+
+    session_id: bytes
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: tuple[tuple[int, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,4 +214,4 @@ class UnmaskResponse:
 
 
 Message = (Setup | AdvertiseKeys | KeyDirectory | ShareKeys | ForwardedShares | MaskedInput
-           | UnmaskRequest | UnmaskResponse)
+           | ConsistencyRequest | ConsistencySignature | UnmaskRequest | UnmaskResponse)

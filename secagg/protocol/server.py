@@ -12,17 +12,20 @@ The server learns ``sum(x_u for u in U3) mod 2^bits`` and nothing else about ind
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
 
 import numpy as np
 
-from secagg.crypto.keys import DHKeyPair, is_low_order
+from secagg.crypto.keys import DHKeyPair, is_low_order, verify_signature
 from secagg.crypto.prg import accumulate_masks
 from secagg.crypto.shamir import Share, reconstruct
 from secagg.errors import AbortError, ProtocolError
 from secagg.protocol.graph import neighbours
 from secagg.protocol.messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     ForwardedShares,
     KeyDirectory,
     KeyEntry,
@@ -35,7 +38,14 @@ from secagg.protocol.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.protocol.session import mask_seed, mask_sign, session_id, share_point
+from secagg.protocol.session import (
+    advertisement_message,
+    consistency_message,
+    mask_seed,
+    mask_sign,
+    session_id,
+    share_point,
+)
 
 Outgoing = list[tuple[int, Message]]  # (recipient client id, message)
 
@@ -45,6 +55,7 @@ class ServerPhase(Enum):
     COLLECT_KEYS = "collect-keys"
     COLLECT_SHARES = "collect-shares"
     COLLECT_MASKED = "collect-masked"
+    COLLECT_CONSISTENCY = "collect-consistency"  # malicious mode only
     COLLECT_UNMASK = "collect-unmask"
     DONE = "done"
     ABORTED = "aborted"
@@ -53,14 +64,21 @@ class ServerPhase(Enum):
 _EXPECTS = {ServerPhase.COLLECT_KEYS: (AdvertiseKeys, Stage.ADVERTISE_KEYS),
             ServerPhase.COLLECT_SHARES: (ShareKeys, Stage.SHARE_KEYS),
             ServerPhase.COLLECT_MASKED: (MaskedInput, Stage.MASKED_INPUT),
+            ServerPhase.COLLECT_CONSISTENCY: (ConsistencySignature, Stage.CONSISTENCY_CHECK),
             ServerPhase.COLLECT_UNMASK: (UnmaskResponse, Stage.UNMASKING)}
 
 
 class Server:
-    """Runs one session for ``params``; :attr:`result` holds the sum once :attr:`phase` is DONE."""
+    """Runs one session for ``params``; :attr:`result` holds the sum once :attr:`phase` is DONE.
 
-    def __init__(self, params: SessionParams) -> None:
+    In malicious mode an honest server given the ``registry`` of trusted client keys also checks
+    signatures as they arrive (clients never rely on that: they verify everything themselves).
+    """
+
+    def __init__(self, params: SessionParams, registry: Mapping[int, bytes] | None = None) -> None:
         self.params = params
+        self.registry = dict(registry) if registry is not None else None
+        self.consistency: dict[int, bytes] = {}
         self.phase = ServerPhase.NEW
         self.session = b""
         self.result: np.ndarray | None = None
@@ -87,8 +105,11 @@ class Server:
             pool, got = set(self.keys), set(self.shares)
         elif self.phase is ServerPhase.COLLECT_MASKED:
             pool, got = set(self.shares), self.masked
+        elif self.phase is ServerPhase.COLLECT_CONSISTENCY:
+            pool, got = set(self.survivors), set(self.consistency)
         elif self.phase is ServerPhase.COLLECT_UNMASK:
-            pool, got = set(self.survivors), set(self.responses)
+            pool = set(self.consistency) if self.params.malicious else set(self.survivors)
+            got = set(self.responses)
         else:
             return frozenset()
         return frozenset(pool - got)
@@ -117,8 +138,9 @@ class Server:
                                 f"(wrong round)")
         sender = message.sender
         if sender not in self.expected_senders():
-            already = sender in (self.keys if cls is AdvertiseKeys else self.shares if cls is ShareKeys
-                                 else self.masked if cls is MaskedInput else self.responses)
+            seen = {AdvertiseKeys: self.keys, ShareKeys: self.shares, MaskedInput: self.masked,
+                    ConsistencySignature: self.consistency, UnmaskResponse: self.responses}[cls]
+            already = sender in seen
             raise ProtocolError(f"server: {'duplicate' if already else 'unexpected'} {cls.__name__} "
                                 f"from client {sender}")
         if cls is not AdvertiseKeys and message.session_id != self.session:
@@ -134,6 +156,8 @@ class Server:
                 return self._after_shares()
             if self.phase is ServerPhase.COLLECT_MASKED:
                 return self._after_masked()
+            if self.phase is ServerPhase.COLLECT_CONSISTENCY:
+                return self._after_consistency()
             if self.phase is ServerPhase.COLLECT_UNMASK:
                 self._unmask()
                 return []
@@ -148,6 +172,16 @@ class Server:
         for name in ("enc_key", "mask_key"):
             if is_low_order(getattr(msg, name)):
                 raise ProtocolError(f"server: {name} of client {msg.sender} is a low-order X25519 key")
+        if self.params.malicious:
+            if not msg.signature:
+                raise ProtocolError(f"server: the advertisement of client {msg.sender} is unsigned")
+            if self.registry is not None:
+                trusted = self.registry.get(msg.sender)
+                if trusted is None:
+                    raise ProtocolError(f"server: client {msg.sender} is not in the trusted registry")
+                verify_signature(trusted, msg.signature,
+                                 advertisement_message(self.params, msg.sender, msg.enc_key, msg.mask_key),
+                                 signer=msg.sender)
         if msg.enc_key == msg.mask_key:
             raise ProtocolError(f"server: client {msg.sender} advertised the same key twice")
         seen = {k for a in self.keys.values() for k in (a.enc_key, a.mask_key)}
@@ -174,6 +208,13 @@ class Server:
                                 f">= 2^{self.params.bits}")
         np.add(self._sum, y, out=self._sum)  # wraps mod 2^32; reduced mod 2^bits at the end
         self.masked.add(msg.sender)
+
+    def _receive_ConsistencySignature(self, msg: ConsistencySignature) -> None:
+        if self.registry is not None:
+            verify_signature(self.registry[msg.sender], msg.signature,
+                             consistency_message(self.session, self.survivors, self.dropped),
+                             signer=msg.sender)
+        self.consistency[msg.sender] = msg.signature
 
     def _receive_UnmaskResponse(self, msg: UnmaskResponse) -> None:
         holders = self._graph[msg.sender] | {msg.sender}
@@ -220,9 +261,20 @@ class Server:
         self._need(len(self.masked), "sent masked inputs")
         self.survivors = tuple(sorted(self.masked))
         self.dropped = tuple(sorted(set(self.shares) - self.masked))
+        if self.params.malicious:
+            self.phase = ServerPhase.COLLECT_CONSISTENCY
+            check = ConsistencyRequest(self.session, self.survivors, self.dropped)
+            return [(u, check) for u in self.survivors]
         self.phase = ServerPhase.COLLECT_UNMASK
         request = UnmaskRequest(self.session, self.survivors, self.dropped)
         return [(u, request) for u in self.survivors]
+
+    def _after_consistency(self) -> Outgoing:
+        self._need(len(self.consistency), "signed the survivor set")
+        self.phase = ServerPhase.COLLECT_UNMASK
+        request = UnmaskRequest(self.session, self.survivors, self.dropped,
+                                tuple(sorted(self.consistency.items())))
+        return [(u, request) for u in sorted(self.consistency)]
 
     def _index_shares(self) -> dict[tuple[str, int], list[tuple[int, bytes]]]:
         """(kind, owner) -> [(responder, share bytes)], responders in increasing id order."""

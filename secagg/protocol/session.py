@@ -46,3 +46,23 @@ def mask_sign(owner: int, peer: int) -> int:
 def share_point(client_id: int) -> int:
     """The Shamir evaluation point of the share a client holds: distinct and non-zero."""
     return client_id + 1
+
+
+_ADVERTISE_LABEL = b"secagg/v1/advertise"
+_CONSISTENCY_LABEL = b"secagg/v1/consistency"
+
+
+def advertisement_message(params: SessionParams, client_id: int, enc_key: bytes, mask_key: bytes) -> bytes:
+    """What a client signs in malicious mode: its keys bound to this session's parameters.
+
+    The parameters include the round and model version, so an advertisement replayed from another
+    session, or made for another model (Pasquini et al. 2022), fails verification everywhere.
+    """
+    return (_ADVERTISE_LABEL + encode_params(params) + client_id.to_bytes(4, "big") + enc_key + mask_key)
+
+
+def consistency_message(sid: bytes, survivors: tuple[int, ...], dropped: tuple[int, ...]) -> bytes:
+    """What a survivor signs in the ConsistencyCheck round: the exact sets it was shown."""
+    s = np.asarray(survivors, dtype=">u4").tobytes()
+    d = np.asarray(dropped, dtype=">u4").tobytes()
+    return _CONSISTENCY_LABEL + sid + len(s).to_bytes(4, "big") + s + d

@@ -28,6 +28,8 @@ from secagg.protocol.messages import (
     MAX_VECTOR_LENGTH,
     MODEL_VERSION_MAX_BYTES,
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     ForwardedShares,
     KeyDirectory,
     KeyEntry,
@@ -135,9 +137,15 @@ def _pairs(size: int) -> Reader:
     return read
 
 
+def _flag(v: Any, field: str) -> bool:
+    if type(v) is not bool:
+        raise _fail(field, "expected true or false")
+    return v
+
+
 def _params(v: Any, field: str) -> SessionParams:
-    if not isinstance(v, list) or len(v) != 7:
-        raise _fail(field, "expected 7 fields")
+    if not isinstance(v, list) or len(v) != 9:
+        raise _fail(field, "expected 9 fields")
     try:
         return SessionParams(
             round=_uint((1 << 32) - 1)(v[0], f"{field}.round"),
@@ -146,7 +154,9 @@ def _params(v: Any, field: str) -> SessionParams:
             threshold=_uint(MAX_CLIENTS)(v[3], f"{field}.threshold"),
             degree=_uint(MAX_CLIENTS)(v[4], f"{field}.degree"),
             vector_length=_uint(MAX_VECTOR_LENGTH)(v[5], f"{field}.vector_length"),
-            bits=_uint(32)(v[6], f"{field}.bits"))
+            bits=_uint(32)(v[6], f"{field}.bits"),
+            malicious=_flag(v[7], f"{field}.malicious"),
+            corrupt=_uint(MAX_CLIENTS)(v[8], f"{field}.corrupt"))
     except ConfigError as exc:
         raise _fail(field, str(exc)) from exc
 
@@ -200,11 +210,15 @@ _SCHEMAS: dict[int, tuple[type, list[tuple[str, Reader]]]] = {
     5: (ForwardedShares, [("recipient", _id), ("session_id", _session),
                           ("shares", _pairs(SHARE_CIPHERTEXT_BYTES))]),
     6: (MaskedInput, [("sender", _id), ("session_id", _session), ("vector", _vector)]),
-    7: (UnmaskRequest, [("session_id", _session), ("survivors", _ids), ("dropped", _ids)]),
+    7: (UnmaskRequest, [("session_id", _session), ("survivors", _ids), ("dropped", _ids),
+                        ("signatures", _pairs(SIGNATURE_BYTES))]),
     8: (UnmaskResponse, [("sender", _id), ("session_id", _session),
                          ("self_mask_shares", _pairs(SHARE_BYTES)),
                          ("mask_key_shares", _pairs(SHARE_BYTES))]),
 }
+_SCHEMAS[9] = (ConsistencyRequest, [("session_id", _session), ("survivors", _ids), ("dropped", _ids)])
+_SCHEMAS[10] = (ConsistencySignature, [("sender", _id), ("session_id", _session),
+                                       ("signature", _bytes(SIGNATURE_BYTES))])
 _CODES = {cls: code for code, (cls, _) in _SCHEMAS.items()}
 
 
@@ -212,7 +226,7 @@ def _plain(value: Any) -> Any:
     """Session parameters as their 7-field array; anything else as is (msgpack packs tuples as arrays)."""
     if isinstance(value, SessionParams):
         return [value.round, value.model_version, _pack_ids(value.client_ids), value.threshold,
-                value.degree, value.vector_length, value.bits]
+                value.degree, value.vector_length, value.bits, value.malicious, value.corrupt]
     return value
 
 
@@ -221,6 +235,8 @@ _WRITERS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (KeyDirectory, "entries"): _pack_entries,
     (UnmaskRequest, "survivors"): _pack_ids,
     (UnmaskRequest, "dropped"): _pack_ids,
+    (ConsistencyRequest, "survivors"): _pack_ids,
+    (ConsistencyRequest, "dropped"): _pack_ids,
 }
 
 
