@@ -649,7 +649,8 @@ def test_type_codes_of_the_new_messages() -> None:
     assert msgpack.unpackb(encode(ConsistencySignature(1, SID, SIG)))[:3] == [MAGIC, VERSION, 10]
     assert len(msgpack.unpackb(encode(UnmaskRequest(SID, (1,), ())))) == 3 + 4
     # the id lists travel packed, like UnmaskRequest's
-    assert msgpack.unpackb(encode(ConsistencyRequest(SID, (1, 2), (3,))))[3:] == [SID, packed(1, 2), packed(3)]
+    encoded = msgpack.unpackb(encode(ConsistencyRequest(SID, (1, 2), (3,))))
+    assert encoded[3:] == [SID, packed(1, 2), packed(3)]
     # malicious travels as a msgpack bool (0xc3), corrupt as an unsigned int
     fields = msgpack.unpackb(encode(Setup(MALICIOUS_PARAMS)))[3]
     assert len(fields) == 9 and fields[7] is True and fields[8] == 3
@@ -784,7 +785,8 @@ FIELD_NAME_CASES: list[tuple[bytes, str]] = [
     (with_params(8, True), "Setup.params.corrupt"),
     (with_params(8, 3), "corrupt: must be <= 2"),
     (with_malicious_params(3, 2), "malicious mode needs t > (n + corrupt) / 2"),
-    (frame(1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0]), "malicious mode needs t > (degree + 1) / 2"),
+    (frame(1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0]),
+     "malicious mode needs t > (degree + 1) / 2"),
     (frame(1, VALID_FIELDS[1][0][:7]), "Setup.params: expected 9 fields"),
     (frame(7, *VALID_FIELDS[7][:3]), "UnmaskRequest: expected 4 fields"),
     (with_field(7, 3, [[1, SIG], [2, SIG[:-1]]]), "UnmaskRequest.signatures[1].data"),

@@ -172,6 +172,10 @@ class Server:
         for name in ("enc_key", "mask_key"):
             if is_low_order(getattr(msg, name)):
                 raise ProtocolError(f"server: {name} of client {msg.sender} is a low-order X25519 key")
+        if not self.params.malicious and msg.signature:
+            # a directory mixes signed and unsigned entries only if we let it: refuse, don't relay
+            raise ProtocolError(f"server: client {msg.sender} signed its advertisement in a session "
+                                f"without malicious-server mode")
         if self.params.malicious:
             if not msg.signature:
                 raise ProtocolError(f"server: the advertisement of client {msg.sender} is unsigned")

@@ -14,7 +14,8 @@ _SESSION_LABEL = b"secagg/v1/session-id"
 
 
 def session_id(params: SessionParams, directory: tuple[KeyEntry, ...]) -> bytes:
-    """SHA-256 over the parameters (round, model version, ids, t, k, d, bits) and every advertised key.
+    """SHA-256 over every parameter (round, model version, ids, t, k, d, bits, malicious, corrupt) and
+    every advertised key.
 
     Any difference in what two clients were told (another model, another key set) gives another id,
     hence other seeds and keys: such clients cannot be combined, and the round fails loudly.

@@ -223,7 +223,7 @@ _CODES = {cls: code for code, (cls, _) in _SCHEMAS.items()}
 
 
 def _plain(value: Any) -> Any:
-    """Session parameters as their 7-field array; anything else as is (msgpack packs tuples as arrays)."""
+    """Session parameters as their 9-field array; anything else as is (msgpack packs tuples as arrays)."""
     if isinstance(value, SessionParams):
         return [value.round, value.model_version, _pack_ids(value.client_ids), value.threshold,
                 value.degree, value.vector_length, value.bits, value.malicious, value.corrupt]
