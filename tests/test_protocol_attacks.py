@@ -1090,10 +1090,10 @@ class _TranslatingServer(_SplitSetupServer):
         self.filter_victim = filter_victim
         self.victim_session = b""
 
-    def receive(self, message: Message) -> None:
+    def receive(self, message: Message, *, sender: int | None = None) -> None:
         if getattr(message, "sender", None) == self.victim and hasattr(message, "session_id"):
             message = dataclasses.replace(message, session_id=self.session)
-        super().receive(message)
+        super().receive(message, sender=sender)
 
     def advance(self) -> Outgoing:
         out = super().advance()

@@ -153,7 +153,7 @@ def run_session(params: SessionParams, inputs: Mapping[int, np.ndarray], *,
                 report.server_bytes_received += len(out)
                 started = time.perf_counter()
                 try:
-                    server.receive(decode(out))
+                    server.receive(decode(out), sender=u)  # the transport knows who sent it
                 except ProtocolError as exc:
                     report.rejected.append((u, str(exc)))
                 finally:

@@ -127,8 +127,16 @@ class Server:
         self.phase = ServerPhase.COLLECT_KEYS
         return [(u, Setup(self.params)) for u in self.params.client_ids]
 
-    def receive(self, message: Message) -> None:
-        """Validate and record one client message; :class:`ProtocolError` (state unchanged) if bad."""
+    def receive(self, message: Message, *, sender: int | None = None) -> None:
+        """Validate and record one client message; :class:`ProtocolError` (state unchanged) if bad.
+
+        ``sender``: the client id the transport authenticated (TLS identity, connection); a message
+        claiming to come from anyone else is refused. Transports should always pass it: the
+        ``sender`` field inside a message is only a claim.
+        """
+        if sender is not None and getattr(message, "sender", sender) != sender:
+            raise ProtocolError(f"server: a message from client {sender} claims to come from client "
+                                f"{message.sender}")  # type: ignore[union-attr]
         expected = _EXPECTS.get(self.phase)
         if expected is None:
             raise ProtocolError(f"server: no client message expected in phase {self.phase.value}")
@@ -290,26 +298,40 @@ class Server:
                     index.setdefault((kind, owner), []).append((responder, data))
         return index
 
-    def _collect(self, index: dict[tuple[str, int], list[tuple[int, bytes]]], owner: int,
-                 kind: str) -> list[Share]:
-        """The first ``t`` shares of ``owner``'s secret (lowest responder ids); abort if fewer came."""
+    def _recover(self, index: dict[tuple[str, int], list[tuple[int, bytes]]], owner: int,
+                 kind: str) -> bytes:
+        """``owner``'s secret from the returned shares; :class:`AbortError` if too few or inconsistent.
+
+        With more than ``t`` shares, a second, different subset of ``t`` must give the same secret,
+        so one wrong share among them is caught instead of silently corrupting the sum. (With exactly
+        ``t`` shares a wrong one cannot be detected here; mask keys are also checked against the
+        advertised public key.)
+        """
+        what = "self-mask seed" if kind == "b" else "mask key"
         found = index.get((kind, owner), [])
         t = self.params.threshold
         if len(found) < t:
-            what = "self-mask seed" if kind == "b" else "mask key"
             raise AbortError(f"only {len(found)} shares of client {owner}'s {what} came back, fewer than "
                              f"the threshold t={t}: round aborted")
-        return [Share.from_bytes(share_point(responder), data) for responder, data in found[:t]]
+        shares = [Share.from_bytes(share_point(responder), data) for responder, data in found]
+        try:
+            secret = reconstruct(shares[:t], t)
+            if len(shares) > t and reconstruct(shares[-t:], t) != secret:
+                raise ProtocolError("two subsets of the shares disagree")
+        except ProtocolError as exc:
+            raise AbortError(f"the shares of client {owner}'s {what} are inconsistent ({exc}): a "
+                             f"responder sent a wrong share; round aborted") from exc
+        return secret
 
     def _unmask(self) -> None:
         self._need(len(self.responses), "answered the unmask request")
         index = self._index_shares()
         masks: list[tuple[bytes, int]] = []
         for u in self.survivors:
-            masks.append((reconstruct(self._collect(index, u, "b"), self.params.threshold), -1))
+            masks.append((self._recover(index, u, "b"), -1))
         survivors = set(self.survivors)
         for v in self.dropped:
-            raw = reconstruct(self._collect(index, v, "s"), self.params.threshold)
+            raw = self._recover(index, v, "s")
             key = DHKeyPair.from_private_bytes(raw)
             if key.public != self.keys[v].mask_key:
                 raise AbortError(f"the reconstructed mask key of client {v} does not match its advertised "
