@@ -28,6 +28,7 @@ from typing import Any
 
 import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors  # tensors only: nothing executes
 
 from secagg.errors import CheckpointError
 
@@ -91,7 +92,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointError(f"cannot read checkpoint {source!r}: {exc}") from exc
 
     try:
-        loaded = safetensors.torch.load(data)
+        loaded = load_safetensors(data)
         header = _read_header(data)
     except Exception as exc:  # SafetensorError, ValueError, KeyError (unknown dtype), ...
         raise CheckpointError(

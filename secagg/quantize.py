@@ -189,7 +189,7 @@ class Quantizer:
         return cls(clip=clip, scale=scale, bits=bits)
 
     def encode(self, x: np.ndarray | torch.Tensor, *,
-               rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
+               rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:  # not secret: dither
         """Quantize a 1-D float vector into the ring; return ``(q, num_clipped)``.
 
         ``q`` is ``uint32`` with entries in ``[0, 2**bits)`` (two's complement of the rounded
@@ -209,7 +209,7 @@ class Quantizer:
         if rng is None:
             seed = int.from_bytes(os.urandom(16), "little")  # not secret: unbiased-rounding dither
             rng = np.random.default_rng(seed)  # not secret: unbiased-rounding dither
-        elif not isinstance(rng, np.random.Generator):
+        elif not isinstance(rng, np.random.Generator):  # not secret: dither
             raise ConfigError(f"rng: expected a numpy Generator or None, got {type(rng).__name__}")
         num_clipped = int(np.count_nonzero(np.abs(values) > self.clip))
         v = np.clip(values, -self.clip, self.clip) * self.scale

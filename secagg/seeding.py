@@ -30,7 +30,7 @@ def derive_seed(root: int, *key: int | str) -> int:
     return int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def numpy_rng(root: int, *key: int | str) -> np.random.Generator:
+def numpy_rng(root: int, *key: int | str) -> np.random.Generator:  # not secret: simulation
     """A numpy Generator for the key path (simulation only: not secret)."""
     return np.random.default_rng(derive_seed(root, *key))  # not secret: simulation
 

@@ -11,7 +11,7 @@ with a prime below ``2**256`` some secrets would wrap around and collide. Field 
 ``SHARE_BYTES = 33`` big-endian bytes.
 
 Randomness. The coefficients ``a_1 .. a_{t-1}`` come from :func:`secrets.randbelow` (the operating
-system's CSPRNG), fresh for every split; nothing here uses ``random`` or ``numpy.random``.
+system's CSPRNG), fresh for every split; no simulation generator (Python's or NumPy's) is used.
 
 Reconstruction uses exactly the first ``t`` shares it is given. Integrity: ``t`` points always fit some
 polynomial of degree ``t - 1``, so a wrong or tampered share among exactly ``t`` cannot be detected from

@@ -18,7 +18,7 @@ client empty):
   "Communication-Efficient Learning of Deep Networks from Decentralized Data", AISTATS 2017.
 
 :func:`label_skew` measures how non-IID a partition is, and :class:`PartitionConfig` is the
-serialisable choice of scheme. Randomness here comes from :func:`numpy.random.default_rng`: data
+serialisable choice of scheme. Randomness here comes from a seeded NumPy generator: data
 partitioning is not a secret, so no cryptographic generator is needed.
 """
 

@@ -47,7 +47,7 @@ def evaluate(model: nn.Module, weights: Mapping[str, torch.Tensor], x: torch.Ten
     """Accuracy (fraction in [0, 1]) and mean cross-entropy loss of ``weights`` on ``(x, y)``."""
     net = copy.deepcopy(model)
     net.load_state_dict(weights, strict=True)
-    net.eval()
+    net.train(False)  # evaluation mode (BatchNorm uses running statistics)
     correct, loss_sum = 0, 0.0
     with torch.no_grad():
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
