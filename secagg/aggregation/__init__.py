@@ -9,6 +9,7 @@ from secagg.aggregation.base import (
     nest_state,
     unnest_state,
 )
+from secagg.aggregation.bucketing import Bucketing
 from secagg.aggregation.clip import ClipNorm
 from secagg.aggregation.mean import Mean
 from secagg.aggregation.secure import SecureSum
@@ -17,6 +18,7 @@ __all__ = [
     "AggState",
     "Aggregate",
     "Aggregator",
+    "Bucketing",
     "ClipNorm",
     "Mean",
     "SecureSum",
