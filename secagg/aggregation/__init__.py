@@ -11,8 +11,12 @@ from secagg.aggregation.base import (
 )
 from secagg.aggregation.bucketing import Bucketing
 from secagg.aggregation.clip import ClipNorm
+from secagg.aggregation.krum import Krum, MultiKrum
 from secagg.aggregation.mean import Mean
+from secagg.aggregation.median import CoordinateMedian
+from secagg.aggregation.nnm import NearestNeighbourMixing
 from secagg.aggregation.secure import SecureSum
+from secagg.aggregation.trimmed_mean import TrimmedMean
 
 __all__ = [
     "AggState",
@@ -20,8 +24,13 @@ __all__ = [
     "Aggregator",
     "Bucketing",
     "ClipNorm",
+    "CoordinateMedian",
+    "Krum",
     "Mean",
+    "MultiKrum",
+    "NearestNeighbourMixing",
     "SecureSum",
+    "TrimmedMean",
     "UpdateBatch",
     "aggregator_kinds",
     "nest_state",
