@@ -16,6 +16,7 @@ from secagg.aggregation.mean import Mean
 from secagg.aggregation.median import CoordinateMedian
 from secagg.aggregation.nnm import NearestNeighbourMixing
 from secagg.aggregation.secure import SecureSum
+from secagg.aggregation.secure_bucketing import SecureBucketing
 from secagg.aggregation.trimmed_mean import TrimmedMean
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Mean",
     "MultiKrum",
     "NearestNeighbourMixing",
+    "SecureBucketing",
     "SecureSum",
     "TrimmedMean",
     "UpdateBatch",
