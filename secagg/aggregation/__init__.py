@@ -10,7 +10,9 @@ from secagg.aggregation.base import (
     unnest_state,
 )
 from secagg.aggregation.bucketing import Bucketing
+from secagg.aggregation.bulyan import Bulyan
 from secagg.aggregation.clip import ClipNorm
+from secagg.aggregation.geomed import GeometricMedian
 from secagg.aggregation.krum import Krum, MultiKrum
 from secagg.aggregation.mean import Mean
 from secagg.aggregation.median import CoordinateMedian
@@ -24,8 +26,10 @@ __all__ = [
     "Aggregate",
     "Aggregator",
     "Bucketing",
+    "Bulyan",
     "ClipNorm",
     "CoordinateMedian",
+    "GeometricMedian",
     "Krum",
     "Mean",
     "MultiKrum",
