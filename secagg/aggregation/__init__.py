@@ -11,6 +11,7 @@ from secagg.aggregation.base import (
 )
 from secagg.aggregation.bucketing import Bucketing
 from secagg.aggregation.bulyan import Bulyan
+from secagg.aggregation.centered_clipping import CenteredClipping
 from secagg.aggregation.clip import ClipNorm
 from secagg.aggregation.geomed import GeometricMedian
 from secagg.aggregation.krum import Krum, MultiKrum
@@ -27,6 +28,7 @@ __all__ = [
     "Aggregator",
     "Bucketing",
     "Bulyan",
+    "CenteredClipping",
     "ClipNorm",
     "CoordinateMedian",
     "GeometricMedian",
