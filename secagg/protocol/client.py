@@ -302,7 +302,9 @@ class Client:
         """At least t distinct survivors signed exactly these sets, or we refuse to reveal anything."""
         assert self._registry is not None
         message = consistency_message(self.session, msg.survivors, msg.dropped)
-        survivors = set(msg.survivors)
+        # only holders of our shares count: on a sparse graph, t signatures from anywhere do not stop
+        # a server showing different sets to different neighbourhoods (on the full graph: everyone)
+        survivors = set(msg.survivors) & (self._neighbours | {self.id})
         valid = set()
         for signer, signature in msg.signatures:
             if len(valid) >= p.threshold:
