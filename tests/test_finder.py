@@ -292,3 +292,22 @@ def test_impossible_settings_point_to_the_full_graph(n: int, corrupt: float, dro
 def test_zero_fractions_are_allowed() -> None:
     k, t = secaggplus_parameters(100, 0.0, 0.0)
     assert k >= 2 and t >= 2
+
+
+@settings(max_examples=150)
+@given(st.integers(8, 400), st.floats(0.0, 0.3), st.floats(0.0, 0.3))
+def test_malicious_threshold_defeats_the_split_request(n: int, corrupt: float, dropout: float) -> None:
+    """With the k neighbours as the only holders (the owner's share does not count in malicious mode),
+    a server asking some holders for b_u and others for s_u, helped by up to t1 colluding neighbours
+    (t1: the semi-honest security bound on corrupt neighbours at that k), never gets t of both:
+    that needs 2t <= k + t1."""
+    found = library_or_none(n, corrupt, dropout, True)
+    if found is None:
+        return
+    k, t = found
+    c = math.floor((corrupt + 1e-14) * n)
+    px = ref_pmf(n, c, k)
+    t1 = smallest(0, k, lambda x: math.fsum(px[x + 1:]) < 2.0**-41 / n)
+    event(f"t1 + k {'odd' if (t1 + k) % 2 else 'even'}")
+    assert 2 * t > k + t1, (k, t, t1)
+    assert t <= k, "t shares must exist among the k neighbours alone"

@@ -30,11 +30,12 @@ neighbours' keys, since only one view can ever gather t signatures. On a SecAgg+
 against n, so several views can each gather t signatures, and only the per-neighbourhood threshold
 stands in the way.
 
-Findings (strict xfails at the end): on a SecAgg+ graph the consistency check does not bind the sets a
-server shows within one neighbourhood, so three differently-lying views, each signed by t clients,
-isolate a victim with no colluder at all; and the malicious threshold from
-``secaggplus_parameters(..., malicious=True)`` is one share short, because this library counts (and
-reveals) a client's own share of its secrets.
+Findings, now fixed and kept as regression tests at the end: on a SecAgg+ graph three differently-lying
+views, each signed by t clients, isolated a victim with no colluder (fixed: a client counts consistency
+signatures only from the holders of its own shares); and the malicious threshold from
+``secaggplus_parameters(..., malicious=True)`` was one share short when t1 + k is odd, because the owner's
+own share counted as a (k + 1)-th holder (fixed: in malicious mode on a sparse graph the owner's share
+is never revealed or counted, so the k neighbours are the only holders, as in Bell et al.'s analysis).
 """
 
 from __future__ import annotations
@@ -102,9 +103,10 @@ def full(n: int = 10, t: int = 7, corrupt: int = 3, *, malicious: bool = True,
                          corrupt=corrupt)
 
 
-def sparse(n: int = 12, k: int = 4, t: int = 4, corrupt: int = 2, *, malicious: bool = True,
+def sparse(n: int = 12, k: int = 6, t: int = 5, corrupt: int = 2, *, malicious: bool = True,
            round_: int = 1) -> SessionParams:
-    """SecAgg+ (Harary graph of even degree k < n - 1). Malicious mode needs 2t > k + 1."""
+    """SecAgg+ (Harary graph of even degree k < n - 1). In malicious mode only the k neighbours' shares
+    count (not the owner's), and safety against c colluding neighbours needs 2t > k + c: 10 > 6 + 2."""
     return SessionParams(round_, b"model-v1", tuple(range(n)), t, k, D, malicious=malicious, corrupt=corrupt)
 
 
@@ -668,9 +670,9 @@ def test_lie_ask_for_both_shares_full_graph(size_s):
 
 @pytest.mark.parametrize("lean", ["b-heavy", "balanced", "s-heavy"])
 def test_lie_ask_for_both_shares_secaggplus(lean):
-    # SecAgg+: n=12, k=4, t=4 (2t > k + 1 + corrupt: 8 > 7), colluders 10 and 11; the server picks as
+    # SecAgg+: n=12, k=6, t=5 (2t > k + corrupt: 10 > 8), colluders 10 and 11; the server picks as
     # victim the honest client with the most colluding neighbours (worst case), after seeing the graph
-    dep = Deployment(sparse(12, 4, 4, 2), colluders=(10, 11))
+    dep = Deployment(sparse(12, 6, 5, 2), colluders=(10, 11))
 
     def views(server: LyingServer) -> dict[int, Sets]:
         honest = [u for u in server.survivors if u not in dep.colluders]
@@ -686,7 +688,7 @@ def test_lie_ask_for_both_shares_secaggplus(lean):
     victim = dep.server.victim
     assert victim is not None and dep.server._graph[victim] & dep.colluders
     assert not dep.revealed("b", victim) & dep.revealed("s", victim), "no holder reveals both"
-    assert dep.recover(victim) is None, "5 holders + 2 colluders < 2t: one of b, s stays below t"
+    assert dep.recover(victim) is None, "4 honest + 2 x 2 colluding < 2t: b or s stays below t"
     assert all(dep.recover(u) is None for u in dep.honest)
 
 
@@ -1086,7 +1088,7 @@ def test_honest_server_in_malicious_mode_gives_the_exact_sum(topology, drops):
     result = dep.run(drops)
     assert all(dep.recover(u) is None for u in dep.honest), "the colluders' loot never exposes anyone"
     if topology == "secaggplus" and len(drops) > 1:
-        # k=4, t=4: two dropouts in one closed neighbourhood (graph-dependent) leave < t holders
+        # k=6, t=5: two dropouts among one client's neighbours (graph-dependent) leave < t holders
         dep.assert_typed(result)
         assert all("fewer than the threshold" in m for m in dep.aborts.values()), dep.aborts
         return
@@ -1169,7 +1171,7 @@ def test_lie_chosen_at_random_with_dropouts_never_leaks_and_honest_sums_are_exac
 # ======================================================================================================
 
 FULL_RULE = r"^threshold: malicious mode needs t > \(n \+ corrupt\) / 2 = "
-SPARSE_RULE = r"^threshold: malicious mode needs t > \(degree \+ 1\) / 2 = "
+SPARSE_RULE = r"^threshold: malicious mode on a SecAgg\+ graph needs degree / 2 < t <= degree "
 
 
 @pytest.mark.parametrize(("n", "corrupt"), [(4, 0), (4, 1), (10, 0), (10, 3), (12, 5)])
@@ -1185,8 +1187,8 @@ def test_malicious_threshold_validation_full_graph(n, corrupt):
 
 @pytest.mark.parametrize("k", [2, 4, 6, 8])
 def test_malicious_threshold_validation_secaggplus(k):
-    for t in range(1, k + 2):
-        if 2 * t <= k + 1:
+    for t in range(1, k + 2):  # the owner's share does not count: t must be a majority of k, and <= k
+        if not k < 2 * t <= 2 * k:
             with pytest.raises(ConfigError, match=SPARSE_RULE):
                 SessionParams(1, b"", tuple(range(12)), t, k, D, malicious=True)
         else:
@@ -1203,11 +1205,11 @@ def test_lie_setup_with_a_lowered_malicious_threshold_does_not_decode():
 
 
 # ======================================================================================================
-# Findings: strict xfails (correct behaviour asserted; they fail today)
+# Former findings, fixed: regression tests
 # ======================================================================================================
 
 def test_lie_isolate_victim_with_three_views_secaggplus():
-    dep = Deployment(sparse(12, 4, 4, 0))
+    dep = Deployment(sparse(12, 4, 3, 0))
     dep.lie(views=isolation_views(VICTIM))
     dep.run()
     if len(set(dep.server.shown.values())) != 3:
@@ -1217,12 +1219,6 @@ def test_lie_isolate_victim_with_three_views_secaggplus():
         f"b_{VICTIM} from {sorted(dep.revealed('b', VICTIM))}")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "finder.py _threshold (malicious): t = ceil((t1 + k - 1.25) / 2) + 1 gives 2t = k + 1 + t1 when t1 is "
-    "odd, but this library has k + 1 holders (client.py _on_directory shares with itself and "
-    "_check_sets reveals the owner's own share), so t1 colluding neighbours suffice for the split "
-    "request: secaggplus_parameters(10, 0.1, 0.1, malicious=True) = (4, 3) and one colluder (corrupt=1) "
-    "recovers its neighbour's input"))
 def test_lie_ask_for_both_shares_at_the_finder_threshold_secaggplus():
     k, t = secaggplus_parameters(10, 0.1, 0.1, malicious=True)
     if (k, t) != (4, 3):

@@ -74,10 +74,15 @@ def session_params(draw: st.DrawFn) -> SessionParams:
     n = len(ids)
     degree = draw(st.sampled_from([d for d in range(1, n) if d == n - 1 or d % 2 == 0]))
     malicious = draw(st.booleans())
-    # malicious mode: a strict majority of the degree + 1 holders; on the full graph (degree + 1 = n)
-    # also t > (n + corrupt) / 2, i.e. corrupt <= 2t - n - 1
-    threshold = draw(st.integers((degree + 1) // 2 + 1 if malicious else 1, degree + 1))
+    # malicious mode: on the full graph t > (n + corrupt) / 2, i.e. corrupt <= 2t - n - 1; on a sparse
+    # graph a strict majority of the degree neighbours (the owner's own share does not count there)
     full = degree == n - 1
+    if not malicious:
+        threshold = draw(st.integers(1, degree + 1))
+    elif full:
+        threshold = draw(st.integers((degree + 1) // 2 + 1, degree + 1))
+    else:
+        threshold = draw(st.integers(degree // 2 + 1, degree))
     corrupt = draw(st.integers(0, 2 * threshold - n - 1 if malicious and full else n - 1))
     return SessionParams(
         round=draw(st.integers(0, (1 << 32) - 1)),
@@ -615,8 +620,10 @@ FIELD_CASES.update({
     "Setup.params malicious, corrupt = 2t - n": frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, True, 1]),
     "Setup.params malicious, t = n / 2": frame(1, [0, b"", packed(1, 2, 3, 4), 2, 3, 4, 32, True, 0]),
     "Setup.params malicious, t <= (n + corrupt) / 2": with_malicious_params(3, 2),
-    "Setup.params malicious sparse, t = (degree + 1) / 2": frame(
+    "Setup.params malicious sparse, t = degree / 2": frame(
         1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0]),
+    "Setup.params malicious sparse, t = degree + 1 (own share counted)": frame(
+        1, [0, b"", packed(*range(1, 7)), 5, 4, 4, 32, True, 0]),
 })
 
 
@@ -786,7 +793,9 @@ FIELD_NAME_CASES: list[tuple[bytes, str]] = [
     (with_params(8, 3), "corrupt: must be <= 2"),
     (with_malicious_params(3, 2), "malicious mode needs t > (n + corrupt) / 2"),
     (frame(1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0]),
-     "malicious mode needs t > (degree + 1) / 2"),
+     "malicious mode on a SecAgg+ graph needs degree / 2 < t <= degree (2 < t <= 4"),
+    (frame(1, [0, b"", packed(*range(1, 7)), 5, 4, 4, 32, True, 0]),
+     "a client's own share does not count), got t=5"),
     (frame(1, VALID_FIELDS[1][0][:7]), "Setup.params: expected 9 fields"),
     (frame(7, *VALID_FIELDS[7][:3]), "UnmaskRequest: expected 4 fields"),
     (with_field(7, 3, [[1, SIG], [2, SIG[:-1]]]), "UnmaskRequest.signatures[1].data"),

@@ -91,7 +91,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
             with contextlib.suppress(ConfigError):
                 k, t = secaggplus_parameters(n, self.corrupt_fraction, self.dropout_fraction,
                                              malicious=self.malicious)
-                if not self.malicious or 2 * t > k + 1:
+                if not self.malicious or 2 * t > k:
                     degree, threshold = k, t
         return SessionParams(round=round_index, model_version=b"fedavg", client_ids=client_ids,
                              threshold=threshold, degree=degree, vector_length=vector_length,

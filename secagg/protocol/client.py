@@ -220,9 +220,11 @@ class Client:
             Share.from_bytes(share_point(self.id), s)
             held[sender] = (b, s)
         masking_peers = sorted(held)
-        if len(masking_peers) + 1 < p.threshold:  # holders of my secrets: those peers and me
-            raise ProtocolError(f"client {self.id}: only {len(masking_peers)} neighbours shared keys; with "
-                                f"my own share that is fewer than the threshold {p.threshold}")
+        own = 1 if p.own_share_counts else 0
+        if len(masking_peers) + own < p.threshold:  # holders who can reveal my secrets
+            raise ProtocolError(f"client {self.id}: only {len(masking_peers)} neighbours shared keys"
+                                f"{' (plus my own share)' if own else ''}: fewer than the threshold "
+                                f"{p.threshold}")
         held[self.id] = self._own
         self._held = held
         # pairwise masks with every neighbour that shared keys (U2): they mask with us too
@@ -280,7 +282,7 @@ class Client:
                                 f"{p.threshold}: the sum would expose too few clients")
         if not (survivors | dropped) <= self._advertised:
             raise ProtocolError("unmask request names clients that never advertised keys")
-        claimed = (survivors | dropped) & (self._neighbours | {self.id})
+        claimed = (survivors | dropped) & self._revealers(p)
         if not claimed <= set(self._held):
             missing = sorted(claimed - set(self._held))
             raise ProtocolError(f"unmask request names neighbour(s) {missing} that never shared keys with me")
@@ -304,7 +306,7 @@ class Client:
         message = consistency_message(self.session, msg.survivors, msg.dropped)
         # only holders of our shares count: on a sparse graph, t signatures from anywhere do not stop
         # a server showing different sets to different neighbourhoods (on the full graph: everyone)
-        survivors = set(msg.survivors) & (self._neighbours | {self.id})
+        survivors = set(msg.survivors) & self._revealers(p)
         valid = set()
         for signer, signature in msg.signatures:
             if len(valid) >= p.threshold:
@@ -323,6 +325,10 @@ class Client:
                                 f"showing different sets to different clients; refusing to reveal shares")
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _revealers(self, p: SessionParams) -> set[int]:
+        """The clients whose shares (or consistency signatures) this client reveals or counts."""
+        return self._neighbours | {self.id} if p.own_share_counts else set(self._neighbours)
 
     def _require_params(self) -> SessionParams:
         assert self.params is not None  # guaranteed by the phase order

@@ -58,8 +58,9 @@ class SessionParams:
     ``malicious``: the active-security mode of Bonawitz et al.: signed key advertisements and a
     ConsistencyCheck round. ``corrupt``: how many clients may collude with the server; in malicious
     mode the threshold must exceed ``(n + corrupt) / 2`` on the full graph (so two different survivor
-    sets can never both collect t signatures), and a strict majority of the ``degree + 1`` holders
-    on a SecAgg+ graph (use ``secaggplus_parameters(..., malicious=True)`` for its exact value).
+    sets can never both collect t signatures), and on a SecAgg+ graph a strict majority of the
+    ``degree`` neighbours, whose shares alone count there (use ``secaggplus_parameters(...,
+    malicious=True)`` for its exact value, which also covers the corrupt neighbours).
     """
 
     round: int
@@ -100,9 +101,10 @@ class SessionParams:
                 raise ConfigError(f"threshold: malicious mode needs t > (n + corrupt) / 2 = "
                                   f"{(n + self.corrupt) / 2:g} on the full graph, got t={self.threshold}; "
                                   f"raise the threshold to >= {(n + self.corrupt) // 2 + 1} or lower corrupt")
-            if not self.full_graph and 2 * self.threshold <= self.degree + 1:
-                raise ConfigError(f"threshold: malicious mode needs t > (degree + 1) / 2 = "
-                                  f"{(self.degree + 1) / 2:g} on a SecAgg+ graph, got t={self.threshold}; "
+            if not self.full_graph and not self.degree / 2 < self.threshold <= self.degree:
+                raise ConfigError(f"threshold: malicious mode on a SecAgg+ graph needs degree / 2 < t <= "
+                                  f"degree ({self.degree / 2:g} < t <= {self.degree}; a client's own share "
+                                  f"does not count), got t={self.threshold}; "
                                   f"use secaggplus_parameters(..., malicious=True)")
 
     @property
@@ -112,6 +114,17 @@ class SessionParams:
     @property
     def full_graph(self) -> bool:
         return self.degree == self.num_clients - 1
+
+    @property
+    def own_share_counts(self) -> bool:
+        """Whether a client's own share of its secrets is revealed and counted toward ``t``.
+
+        Not in malicious mode on a SecAgg+ graph: the finder's malicious threshold (Bell et al.)
+        makes ``2t > k + t1`` for ``k`` share holders, so the owner as a ``k + 1``-th holder would let
+        ``t1`` colluding neighbours complete ``t`` self-mask and ``t`` mask-key shares of a victim the
+        server shows as alive to some holders and as dropped to others.
+        """
+        return self.full_graph or not self.malicious
 
 
 class KeyEntry(NamedTuple):

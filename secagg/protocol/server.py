@@ -229,7 +229,7 @@ class Server:
         self.consistency[msg.sender] = msg.signature
 
     def _receive_UnmaskResponse(self, msg: UnmaskResponse) -> None:
-        holders = self._graph[msg.sender] | {msg.sender}
+        holders = self._graph[msg.sender] | ({msg.sender} if self.params.own_share_counts else set())
         want_b = holders & set(self.survivors)
         want_s = holders & set(self.dropped)
         if {v for v, _ in msg.self_mask_shares} != want_b or len(msg.self_mask_shares) != len(want_b):
