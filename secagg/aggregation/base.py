@@ -162,6 +162,30 @@ class Aggregator(ABC):
         return cls(**kwargs)
 
 
+class Wrapper(Aggregator):
+    """An aggregator that transforms the batch and hands it to an ``inner`` aggregator.
+
+    Subclasses declare the dataclass field ``inner: Aggregator`` and call ``super().__post_init__()``.
+    The inner rule's state lives under ``inner/`` in the wrapper's state (so a wrapped stateful
+    rule is checkpointed with the run), and its metrics are logged as ``inner/<name>``.
+    """
+
+    inner: Aggregator
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inner, Aggregator):
+            raise ConfigError(f"inner: expected an Aggregator, got {type(self.inner).__name__}")
+
+    def init_state(self, dim: int) -> AggState:
+        return nest_state("inner", self.inner.init_state(dim))
+
+    def run_inner(self, batch: UpdateBatch, state: AggState, **metrics: float) -> Aggregate:
+        """Aggregate ``batch`` with ``inner`` on its part of ``state``; ``metrics`` are the wrapper's own."""
+        inner = self.inner.aggregate(batch, unnest_state("inner", state))
+        return Aggregate(inner.update, nest_state("inner", inner.state),
+                         {**metrics, **{f"inner/{k}": v for k, v in inner.metrics.items()}})
+
+
 def aggregator_kinds() -> tuple[str, ...]:
     """Names of every registered aggregator."""
     return tuple(sorted(_REGISTRY))

@@ -8,27 +8,18 @@ non-IID data); an attacker now controls at most its own buckets.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
-from secagg.aggregation.base import (
-    Aggregate,
-    Aggregator,
-    AggState,
-    UpdateBatch,
-    nest_state,
-    unnest_state,
-)
+from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch, Wrapper
 from secagg.aggregation.mean import Mean
-from secagg.errors import ConfigError
 from secagg.seeding import torch_generator
 from secagg.validation import check_int
 
 
 @dataclass(frozen=True)
-class Bucketing(Aggregator, kind="bucketing"):
+class Bucketing(Wrapper, kind="bucketing"):
     """Average random buckets of ``bucket_size`` updates, then aggregate the means with ``inner``.
 
     The shuffle is drawn from the round's seed (fresh every round, reproducible, not secret). Each
@@ -41,11 +32,7 @@ class Bucketing(Aggregator, kind="bucketing"):
 
     def __post_init__(self) -> None:
         check_int("bucket_size", self.bucket_size, minimum=1)
-        if not isinstance(self.inner, Aggregator):
-            raise ConfigError(f"inner: expected an Aggregator, got {type(self.inner).__name__}")
-
-    def init_state(self, dim: int) -> AggState:
-        return nest_state("inner", self.inner.init_state(dim))
+        super().__post_init__()
 
     def buckets(self, batch: UpdateBatch) -> list[torch.Tensor]:
         """The row indices of each bucket for this batch's round (a partition of ``range(n)``)."""
@@ -58,7 +45,4 @@ class Bucketing(Aggregator, kind="bucketing"):
         weights = torch.stack([batch.weights[idx].sum() for idx in groups])
         inner_batch = UpdateBatch(means, weights, tuple(range(len(groups))), batch.round, batch.seed,
                                   batch.layout)
-        inner = self.inner.aggregate(inner_batch, unnest_state("inner", state))
-        metrics = {"buckets": float(math.ceil(batch.num_clients / self.bucket_size)),
-                   **{f"inner/{k}": v for k, v in inner.metrics.items()}}
-        return Aggregate(inner.update, nest_state("inner", inner.state), metrics)
+        return self.run_inner(inner_batch, state, buckets=float(len(groups)))

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
+from secagg.aggregation.columns import row_mean, sorted_column_reduce
 from secagg.aggregation.distances import pairwise_sq_distances
-from secagg.aggregation.median import _sorted_columns, _to_torch
+from secagg.aggregation.median import median_of_sorted, to_torch
 from secagg.errors import UpdateError
 from secagg.validation import check_int
 
@@ -65,7 +66,8 @@ class Bulyan(Aggregator, kind="bulyan"):
     Coordinate rule (the paper's): per coordinate, sort the ``theta`` selected values, take their
     median (mean of the two middle values when ``theta`` is even, as :class:`CoordinateMedian`), and
     average the ``beta = theta - 2f`` values with the smallest ``|x - median|``; equal distances
-    prefer the smaller value, so the result does not depend on the row order. Note this is not in
+    prefer the smaller value, so the result does not depend on the row order (a sliding window over
+    the sorted column, :func:`closest_to_median_mean`). Note this is not in
     general the same as dropping the ``f`` largest and ``f`` smallest values (the kept window can sit
     off-centre). Since at most ``f`` of the ``theta`` selected rows are Byzantine, at least ``beta``
     honest values remain, so each coordinate stays within the honest clients' range when the
@@ -88,9 +90,30 @@ class Bulyan(Aggregator, kind="bulyan"):
         theta = n - 2 * f
         beta = theta - 2 * f
         chosen = sorted(iterated_krum(u, f, theta))
-        s = _sorted_columns(u[chosen])  # (theta, d), each column sorted
-        med = s[theta // 2] if theta % 2 else (s[theta // 2 - 1] + s[theta // 2]) / 2
-        order = np.argsort(np.abs(s - med), axis=0, kind="stable")[:beta]
-        kept = np.take_along_axis(s, order, axis=0)
-        return Aggregate(update=_to_torch(kept.mean(axis=0), u), state=dict(state),
+        kept_mean = sorted_column_reduce(u[chosen], lambda s: closest_to_median_mean(s, beta))
+        return Aggregate(update=to_torch(kept_mean, u), state=dict(state),
                          metrics={"selected_count": float(theta), "kept_count": float(beta)})
+
+
+def closest_to_median_mean(s: np.ndarray, beta: int) -> np.ndarray:
+    """Per column of the column-sorted (m, w) array ``s``: the mean of the ``beta`` values closest to
+    the column's median ``med``; equal distances prefer the smaller value.
+
+    In a sorted column those values are a contiguous window ``s[i:i + beta]``. Sliding the window
+    one step right swaps ``s[i]`` for ``s[i + beta]``, which is a strict improvement exactly when
+    ``s[i + beta] - med < med - s[i]``, i.e. ``s[i] + s[i + beta] < 2 med`` (when both lie below the
+    median the swap keeps or improves the window, so it is taken). The left side is non-decreasing
+    in ``i``, so the test holds for a prefix of starts and the optimal start is their count:
+    ``m - beta`` comparisons and one gather of ``beta`` rows per column instead of sorting
+    ``|s - med|``. The sums are formed in float64, where the sum of two float32 values is exact
+    (for float64 input, exact unless the two values differ by more than ~2^53 in scale). Comparing
+    rounded ``|x - med|`` instead would let float32 rounding create ties that real distances do not
+    have.
+    """
+    m, w = s.shape
+    med2 = 2.0 * median_of_sorted(s).astype(np.float64)
+    start = np.zeros(w, dtype=np.intp)
+    for i in range(m - beta):
+        start += (s[i].astype(np.float64) + s[i + beta]) < med2
+    rows = start[None, :] + np.arange(beta)[:, None]
+    return row_mean(np.take_along_axis(s, rows, axis=0))

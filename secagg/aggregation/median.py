@@ -8,21 +8,18 @@ import numpy as np
 import torch
 
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
+from secagg.aggregation.columns import sorted_column_reduce
 
 
-def _sorted_columns(u: torch.Tensor) -> np.ndarray:
-    """A sorted copy of each column of ``u`` (n, d), in float64 for float64 and float32 otherwise.
-
-    ``np.sort`` along axis 0 is faster on CPU than ``np.partition`` / ``np.median`` there, and makes
-    any order statistic independent of the row order, bit for bit. ``u`` itself is never written.
-    """
-    work = torch.float64 if u.dtype == torch.float64 else torch.float32
-    return np.sort(u.detach().to(device="cpu", dtype=work).numpy(), axis=0)
-
-
-def _to_torch(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+def to_torch(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """``a`` as a tensor with the dtype and device of ``like``."""
     return torch.from_numpy(np.ascontiguousarray(a)).to(device=like.device, dtype=like.dtype)
+
+
+def median_of_sorted(s: np.ndarray) -> np.ndarray:
+    """The median of each column of a column-sorted (n, w) array; even n: mean of the two middle."""
+    n = s.shape[0]
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 @dataclass(frozen=True)
@@ -34,12 +31,11 @@ class CoordinateMedian(Aggregator, kind="median"):
     ``torch.median``'s lower one). Unweighted: like every robust rule it ignores the example weights,
     which a Byzantine client could inflate. While fewer than half the clients are adversarial, each
     coordinate stays within the honest clients' range. Sorts each coordinate with ``np.sort`` (faster
-    on CPU than ``np.median``'s partition), in float64 for float64 updates and float32 otherwise; returned
-    in the updates' dtype.
+    on CPU than ``np.median``'s partition), by column blocks on a thread pool (see
+    :mod:`~secagg.aggregation.columns`), in float64 for float64 updates and float32 otherwise;
+    returned in the updates' dtype.
     """
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
-        u, n = batch.updates, batch.num_clients
-        s = _sorted_columns(u)
-        mid = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-        return Aggregate(update=_to_torch(mid, u), state=dict(state))
+        u = batch.updates
+        return Aggregate(update=to_torch(sorted_column_reduce(u, median_of_sorted), u), state=dict(state))

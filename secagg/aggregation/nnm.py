@@ -16,17 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from secagg.aggregation.base import (
-    Aggregate,
-    Aggregator,
-    AggState,
-    UpdateBatch,
-    nest_state,
-    unnest_state,
-)
+from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch, Wrapper
 from secagg.aggregation.distances import pairwise_sq_distances
 from secagg.aggregation.mean import Mean
-from secagg.errors import ConfigError, UpdateError
+from secagg.errors import UpdateError
 from secagg.validation import check_int
 
 
@@ -43,7 +36,7 @@ def mixing_matrix(sq_distances: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class NearestNeighbourMixing(Aggregator, kind="nnm"):
+class NearestNeighbourMixing(Wrapper, kind="nnm"):
     """Replace each update by the mean of its ``n - f`` nearest updates, then apply ``inner``."""
 
     f: int = 0
@@ -51,11 +44,7 @@ class NearestNeighbourMixing(Aggregator, kind="nnm"):
 
     def __post_init__(self) -> None:
         check_int("f", self.f, minimum=0)
-        if not isinstance(self.inner, Aggregator):
-            raise ConfigError(f"inner: expected an Aggregator, got {type(self.inner).__name__}")
-
-    def init_state(self, dim: int) -> AggState:
-        return nest_state("inner", self.inner.init_state(dim))
+        super().__post_init__()
 
     def mix(self, updates: torch.Tensor) -> torch.Tensor:
         """The mixed (n, d) stack (a new tensor; ``updates`` is not modified)."""
@@ -66,7 +55,4 @@ class NearestNeighbourMixing(Aggregator, kind="nnm"):
         return (weights.to(updates.dtype) @ updates).contiguous()
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
-        mixed = batch.replace(updates=self.mix(batch.updates))
-        inner = self.inner.aggregate(mixed, unnest_state("inner", state))
-        return Aggregate(inner.update, nest_state("inner", inner.state),
-                         {f"inner/{k}": v for k, v in inner.metrics.items()})
+        return self.run_inner(batch.replace(updates=self.mix(batch.updates)), state)

@@ -18,14 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from secagg.aggregation.base import (
-    Aggregate,
-    Aggregator,
-    AggState,
-    UpdateBatch,
-    nest_state,
-    unnest_state,
-)
+from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch, Wrapper
 from secagg.aggregation.bucketing import Bucketing
 from secagg.aggregation.median import CoordinateMedian
 from secagg.aggregation.secure import SecureSum
@@ -35,7 +28,7 @@ from secagg.validation import check_int
 
 
 @dataclass(frozen=True)
-class SecureBucketing(Aggregator, kind="secure-bucketing"):
+class SecureBucketing(Wrapper, kind="secure-bucketing"):
     """Secure aggregation inside buckets of ``bucket_size`` clients, ``inner`` across bucket means."""
 
     bucket_size: int = 5
@@ -44,13 +37,9 @@ class SecureBucketing(Aggregator, kind="secure-bucketing"):
 
     def __post_init__(self) -> None:
         check_int("bucket_size", self.bucket_size, minimum=2)
-        if not isinstance(self.inner, Aggregator):
-            raise ConfigError(f"inner: expected an Aggregator, got {type(self.inner).__name__}")
+        super().__post_init__()
         if not isinstance(self.secure, SecureSum):
             raise ConfigError(f"secure: expected a SecureSum, got {type(self.secure).__name__}")
-
-    def init_state(self, dim: int) -> AggState:
-        return nest_state("inner", self.inner.init_state(dim))
 
     def buckets(self, batch: UpdateBatch) -> list[torch.Tensor]:
         """This round's buckets: a seeded partition, none with a single client."""
@@ -75,7 +64,5 @@ class SecureBucketing(Aggregator, kind="secure-bucketing"):
             traffic.append(result.metrics["client_bytes_mean"])
         inner_batch = UpdateBatch(torch.stack(means), torch.stack(totals), tuple(range(len(means))),
                                   batch.round, batch.seed, batch.layout)
-        inner = self.inner.aggregate(inner_batch, unnest_state("inner", state))
-        metrics = {"buckets": float(len(means)), "client_bytes_mean": float(sum(traffic) / len(traffic)),
-                   **{f"inner/{k}": v for k, v in inner.metrics.items()}}
-        return Aggregate(inner.update, nest_state("inner", inner.state), metrics)
+        return self.run_inner(inner_batch, state, buckets=float(len(means)),
+                              client_bytes_mean=float(sum(traffic) / len(traffic)))
