@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -113,3 +114,20 @@ def test_a_user_aggregator_plugs_in_and_serializes():
     assert Aggregator.from_dict(json.loads(json.dumps(agg.to_dict()))) == agg
     batch = UpdateBatch(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.ones(2), (0, 1))
     assert torch.equal(agg.aggregate(batch, {}).update, torch.tensor([2.0, 0.0]))
+
+
+@given(st.lists(st.sampled_from(["ok", "big", "nan", "inf", "-inf", "inf-inf"]), min_size=1, max_size=8),
+       st.sampled_from([torch.float32, torch.float64]))
+def test_non_finite_rows_are_named_exactly_even_when_finite_sums_overflow(kinds, dtype):
+    big = torch.finfo(dtype).max
+    rows = {"ok": [1.0, -2.0, 3.0], "big": [big, big, -1.0],  # finite, but the sum overflows
+            "nan": [0.0, float("nan"), 1.0], "inf": [float("inf"), 0.0, 0.0],
+            "-inf": [0.0, 0.0, float("-inf")], "inf-inf": [float("inf"), float("-inf"), 0.0]}
+    u = torch.tensor([rows[k] for k in kinds], dtype=dtype)
+    bad = [i for i, k in enumerate(kinds) if k not in ("ok", "big")]
+    ids = tuple(range(100, 100 + len(kinds)))
+    if not bad:
+        UpdateBatch(u, torch.ones(len(kinds)), ids)
+        return
+    with pytest.raises(UpdateError, match=rf"from client\(s\) {re.escape(str([ids[i] for i in bad]))}$"):
+        UpdateBatch(u, torch.ones(len(kinds)), ids)

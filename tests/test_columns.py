@@ -108,3 +108,23 @@ def test_sliding_window_uses_real_distances_not_rounded_ones():
 def test_sliding_window_tie_prefers_the_smaller_value():
     s = np.array([[0.0], [1.0], [2.0]], dtype=np.float32)  # median 1; 0 and 2 tie at distance 1
     assert closest_to_median_mean(s, 2)[0] == 0.5
+
+
+def _median_in_child(queue) -> None:  # runs in a forked child
+    u = torch.arange(40.0).reshape(4, 10)
+    with tiny_blocks():
+        queue.put(sorted_column_reduce(u, lambda s: s[1]).tolist())
+
+
+def test_a_forked_child_gets_its_own_pool():
+    import multiprocessing as mp
+
+    with tiny_blocks():
+        sorted_column_reduce(torch.ones(3, 8), lambda s: s[0])  # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_median_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0, "the child hung or failed using the parent's (threadless) pool"
+    assert queue.get(timeout=5) == list(range(10, 20))

@@ -67,7 +67,7 @@ class UpdateBatch:
             raise UpdateError(f"client_ids: expected {n} ids, got {len(self.client_ids)}")
         if not torch.isfinite(w).all() or (w < 0).any():
             raise UpdateError("weights: must be finite and >= 0")
-        bad = (~torch.isfinite(u)).any(dim=1).nonzero().flatten().tolist()
+        bad = _nonfinite_rows(u)
         if bad:
             ids = [self.client_ids[i] for i in bad]
             raise UpdateError(f"updates: non-finite values (NaN/Inf) from client(s) {ids}")
@@ -83,6 +83,17 @@ class UpdateBatch:
     def replace(self, **changes: Any) -> UpdateBatch:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def _nonfinite_rows(u: torch.Tensor) -> list[int]:
+    """Indices of the rows of ``u`` holding a NaN or an infinity.
+
+    A NaN or infinity makes its row's sum non-finite, so only rows with a non-finite sum (those, or
+    finite rows whose sum overflowed) are checked element by element: ``torch.isfinite`` on the
+    whole stack would allocate temporaries of twice its size.
+    """
+    suspects = (~torch.isfinite(u.sum(dim=1))).nonzero().flatten().tolist()
+    return [i for i in suspects if not bool(torch.isfinite(u[i]).all())]
 
 
 @dataclass(frozen=True)

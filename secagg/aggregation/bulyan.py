@@ -51,9 +51,18 @@ def iterated_krum(updates: torch.Tensor, f: int, count: int) -> list[int]:
         idx = torch.tensor(remaining)
         scores = _scores_from_distances(dist[idx][:, idx], min(max(m - f - 2, 1), m - 1))
         tied = (scores == scores.min()).nonzero().flatten().tolist()
-        best = min(tied, key=lambda j: updates[remaining[j]].tolist())  # lexicographic: order-free
+        best = tied[0]
+        for j in tied[1:]:  # lexicographic minimum: order-free
+            if _lex_less(updates[remaining[j]], updates[remaining[best]]):
+                best = j
         chosen.append(remaining.pop(best))
     return chosen
+
+
+def _lex_less(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a < b`` lexicographically, comparing only up to the first coordinate where they differ."""
+    differ = (a != b).nonzero()
+    return bool(differ.numel()) and bool(a[differ[0, 0]] < b[differ[0, 0]])
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ The worker count is ``torch.get_num_threads()`` (so ``torch.set_num_threads`` an
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -35,14 +37,33 @@ def column_blocks(n: int, d: int, workers: int) -> list[slice]:
     return [slice(j, min(j + width, d)) for j in range(0, d, width)]
 
 
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
+_pool_lock = threading.Lock()
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """One long-lived pool per process and worker count: fresh threads on every call would each
+    get their own malloc arena, and the freed blocks would stay resident. A forked child gets a
+    new pool (the parent's threads do not exist there)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[:2] != (os.getpid(), workers):
+            if _pool is not None and _pool[0] == os.getpid():
+                _pool[2].shutdown(wait=False)
+            _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="secagg-columns"))
+        return _pool[2]
+
+
 def map_column_blocks(fn: Callable[[slice], T], n: int, d: int) -> list[T]:
-    """``[fn(block) for block in column_blocks(...)]``, run on a thread pool, in block order."""
+    """``[fn(block) for block in column_blocks(...)]``, run on a thread pool, in block order.
+
+    ``fn`` must not itself call :func:`map_column_blocks` (the pool is shared, not re-entrant).
+    """
     workers = max(1, torch.get_num_threads())
     blocks = column_blocks(n, d, workers)
     if workers == 1 or len(blocks) == 1:
         return [fn(b) for b in blocks]
-    with ThreadPoolExecutor(max_workers=min(workers, len(blocks))) as pool:
-        return list(pool.map(fn, blocks))
+    return list(_executor(workers).map(fn, blocks))
 
 
 def work_array(u: torch.Tensor) -> np.ndarray:
@@ -104,3 +125,38 @@ def centred_gram(u: torch.Tensor, centre: np.ndarray) -> torch.Tensor:
     for part in map_column_blocks(block_gram, n, d):
         gram += part
     return gram
+
+
+def row_distances(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """(n,) float64 Euclidean distances ``||u_i - z||``, differences formed in float64 by column block.
+
+    The direct form (not ``||u||^2 - 2 u.z + ||z||^2``): near convergence ``z`` sits close to the
+    rows, where the expanded form cancels catastrophically. No (n, d) temporary is made.
+    """
+    a = work_array(u)
+    n, d = a.shape
+    zz = z.detach().to(device="cpu", dtype=torch.float64)
+
+    def block_sq(b: slice) -> torch.Tensor:
+        x = torch.from_numpy(a[:, b]).to(torch.float64, copy=True)
+        x -= zz[b]
+        return (x * x).sum(dim=1)
+
+    total = torch.zeros(n, dtype=torch.float64)
+    for part in map_column_blocks(block_sq, n, d):
+        total += part
+    return total.sqrt()
+
+
+def combine_rows(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(d,) float64 ``sum_i weights_i u_i``, with the rows cast to float64 one column block at a time."""
+    a = work_array(u)
+    n, d = a.shape
+    w = weights.detach().to(device="cpu", dtype=torch.float64)
+    out = torch.empty(d, dtype=torch.float64)
+
+    def run(b: slice) -> None:
+        out[b] = w @ torch.from_numpy(a[:, b]).to(torch.float64)
+
+    map_column_blocks(run, n, d)
+    return out

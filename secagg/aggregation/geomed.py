@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
+from secagg.aggregation.columns import combine_rows, row_distances
 from secagg.errors import ConfigError, UpdateError
 from secagg.validation import check_int, check_real
 
@@ -25,10 +26,11 @@ class GeometricMedian(Aggregator, kind="geometric-median"):
     ``weighted``: use the batch's example weights as the ``a_i`` (RFA's alphas); ``False`` gives every
     client weight 1. Note that a weighted rule trusts the clients' claimed weights.
 
-    Everything is computed in float64 (one (n,) distance vector per step); returned in the updates'
-    dtype. While the attackers hold less than half of the total weight, the result stays within a
-    bounded distance of the honest updates however far the attackers go. Logs ``iterations`` (steps
-    taken) and ``converged`` (1 if the tolerance was met, else 0).
+    Everything is computed in float64 (one (n,) distance vector per step), by column blocks, so the
+    stack is never copied whole (:mod:`~secagg.aggregation.columns`); returned in the updates' dtype.
+    While the attackers hold less than half of the total weight, the result stays within a bounded
+    distance of the honest updates however far the attackers go. Logs ``iterations`` (steps taken)
+    and ``converged`` (1 if the tolerance was met, else 0).
     """
 
     eps: float = 1e-6
@@ -44,27 +46,27 @@ class GeometricMedian(Aggregator, kind="geometric-median"):
             raise ConfigError(f"weighted: must be a bool, got {self.weighted!r}")
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
-        u = batch.updates.detach().to(torch.float64)
+        u = batch.updates.detach()
         if self.weighted:
-            a = batch.weights.detach().to(device=u.device, dtype=torch.float64)
+            a = batch.weights.detach().to(device="cpu", dtype=torch.float64)
         else:
-            a = torch.ones(batch.num_clients, dtype=torch.float64, device=u.device)
+            a = torch.ones(batch.num_clients, dtype=torch.float64)
         total = float(a.sum())
         if not total > 0.0:
             raise UpdateError("weights: geometric median needs a total weight > 0, got 0")
         a = a / total
-        z = a @ u
+        z = combine_rows(a, u)
         converged = False
         steps = 0
         while steps < self.max_iter:
-            dist = torch.linalg.vector_norm(u - z, dim=1)
-            b = a / dist.clamp(min=self.eps)
-            z_new = (b @ u) / b.sum()
+            b = a / row_distances(u, z).clamp(min=self.eps)
+            z_new = combine_rows(b, u) / b.sum()
             steps += 1
             done = float(torch.linalg.vector_norm(z_new - z)) <= self.tol * float(torch.linalg.vector_norm(z))
             z = z_new
             if done:
                 converged = True
                 break
-        return Aggregate(update=z.to(batch.updates.dtype), state=dict(state),
+        return Aggregate(update=z.to(device=batch.updates.device, dtype=batch.updates.dtype),
+                         state=dict(state),
                          metrics={"iterations": float(steps), "converged": float(converged)})

@@ -8,7 +8,10 @@ they sit in, which the robust rule filters.
 
 Trade-off: bigger buckets hide each client among more peers and average out more noise, but leave
 fewer bucket means for the robust rule (with ``b`` buckets, ``f`` attackers can spoil up to ``f`` of
-them, so the rule needs ``f`` well below ``b / 2``). A one-client bucket would expose that client, so a
+them, so the rule needs ``f`` well below ``b / 2``, i.e. bucket size ``s < n / (2f)``). Measured by
+``benchmarks/secure_bucketing_tradeoff.py`` (n = 40, 4 far-away attackers, median across buckets):
+relative error 0.24 at s = 2, 0.34 at s = 3, 0.87 at s = 5, against 1.10 for the secure mean and
+0.18 for the median of individual (unprotected) updates. A one-client bucket would expose that client, so a
 last bucket of one is merged into the previous one.
 """
 

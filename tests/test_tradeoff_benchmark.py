@@ -1,0 +1,39 @@
+"""The secure-bucketing trade-off benchmark runs, and shows the trade-off it documents."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_alie_z_matches_the_paper_formula():
+    bench = load("secure_bucketing_tradeoff")
+    # Baruch et al.: n = 50, f = 12 -> s = 14, z = Phi^-1(36/50) ~ 0.583
+    assert bench.alie_z(50, 12) == pytest.approx(0.5828, abs=1e-3)
+
+
+def test_quick_run_shows_small_buckets_filter_a_far_attacker(tmp_path):
+    bench = load("secure_bucketing_tradeoff")
+    out = tmp_path / "t.json"
+    assert bench.main(["--quick", "--no-progress", "--json", str(out), "--plot", str(tmp_path / "t.png")]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    err = {(r["defence"], r["attack"], r["f"]): r["relative_error"] for r in rows}
+    n = json.loads(out.read_text())["n"]
+    f = n // 10
+    assert err[("SecureSum (mean)", "none", 0)] < 1e-3, "no attack: the secure mean is the honest mean"
+    assert err[("SecureSum (mean)", "sign-flip", f)] > 1.0
+    assert err[("SecureBucketing(s=2, median)", "sign-flip", f)] < 0.5 * err[("SecureSum (mean)", "sign-flip", f)]
+    assert (tmp_path / "t.png").stat().st_size > 0
