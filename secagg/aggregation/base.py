@@ -16,16 +16,16 @@ mutates its input.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from secagg.errors import ConfigError, UpdateError
 from secagg.layout import ParamLayout
+from secagg.registry import Registered
 
 AggState = dict[str, torch.Tensor]
 
@@ -105,10 +105,7 @@ class Aggregate:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-_REGISTRY: dict[str, type[Aggregator]] = {}
-
-
-class Aggregator(ABC):
+class Aggregator(Registered, ABC, family="aggregator"):
     """Base class of every aggregation rule and wrapper.
 
     Subclasses are frozen dataclasses declared with a registry name::
@@ -119,18 +116,9 @@ class Aggregator(ABC):
             def aggregate(self, batch, state): ...
 
     Fields must be JSON scalars or nested aggregators; validate them in ``__post_init__`` and raise
-    :class:`~secagg.errors.ConfigError` naming the field and the bound.
+    :class:`~secagg.errors.ConfigError` naming the field and the bound. ``to_dict``/``from_dict``
+    come from :class:`~secagg.registry.Registered`.
     """
-
-    kind: ClassVar[str]
-
-    def __init_subclass__(cls, *, kind: str | None = None, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if kind is not None:
-            if kind in _REGISTRY and _REGISTRY[kind].__qualname__ != cls.__qualname__:
-                raise ConfigError(f"aggregator kind {kind!r} is already registered")
-            cls.kind = kind
-            _REGISTRY[kind] = cls
 
     def init_state(self, dim: int) -> AggState:
         """The state before the first round, for updates of length ``dim`` (stateless: empty)."""
@@ -140,37 +128,15 @@ class Aggregator(ABC):
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         """Combine ``batch`` into one update of length ``batch.dim``; never mutate the inputs."""
 
-    def to_dict(self) -> dict[str, Any]:
-        """``{"kind": ..., **fields}``, nested aggregators as dicts: JSON-ready."""
-        out: dict[str, Any] = {"kind": self.kind}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if isinstance(value, Aggregator) else value
-        return out
+    def epsilon_after(self, rounds: int) -> float | None:
+        """The differential-privacy epsilon (at the mechanism's own delta) after ``rounds`` rounds of
+        this aggregator, or ``None`` if it makes no DP guarantee (the default)."""
+        return None
 
-    @staticmethod
-    def from_dict(data: Mapping[str, Any]) -> Aggregator:
-        """Rebuild an aggregator from :meth:`to_dict` output (validates every field)."""
-        if not isinstance(data, Mapping) or "kind" not in data:
-            raise ConfigError("aggregator: expected a mapping with a 'kind' field")
-        kind = data["kind"]
-        if kind not in _REGISTRY:
-            raise ConfigError(f"aggregator.kind: unknown {kind!r}; known: "
-                              f"{', '.join(sorted(_REGISTRY))}")
-        cls = _REGISTRY[kind]
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names - {"kind"})
-        if unknown:
-            raise ConfigError(f"aggregator {kind!r}: unknown field(s) {', '.join(unknown)}")
-        kwargs = {}
-        for name in names & set(data):
-            value = data[name]
-            hint = hints.get(name)
-            if isinstance(hint, type) and issubclass(hint, Aggregator):
-                value = Aggregator.from_dict(value)
-            kwargs[name] = value
-        return cls(**kwargs)
+    def privacy_budget(self) -> float | None:
+        """The epsilon the run must not exceed (training stops before a round that would), or
+        ``None`` for no budget (the default)."""
+        return None
 
 
 class Wrapper(Aggregator):
@@ -190,6 +156,12 @@ class Wrapper(Aggregator):
     def init_state(self, dim: int) -> AggState:
         return nest_state("inner", self.inner.init_state(dim))
 
+    def epsilon_after(self, rounds: int) -> float | None:
+        return self.inner.epsilon_after(rounds)
+
+    def privacy_budget(self) -> float | None:
+        return self.inner.privacy_budget()
+
     def run_inner(self, batch: UpdateBatch, state: AggState, **metrics: float) -> Aggregate:
         """Aggregate ``batch`` with ``inner`` on its part of ``state``; ``metrics`` are the wrapper's own."""
         inner = self.inner.aggregate(batch, unnest_state("inner", state))
@@ -199,7 +171,7 @@ class Wrapper(Aggregator):
 
 def aggregator_kinds() -> tuple[str, ...]:
     """Names of every registered aggregator."""
-    return tuple(sorted(_REGISTRY))
+    return Aggregator.kinds()
 
 
 def nest_state(prefix: str, state: Mapping[str, torch.Tensor]) -> AggState:

@@ -3,13 +3,16 @@
 from secagg.fedavg.client import ClientUpdate, client_update
 from secagg.fedavg.config import ClientConfig, FedAvgConfig
 from secagg.fedavg.server import FedAvg, RoundResult, ServerState, evaluate
+from secagg.fedavg.trainer import ClientTrainer, SGDTrainer
 
 __all__ = [
     "ClientConfig",
+    "ClientTrainer",
     "ClientUpdate",
     "FedAvg",
     "FedAvgConfig",
     "RoundResult",
+    "SGDTrainer",
     "ServerState",
     "client_update",
     "evaluate",

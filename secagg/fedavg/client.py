@@ -10,14 +10,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from secagg.data.federated import ClientData
 from secagg.errors import DataError, UpdateError
-from secagg.fedavg.config import ClientConfig
 from secagg.layout import ParamLayout
+
+if TYPE_CHECKING:  # config.py imports the trainers, which import this module
+    from secagg.fedavg.config import ClientConfig
 
 
 @dataclass(frozen=True)

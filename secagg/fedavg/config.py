@@ -8,6 +8,7 @@ from typing import Any
 from secagg.aggregation import Aggregator, Mean
 from secagg.config_io import from_plain, to_plain
 from secagg.errors import ConfigError
+from secagg.fedavg.trainer import ClientTrainer, SGDTrainer
 from secagg.layout import BUFFER_POLICIES
 from secagg.validation import check_choice, check_int, check_real
 
@@ -45,7 +46,8 @@ class FedAvgConfig:
     """One FedAvg run (McMahan et al. 2017), with an optional server optimizer step.
 
     Each round samples ``max(1, round(fraction * num_clients))`` clients without replacement, trains
-    them from the global weights, combines their deltas with ``aggregator`` and applies
+    them from the global weights with ``trainer`` (plain local SGD by default), combines their deltas
+    with ``aggregator`` and applies
     ``global += server_lr * step`` where ``step`` is the aggregate, or its momentum
     ``v = server_momentum * v + aggregate`` (FedAvgM, Hsu et al. 2019) when momentum > 0. Plain FedAvg
     is ``server_lr=1, server_momentum=0``. Aggregated buffers (see :mod:`secagg.layout`) are always
@@ -59,6 +61,7 @@ class FedAvgConfig:
     server_momentum: float = 0.0
     aggregator: Aggregator = field(default_factory=Mean)
     buffers: str = "aggregate"
+    trainer: ClientTrainer = field(default_factory=SGDTrainer)
 
     def __post_init__(self) -> None:
         check_int("rounds", self.rounds, minimum=1)
@@ -71,6 +74,8 @@ class FedAvgConfig:
         if not isinstance(self.aggregator, Aggregator):
             raise ConfigError(f"aggregator: expected an Aggregator, got "
                               f"{type(self.aggregator).__name__}")
+        if not isinstance(self.trainer, ClientTrainer):
+            raise ConfigError(f"trainer: expected a ClientTrainer, got {type(self.trainer).__name__}")
 
     def clients_per_round(self, num_clients: int) -> int:
         """How many of ``num_clients`` take part in each round."""

@@ -14,7 +14,7 @@ from torch import nn
 from secagg.aggregation import AggState, UpdateBatch
 from secagg.data.federated import FederatedDataset
 from secagg.errors import AbortError, UpdateError
-from secagg.fedavg.client import ClientUpdate, client_update
+from secagg.fedavg.client import ClientUpdate
 from secagg.fedavg.config import FedAvgConfig
 from secagg.layout import ParamLayout
 from secagg.seeding import derive_seed, numpy_rng
@@ -93,7 +93,7 @@ class FedAvg:
         rejected: list[int] = []
         for c in self.sample_clients(r):
             try:
-                updates.append(client_update(
+                updates.append(self.config.trainer.train(
                     self.model, state.weights, self.data.client(c), self.config.client, self.layout,
                     seed=derive_seed(self.seed, "client", r, c), client_id=c))
             except UpdateError:
