@@ -13,6 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dp.accounting import ACCOUNTANTS, noise_multiplier_for
+from dp.adaptive import AdaptiveClipDP
+from dp.central import DPFedAvg
+from dp.distributed import MECHANISMS, DistributedDP
+from dp.dpsgd import DPSGDTrainer
+from dp.local import LocalDP
 from secagg import __version__
 from secagg.aggregation import (
     Aggregator,
@@ -70,6 +76,12 @@ _MIN_UPDATES: dict[str, tuple[Any, str]] = {
     Bulyan.kind: (lambda f: 4 * f + 3, "n >= 4f + 3"),
 }
 DEFAULT_BYZANTINE_F = 1
+
+DP_MODES = ("none", "central", "local", "adaptive", "distributed", "dpsgd")
+DEFAULT_CLIP = 1.0
+DEFAULT_DELTA = 1e-5
+DEFAULT_SECURE_CLIP = 1.0
+DEFAULT_SECURE_BITS = 32
 
 
 class FlagError(ConfigError):
@@ -153,9 +165,12 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                              "instead of in the clear")
     secure.add_argument("--secure-graph", choices=GRAPHS, default="full",
                         help="full graph (Bonawitz et al.) or a SecAgg+ Harary graph (default: full)")
-    secure.add_argument("--secure-clip", type=float, default=1.0,
-                        help="per-coordinate quantization range of the weighted update (default: 1.0)")
-    secure.add_argument("--secure-bits", type=int, default=32, help="ring Z_(2^bits) (default: 32)")
+    secure.add_argument("--secure-clip", type=float, default=None,
+                        help="per-coordinate quantization range of the weighted update (default: "
+                             f"{DEFAULT_SECURE_CLIP}; with --dp local, clip * (1 + 6 z))")
+    secure.add_argument("--secure-bits", type=int, default=None,
+                        help=f"ring Z_(2^bits) (default: {DEFAULT_SECURE_BITS}; with --dp distributed, "
+                             f"{DistributedDP().bits})")
     secure.add_argument("--secure-dropout", type=float, default=0.0,
                         help="fraction of sampled clients that drop after sharing keys (simulation)")
     secure.add_argument("--secure-malicious", action="store_true",
@@ -163,6 +178,29 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                              "(tolerates --secure-corrupt colluding clients)")
     secure.add_argument("--secure-corrupt", type=float, default=0.05,
                         help="fraction of clients that may collude with the server (default: 0.05)")
+    dpg = train.add_argument_group(
+        "differential privacy",
+        "central: DP-FedAvg, clip + Gaussian noise on the sum by a trusted server (with --secure the sum "
+        "is a secure sum); adaptive: central with the clip tracking the median norm; local: each client "
+        "noises its own update; distributed: integer noise inside secure aggregation (always secure); "
+        "dpsgd: record-level DP-SGD in local training. Each round's epsilon (at --delta) is recorded.")
+    dpg.add_argument("--dp", choices=DP_MODES, default="none", help="DP mechanism (default: none)")
+    dpg.add_argument("--noise-multiplier", dest="noise_multiplier", type=float, default=None, metavar="Z",
+                     help="noise std / clip norm (default: solved from --target-epsilon)")
+    dpg.add_argument("--clip", type=float, default=None,
+                     help=f"L2 clip norm per client update (dpsgd: per example; adaptive: initial) "
+                          f"(default: {DEFAULT_CLIP})")
+    dpg.add_argument("--delta", type=float, default=None, help=f"DP delta (default: {DEFAULT_DELTA})")
+    dpg.add_argument("--target-epsilon", dest="target_epsilon", type=float, default=None, metavar="EPS",
+                     help="privacy budget: training stops before a round would exceed it; without "
+                          "--noise-multiplier, z is chosen to reach it after --rounds rounds")
+    dpg.add_argument("--sample-rate", dest="sample_rate", type=float, default=None, metavar="Q",
+                     help="Poisson client sampling: each client takes part with probability Q "
+                          "(replaces --fraction; enables amplification by subsampling)")
+    dpg.add_argument("--accountant", choices=ACCOUNTANTS, default=None,
+                     help="privacy accountant (default: rdp)")
+    dpg.add_argument("--dp-mechanism", dest="dp_mechanism", choices=MECHANISMS, default=None,
+                     help="integer noise for --dp distributed (default: ddg)")
     train.add_argument("--config", type=Path, default=None,
                        help="JSON configuration to start from (as in results.json's 'config'); "
                             "flags given on the command line override it")
@@ -182,9 +220,30 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         value = getattr(args, dest)
         if value is not None:
             config = _with(config, path, value)
-    secure = (SecureSum(clip=args.secure_clip, bits=args.secure_bits, graph=args.secure_graph,
-                        dropout=args.secure_dropout, malicious=args.secure_malicious,
-                        corrupt_fraction=args.secure_corrupt) if args.secure else None)
+    if args.sample_rate is not None:
+        if args.fraction is not None:
+            raise FlagError("--sample-rate: replaces --fraction (Poisson sampling at that rate); give one")
+        if not 0.0 < args.sample_rate <= 1.0:
+            raise FlagError(f"--sample-rate: must be in (0, 1], got {args.sample_rate}")
+        config = _with(_with(config, ("fedavg", "fraction"), args.sample_rate),
+                       ("fedavg", "sampling"), "poisson")
+    secure = (SecureSum(clip=DEFAULT_SECURE_CLIP if args.secure_clip is None else args.secure_clip,
+                        bits=DEFAULT_SECURE_BITS if args.secure_bits is None else args.secure_bits,
+                        graph=args.secure_graph, dropout=args.secure_dropout,
+                        malicious=args.secure_malicious, corrupt_fraction=args.secure_corrupt)
+              if args.secure else None)
+    if args.dp not in ("none", "dpsgd"):
+        for flag, given in (("--aggregator", args.aggregator is not None),
+                            ("--clip-norm", args.clip_norm is not None),
+                            ("--byzantine-f", args.byzantine_f is not None),
+                            ("--bucketing", args.bucketing is not None), ("--nnm", args.nnm)):
+            if given:
+                raise FlagError(f"{flag}: cannot be combined with --dp {args.dp} (the DP aggregator "
+                                f"clips and aggregates itself)")
+        return _with(config, ("fedavg", "aggregator"), dp_aggregator(args, config, secure))
+    _check_dp_flags(args)
+    if args.dp == "dpsgd":
+        config = _with(config, ("fedavg", "trainer"), _dpsgd_trainer(args, config))
     if args.aggregator is not None:
         config = _with(config, ("fedavg", "aggregator"), robust_aggregator(
             args.aggregator, f=args.byzantine_f, bucketing=args.bucketing, nnm=args.nnm, secure=secure,
@@ -200,6 +259,119 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         config = _with(config, ("fedavg", "aggregator"),
                        ClipNorm(max_norm=args.clip_norm, inner=config.fedavg.aggregator))
     return config
+
+
+def _check_dp_flags(args: argparse.Namespace) -> None:
+    """Refuse DP flags that the chosen ``--dp`` mode does not use."""
+    unused: dict[str, tuple[str, ...]] = {
+        "none": ("--noise-multiplier", "--clip", "--delta", "--target-epsilon", "--accountant",
+                 "--dp-mechanism"),
+        "central": ("--dp-mechanism",), "adaptive": ("--dp-mechanism",), "dpsgd": ("--dp-mechanism",),
+        "local": ("--dp-mechanism", "--accountant"), "distributed": (),
+    }
+    given = {"--noise-multiplier": args.noise_multiplier, "--clip": args.clip, "--delta": args.delta,
+             "--target-epsilon": args.target_epsilon, "--accountant": args.accountant,
+             "--dp-mechanism": args.dp_mechanism}
+    for flag in unused[args.dp]:
+        if given[flag] is not None:
+            why = {"none": "needs --dp (one of " + ", ".join(DP_MODES[1:]) + ")",
+                   "local": "local DP is accounted with RDP only"}.get(args.dp,
+                                                                        f"is not used by --dp {args.dp}")
+            if flag == "--dp-mechanism":
+                why = "needs --dp distributed"
+            raise FlagError(f"{flag}: {why}")
+
+
+def _noise_multiplier(args: argparse.Namespace, solve: Any) -> float:
+    """``--noise-multiplier``, or ``solve(target_epsilon)`` when only ``--target-epsilon`` is given."""
+    if args.noise_multiplier is not None:
+        return float(args.noise_multiplier)
+    if args.target_epsilon is None:
+        raise FlagError(f"--noise-multiplier: --dp {args.dp} needs --noise-multiplier or --target-epsilon")
+    if solve is None:
+        raise FlagError(f"--noise-multiplier: --dp {args.dp} needs --noise-multiplier (the budget "
+                        f"--target-epsilon is enforced but not solved for)")
+    try:
+        return float(solve(args.target_epsilon))
+    except ConfigError as exc:
+        raise FlagError(f"--target-epsilon: {exc}") from exc
+
+
+def dp_aggregator(args: argparse.Namespace, config: ExperimentConfig,
+                  secure: SecureSum | None) -> Aggregator:
+    """The aggregator of ``--dp central|local|adaptive|distributed`` (flags already parsed).
+
+    The accounting follows the sampler: Poisson sampling (``--sample-rate``) claims amplification at
+    rate q, a fixed-size sampler is accounted without (``sampling="none"``). The denominator is the
+    expected number of clients, q N (or the fixed round size). Raises :class:`FlagError`.
+    """
+    _check_dp_flags(args)
+    f = config.fedavg
+    n, rounds = config.task.num_clients, f.rounds
+    poisson = f.sampling == "poisson"
+    q = f.fraction
+    expected = q * n if poisson else float(f.clients_per_round(n))
+    sampling = "poisson" if poisson else "none"
+    accountant = args.accountant or "rdp"
+    clip = DEFAULT_CLIP if args.clip is None else args.clip
+    delta = DEFAULT_DELTA if args.delta is None else args.delta
+    unweighted = dataclasses.replace(secure, weighted=False) if secure is not None else Mean(weighted=False)
+    try:
+        if args.dp in ("central", "adaptive"):
+            z = _noise_multiplier(args, lambda eps: noise_multiplier_for(eps, delta, q, rounds, accountant,
+                                                                         sampling))
+            common = dict(noise_multiplier=z, expected_clients=expected, sample_rate=q, delta=delta,
+                          accountant=accountant, sampling=sampling, target_epsilon=args.target_epsilon,
+                          inner=unweighted)
+            if args.dp == "central":
+                return DPFedAvg(clip=clip, **common)
+            return AdaptiveClipDP(initial_clip=clip, **common)
+        if args.dp == "local":
+            # worst case: a client in every round, no amplification; sensitivity 2C halves z
+            z = _noise_multiplier(args, lambda eps: 2.0 * noise_multiplier_for(eps, delta, 1.0, rounds,
+                                                                               "rdp", "none"))
+            inner: Aggregator = Mean()
+            if secure is not None:
+                inner = secure if args.secure_clip is not None else dataclasses.replace(
+                    secure, clip=clip * (1.0 + 6.0 * z))
+            return LocalDP(clip=clip, noise_multiplier=z, delta=delta, target_epsilon=args.target_epsilon,
+                           inner=inner)
+        # distributed: always a secure sum, planned for a fixed round size
+        if poisson:
+            raise FlagError("--sample-rate: --dp distributed plans its ring for a fixed round size; "
+                            "use --fraction")
+        names = {fl.name for fl in dataclasses.fields(DistributedDP)}
+        extra: dict[str, Any] = {}
+        for name, value in (("delta", delta), ("accountant", accountant),
+                            ("target_epsilon", args.target_epsilon)):
+            if name in names:
+                extra[name] = value
+            elif getattr(args, name) is not None:
+                raise FlagError(f"--{name.replace('_', '-')}: not supported by --dp distributed yet")
+        z = _noise_multiplier(args, None)
+        s = secure if secure is not None else SecureSum()
+        return DistributedDP(mechanism=args.dp_mechanism or "ddg", clip=clip, noise_multiplier=z,
+                             bits=DistributedDP().bits if args.secure_bits is None else args.secure_bits,
+                             expected_clients=int(expected), graph=s.graph, dropout=s.dropout,
+                             malicious=s.malicious, corrupt_fraction=s.corrupt_fraction, **extra)
+    except FlagError:
+        raise
+    except ConfigError as exc:
+        raise FlagError(f"--dp {args.dp}: {exc}") from exc
+
+
+def _dpsgd_trainer(args: argparse.Namespace, config: ExperimentConfig) -> DPSGDTrainer:
+    """The record-level DP-SGD trainer of ``--dp dpsgd``; its batches/epochs are the client's."""
+    z = _noise_multiplier(args, None)
+    client = config.fedavg.client
+    try:
+        return DPSGDTrainer(noise_multiplier=z,
+                            max_grad_norm=DEFAULT_CLIP if args.clip is None else args.clip,
+                            delta=DEFAULT_DELTA if args.delta is None else args.delta,
+                            accountant=args.accountant or "rdp", target_epsilon=args.target_epsilon,
+                            batch_size=client.batch_size, epochs=client.epochs)
+    except ConfigError as exc:
+        raise FlagError(f"--dp dpsgd: {exc}") from exc
 
 
 def robust_aggregator(rule: str, *, f: int | None = None, bucketing: int | None = None,
@@ -283,32 +455,46 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
         bar = progress.add_task("round", total=config.fedavg.rounds)
 
         def on_round(row: dict[str, Any]) -> None:
+            eps = row.get("epsilon")
             progress.update(bar, completed=row["round"],
-                            description=f"round {row['round']}  acc {100 * row['accuracy']:.1f}%")
+                            description=f"round {row['round']}  acc {100 * row['accuracy']:.1f}%"
+                                        + ("" if eps is None else f"  eps {eps:.2f}"))
 
         result = run_experiment(config, args.out, resume=args.resume, on_round=on_round)
 
     secure = any(key.endswith("client_bytes_mean") for row in result.history for key in row)
     table = Table(title="FedAvg on digits: test metrics per round"
                   + (" (KiB: mean traffic per client)" if secure else ""))
+    private = any(row.get("epsilon") is not None for row in result.history)
     columns = ["round", "clients", "train loss", "test loss", "accuracy", "seconds"]
-    for col in columns + (["KiB", "dropped"] if secure else []):
+    for col in columns + (["epsilon"] if private else []) + (["KiB", "dropped"] if secure else []):
         table.add_column(col, justify="right")
     for row in result.history:
-        loss = "aborted" if row.get("aborted") else f"{row['train_loss']:.4f}"
+        loss = ("aborted" if row.get("aborted") else "skipped" if row["train_loss"] is None
+                else f"{row['train_loss']:.4f}")
         cells = [str(row["round"]), str(row["clients"]), loss, f"{row['loss']:.4f}",
                  f"{100 * row['accuracy']:.2f}%", f"{row['seconds']:.2f}"]
+        if private:
+            cells.append("-" if row.get("epsilon") is None else f"{row['epsilon']:.3f}")
         if secure:
             kib = next((v for k, v in row.items() if k.endswith("client_bytes_mean")), 0.0)
             dropped = next((v for k, v in row.items() if k.endswith("/dropped")), 0.0)
             cells += [f"{kib / 1024:.1f}", f"{dropped:.0f}"]
         table.add_row(*cells)
     console.print(table)
+    if result.stopped is not None:
+        console.print(f"[bold]stopped early[/]: {result.stopped}")
+    if not result.history:
+        console.print("no round ran")
+        return 0
     summary = summarize(result.history)
     plot = plot_history(result.history, args.out / "accuracy.png", config_summary(config))
+    eps = summary.get("final_epsilon")
+    delta = f", delta {DEFAULT_DELTA if args.delta is None else args.delta:g}"
     console.print(f"final accuracy {100 * summary['final_accuracy']:.2f}% "
                   f"(best {100 * summary['best_accuracy']:.2f}%), "
-                  f"{summary['mean_round_seconds']:.2f} s/round")
+                  f"{summary['mean_round_seconds']:.2f} s/round"
+                  + ("" if eps is None else f", epsilon {eps:.3f}{delta}"))
     console.print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {plot}")
     return 0
 

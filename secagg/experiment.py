@@ -2,7 +2,8 @@
 
 ``run_experiment`` checkpoints after every round (atomically, see :mod:`secagg.checkpoint`) and
 rewrites ``results.json``/``results.csv``, so an interrupted run loses at most the round in flight
-and ``resume=True`` continues it to the same final model an uninterrupted run reaches.
+and ``resume=True`` continues it to the same final model an uninterrupted run reaches. A run with a
+privacy budget stops before the first round whose epsilon would exceed it; ``stopped`` says why.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from secagg.checkpoint import load_checkpoint, save_checkpoint
 from secagg.config_io import from_plain, to_plain
@@ -59,6 +62,7 @@ class ExperimentResult:
     history: list[dict[str, Any]]
     state: ServerState
     trainer: FedAvg
+    stopped: str | None = None
 
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -71,7 +75,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
 
     With ``resume=True`` the run continues from ``out_dir``'s checkpoint, which must have been
     written by the same configuration (only ``fedavg.rounds`` may differ, to extend a run).
-    ``on_round`` is called with each new round's record (for progress display).
+    ``on_round`` is called with each new round's record (for progress display). Before each round,
+    if the aggregator's or the trainer's privacy budget would be exceeded by it, the run ends there
+    and ``ExperimentResult.stopped`` (and ``results.json``'s ``"stopped"``) gives the reason.
     """
     from secagg.results import write_results  # matplotlib import stays off the library path
 
@@ -83,7 +89,13 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if resume and ckpt is not None:
         state, history = _load(ckpt, config, trainer)
+    stopped = None
     while state.round < config.fedavg.rounds:
+        stopped = trainer.privacy_stop(state)
+        if stopped is not None:
+            if ckpt is not None:
+                write_results(ckpt.parent, config, history, stopped=stopped)
+            break
         result = trainer.run_round(state)
         state = result.state
         history.append(result.record)
@@ -92,7 +104,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             write_results(ckpt.parent, config, history)
         if on_round is not None:
             on_round(result.record)
-    return ExperimentResult(config, history, state, trainer)
+    return ExperimentResult(config, history, state, trainer, stopped)
 
 
 def _save(path: Path, config: ExperimentConfig, state: ServerState,
@@ -101,6 +113,8 @@ def _save(path: Path, config: ExperimentConfig, state: ServerState,
     tensors |= {f"aggregator/{k}": v for k, v in state.aggregator_state.items()}
     if state.momentum is not None:
         tensors["server/momentum"] = state.momentum
+    if state.participations is not None:
+        tensors["server/participations"] = state.participations
     save_checkpoint(path, tensors, {"config": config.to_dict(), "round": state.round,
                                     "history": history})
 
@@ -132,9 +146,15 @@ def _load(path: Path, config: ExperimentConfig, trainer: FedAvg
     agg = {k.removeprefix("aggregator/"): v for k, v in tensors.items()
            if k.startswith("aggregator/")}
     momentum = tensors.get("server/momentum")
-    if (momentum is None) != (config.fedavg.server_momentum == 0) or len(history) != round_index:
+    participations = tensors.get("server/participations")
+    if (momentum is None) != (config.fedavg.server_momentum == 0) or len(history) != round_index or (
+            participations is not None and (participations.dtype != torch.int64
+                                            or tuple(participations.shape) != (trainer.data.num_clients,))):
         raise CheckpointError(f"{path}: inconsistent server state for round {round_index}")
-    return ServerState(round_index, weights, agg, momentum), history
+    if participations is None and round_index > 0:
+        raise CheckpointError(f"{path}: lacks the per-client participation counts privacy accounting "
+                              f"needs (written by an older version); start a new run")
+    return ServerState(round_index, weights, agg, momentum, participations), history
 
 
 def _first_difference(a: Any, b: Any, where: str = "config") -> str:
@@ -151,7 +171,9 @@ def config_summary(config: ExperimentConfig) -> str:
     part = t.partition.kind + (f"(alpha={t.partition.alpha})" if t.partition.kind == "dirichlet"
                                else f"({t.partition.shards_per_client})"
                                if t.partition.kind == "shards" else "")
-    return (f"{t.dataset}/{t.model}, {t.num_clients} clients, {part}, fraction {f.fraction}, "
+    sampling = "Poisson rate" if f.sampling == "poisson" else "fraction"
+    trainer = "" if f.trainer.kind == "sgd" else f", trainer {f.trainer}"
+    return (f"{t.dataset}/{t.model}, {t.num_clients} clients, {part}, {sampling} {f.fraction}, "
             f"E={f.client.epochs} B={f.client.batch_size} lr={f.client.lr}, "
-            f"{f.rounds} rounds, seed {config.seed}, aggregator {f.aggregator}")
+            f"{f.rounds} rounds, seed {config.seed}, aggregator {f.aggregator}{trainer}")
 

@@ -26,10 +26,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final and best accuracy, total and mean round seconds."""
+    """Final and best accuracy, total and mean round seconds, and the final DP epsilon (if any)."""
     if not history:
         return {}
     seconds = [row["seconds"] for row in history]
+    epsilon = history[-1].get("epsilon")
     return {
         "rounds": len(history),
         "final_accuracy": history[-1]["accuracy"],
@@ -37,15 +38,19 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
         "best_accuracy": max(row["accuracy"] for row in history),
         "total_seconds": sum(seconds),
         "mean_round_seconds": sum(seconds) / len(seconds),
+        **({"final_epsilon": epsilon} if epsilon is not None else {}),
     }
 
 
 def write_results(out_dir: str | Path, config: ExperimentConfig,
-                  history: list[dict[str, Any]]) -> None:
-    """Write ``results.json`` (config, rounds, summary) and ``results.csv`` (one row per round)."""
+                  history: list[dict[str, Any]], *, stopped: str | None = None) -> None:
+    """Write ``results.json`` (config, rounds, summary, and ``stopped``: why training ended early, when
+    it did) and ``results.csv`` (one row per round)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"config": config.to_dict(), "rounds": history, "summary": summarize(history)}
+    if stopped is not None:
+        doc["stopped"] = stopped
     _atomic_write(out / "results.json", (json.dumps(doc, indent=2) + "\n").encode())
     columns: list[str] = []
     for row in history:

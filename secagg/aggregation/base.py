@@ -138,6 +138,11 @@ class Aggregator(Registered, ABC, family="aggregator"):
         ``None`` for no budget (the default)."""
         return None
 
+    def poisson_sample_rate(self) -> float | None:
+        """The Poisson client-sampling rate q this aggregator's privacy accounting assumes (the server
+        must then sample each client independently with probability q), or ``None`` (the default)."""
+        return None
+
 
 class Wrapper(Aggregator):
     """An aggregator that transforms the batch and hands it to an ``inner`` aggregator.
@@ -161,6 +166,9 @@ class Wrapper(Aggregator):
 
     def privacy_budget(self) -> float | None:
         return self.inner.privacy_budget()
+
+    def poisson_sample_rate(self) -> float | None:
+        return self.inner.poisson_sample_rate()
 
     def run_inner(self, batch: UpdateBatch, state: AggState, **metrics: float) -> Aggregate:
         """Aggregate ``batch`` with ``inner`` on its part of ``state``; ``metrics`` are the wrapper's own."""

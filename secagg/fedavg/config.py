@@ -12,6 +12,8 @@ from secagg.fedavg.trainer import ClientTrainer, SGDTrainer
 from secagg.layout import BUFFER_POLICIES
 from secagg.validation import check_choice, check_int, check_real
 
+SAMPLING = ("fixed", "poisson")
+
 
 @dataclass(frozen=True)
 class ClientConfig:
@@ -45,7 +47,10 @@ class ClientConfig:
 class FedAvgConfig:
     """One FedAvg run (McMahan et al. 2017), with an optional server optimizer step.
 
-    Each round samples ``max(1, round(fraction * num_clients))`` clients without replacement, trains
+    Each round samples clients by ``sampling``: ``"fixed"`` takes ``max(1, round(fraction * num_clients))``
+    clients without replacement; ``"poisson"`` takes each client independently with probability
+    ``fraction`` (so a round may have no client: it is then skipped and recorded with ``clients: 0``),
+    the sampling that privacy amplification by subsampling assumes. It then trains
     them from the global weights with ``trainer`` (plain local SGD by default), combines their deltas
     with ``aggregator`` and applies
     ``global += server_lr * step`` where ``step`` is the aggregate, or its momentum
@@ -62,6 +67,7 @@ class FedAvgConfig:
     aggregator: Aggregator = field(default_factory=Mean)
     buffers: str = "aggregate"
     trainer: ClientTrainer = field(default_factory=SGDTrainer)
+    sampling: str = "fixed"
 
     def __post_init__(self) -> None:
         check_int("rounds", self.rounds, minimum=1)
@@ -76,6 +82,17 @@ class FedAvgConfig:
                               f"{type(self.aggregator).__name__}")
         if not isinstance(self.trainer, ClientTrainer):
             raise ConfigError(f"trainer: expected a ClientTrainer, got {type(self.trainer).__name__}")
+        check_choice("sampling", self.sampling, SAMPLING)
+        rate = self.aggregator.poisson_sample_rate()
+        if rate is not None:
+            if self.sampling != "poisson" and not rate == self.fraction == 1.0:  # q = 1: everyone
+                raise ConfigError(
+                    f"sampling: the aggregator's privacy accounting assumes Poisson client sampling "
+                    f"(sample rate {rate:g}) but sampling is {self.sampling!r}; use sampling='poisson' "
+                    f"with fraction={rate:g}, or account with sampling='none' (no amplification)")
+            if abs(rate - self.fraction) > 1e-12 * max(1.0, rate):
+                raise ConfigError(f"fraction: must equal the sample rate {rate:g} the aggregator's "
+                                  f"privacy accounting assumes, got {self.fraction:g}")
 
     def clients_per_round(self, num_clients: int) -> int:
         """How many of ``num_clients`` take part in each round."""

@@ -26,14 +26,17 @@ class ServerState:
 
     ``round`` counts completed rounds; ``weights`` is the full global state dict (integer buffers
     included); ``momentum`` is the server-momentum buffer over the parameter slice (``None`` when
-    server momentum is off). There is no generator state: all randomness is derived from the run's
-    seed and the round index (see :mod:`secagg.seeding`).
+    server momentum is off). ``participations`` (int64, one entry per client) counts the rounds each
+    client was sampled in, for record-level privacy accounting (``None``: all zero). There is no
+    generator state: all randomness is derived from the run's seed and the round index (see
+    :mod:`secagg.seeding`).
     """
 
     round: int
     weights: dict[str, torch.Tensor]
     aggregator_state: AggState = field(default_factory=dict)
     momentum: torch.Tensor | None = None
+    participations: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -71,27 +74,91 @@ class FedAvg:
         self.data = data
         self.seed = seed
         self.layout = ParamLayout.from_module(model, config.buffers)
+        self.examples = {i: len(part) for i, part in enumerate(data.partition)}
+        self._agg_epsilon: dict[int, float | None] = {}
+        self._trainer_epsilon: tuple[tuple[int, ...] | None, float | None] = (None, None)
 
     def initial_state(self) -> ServerState:
         weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         momentum = (torch.zeros(self.layout.num_parameters, dtype=self.layout.dtype)
                     if self.config.server_momentum > 0 else None)
-        return ServerState(0, weights, self.config.aggregator.init_state(self.layout.dim), momentum)
+        return ServerState(0, weights, self.config.aggregator.init_state(self.layout.dim), momentum,
+                           torch.zeros(self.data.num_clients, dtype=torch.int64))
 
     def sample_clients(self, round_index: int) -> list[int]:
-        """The sorted client ids taking part in round ``round_index`` (1-based)."""
+        """The sorted client ids taking part in round ``round_index`` (1-based).
+
+        ``sampling="fixed"``: ``clients_per_round`` clients without replacement; ``"poisson"``: each
+        client independently with probability ``fraction`` (possibly none). Public randomness from
+        :mod:`secagg.seeding`: the same seed and round give the same clients.
+        """
         n = self.data.num_clients
+        if self.config.sampling == "poisson":
+            draws = numpy_rng(self.seed, "sample-poisson", round_index).random(n)  # not secret
+            return [int(c) for c in (draws < self.config.fraction).nonzero()[0]]
         m = self.config.clients_per_round(n)
         chosen = numpy_rng(self.seed, "sample", round_index).choice(n, size=m, replace=False)
         return sorted(int(c) for c in chosen)
 
+    def participations_after(self, state: ServerState, clients: list[int]) -> torch.Tensor:
+        """Rounds each client was sampled in, after ``state`` plus one round sampling ``clients``."""
+        counts = (state.participations.clone() if state.participations is not None
+                  else torch.zeros(self.data.num_clients, dtype=torch.int64))
+        counts[clients] += 1
+        return counts
+
+    def _epsilons(self, round_index: int, participations: torch.Tensor
+                  ) -> list[tuple[str, float | None, float | None]]:
+        """(who, epsilon after ``round_index`` rounds, budget) for the aggregator and the trainer."""
+        agg, trainer = self.config.aggregator, self.config.trainer
+        if round_index not in self._agg_epsilon:
+            self._agg_epsilon[round_index] = agg.epsilon_after(round_index)
+        key = tuple(participations.tolist())
+        if self._trainer_epsilon[0] != key:  # privacy_stop and run_round ask for the same counts
+            counts = {i: k for i, k in enumerate(key) if k > 0}
+            self._trainer_epsilon = (key, trainer.epsilon_after(counts, self.examples))
+        return [(f"aggregator {agg.kind!r}", self._agg_epsilon[round_index], agg.privacy_budget()),
+                (f"trainer {trainer.kind!r}", self._trainer_epsilon[1], trainer.privacy_budget())]
+
+    def epsilon_after(self, round_index: int, participations: torch.Tensor) -> float | None:
+        """The run's DP epsilon after ``round_index`` rounds with these per-client participation
+        counts: the larger of the aggregator's (client-level) and the trainer's (record-level)
+        epsilon, each at its own delta; ``None`` when neither makes a DP claim."""
+        values = [eps for _, eps, _ in self._epsilons(round_index, participations) if eps is not None]
+        return max(values) if values else None
+
+    def privacy_stop(self, state: ServerState) -> str | None:
+        """Why the next round must not run (its epsilon would exceed a privacy budget), or ``None``."""
+        r = state.round + 1
+        parts = self.participations_after(state, self.sample_clients(r))
+        for who, eps, budget in self._epsilons(r, parts):
+            if eps is not None and budget is not None and eps > budget:
+                return (f"privacy budget: epsilon would reach {eps:.4g} > target {budget:g} in round {r} "
+                        f"({who})")
+        return None
+
     def run_round(self, state: ServerState) -> RoundResult:
-        """Run round ``state.round + 1`` and return the new state (``state`` is not modified)."""
+        """Run round ``state.round + 1`` and return the new state (``state`` is not modified).
+
+        The record's ``epsilon`` is :meth:`epsilon_after` this round (``None`` without DP). A round
+        that samples no client (Poisson sampling) changes nothing but the round counter. Budgets are
+        not enforced here: call :meth:`privacy_stop` first (``run_experiment`` does).
+        """
         started = time.perf_counter()
         r = state.round + 1
+        sampled = self.sample_clients(r)
+        participations = self.participations_after(state, sampled)
+        epsilon = self.epsilon_after(r, participations)
+        if not sampled:
+            record = {"round": r, "clients": 0, "rejected": [], "skipped": "no client sampled",
+                      "train_loss": None,
+                      **evaluate(self.model, state.weights, self.data.test_x, self.data.test_y),
+                      "update_norm": 0.0, "epsilon": epsilon, "seconds": time.perf_counter() - started}
+            return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum,
+                                           participations), record)
         updates: list[ClientUpdate] = []
         rejected: list[int] = []
-        for c in self.sample_clients(r):
+        for c in sampled:
             try:
                 updates.append(self.config.trainer.train(
                     self.model, state.weights, self.data.client(c), self.config.client, self.layout,
@@ -113,9 +180,9 @@ class FedAvg:
             record = {"round": r, "clients": 0, "rejected": rejected, "aborted": str(exc),
                       "train_loss": None,
                       **evaluate(self.model, state.weights, self.data.test_x, self.data.test_y),
-                      "update_norm": 0.0, "seconds": time.perf_counter() - started}
-            return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum),
-                               record)
+                      "update_norm": 0.0, "epsilon": epsilon, "seconds": time.perf_counter() - started}
+            return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum,
+                                           participations), record)
         if tuple(agg.update.shape) != (self.layout.dim,) or not torch.isfinite(agg.update).all():
             raise UpdateError(f"aggregator {self.config.aggregator.kind!r} returned an update of "
                               f"shape {tuple(agg.update.shape)} (expected ({self.layout.dim},), "
@@ -131,9 +198,10 @@ class FedAvg:
             **evaluate(self.model, weights, self.data.test_x, self.data.test_y),
             "update_norm": float(torch.linalg.vector_norm(agg.update)),
             **{f"agg/{k}": v for k, v in agg.metrics.items()},
+            "epsilon": epsilon,
             "seconds": time.perf_counter() - started,
         }
-        return RoundResult(ServerState(r, weights, agg.state, momentum), record)
+        return RoundResult(ServerState(r, weights, agg.state, momentum, participations), record)
 
     def _server_step(self, state: ServerState, update: torch.Tensor
                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:

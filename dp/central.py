@@ -1,0 +1,135 @@
+"""DP-FedAvg with central Gaussian noise (McMahan, Ramage, Talwar, Zhang, ICLR 2018).
+
+Each round: clip every client's update to L2 norm ``clip`` (C); take the *unweighted* sum (every
+client counts once whatever its example count: a weight would scale its sensitivity), in the clear
+(inner ``Mean(weighted=False)``, sum = mean * n) or through secure aggregation (inner
+``SecureSum(weighted=False)``, sum = mean * survivors); add N(0, (z C)^2) per coordinate from the
+CSPRNG (:func:`dp.gaussian.gaussian`); divide by ``expected_clients`` (q N, a public constant, not the
+realized count, which would leak and change the sensitivity). The noise on the released mean has
+standard deviation ``z C / (q N)``.
+
+Trust model: the server (or whoever adds the noise) is trusted; the *released* models are
+(epsilon, delta) client-level DP. With a SecureSum inner the server sees only the sum of the
+clipped updates, but the noise is still added by the server after unmasking: SecAgg hides
+individual updates, the DP guarantee covers what is published.
+
+Accounting (:class:`dp.accounting.GaussianAccountant`): ``sampling="poisson"`` claims amplification
+by subsampling at rate ``sample_rate``, which holds only if the server samples each client
+independently with that probability: ``FedAvgConfig`` refuses any other sampler (through
+:meth:`poisson_sample_rate`). ``sampling="none"`` accounts every round as if all clients took part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dp.accounting import ACCOUNTANTS, SAMPLING, GaussianAccountant
+from dp.gaussian import gaussian
+from dp.noise import SecureRandom
+from secagg.aggregation import Aggregate, Aggregator, AggState, Mean, SecureSum, UpdateBatch, Wrapper
+from secagg.errors import AbortError, ConfigError
+from secagg.validation import check_choice, check_real
+
+__all__ = ["DPFedAvg", "check_sum_inner", "clip_rows", "inner_sum"]
+
+
+def clip_rows(updates: torch.Tensor, clip: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(clipped, norms)``: each row scaled to L2 norm at most ``clip``, in float64.
+
+    Rows with norm <= ``clip`` are returned unchanged (bit for bit, as float64); longer rows are
+    scaled by ``clip / norm``. ``norms`` are the original row norms (float64).
+    """
+    u = updates.to(torch.float64)
+    norms = torch.linalg.vector_norm(u, dim=1)
+    c = torch.as_tensor(clip, dtype=torch.float64)
+    scale = torch.where(norms > c, c / norms.clamp_min(torch.finfo(torch.float64).tiny), 1.0)
+    return torch.where((norms > c)[:, None], u * scale[:, None], u), norms
+
+
+def check_sum_inner(inner: Aggregator, where: str = "inner") -> None:
+    """Refuse an inner aggregator whose output times the client count is not the plain sum."""
+    if not isinstance(inner, Mean | SecureSum) or inner.weighted:
+        raise ConfigError(f"{where}: must be Mean(weighted=False) or SecureSum(weighted=False) (the noise "
+                          f"is calibrated to the unweighted sum), got {inner!r}")
+
+
+def inner_sum(wrapper: Wrapper, batch: UpdateBatch, state: AggState, **metrics: float
+              ) -> tuple[torch.Tensor, Aggregate]:
+    """The unweighted sum (float64) of ``batch``'s rows through ``wrapper.inner``, and its Aggregate.
+
+    A SecureSum inner needs 2 clients: a round with fewer aborts cleanly (:class:`AbortError`).
+    """
+    if isinstance(wrapper.inner, SecureSum) and batch.num_clients < 2:
+        raise AbortError("secure aggregation needs at least 2 clients; the round is skipped")
+    out = wrapper.run_inner(batch, state, **metrics)
+    count = out.metrics.get("inner/survivors", float(batch.num_clients))
+    return out.update.to(torch.float64) * count, out
+
+
+@dataclass(frozen=True)
+class DPFedAvg(Wrapper, kind="dp-fedavg"):
+    """Clip to ``clip``, sum, add N(0, (noise_multiplier clip)^2), divide by ``expected_clients``.
+
+    ``clip``: C > 0 (L2, per client update). ``noise_multiplier``: z > 0 (noise std / C on the sum).
+    ``expected_clients``: q N > 0, the public denominator. ``sample_rate``: q in (0, 1] for accounting.
+    ``delta``: in (0, 1). ``accountant``: "rdp" or "prv". ``sampling``: "poisson" (amplification;
+    the server must Poisson-sample at ``sample_rate``) or "none". ``target_epsilon``: a budget (the run
+    stops before exceeding it) or ``None``. ``inner``: ``Mean(weighted=False)`` or
+    ``SecureSum(weighted=False)``.
+    """
+
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+    expected_clients: float = 10.0
+    sample_rate: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    sampling: str = "poisson"
+    target_epsilon: float | None = None
+    inner: Aggregator = field(default_factory=lambda: Mean(weighted=False))
+
+    def __post_init__(self) -> None:
+        check_real("clip", self.clip, gt=0.0)
+        check_real("noise_multiplier", self.noise_multiplier, gt=0.0)
+        check_real("expected_clients", self.expected_clients, gt=0.0)
+        check_real("sample_rate", self.sample_rate, gt=0.0, le=1.0)
+        check_real("delta", self.delta, gt=0.0, lt=1.0)
+        check_choice("accountant", self.accountant, ACCOUNTANTS)
+        check_choice("sampling", self.sampling, SAMPLING)
+        if self.target_epsilon is not None:
+            check_real("target_epsilon", self.target_epsilon, gt=0.0)
+        super().__post_init__()
+        check_sum_inner(self.inner)
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the noise per coordinate of the released mean: z C / (q N)."""
+        return self.noise_multiplier * self.clip / self.expected_clients
+
+    def accountant_for(self) -> GaussianAccountant:
+        return GaussianAccountant(self.noise_multiplier, self.sample_rate, self.accountant, self.sampling)
+
+    def epsilon_after(self, rounds: int) -> float | None:
+        """Client-level epsilon at ``delta`` after ``rounds`` rounds (:class:`GaussianAccountant`)."""
+        return self.accountant_for().epsilon(rounds, self.delta)
+
+    def privacy_budget(self) -> float | None:
+        return self.target_epsilon
+
+    def poisson_sample_rate(self) -> float | None:
+        return self.sample_rate if self.sampling == "poisson" else None
+
+    def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
+        return self.run_round(batch, state)
+
+    def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
+        """:meth:`aggregate`, optionally drawing the noise from ``rng`` (a seeded one: TESTS ONLY)."""
+        clipped, norms = clip_rows(batch.updates, self.clip)
+        total, out = inner_sum(self, batch.replace(updates=clipped), state,
+                               clipped_fraction=float((norms > self.clip).double().mean()),
+                               noise_std=self.noise_std)
+        noise = torch.from_numpy(gaussian(self.noise_multiplier * self.clip, batch.dim, rng))
+        update = (total + noise) / self.expected_clients
+        return Aggregate(update.to(batch.updates.dtype), out.state, out.metrics)
