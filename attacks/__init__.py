@@ -1,4 +1,32 @@
 """Poisoning and inference attacks and the suite that runs them against configurations.
 
-Empty for now: issues 7 and 8 build it. May import ``dp`` and ``secagg``.
+May import ``dp`` and ``secagg``; nothing below imports this package. Importing it registers every
+attack kind (the names benchmark config files use).
 """
+
+from attacks.adaptive import AdaptiveALIE, AdaptiveIPM
+from attacks.base import AttackContext, UpdateAttack
+from attacks.byzantine import ByzantineClients
+from attacks.data_poisoning import Backdoor, DataAttack, LabelFlip, ModelReplacement
+from attacks.model_poisoning import ALIE, IPM, GaussianNoise, Mimic, MinMax, MinSum, Scaling, SignFlip, alie_z
+
+__all__ = [
+    "ALIE",
+    "IPM",
+    "AdaptiveALIE",
+    "AdaptiveIPM",
+    "AttackContext",
+    "Backdoor",
+    "ByzantineClients",
+    "DataAttack",
+    "GaussianNoise",
+    "LabelFlip",
+    "Mimic",
+    "MinMax",
+    "MinSum",
+    "ModelReplacement",
+    "Scaling",
+    "SignFlip",
+    "UpdateAttack",
+    "alie_z",
+]

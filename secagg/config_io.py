@@ -11,6 +11,7 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
+from secagg.registry import registered_type
 from secagg.validation import check_keys
 
 T = TypeVar("T")
@@ -39,7 +40,10 @@ def from_plain(cls: type[T], data: Any, where: str = "config") -> T:
         if name not in data:
             continue
         value, hint = data[name], hints[name]
-        if isinstance(hint, type) and hasattr(hint, "from_dict"):
+        plugin = registered_type(hint)
+        if plugin is not None:
+            value = None if value is None else plugin.from_dict(value)
+        elif isinstance(hint, type) and hasattr(hint, "from_dict"):
             value = hint.from_dict(value)
         elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
             value = from_plain(hint, value, f"{where}.{name}")

@@ -70,8 +70,17 @@ class Registered:
         kwargs = {}
         for name in names & set(data):
             value = data[name]
-            hint = hints.get(name)
-            if isinstance(hint, type) and issubclass(hint, Registered):
-                value = hint.from_dict(value)
+            plugin = registered_type(hints.get(name))
+            if plugin is not None and value is not None:
+                value = plugin.from_dict(value)
             kwargs[name] = value
         return target(**kwargs)  # type: ignore[return-value]
+
+
+def registered_type(hint: Any) -> type[Registered] | None:
+    """The plug-in family of a field's type hint (``Family`` or ``Family | None``), else ``None``."""
+    candidates = typing.get_args(hint) if typing.get_args(hint) else (hint,)
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, Registered):
+            return c
+    return None

@@ -1,0 +1,82 @@
+"""The model-poisoning attack interface: what f Byzantine clients send in one round.
+
+An attack is a registered plug-in value (:class:`~secagg.registry.Registered`, family ``"attack"``):
+a frozen dataclass whose :meth:`UpdateAttack.craft` maps an :class:`AttackContext` to the ``(f, d)``
+updates the attackers send. Omniscient attacks read the honest updates of the round (as in the
+papers); adaptive attacks also call the deployed defence to tune their strength. Randomness in an
+attack is simulation randomness, seeded from the context (not secret).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from secagg.errors import ConfigError
+from secagg.registry import Registered
+
+Defence = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttackContext:
+    """What the attackers know in one round.
+
+    ``honest``: (h, d) the honest clients' updates this round (omniscient knowledge).
+    ``own``: (f, d) the updates the attackers would have sent had they been honest (trained on their
+    own data); attacks that need no knowledge of others start from these.
+    ``num_clients``: n, all updates the server aggregates this round (h + f).
+    ``defence``: the deployed aggregation rule as a function of the full (n, d) stack, honest rows
+    first, for adaptive attacks; ``None`` when the attackers do not know it.
+    ``seed``: for attacks that draw random values (simulation randomness, not secret).
+    """
+
+    honest: torch.Tensor
+    own: torch.Tensor
+    num_clients: int
+    defence: Defence | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.honest.dim() != 2 or self.own.dim() != 2 or self.honest.shape[1] != self.own.shape[1]:
+            raise ConfigError(f"honest, own: expected (h, d) and (f, d) tensors with the same d, got "
+                              f"{tuple(self.honest.shape)} and {tuple(self.own.shape)}")
+        if self.num_clients != self.honest.shape[0] + self.own.shape[0]:
+            raise ConfigError(f"num_clients: must be h + f = {self.honest.shape[0] + self.own.shape[0]}, "
+                              f"got {self.num_clients}")
+
+    @property
+    def num_attackers(self) -> int:
+        return int(self.own.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.own.shape[1])
+
+    def honest_mean(self) -> torch.Tensor:
+        """The mean of the honest updates, in float64."""
+        return self.honest.double().mean(dim=0)
+
+    def honest_std(self) -> torch.Tensor:
+        """The per-coordinate standard deviation of the honest updates (unbiased, float64)."""
+        if self.honest.shape[0] < 2:
+            return torch.zeros(self.dim, dtype=torch.float64)
+        return self.honest.double().std(dim=0)
+
+
+class UpdateAttack(Registered, ABC, family="attack"):
+    """Base class of model-poisoning attacks (frozen dataclasses declared with ``kind="..."``)."""
+
+    omniscient: bool = True  # reads ctx.honest
+
+    @abstractmethod
+    def craft(self, ctx: AttackContext) -> torch.Tensor:
+        """The (f, d) updates the attackers send (same dtype as ``ctx.own``); inputs are not modified."""
+
+
+def repeat(row: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+    """``row`` sent by every attacker, in the dtype of ``ctx.own``."""
+    return row.to(ctx.own.dtype).expand(ctx.num_attackers, ctx.dim).clone()

@@ -1,0 +1,166 @@
+"""Benchmark reports: results.csv, summary.md, accuracy-over-rounds plots and the worst-case heatmap."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from attacks.bench.config import NO_ATTACK, BenchConfig
+
+CSV_COLUMNS = ("attack", "defence", "attackers", "partition", "seed", "accuracy", "best_accuracy",
+               "attack_success", "epsilon", "rounds", "stopped", "seconds")
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow(["" if r.get(c) is None else r.get(c) for c in CSV_COLUMNS])
+
+
+def table(rows: list[dict[str, Any]], partition: str, metric: str = "accuracy",
+          attackers: float | None = None) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:
+    """(defences, attacks, mean over seeds) for one partition; attacked cells at ``attackers``
+    (default: the largest fraction in the rows), the no-attack baseline whatever its fraction."""
+    mine = [r for r in rows if r["partition"] == partition]
+    fractions = sorted({r["attackers"] for r in mine if r["attack"] != NO_ATTACK})
+    level = attackers if attackers is not None else (fractions[-1] if fractions else 0.0)
+    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in mine:
+        if (r["attack"] == NO_ATTACK or r["attackers"] == level) and r.get(metric) is not None:
+            cells[(r["defence"], r["attack"])].append(float(r[metric]))
+    defences = list(dict.fromkeys(r["defence"] for r in mine))
+    attacks = list(dict.fromkeys(r["attack"] for r in mine))
+    return defences, attacks, {k: _mean(v) for k, v in cells.items()}
+
+
+def worst_case(rows: list[dict[str, Any]], partitions: list[str]
+               ) -> tuple[list[str], dict[tuple[str, str], float]]:
+    """Per defence and partition, the mean (over seeds) accuracy under the strongest attack."""
+    out: dict[tuple[str, str], float] = {}
+    defences: list[str] = []
+    for p in partitions:
+        ds, attacks, means = table(rows, p)
+        defences = defences or ds
+        for d in ds:
+            attacked = [means[(d, a)] for a in attacks if a != NO_ATTACK and (d, a) in means]
+            if attacked:
+                out[(d, p)] = min(attacked)
+    return defences, out
+
+
+def summary_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> str:
+    partitions = list(dict.fromkeys(r["partition"] for r in rows))
+    lines = [f"# Attack benchmark: preset `{config.name}`", "",
+             f"{config.clients} clients (all in every round), {config.rounds} rounds, "
+             f"model `{config.model}`, "
+             f"{config.local_epochs} local epoch(s), seeds {list(config.seeds)}, attacker fractions "
+             f"{list(config.attackers)}. Final test accuracy, mean over seeds.", ""]
+    for p in partitions:
+        defences, attacks, means = table(rows, p)
+        lines += [f"## Partition `{p}`", "", "| defence | " + " | ".join(attacks) + " | worst |",
+                  "|---" * (len(attacks) + 2) + "|"]
+        for d in defences:
+            vals = [means.get((d, a)) for a in attacks]
+            attacked = [v for a, v in zip(attacks, vals, strict=True) if a != NO_ATTACK and v is not None]
+            worst = min(attacked) if attacked else None
+            lines.append(f"| {d} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(worst)} |")
+        _, backdoors, asr = table(rows, p, metric="attack_success")
+        backdoors = [a for a in backdoors if any(k[1] == a for k in asr)]
+        if backdoors:
+            lines += ["", "Backdoor attack success (triggered test inputs classified as the target):", "",
+                      "| defence | " + " | ".join(backdoors) + " |", "|---" * (len(backdoors) + 1) + "|"]
+            lines += [f"| {d} | " + " | ".join(_fmt(asr.get((d, a))) for a in backdoors) + " |"
+                      for d in defences]
+        lines.append("")
+    stopped = [r for r in rows if r.get("stopped")]
+    if stopped:
+        lines += [f"{len(stopped)} cell(s) stopped early (privacy budget).", ""]
+    total = sum(r["seconds"] for r in rows)
+    lines.append(f"{len(rows)} cells, {total:.0f} s of training in total.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """One PNG per attack: test accuracy over rounds, one line per defence, one panel per partition
+    (attacked cells at the largest attacker fraction; seeds averaged)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    partitions = list(dict.fromkeys(r["partition"] for r in rows))
+    paths = []
+    for attack in dict.fromkeys(r["attack"] for r in rows):
+        fig, axes = plt.subplots(1, len(partitions), figsize=(5 * len(partitions), 3.6), squeeze=False)
+        for ax, p in zip(axes[0], partitions, strict=True):
+            mine = [r for r in rows if r["attack"] == attack and r["partition"] == p]
+            level = max((r["attackers"] for r in mine), default=0.0)
+            for d in dict.fromkeys(r["defence"] for r in mine):
+                curves = [r["curve"] for r in mine if r["defence"] == d and r["attackers"] == level]
+                if curves:
+                    length = min(len(c) for c in curves)
+                    mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+                    ax.plot(range(1, length + 1), mean, label=d)
+            ax.set(title=f"{attack}, {p}" + (f", {level:.0%} attackers" if level else ""),
+                   xlabel="round", ylabel="test accuracy", ylim=(0, 1))
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"accuracy_{attack}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_heatmap(out: Path, rows: list[dict[str, Any]]) -> Path:
+    """Worst-case heatmap (as ByzFL reports it): per defence (rows) and partition (columns), the
+    accuracy under the strongest attack of the grid."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    partitions = list(dict.fromkeys(r["partition"] for r in rows))
+    defences, worst = worst_case(rows, partitions)
+    grid = [[worst.get((d, p), float("nan")) for p in partitions] for d in defences]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(partitions), 0.9 + 0.45 * len(defences)))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(partitions)), partitions)
+    ax.set_yticks(range(len(defences)), defences)
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, "" if value != value else f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title("accuracy under the strongest attack")
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    path = out / "worst_case_heatmap.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_reports(out_dir: str | Path, config: BenchConfig, rows: list[dict[str, Any]]) -> dict[str, Path]:
+    """results.csv, summary.md and the PNG plots next to results.json; returns their paths."""
+    out = Path(out_dir)
+    paths = {"csv": out / "results.csv", "summary": out / "summary.md"}
+    write_csv(paths["csv"], rows)
+    paths["summary"].write_text(summary_markdown(config, rows))
+    if rows:
+        paths["heatmap"] = plot_heatmap(out, rows)
+        for p in plot_curves(out, rows):
+            paths[p.stem] = p
+    return paths

@@ -1,0 +1,167 @@
+"""Run a benchmark grid: one FedAvg training run per cell, resumable, optionally in parallel processes.
+
+A cell is (attack, defence, attacker fraction, partition, seed). Each finished cell is appended to
+``results.json`` at once, so an interrupted grid resumes where it stopped; every cell is a pure
+function of its configuration and seed, so a resumed grid gives the same table as an uninterrupted
+one (except the ``seconds`` column).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from attacks.bench.config import BenchConfig, partition_config
+from attacks.byzantine import ByzantineClients
+from secagg.errors import ConfigError
+from secagg.experiment import ExperimentConfig, run_experiment
+from secagg.fedavg import ClientConfig, FedAvgConfig
+from secagg.task import TaskConfig
+
+RESULTS = "results.json"
+
+
+@dataclass(frozen=True)
+class Cell:
+    attack: str
+    defence: str
+    attackers: float
+    partition: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.attack}|{self.defence}|{self.attackers:g}|{self.partition}|{self.seed}"
+
+
+def cells(config: BenchConfig) -> list[Cell]:
+    """Every cell of the grid, in a fixed order; the no-attack baseline once per defence/partition/seed."""
+    out = []
+    for partition in config.partitions:
+        for seed in config.seeds:
+            for defence, _ in config.defences:
+                for attack in config.attacks:
+                    for fraction in ((0.0,) if attack.is_none else config.attackers):
+                        out.append(Cell(attack.name, defence, fraction, partition, seed))
+    return out
+
+
+def experiment_config(config: BenchConfig, cell: Cell) -> ExperimentConfig:
+    """The FedAvg run of one cell. Robust rules with ``f = "auto"`` assume the cell's attacker count
+    (the no-attack baseline assumes the largest count of the grid: the defence does not know)."""
+    spec = next(a for a in config.attacks if a.name == cell.attack)
+    assumed = cell.attackers if not spec.is_none else max(config.attackers)
+    aggregator = config.defence(cell.defence, config.attacker_count(assumed))
+    adversary = None
+    if not spec.is_none:
+        update, data = spec.build()
+        adversary = ByzantineClients(cell.attackers, update, data)
+    task = TaskConfig(num_clients=config.clients, partition=partition_config(cell.partition),
+                      model=config.model)
+    fedavg = FedAvgConfig(rounds=config.rounds, fraction=1.0,
+                          client=ClientConfig(epochs=config.local_epochs, batch_size=config.batch_size,
+                                              lr=config.lr),
+                          aggregator=aggregator, adversary=adversary)
+    return ExperimentConfig(task=task, fedavg=fedavg, seed=cell.seed)
+
+
+def run_cell(config: BenchConfig, cell: Cell,
+             on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train one cell and return its results row (with the per-round curves)."""
+    started = time.perf_counter()
+    result = run_experiment(experiment_config(config, cell), None, on_round=on_round)
+    history = result.history
+    last = history[-1] if history else {}
+    accuracies = [r["accuracy"] for r in history]
+    return {
+        **asdict(cell),
+        "accuracy": last.get("accuracy"),
+        "best_accuracy": max(accuracies) if accuracies else None,
+        "attack_success": last.get("attack_success"),
+        "epsilon": last.get("epsilon"),
+        "rounds": len(history),
+        "stopped": result.stopped,
+        "seconds": time.perf_counter() - started,
+        "curve": accuracies,
+        "attack_success_curve": [r.get("attack_success") for r in history],
+    }
+
+
+def _run_cell_in_worker(config: BenchConfig, cell: Cell) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)  # the processes already use every core
+    return run_cell(config, cell)
+
+
+def _load_done(path: Path, config: BenchConfig) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        same = saved["config"] == config_dict(config)
+        rows = saved["cells"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a benchmark results file ({exc}); use another --out") from exc
+    if not same:
+        raise ConfigError(f"{path}: written by another benchmark configuration; use another --out (or "
+                          f"delete it) to start a new grid")
+    return {Cell(r["attack"], r["defence"], r["attackers"], r["partition"], r["seed"]).key: r for r in rows}
+
+
+def config_dict(config: BenchConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(config)))
+
+
+def _save(path: Path, config: BenchConfig, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"config": config_dict(config), "cells": rows}, indent=1))
+    tmp.replace(path)
+
+
+def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progress: bool = True,
+             limit: int | None = None) -> list[dict[str, Any]]:
+    """Run every cell not already in ``out_dir/results.json`` and return all rows in grid order.
+
+    ``jobs > 1`` runs cells in that many processes. ``limit`` stops after that many new cells (for
+    tests of resumption). The caller writes the reports (:func:`attacks.bench.report.write_reports`).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if jobs < 1:
+        raise ConfigError(f"jobs: must be >= 1, got {jobs}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RESULTS
+    done = _load_done(path, config)
+    grid = cells(config)
+    todo = [c for c in grid if c.key not in done][:limit]
+
+    def ordered() -> list[dict[str, Any]]:
+        return [done[c.key] for c in grid if c.key in done]
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        cells_task = bar.add_task("cells", total=len(grid), completed=len(grid) - len(todo))
+        rounds_task = bar.add_task("rounds", total=config.rounds, visible=jobs == 1)
+        if jobs == 1:
+            for cell in todo:
+                bar.update(rounds_task, completed=0, description=f"{cell.attack} vs {cell.defence}")
+                row = run_cell(config, cell, on_round=lambda _: bar.advance(rounds_task))
+                done[cell.key] = row
+                _save(path, config, ordered())
+                bar.advance(cells_task)
+        else:
+            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_run_cell_in_worker, config, c): c for c in todo}
+                for future in as_completed(futures):
+                    done[futures[future].key] = future.result()
+                    _save(path, config, ordered())
+                    bar.advance(cells_task)
+    return ordered()

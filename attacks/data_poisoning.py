@@ -1,0 +1,131 @@
+"""Data-poisoning attacks: malicious clients train on poisoned data and otherwise follow the protocol.
+
+A data attack is a registered plug-in value (family ``"data_attack"``) that rewrites a malicious
+client's local examples before it trains. :class:`Backdoor` also knows how to measure its success on
+the test set (the fraction of triggered inputs, not already of the target class, that the model
+classifies as the target). Model replacement (Bagdasaryan et al. 2020) is the backdoor plus the
+update boost of :class:`ModelReplacement`, an update attack applied to the backdoored update.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from attacks.base import AttackContext, UpdateAttack
+from secagg.data.federated import ClientData
+from secagg.errors import ConfigError
+from secagg.registry import Registered
+from secagg.seeding import torch_generator
+from secagg.validation import check_choice, check_int, check_real
+
+
+class DataAttack(Registered, ABC, family="data_attack"):
+    """Base class of data-poisoning attacks (frozen dataclasses declared with ``kind="..."``)."""
+
+    @abstractmethod
+    def poison(self, data: ClientData, num_classes: int, seed: int) -> ClientData:
+        """The malicious client's poisoned examples (new tensors; ``data`` is not modified)."""
+
+
+@dataclass(frozen=True)
+class LabelFlip(DataAttack, kind="label_flip"):
+    """Label flipping (Biggio et al. 2012; Tolpegin et al. 2020).
+
+    ``mode="permutation"``: every label ``y`` becomes ``num_classes - 1 - y`` (a fixed permutation).
+    ``mode="targeted"``: only examples of class ``source`` are relabelled ``target``.
+    """
+
+    mode: str = "permutation"
+    source: int = 1
+    target: int = 7
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, ("permutation", "targeted"))
+        check_int("source", self.source, minimum=0)
+        check_int("target", self.target, minimum=0)
+        if self.mode == "targeted" and self.source == self.target:
+            raise ConfigError(f"target: must differ from source, both are {self.source}")
+
+    def poison(self, data: ClientData, num_classes: int, seed: int) -> ClientData:
+        if self.mode == "permutation":
+            return ClientData(data.x.clone(), num_classes - 1 - data.y)
+        if max(self.source, self.target) >= num_classes:
+            raise ConfigError(f"source, target: must be < num_classes = {num_classes}, got "
+                              f"{self.source}, {self.target}")
+        y = data.y.clone()
+        y[y == self.source] = self.target
+        return ClientData(data.x.clone(), y)
+
+
+@dataclass(frozen=True)
+class Backdoor(DataAttack, kind="backdoor"):
+    """A pixel-trigger backdoor (Gu et al. 2017's BadNets; the FL setting of Bagdasaryan et al. 2020).
+
+    The trigger sets a ``size`` x ``size`` square of pixels in the bottom-right corner of every
+    channel to ``value``. A malicious client adds ``fraction`` x (its examples) triggered copies of
+    its own examples, relabelled ``target``, to its clean data (so its model stays accurate on clean
+    inputs, which keeps the attack stealthy). Copies are drawn from the seed (simulation randomness).
+    """
+
+    target: int = 0
+    fraction: float = 0.5
+    size: int = 2
+    value: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_int("target", self.target, minimum=0)
+        check_real("fraction", self.fraction, gt=0.0, le=10.0)
+        check_int("size", self.size, minimum=1)
+        check_real("value", self.value)
+
+    def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (n, channels, height, width) with the trigger stamped on (a new tensor)."""
+        if x.dim() != 4 or x.shape[-1] < self.size or x.shape[-2] < self.size:
+            raise ConfigError(f"size: the {self.size}x{self.size} trigger needs images (n, c, h, w) with "
+                              f"h, w >= {self.size}, got shape {tuple(x.shape)}")
+        out = x.clone()
+        out[..., -self.size:, -self.size:] = self.value
+        return out
+
+    def poison(self, data: ClientData, num_classes: int, seed: int) -> ClientData:
+        if self.target >= num_classes:
+            raise ConfigError(f"target: must be < num_classes = {num_classes}, got {self.target}")
+        n = len(data)
+        count = max(1, round(self.fraction * n))
+        idx = torch.randint(n, (count,), generator=torch_generator(seed, "backdoor-copies"))
+        x = torch.cat([data.x, self.apply_trigger(data.x[idx])])
+        y = torch.cat([data.y, torch.full((count,), self.target, dtype=data.y.dtype)])
+        return ClientData(x, y)
+
+    def success_rate(self, predict: torch.Tensor, test_y: torch.Tensor) -> float:
+        """Attack success: among test examples whose true class is not ``target``, the fraction whose
+        triggered version is predicted as ``target``. ``predict``: predicted labels of the triggered
+        test inputs (see :meth:`apply_trigger`)."""
+        keep = test_y != self.target
+        if not bool(keep.any()):
+            raise ConfigError(f"target: every test example is of class {self.target}")
+        return float((predict[keep] == self.target).double().mean())
+
+
+@dataclass(frozen=True)
+class ModelReplacement(UpdateAttack, kind="model_replacement"):
+    """Model replacement (Bagdasaryan et al., AISTATS 2020): each attacker scales its own (backdoored)
+    update by ``boost`` so that it survives averaging: with n updates averaged and server learning
+    rate eta, ``boost = n / eta`` replaces the global model by the attacker's. ``boost=None`` uses
+    ``n / server_lr`` for the round's n. Not omniscient."""
+
+    boost: float | None = None
+    server_lr: float = 1.0
+    omniscient = False
+
+    def __post_init__(self) -> None:
+        if self.boost is not None:
+            check_real("boost", self.boost, gt=0.0)
+        check_real("server_lr", self.server_lr, gt=0.0)
+
+    def craft(self, ctx: AttackContext) -> torch.Tensor:
+        boost = ctx.num_clients / self.server_lr if self.boost is None else self.boost
+        return boost * ctx.own

@@ -1,0 +1,187 @@
+"""Model- and data-poisoning attacks: known answers on hand-computed cases and their defining properties."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from attacks import (
+    ALIE,
+    IPM,
+    AdaptiveALIE,
+    AdaptiveIPM,
+    AttackContext,
+    Backdoor,
+    DataAttack,
+    GaussianNoise,
+    LabelFlip,
+    Mimic,
+    MinMax,
+    MinSum,
+    ModelReplacement,
+    Scaling,
+    SignFlip,
+    UpdateAttack,
+    alie_z,
+)
+from secagg.aggregation import CoordinateMedian, Mean, UpdateBatch
+from secagg.aggregation.distances import pairwise_sq_distances
+from secagg.data.federated import ClientData
+from secagg.errors import ConfigError
+
+
+def ctx(honest, own=None, defence=None, f=2) -> AttackContext:
+    honest = torch.as_tensor(honest, dtype=torch.float64)
+    own = torch.ones(f, honest.shape[1], dtype=torch.float64) if own is None else torch.as_tensor(
+        own, dtype=torch.float64)
+    return AttackContext(honest, own, honest.shape[0] + own.shape[0], defence)
+
+
+def rule(aggregator):
+    def defence(stack: torch.Tensor) -> torch.Tensor:
+        n = stack.shape[0]
+        return aggregator.aggregate(UpdateBatch(stack, torch.ones(n), tuple(range(n))), {}).update
+    return defence
+
+
+HONEST = [[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]]  # mean (3, 5); unbiased std (2, sqrt(13))
+
+
+def test_alie_known_answer_with_three_honest_vectors():
+    out = ALIE(z=1.0).craft(ctx(HONEST))
+    expected = torch.tensor([3.0 - 2.0, 5.0 - math.sqrt(13.0)], dtype=torch.float64)
+    assert out.shape == (2, 2)
+    torch.testing.assert_close(out, expected.expand(2, 2), rtol=0, atol=1e-12)
+
+
+def test_alie_default_z_is_the_papers_z_max():
+    # Baruch et al.: n = 50, f = 12: s = 26 - 12 = 14 supporters, z = Phi^-1(36 / 50)
+    assert alie_z(50, 12) == pytest.approx(0.5828, abs=1e-4)
+    c = ctx(HONEST, f=2)  # n = 5, f = 2: s = 1, z = Phi^-1(4/5)
+    z = alie_z(5, 2)
+    assert z == pytest.approx(0.8416, abs=1e-4)
+    torch.testing.assert_close(ALIE().craft(c)[0], c.honest_mean() - z * c.honest_std())
+
+
+def test_ipm_is_exactly_minus_epsilon_times_the_honest_mean():
+    out = IPM(epsilon=0.5).craft(ctx(HONEST))
+    assert torch.equal(out, torch.tensor([[-1.5, -2.5], [-1.5, -2.5]], dtype=torch.float64))
+
+
+def test_sign_flip_scaling_and_model_replacement_use_the_attackers_own_updates():
+    c = ctx(HONEST, own=[[1.0, -2.0], [0.5, 0.0]])
+    assert torch.equal(SignFlip().craft(c), -c.own)
+    assert torch.equal(Scaling(factor=3.0).craft(c), 3.0 * c.own)
+    assert torch.equal(ModelReplacement().craft(c), 5.0 * c.own)  # n = 5 updates, server lr 1
+    assert torch.equal(ModelReplacement(server_lr=0.5).craft(c), 10.0 * c.own)
+    assert not SignFlip.omniscient and ALIE.omniscient
+
+
+def test_gaussian_is_seeded_and_has_the_stated_moments():
+    c = AttackContext(torch.zeros(3, 20000), torch.zeros(2, 20000), 5, seed=7)
+    a, b = GaussianNoise(mean=1.0, std=3.0).craft(c), GaussianNoise(mean=1.0, std=3.0).craft(c)
+    assert torch.equal(a, b) and a.shape == (2, 20000)
+    assert float(a.mean()) == pytest.approx(1.0, abs=0.1)  # 5 sigma of the mean of 40000 draws = 0.075
+    assert float(a.std()) == pytest.approx(3.0, rel=0.03)
+
+
+honest_stacks = st.tuples(st.integers(3, 8), st.integers(1, 6)).flatmap(
+    lambda s: arrays("float64", s, elements=st.floats(-10, 10)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(honest_stacks, st.sampled_from(["unit_vec", "std", "sign"]))
+def test_min_max_stays_within_the_honest_spread_and_is_tight(honest, perturbation):
+    c = ctx(honest)
+    attack = MinMax(perturbation=perturbation)
+    m = attack.craft(c)[0]
+    h = c.honest
+    worst = float(pairwise_sq_distances(h).max())
+    assert float(((h - m) ** 2).sum(dim=1).max()) <= worst + 1e-9
+    assert torch.equal(attack.craft(c)[1], m), "every attacker sends the same update"
+
+
+@settings(max_examples=60, deadline=None)
+@given(honest_stacks, st.sampled_from(["unit_vec", "std", "sign"]))
+def test_min_sum_stays_within_the_honest_sum_of_distances(honest, perturbation):
+    c = ctx(honest)
+    m = MinSum(perturbation=perturbation).craft(c)[0]
+    h = c.honest
+    assert float(((h - m) ** 2).sum()) <= float(pairwise_sq_distances(h).sum(dim=1).max()) + 1e-9
+
+
+def test_min_max_search_finds_the_largest_gamma():
+    # honest on a line: 0, 1, 2 (1-D); mean 1, std 1, perturbation -std = -1: m = 1 - gamma.
+    # max distance to an honest value |1 - gamma - 2| = 1 + gamma <= max honest distance 2: gamma = 1
+    m = MinMax(perturbation="std").craft(ctx([[0.0], [1.0], [2.0]]))[0, 0]
+    assert float(m) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_mimic_copies_the_honest_update_along_the_main_direction():
+    honest = [[-3.0, 0.1], [1.0, 0.0], [2.0, -0.1]]  # spread along x; row 0 is farthest along it
+    out = Mimic().craft(ctx(honest))
+    assert torch.equal(out, torch.tensor([honest[0], honest[0]], dtype=torch.float64))
+
+
+def test_adaptive_attacks_are_at_least_as_strong_as_fixed_ones():
+    g = torch.Generator().manual_seed(0)
+    honest = 1.0 + 0.3 * torch.randn(8, 5, generator=g, dtype=torch.float64)
+    for defence in (rule(CoordinateMedian()), rule(Mean())):
+        c = ctx(honest, f=3, defence=defence)
+        mean = c.honest_mean()
+
+        def gap(attack: UpdateAttack, c=c, defence=defence, mean=mean) -> float:
+            return float(torch.linalg.vector_norm(defence(torch.cat([c.honest, attack.craft(c)])) - mean))
+
+        assert gap(AdaptiveIPM()) >= max(gap(IPM(epsilon=e)) for e in (0.1, 1.0)) - 1e-12
+        assert gap(AdaptiveALIE()) >= max(gap(ALIE(z=z)) for z in (0.5, 1.5)) - 1e-12
+    # against the plain mean the strongest IPM is the largest epsilon on the grid
+    c = ctx(honest, f=3, defence=rule(Mean()))
+    torch.testing.assert_close(AdaptiveIPM().craft(c), IPM(epsilon=100.0).craft(c))
+    # without a known defence: the fixed-strength attack
+    assert torch.equal(AdaptiveIPM().craft(ctx(honest, f=3)), IPM().craft(ctx(honest, f=3)))
+
+
+def test_label_flip_known_answers():
+    data = ClientData(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 7, 9]))
+    assert LabelFlip().poison(data, 10, 0).y.tolist() == [9, 8, 2, 0]
+    assert LabelFlip(mode="targeted", source=1, target=7).poison(data, 10, 0).y.tolist() == [0, 7, 7, 9]
+    assert data.y.tolist() == [0, 1, 7, 9], "input untouched"
+    with pytest.raises(ConfigError, match="target: must differ from source"):
+        LabelFlip(mode="targeted", source=3, target=3)
+
+
+def test_backdoor_stamps_the_trigger_and_adds_relabelled_copies():
+    x = torch.zeros(10, 1, 8, 8)
+    data = ClientData(x, torch.arange(10) % 3 + 1)
+    attack = Backdoor(target=0, fraction=0.5, size=2, value=1.0)
+    poisoned = attack.poison(data, 10, seed=3)
+    assert len(poisoned) == 15 and poisoned.y[10:].tolist() == [0] * 5
+    assert torch.equal(poisoned.x[:10], x) and float(x.sum()) == 0.0, "clean part kept, input untouched"
+    assert torch.all(poisoned.x[10:, :, -2:, -2:] == 1.0) and float(poisoned.x[10:].sum()) == 5 * 4
+    # success: among non-target test examples (4 of 5), 3 predicted as the target
+    y = torch.tensor([0, 1, 2, 3, 4])
+    assert attack.success_rate(torch.tensor([0, 0, 0, 0, 4]), y) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("family", [UpdateAttack, DataAttack])
+def test_every_kind_round_trips_through_its_dict(family):
+    for kind in family.kinds():
+        value = family.from_dict({"kind": kind})
+        assert family.from_dict(value.to_dict()) == value
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ConfigError, match="epsilon: must be > 0"):
+        IPM(epsilon=0.0)
+    with pytest.raises(ConfigError, match="perturbation"):
+        MinMax(perturbation="up")
+    with pytest.raises(ConfigError, match=r"attack\.kind: unknown 'nope'"):
+        UpdateAttack.from_dict({"kind": "nope"})
+    with pytest.raises(ConfigError, match="f: "):
+        alie_z(10, 0)
