@@ -114,8 +114,9 @@ class Backdoor(DataAttack, kind="backdoor"):
 class ModelReplacement(UpdateAttack, kind="model_replacement"):
     """Model replacement (Bagdasaryan et al., AISTATS 2020): each attacker scales its own (backdoored)
     update by ``boost`` so that it survives averaging: with n updates averaged and server learning
-    rate eta, ``boost = n / eta`` replaces the global model by the attacker's. ``boost=None`` uses
-    ``n / server_lr`` for the round's n. Not omniscient."""
+    rate eta, one attacker boosting by ``n / eta`` replaces the global model by its own. ``boost=None``
+    uses ``n / (server_lr * f)`` for the round's n and f attackers, so that together they replace
+    it (the paper's single attacker is f = 1). Not omniscient."""
 
     boost: float | None = None
     server_lr: float = 1.0
@@ -127,5 +128,6 @@ class ModelReplacement(UpdateAttack, kind="model_replacement"):
         check_real("server_lr", self.server_lr, gt=0.0)
 
     def craft(self, ctx: AttackContext) -> torch.Tensor:
-        boost = ctx.num_clients / self.server_lr if self.boost is None else self.boost
+        boost = (ctx.num_clients / (self.server_lr * ctx.num_attackers) if self.boost is None
+                 else self.boost)
         return boost * ctx.own

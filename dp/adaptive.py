@@ -101,7 +101,7 @@ class AdaptiveClipDP(Wrapper, kind="dp-fedavg-adaptive"):
         return {"clip": torch.tensor([float(self.initial_clip)], dtype=torch.float64),
                 **nest_state("inner", self.inner.init_state(dim + 1))}
 
-    def epsilon_after(self, rounds: int) -> float | None:
+    def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
         """Client-level epsilon at ``delta`` after ``rounds`` rounds (update and bits together)."""
         acc = GaussianAccountant(self.noise_multiplier, self.sample_rate, self.accountant, self.sampling)
         return acc.epsilon(rounds, self.delta)

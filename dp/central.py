@@ -111,7 +111,7 @@ class DPFedAvg(Wrapper, kind="dp-fedavg"):
     def accountant_for(self) -> GaussianAccountant:
         return GaussianAccountant(self.noise_multiplier, self.sample_rate, self.accountant, self.sampling)
 
-    def epsilon_after(self, rounds: int) -> float | None:
+    def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
         """Client-level epsilon at ``delta`` after ``rounds`` rounds (:class:`GaussianAccountant`)."""
         return self.accountant_for().epsilon(rounds, self.delta)
 

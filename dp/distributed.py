@@ -105,7 +105,10 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
     is the default denominator). ``min_clients``: fewest survivors the noise is planned for (0: all
     ``expected_clients``); fewer survivors abort. ``normalize``: "expected" or "survivors".
     ``graph`` ... ``malicious``: the secure-sum settings of :class:`~secagg.aggregation.secure.SecureSum`;
-    ``dropout``: simulated dropout fraction after ShareKeys.
+    ``dropout``: simulated dropout fraction after ShareKeys. ``delta``, ``target_epsilon``: the
+    accounting's delta and an optional budget (:meth:`epsilon_after` composes the mechanism's RDP over
+    rounds, planned for ``min_clients`` survivors, every client in every round: no sampling
+    amplification, since the ring is planned for a fixed round size).
     """
 
     mechanism: str = "ddg"
@@ -123,9 +126,14 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
     dropout_fraction: float = 0.1
     dropout: float = 0.0
     malicious: bool = False
+    delta: float = 1e-5
+    target_epsilon: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("mechanism", self.mechanism, MECHANISMS)
+        check_real("delta", self.delta, gt=0.0, lt=1.0)
+        if self.target_epsilon is not None:
+            check_real("target_epsilon", self.target_epsilon, gt=0.0)
         check_real("clip", self.clip, gt=0.0)
         check_real("noise_multiplier", self.noise_multiplier, ge=0.0)
         check_int("bits", self.bits, minimum=8, maximum=32)
@@ -217,6 +225,22 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
         else:
             kw.update(mu=2.0 * p["n"] * p["mu_l"])
         return kw
+
+    def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
+        """Epsilon at ``delta`` after ``rounds`` rounds on ``dim``-coordinate updates (required); ``None``
+        with ``noise_multiplier == 0`` (no DP)."""
+        from dp.accounting import DiscreteMechanismAccountant
+
+        if self.noise_multiplier == 0.0:
+            return None
+        if dim is None:
+            raise ConfigError("dim: distributed DP's sensitivity depends on the update length; pass dim")
+        accountant = DiscreteMechanismAccountant(**self.accountant_kwargs(dim), sample_rate=1.0,
+                                                 sampling="none")
+        return accountant.epsilon(rounds, self.delta)
+
+    def privacy_budget(self) -> float | None:
+        return self.target_epsilon
 
     def wrap_probability_bound(self, dim: int, clients: int | None = None) -> float:
         """Upper bound on P(any coordinate of the integer sum of ``clients`` (default

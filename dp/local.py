@@ -51,10 +51,10 @@ class LocalDP(Wrapper, kind="local-dp"):
             check_real("target_epsilon", self.target_epsilon, gt=0.0)
         super().__post_init__()
 
-    def epsilon_after(self, rounds: int) -> float | None:
+    def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
         """Local epsilon at ``delta`` of a client that took part in all ``rounds`` rounds (worst case)."""
         own = local_gaussian_epsilon(self.noise_multiplier, rounds, self.delta)
-        inner = self.inner.epsilon_after(rounds)
+        inner = self.inner.epsilon_after(rounds, dim)
         return own if inner is None else max(own, inner)
 
     def privacy_budget(self) -> float | None:

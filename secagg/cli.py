@@ -209,6 +209,18 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     train.add_argument("--resume", action="store_true",
                        help="continue the run checkpointed in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench = sub.add_parser(
+        "bench", help="attack benchmark: attacks x defences x attackers x heterogeneity",
+        description="Trains one FedAvg run per cell of an attack grid (bundled digits) and writes "
+                    "results.csv, results.json, summary.md and PNG plots to --out. Resumes a grid "
+                    "already partly in --out.")
+    bench.add_argument("--preset", choices=("quick", "default", "full"), default=None,
+                       help="a named grid (default: default; quick runs in minutes, used by CI)")
+    bench.add_argument("--config", dest="bench_config", type=Path, default=None,
+                       help="a grid file (TOML) instead of a preset")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory")
+    bench.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser, train
 
 
@@ -499,6 +511,23 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from attacks.bench import run
+
+    if args.preset is not None and args.bench_config is not None:
+        raise ConfigError("--preset, --config: give one of them")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
+    paths = run(args.out, preset=args.preset, config_file=args.bench_config, jobs=args.jobs,
+                progress=not args.no_progress)
+    console = Console()
+    console.print(paths["summary"].read_text())
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``secagg`` console script; returns the exit status."""
     parser, train = _build_parsers()
@@ -510,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except FlagError as exc:
                 train.error(str(exc))  # usage line + "secagg train: error: ...", exit status 2
             return _train(args, config)
+        if args.command == "bench":
+            return _bench(args)
     except SecAggError as exc:
         print(f"secagg: error: {exc}", file=sys.stderr)
         return 2

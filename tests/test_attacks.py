@@ -77,8 +77,9 @@ def test_sign_flip_scaling_and_model_replacement_use_the_attackers_own_updates()
     c = ctx(HONEST, own=[[1.0, -2.0], [0.5, 0.0]])
     assert torch.equal(SignFlip().craft(c), -c.own)
     assert torch.equal(Scaling(factor=3.0).craft(c), 3.0 * c.own)
-    assert torch.equal(ModelReplacement().craft(c), 5.0 * c.own)  # n = 5 updates, server lr 1
-    assert torch.equal(ModelReplacement(server_lr=0.5).craft(c), 10.0 * c.own)
+    assert torch.equal(ModelReplacement().craft(c), 2.5 * c.own)  # n = 5 updates, f = 2, server lr 1
+    assert torch.equal(ModelReplacement(server_lr=0.5).craft(c), 5.0 * c.own)
+    assert torch.equal(ModelReplacement(boost=7.0).craft(c), 7.0 * c.own)
     assert not SignFlip.omniscient and ALIE.omniscient
 
 

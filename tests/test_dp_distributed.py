@@ -275,3 +275,21 @@ def test_accountant_kwargs_feed_the_discrete_accountant(mechanism):
         assert kw["mu"] == pytest.approx(8 * agg.plan(100).sigma_l ** 2)  # 8 clients' variances
     with pytest.raises(ConfigError, match="noise_multiplier"):
         DistributedDP(noise_multiplier=0.0).accountant_kwargs(100)
+
+
+def test_epsilon_after_composes_the_mechanisms_rdp_over_rounds():
+    from dp.accounting import DiscreteMechanismAccountant
+
+    for mechanism in ("ddg", "skellam"):
+        agg = DistributedDP(mechanism=mechanism, clip=1.0, noise_multiplier=1.0, expected_clients=10,
+                            delta=1e-5, target_epsilon=5.0)
+        direct = DiscreteMechanismAccountant(**agg.accountant_kwargs(100), sample_rate=1.0, sampling="none")
+        eps = [agg.epsilon_after(r, 100) for r in (1, 2, 4)]
+        assert eps == [direct.epsilon(r, 1e-5) for r in (1, 2, 4)]
+        assert eps[0] < eps[1] < eps[2]
+        assert agg.privacy_budget() == 5.0
+    assert DistributedDP(noise_multiplier=0.0).epsilon_after(3, 100) is None
+    with pytest.raises(ConfigError, match="dim: distributed DP's sensitivity depends on the update length"):
+        DistributedDP().epsilon_after(3)
+    with pytest.raises(ConfigError, match="delta: must be < 1"):
+        DistributedDP(delta=1.0)

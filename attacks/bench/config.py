@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import attacks  # noqa: F401  (registers every attack kind)
+import dp  # noqa: F401  (registers the DP aggregators, so grids can name them)
 from attacks.base import UpdateAttack
 from attacks.data_poisoning import DataAttack
 from secagg.aggregation import Aggregator

@@ -87,9 +87,13 @@ def summary_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> str:
             lines += [f"| {d} | " + " | ".join(_fmt(asr.get((d, a))) for a in backdoors) + " |"
                       for d in defences]
         lines.append("")
-    stopped = [r for r in rows if r.get("stopped")]
-    if stopped:
-        lines += [f"{len(stopped)} cell(s) stopped early (privacy budget).", ""]
+    diverged = [r for r in rows if (r.get("stopped") or "").startswith("diverged")]
+    budget = [r for r in rows if (r.get("stopped") or "").startswith("privacy budget")]
+    if diverged:
+        lines += [f"{len(diverged)} cell(s) diverged (NaN/Inf) and report the last finite model: "
+                  + ", ".join(f"{r['attack']} vs {r['defence']} ({r['partition']})" for r in diverged), ""]
+    if budget:
+        lines += [f"{len(budget)} cell(s) stopped at their privacy budget.", ""]
     total = sum(r["seconds"] for r in rows)
     lines.append(f"{len(rows)} cells, {total:.0f} s of training in total.")
     return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from typing import Any
 
 from attacks.bench.config import BenchConfig, partition_config
 from attacks.byzantine import ByzantineClients
-from secagg.errors import ConfigError
+from secagg.errors import ConfigError, UpdateError
 from secagg.experiment import ExperimentConfig, run_experiment
 from secagg.fedavg import ClientConfig, FedAvgConfig
 from secagg.task import TaskConfig
@@ -73,10 +73,22 @@ def experiment_config(config: BenchConfig, cell: Cell) -> ExperimentConfig:
 
 def run_cell(config: BenchConfig, cell: Cell,
              on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train one cell and return its results row (with the per-round curves)."""
+    """Train one cell and return its results row (with the per-round curves). A run the attack
+    drives to NaN/Inf ends there: its row keeps the accuracy of the last finite model and says in
+    ``stopped`` that it diverged."""
     started = time.perf_counter()
-    result = run_experiment(experiment_config(config, cell), None, on_round=on_round)
-    history = result.history
+    history: list[dict[str, Any]] = []
+
+    def record(row: dict[str, Any]) -> None:
+        history.append(row)
+        if on_round is not None:
+            on_round(row)
+
+    try:
+        stopped = run_experiment(experiment_config(config, cell), None, on_round=record).stopped
+    except UpdateError as exc:
+        # the attack drove training to NaN/Inf: a result (the worst one), not a crash of the grid
+        stopped = f"diverged in round {len(history) + 1}: {exc}"
     last = history[-1] if history else {}
     accuracies = [r["accuracy"] for r in history]
     return {
@@ -86,7 +98,7 @@ def run_cell(config: BenchConfig, cell: Cell,
         "attack_success": last.get("attack_success"),
         "epsilon": last.get("epsilon"),
         "rounds": len(history),
-        "stopped": result.stopped,
+        "stopped": stopped,
         "seconds": time.perf_counter() - started,
         "curve": accuracies,
         "attack_success_curve": [r.get("attack_success") for r in history],

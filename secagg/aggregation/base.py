@@ -128,9 +128,10 @@ class Aggregator(Registered, ABC, family="aggregator"):
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         """Combine ``batch`` into one update of length ``batch.dim``; never mutate the inputs."""
 
-    def epsilon_after(self, rounds: int) -> float | None:
+    def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
         """The differential-privacy epsilon (at the mechanism's own delta) after ``rounds`` rounds of
-        this aggregator, or ``None`` if it makes no DP guarantee (the default)."""
+        this aggregator on updates of ``dim`` coordinates (mechanisms whose sensitivity depends on
+        the dimension need it), or ``None`` if it makes no DP guarantee (the default)."""
         return None
 
     def privacy_budget(self) -> float | None:
@@ -161,8 +162,8 @@ class Wrapper(Aggregator):
     def init_state(self, dim: int) -> AggState:
         return nest_state("inner", self.inner.init_state(dim))
 
-    def epsilon_after(self, rounds: int) -> float | None:
-        return self.inner.epsilon_after(rounds)
+    def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
+        return self.inner.epsilon_after(rounds, dim)
 
     def privacy_budget(self) -> float | None:
         return self.inner.privacy_budget()

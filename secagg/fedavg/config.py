@@ -8,6 +8,7 @@ from typing import Any
 from secagg.aggregation import Aggregator, Mean
 from secagg.config_io import from_plain, to_plain
 from secagg.errors import ConfigError
+from secagg.fedavg.adversary import Adversary
 from secagg.fedavg.trainer import ClientTrainer, SGDTrainer
 from secagg.layout import BUFFER_POLICIES
 from secagg.validation import check_choice, check_int, check_real
@@ -67,6 +68,7 @@ class FedAvgConfig:
     aggregator: Aggregator = field(default_factory=Mean)
     buffers: str = "aggregate"
     trainer: ClientTrainer = field(default_factory=SGDTrainer)
+    adversary: Adversary | None = None
     sampling: str = "fixed"
 
     def __post_init__(self) -> None:
@@ -80,6 +82,9 @@ class FedAvgConfig:
         if not isinstance(self.aggregator, Aggregator):
             raise ConfigError(f"aggregator: expected an Aggregator, got "
                               f"{type(self.aggregator).__name__}")
+        if self.adversary is not None and not isinstance(self.adversary, Adversary):
+            raise ConfigError(f"adversary: expected an Adversary or None, got "
+                              f"{type(self.adversary).__name__}")
         if not isinstance(self.trainer, ClientTrainer):
             raise ConfigError(f"trainer: expected a ClientTrainer, got {type(self.trainer).__name__}")
         check_choice("sampling", self.sampling, SAMPLING)

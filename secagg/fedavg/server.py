@@ -75,6 +75,8 @@ class FedAvg:
         self.seed = seed
         self.layout = ParamLayout.from_module(model, config.buffers)
         self.examples = {i: len(part) for i, part in enumerate(data.partition)}
+        self.malicious = (config.adversary.malicious(data.num_clients, derive_seed(seed, "adversary"))
+                          if config.adversary is not None else frozenset())
         self._agg_epsilon: dict[int, float | None] = {}
         self._trainer_epsilon: tuple[tuple[int, ...] | None, float | None] = (None, None)
 
@@ -112,7 +114,7 @@ class FedAvg:
         """(who, epsilon after ``round_index`` rounds, budget) for the aggregator and the trainer."""
         agg, trainer = self.config.aggregator, self.config.trainer
         if round_index not in self._agg_epsilon:
-            self._agg_epsilon[round_index] = agg.epsilon_after(round_index)
+            self._agg_epsilon[round_index] = agg.epsilon_after(round_index, self.layout.dim)
         key = tuple(participations.tolist())
         if self._trainer_epsilon[0] != key:  # privacy_stop and run_round ask for the same counts
             counts = {i: k for i, k in enumerate(key) if k > 0}
@@ -159,9 +161,14 @@ class FedAvg:
         updates: list[ClientUpdate] = []
         rejected: list[int] = []
         for c in sampled:
+            data = self.data.client(c)
+            if c in self.malicious:
+                assert self.config.adversary is not None
+                data = self.config.adversary.poison_data(data, self.data.num_classes,
+                                                         derive_seed(self.seed, "poison", r, c))
             try:
                 updates.append(self.config.trainer.train(
-                    self.model, state.weights, self.data.client(c), self.config.client, self.layout,
+                    self.model, state.weights, data, self.config.client, self.layout,
                     seed=derive_seed(self.seed, "client", r, c), client_id=c))
             except UpdateError:
                 rejected.append(c)
@@ -173,6 +180,7 @@ class FedAvg:
             weights=torch.tensor([u.num_examples for u in updates], dtype=torch.float64),
             client_ids=tuple(u.client_id for u in updates),
             round=r, seed=derive_seed(self.seed, "aggregate", r), layout=self.layout)
+        batch = self._attack(batch, state)
         try:
             agg = self.config.aggregator.aggregate(batch, state.aggregator_state)
         except AbortError as exc:
@@ -198,10 +206,53 @@ class FedAvg:
             **evaluate(self.model, weights, self.data.test_x, self.data.test_y),
             "update_norm": float(torch.linalg.vector_norm(agg.update)),
             **{f"agg/{k}": v for k, v in agg.metrics.items()},
+            **self._adversary_metrics(weights, batch),
             "epsilon": epsilon,
             "seconds": time.perf_counter() - started,
         }
         return RoundResult(ServerState(r, weights, agg.state, momentum, participations), record)
+
+    def _attack(self, batch: UpdateBatch, state: ServerState) -> UpdateBatch:
+        """The batch with the malicious clients' rows replaced by what the adversary crafts from the
+        honest rows and their own; the deployed aggregator is offered as the defence to tune against
+        (on the round's state, honest rows first)."""
+        adversary = self.config.adversary
+        bad = [i for i, c in enumerate(batch.client_ids) if c in self.malicious]
+        if adversary is None or not bad:
+            return batch
+        good = [i for i in range(batch.num_clients) if i not in set(bad)]
+        order = good + bad
+        weights = batch.weights[order]
+        ids = tuple(batch.client_ids[i] for i in order)
+
+        def defence(stack: torch.Tensor) -> torch.Tensor:
+            trial = UpdateBatch(stack.to(batch.updates.dtype), weights, ids, batch.round, batch.seed,
+                                batch.layout)
+            return self.config.aggregator.aggregate(trial, state.aggregator_state).update
+
+        crafted = adversary.craft(batch.updates[good], batch.updates[bad], defence,
+                                  derive_seed(self.seed, "craft", batch.round))
+        if tuple(crafted.shape) != (len(bad), batch.dim):
+            raise UpdateError(f"adversary {adversary.kind!r}: crafted updates of shape "
+                              f"{tuple(crafted.shape)}, expected ({len(bad)}, {batch.dim})")
+        updates = batch.updates.clone()
+        updates[bad] = crafted.to(updates.dtype)
+        return batch.replace(updates=updates)
+
+    def _adversary_metrics(self, weights: Mapping[str, torch.Tensor], batch: UpdateBatch) -> dict[str, Any]:
+        adversary = self.config.adversary
+        if adversary is None:
+            return {}
+        net = copy.deepcopy(self.model)
+        net.load_state_dict(weights, strict=True)
+        net.train(False)
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return torch.cat([net(xb).argmax(dim=1) for xb in x.split(2048)])
+
+        malicious = sum(1 for c in batch.client_ids if c in self.malicious)
+        return {"malicious": malicious, **adversary.metrics(predict, self.data.test_x, self.data.test_y)}
 
     def _server_step(self, state: ServerState, update: torch.Tensor
                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:

@@ -1,0 +1,153 @@
+"""The attack benchmark: grid files, resumption, reports, and the papers' effects on the quick preset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tomllib
+
+import pytest
+
+from attacks.bench import load, run, run_grid, write_reports
+from attacks.bench.config import parse
+from attacks.bench.runner import cells
+from secagg.cli import main
+from secagg.errors import ConfigError
+
+TINY = """
+[run]
+rounds = 2
+clients = 5
+local_epochs = 1
+batch_size = 32
+seeds = [0]
+attackers = [0.2]
+partitions = ["iid"]
+
+[attacks]
+none = {}
+ipm = { update = { kind = "ipm", epsilon = 10.0 } }
+
+[defences]
+mean = { kind = "mean" }
+median = { kind = "median" }
+"""
+
+
+def tiny(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return load(path)
+
+
+def without_time(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_grid_has_one_baseline_per_defence_and_every_attacked_cell(tmp_path):
+    grid = cells(tiny(tmp_path))
+    assert [(c.attack, c.defence, c.attackers) for c in grid] == [
+        ("none", "mean", 0.0), ("ipm", "mean", 0.2), ("none", "median", 0.0), ("ipm", "median", 0.2)]
+
+
+def test_an_interrupted_grid_resumes_to_the_same_table(tmp_path):
+    config = tiny(tmp_path)
+    first = run_grid(config, tmp_path / "a", progress=False, limit=2)
+    assert len(first) == 2 and len(json.loads((tmp_path / "a" / "results.json").read_text())["cells"]) == 2
+    resumed = run_grid(config, tmp_path / "a", progress=False)
+    straight = run_grid(config, tmp_path / "b", progress=False)
+    assert without_time(resumed) == without_time(straight) and len(straight) == 4
+    assert without_time(resumed[:2]) == without_time(first), "finished cells are kept, not rerun"
+
+
+def test_reports_have_the_promised_columns_and_files(tmp_path):
+    config = tiny(tmp_path)
+    rows = run_grid(config, tmp_path, progress=False)
+    paths = write_reports(tmp_path, config, rows)
+    with paths["csv"].open() as fh:
+        table = list(csv.DictReader(fh))
+    promised = {"attack", "defence", "attackers", "partition", "seed", "accuracy", "attack_success"}
+    assert promised <= set(table[0])
+    assert len(table) == 4 and all(r["attack_success"] == "" for r in table)
+    ipm_mean = next(r for r in table if r["attack"] == "ipm" and r["defence"] == "mean")
+    assert float(ipm_mean["accuracy"]) == pytest.approx(rows[1]["accuracy"])
+    summary = paths["summary"].read_text()
+    assert "| defence | none | ipm | worst |" in summary
+    assert paths["heatmap"].stat().st_size > 0 and (tmp_path / "accuracy_ipm.png").stat().st_size > 0
+
+
+def test_a_results_file_from_another_grid_is_not_mixed_in(tmp_path):
+    run_grid(tiny(tmp_path), tmp_path, progress=False, limit=1)
+    other = parse(tomllib.loads(TINY.replace("rounds = 2", "rounds = 3")))
+    with pytest.raises(ConfigError, match="written by another benchmark configuration"):
+        run_grid(other, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("rounds = 2", "round = 2"), r"run: unknown key\(s\) round; allowed: rounds, clients"),
+    (('partitions = ["iid"]', 'partitions = ["dirichlet"]'),
+     r"run.partitions: 'dirichlet' is not one of 'iid', 'dirichlet:<alpha>'"),
+    (('kind = "ipm"', 'kind = "ipmm"'), r"attacks.ipm: attack.kind: unknown 'ipmm'; known: alie"),
+    (("epsilon = 10.0", "epsilon = -1.0"), r"attacks.ipm: epsilon: must be > 0"),
+    (('median = { kind = "median" }', 'median = { kind = "medain" }'),
+     r"defences.median: aggregator.kind: unknown 'medain'; known: "),
+    (("attackers = [0.2]", "attackers = [0.6]"), r"run.attackers: fractions must be in \(0, 0.5\)"),
+    (("[defences]", "[defense]"), r"config: unknown key\(s\) defense; allowed: run, attacks, defences"),
+])
+def test_a_malformed_config_names_the_key_and_the_allowed_values(edit, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(tomllib.loads(TINY.replace(*edit)))
+
+
+def test_bench_cli_rejects_a_bad_file_with_status_2(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY.replace("clients = 5", "clients = 0"))
+    assert main(["bench", "--config", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "run.clients: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_every_preset_parses():
+    for preset in ("quick", "default", "full"):
+        assert cells(load(preset=preset))
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    run(out, preset="quick", jobs=1, progress=False)
+    rows = json.loads((out / "results.json").read_text())["cells"]
+    return {(r["attack"], r["defence"], r["partition"]): r for r in rows}
+
+
+@pytest.mark.slow
+def test_quick_preset_sign_flip_and_ipm_break_the_mean_not_the_robust_rules(quick):
+    for attack in ("sign_flip", "ipm"):
+        mean = quick[(attack, "mean", "iid")]["accuracy"]
+        assert mean < 0.2, f"{attack}: FedAvg collapses to chance (10 classes), got {mean}"
+        for rule in ("median", "trimmed_mean", "krum"):
+            kept = quick[(attack, rule, "iid")]["accuracy"] / quick[("none", rule, "iid")]["accuracy"]
+            assert kept > 0.8, f"{attack} vs {rule}: keeps most of its clean accuracy, kept {kept:.2f}"
+
+
+@pytest.mark.slow
+def test_quick_preset_alie_hurts_krum_more_than_the_mean_on_non_iid_data(quick):
+    p = "dirichlet:0.3"
+    assert quick[("alie", "krum", p)]["accuracy"] < quick[("alie", "mean", p)]["accuracy"]
+
+
+@pytest.mark.slow
+def test_quick_preset_model_replacement_backdoor_and_what_reduces_it(quick):
+    success = {d: quick[("backdoor", d, "iid")]["attack_success"] for d in ("mean", "clip", "clip_dp")}
+    assert success["mean"] >= 0.9
+    assert success["clip_dp"] < success["clip"] < success["mean"]
+
+
+def test_a_cell_driven_to_nan_is_a_result_not_a_crash(tmp_path):
+    text = TINY.replace('ipm = { update = { kind = "ipm", epsilon = 10.0 } }',
+                        'boom = { update = { kind = "scaling", factor = 1e30 } }')
+    rows = run_grid(parse(tomllib.loads(text)), tmp_path, progress=False)
+    boom = next(r for r in rows if r["attack"] == "boom" and r["defence"] == "mean")
+    assert boom["stopped"].startswith("diverged in round"), boom["stopped"]
+    assert boom["rounds"] == 1 and boom["accuracy"] == pytest.approx(0.1, abs=0.05), "the last finite model"
+    median = next(r for r in rows if r["attack"] == "boom" and r["defence"] == "median")
+    assert median["stopped"] is None and median["rounds"] == 2, "the median is not dragged to NaN"
