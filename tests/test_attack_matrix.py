@@ -56,7 +56,9 @@ ATTACKS |= {kind: ByzantineClients(0.25, data_attack=attacks.DataAttack.from_dic
 
 
 def test_the_matrix_covers_every_registered_kind():
-    assert set(Aggregator.kinds()) == set(AGGREGATORS)
+    library = {k for k, cls in Aggregator._registry.items()  # other test modules register toy kinds
+               if cls.__module__.split(".")[0] in ("secagg", "dp")}
+    assert library == set(AGGREGATORS)
     assert len(ATTACKS) == len(attacks.UpdateAttack.kinds()) + len(attacks.DataAttack.kinds())
 
 

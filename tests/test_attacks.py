@@ -123,6 +123,13 @@ def test_min_max_search_finds_the_largest_gamma():
     assert float(m) == pytest.approx(0.0, abs=1e-4)
 
 
+def test_min_sum_search_finds_the_largest_gamma():
+    # honest 0, 1, 2; m = 1 - gamma: sum of squared distances 2 + 3 gamma^2 <= the largest honest
+    # sum, 0 + 1 + 4 = 5, so gamma = 1 and m = 0
+    m = MinSum(perturbation="std").craft(ctx([[0.0], [1.0], [2.0]]))[0, 0]
+    assert float(m) == pytest.approx(0.0, abs=1e-4)
+
+
 def test_mimic_copies_the_honest_update_along_the_main_direction():
     honest = [[-3.0, 0.1], [1.0, 0.0], [2.0, -0.1]]  # spread along x; row 0 is farthest along it
     out = Mimic().craft(ctx(honest))

@@ -151,3 +151,10 @@ def test_a_cell_driven_to_nan_is_a_result_not_a_crash(tmp_path):
     assert boom["rounds"] == 1 and boom["accuracy"] == pytest.approx(0.1, abs=0.05), "the last finite model"
     median = next(r for r in rows if r["attack"] == "boom" and r["defence"] == "median")
     assert median["stopped"] is None and median["rounds"] == 2, "the median is not dragged to NaN"
+
+
+def test_parallel_cells_give_the_same_table(tmp_path):
+    config = tiny(tmp_path)
+    parallel = run_grid(config, tmp_path / "p", jobs=2, progress=False)
+    serial = run_grid(config, tmp_path / "s", jobs=1, progress=False)
+    assert without_time(parallel) == without_time(serial)

@@ -15,7 +15,7 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_second():
     assert first_block and README.index(first_block.group(0)) < README.index("## ")
     commands = [line for line in first_block.group(1).splitlines() if line.strip()]
     assert len(commands) == 2
-    assert "secagg train" in commands[0] and "pytest" in commands[1]
+    assert "secagg bench" in commands[0] and "pytest" in commands[1]
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith("#")]
     assert commands[1] in ci
