@@ -100,7 +100,9 @@ def dpsgd_epsilon(trainer: DPSGDTrainer, client_config_batch_size: int, epochs: 
         raise ConfigError(f"trainer: expected a DPSGDTrainer, got {type(trainer).__name__}")
     check_int("client.batch_size", client_config_batch_size, minimum=0)
     check_int("client.epochs", epochs, minimum=1)
-    worst, memo = 0.0, {}
+    # epsilon grows with the step count at a fixed rate, so per rate only the most exposed client
+    # needs an accountant: one call per distinct rate instead of one per client schedule
+    most_steps: dict[float, int] = {}
     for c, rounds in participations.items():
         check_int(f"participations[{c}]", rounds, minimum=0)
         if rounds == 0:
@@ -109,11 +111,9 @@ def dpsgd_epsilon(trainer: DPSGDTrainer, client_config_batch_size: int, epochs: 
             raise ConfigError(f"examples: no example count for client {c}, which took part "
                               f"in {rounds} round(s)")
         _, steps, rate = poisson_schedule(examples[c], client_config_batch_size)
-        key = (rate, rounds * epochs * steps)
-        if key not in memo:
-            memo[key] = _epsilon(trainer.accountant, trainer.noise_multiplier, *key, trainer.delta)
-        worst = max(worst, memo[key])
-    return worst
+        most_steps[rate] = max(most_steps.get(rate, 0), rounds * epochs * steps)
+    return max((_epsilon(trainer.accountant, trainer.noise_multiplier, rate, steps, trainer.delta)
+                for rate, steps in most_steps.items()), default=0.0)
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
