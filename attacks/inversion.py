@@ -167,7 +167,8 @@ def idlg_label(last_layer_weight_grad: torch.Tensor) -> int:
     return int(sums.argmin())
 
 
-def _last_weight_grad(model: nn.Module, grads: Grads) -> torch.Tensor:
+def last_weight_grad(model: nn.Module, grads: Grads) -> torch.Tensor:
+    """The gradient of the model's last linear layer weight (the input of :func:`idlg_label`)."""
     for p, g in zip(reversed(_params(model)), reversed(grads), strict=True):
         if p.dim() == 2:
             return g
@@ -191,7 +192,7 @@ def _labels_arg(label: int | Sequence[int] | torch.Tensor | None, n: int, num_cl
         check_choice("label", label, ("idlg",))
         if n != 1:
             raise ConfigError(f"label: 'idlg' recovers one example's label, needs num_images = 1, got {n}")
-        return torch.tensor([idlg_label(_last_weight_grad(model, target))])
+        return torch.tensor([idlg_label(last_weight_grad(model, target))])
     lab = torch.as_tensor(label, dtype=torch.long).reshape(-1)
     if lab.numel() != n or bool((lab < 0).any()) or bool((lab >= num_classes).any()):
         raise ConfigError(f"label: expected {n} label(s) in [0, {num_classes - 1}], got {lab.tolist()}")
@@ -286,7 +287,7 @@ def analytic_first_layer(model: nn.Module, target_grads: Sequence[torch.Tensor],
     if float(db[i]) == 0.0:
         raise ConfigError("target_grads: the first layer's bias gradient is zero; nothing to invert")
     x = (dw[i] / db[i]).reshape(1, *shape).clamp(0.0, 1.0).to(params[0].dtype)
-    label = torch.tensor([idlg_label(_last_weight_grad(model, target))])
+    label = torch.tensor([idlg_label(last_weight_grad(model, target))])
     return Reconstruction(x, label, 0.0, 0)
 
 
@@ -316,7 +317,7 @@ def inverting_gradients(model: nn.Module, target_grads: Sequence[torch.Tensor],
     tv_weight = check_real("tv_weight", tv_weight, ge=0.0)
     restarts = check_int("restarts", restarts, minimum=1)
     check_int("seed", seed, minimum=0)
-    classes = int(_last_weight_grad(model, target).shape[0]) if num_classes is None else \
+    classes = int(last_weight_grad(model, target).shape[0]) if num_classes is None else \
         check_int("num_classes", num_classes, minimum=2)
     n = 1 if isinstance(label, str | int) else len(torch.as_tensor(label).reshape(-1))
     labels = _labels_arg(label, n, classes, model, target)

@@ -115,8 +115,12 @@ def test_every_preset_parses():
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
     run(out, preset="quick", jobs=1, progress=False)
-    rows = json.loads((out / "results.json").read_text())["cells"]
-    return {(r["attack"], r["defence"], r["partition"]): r for r in rows}
+    saved = json.loads((out / "results.json").read_text())
+    table = {(r["attack"], r["defence"], r["partition"]): r for r in saved["cells"]}
+    table |= {(r["attack"], r["defence"], "privacy"): r for r in saved["privacy"]}
+    assert (out / "privacy.csv").exists() and (out / "privacy.png").exists()
+    assert "## Privacy: what updates and models leak" in (out / "summary.md").read_text()
+    return table
 
 
 @pytest.mark.slow
@@ -158,3 +162,41 @@ def test_parallel_cells_give_the_same_table(tmp_path):
     parallel = run_grid(config, tmp_path / "p", jobs=2, progress=False)
     serial = run_grid(config, tmp_path / "s", jobs=1, progress=False)
     assert without_time(parallel) == without_time(serial)
+
+
+@pytest.mark.slow
+def test_quick_preset_privacy_cells_show_leakage_and_what_stops_it(quick):
+    from attacks.membership import dp_tpr_bound
+
+    plain, summed, noised = (quick[("dlg", d, "privacy")] for d in ("none", "secure_sum_8", "dp_z0.1"))
+    assert plain["psnr"] > 80 and plain["label_accuracy"] == 1.0, "a single gradient gives the image away"
+    assert summed["psnr"] < 20 and noised["psnr"] < 20, "the sum of 8, or clip + noise, does not"
+    assert noised["epsilon"] > 0 and plain["epsilon"] is None
+    lira, dp_lira = quick[("lira", "none", "privacy")], quick[("lira", "dpsgd_eps1", "privacy")]
+    assert lira["auc"] > 0.55, "an undefended model leaks membership"
+    assert dp_lira["epsilon"] <= 1.0 + 1e-9
+    assert dp_lira["tpr_at_1pct_fpr"] <= dp_tpr_bound(0.01, dp_lira["epsilon"], 1e-5)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('[[privacy]]\nattack = "dlgg"', r"privacy\[0\].attack: 'dlgg' is not one of dlg, inverting_gradients"),
+    ('[[privacy]]\nattack = "lira"\ndefence = "secure_sum"',
+     r"privacy\[0\].defence: 'secure_sum' is not one of none, dpsgd, dp_fedavg for lira"),
+    ('[[privacy]]\nattack = "dlg"\ndefence = "dp"', r"privacy\[0\].noise_multiplier: dp needs a value > 0"),
+    ('[[privacy]]\nattack = "dlg"\nclient = 3', r"privacy\[0\]: unknown key\(s\) client; allowed: attack"),
+])
+def test_a_malformed_privacy_cell_names_the_key(table, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(tomllib.loads(TINY + "\n" + table + "\n"))
+
+
+def test_privacy_cells_are_resumed_like_the_others(tmp_path):
+    text = TINY + '\n[[privacy]]\nattack = "dlg"\nexamples = 1\n'
+    config = parse(tomllib.loads(text))
+    first = run_grid(config, tmp_path, progress=False, limit=4)
+    assert all(r.get("section") != "privacy" for r in first)
+    rows = run_grid(config, tmp_path, progress=False)
+    privacy = [r for r in rows if r.get("section") == "privacy"]
+    assert len(privacy) == 1 and privacy[0]["defence"] == "none" and privacy[0]["psnr"] > 80
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["cells"]) == 4 and saved["privacy"] == privacy

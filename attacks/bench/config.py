@@ -23,7 +23,8 @@ allowed ones::
     mean = { kind = "mean" }
     trimmed_mean = { kind = "trimmed-mean", f = "auto" }   # "auto": f = the cell's attacker count
 
-Named presets ship with the package (``quick``, ``default``, ``full``).
+An optional ``[[privacy]]`` array adds gradient-inversion and membership-inference cells (see
+:mod:`attacks.bench.privacy`). Named presets ship with the package (``quick``, ``default``, ``full``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 import attacks  # noqa: F401  (registers every attack kind)
 import dp  # noqa: F401  (registers the DP aggregators, so grids can name them)
 from attacks.base import UpdateAttack
+from attacks.bench.privacy import PrivacyCell, parse_cells
 from attacks.data_poisoning import DataAttack
 from secagg.aggregation import Aggregator
 from secagg.data.partition import PartitionConfig
@@ -83,6 +85,7 @@ class BenchConfig:
     attacks: tuple[AttackSpec, ...]
     defences: tuple[tuple[str, dict[str, Any]], ...]
     name: str = "custom"
+    privacy: tuple[PrivacyCell, ...] = ()
 
     def defence(self, name: str, attackers: int) -> Aggregator:
         """The named defence assuming ``attackers`` Byzantine clients (``f = "auto"`` becomes that)."""
@@ -134,7 +137,7 @@ def _list(where: str, value: Any, kind: type | tuple[type, ...]) -> tuple[Any, .
 
 def parse(data: dict[str, Any], name: str = "custom") -> BenchConfig:
     """A :class:`BenchConfig` from the parsed TOML tables; :class:`ConfigError` names the bad key."""
-    _check_keys("config", data, ["run", "attacks", "defences"])
+    _check_keys("config", data, ["run", "attacks", "defences", "privacy"])
     for table in ("attacks", "defences"):
         if table not in data:
             raise ConfigError(f"config: missing table [{table}]")
@@ -188,7 +191,8 @@ def parse(data: dict[str, Any], name: str = "custom") -> BenchConfig:
     return BenchConfig(rounds=run["rounds"], clients=run["clients"], local_epochs=run["local_epochs"],
                        batch_size=run["batch_size"], lr=float(run["lr"]), model=run["model"], seeds=seeds,
                        attackers=fractions, partitions=partitions, attacks=tuple(specs),
-                       defences=tuple(defences), name=name)
+                       defences=tuple(defences), name=name,
+                       privacy=parse_cells(data["privacy"]) if "privacy" in data else ())
 
 
 def load(path: str | Path | None = None, preset: str | None = None) -> BenchConfig:

@@ -8,8 +8,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from attacks.bench.config import NO_ATTACK, BenchConfig
 
+PRIVACY_COLUMNS = ("attack", "defence", "seed", "epsilon", "psnr", "ssim", "label_accuracy", "auc",
+                   "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "seconds")
 CSV_COLUMNS = ("attack", "defence", "attackers", "partition", "seed", "accuracy", "best_accuracy",
                "attack_success", "epsilon", "rounds", "stopped", "seconds")
 
@@ -24,12 +28,67 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] = CSV_COLUMNS) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
         for r in rows:
-            writer.writerow(["" if r.get(c) is None else r.get(c) for c in CSV_COLUMNS])
+            writer.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
+
+
+def split(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(poisoning rows, privacy rows)."""
+    return ([r for r in rows if r.get("section") != "privacy"],
+            [r for r in rows if r.get("section") == "privacy"])
+
+
+def privacy_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The privacy section of the summary: one line per (attack, defence), means over seeds."""
+    if not rows:
+        return []
+    lines = ["## Privacy: what updates and models leak", "",
+             "Reconstruction: PSNR (dB) / SSIM of the best-matching true image and iDLG label accuracy. "
+             "Membership: AUC and TPR at 1% / 0.1% FPR. Epsilon at delta 1e-5 where DP is on.", "",
+             "| attack | defence | epsilon | psnr | ssim | label acc. | auc | tpr@1% | tpr@0.1% |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["attack"], r["defence"])].append(r)
+    for (attack, defence), rs in groups.items():
+        def mean(key: str, rs: list[dict[str, Any]] = rs) -> float | None:
+            vals = [float(r[key]) for r in rs if r.get(key) is not None]
+            return _mean(vals) if vals else None
+        cols = ["epsilon", "psnr", "ssim", "label_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr"]
+        lines.append(f"| {attack} | {defence} | " + " | ".join(_fmt(mean(c)) for c in cols) + " |")
+    return [*lines, ""]
+
+
+def plot_privacy(out: Path, rows: list[dict[str, Any]]) -> Path:
+    """Bars: reconstruction PSNR per (attack, defence), and membership AUC / TPR@1% per (attack, defence)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recon = [r for r in rows if r.get("psnr") is not None]
+    member = [r for r in rows if r.get("auc") is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    labels = [f"{r['attack']}\n{r['defence']}" for r in recon]
+    axes[0].bar(range(len(recon)), [min(r["psnr"], 150.0) for r in recon], color="tab:red")
+    axes[0].set_xticks(range(len(recon)), labels, fontsize=7)
+    axes[0].set(ylabel="PSNR (dB, capped at 150)", title="gradient inversion")
+    labels = [f"{r['attack']}\n{r['defence']}" for r in member]
+    pos = np.arange(len(member))
+    axes[1].bar(pos - 0.2, [r["auc"] for r in member], width=0.4, label="AUC")
+    axes[1].bar(pos + 0.2, [r["tpr_at_1pct_fpr"] for r in member], width=0.4, label="TPR @ 1% FPR")
+    axes[1].axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    axes[1].set_xticks(pos, labels, fontsize=7)
+    axes[1].set(ylim=(0, 1), title="membership inference")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "privacy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def table(rows: list[dict[str, Any]], partition: str, metric: str = "accuracy",
@@ -160,11 +219,17 @@ def plot_heatmap(out: Path, rows: list[dict[str, Any]]) -> Path:
 def write_reports(out_dir: str | Path, config: BenchConfig, rows: list[dict[str, Any]]) -> dict[str, Path]:
     """results.csv, summary.md and the PNG plots next to results.json; returns their paths."""
     out = Path(out_dir)
+    rows, privacy = split(rows)
     paths = {"csv": out / "results.csv", "summary": out / "summary.md"}
     write_csv(paths["csv"], rows)
-    paths["summary"].write_text(summary_markdown(config, rows))
+    summary = summary_markdown(config, rows) if rows else f"# Attack benchmark: preset `{config.name}`\n\n"
+    paths["summary"].write_text(summary + "\n".join(privacy_markdown(privacy)))
     if rows:
         paths["heatmap"] = plot_heatmap(out, rows)
         for p in plot_curves(out, rows):
             paths[p.stem] = p
+    if privacy:
+        paths["privacy_csv"] = out / "privacy.csv"
+        write_csv(paths["privacy_csv"], privacy, PRIVACY_COLUMNS)
+        paths["privacy"] = plot_privacy(out, privacy)
     return paths

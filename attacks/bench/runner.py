@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from attacks.bench.config import BenchConfig, partition_config
+from attacks.bench.privacy import run_privacy_cell
 from attacks.byzantine import ByzantineClients
 from secagg.errors import ConfigError, UpdateError
 from secagg.experiment import ExperimentConfig, run_experiment
@@ -124,7 +125,14 @@ def _load_done(path: Path, config: BenchConfig) -> dict[str, dict[str, Any]]:
     if not same:
         raise ConfigError(f"{path}: written by another benchmark configuration; use another --out (or "
                           f"delete it) to start a new grid")
-    return {Cell(r["attack"], r["defence"], r["attackers"], r["partition"], r["seed"]).key: r for r in rows}
+    done = {Cell(r["attack"], r["defence"], r["attackers"], r["partition"], r["seed"]).key: r for r in rows}
+    for r in saved.get("privacy", []):
+        done[_privacy_key(r["attack"], r["defence"], r["seed"])] = r
+    return done
+
+
+def _privacy_key(attack: str, defence: str, seed: int) -> str:
+    return f"privacy|{attack}|{defence}|{seed}"
 
 
 def config_dict(config: BenchConfig) -> dict[str, Any]:
@@ -133,13 +141,16 @@ def config_dict(config: BenchConfig) -> dict[str, Any]:
 
 def _save(path: Path, config: BenchConfig, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"config": config_dict(config), "cells": rows}, indent=1))
+    cells_ = [r for r in rows if r.get("section") != "privacy"]
+    privacy = [r for r in rows if r.get("section") == "privacy"]
+    tmp.write_text(json.dumps({"config": config_dict(config), "cells": cells_, "privacy": privacy}, indent=1))
     tmp.replace(path)
 
 
 def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progress: bool = True,
              limit: int | None = None) -> list[dict[str, Any]]:
-    """Run every cell not already in ``out_dir/results.json`` and return all rows in grid order.
+    """Run every cell not already in ``out_dir/results.json`` and return all rows in grid order
+    (poisoning cells, then the privacy cells, whose rows carry ``"section": "privacy"``).
 
     ``jobs > 1`` runs cells in that many processes. ``limit`` stops after that many new cells (for
     tests of resumption). The caller writes the reports (:func:`attacks.bench.report.write_reports`).
@@ -154,13 +165,19 @@ def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progres
     done = _load_done(path, config)
     grid = cells(config)
     todo = [c for c in grid if c.key not in done][:limit]
+    privacy = [(p, s) for s in config.seeds for p in config.privacy]
+    privacy_todo = [(p, s) for p, s in privacy if _privacy_key(p.attack, p.defence_name, s) not in done]
+    if limit is not None:
+        privacy_todo = privacy_todo[:max(0, limit - len(todo))]
 
     def ordered() -> list[dict[str, Any]]:
-        return [done[c.key] for c in grid if c.key in done]
+        keys = [c.key for c in grid] + [_privacy_key(p.attack, p.defence_name, s) for p, s in privacy]
+        return [done[k] for k in keys if k in done]
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   disable=not progress) as bar:
-        cells_task = bar.add_task("cells", total=len(grid), completed=len(grid) - len(todo))
+        total = len(grid) + len(privacy)
+        cells_task = bar.add_task("cells", total=total, completed=total - len(todo) - len(privacy_todo))
         rounds_task = bar.add_task("rounds", total=config.rounds, visible=jobs == 1)
         if jobs == 1:
             for cell in todo:
@@ -176,4 +193,10 @@ def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progres
                     done[futures[future].key] = future.result()
                     _save(path, config, ordered())
                     bar.advance(cells_task)
+        for cell, seed in privacy_todo:  # in this process: each cell is a few seconds
+            bar.update(rounds_task, visible=False)
+            row = run_privacy_cell(cell, seed, out)
+            done[_privacy_key(cell.attack, cell.defence_name, seed)] = row
+            _save(path, config, ordered())
+            bar.advance(cells_task)
     return ordered()

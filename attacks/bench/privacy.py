@@ -1,0 +1,298 @@
+"""The privacy section of the benchmark: what an update or a released model leaks, per defence.
+
+A grid file lists privacy cells as an array of tables::
+
+    [[privacy]]
+    attack = "dlg"              # dlg | inverting_gradients (reconstruction); loss_threshold | lira
+    defence = "secure_sum"      # none | secure_sum (k clients summed) | dp (clip + noise) | dpsgd
+    clients = 8                 # secure_sum: k
+    noise_multiplier = 0.1      # dp: z (noise std z * clip on the single-example gradient)
+    clip = 1.0                  # dp: C
+    epsilon = 4.0               # dpsgd: the record-level target epsilon of the trained model
+
+Reconstruction cells attack single-example gradients of the digits MLP at its initial weights (what
+an honest-but-curious server sees), the sum of k clients' gradients (what it sees under secure
+aggregation), or a clipped and noised gradient (local DP; its epsilon is that of one Gaussian release
+with sensitivity 2C). They report ``psnr`` and ``ssim`` of the best-matching true image (dB; 1 =
+identical) and ``label_accuracy`` (the iDLG label is among the true labels). Membership cells train a
+target MLP (plain, or DP-SGD at ``epsilon``) on half of a pool of digits and attack it with the loss
+threshold (Yeom et al.) or LiRA online (Carlini et al., shadow models like the target); they report
+``auc``, ``tpr_at_1pct_fpr`` and ``tpr_at_0_1pct_fpr``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.image_metrics import ssim
+from attacks.inversion import (
+    best_match_psnr,
+    clip_and_noise,
+    dlg,
+    idlg_label,
+    inverting_gradients,
+    last_weight_grad,
+    single_example_gradient,
+    summed_gradient,
+)
+from attacks.membership import (
+    auc,
+    balanced_in_mask,
+    lira_scores,
+    loss_threshold_scores,
+    model_confidences,
+    tpr_at_fpr,
+    train_model,
+)
+from secagg.errors import ConfigError
+from secagg.fedavg.config import ClientConfig
+from secagg.seeding import derive_seed, numpy_rng
+from secagg.task import TaskConfig, build_task
+
+RECONSTRUCTION = ("dlg", "inverting_gradients")
+MEMBERSHIP = ("loss_threshold", "lira")
+DEFENCES = {"dlg": ("none", "secure_sum", "dp"), "inverting_gradients": ("none", "secure_sum", "dp"),
+            "loss_threshold": ("none", "dpsgd", "dp_fedavg"), "lira": ("none", "dpsgd", "dp_fedavg")}
+KEYS = ("attack", "defence", "clients", "noise_multiplier", "clip", "epsilon", "examples", "shadows",
+        "targets", "pool")
+DELTA = 1e-5
+MEMBERSHIP_TRAINING = ClientConfig(epochs=60, batch_size=0, lr=1.0, momentum=0.9)
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass(frozen=True)
+class PrivacyCell:
+    attack: str
+    defence: str = "none"
+    clients: int = 1
+    noise_multiplier: float = 0.0
+    clip: float = 1.0
+    epsilon: float | None = None
+    examples: int = 4
+    shadows: int = 8
+    targets: int = 2
+    pool: int = 600
+
+    @property
+    def defence_name(self) -> str:
+        if self.defence == "secure_sum":
+            return f"secure_sum_{self.clients}"
+        if self.defence == "dp":
+            return f"dp_z{self.noise_multiplier:g}"
+        if self.defence == "dpsgd":
+            return f"dpsgd_eps{self.epsilon:g}"
+        if self.defence == "dp_fedavg":
+            return f"dp_fedavg_z{self.noise_multiplier:g}"
+        return "none"
+
+    @property
+    def key(self) -> str:
+        return f"privacy|{self.attack}|{self.defence_name}"
+
+
+def parse_cells(tables: Any) -> tuple[PrivacyCell, ...]:
+    """Validated :class:`PrivacyCell` values from the ``[[privacy]]`` tables."""
+    if not isinstance(tables, list):
+        raise ConfigError("privacy: expected an array of tables ([[privacy]])")
+    cells = []
+    for i, table in enumerate(tables):
+        where = f"privacy[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table")
+        unknown = sorted(set(table) - set(KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
+        attack = table.get("attack")
+        if attack not in DEFENCES:
+            raise ConfigError(f"{where}.attack: {attack!r} is not one of {', '.join(DEFENCES)}")
+        defence = table.get("defence", "none")
+        if defence not in DEFENCES[attack]:
+            raise ConfigError(f"{where}.defence: {defence!r} is not one of {', '.join(DEFENCES[attack])} "
+                              f"for {attack}")
+        cell = PrivacyCell(**table)
+        _check(cell, where)
+        cells.append(cell)
+    keys = [c.key for c in cells]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("privacy: two cells have the same attack and defence")
+    return tuple(cells)
+
+
+def _check(cell: PrivacyCell, where: str) -> None:
+    def positive_int(name: str, value: Any, minimum: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(f"{where}.{name}: expected an integer >= {minimum}, got {value!r}")
+
+    positive_int("clients", cell.clients, 1)
+    positive_int("examples", cell.examples, 1)
+    positive_int("shadows", cell.shadows, 2)
+    positive_int("targets", cell.targets, 1)
+    positive_int("pool", cell.pool, 20)
+    if cell.defence == "secure_sum" and cell.clients < 2:
+        raise ConfigError(f"{where}.clients: secure_sum needs >= 2 clients, got {cell.clients}")
+    z = cell.noise_multiplier
+    if cell.defence in ("dp", "dp_fedavg") and not (isinstance(z, int | float) and z > 0):
+        raise ConfigError(f"{where}.noise_multiplier: {cell.defence} needs a value > 0, got {z!r}")
+    if not (isinstance(cell.clip, int | float) and cell.clip > 0):
+        raise ConfigError(f"{where}.clip: must be > 0, got {cell.clip!r}")
+    if cell.defence == "dpsgd" and not (isinstance(cell.epsilon, int | float) and cell.epsilon > 0):
+        raise ConfigError(f"{where}.epsilon: dpsgd needs a target epsilon > 0, got {cell.epsilon!r}")
+
+
+def run_privacy_cell(cell: PrivacyCell, seed: int, out_dir: Path | None = None) -> dict[str, Any]:
+    """One privacy cell's results row (``attack``, ``defence``, ``epsilon`` and the metrics). With
+    ``out_dir``, a reconstruction cell also saves its image grid (true over reconstructed) there as
+    ``reconstruction_<attack>_<defence>_<seed>.png``."""
+    started = time.perf_counter()
+    if cell.attack in RECONSTRUCTION:
+        metrics = _reconstruction(cell, seed, out_dir)
+    else:
+        metrics = _membership(cell, seed)
+    return {"section": "privacy", "attack": cell.attack, "defence": cell.defence_name, "seed": seed,
+            **metrics, "seconds": time.perf_counter() - started}
+
+
+def _reconstruction(cell: PrivacyCell, seed: int, out_dir: Path | None) -> dict[str, Any]:
+    from dp.accounting import local_gaussian_epsilon
+
+    task = build_task(TaskConfig(num_clients=2, model="mlp"), seed=seed)
+    model, x, y = task.model, task.data.train_x, task.data.train_y
+    shape, classes = tuple(x.shape[1:]), task.data.num_classes
+    k = cell.clients if cell.defence == "secure_sum" else 1
+    psnrs, ssims, labels, pairs = [], [], [], []
+    for e in range(cell.examples):
+        rng = numpy_rng(seed, "privacy-examples", e)  # not secret: which examples are attacked
+        idx = torch.from_numpy(rng.choice(len(x), size=k, replace=False))
+        grads = (single_example_gradient(model, x[idx[0]], y[idx[0]]) if k == 1
+                 else summed_gradient(model, x[idx], y[idx]))
+        if cell.defence == "dp":
+            grads = clip_and_noise(grads, clip=cell.clip, noise_multiplier=cell.noise_multiplier,
+                                   seed=derive_seed(seed, "privacy-noise", e))
+        try:
+            label = idlg_label(last_weight_grad(model, grads))
+        except ConfigError:  # noise can leave no negative row: the attacker guesses class 0
+            label = 0
+        if cell.attack == "dlg":
+            recon = dlg(model, grads, shape, classes, label=label, seed=derive_seed(seed, "dlg", e))
+        else:
+            recon = inverting_gradients(model, grads, shape, label, seed=derive_seed(seed, "ig", e),
+                                        num_classes=classes)
+        truth = x[idx]
+        per_truth = torch.stack([best_match_psnr(recon.x[:1], t[None])[0] for t in truth])
+        best = int(torch.argmax(per_truth))
+        psnrs.append(float(per_truth[best]))
+        ssims.append(float(ssim(recon.x[:1], truth[best:best + 1])[0]))
+        labels.append(float(label in y[idx].tolist()))
+        pairs.append((truth[best], recon.x[0].detach()))
+    if out_dir is not None:
+        save_grid(pairs, Path(out_dir) / f"reconstruction_{cell.attack}_{cell.defence_name}_{seed}.png",
+                  f"{cell.attack} vs {cell.defence_name}: true (top), reconstructed (bottom)")
+    finite = [p for p in psnrs if math.isfinite(p)]
+    return {"epsilon": (local_gaussian_epsilon(cell.noise_multiplier, 1, DELTA) if cell.defence == "dp"
+                        else None),
+            "psnr": float(np.median(finite)) if finite else math.inf, "ssim": float(np.median(ssims)),
+            "label_accuracy": float(np.mean(labels))}
+
+
+def save_grid(pairs: list[tuple[torch.Tensor, torch.Tensor]], path: Path, title: str) -> None:
+    """A 2-row image grid: true images on top, their reconstructions below (grey, [0, 1])."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(pairs), figsize=(1.4 * len(pairs) + 0.4, 3.2), squeeze=False)
+    for j, (truth, recon) in enumerate(pairs):
+        for i, image in enumerate((truth, recon)):
+            axes[i, j].imshow(image[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_axis_off()
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _membership(cell: PrivacyCell, seed: int) -> dict[str, Any]:
+    from dp import DPSGDTrainer, noise_multiplier_for
+
+    task = build_task(TaskConfig(num_clients=2, model="mlp"), seed=seed)
+    pool = numpy_rng(seed, "privacy-pool").permutation(len(task.data.train_x))[:cell.pool]  # not secret
+    x, y = task.data.train_x[pool], task.data.train_y[pool]
+    classes = task.data.num_classes
+    trainer = None
+    if cell.defence == "dpsgd":
+        assert cell.epsilon is not None
+        z = noise_multiplier_for(cell.epsilon, DELTA, 1.0, MEMBERSHIP_TRAINING.epochs, accountant="rdp")
+        trainer = DPSGDTrainer(noise_multiplier=z, max_grad_norm=MAX_GRAD_NORM, delta=DELTA, batch_size=0,
+                               epochs=MEMBERSHIP_TRAINING.epochs)
+    n = len(x)
+    shadow_mask = balanced_in_mask(cell.shadows, n, seed=derive_seed(seed, "privacy-shadows"))
+    target_mask = np.zeros((cell.targets, n), dtype=bool)
+    for t in range(cell.targets):  # targets independent of the shadows' split (see lira_scores)
+        target_mask[t, numpy_rng(seed, "privacy-target", t).permutation(n)[: n // 2]] = True  # not secret
+    mask = np.concatenate([shadow_mask, target_mask])
+    confs, losses, epsilons = [], [], []
+    for m in range(len(mask)):
+        idx = torch.from_numpy(np.flatnonzero(mask[m]))
+        model_seed = derive_seed(seed, "privacy-model", m)
+        if cell.defence == "dp_fedavg":
+            model, epsilon = _train_dp_fedavg(x[idx], y[idx], classes, cell, model_seed)
+        else:
+            trained = train_model("mlp", x[idx], y[idx], num_classes=classes, config=MEMBERSHIP_TRAINING,
+                                  trainer=trainer, seed=model_seed)
+            model, epsilon = trained.model, trained.epsilon
+        confs.append(model_confidences(model, x, y))
+        losses.append(loss_threshold_scores(model, x, y))
+        epsilons.append(epsilon)
+    conf = np.stack(confs)
+    shadows = cell.shadows
+    if cell.attack == "lira":
+        scores = np.concatenate([lira_scores(conf[t], conf[:shadows], shadow_mask, online=True)
+                                 for t in range(shadows, len(mask))])
+    else:
+        scores = np.concatenate(losses[shadows:])
+    member = target_mask.reshape(-1)
+    eps = max(epsilons)
+    return {"epsilon": None if math.isinf(eps) else eps, "auc": auc(scores, member),
+            "tpr_at_1pct_fpr": tpr_at_fpr(scores, member, 0.01),
+            "tpr_at_0_1pct_fpr": tpr_at_fpr(scores, member, 0.001)}
+
+
+FL_CLIENTS, FL_ROUNDS = 5, 20
+FL_TRAINING = ClientConfig(epochs=5, batch_size=0, lr=0.5, momentum=0.0)
+
+
+def _train_dp_fedavg(x: torch.Tensor, y: torch.Tensor, classes: int, cell: PrivacyCell,
+                     seed: int) -> tuple[torch.nn.Module, float]:
+    """An MLP trained by FedAvg with client-level DP (DP-FedAvg, ``cell.noise_multiplier`` and
+    ``cell.clip``) among ``FL_CLIENTS`` clients splitting ``(x, y)``, every client in each of
+    ``FL_ROUNDS`` rounds (no amplification); returns it and its epsilon at ``DELTA``. Client-level DP
+    of a client's whole data implies the same bound for each of its records."""
+    from dp import DPFedAvg
+    from secagg.data.federated import FederatedDataset
+    from secagg.fedavg import FedAvg, FedAvgConfig
+    from secagg.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "privacy-fl-init"))
+        model = build_model("mlp", tuple(x.shape[1:]), classes)
+    split = numpy_rng(seed, "privacy-fl-split").permutation(len(x))  # not secret: simulation
+    data = FederatedDataset(x, y, x[:1], y[:1], tuple(np.array_split(split, FL_CLIENTS)), classes)
+    aggregator = DPFedAvg(clip=cell.clip, noise_multiplier=cell.noise_multiplier,
+                          expected_clients=float(FL_CLIENTS), sample_rate=1.0, sampling="none", delta=DELTA)
+    fedavg = FedAvg(FedAvgConfig(rounds=FL_ROUNDS, fraction=1.0, client=FL_TRAINING, aggregator=aggregator),
+                    model, data, seed=seed)
+    state = fedavg.initial_state()
+    for _ in range(FL_ROUNDS):
+        state = fedavg.run_round(state).state
+    model.load_state_dict(state.weights)
+    model.train(False)
+    epsilon = aggregator.epsilon_after(FL_ROUNDS, fedavg.layout.dim)
+    assert epsilon is not None
+    return model, epsilon
