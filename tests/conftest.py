@@ -35,3 +35,21 @@ def make_dataset(num_clients: int = 3, per_client: int = 12, num_classes: int = 
 @pytest.fixture
 def small_dataset() -> FederatedDataset:
     return make_dataset()
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Import a script of ``benchmarks/`` by name (they are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_solve_noise_returns_the_smallest_noise_meeting_the_target():
-    bench = load("dp_digits")
+def test_solve_noise_returns_the_smallest_noise_meeting_the_target(load_benchmark):
+    bench = load_benchmark("dp_digits")
     z = bench.solve_noise(lambda z: 10.0 / z, 4.0)  # exact answer 2.5
     assert 10.0 / z <= 4.0
     assert z == pytest.approx(2.5, rel=2e-3)
@@ -30,8 +18,8 @@ def test_solve_noise_returns_the_smallest_noise_meeting_the_target():
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    bench = load("dp_digits")
+def quick(tmp_path_factory, load_benchmark):
+    bench = load_benchmark("dp_digits")
     out = tmp_path_factory.mktemp("dp") / "dp.json"
     assert bench.main(["--quick", "--repeats", "1", "--json", str(out)]) == 0
     return json.loads(out.read_text())

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_alie_z_matches_the_paper_formula():
-    bench = load("secure_bucketing_tradeoff")
+def test_alie_z_matches_the_paper_formula(load_benchmark):
+    bench = load_benchmark("secure_bucketing_tradeoff")
     # Baruch et al.: n = 50, f = 12 -> s = 14, z = Phi^-1(36/50) ~ 0.583
     assert bench.alie_z(50, 12) == pytest.approx(0.5828, abs=1e-3)
 
 
-def test_quick_run_shows_small_buckets_filter_a_far_attacker(tmp_path):
-    bench = load("secure_bucketing_tradeoff")
+def test_quick_run_shows_small_buckets_filter_a_far_attacker(load_benchmark, tmp_path):
+    bench = load_benchmark("secure_bucketing_tradeoff")
     out = tmp_path / "t.json"
     args = ["--quick", "--no-progress", "--json", str(out), "--plot", str(tmp_path / "t.png")]
     assert bench.main(args) == 0
