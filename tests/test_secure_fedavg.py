@@ -109,3 +109,9 @@ def test_an_aborted_secure_round_leaves_the_model_and_training_goes_on():
     assert [row["round"] for row in result.history] == [1, 2, 3]
     assert all("fewer than the threshold" in row["aborted"] for row in result.history)
     assert len({row["accuracy"] for row in result.history}) == 1, "the model never moved"
+
+
+def test_weighted_secure_sum_refuses_an_all_zero_weight_batch_by_name():
+    batch = UpdateBatch(torch.zeros(3, 4), torch.zeros(3), (0, 1, 2))
+    with pytest.raises(UpdateError, match="weights: every client has 0 examples"):
+        SecureSum().aggregate(batch, {})

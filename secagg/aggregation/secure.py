@@ -106,6 +106,9 @@ class SecureSum(Aggregator, kind="secure-sum"):
         counts = batch.weights[order].numpy()
         if self.weighted:
             bound = self.weight_bound or float(counts.max())
+            if bound <= 0:
+                raise UpdateError("weights: every client has 0 examples; a weighted secure sum needs a "
+                                  "positive total weight (or weighted=False)")
             if counts.max() > bound:
                 raise UpdateError(f"weights: a client has {counts.max():g} examples, "
                                   f"above weight_bound={bound:g}")
