@@ -1,8 +1,10 @@
-"""A statistical check for integer noise samplers (discrete Gaussian, Skellam, your own).
+"""Statistical checks for noise samplers (discrete Gaussian, Skellam, the CSPRNG Gaussian, your own).
 
-:func:`check_noise_mechanism` draws many samples and tests them against the mechanism's claimed
-probability mass function: a chi-square goodness-of-fit test (tails pooled so that every bin expects
-at least 5 draws) plus z-tests of the sample mean and variance against the pmf's moments.
+:func:`check_noise_mechanism` draws many samples of an integer sampler and tests them against the
+mechanism's claimed probability mass function: a chi-square goodness-of-fit test (tails pooled so
+that every bin expects at least 5 draws) plus z-tests of the sample mean and variance against the
+pmf's moments. :func:`check_continuous_noise` does the same for a real-valued sampler against a
+claimed CDF, with a Kolmogorov-Smirnov test.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import chi2, norm
+from scipy.stats import chi2, kstest, norm
 
-__all__ = ["check_noise_mechanism"]
+__all__ = ["check_continuous_noise", "check_noise_mechanism"]
 
 MIN_EXPECTED = 5.0
 
@@ -117,3 +119,36 @@ def check_noise_mechanism(sampler: Callable[[int], np.ndarray], pmf: Callable[[n
     if abs(z) > z_crit:
         raise AssertionError(f"variance test rejected the sampler: sample variance {v:.5g}, pmf variance "
                              f"{var:.5g}, z = {z:.3g}, p-value {2 * norm.sf(abs(z)):.3g} < alpha={alpha:g}")
+
+
+def check_continuous_noise(sampler: Callable[[int], np.ndarray],
+                           cdf: Callable[[np.ndarray], np.ndarray], *, mean: float, variance: float,
+                           samples: int = 20_000, alpha: float = 1e-3) -> None:
+    """Test that ``sampler(size)`` (``size`` real draws) follows the distribution with ``cdf`` and the
+    stated ``mean`` and ``variance``: a Kolmogorov-Smirnov test and z-tests of the sample mean and
+    variance (the latter assuming a Gaussian fourth moment, 3 variance^2), each at level ``alpha``.
+    Raises :class:`AssertionError` naming the failed test, its statistic and p-value."""
+    if samples < 100:
+        raise ValueError(f"samples: need at least 100 draws for the tests, got {samples}")
+    draws = np.asarray(sampler(samples), dtype=np.float64)
+    if draws.shape != (samples,):
+        raise AssertionError(f"sampler({samples}) returned shape {draws.shape}, expected ({samples},)")
+    if not np.all(np.isfinite(draws)):
+        raise AssertionError("sampler returned NaN or infinite draws")
+    result = kstest(draws, cdf)
+    if result.pvalue < alpha:
+        raise AssertionError(f"Kolmogorov-Smirnov test rejected the sampler: statistic "
+                             f"{result.statistic:.4g}, p-value {result.pvalue:.3g} < alpha={alpha:g} "
+                             f"({samples} draws)")
+    z_crit = float(norm.isf(alpha / 2))
+    m = float(draws.mean())
+    z = (m - mean) / math.sqrt(max(variance, 1e-300) / samples)
+    if abs(z) > z_crit:
+        raise AssertionError(f"mean test rejected the sampler: sample mean {m:.5g}, claimed {mean:.5g}, "
+                             f"z = {z:.3g}, p-value {2 * norm.sf(abs(z)):.3g} < alpha={alpha:g}")
+    v = float(draws.var(ddof=1))
+    z = (v - variance) / math.sqrt(max(2.0 * variance**2, 1e-300) / samples)
+    if abs(z) > z_crit:
+        raise AssertionError(f"variance test rejected the sampler: sample variance {v:.5g}, claimed "
+                             f"{variance:.5g}, z = {z:.3g}, p-value {2 * norm.sf(abs(z)):.3g} "
+                             f"< alpha={alpha:g}")

@@ -375,3 +375,16 @@ def test_attacker_placements_pick_f_distinct_rows(data, n):
 def test_hostile_bytes_differ_from_the_valid_message(data):
     valid = wire.encode(AdvertiseKeys(7, bytes(32), bytes(32), b""))
     assert data.draw(hostile_bytes(valid)) != valid
+
+
+def test_the_csprng_gaussian_passes_the_continuous_check_and_a_wrong_std_fails():
+    from scipy.stats import norm
+
+    from dp.gaussian import gaussian
+    from dp.testing import check_continuous_noise
+
+    check_continuous_noise(lambda n: gaussian(2.0, n, SecureRandom(SEED)), norm(scale=2.0).cdf,
+                           mean=0.0, variance=4.0)
+    with pytest.raises(AssertionError, match=r"(Kolmogorov-Smirnov|variance) test rejected the sampler"):
+        check_continuous_noise(lambda n: gaussian(2.2, n, SecureRandom(SEED)), norm(scale=2.0).cdf,
+                               mean=0.0, variance=4.0)
