@@ -35,7 +35,7 @@ OUTLIER_FACTOR = 1e4  # how much farther than ``magnitude`` an outlier row sits
 
 
 def _jitter(n: int, d: int) -> np.ndarray:
-    return np.random.default_rng(_JITTER_SEED).standard_normal((n, d))
+    return np.random.default_rng(_JITTER_SEED).standard_normal((n, d))  # not secret: test-data jitter
 
 
 @st.composite
