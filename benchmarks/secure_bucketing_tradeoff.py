@@ -36,17 +36,12 @@ from typing import Any
 
 import torch
 
+from attacks import alie_z
 from secagg.aggregation import Aggregator, CoordinateMedian, SecureBucketing, SecureSum, UpdateBatch
 from secagg.seeding import torch_generator
 
 BUCKET_SIZES = (2, 3, 4, 5, 8, 10)
 ATTACKS = ("alie", "sign-flip")
-
-
-def alie_z(n: int, f: int) -> float:
-    """Baruch et al.'s z_max for n workers of which f are Byzantine."""
-    s = math.floor(n / 2 + 1) - f
-    return statistics.NormalDist().inv_cdf((n - s) / n)
 
 
 def make_round(n: int, f: int, d: int, sigma: float, attack: str,
@@ -60,7 +55,7 @@ def make_round(n: int, f: int, d: int, sigma: float, attack: str,
     if f == 0:
         return honest.float(), mean
     if attack == "alie":
-        bad = mean + alie_z(n, f) * honest.std(dim=0)
+        bad = mean + alie_z(n, f) * honest.std(dim=0)  # ALIE, shifted the other way from attacks.ALIE
     elif attack == "sign-flip":
         bad = -10.0 * mean
     else:

@@ -26,20 +26,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dp.accounting import ACCOUNTANTS, SAMPLING, GaussianAccountant
-from dp.central import check_sum_inner, clip_rows, inner_sum
+from dp.central import GaussianAccounted, check_sum_inner, clip_rows, inner_sum
 from dp.gaussian import gaussian
 from dp.noise import SecureRandom
 from secagg.aggregation import Aggregate, Aggregator, AggState, Mean, SecureSum, UpdateBatch, Wrapper
 from secagg.aggregation.base import nest_state
 from secagg.errors import ConfigError
-from secagg.validation import check_choice, check_real
+from secagg.validation import check_real
 
 __all__ = ["AdaptiveClipDP"]
 
 
 @dataclass(frozen=True)
-class AdaptiveClipDP(Wrapper, kind="dp-fedavg-adaptive"):
+class AdaptiveClipDP(GaussianAccounted, Wrapper, kind="dp-fedavg-adaptive"):
     """DP-FedAvg whose clip norm follows the ``target_quantile`` of the update norms.
 
     ``initial_clip``: C_0 > 0. ``noise_multiplier``: z > 0, the *overall* multiplier the accountant
@@ -64,18 +63,12 @@ class AdaptiveClipDP(Wrapper, kind="dp-fedavg-adaptive"):
 
     def __post_init__(self) -> None:
         check_real("initial_clip", self.initial_clip, gt=0.0)
-        check_real("noise_multiplier", self.noise_multiplier, gt=0.0)
         check_real("expected_clients", self.expected_clients, gt=0.0)
         check_real("target_quantile", self.target_quantile, gt=0.0, lt=1.0)
         check_real("learning_rate", self.learning_rate, gt=0.0)
         if self.count_stddev is not None:
             check_real("count_stddev", self.count_stddev, gt=0.0)
-        check_real("sample_rate", self.sample_rate, gt=0.0, le=1.0)
-        check_real("delta", self.delta, gt=0.0, lt=1.0)
-        check_choice("accountant", self.accountant, ACCOUNTANTS)
-        check_choice("sampling", self.sampling, SAMPLING)
-        if self.target_epsilon is not None:
-            check_real("target_epsilon", self.target_epsilon, gt=0.0)
+        self.check_accounting()
         super().__post_init__()
         check_sum_inner(self.inner)
         if isinstance(self.inner, SecureSum) and self.inner.clip < 1.0:
@@ -100,17 +93,6 @@ class AdaptiveClipDP(Wrapper, kind="dp-fedavg-adaptive"):
         # the inner sees one extra coordinate (the clip bits)
         return {"clip": torch.tensor([float(self.initial_clip)], dtype=torch.float64),
                 **nest_state("inner", self.inner.init_state(dim + 1))}
-
-    def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
-        """Client-level epsilon at ``delta`` after ``rounds`` rounds (update and bits together)."""
-        acc = GaussianAccountant(self.noise_multiplier, self.sample_rate, self.accountant, self.sampling)
-        return acc.epsilon(rounds, self.delta)
-
-    def privacy_budget(self) -> float | None:
-        return self.target_epsilon
-
-    def poisson_sample_rate(self) -> float | None:
-        return self.sample_rate if self.sampling == "poisson" else None
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         return self.run_round(batch, state)

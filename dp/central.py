@@ -68,8 +68,46 @@ def inner_sum(wrapper: Wrapper, batch: UpdateBatch, state: AggState, **metrics: 
     return out.update.to(torch.float64) * count, out
 
 
+class GaussianAccounted:
+    """Accounting shared by the client-level Gaussian mechanisms (DP-FedAvg, adaptive clipping).
+
+    Subclasses declare the dataclass fields ``noise_multiplier``, ``sample_rate``, ``delta``,
+    ``accountant``, ``sampling`` and ``target_epsilon``, and call :meth:`check_accounting` in
+    ``__post_init__``. Listed before ``Wrapper`` in the bases, so these hooks answer for the wrapper
+    instead of delegating to the inner aggregator.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    delta: float
+    accountant: str
+    sampling: str
+    target_epsilon: float | None
+
+    def check_accounting(self) -> None:
+        check_real("noise_multiplier", self.noise_multiplier, gt=0.0)
+        check_real("sample_rate", self.sample_rate, gt=0.0, le=1.0)
+        check_real("delta", self.delta, gt=0.0, lt=1.0)
+        check_choice("accountant", self.accountant, ACCOUNTANTS)
+        check_choice("sampling", self.sampling, SAMPLING)
+        if self.target_epsilon is not None:
+            check_real("target_epsilon", self.target_epsilon, gt=0.0)
+
+    def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
+        """Client-level epsilon at ``delta`` after ``rounds`` rounds (:class:`GaussianAccountant`)."""
+        accountant = GaussianAccountant(self.noise_multiplier, self.sample_rate, self.accountant,
+                                        self.sampling)
+        return accountant.epsilon(rounds, self.delta)
+
+    def privacy_budget(self) -> float | None:
+        return self.target_epsilon
+
+    def poisson_sample_rate(self) -> float | None:
+        return self.sample_rate if self.sampling == "poisson" else None
+
+
 @dataclass(frozen=True)
-class DPFedAvg(Wrapper, kind="dp-fedavg"):
+class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
     """Clip to ``clip``, sum, add N(0, (noise_multiplier clip)^2), divide by ``expected_clients``.
 
     ``clip``: C > 0 (L2, per client update). ``noise_multiplier``: z > 0 (noise std / C on the sum).
@@ -92,14 +130,8 @@ class DPFedAvg(Wrapper, kind="dp-fedavg"):
 
     def __post_init__(self) -> None:
         check_real("clip", self.clip, gt=0.0)
-        check_real("noise_multiplier", self.noise_multiplier, gt=0.0)
         check_real("expected_clients", self.expected_clients, gt=0.0)
-        check_real("sample_rate", self.sample_rate, gt=0.0, le=1.0)
-        check_real("delta", self.delta, gt=0.0, lt=1.0)
-        check_choice("accountant", self.accountant, ACCOUNTANTS)
-        check_choice("sampling", self.sampling, SAMPLING)
-        if self.target_epsilon is not None:
-            check_real("target_epsilon", self.target_epsilon, gt=0.0)
+        self.check_accounting()
         super().__post_init__()
         check_sum_inner(self.inner)
 
@@ -107,19 +139,6 @@ class DPFedAvg(Wrapper, kind="dp-fedavg"):
     def noise_std(self) -> float:
         """Standard deviation of the noise per coordinate of the released mean: z C / (q N)."""
         return self.noise_multiplier * self.clip / self.expected_clients
-
-    def accountant_for(self) -> GaussianAccountant:
-        return GaussianAccountant(self.noise_multiplier, self.sample_rate, self.accountant, self.sampling)
-
-    def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
-        """Client-level epsilon at ``delta`` after ``rounds`` rounds (:class:`GaussianAccountant`)."""
-        return self.accountant_for().epsilon(rounds, self.delta)
-
-    def privacy_budget(self) -> float | None:
-        return self.target_epsilon
-
-    def poisson_sample_rate(self) -> float | None:
-        return self.sample_rate if self.sampling == "poisson" else None
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         return self.run_round(batch, state)

@@ -4,14 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-
-def test_alie_z_matches_the_paper_formula(load_benchmark):
-    bench = load_benchmark("secure_bucketing_tradeoff")
-    # Baruch et al.: n = 50, f = 12 -> s = 14, z = Phi^-1(36/50) ~ 0.583
-    assert bench.alie_z(50, 12) == pytest.approx(0.5828, abs=1e-3)
-
 
 def test_quick_run_shows_small_buckets_filter_a_far_attacker(load_benchmark, tmp_path):
     bench = load_benchmark("secure_bucketing_tradeoff")
