@@ -42,6 +42,14 @@ from secagg.errors import ConfigError, SecAggError
 from secagg.experiment import ExperimentConfig, config_summary, run_experiment
 from secagg.layout import BUFFER_POLICIES
 from secagg.models import model_names
+from secagg.transport.commands import (
+    add_client_parser,
+    add_keys_parser,
+    add_serve_options,
+    run_client,
+    run_keys,
+    run_serve,
+)
 
 _D = ExperimentConfig()  # defaults shown in --help come from the config classes themselves
 
@@ -120,6 +128,44 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         description="FedAvg on scikit-learn's digits, split across simulated clients. Writes "
                     "results.json, results.csv, accuracy.png and a checkpoint to --out.")
 
+    train.set_defaults(parser=train)
+    _add_training_options(train)
+    train.add_argument("--out", type=Path, default=Path("runs/train"),
+                       help="output directory (default: runs/train)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run checkpointed in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench = sub.add_parser(
+        "bench", help="attack benchmark: attacks x defences x attackers x heterogeneity",
+        description="Trains one FedAvg run per cell of an attack grid (bundled digits) and writes "
+                    "results.csv, results.json, summary.md and PNG plots to --out. Resumes a grid "
+                    "already partly in --out.")
+    bench.add_argument("--preset", choices=("quick", "default", "full"), default=None,
+                       help="a named grid (default: default; quick runs in minutes, used by CI)")
+    bench.add_argument("--config", dest="bench_config", type=Path, default=None,
+                       help="a grid file (TOML) instead of a preset")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory")
+    bench.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    serve = sub.add_parser(
+        "serve", help="run the federated server for remote clients over gRPC",
+        description="Trains like 'secagg train' (same flags), but the clients are remote processes "
+                    "('secagg client') that log in with Ed25519 identities ('secagg keys'). Secure "
+                    "aggregation, DP and robust rules run as configured; checkpoints after every round "
+                    "(--resume continues).")
+    serve.set_defaults(parser=serve)
+    _add_training_options(serve)
+    serve.add_argument("--out", type=Path, default=Path("runs/serve"),
+                       help="output directory (default: runs/serve)")
+    serve.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    add_serve_options(serve)
+    add_client_parser(sub)
+    add_keys_parser(sub)
+    return parser, train
+
+
+def _add_training_options(train: argparse.ArgumentParser) -> None:
+    """The flags that set an ExperimentConfig (shared by ``train`` and ``serve``)."""
     def opt(flag: str, dest: str, help_: str, **kw: Any) -> None:
         kw.setdefault("type", type(_default(_FIELDS[dest])))
         train.add_argument(flag, dest=dest, default=None,
@@ -204,24 +250,6 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     train.add_argument("--config", type=Path, default=None,
                        help="JSON configuration to start from (as in results.json's 'config'); "
                             "flags given on the command line override it")
-    train.add_argument("--out", type=Path, default=Path("runs/train"),
-                       help="output directory (default: runs/train)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run checkpointed in --out")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bench = sub.add_parser(
-        "bench", help="attack benchmark: attacks x defences x attackers x heterogeneity",
-        description="Trains one FedAvg run per cell of an attack grid (bundled digits) and writes "
-                    "results.csv, results.json, summary.md and PNG plots to --out. Resumes a grid "
-                    "already partly in --out.")
-    bench.add_argument("--preset", choices=("quick", "default", "full"), default=None,
-                       help="a named grid (default: default; quick runs in minutes, used by CI)")
-    bench.add_argument("--config", dest="bench_config", type=Path, default=None,
-                       help="a grid file (TOML) instead of a preset")
-    bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory")
-    bench.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default: 1)")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser, train
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
@@ -541,6 +569,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, config)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "serve":
+            try:
+                config = config_from_args(args)
+            except FlagError as exc:
+                args.parser.error(str(exc))
+            return run_serve(args, config)
+        if args.command == "client":
+            return run_client(args)
+        if args.command == "keys":
+            return run_keys(args)
     except SecAggError as exc:
         print(f"secagg: error: {exc}", file=sys.stderr)
         return 2

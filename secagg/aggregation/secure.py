@@ -97,6 +97,49 @@ class SecureSum(Aggregator, kind="secure-sum"):
                              threshold=threshold, degree=degree, vector_length=vector_length,
                              bits=self.bits, malicious=self.malicious, corrupt=corrupt)
 
+    def quantizers(self, num_clients: int) -> tuple[Quantizer, Quantizer]:
+        """(value, weight) quantizers of a session with ``num_clients`` clients: both ends use these."""
+        return (Quantizer.for_sum(self.clip, num_clients, self.bits),
+                Quantizer.for_sum(1.0, num_clients, self.bits))
+
+    def client_weight(self, num_examples: float, bound: float) -> float:
+        """A client's weight ``w / W`` in [0, 1] (1 when unweighted); :class:`UpdateError` if out of range.
+
+        ``bound``: the public weight bound ``W`` of the round (> 0 when weighted).
+        """
+        if not self.weighted:
+            return 1.0
+        if bound <= 0:
+            raise UpdateError("weights: every client has 0 examples; a weighted secure sum needs a "
+                              "positive total weight (or weighted=False)")
+        if num_examples > bound:
+            raise UpdateError(f"weights: a client has {num_examples:g} examples, "
+                              f"above weight_bound={bound:g}")
+        return num_examples / bound
+
+    def encode_client(self, update: np.ndarray, weight: float, num_clients: int,
+                      rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
+        """One client's session input: ``[weight * update, weight]`` quantized (``d + 1`` uint32 words),
+        and how many coordinates were clipped. ``rng``: the stochastic-rounding dither (``None``: the
+        OS CSPRNG, as a deployed client should use; seeded only for reproducible simulation).
+        """
+        value_q, weight_q = self.quantizers(num_clients)
+        q, clipped = value_q.encode(np.asarray(update, dtype=np.float64) * weight, rng=rng)
+        qw, _ = weight_q.encode(np.array([weight]), rng=rng)
+        return np.concatenate([q, qw]), clipped
+
+    def decode_sum(self, result: np.ndarray, num_clients: int, survivors: int) -> tuple[np.ndarray, float]:
+        """``(weighted mean, total weight)`` from the unmasked ``result`` of a session that invited
+        ``num_clients`` and summed ``survivors``; :class:`UpdateError` if the total weight is not positive.
+        """
+        value_q, weight_q = self.quantizers(num_clients)
+        d = len(result) - 1
+        total = value_q.decode_sum(result[:d], survivors)
+        total_w = float(weight_q.decode_sum(result[d:], survivors)[0])
+        if total_w <= 0:
+            raise UpdateError("weights: the secure sum of the surviving clients' weights is not positive")
+        return total / total_w, total_w
+
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         order = sorted(range(batch.num_clients), key=lambda i: batch.client_ids[i])
         ids = tuple(batch.client_ids[i] for i in order)
@@ -104,26 +147,13 @@ class SecureSum(Aggregator, kind="secure-sum"):
             raise UpdateError("client_ids: duplicate client id in the batch")
         updates = batch.updates[order].to(torch.float64).numpy()
         counts = batch.weights[order].numpy()
-        if self.weighted:
-            bound = self.weight_bound or float(counts.max())
-            if bound <= 0:
-                raise UpdateError("weights: every client has 0 examples; a weighted secure sum needs a "
-                                  "positive total weight (or weighted=False)")
-            if counts.max() > bound:
-                raise UpdateError(f"weights: a client has {counts.max():g} examples, "
-                                  f"above weight_bound={bound:g}")
-            w = counts / bound
-        else:
-            w = np.ones(len(ids))
+        bound = self.weight_bound or float(counts.max())
         n, d = updates.shape
-        value_q = Quantizer.for_sum(self.clip, n, self.bits)
-        weight_q = Quantizer.for_sum(1.0, n, self.bits)
-        rng = numpy_rng(batch.seed, "secure-sum-dither")
+        rng = numpy_rng(batch.seed, "secure-sum-dither")  # not secret: reproducible simulation
         inputs, clipped = {}, 0
         for row, u in enumerate(ids):
-            q, c = value_q.encode(updates[row] * w[row], rng=rng)
-            qw, _ = weight_q.encode(np.array([w[row]]), rng=rng)
-            inputs[u] = np.concatenate([q, qw])
+            inputs[u], c = self.encode_client(updates[row], self.client_weight(float(counts[row]), bound),
+                                              n, rng)
             clipped += c
         params = self.session_params(ids, d + 1, batch.round)
         drop = {}
@@ -134,10 +164,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
         report = run_session(params, inputs, drop_before=drop)
         assert report.result is not None
         survivors = len(report.survivors)
-        total = value_q.decode_sum(report.result[:d], survivors)
-        total_w = float(weight_q.decode_sum(report.result[d:], survivors)[0])
-        if total_w <= 0:
-            raise UpdateError("weights: the secure sum of the surviving clients' weights is not positive")
+        mean, _ = self.decode_sum(report.result, n, survivors)
         # traffic of the clients that completed the round (dropped ones stop part-way)
         sent = [report.bytes_sent[u] + report.bytes_received[u] for u in report.survivors]
         metrics = {
@@ -150,7 +177,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
             "client_bytes_max": float(np.max(sent)),
             "server_bytes": float(report.server_bytes_sent + report.server_bytes_received),
             "expansion": float(np.mean(sent)) / (4.0 * d),
-            "quantization_error_bound": value_q.error_bound(survivors),
+            "quantization_error_bound": self.quantizers(n)[0].error_bound(survivors),
         }
-        update = torch.from_numpy(total / total_w).to(batch.updates.dtype)
+        update = torch.from_numpy(mean).to(batch.updates.dtype)
         return Aggregate(update, dict(state), metrics)

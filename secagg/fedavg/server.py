@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from secagg.aggregation import AggState, UpdateBatch
-from secagg.data.federated import FederatedDataset
+from secagg.data.federated import ClientData, FederatedDataset
 from secagg.errors import AbortError, UpdateError
 from secagg.fedavg.client import ClientUpdate
-from secagg.fedavg.config import FedAvgConfig
+from secagg.fedavg.config import ClientConfig, FedAvgConfig
+from secagg.fedavg.trainer import ClientTrainer
 from secagg.layout import ParamLayout
+from secagg.parallel import ClientExecutor, LocalExecutor
 from secagg.seeding import derive_seed, numpy_rng
 
 
@@ -45,6 +47,38 @@ class RoundResult:
     record: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ClientJob:
+    """One sampled client's share of a round: its id, the (possibly poisoned) data it trains on and
+    its training seed."""
+
+    client_id: int
+    data: ClientData
+    seed: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The marker :func:`train_client` returns for a client whose update was refused."""
+
+    client_id: int
+    reason: str
+
+
+def train_client(trainer: ClientTrainer, model: nn.Module, global_state: Mapping[str, torch.Tensor],
+                 config: ClientConfig, layout: ParamLayout, job: ClientJob) -> ClientUpdate | Rejected:
+    """``trainer.train`` for one client, with :class:`UpdateError` turned into :class:`Rejected`.
+
+    Module-level (picklable) so that a :class:`~secagg.parallel.ClientExecutor` can run it in another
+    process; the error becomes a value so that one bad client does not fail the whole batch of tasks.
+    """
+    try:
+        return trainer.train(model, global_state, job.data, config, layout, seed=job.seed,
+                             client_id=job.client_id)
+    except UpdateError as exc:
+        return Rejected(job.client_id, str(exc))
+
+
 def evaluate(model: nn.Module, weights: Mapping[str, torch.Tensor], x: torch.Tensor,
              y: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
     """Accuracy (fraction in [0, 1]) and mean cross-entropy loss of ``weights`` on ``(x, y)``."""
@@ -65,14 +99,18 @@ class FedAvg:
     """Runs FedAvg rounds for ``model`` over ``data``; every round is a function of ``seed``.
 
     ``model``'s current weights are the initial global model; the object itself is never trained.
+    ``executor`` runs the sampled clients' local training (default: one after the other in this
+    process); any executor gives the same numbers, since local training is a pure function of its
+    inputs.
     """
 
     def __init__(self, config: FedAvgConfig, model: nn.Module, data: FederatedDataset,
-                 *, seed: int = 0) -> None:
+                 *, seed: int = 0, executor: ClientExecutor | None = None) -> None:
         self.config = config
         self.model = model
         self.data = data
         self.seed = seed
+        self.executor = executor if executor is not None else LocalExecutor()
         self.layout = ParamLayout.from_module(model, config.buffers)
         self.examples = {i: len(part) for i, part in enumerate(data.partition)}
         self.malicious = (config.adversary.malicious(data.num_clients, derive_seed(seed, "adversary"))
@@ -158,20 +196,18 @@ class FedAvg:
                       "update_norm": 0.0, "epsilon": epsilon, "seconds": time.perf_counter() - started}
             return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum,
                                            participations), record)
-        updates: list[ClientUpdate] = []
-        rejected: list[int] = []
+        jobs: list[ClientJob] = []
         for c in sampled:
             data = self.data.client(c)
-            if c in self.malicious:
+            if c in self.malicious:  # poisoned in this process: executors only ever train
                 assert self.config.adversary is not None
                 data = self.config.adversary.poison_data(data, self.data.num_classes,
                                                          derive_seed(self.seed, "poison", r, c))
-            try:
-                updates.append(self.config.trainer.train(
-                    self.model, state.weights, data, self.config.client, self.layout,
-                    seed=derive_seed(self.seed, "client", r, c), client_id=c))
-            except UpdateError:
-                rejected.append(c)
+            jobs.append(ClientJob(c, data, derive_seed(self.seed, "client", r, c)))
+        results = self.executor.map(train_client, jobs, self.config.trainer, self.model, state.weights,
+                                    self.config.client, self.layout)
+        updates = [u for u in results if isinstance(u, ClientUpdate)]
+        rejected = [u.client_id for u in results if isinstance(u, Rejected)]
         if not updates:
             raise UpdateError(f"round {r}: every sampled client's update was rejected "
                               f"(clients {rejected}); training has diverged")

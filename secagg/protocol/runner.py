@@ -31,7 +31,7 @@ from secagg.protocol.server import Outgoing, Server
 from secagg.protocol.wire import decode, encode
 
 # the stage a client's reply to each server message belongs to
-_REPLY_STAGE: dict[type, Stage] = {
+REPLY_STAGE: dict[type, Stage] = {
     Setup: Stage.ADVERTISE_KEYS, KeyDirectory: Stage.SHARE_KEYS, ForwardedShares: Stage.MASKED_INPUT,
     ConsistencyRequest: Stage.CONSISTENCY_CHECK, UnmaskRequest: Stage.UNMASKING}
 
@@ -117,7 +117,7 @@ def run_session(params: SessionParams, inputs: Mapping[int, np.ndarray], *,
     def deliver(outgoing: Outgoing) -> None:
         cache: dict[int, bytes] = {}
         for u, message in outgoing:
-            stage = _REPLY_STAGE[type(message)]
+            stage = REPLY_STAGE[type(message)]
             if u in gone or (u in drop_before and drop_before[u] <= stage):
                 gone.add(u)
                 continue

@@ -1,0 +1,159 @@
+"""The deployment subcommands: ``secagg keys``, ``secagg serve`` and ``secagg client``.
+
+``secagg cli`` owns the parser and the training flags (``serve`` takes every ``train`` flag); this
+module adds the network options and runs the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from secagg.crypto.keys import SigningKey
+from secagg.errors import ConfigError
+from secagg.experiment import ExperimentConfig, config_summary
+from secagg.transport.auth import load_identity, load_registry, save_identity, save_registry
+from secagg.transport.node import ClientFault, NetworkClient
+from secagg.transport.serve import NetworkServer, ServeOptions
+from secagg.transport.tls import DEFAULT_HOSTS, TLSFiles, make_tls_files
+
+
+def add_keys_parser(sub: Any) -> argparse.ArgumentParser:
+    keys = sub.add_parser(
+        "keys", help="make a deployment's client identities, registry and TLS certificates",
+        description="Writes OUT/registry.json (every client's Ed25519 public key), OUT/clients/client-ID.pem "
+                    "(each client's private identity: give each to its client only) and OUT/tls/ "
+                    "(ca.pem for the clients; server.pem and server.key for the server).")
+    keys.add_argument("--clients", type=int, required=True, help="number of client identities")
+    keys.add_argument("--out", type=Path, default=Path("deploy"), help="output directory (default: deploy)")
+    keys.add_argument("--host", action="append", default=None,
+                      help=f"a server host name or IP for its certificate (repeatable; default: "
+                           f"{', '.join(DEFAULT_HOSTS)})")
+    keys.add_argument("--days", type=int, default=365, help="certificate validity in days (default: 365)")
+    return keys
+
+
+def add_serve_options(serve: argparse.ArgumentParser) -> None:
+    net = serve.add_argument_group("network")
+    net.add_argument("--address", default="127.0.0.1:50051", help="host:port to listen on (default: "
+                                                                   "127.0.0.1:50051; port 0 picks one)")
+    net.add_argument("--registry", type=Path, required=True, help="registry.json of the clients' keys")
+    net.add_argument("--tls-cert", dest="tls_cert", type=Path, default=None, help="server certificate PEM")
+    net.add_argument("--tls-key", dest="tls_key", type=Path, default=None, help="server private key PEM")
+    net.add_argument("--insecure", action="store_true",
+                     help="listen without TLS (loopback and trusted networks only)")
+    net.add_argument("--task-timeout", dest="task_timeout", type=float, default=120.0, metavar="S",
+                     help="seconds clients get to train and advertise keys (default: 120)")
+    net.add_argument("--stage-timeout", dest="stage_timeout", type=float, default=30.0, metavar="S",
+                     help="seconds for each later protocol stage (default: 30)")
+    net.add_argument("--wait-clients", dest="wait_clients", type=int, default=None, metavar="N",
+                     help="before round 1, wait until N clients logged in (default: clients per round)")
+    net.add_argument("--wait-timeout", dest="wait_timeout", type=float, default=300.0, metavar="S",
+                     help="give up waiting for --wait-clients after S seconds and start (default: 300)")
+    net.add_argument("--audit-dir", dest="audit_dir", type=Path, default=None,
+                     help="write each secure round's unmasked sum and survivors here")
+    net.add_argument("--port-file", dest="port_file", type=Path, default=None,
+                     help="write the listening port to this file once serving (useful with port 0)")
+
+
+def add_client_parser(sub: Any) -> argparse.ArgumentParser:
+    client = sub.add_parser(
+        "client", help="take part in a deployment as one client",
+        description="Logs in to a secagg server with this client's Ed25519 identity, trains on its "
+                    "data shard each round it is sampled in, and takes part in secure aggregation.")
+    client.add_argument("--address", required=True, help="server host:port")
+    client.add_argument("--id", dest="client_id", type=int, required=True, help="this client's id")
+    client.add_argument("--identity", type=Path, required=True, help="this client's private identity PEM")
+    client.add_argument("--shard", type=int, default=None, help="data partition to train on (default: --id)")
+    client.add_argument("--task", default="digits", choices=("digits",),
+                        help="the data source (default: digits, bundled with scikit-learn)")
+    client.add_argument("--ca-cert", dest="ca_cert", type=Path, default=None,
+                        help="CA certificate PEM that signed the server's certificate")
+    client.add_argument("--server-name", dest="server_name", default=None,
+                        help="host name to check in the server certificate (default: from --address)")
+    client.add_argument("--insecure", action="store_true", help="connect without TLS")
+    client.add_argument("--registry", type=Path, default=None,
+                        help="registry.json: needed to take part in malicious-server-mode sessions")
+    client.add_argument("--audit-dir", dest="audit_dir", type=Path, default=None,
+                        help="write each round's quantized session input here")
+    client.add_argument("--give-up", dest="give_up", type=float, default=300.0, metavar="S",
+                        help="exit after the server is unreachable this long (default: 300)")
+    client.add_argument("--threads", type=int, default=1,
+                        help="torch threads for local training (default: 1; many clients on one machine "
+                             "must not oversubscribe its cores)")
+    client.add_argument("--fault", default=None, metavar="KIND@ROUND:STAGE",
+                        help="inject a failure (kill, hang, reconnect) for drills and tests, e.g. "
+                             "kill@2:MASKED_INPUT")
+    return client
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    if args.clients < 1:
+        raise ConfigError(f"--clients: must be >= 1, got {args.clients}")
+    registry = {}
+    for u in range(args.clients):
+        key = SigningKey.generate()
+        save_identity(args.out / "clients" / f"client-{u}.pem", key)
+        registry[u] = key.public
+    save_registry(args.out / "registry.json", registry)
+    tls = make_tls_files(args.out / "tls", tuple(args.host) if args.host else DEFAULT_HOSTS, days=args.days)
+    print(f"wrote {args.out / 'registry.json'}, {args.clients} identities in {args.out / 'clients'}, "
+          f"{tls.ca_cert}, {tls.server_cert}, {tls.server_key}")
+    return 0
+
+
+def _logging() -> None:
+    # force: an imported library may already have configured the root logger
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        force=True)
+
+
+def run_serve(args: argparse.Namespace, config: ExperimentConfig) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert, --tls-key: give both (or --insecure)")
+    if args.tls_cert is None and not args.insecure:
+        raise ConfigError("--tls-cert/--tls-key: a server needs TLS; pass --insecure to listen in the clear")
+    tls = TLSFiles(Path(), args.tls_cert, args.tls_key) if args.tls_cert is not None else None
+    options = ServeOptions(args.address, tls, args.task_timeout, args.stage_timeout,
+                           audit_dir=args.audit_dir, wait_clients=args.wait_clients,
+                           wait_seconds=args.wait_timeout)
+    _logging()
+    server = NetworkServer(config, load_registry(args.registry), options, args.out, resume=args.resume)
+    port = server.start()
+    if args.port_file is not None:
+        args.port_file.write_text(f"{port}\n")
+    logging.getLogger("secagg.serve").info("serving %s on port %d (%s mode)", config_summary(config), port,
+                                           server.mode)
+
+    def on_round(row: dict[str, Any]) -> None:
+        state = f"aborted: {row['aborted']}" if row.get("aborted") else f"{row['clients']} clients"
+        print(f"round {row['round']}: accuracy {100 * row['accuracy']:.2f}%, {state}, "
+              f"{row['seconds']:.2f} s", flush=True)
+
+    result = server.run(on_round)
+    print(f"finished {len(result.history)} rounds; wrote {args.out / 'results.json'}", flush=True)
+    return 0
+
+
+def run_client(args: argparse.Namespace) -> int:
+    if args.ca_cert is None and not args.insecure:
+        raise ConfigError("--ca-cert: a client needs the CA certificate; pass --insecure to connect in "
+                          "the clear")
+    if args.threads < 1:
+        raise ConfigError(f"--threads: must be >= 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    _logging()
+    client = NetworkClient(
+        args.address, args.client_id, load_identity(args.identity),
+        ca_cert=args.ca_cert.read_bytes() if args.ca_cert is not None else None,
+        registry=load_registry(args.registry) if args.registry is not None else None,
+        shard=args.shard, audit_dir=args.audit_dir,
+        fault=ClientFault.parse(args.fault) if args.fault else None, give_up_seconds=args.give_up,
+        server_name=args.server_name)
+    rounds = client.run()
+    print(f"client {args.client_id}: done, took part in {rounds} rounds", flush=True)
+    return 0

@@ -1,0 +1,219 @@
+"""The server's side of one networked training round, as a sans-I/O state machine.
+
+The gRPC layer calls :meth:`Coordinator.poll` and :meth:`Coordinator.submit` for client calls and
+:meth:`Coordinator.due` / :meth:`Coordinator.advance` from its round driver; time comes in as an
+argument (``now``, seconds on any monotonic clock), so deadlines are testable without sleeping.
+
+Each client sees a sequence of work items per round at positions ``(round, step)``: step 0 is the
+TASK (global weights, plus the session's Setup in secure mode); steps 1, 2, ... are the following
+secure-aggregation messages. A client polls for the first item after the last position it handled.
+
+Deadlines: the TASK stage closes ``task_seconds`` after the round starts (local training happens
+inside it), every later stage ``stage_seconds`` after it opened, or as soon as every client that
+could still answer has. A client that misses a deadline is a dropout for the round and the
+protocol's recovery takes over. Messages for another round, another stage, from a client not in
+the round, or that the state machine refuses are rejected with :class:`Rejected` and change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from secagg.errors import AbortError, ConfigError, ProtocolError, SecAggError, WireError
+from secagg.protocol.messages import SessionParams, Stage
+from secagg.protocol.server import Server, ServerPhase
+from secagg.protocol.wire import decode, encode
+from secagg.transport.envelope import UPDATE_STAGE, PlainUpdate, Work, WorkKind, decode_update
+
+MODES = ("secure", "plain")
+
+
+class Rejected(SecAggError):
+    """A client call the server refuses. ``code``: "invalid" (malformed), "precondition" (wrong round,
+    stage or sender for the current state), "denied" (not allowed at all)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class RoundOutcome:
+    """How a round ended. Secure: ``result`` (the unmasked ring sum), ``survivors``, ``dropped``.
+    Plain: ``updates`` (client id -> its update). ``aborted``: why the round produced no update."""
+
+    round: int
+    invited: tuple[int, ...]
+    result: np.ndarray | None = None
+    survivors: tuple[int, ...] = ()
+    dropped: tuple[int, ...] = ()
+    updates: dict[int, PlainUpdate] = field(default_factory=dict)
+    aborted: str | None = None
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass
+class Coordinator:
+    """Runs the rounds of one server process, one at a time. ``dim``: the update length (coordinates).
+
+    ``registry``: the clients' Ed25519 keys, given to the SecAgg server in malicious mode.
+    """
+
+    mode: str
+    dim: int
+    task_seconds: float = 120.0
+    stage_seconds: float = 30.0
+    registry: Mapping[int, bytes] | None = None
+    round: int = 0
+    finished: bool = False
+    deadline: float = 0.0
+    _invited: tuple[int, ...] = ()
+    _outbox: dict[int, list[Work]] = field(default_factory=dict)
+    _session: Server | None = None
+    _updates: dict[int, PlainUpdate] = field(default_factory=dict)
+    _open: bool = False
+    _rejected: list[tuple[int, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("task_seconds", "stage_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: must be > 0 seconds, got {getattr(self, name)!r}")
+
+    # -- the round driver's side -----------------------------------------------------------------
+
+    def begin_round(self, round_index: int, invited: tuple[int, ...], weights: bytes, now: float, *,
+                    params: SessionParams | None = None, weight_bound: float = 0.0) -> None:
+        """Open round ``round_index`` for ``invited`` clients with the global ``weights`` (bytes).
+
+        Secure mode needs the session ``params`` (their ``client_ids`` must be ``invited``).
+        """
+        if self._open:
+            raise ProtocolError(f"coordinator: round {self.round} is still open")
+        if round_index <= self.round:
+            raise ProtocolError(f"coordinator: round {round_index} does not follow round {self.round}")
+        self.round, self._invited = round_index, tuple(invited)
+        self._outbox = {u: [] for u in invited}
+        self._updates, self._rejected, self._session = {}, [], None
+        if self.mode == "secure":
+            if params is None or params.client_ids != self._invited:
+                raise ConfigError("params: secure mode needs session parameters for exactly the invited "
+                                  "clients")
+            self._session = Server(params, self.registry if params.malicious else None)
+            for u, setup in self._session.start():
+                self._outbox[u].append(Work(WorkKind.TASK, round_index, 0, weights, encode(setup),
+                                            weight_bound))
+        else:
+            for u in invited:
+                self._outbox[u].append(Work(WorkKind.TASK, round_index, 0, weights, b"", weight_bound))
+        self._open = True
+        self.deadline = now + self.task_seconds
+
+    def due(self, now: float) -> bool:
+        """True when the open stage should be closed: its deadline passed or nobody is left to answer."""
+        if not self._open:
+            return False
+        if now >= self.deadline:
+            return True
+        if self._session is not None:
+            return self._session.stage_complete()
+        return set(self._updates) == set(self._invited)
+
+    def advance(self, now: float) -> RoundOutcome | None:
+        """Close the open stage. ``None`` while the round goes on (the next stage's messages are queued);
+        the :class:`RoundOutcome` when it is over (a protocol abort gives an outcome with ``aborted``)."""
+        if not self._open:
+            raise ProtocolError("coordinator: no round is open")
+        if self._session is None:
+            self._open = False
+            return RoundOutcome(self.round, self._invited, updates=dict(self._updates),
+                                rejected=list(self._rejected))
+        try:
+            outgoing = self._session.advance()
+        except AbortError as exc:
+            self._open = False
+            return RoundOutcome(self.round, self._invited, aborted=str(exc), rejected=list(self._rejected))
+        if self._session.phase is ServerPhase.DONE:
+            self._open = False
+            return RoundOutcome(self.round, self._invited, self._session.result, self._session.survivors,
+                                self._session.dropped, rejected=list(self._rejected))
+        encoded: dict[int, bytes] = {}  # one encoding per distinct message (broadcasts are shared)
+        for u, message in outgoing:
+            data = encoded.setdefault(id(message), encode(message))
+            self._outbox[u].append(Work(WorkKind.PROTOCOL, self.round, len(self._outbox[u]), b"", data))
+        self.deadline = now + self.stage_seconds
+        return None
+
+    def stage_name(self) -> str:
+        """The open stage, for logs: TASK_AND_KEYS / a protocol stage / UPDATES / none."""
+        if not self._open:
+            return "none"
+        if self._session is None:
+            return "UPDATES"
+        stage = self._session.stage
+        return stage.name if stage is not None else "none"
+
+    def finish(self) -> None:
+        """Training is over: every poll now answers DONE."""
+        self.finished = True
+        self._open = False
+
+    # -- the clients' side -----------------------------------------------------------------------
+
+    def poll(self, client: int, after_round: int, after_step: int) -> Work | None:
+        """The first work item for ``client`` after ``(after_round, after_step)``, or ``None`` (wait)."""
+        if self.finished:
+            return Work(WorkKind.DONE, self.round)
+        for item in self._outbox.get(client, ()):
+            if (item.round, item.step) > (after_round, after_step):
+                return item
+        return None
+
+    def submit(self, client: int, round_index: int, stage: int, payload: bytes) -> None:
+        """Record ``client``'s reply for ``stage`` of round ``round_index``; :class:`Rejected` if refused."""
+        try:
+            self._submit(client, round_index, stage, payload)
+        except Rejected as exc:
+            self._rejected.append((client, str(exc)))
+            raise
+
+    def _submit(self, client: int, round_index: int, stage: int, payload: bytes) -> None:
+        if self.finished:
+            raise Rejected("precondition", "training is over")
+        if round_index != self.round or not self._open:
+            state = "open" if self._open else "closed"
+            raise Rejected("precondition", f"message for round {round_index}, but round {self.round} is "
+                                           f"{state}: late or early, refused")
+        if client not in self._outbox:
+            raise Rejected("precondition", f"client {client} is not taking part in round {self.round}")
+        if self._session is None:
+            if stage != UPDATE_STAGE:
+                raise Rejected("precondition", f"stage {stage}: this server runs plain rounds and expects "
+                                               f"an update (stage {UPDATE_STAGE})")
+            if client in self._updates:
+                raise Rejected("precondition", f"duplicate update from client {client}")
+            try:
+                update = decode_update(payload, self.dim)
+            except WireError as exc:
+                raise Rejected("invalid", str(exc)) from None
+            if not np.isfinite(np.frombuffer(update.delta, dtype="<f4")).all():
+                raise Rejected("invalid", f"the update of client {client} has NaN or infinite coordinates")
+            self._updates[client] = update
+            return
+        current = self._session.stage
+        if current is None or stage != int(current):
+            name = Stage(stage).name if stage in Stage._value2member_map_ else str(stage)
+            raise Rejected("precondition", f"a {name} message during stage "
+                                           f"{current.name if current is not None else 'none'}: refused")
+        try:
+            message = decode(payload)
+        except WireError as exc:
+            raise Rejected("invalid", str(exc)) from None
+        try:
+            self._session.receive(message, sender=client)
+        except ProtocolError as exc:
+            raise Rejected("precondition", str(exc)) from None

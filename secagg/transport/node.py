@@ -1,0 +1,297 @@
+"""A federated client process: logs in, trains on its own shard, and runs the SecAgg client over gRPC.
+
+The loop is: log in (Ed25519 challenge, see :mod:`secagg.transport.auth`), then long-poll for work.
+A TASK carries the global weights: the client trains exactly as the in-process simulation would
+(same trainer, same seed ``derive_seed(seed, "client", round, id)``), then either quantizes its update
+and answers the session's Setup (secure mode) or sends the update itself (plain mode). Each later
+PROTOCOL item goes through the unchanged :class:`secagg.protocol.Client` state machine.
+
+Resilience: an unreachable server (restart, network loss) is retried with backoff for up to
+``give_up_seconds``; a forgotten token (the server restarted) means logging in again; a refused
+message is logged and the client waits for the next round. In secure mode the client checks that the
+session's model version is the SHA-256 of the weights it was sent, so a server cannot show different
+models to different clients within one session.
+
+``fault`` injects a failure for tests and drills: ``kill`` (SIGKILL itself just before sending its
+reply for a stage), ``hang`` (stop answering, stay connected), ``reconnect`` (drop the connection,
+come back a second later, without sending that reply).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import safetensors.torch
+import torch
+
+from secagg.crypto.keys import SigningKey
+from secagg.errors import ConfigError, ProtocolError, UpdateError, WireError
+from secagg.experiment import ExperimentConfig
+from secagg.layout import ParamLayout
+from secagg.protocol.client import Client
+from secagg.protocol.messages import Setup, Stage
+from secagg.protocol.runner import REPLY_STAGE
+from secagg.protocol.wire import decode, encode
+from secagg.seeding import derive_seed
+from secagg.task import build_task
+from secagg.transport.auth import login_message
+from secagg.transport.envelope import (
+    UPDATE_STAGE,
+    Hello,
+    Login,
+    PlainUpdate,
+    Poll,
+    Submit,
+    Work,
+    WorkKind,
+    decode_challenge,
+    decode_welcome,
+    decode_work,
+    encode_hello,
+    encode_login,
+    encode_poll,
+    encode_submit,
+    encode_update,
+)
+from secagg.transport.service import ENVELOPE_SLACK, SERVICE, TOKEN_METADATA, message_limit
+
+FAULT_KINDS = ("kill", "hang", "reconnect")
+_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+log = logging.getLogger("secagg.client")
+
+
+@dataclass(frozen=True)
+class ClientFault:
+    """Fail in round ``round`` just before sending the reply for ``stage`` (a Stage value, or 100 for a
+    plain update). Parsed from ``KIND@ROUND:STAGE``, e.g. ``kill@2:MASKED_INPUT``."""
+
+    kind: str
+    round: int
+    stage: int
+
+    @classmethod
+    def parse(cls, text: str) -> ClientFault:
+        try:
+            kind, rest = text.split("@", 1)
+            round_text, stage_text = rest.split(":", 1)
+            stage = UPDATE_STAGE if stage_text.upper() == "UPDATE" else int(Stage[stage_text.upper()])
+            fault = cls(kind, int(round_text), stage)
+        except (ValueError, KeyError):
+            raise ConfigError(f"fault: expected KIND@ROUND:STAGE (e.g. kill@2:MASKED_INPUT), got {text!r}; "
+                              f"stages: {', '.join(s.name for s in Stage)}, UPDATE") from None
+        if fault.kind not in FAULT_KINDS:
+            raise ConfigError(f"fault: kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
+        return fault
+
+
+class ServerGone(ConnectionError):
+    """The server stayed unreachable for longer than the client's patience."""
+
+
+class NetworkClient:
+    """Client ``client_id`` of a deployment at ``address`` ("host:port").
+
+    ``identity``: its Ed25519 key (the server's registry holds the public half). ``ca_cert``: PEM of
+    the CA that signed the server certificate (``None``: plaintext, loopback/trusted networks only).
+    ``registry``: every client's public key, needed to take part in malicious-mode sessions (a client
+    must not take these from the server). ``shard``: which data partition to train on (default: its
+    id). ``audit_dir``: write each round's quantized session input there (``client-ID-round-R.npy``),
+    so an operator can check the server's sums.
+    """
+
+    def __init__(self, address: str, client_id: int, identity: SigningKey, *, ca_cert: bytes | None = None,
+                 registry: dict[int, bytes] | None = None, shard: int | None = None,
+                 audit_dir: str | Path | None = None, fault: ClientFault | None = None,
+                 give_up_seconds: float = 300.0, poll_seconds: float = 5.0,
+                 server_name: str | None = None) -> None:
+        self.address, self.id, self.identity = address, client_id, identity
+        self.ca_cert, self.registry = ca_cert, registry
+        self.shard = client_id if shard is None else shard
+        self.audit_dir = Path(audit_dir) if audit_dir is not None else None
+        self.fault = fault
+        self.give_up_seconds, self.poll_seconds = give_up_seconds, poll_seconds
+        self.server_name = server_name
+        self.rounds_done = 0
+        self._channel: grpc.Channel | None = None
+        self._limit = 2 * ENVELOPE_SLACK
+        self._token = b""
+        self._config: ExperimentConfig | None = None
+        self._mode = ""
+        self._session: Client | None = None
+        self._session_round = -1
+        self._last_stage = -1
+
+    # -- connection -------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        options = [("grpc.max_receive_message_length", self._limit),
+                   ("grpc.max_send_message_length", self._limit)]
+        if self.server_name is not None:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        if self.ca_cert is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.ca_cert)
+            self._channel = grpc.secure_channel(self.address, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.address, options=options)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _call(self, method: str, request: bytes, *, auth: bool = True, timeout: float = 30.0) -> bytes:
+        """One RPC, retried while the server is unreachable (up to ``give_up_seconds``)."""
+        started, delay = time.monotonic(), 0.2
+        while True:
+            if self._channel is None:
+                self._connect()
+            assert self._channel is not None
+            stub = self._channel.unary_unary(f"/{SERVICE}/{method}")
+            metadata = ((TOKEN_METADATA, self._token),) if auth else None
+            try:
+                return stub(request, timeout=timeout, metadata=metadata)
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRY:
+                    raise
+                if time.monotonic() - started > self.give_up_seconds:
+                    raise ServerGone(f"client {self.id}: server {self.address} unreachable for "
+                                     f"{self.give_up_seconds:g} s") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+
+    def _login(self) -> None:
+        challenge = decode_challenge(self._call("Hello", encode_hello(Hello(self.id)), auth=False))
+        signature = self.identity.sign(login_message(challenge.nonce, self.id))
+        welcome = decode_welcome(self._call("Login", encode_login(Login(self.id, challenge.nonce, signature)),
+                                            auth=False))
+        self._token, self._mode = welcome.token, welcome.mode
+        if self._config is None:
+            self._setup(ExperimentConfig.from_json(welcome.config))
+        log.info("client %d: logged in (%s mode)", self.id, self._mode)
+
+    def _setup(self, config: ExperimentConfig) -> None:
+        task = build_task(config.task, seed=config.seed)
+        if not 0 <= self.shard < task.data.num_clients:
+            raise ConfigError(f"shard: {self.shard} is not a partition of this task "
+                              f"(0..{task.data.num_clients - 1})")
+        self._config, self._model = config, task.model
+        self._data = task.data.client(self.shard)
+        self._layout = ParamLayout.from_module(task.model, config.fedavg.buffers)
+        self._limit = message_limit(self._layout.dim)
+        self._connect()  # again, with the size limit this model needs
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Take part until the server says training is over; return the rounds this client completed."""
+        self._login()
+        position = (0, 0)
+        while True:
+            try:
+                poll = encode_poll(Poll(*position, int(self.poll_seconds * 1000)))
+                work = decode_work(self._call("Poll", poll, timeout=self.poll_seconds + 30.0))
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                    raise
+                log.info("client %d: %s; logging in again", self.id, exc.details())
+                self._login()
+                position = (0, 0)  # a restarted server replays its current round from the start
+                continue
+            if work.kind is WorkKind.DONE:
+                log.info("client %d: training finished after %d rounds", self.id, self.rounds_done)
+                self.close()
+                return self.rounds_done
+            if work.kind is WorkKind.WAIT:
+                continue
+            position = (work.round, work.step)
+            try:
+                if work.kind is WorkKind.TASK:
+                    self._start_round(work)
+                else:
+                    self._continue_round(work)
+            except (ProtocolError, UpdateError, WireError, ConfigError) as exc:
+                log.warning("client %d: round %d: %s; sitting this round out", self.id, work.round, exc)
+                self._session = None
+
+    def _start_round(self, work: Work) -> None:
+        config = self._config
+        assert config is not None
+        self._session, self._session_round = None, work.round
+        weights = safetensors.torch.load(work.weights)
+        expected = self._model.state_dict()
+        if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
+            raise ConfigError("weights: the server sent weights that do not fit the configured model")
+        update = config.fedavg.trainer.train(
+            self._model, weights, self._data, config.fedavg.client, self._layout,
+            seed=derive_seed(config.seed, "client", work.round, self.shard), client_id=self.id)
+        if self._mode == "plain":
+            delta = update.delta.to(torch.float32).numpy().astype("<f4").tobytes()
+            self._send(work.round, UPDATE_STAGE,
+                       encode_update(PlainUpdate(update.num_examples, update.train_loss, delta)))
+            self.rounds_done += 1
+            return
+        setup = decode(work.message)
+        if not isinstance(setup, Setup):
+            raise ProtocolError(f"expected a Setup message with the task, got {type(setup).__name__}")
+        params = setup.params
+        if params.model_version != hashlib.sha256(work.weights).digest():
+            raise ProtocolError("the session's model version is not the hash of the weights sent to me")
+        aggregator = config.fedavg.aggregator
+        weight = aggregator.client_weight(float(update.num_examples), work.weight_bound)
+        value, _ = aggregator.encode_client(update.delta.to(torch.float64).numpy(), weight,
+                                            len(params.client_ids))  # dither from the OS CSPRNG
+        if self.audit_dir is not None:
+            self.audit_dir.mkdir(parents=True, exist_ok=True)
+            np.save(self.audit_dir / f"client-{self.id}-round-{work.round}.npy", value, allow_pickle=False)
+        if params.malicious:
+            if self.registry is None:
+                raise ConfigError("registry: a malicious-mode session needs the clients' registry "
+                                  "(--registry)")
+            session = Client(self.id, value, identity=self.identity, registry=self.registry)
+        else:
+            session = Client(self.id, value)
+        self._session = session
+        self._send(work.round, int(Stage.ADVERTISE_KEYS), encode(session.handle(setup)))
+
+    def _continue_round(self, work: Work) -> None:
+        if self._session is None or work.round != self._session_round:
+            return  # a round this client is not (or no longer) part of
+        message = decode(work.message)
+        stage = REPLY_STAGE.get(type(message))
+        if stage is None:
+            raise ProtocolError(f"unexpected {type(message).__name__} from the server")
+        reply = self._session.handle(message)
+        self._send(work.round, int(stage), encode(reply))
+        if stage is Stage.UNMASKING:
+            self.rounds_done += 1
+
+    def _send(self, round_index: int, stage: int, payload: bytes) -> None:
+        fault = self.fault
+        if fault is not None and (fault.round, fault.stage) == (round_index, stage):
+            log.warning("client %d: injected fault %s in round %d", self.id, fault.kind, round_index)
+            if fault.kind == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if fault.kind == "hang":
+                while True:
+                    time.sleep(3600)
+            self.close()  # reconnect: drop the connection, skip this reply, come back
+            time.sleep(1.0)
+            self._connect()
+            return
+        try:
+            self._call("Submit", encode_submit(Submit(round_index, stage, payload)))
+        except grpc.RpcError as exc:
+            log.warning("client %d: round %d stage %d refused: %s", self.id, round_index, stage,
+                        exc.details())
+            self._session = None

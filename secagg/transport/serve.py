@@ -1,0 +1,285 @@
+"""The federated server process: FedAvg rounds over gRPC, checkpointed after every round.
+
+Round ``r`` samples clients exactly as the in-process simulation does (same seed, same ids), sends
+them the global weights, and closes each stage at its deadline or when everyone answered. In secure
+mode (aggregator ``SecureSum``) the server only ever holds the unmasked sum of the survivors'
+quantized updates; in plain mode it receives the updates and runs any configured aggregator
+(robust rules, server-side DP). A round that aborts (fewer than ``t`` clients left) changes nothing
+but the round counter, as in simulation. After each round the checkpoint and results are written
+atomically, so a server killed at any moment restarts (``resume=True``) from its last committed
+round and loses nothing it had committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from secagg.aggregation import Aggregator, UpdateBatch
+from secagg.errors import AbortError, ConfigError
+from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, _load, _save
+from secagg.fedavg import FedAvg
+from secagg.fedavg.server import RoundResult, ServerState, evaluate
+from secagg.seeding import derive_seed
+from secagg.task import build_task
+from secagg.transport.auth import Authenticator
+from secagg.transport.coordinator import Coordinator, RoundOutcome
+from secagg.transport.service import AggregationService, message_limit, start_grpc_server
+from secagg.transport.tls import TLSFiles
+
+# aggregators that run secure-aggregation sessions of their own: only a top-level SecureSum can run
+# its session over the network so far
+_SESSION_KINDS = ("secure-sum", "secure-bucketing", "distributed-dp")
+
+log = logging.getLogger("secagg.serve")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where and how to listen. ``address``: "host:port" (port 0: any free port, see ``on_listen``).
+    ``tls``: the server's certificate and key (``None``: plaintext, for loopback and trusted networks).
+    ``task_seconds``: deadline of the first stage (local training + key advertisement);
+    ``stage_seconds``: of every later stage. ``linger_seconds``: how long to keep answering DONE
+    after the last round. ``audit_dir``: write each secure round's unmasked sum and survivor set.
+    ``wait_clients``: before the first round, wait until this many clients have logged in (default:
+    the clients sampled per round), at most ``wait_seconds``."""
+
+    address: str = "127.0.0.1:50051"
+    tls: TLSFiles | None = None
+    task_seconds: float = 120.0
+    stage_seconds: float = 30.0
+    linger_seconds: float = 3.0
+    audit_dir: Path | None = None
+    wait_clients: int | None = None
+    wait_seconds: float = 300.0
+
+
+def network_mode(aggregator: Aggregator) -> str:
+    """``"secure"`` for a top-level SecureSum, ``"plain"`` for an aggregator without sessions;
+    :class:`ConfigError` for one that nests sessions (not supported over the network yet)."""
+    if aggregator.kind == "secure-sum":
+        return "secure"
+    node: Any = aggregator
+    while node is not None:
+        if getattr(node, "kind", None) in _SESSION_KINDS:
+            raise ConfigError(f"aggregator: {aggregator.kind!r} runs secure-aggregation sessions inside "
+                              f"another rule; over the network only a plain SecureSum (--secure) or a rule "
+                              f"without sessions is supported so far")
+        node = getattr(node, "inner", None)
+    return "plain"
+
+
+def weight_bound(config: ExperimentConfig, examples: dict[int, int]) -> float:
+    """The public bound W on a client's example count: the aggregator's, else the largest partition."""
+    bound = float(getattr(config.fedavg.aggregator, "weight_bound", 0.0) or 0.0)
+    return bound or float(max(examples.values()))
+
+
+class NetworkServer:
+    """Serves ``config``'s training to remote clients whose Ed25519 keys are in ``registry``."""
+
+    def __init__(self, config: ExperimentConfig, registry: dict[int, bytes], options: ServeOptions,
+                 out_dir: str | Path, *, resume: bool = False) -> None:
+        if config.fedavg.adversary is not None:
+            raise ConfigError("adversary: attacks run in simulation (secagg train/bench), not in a "
+                              "deployment")
+        missing = sorted(set(range(config.task.num_clients)) - set(registry))
+        if missing:
+            raise ConfigError(f"registry: has no key for clients {missing[:10]} of the task's "
+                              f"{config.task.num_clients}")
+        self.config, self.options, self.out = config, options, Path(out_dir)
+        self.mode = network_mode(config.fedavg.aggregator)
+        task = build_task(config.task, seed=config.seed)
+        self.fedavg = FedAvg(config.fedavg, task.model, task.data, seed=config.seed)
+        self.state, self.history = self.fedavg.initial_state(), []
+        ckpt = self.out / CHECKPOINT
+        if resume and ckpt.exists():
+            self.state, self.history = _load(ckpt, config, self.fedavg)
+            log.info("resumed from %s at round %d", ckpt, self.state.round)
+        elif resume:
+            log.info("no checkpoint in %s yet: starting at round 0", self.out)
+        dim = self.fedavg.layout.dim
+        self.lock = threading.Condition()
+        self.coordinator = Coordinator(self.mode, dim, options.task_seconds, options.stage_seconds, registry,
+                                       round=self.state.round)
+        self.service = AggregationService(self.coordinator, Authenticator(registry),
+                                          json.dumps(config.to_dict()), self.lock)
+        self.weight_bound = weight_bound(config, self.fedavg.examples)
+        self._grpc = None
+        self.port = 0
+        self._max_message = message_limit(dim)
+
+    def start(self) -> int:
+        """Start listening; return the port."""
+        tls = (self.options.tls.server_cert, self.options.tls.server_key) if self.options.tls else None
+        self._grpc, self.port = start_grpc_server(self.service, self.options.address, tls=tls,
+                                                  max_message_bytes=self._max_message,
+                                                  max_workers=self.config.task.num_clients + 16)
+        return self.port
+
+    def stop(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=1.0).wait()
+            self._grpc = None
+
+    def run(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> ExperimentResult:
+        """Train to ``config.fedavg.rounds`` (or a privacy budget), then tell clients to stop."""
+        from secagg.results import write_results
+
+        if self._grpc is None:
+            self.start()
+        stopped = None
+        try:
+            self._wait_for_clients()
+            while self.state.round < self.config.fedavg.rounds:
+                stopped = self.fedavg.privacy_stop(self.state)
+                if stopped is not None:
+                    write_results(self.out, self.config, self.history, stopped=stopped)
+                    break
+                result = self.run_round()
+                self.state = result.state
+                self.history.append(result.record)
+                _save(self.out / CHECKPOINT, self.config, self.state, self.history)
+                write_results(self.out, self.config, self.history)
+                if on_round is not None:
+                    on_round(result.record)
+            with self.lock:
+                self.coordinator.finish()
+                self.lock.notify_all()
+            time.sleep(self.options.linger_seconds)
+        finally:
+            self.stop()
+        return ExperimentResult(self.config, self.history, self.state, self.fedavg, stopped)
+
+    def _wait_for_clients(self) -> None:
+        """Block until ``wait_clients`` clients have logged in (or ``wait_seconds`` passed)."""
+        want = self.options.wait_clients
+        if want is None:
+            want = self.config.fedavg.clients_per_round(self.config.task.num_clients)
+        give_up = time.monotonic() + self.options.wait_seconds
+        with self.lock:
+            while self.service.auth.logged_in() < want and time.monotonic() < give_up:
+                self.lock.wait(min(1.0, max(0.0, give_up - time.monotonic())))
+            have = self.service.auth.logged_in()
+        log.info("%d of %d wanted clients logged in; starting", have, want)
+
+    # -- one round --------------------------------------------------------------------------------
+
+    def run_round(self) -> RoundResult:
+        started = time.perf_counter()
+        fedavg, state = self.fedavg, self.state
+        r = state.round + 1
+        sampled = tuple(fedavg.sample_clients(r))
+        participations = fedavg.participations_after(state, list(sampled))
+        epsilon = fedavg.epsilon_after(r, participations)
+        self.service.traffic.reset()
+        if self.mode == "secure" and len(sampled) < 2:
+            outcome = RoundOutcome(r, sampled, aborted="secure aggregation needs at least 2 clients")
+        elif not sampled:
+            outcome = RoundOutcome(r, sampled, aborted="no client sampled")
+        else:
+            outcome = self._exchange(r, sampled, state)
+        sent, received = self.service.traffic.reset()
+        net = {"net/client_bytes_max": float(max((sent.get(u, 0) + received.get(u, 0) for u in sampled),
+                                                 default=0)),
+               "net/server_bytes": float(sum(sent.values()) + sum(received.values())),
+               "net/rejected": len(outcome.rejected)}
+        update, metrics, train_loss, aborted = self._aggregate(outcome, state)
+        if aborted is not None:
+            log.warning("round %d aborted: %s", r, aborted)
+            record = {"round": r, "clients": 0, "rejected": [], "aborted": aborted, "train_loss": None,
+                      **evaluate(fedavg.model, state.weights, fedavg.data.test_x, fedavg.data.test_y),
+                      "update_norm": 0.0, **net, "epsilon": epsilon,
+                      "seconds": time.perf_counter() - started}
+            return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum,
+                                           participations), record)
+        assert update is not None
+        weights, momentum = fedavg._server_step(state, update)
+        record = {"round": r, "clients": int(metrics.pop("clients")), "rejected": [],
+                  "train_loss": train_loss,
+                  **evaluate(fedavg.model, weights, fedavg.data.test_x, fedavg.data.test_y),
+                  "update_norm": float(torch.linalg.vector_norm(update)),
+                  **{f"agg/{k}": v for k, v in metrics.items()}, **net, "epsilon": epsilon,
+                  "seconds": time.perf_counter() - started}
+        return RoundResult(ServerState(r, weights, self._agg_state, momentum, participations), record)
+
+    def _exchange(self, r: int, sampled: tuple[int, ...], state: ServerState) -> RoundOutcome:
+        """Run round ``r``'s stages with the clients until the coordinator reports an outcome."""
+        weights = safetensors.torch.save({k: v.contiguous() for k, v in state.weights.items()})
+        params = None
+        if self.mode == "secure":
+            params = self.config.fedavg.aggregator.session_params(sampled, self.fedavg.layout.dim + 1, r)
+            params = dataclasses.replace(params, model_version=hashlib.sha256(weights).digest())
+        opened = time.monotonic()
+        with self.lock:
+            self.coordinator.begin_round(r, sampled, weights, time.monotonic(), params=params,
+                                         weight_bound=self.weight_bound)
+            self.lock.notify_all()
+            while True:
+                now = time.monotonic()
+                if not self.coordinator.due(now):
+                    self.lock.wait(max(0.0, self.coordinator.deadline - now))
+                    continue
+                stage = self.coordinator.stage_name()
+                outcome = self.coordinator.advance(time.monotonic())
+                log.info("round %d: stage %s closed after %.2f s", r, stage, time.monotonic() - opened)
+                opened = time.monotonic()
+                self.lock.notify_all()
+                if outcome is not None:
+                    return outcome
+
+    def _aggregate(self, outcome: RoundOutcome, state: ServerState
+                   ) -> tuple[torch.Tensor | None, dict[str, Any], float | None, str | None]:
+        """(update, metrics, train loss, abort reason) from a round's outcome."""
+        self._agg_state = state.aggregator_state
+        if outcome.aborted is not None:
+            return None, {}, None, outcome.aborted
+        layout = self.fedavg.layout
+        aggregator = self.config.fedavg.aggregator
+        if self.mode == "secure":
+            assert outcome.result is not None
+            n, survivors = len(outcome.invited), len(outcome.survivors)
+            self._audit(outcome)
+            mean, _ = aggregator.decode_sum(outcome.result, n, survivors)
+            metrics = {"clients": survivors, "survivors": float(survivors),
+                       "dropped": float(len(outcome.invited) - survivors),
+                       "quantization_error_bound": aggregator.quantizers(n)[0].error_bound(survivors)}
+            return torch.from_numpy(mean).to(layout.dtype), metrics, None, None
+        updates = outcome.updates
+        if not updates:
+            return None, {}, None, "no client sent an update before the deadline"
+        ids = tuple(sorted(updates))
+        rows = [torch.from_numpy(np.frombuffer(updates[u].delta, dtype="<f4").copy()) for u in ids]
+        counts = torch.tensor([updates[u].num_examples for u in ids], dtype=torch.float64)
+        batch = UpdateBatch(torch.stack(rows).to(layout.dtype), counts, ids, outcome.round,
+                            derive_seed(self.config.seed, "aggregate", outcome.round), layout)
+        try:
+            agg = aggregator.aggregate(batch, state.aggregator_state)
+        except AbortError as exc:
+            return None, {}, None, str(exc)
+        self._agg_state = agg.state
+        losses = torch.tensor([updates[u].train_loss for u in ids], dtype=torch.float64)
+        train_loss = float(losses @ counts / counts.sum()) if counts.sum() > 0 else None
+        return agg.update.to(layout.dtype), {"clients": len(ids), **agg.metrics}, train_loss, None
+
+    def _audit(self, outcome: RoundOutcome) -> None:
+        audit = self.options.audit_dir
+        if audit is None or outcome.result is None:
+            return
+        audit.mkdir(parents=True, exist_ok=True)
+        np.save(audit / f"round-{outcome.round}-sum.npy", outcome.result, allow_pickle=False)
+        (audit / f"round-{outcome.round}.json").write_text(json.dumps(
+            {"invited": list(outcome.invited), "survivors": list(outcome.survivors),
+             "dropped": list(outcome.dropped)}) + "\n")
