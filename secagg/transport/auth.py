@@ -68,8 +68,11 @@ class Authenticator:
             raise AuthError(f"client {client_id}: no such outstanding challenge (ask again)")
         if now > pending[1]:
             raise AuthError(f"client {client_id}: the challenge expired (ask again)")
-        verify_signature(self.registry[client_id], signature, login_message(nonce, client_id),
-                         signer=client_id)
+        try:
+            verify_signature(self.registry[client_id], signature, login_message(nonce, client_id),
+                             signer=client_id)
+        except ProtocolError as exc:  # a bad login is an authentication failure, not a protocol one
+            raise AuthError(str(exc)) from None
         old = self._token_of.pop(client_id, None)
         if old is not None:
             self._tokens.pop(old, None)
@@ -101,6 +104,7 @@ def save_identity(path: str | Path, key: SigningKey) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode applies to a new file only: tighten an existing one too
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
 

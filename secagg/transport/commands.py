@@ -48,6 +48,9 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
                      help="seconds clients get to train and advertise keys (default: 120)")
     net.add_argument("--stage-timeout", dest="stage_timeout", type=float, default=30.0, metavar="S",
                      help="seconds for each later protocol stage (default: 30)")
+    net.add_argument("--grace", type=float, default=10.0, metavar="S",
+                     help="once a quorum answered a stage, wait at most S more seconds for stragglers "
+                          "(default: 10)")
     net.add_argument("--wait-clients", dest="wait_clients", type=int, default=None, metavar="N",
                      help="before round 1, wait until N clients logged in (default: clients per round)")
     net.add_argument("--wait-timeout", dest="wait_timeout", type=float, default=300.0, metavar="S",
@@ -116,7 +119,7 @@ def run_serve(args: argparse.Namespace, config: ExperimentConfig) -> int:
     if args.tls_cert is None and not args.insecure:
         raise ConfigError("--tls-cert/--tls-key: a server needs TLS; pass --insecure to listen in the clear")
     tls = TLSFiles(Path(), args.tls_cert, args.tls_key) if args.tls_cert is not None else None
-    options = ServeOptions(args.address, tls, args.task_timeout, args.stage_timeout,
+    options = ServeOptions(args.address, tls, args.task_timeout, args.stage_timeout, args.grace,
                            audit_dir=args.audit_dir, wait_clients=args.wait_clients,
                            wait_seconds=args.wait_timeout)
     _logging()

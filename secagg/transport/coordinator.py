@@ -10,7 +10,10 @@ secure-aggregation messages. A client polls for the first item after the last po
 
 Deadlines: the TASK stage closes ``task_seconds`` after the round starts (local training happens
 inside it), every later stage ``stage_seconds`` after it opened, or as soon as every client that
-could still answer has. A client that misses a deadline is a dropout for the round and the
+could still answer has. Stragglers: once a quorum has answered (the session threshold ``t`` in
+secure mode, a majority of the invited in plain mode), the stage waits at most ``grace_seconds``
+more, so a dead client costs a round seconds, not the whole deadline (as in production FL systems,
+which proceed when enough devices report). A client that misses a deadline is a dropout for the round and the
 protocol's recovery takes over. Messages for another round, another stage, from a client not in
 the round, or that the state machine refuses are rejected with :class:`Rejected` and change nothing.
 """
@@ -66,6 +69,7 @@ class Coordinator:
     dim: int
     task_seconds: float = 120.0
     stage_seconds: float = 30.0
+    grace_seconds: float = 10.0
     registry: Mapping[int, bytes] | None = None
     round: int = 0
     finished: bool = False
@@ -76,11 +80,12 @@ class Coordinator:
     _updates: dict[int, PlainUpdate] = field(default_factory=dict)
     _open: bool = False
     _rejected: list[tuple[int, str]] = field(default_factory=list)
+    _quorum_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("task_seconds", "stage_seconds"):
+        for name in ("task_seconds", "stage_seconds", "grace_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0 seconds, got {getattr(self, name)!r}")
 
@@ -96,13 +101,14 @@ class Coordinator:
             raise ProtocolError(f"coordinator: round {self.round} is still open")
         if round_index <= self.round:
             raise ProtocolError(f"coordinator: round {round_index} does not follow round {self.round}")
+        if self.mode == "secure" and (params is None or params.client_ids != tuple(invited)):
+            raise ConfigError("params: secure mode needs session parameters for exactly the invited "
+                              "clients")
         self.round, self._invited = round_index, tuple(invited)
         self._outbox = {u: [] for u in invited}
         self._updates, self._rejected, self._session = {}, [], None
         if self.mode == "secure":
-            if params is None or params.client_ids != self._invited:
-                raise ConfigError("params: secure mode needs session parameters for exactly the invited "
-                                  "clients")
+            assert params is not None
             self._session = Server(params, self.registry if params.malicious else None)
             for u, setup in self._session.start():
                 self._outbox[u].append(Work(WorkKind.TASK, round_index, 0, weights, encode(setup),
@@ -111,6 +117,7 @@ class Coordinator:
             for u in invited:
                 self._outbox[u].append(Work(WorkKind.TASK, round_index, 0, weights, b"", weight_bound))
         self._open = True
+        self._quorum_at = None
         self.deadline = now + self.task_seconds
 
     def due(self, now: float) -> bool:
@@ -119,9 +126,29 @@ class Coordinator:
             return False
         if now >= self.deadline:
             return True
+        if self._quorum_at is not None and now >= self._quorum_at + self.grace_seconds:
+            return True
         if self._session is not None:
             return self._session.stage_complete()
         return set(self._updates) == set(self._invited)
+
+    def wake_at(self) -> float:
+        """When :meth:`due` can next turn true without a new message: the deadline, or the end of the
+        stragglers' grace period once a quorum answered."""
+        if self._quorum_at is None:
+            return self.deadline
+        return min(self.deadline, self._quorum_at + self.grace_seconds)
+
+    def _answered(self) -> tuple[int, int]:
+        """(answers in the open stage, the quorum after which stragglers get only the grace period)."""
+        if self._session is None:
+            return len(self._updates), len(self._invited) // 2 + 1
+        session = self._session
+        counts = {Stage.ADVERTISE_KEYS: session.keys, Stage.SHARE_KEYS: session.shares,
+                  Stage.MASKED_INPUT: session.masked, Stage.CONSISTENCY_CHECK: session.consistency,
+                  Stage.UNMASKING: session.responses}
+        stage = session.stage
+        return (len(counts[stage]) if stage is not None else 0), session.params.threshold
 
     def advance(self, now: float) -> RoundOutcome | None:
         """Close the open stage. ``None`` while the round goes on (the next stage's messages are queued);
@@ -146,6 +173,7 @@ class Coordinator:
             data = encoded.setdefault(id(message), encode(message))
             self._outbox[u].append(Work(WorkKind.PROTOCOL, self.round, len(self._outbox[u]), b"", data))
         self.deadline = now + self.stage_seconds
+        self._quorum_at = None
         return None
 
     def stage_name(self) -> str:
@@ -173,13 +201,17 @@ class Coordinator:
                 return item
         return None
 
-    def submit(self, client: int, round_index: int, stage: int, payload: bytes) -> None:
+    def submit(self, client: int, round_index: int, stage: int, payload: bytes, now: float) -> None:
         """Record ``client``'s reply for ``stage`` of round ``round_index``; :class:`Rejected` if refused."""
         try:
             self._submit(client, round_index, stage, payload)
         except Rejected as exc:
             self._rejected.append((client, str(exc)))
             raise
+        if self._quorum_at is None:
+            answered, quorum = self._answered()
+            if answered >= quorum:
+                self._quorum_at = now
 
     def _submit(self, client: int, round_index: int, stage: int, payload: bytes) -> None:
         if self.finished:

@@ -157,7 +157,9 @@ def _unpack(data: bytes, what: str, arity: int) -> list[Any]:
     if value[0] != MAGIC or type(value[0]) is not int:
         raise WireError(f"{what}: bad magic number")
     if value[1] != VERSION or type(value[1]) is not int:
-        raise WireError(f"{what}: unsupported version {value[1]!r} (this build speaks {VERSION})")
+        # never repr an untrusted value: a deeply nested one would blow the recursion limit
+        shown = value[1] if type(value[1]) is int else type(value[1]).__name__
+        raise WireError(f"{what}: unsupported version {shown} (this build speaks {VERSION})")
     if len(value) != 2 + arity:
         raise WireError(f"{what}: expected {arity} fields, got {len(value) - 2}")
     return value[2:]

@@ -51,8 +51,10 @@ class ServeOptions:
     """Where and how to listen. ``address``: "host:port" (port 0: any free port, see ``on_listen``).
     ``tls``: the server's certificate and key (``None``: plaintext, for loopback and trusted networks).
     ``task_seconds``: deadline of the first stage (local training + key advertisement);
-    ``stage_seconds``: of every later stage. ``linger_seconds``: how long to keep answering DONE
-    after the last round. ``audit_dir``: write each secure round's unmasked sum and survivor set.
+    ``stage_seconds``: of every later stage. ``grace_seconds``: how long a stage waits for stragglers
+    once a quorum answered (see :mod:`secagg.transport.coordinator`). ``linger_seconds``: how long
+    to keep answering DONE after the last round. ``audit_dir``: write each secure round's unmasked
+    sum and survivor set.
     ``wait_clients``: before the first round, wait until this many clients have logged in (default:
     the clients sampled per round), at most ``wait_seconds``."""
 
@@ -60,6 +62,7 @@ class ServeOptions:
     tls: TLSFiles | None = None
     task_seconds: float = 120.0
     stage_seconds: float = 30.0
+    grace_seconds: float = 10.0
     linger_seconds: float = 3.0
     audit_dir: Path | None = None
     wait_clients: int | None = None
@@ -112,8 +115,8 @@ class NetworkServer:
             log.info("no checkpoint in %s yet: starting at round 0", self.out)
         dim = self.fedavg.layout.dim
         self.lock = threading.Condition()
-        self.coordinator = Coordinator(self.mode, dim, options.task_seconds, options.stage_seconds, registry,
-                                       round=self.state.round)
+        self.coordinator = Coordinator(self.mode, dim, options.task_seconds, options.stage_seconds,
+                                       options.grace_seconds, registry, round=self.state.round)
         self.service = AggregationService(self.coordinator, Authenticator(registry),
                                           json.dumps(config.to_dict()), self.lock)
         self.weight_bound = weight_bound(config, self.fedavg.examples)
@@ -230,7 +233,7 @@ class NetworkServer:
             while True:
                 now = time.monotonic()
                 if not self.coordinator.due(now):
-                    self.lock.wait(max(0.0, self.coordinator.deadline - now))
+                    self.lock.wait(max(0.0, self.coordinator.wake_at() - now))
                     continue
                 stage = self.coordinator.stage_name()
                 outcome = self.coordinator.advance(time.monotonic())

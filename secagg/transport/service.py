@@ -167,7 +167,7 @@ class AggregationService:
         submit = decode_submit(request)
         with self.lock:
             self.traffic.sent[client] += len(request)
-            self.coordinator.submit(client, submit.round, submit.stage, submit.payload)
+            self.coordinator.submit(client, submit.round, submit.stage, submit.payload, self.clock())
             self.lock.notify_all()  # the driver may close the stage now
         return encode_ack()
 
