@@ -21,6 +21,7 @@ independently with that probability: ``FedAvgConfig`` refuses any other sampler 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,7 @@ from dp.gaussian import gaussian
 from dp.noise import SecureRandom
 from secagg.aggregation import Aggregate, Aggregator, AggState, Mean, SecureSum, UpdateBatch, Wrapper
 from secagg.errors import AbortError, ConfigError
-from secagg.validation import check_choice, check_real
+from secagg.validation import check_choice, check_int, check_real
 
 __all__ = ["DPFedAvg", "check_sum_inner", "clip_rows", "inner_sum"]
 
@@ -115,7 +116,10 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
     ``delta``: in (0, 1). ``accountant``: "rdp" or "prv". ``sampling``: "poisson" (amplification;
     the server must Poisson-sample at ``sample_rate``) or "none". ``target_epsilon``: a budget (the run
     stops before exceeding it) or ``None``. ``inner``: ``Mean(weighted=False)`` or
-    ``SecureSum(weighted=False)``.
+    ``SecureSum(weighted=False)``. ``simulation_seed``: SIMULATION ONLY (benchmark grids): draw the
+    noise from a keystream derived from this seed and the round's public seed, so a grid run twice
+    (or on Ray) gives the same table. Such noise is predictable to anyone who knows the seeds, so it
+    protects nothing: ``secagg serve`` refuses it, and ``None`` (fresh CSPRNG noise) is the default.
     """
 
     clip: float = 1.0
@@ -127,10 +131,13 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
     sampling: str = "poisson"
     target_epsilon: float | None = None
     inner: Aggregator = field(default_factory=lambda: Mean(weighted=False))
+    simulation_seed: int | None = None
 
     def __post_init__(self) -> None:
         check_real("clip", self.clip, gt=0.0)
         check_real("expected_clients", self.expected_clients, gt=0.0)
+        if self.simulation_seed is not None:
+            check_int("simulation_seed", self.simulation_seed, minimum=0)
         self.check_accounting()
         super().__post_init__()
         check_sum_inner(self.inner)
@@ -141,7 +148,11 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
         return self.noise_multiplier * self.clip / self.expected_clients
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
-        return self.run_round(batch, state)
+        rng = None
+        if self.simulation_seed is not None:  # reproducible simulation noise (see the class docstring)
+            key = hashlib.sha256(f"secagg/simulation-noise/{self.simulation_seed}/{batch.seed}".encode())
+            rng = SecureRandom(key.digest())
+        return self.run_round(batch, state, rng)
 
     def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
         """:meth:`aggregate`, optionally drawing the noise from ``rng`` (a seeded one: TESTS ONLY)."""

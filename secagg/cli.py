@@ -130,6 +130,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     train.set_defaults(parser=train)
     _add_training_options(train)
+    _add_ray_options(train, "the simulated clients of each round")
     train.add_argument("--out", type=Path, default=Path("runs/train"),
                        help="output directory (default: runs/train)")
     train.add_argument("--resume", action="store_true",
@@ -147,6 +148,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory")
     bench.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default: 1)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_ray_options(bench, "the grid's cells")
     serve = sub.add_parser(
         "serve", help="run the federated server for remote clients over gRPC",
         description="Trains like 'secagg train' (same flags), but the clients are remote processes "
@@ -162,6 +164,29 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     add_client_parser(sub)
     add_keys_parser(sub)
     return parser, train
+
+
+def _add_ray_options(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_argument_group("Ray (optional: pip install 'secagg[ray]')")
+    group.add_argument("--ray", action="store_true",
+                       help=f"run {what} as Ray tasks (a local Ray unless --ray-address)")
+    group.add_argument("--ray-address", dest="ray_address", default=None, metavar="ADDR",
+                       help="join the Ray cluster at ADDR (e.g. ray://head:10001 or auto); implies --ray")
+    group.add_argument("--ray-threads", dest="ray_threads", type=int, default=None, metavar="N",
+                       help="torch threads (and CPUs reserved) per Ray task (default: this process's "
+                            "torch threads, which keeps results bit-identical to a run without Ray; "
+                            "1 runs the most tasks at once)")
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """A RayExecutor when --ray/--ray-address was given, else None (the in-process loop)."""
+    if not (args.ray or args.ray_address):
+        if args.ray_threads is not None:
+            raise ConfigError("--ray-threads: needs --ray")
+        return None
+    from secagg.parallel import RayExecutor
+
+    return RayExecutor(address=args.ray_address, threads=args.ray_threads)
 
 
 def _add_training_options(train: argparse.ArgumentParser) -> None:
@@ -500,7 +525,13 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
                             description=f"round {row['round']}  acc {100 * row['accuracy']:.1f}%"
                                         + ("" if eps is None else f"  eps {eps:.2f}"))
 
-        result = run_experiment(config, args.out, resume=args.resume, on_round=on_round)
+        executor = _executor(args)
+        try:
+            result = run_experiment(config, args.out, resume=args.resume, on_round=on_round,
+                                    executor=executor)
+        finally:
+            if executor is not None:
+                executor.close()
 
     secure = any(key.endswith("client_bytes_mean") for row in result.history for key in row)
     table = Table(title="FedAvg on digits: test metrics per round"
@@ -548,8 +579,12 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError("--preset, --config: give one of them")
     if args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
+    ray = bool(args.ray or args.ray_address)
+    if not ray and args.ray_threads is not None:
+        raise ConfigError("--ray-threads: needs --ray")
     paths = run(args.out, preset=args.preset, config_file=args.bench_config, jobs=args.jobs,
-                progress=not args.no_progress)
+                progress=not args.no_progress, backend="ray" if ray else "local",
+                ray_address=args.ray_address, ray_threads=args.ray_threads)
     console = Console()
     console.print(paths["summary"].read_text())
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))

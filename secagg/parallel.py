@@ -99,14 +99,17 @@ _REMOTE: dict[str, Any] = {}  # the ray.remote wrapper of _call, built once per 
 
 
 class RayExecutor(ClientExecutor):
-    """One Ray task (scheduled as 1 CPU) per item, on the cluster at ``address`` or on a local Ray.
+    """One Ray task per item, on the cluster at ``address`` or on a local Ray.
 
     Ray is initialized only if it is not already (``address=None`` starts a local Ray with
     ``num_cpus`` CPUs, default all); :meth:`close` shuts it down again only if this executor started
-    it, so an application (or a test) that called ``ray.init`` itself keeps its cluster. Each task runs
-    with ``threads`` torch intra-op threads (default: ``torch.get_num_threads()`` of this process when
-    the work is submitted, which keeps results bit-identical to :class:`LocalExecutor`; ``threads=1``
-    avoids oversubscribing the workers' cores, at the price of last-bit float differences).
+    it, so an application (or a test) that called ``ray.init`` itself keeps its cluster.
+
+    Each task runs with ``threads`` torch intra-op threads and reserves as many CPUs (so tasks never
+    oversubscribe a node). Default: ``torch.get_num_threads()`` of this process when the work is
+    submitted, which keeps results bit-identical to :class:`LocalExecutor`. ``threads=1`` runs the
+    most tasks at once (small models gain little from intra-op threads), at the price of last-bit
+    float differences from a loop that used more threads.
     Raises :class:`ConfigError` if ray is not installed.
     """
 
@@ -129,7 +132,7 @@ class RayExecutor(ClientExecutor):
                      log_to_driver=False, ignore_reinit_error=True)
             self._started = True
         if "call" not in _REMOTE:
-            _REMOTE["call"] = ray.remote(num_cpus=1)(_call)
+            _REMOTE["call"] = ray.remote(_call)
         return _REMOTE["call"]
 
     def _submit(self, fn: Callable[..., Any], items: Sequence[Any], shared: tuple[Any, ...]) -> list[Any]:
@@ -139,7 +142,11 @@ class RayExecutor(ClientExecutor):
         threads = self.threads if self.threads is not None else torch.get_num_threads()
         # once per call, not once per task: every task gets references to the same stored objects
         refs = [self._ray.put(s) for s in shared]
-        return [remote.remote(fn, threads, item, *refs) for item in items]
+        # reserve the CPUs the task's threads use, but never more than a node has (else it would
+        # wait forever); the thread count itself is what the numbers depend on, so it stays
+        biggest = max((n["Resources"].get("CPU", 0) for n in self._ray.nodes() if n.get("Alive")), default=1)
+        task = remote.options(num_cpus=max(1, min(threads, int(biggest))))
+        return [task.remote(fn, threads, item, *refs) for item in items]
 
     def map(self, fn: Callable[..., R], items: Sequence[T], *shared: Any) -> list[R]:
         if not items:

@@ -112,9 +112,15 @@ def test_every_preset_parses():
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def quick_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
     run(out, preset="quick", jobs=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick(quick_dir):
+    out = quick_dir
     saved = json.loads((out / "results.json").read_text())
     table = {(r["attack"], r["defence"], r["partition"]): r for r in saved["cells"]}
     table |= {(r["attack"], r["defence"], "privacy"): r for r in saved["privacy"]}
@@ -200,3 +206,29 @@ def test_privacy_cells_are_resumed_like_the_others(tmp_path):
     assert len(privacy) == 1 and privacy[0]["defence"] == "none" and privacy[0]["psnr"] > 80
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["cells"]) == 4 and saved["privacy"] == privacy
+
+
+def _tables(out) -> dict[str, list]:
+    """The grid's written tables without their wall-time columns and lines."""
+    tables = {}
+    for name in ("results.csv", "privacy.csv"):
+        with open(out / name, newline="") as f:
+            tables[name] = [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+    tables["summary.md"] = [line for line in (out / "summary.md").read_text().splitlines()
+                            if "s of training" not in line]
+    return tables
+
+
+@pytest.mark.slow
+def test_quick_preset_on_a_local_ray_gives_identical_tables(quick_dir, tmp_path):
+    """Every cell as a Ray task on a local Ray with 2 CPUs: the same tables as the in-process run."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        run(tmp_path, preset="quick", progress=False, backend="ray")
+    finally:
+        ray.shutdown()
+    local, on_ray = _tables(quick_dir), _tables(tmp_path)
+    assert len(local["results.csv"]) == len(cells(load(preset="quick"))) and local["privacy.csv"]
+    for name in local:
+        assert on_ray[name] == local[name], name

@@ -119,3 +119,25 @@ def test_server_killed_between_rounds_resumes(deployment) -> None:
     assert "logging in again" in dep.log("client-0")
     for u in range(4):
         assert dep.procs[f"client-{u}"].wait(30) == 0, dep.log(f"client-{u}")
+
+
+@pytest.mark.parametrize("flags", [
+    pytest.param(("--aggregator", "median"), id="plain-median"),
+    pytest.param(("--secure", "--dp", "dpsgd", "--noise-multiplier", "1.0", "--clip", "1.0"),
+                 id="secure-dpsgd"),
+])
+def test_robust_rule_and_client_side_dp_over_the_network(deployment, flags: tuple[str, ...]) -> None:
+    """A robust rule runs on the server over plain updates; DP-SGD runs on the clients under secure
+    aggregation, and the server reports the record-level epsilon of each round."""
+    dep = deployment(4)
+    dep.serve(*flags, rounds=2)
+    for u in range(4):
+        dep.client(u)
+    rounds = dep.wait_server()["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and not any(r.get("aborted") for r in rounds)
+    assert all(r["clients"] == 4 for r in rounds)
+    if "--dp" in flags:
+        assert 0 < rounds[0]["epsilon"] < rounds[1]["epsilon"]
+        assert all(a["exact"] for a in dep.audited_rounds().values())
+    else:
+        assert rounds[-1]["accuracy"] > 0.8

@@ -941,3 +941,34 @@ def test_plain_grace_after_a_majority(plain: Coordinator) -> None:
     assert not plain.due(85.999) and plain.due(86.0)
     outcome = plain.advance(86.0)
     assert outcome is not None and sorted(outcome.updates) == [1, 3]
+
+
+def test_network_mode_refuses_nested_sessions_and_simulation_noise() -> None:
+    from dp.central import DPFedAvg
+    from secagg.aggregation import CoordinateMedian, SecureBucketing, SecureSum
+    from secagg.transport.serve import network_mode
+
+    assert network_mode(SecureSum()) == "secure"
+    assert network_mode(CoordinateMedian()) == "plain"
+    assert network_mode(DPFedAvg()) == "plain"
+    with pytest.raises(ConfigError, match="runs secure-aggregation sessions inside another rule"):
+        network_mode(SecureBucketing(bucket_size=2, inner=CoordinateMedian()))
+    with pytest.raises(ConfigError, match="simulation_seed"):
+        network_mode(DPFedAvg(simulation_seed=0))
+
+
+def test_dp_fedavg_simulation_seed_makes_noise_reproducible_per_round() -> None:
+    import torch
+
+    from dp.central import DPFedAvg
+    from secagg.aggregation import UpdateBatch
+
+    def batch(seed: int) -> UpdateBatch:
+        return UpdateBatch(torch.zeros(3, 50), torch.ones(3, dtype=torch.float64), (0, 1, 2), 1, seed)
+
+    seeded = DPFedAvg(simulation_seed=7)
+    a, b = (seeded.aggregate(batch(11), {}).update for _ in range(2))
+    assert torch.equal(a, b) and a.abs().sum() > 0
+    assert not torch.equal(a, seeded.aggregate(batch(12), {}).update)  # another round, other noise
+    fresh = DPFedAvg()
+    assert not torch.equal(fresh.aggregate(batch(11), {}).update, fresh.aggregate(batch(11), {}).update)

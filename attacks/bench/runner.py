@@ -1,9 +1,11 @@
-"""Run a benchmark grid: one FedAvg training run per cell, resumable, optionally in parallel processes.
+"""Run a benchmark grid: one FedAvg training run per cell, resumable, optionally in parallel processes
+or as Ray tasks.
 
 A cell is (attack, defence, attacker fraction, partition, seed). Each finished cell is appended to
 ``results.json`` at once, so an interrupted grid resumes where it stopped; every cell is a pure
 function of its configuration and seed, so a resumed grid gives the same table as an uninterrupted
-one (except the ``seconds`` column).
+one (except the ``seconds`` column). The same holds across backends: ``jobs=1``, ``jobs>1`` and
+``backend="ray"`` give the same rows (see :func:`run_grid` for the exceptions).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from attacks.byzantine import ByzantineClients
 from secagg.errors import ConfigError, UpdateError
 from secagg.experiment import ExperimentConfig, run_experiment
 from secagg.fedavg import ClientConfig, FedAvgConfig
+from secagg.parallel import RAY_MISSING, RayExecutor, ray_available
 from secagg.task import TaskConfig
 
 RESULTS = "results.json"
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ def run_cell(config: BenchConfig, cell: Cell,
 
 
 def _run_cell_in_worker(config: BenchConfig, cell: Cell) -> dict[str, Any]:
+    """One cell in a pool process: module-level, so it pickles."""
     import torch
 
     torch.set_num_threads(1)  # the processes already use every core
@@ -148,17 +153,36 @@ def _save(path: Path, config: BenchConfig, rows: list[dict[str, Any]]) -> None:
 
 
 def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progress: bool = True,
-             limit: int | None = None) -> list[dict[str, Any]]:
+             limit: int | None = None, backend: str = "local", ray_address: str | None = None,
+             ray_threads: int | None = None) -> list[dict[str, Any]]:
     """Run every cell not already in ``out_dir/results.json`` and return all rows in grid order
     (poisoning cells, then the privacy cells, whose rows carry ``"section": "privacy"``).
 
-    ``jobs > 1`` runs cells in that many processes. ``limit`` stops after that many new cells (for
-    tests of resumption). The caller writes the reports (:func:`attacks.bench.report.write_reports`).
+    ``backend="local"``: ``jobs > 1`` runs cells in that many processes. ``backend="ray"``: every
+    poisoning cell is one Ray task on the cluster at ``ray_address`` (``None``: the Ray this process
+    already started, else a new local one using every core, shut down at the end); the cluster's CPUs
+    set the parallelism, so ``jobs`` must stay 1. Each task uses ``ray_threads`` torch threads and
+    reserves as many CPUs (default: this process's thread count, which makes every row bit-identical
+    to ``jobs=1``; ``1`` runs more cells at once but, like ``jobs > 1``, computes with one thread, which
+    can change the last bits of the floats behind a row). Either way the privacy cells run in this
+    process. Rows never depend on the backend except ``seconds`` and the cells of defences that add
+    DP noise: that noise comes from ``os.urandom`` (it must stay secret), so those cells differ between
+    any two runs. ``limit`` stops after that many new cells (for tests of resumption). The caller
+    writes the reports (:func:`attacks.bench.report.write_reports`).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if jobs < 1:
         raise ConfigError(f"jobs: must be >= 1, got {jobs}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "ray" and not ray_available():
+        raise ConfigError(RAY_MISSING)
+    if backend == "ray" and jobs != 1:
+        raise ConfigError(f"jobs: the ray backend schedules one cell per free CPU of the cluster; "
+                          f"leave jobs at 1 (got {jobs})")
+    if backend == "local" and (ray_address is not None or ray_threads is not None):
+        raise ConfigError("ray_address, ray_threads: only used with backend 'ray'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS
@@ -178,15 +202,24 @@ def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progres
                   disable=not progress) as bar:
         total = len(grid) + len(privacy)
         cells_task = bar.add_task("cells", total=total, completed=total - len(todo) - len(privacy_todo))
-        rounds_task = bar.add_task("rounds", total=config.rounds, visible=jobs == 1)
-        if jobs == 1:
+        serial = backend == "local" and jobs == 1
+        rounds_task = bar.add_task("rounds", total=config.rounds, visible=serial)
+        if backend == "ray" and todo:
+            with RayExecutor(ray_address, threads=ray_threads) as executor:
+                # results as they complete, each saved at once: an interrupted grid resumes as usual
+                # run_cell, not _run_cell_in_worker: RayExecutor sets each task's torch thread count
+                for i, row in executor.as_completed(run_cell, todo, config):
+                    done[todo[i].key] = row
+                    _save(path, config, ordered())
+                    bar.advance(cells_task)
+        elif serial:
             for cell in todo:
                 bar.update(rounds_task, completed=0, description=f"{cell.attack} vs {cell.defence}")
                 row = run_cell(config, cell, on_round=lambda _: bar.advance(rounds_task))
                 done[cell.key] = row
                 _save(path, config, ordered())
                 bar.advance(cells_task)
-        else:
+        elif todo:
             with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
                 futures = {pool.submit(_run_cell_in_worker, config, c): c for c in todo}
                 for future in as_completed(futures):

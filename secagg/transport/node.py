@@ -35,9 +35,10 @@ import torch
 from secagg.crypto.keys import SigningKey
 from secagg.errors import ConfigError, ProtocolError, UpdateError, WireError
 from secagg.experiment import ExperimentConfig
+from secagg.fedavg.client import ClientUpdate
 from secagg.layout import ParamLayout
 from secagg.protocol.client import Client
-from secagg.protocol.messages import Setup, Stage
+from secagg.protocol.messages import SessionParams, Setup, Stage
 from secagg.protocol.runner import REPLY_STAGE
 from secagg.protocol.wire import decode, encode
 from secagg.seeding import derive_seed
@@ -125,6 +126,7 @@ class NetworkClient:
         self._limit = 2 * ENVELOPE_SLACK
         self._token = b""
         self._config: ExperimentConfig | None = None
+        self._ready = False  # _setup ran (after the first login)
         self._mode = ""
         self._session: Client | None = None
         self._session_round = -1
@@ -176,11 +178,14 @@ class NetworkClient:
         welcome = decode_welcome(self._call("Login", encode_login(Login(self.id, challenge.nonce, signature)),
                                             auth=False))
         self._token, self._mode = welcome.token, welcome.mode
-        if self._config is None:
-            self._setup(ExperimentConfig.from_json(welcome.config))
+        if not self._ready:
+            self._setup(welcome.config)
+            self._ready = True
         log.info("client %d: logged in (%s mode)", self.id, self._mode)
 
-    def _setup(self, config: ExperimentConfig) -> None:
+    def _setup(self, config_json: str) -> None:
+        """Build the task, model and data shard from the server's run configuration (JSON)."""
+        config = ExperimentConfig.from_json(config_json)
         task = build_task(config.task, seed=config.seed)
         if not 0 <= self.shard < task.data.num_clients:
             raise ConfigError(f"shard: {self.shard} is not a partition of this task "
@@ -225,17 +230,9 @@ class NetworkClient:
                 self._session = None
 
     def _start_round(self, work: Work) -> None:
-        config = self._config
-        assert config is not None
         self._session, self._session_round = None, work.round
-        weights = safetensors.torch.load(work.weights)
-        expected = self._model.state_dict()
-        if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
-            raise ConfigError("weights: the server sent weights that do not fit the configured model")
-        update = config.fedavg.trainer.train(
-            self._model, weights, self._data, config.fedavg.client, self._layout,
-            seed=derive_seed(config.seed, "client", work.round, self.shard), client_id=self.id)
         if self._mode == "plain":
+            update = self.train(work)
             delta = update.delta.to(torch.float32).numpy().astype("<f4").tobytes()
             self._send(work.round, UPDATE_STAGE,
                        encode_update(PlainUpdate(update.num_examples, update.train_loss, delta)))
@@ -247,10 +244,7 @@ class NetworkClient:
         params = setup.params
         if params.model_version != hashlib.sha256(work.weights).digest():
             raise ProtocolError("the session's model version is not the hash of the weights sent to me")
-        aggregator = config.fedavg.aggregator
-        weight = aggregator.client_weight(float(update.num_examples), work.weight_bound)
-        value, _ = aggregator.encode_client(update.delta.to(torch.float64).numpy(), weight,
-                                            len(params.client_ids))  # dither from the OS CSPRNG
+        value = self.session_input(work, params)
         if self.audit_dir is not None:
             self.audit_dir.mkdir(parents=True, exist_ok=True)
             np.save(self.audit_dir / f"client-{self.id}-round-{work.round}.npy", value, allow_pickle=False)
@@ -263,6 +257,29 @@ class NetworkClient:
             session = Client(self.id, value)
         self._session = session
         self._send(work.round, int(Stage.ADVERTISE_KEYS), encode(session.handle(setup)))
+
+    def train(self, work: Work) -> ClientUpdate:
+        """Local training on the TASK's global weights, as the in-process simulation would do it."""
+        config = self._config
+        assert config is not None
+        weights = safetensors.torch.load(work.weights)
+        expected = self._model.state_dict()
+        if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
+            raise ConfigError("weights: the server sent weights that do not fit the configured model")
+        return config.fedavg.trainer.train(
+            self._model, weights, self._data, config.fedavg.client, self._layout,
+            seed=derive_seed(config.seed, "client", work.round, self.shard), client_id=self.id)
+
+    def session_input(self, work: Work, params: SessionParams) -> np.ndarray:
+        """This client's quantized session input for the round (``params.vector_length`` uint32 words)."""
+        config = self._config
+        assert config is not None
+        update = self.train(work)
+        aggregator = config.fedavg.aggregator
+        weight = aggregator.client_weight(float(update.num_examples), work.weight_bound)
+        value, _ = aggregator.encode_client(update.delta.to(torch.float64).numpy(), weight,
+                                            len(params.client_ids))  # dither from the OS CSPRNG
+        return value
 
     def _continue_round(self, work: Work) -> None:
         if self._session is None or work.round != self._session_round:

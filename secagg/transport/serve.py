@@ -76,6 +76,9 @@ def network_mode(aggregator: Aggregator) -> str:
         return "secure"
     node: Any = aggregator
     while node is not None:
+        if getattr(node, "simulation_seed", None) is not None:
+            raise ConfigError(f"aggregator: {node.kind!r} has simulation_seed set: its noise would be "
+                              f"predictable, which is for benchmarks only, never a deployment")
         if getattr(node, "kind", None) in _SESSION_KINDS:
             raise ConfigError(f"aggregator: {aggregator.kind!r} runs secure-aggregation sessions inside "
                               f"another rule; over the network only a plain SecureSum (--secure) or a rule "
