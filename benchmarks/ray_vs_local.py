@@ -9,9 +9,9 @@ start-up is timed separately and counted in each Ray total. Prints the wall time
 
 Then it writes every run's reports and checks them against the local run's: results.csv and
 privacy.csv without their ``seconds`` column, summary.md without its "N s of training in total"
-line. Cells of defences that add DP noise (rows with an ``epsilon``) are left out of that check and
-counted: their noise comes from ``os.urandom`` by design, so they differ between any two runs, local
-ones included. Any other difference exits with status 1.
+line. The presets' DP defence draws reproducible simulation noise (``simulation_seed``), so every
+cell is compared. Any difference exits with status 1 (expected only for the one-thread run, whose
+floats may differ in the last bits).
 
     python benchmarks/ray_vs_local.py                     # quick preset, 2 CPUs
     python benchmarks/ray_vs_local.py --preset default --cpus 2 --json out.json
@@ -33,34 +33,25 @@ from attacks.bench import load, run_grid, write_reports
 TOTAL_LINE = "s of training in total"
 
 
-def _noised(rows: list[dict[str, str]]) -> set[str]:
-    """The defences whose cells add DP noise (their rows carry an epsilon)."""
-    return {r["defence"] for r in rows if r.get("epsilon")}
-
-
-def _csv(path: Path, skip: set[str] | frozenset[str] = frozenset()) -> list[dict[str, str]]:
-    """The rows of a report table without the wall-time column, nor the poisoning cells of the
-    defences in ``skip`` (privacy.csv has no ``attackers`` column: all its rows are kept)."""
+def _csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a report table without the wall-time column."""
     if not path.exists():
         return []
     with path.open() as fh:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)
-                if row.get("defence") not in skip or "attackers" not in row]
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
 
 
-def _summary(path: Path, skip: set[str]) -> list[str]:
-    return [line for line in path.read_text().splitlines() if TOTAL_LINE not in line
-            and not any(line.startswith(f"| {d} |") or f" vs {d} (" in line for d in skip)]
+def _summary(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if TOTAL_LINE not in line]
 
 
-def compare(a: Path, b: Path) -> tuple[list[str], set[str]]:
-    """(names of the report files that differ between directories ``a`` and ``b``, the DP-noised
-    defences left out of the comparison); timing columns and lines are always left out."""
-    skip = _noised(_csv(a / "results.csv")) | _noised(_csv(b / "results.csv"))
-    differ = [name for name in ("results.csv", "privacy.csv") if _csv(a / name, skip) != _csv(b / name, skip)]
-    if _summary(a / "summary.md", skip) != _summary(b / "summary.md", skip):
+def compare(a: Path, b: Path) -> list[str]:
+    """Names of the report files that differ between directories ``a`` and ``b`` (timing columns and
+    lines left out)."""
+    differ = [name for name in ("results.csv", "privacy.csv") if _csv(a / name) != _csv(b / name)]
+    if _summary(a / "summary.md") != _summary(b / "summary.md"):
         differ.append("summary.md")
-    return differ, skip
+    return differ
 
 
 def _privacy_seconds(rows: list[dict[str, Any]]) -> float:
@@ -91,10 +82,10 @@ def measure(preset: str, cpus: int, out: Path) -> dict[str, Any]:
         write_reports(out / name, config, rs)
         runs[name]["privacy_s"] = _privacy_seconds(rs)
         if name != "local":
-            runs[name]["differ"], skipped = compare(out / "local", out / name)
+            runs[name]["differ"] = compare(out / "local", out / name)
             runs[name]["speedup"] = runs["local"]["wall_s"] / runs[name]["wall_s"]
     return {"preset": preset, "cpus": cpus, "cells": len(rows["local"]), "ray_startup_s": startup,
-            "torch_threads": _threads(), "runs": runs, "skipped_dp_defences": sorted(skipped)}
+            "torch_threads": _threads(), "runs": runs}
 
 
 def _threads() -> int:
@@ -126,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{run['privacy_s']:.1f} s){ratio}")
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))
-    print(f"left out of the comparison (DP noise from os.urandom): {result['skipped_dp_defences']}")
     failed = False
     for name, run in runs.items():
         if run.get("differ"):

@@ -91,7 +91,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     state, history = trainer.initial_state(), []
     ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if resume and ckpt is not None:
-        state, history = _load(ckpt, config, trainer)
+        state, history = load_run(ckpt, config, trainer)
     stopped = None
     while state.round < config.fedavg.rounds:
         stopped = trainer.privacy_stop(state)
@@ -103,15 +103,16 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
         state = result.state
         history.append(result.record)
         if ckpt is not None:
-            _save(ckpt, config, state, history)
+            save_run(ckpt, config, state, history)
             write_results(ckpt.parent, config, history)
         if on_round is not None:
             on_round(result.record)
     return ExperimentResult(config, history, state, trainer, stopped)
 
 
-def _save(path: Path, config: ExperimentConfig, state: ServerState,
-          history: list[dict[str, Any]]) -> None:
+def save_run(path: Path, config: ExperimentConfig, state: ServerState,
+             history: list[dict[str, Any]]) -> None:
+    """Checkpoint a run (state + configuration + history) atomically at ``path``."""
     tensors = {f"weights/{k}": v for k, v in state.weights.items()}
     tensors |= {f"aggregator/{k}": v for k, v in state.aggregator_state.items()}
     if state.momentum is not None:
@@ -128,8 +129,10 @@ def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load(path: Path, config: ExperimentConfig, trainer: FedAvg
-          ) -> tuple[ServerState, list[dict[str, Any]]]:
+def load_run(path: Path, config: ExperimentConfig, trainer: FedAvg
+             ) -> tuple[ServerState, list[dict[str, Any]]]:
+    """The state and history checkpointed at ``path``; :class:`CheckpointError` unless it was written
+    by ``config`` (only ``fedavg.rounds`` may differ) for ``trainer``'s model."""
     tensors, meta = load_checkpoint(path)
     try:
         saved, round_index, history = meta["config"], int(meta["round"]), list(meta["history"])

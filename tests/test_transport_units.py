@@ -335,11 +335,22 @@ def test_replayed_challenge_is_refused(auth: Authenticator, keys: dict[int, Sign
     assert auth.client_of(token) == 11  # the replay did not disturb the live session
 
 
-def test_only_the_latest_challenge_counts(auth: Authenticator, keys: dict[int, SigningKey]) -> None:
+def test_strangers_asking_for_challenges_cannot_lock_a_client_out(auth: Authenticator,
+                                                                   keys: dict[int, SigningKey]) -> None:
+    """Anyone may call Hello for any registered id; the client's own challenge survives a few such
+    requests (the newest MAX_CHALLENGES are kept), and beyond that the oldest is dropped, not all."""
+    from secagg.transport.auth import MAX_CHALLENGES
+
     first, signature = _signed_login(auth, keys[3], 3)
-    auth.challenge(3, 0.0)
+    for _ in range(MAX_CHALLENGES - 1):
+        auth.challenge(3, 0.0)  # a stranger's requests
+    assert auth.client_of(auth.login(3, first, signature, 1.0)) == 3
+    oldest, signature = _signed_login(auth, keys[3], 3)
+    for _ in range(MAX_CHALLENGES):
+        auth.challenge(3, 0.0)
     with pytest.raises(AuthError, match="no such outstanding challenge"):
-        auth.login(3, first, signature, 1.0)
+        auth.login(3, oldest, signature, 1.0)
+    assert sum(len(p) for p in auth._challenges.values()) <= MAX_CHALLENGES * len(auth.registry)
 
 
 def test_expired_challenge_is_refused(auth: Authenticator, keys: dict[int, SigningKey]) -> None:

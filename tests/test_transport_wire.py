@@ -298,7 +298,7 @@ def test_advertisement_is_accepted_once(channel: grpc.Channel, deployment: Deplo
 def test_refusals_are_recorded(channel: grpc.Channel, deployment: Deployment) -> None:
     before = len(deployment.service.errors)
     _refused(channel, "Hello", GARBAGE, grpc.StatusCode.INVALID_ARGUMENT)
-    [(method, message)] = deployment.service.errors[before:]
+    [(method, message)] = list(deployment.service.errors)[before:]
     assert method == "Hello" and message.startswith("Hello: not a valid msgpack envelope")
 
 
@@ -339,3 +339,29 @@ def test_plaintext_channel_to_the_tls_port_fails(tls_deployment: tuple[Deploymen
     credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
     with grpc.secure_channel(f"localhost:{dep.port}", credentials) as channel:
         _assert_alive(channel, dep)
+
+
+def test_one_client_cannot_hold_more_than_two_long_polls(channel: grpc.Channel,
+                                                         deployment: Deployment) -> None:
+    """Each waiting poll holds a server thread: a third concurrent poll from the same client is
+    RESOURCE_EXHAUSTED, so one client cannot starve the others; the two waiting ones still answer."""
+    import threading
+
+    from secagg.transport.envelope import MAX_ROUND, Poll, decode_work, encode_poll
+
+    token = _login(channel, deployment, 4)
+    far = encode_poll(Poll(MAX_ROUND, 0, 3000))  # nothing after this position: waits the full 3 s
+    answers: list[bytes] = []
+    waiting = [threading.Thread(target=lambda: answers.append(_call(channel, "Poll", far, token)))
+               for _ in range(2)]
+    for t in waiting:
+        t.start()
+    deadline = time.monotonic() + 2.0
+    while deployment.service._polls[4] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    detail = _refused(channel, "Poll", far, grpc.StatusCode.RESOURCE_EXHAUSTED, token)
+    assert detail == "client 4 already has 2 polls waiting"
+    for t in waiting:
+        t.join(10)
+    assert len(answers) == 2 and all(decode_work(a).kind.name == "WAIT" for a in answers)
+    _assert_alive(channel, deployment, 4)

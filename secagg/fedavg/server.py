@@ -231,7 +231,7 @@ class FedAvg:
             raise UpdateError(f"aggregator {self.config.aggregator.kind!r} returned an update of "
                               f"shape {tuple(agg.update.shape)} (expected ({self.layout.dim},), "
                               f"finite)")
-        weights, momentum = self._server_step(state, agg.update)
+        weights, momentum = self.server_step(state, agg.update)
         examples = batch.weights
         record: dict[str, Any] = {
             "round": r,
@@ -290,8 +290,9 @@ class FedAvg:
         malicious = sum(1 for c in batch.client_ids if c in self.malicious)
         return {"malicious": malicious, **adversary.metrics(predict, self.data.test_x, self.data.test_y)}
 
-    def _server_step(self, state: ServerState, update: torch.Tensor
-                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    def server_step(self, state: ServerState, update: torch.Tensor
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """(new global weights, new momentum) after applying the aggregated ``update`` to ``state``."""
         p = self.layout.num_parameters
         step = update[:p]
         momentum = state.momentum

@@ -13,7 +13,6 @@ Files: an identity is a PKCS#8 PEM Ed25519 private key; the registry is JSON
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from secagg.transport.envelope import NONCE_BYTES, TOKEN_BYTES
 
 LOGIN_LABEL = b"secagg/v1/login"
 CHALLENGE_SECONDS = 30.0
+MAX_CHALLENGES = 8
 
 
 def login_message(nonce: bytes, client_id: int) -> bytes:
@@ -44,12 +44,14 @@ class AuthError(ProtocolError):
 class Authenticator:
     """The server's login state: outstanding challenges and issued tokens (sans-I/O; ``now`` in seconds).
 
-    Memory is bounded by the registry: one outstanding challenge and one live token per client.
+    Memory is bounded by the registry: at most ``MAX_CHALLENGES`` outstanding challenges (the newest;
+    anyone may ask for one, so a stranger's requests cannot lock a client out by replacing its single
+    challenge) and one live token per client.
     """
 
     registry: Mapping[int, bytes]
     challenge_seconds: float = CHALLENGE_SECONDS
-    _challenges: dict[int, tuple[bytes, float]] = field(default_factory=dict)
+    _challenges: dict[int, dict[bytes, float]] = field(default_factory=dict)
     _tokens: dict[bytes, int] = field(default_factory=dict)
     _token_of: dict[int, bytes] = field(default_factory=dict)
 
@@ -58,15 +60,20 @@ class Authenticator:
         if client_id not in self.registry:
             raise AuthError(f"client {client_id} is not in the registry")
         nonce = os.urandom(NONCE_BYTES)
-        self._challenges[client_id] = (nonce, now + self.challenge_seconds)
+        pending = self._challenges.setdefault(client_id, {})
+        for old in [n for n, expiry in pending.items() if expiry < now]:
+            del pending[old]
+        if len(pending) >= MAX_CHALLENGES:  # anyone may ask: keep the newest few, not all
+            del pending[next(iter(pending))]
+        pending[nonce] = now + self.challenge_seconds
         return nonce
 
     def login(self, client_id: int, nonce: bytes, signature: bytes, now: float) -> bytes:
         """Check the signed challenge and return a new token (the client's previous one is revoked)."""
-        pending = self._challenges.pop(client_id, None)
-        if pending is None or not hmac.compare_digest(pending[0], nonce):
+        expiry = self._challenges.get(client_id, {}).pop(nonce, None)  # each challenge works once
+        if expiry is None:
             raise AuthError(f"client {client_id}: no such outstanding challenge (ask again)")
-        if now > pending[1]:
+        if now > expiry:
             raise AuthError(f"client {client_id}: the challenge expired (ask again)")
         try:
             verify_signature(self.registry[client_id], signature, login_message(nonce, client_id),

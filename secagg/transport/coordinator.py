@@ -32,11 +32,12 @@ from secagg.protocol.wire import decode, encode
 from secagg.transport.envelope import UPDATE_STAGE, PlainUpdate, Work, WorkKind, decode_update
 
 MODES = ("secure", "plain")
+MAX_REJECTIONS_KEPT = 1000  # per round
 
 
 class Rejected(SecAggError):
     """A client call the server refuses. ``code``: "invalid" (malformed), "precondition" (wrong round,
-    stage or sender for the current state), "denied" (not allowed at all)."""
+    stage or sender for the current state), "denied" (not allowed at all), "busy" (too many calls)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -206,7 +207,8 @@ class Coordinator:
         try:
             self._submit(client, round_index, stage, payload)
         except Rejected as exc:
-            self._rejected.append((client, str(exc)))
+            if len(self._rejected) < MAX_REJECTIONS_KEPT:  # a flooding client cannot grow memory
+                self._rejected.append((client, str(exc)))
             raise
         if self._quorum_at is None:
             answered, quorum = self._answered()

@@ -29,7 +29,7 @@ import torch
 
 from secagg.aggregation import Aggregator, UpdateBatch
 from secagg.errors import AbortError, ConfigError
-from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, _load, _save
+from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, load_run, save_run
 from secagg.fedavg import FedAvg
 from secagg.fedavg.server import RoundResult, ServerState, evaluate
 from secagg.seeding import derive_seed
@@ -112,7 +112,7 @@ class NetworkServer:
         self.state, self.history = self.fedavg.initial_state(), []
         ckpt = self.out / CHECKPOINT
         if resume and ckpt.exists():
-            self.state, self.history = _load(ckpt, config, self.fedavg)
+            self.state, self.history = load_run(ckpt, config, self.fedavg)
             log.info("resumed from %s at round %d", ckpt, self.state.round)
         elif resume:
             log.info("no checkpoint in %s yet: starting at round 0", self.out)
@@ -157,7 +157,7 @@ class NetworkServer:
                 result = self.run_round()
                 self.state = result.state
                 self.history.append(result.record)
-                _save(self.out / CHECKPOINT, self.config, self.state, self.history)
+                save_run(self.out / CHECKPOINT, self.config, self.state, self.history)
                 write_results(self.out, self.config, self.history)
                 if on_round is not None:
                     on_round(result.record)
@@ -212,7 +212,7 @@ class NetworkServer:
             return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum,
                                            participations), record)
         assert update is not None
-        weights, momentum = fedavg._server_step(state, update)
+        weights, momentum = fedavg.server_step(state, update)
         record = {"round": r, "clients": int(metrics.pop("clients")), "rejected": [],
                   "train_loss": train_loss,
                   **evaluate(fedavg.model, weights, fedavg.data.test_x, fedavg.data.test_y),

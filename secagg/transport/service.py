@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -51,7 +51,8 @@ ENVELOPE_SLACK = 1 << 20  # headers, ids, signatures and msgpack framing around 
 log = logging.getLogger("secagg.transport")
 
 _CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "precondition": grpc.StatusCode.FAILED_PRECONDITION,
-          "denied": grpc.StatusCode.PERMISSION_DENIED}
+          "denied": grpc.StatusCode.PERMISSION_DENIED, "busy": grpc.StatusCode.RESOURCE_EXHAUSTED}
+MAX_POLLS_PER_CLIENT = 2  # one live long poll, plus one a dropped connection may leave for <= 10 s
 
 
 def message_limit(dim: int) -> int:
@@ -90,7 +91,9 @@ class AggregationService:
         self.lock = lock if lock is not None else threading.Condition()
         self.clock = clock
         self.traffic = Traffic()
-        self.errors: list[tuple[str, str]] = []  # (method, message) of every refused call, for tests/logs
+        # (method, message) of the latest refused calls, for tests and logs; bounded against floods
+        self.errors: deque[tuple[str, str]] = deque(maxlen=1000)
+        self._polls: dict[int, int] = defaultdict(int)  # client -> long polls in flight
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -151,16 +154,22 @@ class AggregationService:
         poll = decode_poll(request)
         give_up = self.clock() + min(poll.wait_ms / 1000.0, MAX_POLL_SECONDS)
         with self.lock:
-            self.traffic.sent[client] += len(request)
-            while True:
-                item = self.coordinator.poll(client, poll.after_round, poll.after_step)
-                remaining = give_up - self.clock()
-                if item is not None or remaining <= 0 or not context.is_active():
-                    break
-                self.lock.wait(remaining)
-            data = encode_work(item) if item is not None else encode_work(_WAIT)
-            self.traffic.received[client] += len(data)
-            return data
+            if self._polls[client] >= MAX_POLLS_PER_CLIENT:  # one client must not hold every worker
+                raise Rejected("busy", f"client {client} already has {MAX_POLLS_PER_CLIENT} polls waiting")
+            self._polls[client] += 1
+            try:
+                self.traffic.sent[client] += len(request)
+                while True:
+                    item = self.coordinator.poll(client, poll.after_round, poll.after_step)
+                    remaining = give_up - self.clock()
+                    if item is not None or remaining <= 0 or not context.is_active():
+                        break
+                    self.lock.wait(remaining)
+                data = encode_work(item) if item is not None else encode_work(_WAIT)
+                self.traffic.received[client] += len(data)
+                return data
+            finally:
+                self._polls[client] -= 1
 
     def submit(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         client = self._client(context)
