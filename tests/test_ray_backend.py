@@ -12,6 +12,8 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from test_bench import TINY  # noqa: E402  (the same tiny grid the bench tests use)
+
 from attacks.bench import write_reports  # noqa: E402
 from attacks.bench.config import parse  # noqa: E402
 from attacks.bench.runner import run_grid  # noqa: E402
@@ -23,25 +25,6 @@ from secagg.fedavg import ClientConfig, FedAvgConfig  # noqa: E402
 from secagg.fedavg.adversary import Adversary  # noqa: E402
 from secagg.parallel import LocalExecutor, RayExecutor, ray_available  # noqa: E402
 from secagg.task import TaskConfig  # noqa: E402
-
-TINY = """
-[run]
-rounds = 2
-clients = 5
-local_epochs = 1
-batch_size = 32
-seeds = [0]
-attackers = [0.2]
-partitions = ["iid"]
-
-[attacks]
-none = {}
-ipm = { update = { kind = "ipm", epsilon = 10.0 } }
-
-[defences]
-mean = { kind = "mean" }
-median = { kind = "median" }
-"""
 
 
 @pytest.fixture(scope="module")

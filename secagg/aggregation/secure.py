@@ -118,7 +118,8 @@ class SecureSum(Aggregator, kind="secure-sum"):
         return num_examples / bound
 
     def encode_client(self, update: np.ndarray, weight: float, num_clients: int,
-                      rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
+                      rng: np.random.Generator | None = None  # not secret: dither only
+                      ) -> tuple[np.ndarray, int]:
         """One client's session input: ``[weight * update, weight]`` quantized (``d + 1`` uint32 words),
         and how many coordinates were clipped. ``rng``: the stochastic-rounding dither (``None``: the
         OS CSPRNG, as a deployed client should use; seeded only for reproducible simulation).
