@@ -141,3 +141,20 @@ def test_robust_rule_and_client_side_dp_over_the_network(deployment, flags: tupl
         assert all(a["exact"] for a in dep.audited_rounds().values())
     else:
         assert rounds[-1]["accuracy"] > 0.8
+
+
+def test_round_aborts_cleanly_and_training_goes_on(deployment) -> None:
+    """Too many deaths for the threshold: round 1 aborts (one unmask response < t = 2) and changes
+    nothing; round 2 has one live client, aborts at its deadline; the server still finishes."""
+    dep = deployment(3)
+    dep.serve("--secure", "--task-timeout", "8", rounds=2)
+    faults = {1: "kill@1:UNMASKING", 2: "kill@1:MASKED_INPUT"}
+    for u in range(3):
+        dep.client(u, *(["--fault", faults[u]] if u in faults else []))
+    rounds = dep.wait_server()["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert "fewer than the threshold t=2" in rounds[0]["aborted"]
+    assert "fewer than the threshold t=2" in rounds[1]["aborted"]
+    assert rounds[0]["accuracy"] == rounds[1]["accuracy"]  # the initial model, untouched
+    assert not dep.audited_rounds()
+    assert dep.procs["client-0"].wait(30) == 0, dep.log("client-0")
