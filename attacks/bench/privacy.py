@@ -285,7 +285,8 @@ def _train_dp_fedavg(x: torch.Tensor, y: torch.Tensor, classes: int, cell: Priva
     split = numpy_rng(seed, "privacy-fl-split").permutation(len(x))  # not secret: simulation
     data = FederatedDataset(x, y, x[:1], y[:1], tuple(np.array_split(split, FL_CLIENTS)), classes)
     aggregator = DPFedAvg(clip=cell.clip, noise_multiplier=cell.noise_multiplier,
-                          expected_clients=float(FL_CLIENTS), sample_rate=1.0, sampling="none", delta=DELTA)
+                          expected_clients=float(FL_CLIENTS), sample_rate=1.0, sampling="none", delta=DELTA,
+                          simulation_seed=seed)  # a benchmark: reproducible noise (see DPFedAvg)
     fedavg = FedAvg(FedAvgConfig(rounds=FL_ROUNDS, fraction=1.0, client=FL_TRAINING, aggregator=aggregator),
                     model, data, seed=seed)
     state = fedavg.initial_state()
