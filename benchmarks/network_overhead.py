@@ -90,9 +90,8 @@ def run_network(n: int, dims: list[int], tls: bool, tmp: Path) -> dict[int, dict
                                *(["--ca", str(files.ca_cert)] if files else [])], env=env)
              for u in range(n)]
     started = time.perf_counter()
-    with lock:
-        while service.auth.logged_in() < n:
-            lock.wait(1.0)
+    if service.wait_for_logins(n, 600.0) < n:
+        raise SystemExit(f"only {service.auth.logged_in()} of {n} clients logged in within 600 s")
     print(f"  {n} client processes logged in after {time.perf_counter() - started:.1f} s", flush=True)
     out: dict[int, dict[str, float]] = {}
     ids = tuple(range(n))
@@ -106,17 +105,7 @@ def run_network(n: int, dims: list[int], tls: bool, tmp: Path) -> dict[int, dict
                                        vector_length=d, bits=32)
                 service.traffic.reset()
                 t0 = time.perf_counter()
-                with lock:
-                    coordinator.begin_round(r, ids, WEIGHTS, time.monotonic(), params=params)
-                    lock.notify_all()
-                    while True:
-                        if not coordinator.due(time.monotonic()):
-                            lock.wait(max(0.0, coordinator.wake_at() - time.monotonic()))
-                            continue
-                        outcome = coordinator.advance(time.monotonic())
-                        lock.notify_all()
-                        if outcome is not None:
-                            break
+                outcome = service.run_round(r, ids, WEIGHTS, params=params)
                 seconds = time.perf_counter() - t0
                 sent, received = service.traffic.reset()
                 assert outcome.result is not None, outcome.aborted

@@ -983,3 +983,17 @@ def test_dp_fedavg_simulation_seed_makes_noise_reproducible_per_round() -> None:
     assert not torch.equal(a, seeded.aggregate(batch(12), {}).update)  # another round, other noise
     fresh = DPFedAvg()
     assert not torch.equal(fresh.aggregate(batch(11), {}).update, fresh.aggregate(batch(11), {}).update)
+
+
+def test_the_round_task_is_encoded_once_for_every_client() -> None:
+    """The TASK carries the global weights: polled by n clients, it is built and encoded once."""
+    from secagg.aggregation import SecureSum
+    from secagg.transport.coordinator import Coordinator
+
+    ids = (0, 1, 2, 3)
+    coordinator = Coordinator("secure", 10)
+    coordinator.begin_round(1, ids, b"w" * 1000, 0.0, params=SecureSum().session_params(ids, 11, 1))
+    items = [coordinator.poll(u, 0, 0) for u in ids]
+    assert all(item is items[0] for item in items)
+    assert all(coordinator.encoded(item) is coordinator.encoded(items[0]) for item in items)
+    assert env.decode_work(coordinator.encoded(items[0])) == items[0]

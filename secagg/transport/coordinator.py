@@ -29,7 +29,7 @@ from secagg.errors import AbortError, ConfigError, ProtocolError, SecAggError, W
 from secagg.protocol.messages import SessionParams, Stage
 from secagg.protocol.server import Server, ServerPhase
 from secagg.protocol.wire import decode, encode
-from secagg.transport.envelope import UPDATE_STAGE, PlainUpdate, Work, WorkKind, decode_update
+from secagg.transport.envelope import UPDATE_STAGE, PlainUpdate, Work, WorkKind, decode_update, encode_work
 
 MODES = ("secure", "plain")
 MAX_REJECTIONS_KEPT = 1000  # per round
@@ -82,6 +82,7 @@ class Coordinator:
     _open: bool = False
     _rejected: list[tuple[int, str]] = field(default_factory=list)
     _quorum_at: float | None = None
+    _wire: dict[int, bytes] = field(default_factory=dict)  # id(work item in an outbox) -> its bytes
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -108,15 +109,22 @@ class Coordinator:
         self.round, self._invited = round_index, tuple(invited)
         self._outbox = {u: [] for u in invited}
         self._updates, self._rejected, self._session = {}, [], None
+        self._wire = {}
+        # one TASK object per distinct Setup (in practice one for everybody), so the weights are
+        # encoded once per round, not once per client
+        tasks: dict[bytes, Work] = {}
         if self.mode == "secure":
             assert params is not None
             self._session = Server(params, self.registry if params.malicious else None)
             for u, setup in self._session.start():
-                self._outbox[u].append(Work(WorkKind.TASK, round_index, 0, weights, encode(setup),
-                                            weight_bound))
+                data = encode(setup)
+                if data not in tasks:
+                    tasks[data] = Work(WorkKind.TASK, round_index, 0, weights, data, weight_bound)
+                self._outbox[u].append(tasks[data])
         else:
+            task = Work(WorkKind.TASK, round_index, 0, weights, b"", weight_bound)
             for u in invited:
-                self._outbox[u].append(Work(WorkKind.TASK, round_index, 0, weights, b"", weight_bound))
+                self._outbox[u].append(task)
         self._open = True
         self._quorum_at = None
         self.deadline = now + self.task_seconds
@@ -169,10 +177,14 @@ class Coordinator:
             self._open = False
             return RoundOutcome(self.round, self._invited, self._session.result, self._session.survivors,
                                 self._session.dropped, rejected=list(self._rejected))
-        encoded: dict[int, bytes] = {}  # one encoding per distinct message (broadcasts are shared)
+        # one encoding and one work item per distinct (message, step): broadcasts are shared
+        items: dict[tuple[int, int], Work] = {}
         for u, message in outgoing:
-            data = encoded.setdefault(id(message), encode(message))
-            self._outbox[u].append(Work(WorkKind.PROTOCOL, self.round, len(self._outbox[u]), b"", data))
+            step = len(self._outbox[u])
+            key = (id(message), step)
+            if key not in items:
+                items[key] = Work(WorkKind.PROTOCOL, self.round, step, b"", encode(message))
+            self._outbox[u].append(items[key])
         self.deadline = now + self.stage_seconds
         self._quorum_at = None
         return None
@@ -201,6 +213,15 @@ class Coordinator:
             if (item.round, item.step) > (after_round, after_step):
                 return item
         return None
+
+    def encoded(self, item: Work) -> bytes:
+        """``item`` as envelope bytes, encoded once per round however many clients poll it."""
+        data = self._wire.get(id(item))
+        if data is None:
+            data = encode_work(item)
+            if item.kind is not WorkKind.DONE:  # DONE items are built per call: not kept
+                self._wire[id(item)] = data
+        return data
 
     def submit(self, client: int, round_index: int, stage: int, payload: bytes, now: float) -> None:
         """Record ``client``'s reply for ``stage`` of round ``round_index``; :class:`Rejected` if refused."""

@@ -174,11 +174,7 @@ class NetworkServer:
         want = self.options.wait_clients
         if want is None:
             want = self.config.fedavg.clients_per_round(self.config.task.num_clients)
-        give_up = time.monotonic() + self.options.wait_seconds
-        with self.lock:
-            while self.service.auth.logged_in() < want and time.monotonic() < give_up:
-                self.lock.wait(min(1.0, max(0.0, give_up - time.monotonic())))
-            have = self.service.auth.logged_in()
+        have = self.service.wait_for_logins(want, self.options.wait_seconds)
         log.info("%d of %d wanted clients logged in; starting", have, want)
 
     # -- one round --------------------------------------------------------------------------------
@@ -228,23 +224,7 @@ class NetworkServer:
         if self.mode == "secure":
             params = self.config.fedavg.aggregator.session_params(sampled, self.fedavg.layout.dim + 1, r)
             params = dataclasses.replace(params, model_version=hashlib.sha256(weights).digest())
-        opened = time.monotonic()
-        with self.lock:
-            self.coordinator.begin_round(r, sampled, weights, time.monotonic(), params=params,
-                                         weight_bound=self.weight_bound)
-            self.lock.notify_all()
-            while True:
-                now = time.monotonic()
-                if not self.coordinator.due(now):
-                    self.lock.wait(max(0.0, self.coordinator.wake_at() - now))
-                    continue
-                stage = self.coordinator.stage_name()
-                outcome = self.coordinator.advance(time.monotonic())
-                log.info("round %d: stage %s closed after %.2f s", r, stage, time.monotonic() - opened)
-                opened = time.monotonic()
-                self.lock.notify_all()
-                if outcome is not None:
-                    return outcome
+        return self.service.run_round(r, sampled, weights, params=params, weight_bound=self.weight_bound)
 
     def _aggregate(self, outcome: RoundOutcome, state: ServerState
                    ) -> tuple[torch.Tensor | None, dict[str, Any], float | None, str | None]:

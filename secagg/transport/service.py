@@ -26,8 +26,9 @@ from pathlib import Path
 import grpc
 
 from secagg.errors import ConfigError, ProtocolError, WireError
+from secagg.protocol.messages import SessionParams
 from secagg.transport.auth import Authenticator, AuthError
-from secagg.transport.coordinator import Coordinator, Rejected
+from secagg.transport.coordinator import Coordinator, Rejected, RoundOutcome
 from secagg.transport.envelope import (
     Challenge,
     Welcome,
@@ -132,6 +133,38 @@ class AggregationService:
         with self.lock:
             return self.auth.client_of(token if isinstance(token, bytes) else None)
 
+    def wait_for_logins(self, count: int, timeout: float) -> int:
+        """Block until ``count`` clients hold a token or ``timeout`` seconds passed; how many do."""
+        give_up = self.clock() + timeout
+        with self.lock:
+            while self.auth.logged_in() < count and self.clock() < give_up:
+                self.lock.wait(min(1.0, max(0.0, give_up - self.clock())))
+            return self.auth.logged_in()
+
+    # -- the round driver -------------------------------------------------------------------------
+
+    def run_round(self, round_index: int, invited: tuple[int, ...], weights: bytes, *,
+                  params: SessionParams | None = None, weight_bound: float = 0.0) -> RoundOutcome:
+        """Open a round on the coordinator and close its stages as they become due (everyone answered,
+        grace or deadline passed) until it ends; the clients' calls arrive meanwhile on gRPC threads."""
+        with self.lock:
+            opened = self.clock()
+            self.coordinator.begin_round(round_index, invited, weights, opened, params=params,
+                                         weight_bound=weight_bound)
+            self.lock.notify_all()
+            while True:
+                now = self.clock()
+                if not self.coordinator.due(now):
+                    self.lock.wait(max(0.0, self.coordinator.wake_at() - now))
+                    continue
+                stage = self.coordinator.stage_name()
+                outcome = self.coordinator.advance(now)
+                log.info("round %d: stage %s closed after %.2f s", round_index, stage, self.clock() - opened)
+                opened = self.clock()
+                self.lock.notify_all()
+                if outcome is not None:
+                    return outcome
+
     # -- methods ----------------------------------------------------------------------------------
 
     def hello(self, request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -165,7 +198,7 @@ class AggregationService:
                     if item is not None or remaining <= 0 or not context.is_active():
                         break
                     self.lock.wait(remaining)
-                data = encode_work(item) if item is not None else encode_work(_WAIT)
+                data = self.coordinator.encoded(item) if item is not None else _WAIT
                 self.traffic.received[client] += len(data)
                 return data
             finally:
@@ -181,7 +214,7 @@ class AggregationService:
         return encode_ack()
 
 
-_WAIT = Work(WorkKind.WAIT)
+_WAIT = encode_work(Work(WorkKind.WAIT))
 
 
 def start_grpc_server(service: AggregationService, address: str, *, max_message_bytes: int,
