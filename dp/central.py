@@ -22,6 +22,7 @@ independently with that probability: ``FedAvgConfig`` refuses any other sampler 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +34,7 @@ from secagg.aggregation import Aggregate, Aggregator, AggState, Mean, SecureSum,
 from secagg.errors import AbortError, ConfigError
 from secagg.validation import check_choice, check_int, check_real
 
-__all__ = ["DPFedAvg", "check_sum_inner", "clip_rows", "inner_sum"]
+__all__ = ["DPFedAvg", "check_sum_inner", "clip_rows", "inner_sum", "rounding_slack"]
 
 
 def clip_rows(updates: torch.Tensor, clip: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,10 +51,40 @@ def clip_rows(updates: torch.Tensor, clip: float | torch.Tensor) -> tuple[torch.
 
 
 def check_sum_inner(inner: Aggregator, where: str = "inner") -> None:
-    """Refuse an inner aggregator whose output times the client count is not the plain sum."""
+    """Refuse an inner aggregator whose output times the client count is not the plain sum, and a
+    secure sum whose quantization grid moves with the round size (``max_clients`` unset)."""
     if not isinstance(inner, Mean | SecureSum) or inner.weighted:
         raise ConfigError(f"{where}: must be Mean(weighted=False) or SecureSum(weighted=False) (the noise "
                           f"is calibrated to the unweighted sum), got {inner!r}")
+    if isinstance(inner, SecureSum) and inner.max_clients == 0:
+        raise ConfigError(f"{where}.max_clients: a DP sum through SecureSum needs a fixed quantization "
+                          f"grid (a public bound on the clients per round, e.g. the number of clients); "
+                          f"with 0 the grid follows the round size, so one client joining re-rounds "
+                          f"every other client's update and the sum moves by more than the clip")
+
+
+def rounding_slack(inner: Aggregator, num_clients: int, dim: int) -> float:
+    """How far (L2, float units) the inner sum's encoding can move one client's ``dim`` coordinates.
+
+    A ``SecureSum`` rounds every coordinate stochastically to its grid (step ``1 / scale`` for a session
+    of ``num_clients``), so a row of norm ``r`` enters the sum with norm below ``r + sqrt(dim) / scale``;
+    a plain mean adds nothing. Clipping to ``C - slack`` keeps each client's contribution, as summed,
+    within the sensitivity ``C`` the noise is calibrated to.
+    """
+    if not isinstance(inner, SecureSum):
+        return 0.0
+    return math.sqrt(dim) / inner.quantizers(num_clients)[0].scale
+
+
+def secure_clip(inner: Aggregator, clip: float, num_clients: int, dim: int, field: str = "clip") -> float:
+    """``clip`` minus :func:`rounding_slack`: what to clip rows to so the summed encoding stays within
+    ``clip``; :class:`ConfigError` naming ``inner.bits`` when the slack eats the whole clip."""
+    slack = rounding_slack(inner, num_clients, dim)
+    if slack >= 0.5 * clip:
+        raise ConfigError(f"inner.bits: the secure sum's rounding of {num_clients} clients x {dim} "
+                          f"coordinates can move an update by {slack:.3g} (L2), more than half the "
+                          f"{field} {clip:g}: raise the secure sum's bits or lower its clip")
+    return clip - slack
 
 
 def inner_sum(wrapper: Wrapper, batch: UpdateBatch, state: AggState, **metrics: float
@@ -99,6 +130,9 @@ class GaussianAccounted:
         accountant = GaussianAccountant(self.noise_multiplier, self.sample_rate, self.accountant,
                                         self.sampling)
         return accountant.epsilon(rounds, self.delta)
+
+    def claims_dp(self) -> bool:
+        return True
 
     def privacy_budget(self) -> float | None:
         return self.target_epsilon
@@ -156,7 +190,10 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
 
     def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
         """:meth:`aggregate`, optionally drawing the noise from ``rng`` (a seeded one: TESTS ONLY)."""
-        clipped, norms = clip_rows(batch.updates, self.clip)
+        # through a secure sum, rows are clipped a little tighter so that their rounded encoding still
+        # moves the sum by at most clip (the sensitivity the noise is calibrated to)
+        target = secure_clip(self.inner, self.clip, batch.num_clients, batch.dim)
+        clipped, norms = clip_rows(batch.updates, target)
         total, out = inner_sum(self, batch.replace(updates=clipped), state,
                                clipped_fraction=float((norms > self.clip).double().mean()),
                                noise_std=self.noise_std)

@@ -239,6 +239,9 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
                                                  sampling="none")
         return accountant.epsilon(rounds, self.delta)
 
+    def claims_dp(self) -> bool:
+        return self.noise_multiplier > 0
+
     def privacy_budget(self) -> float | None:
         return self.target_epsilon
 
@@ -338,12 +341,20 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
             redraws += todo.size
         raise UpdateError(f"beta: conditional rounding failed {MAX_ROUNDING_TRIES} times in a row")
 
-    def _encode(self, x: np.ndarray, rotation_seed: int, rng: SecureRandom) -> tuple[np.ndarray, int]:
+    def encode_signal(self, x: np.ndarray, rotation_seed: int, rng: SecureRandom) -> tuple[np.ndarray, int]:
+        """The deterministic-norm part of each row's encoding, before any noise: rotate, clip to ``clip``,
+        scale by 1/gamma, round conditionally. int64 (n, L) rows of L2 norm <= Delta_2 (and so L1 norm
+        <= ``l1_sensitivity``): what one client adds to the integer sum besides its noise share, and
+        the sensitivity :meth:`privacy_parameters` reports. Also returns the number of redraws."""
         p = self.plan(x.shape[1])
         y = rotate(x, rotation_seed)
         norms = np.linalg.norm(y, axis=1, keepdims=True)
         y *= np.minimum(1.0, self.clip / np.maximum(norms, 1e-300)) / p.gamma
-        q, redraws = self.round_scaled(y, rng)
+        return self.round_scaled(y, rng)
+
+    def _encode(self, x: np.ndarray, rotation_seed: int, rng: SecureRandom) -> tuple[np.ndarray, int]:
+        p = self.plan(x.shape[1])
+        q, redraws = self.encode_signal(x, rotation_seed, rng)
         if self.noise_multiplier > 0:
             size = q.size
             noise = (discrete_gaussian(p.sigma_l, size, rng) if self.mechanism == "ddg"

@@ -15,6 +15,7 @@ off, but the server sees who took part, so there is no amplification by subsampl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -42,6 +43,10 @@ class LocalDP(Wrapper, kind="local-dp"):
     delta: float = 1e-5
     target_epsilon: float | None = None
     inner: Aggregator = field(default_factory=Mean)
+    keeps_sensitivity: ClassVar[bool] = True  # noise is added row by row
+
+    def claims_dp(self) -> bool:
+        return True
 
     def __post_init__(self) -> None:
         check_real("clip", self.clip, gt=0.0)

@@ -380,7 +380,9 @@ def dp_aggregator(args: argparse.Namespace, config: ExperimentConfig,
     accountant = args.accountant or "rdp"
     clip = DEFAULT_CLIP if args.clip is None else args.clip
     delta = DEFAULT_DELTA if args.delta is None else args.delta
-    unweighted = dataclasses.replace(secure, weighted=False) if secure is not None else Mean(weighted=False)
+    # a DP sum needs a fixed grid: plan it for every client of the task (a public bound)
+    unweighted = (dataclasses.replace(secure, weighted=False, max_clients=n) if secure is not None
+                  else Mean(weighted=False))
     try:
         if args.dp in ("central", "adaptive"):
             z = _noise_multiplier(args, lambda eps: noise_multiplier_for(eps, delta, q, rounds, accountant,

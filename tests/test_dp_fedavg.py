@@ -88,7 +88,7 @@ def test_dpfedavg_divides_the_clipped_sum_by_expected_clients(secure):
     u = torch.randn(3, 5, generator=g, dtype=torch.float64) * torch.tensor([[0.1], [3.0], [10.0]],
                                                                          dtype=torch.float64)
     c, z, m = 1.0, 0.3, 10.0
-    inner = SecureSum(weighted=False, clip=1.0) if secure else Mean(weighted=False)
+    inner = SecureSum(weighted=False, clip=1.0, max_clients=10) if secure else Mean(weighted=False)
     agg = DPFedAvg(clip=c, noise_multiplier=z, expected_clients=m, inner=inner)
     out = agg.run_round(_batch(u), {}, rng=SecureRandom(SEED))
     clipped, _ = clip_rows(u, c)
@@ -136,7 +136,9 @@ def test_dpfedavg_epsilon_and_budget_hooks():
     (lambda: AdaptiveClipDP(target_quantile=1.0), "target_quantile: must be < 1"),
     (lambda: AdaptiveClipDP(learning_rate=0.0), "learning_rate: must be > 0"),
     (lambda: AdaptiveClipDP(expected_clients=100, delta=1.0), "delta: must be < 1"),
-    (lambda: AdaptiveClipDP(inner=SecureSum(weighted=False, clip=0.5)), "inner.clip: must be >= 1"),
+    (lambda: AdaptiveClipDP(inner=SecureSum(weighted=False, clip=0.4, max_clients=9)),
+         "inner.clip: must be >= 0.5"),
+        (lambda: DPFedAvg(inner=SecureSum(weighted=False)), "inner.max_clients: a DP sum"),
 ])
 def test_bad_settings_name_the_field_and_bound(make, field):
     with pytest.raises(ConfigError, match=field):
@@ -162,7 +164,7 @@ def test_fixed_sampler_with_poisson_accounting_is_refused():
 def test_config_with_dp_round_trips_through_json():
     cfg = FedAvgConfig(fraction=0.25, sampling="poisson",
                        aggregator=DPFedAvg(sample_rate=0.25, expected_clients=2.5, target_epsilon=4.0,
-                                           inner=SecureSum(weighted=False)))
+                                           inner=SecureSum(weighted=False, max_clients=10)))
     assert FedAvgConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     for agg in (LocalDP(inner=SecureSum()), AdaptiveClipDP(expected_clients=40)):
         assert FedAvgConfig.from_dict(FedAvgConfig(aggregator=agg).to_dict()).aggregator == agg
@@ -287,7 +289,7 @@ def test_adaptive_clip_bits_go_through_the_secure_sum():
     rows = _norm_rows(np.random.default_rng(1), 6, 0.3)
     clear = AdaptiveClipDP(initial_clip=0.3, noise_multiplier=0.5, expected_clients=6.0, count_stddev=1.0)
     secure = AdaptiveClipDP(initial_clip=0.3, noise_multiplier=0.5, expected_clients=6.0, count_stddev=1.0,
-                            inner=SecureSum(weighted=False))
+                            inner=SecureSum(weighted=False, max_clients=6))
     a = clear.run_round(_batch(rows), clear.init_state(3), rng=SecureRandom(SEED))
     b = secure.run_round(_batch(rows), secure.init_state(3), rng=SecureRandom(SEED))
     assert b.metrics["inner/survivors"] == 6.0  # the secure session carried the rows
@@ -295,14 +297,13 @@ def test_adaptive_clip_bits_go_through_the_secure_sum():
     torch.testing.assert_close(a.update, b.update, rtol=0, atol=1e-6)
 
 
-def test_adaptive_clip_noise_split_and_refusal():
-    agg = AdaptiveClipDP(noise_multiplier=1.0, expected_clients=100.0)  # sigma_b = 5
-    assert agg.sigma_b == 5.0
-    z_delta = agg.update_noise_multiplier
-    assert z_delta ** -2 + (2 * agg.sigma_b) ** -2 == pytest.approx(1.0)  # together: multiplier z
-    assert agg.epsilon_after(3) == pytest.approx(GaussianAccountant(1.0, 1.0).epsilon(3, 1e-5))
+def test_adaptive_clip_defaults_are_valid_and_refusal_names_sigma_b():
+    # the default configuration used to raise (sigma_b = m / 20 = 0.5 < z / 2)
+    default = AdaptiveClipDP()
+    assert default.sigma_b == 1.0 and default.epsilon_after(3) is not None
+    assert AdaptiveClipDP(noise_multiplier=1.0, expected_clients=100.0).sigma_b == 5.0  # the paper's m / 20
     with pytest.raises(ConfigError, match="noise_multiplier: must be < 2 sigma_b"):
-        AdaptiveClipDP(noise_multiplier=1.0, expected_clients=10.0)  # sigma_b = 0.5
+        AdaptiveClipDP(noise_multiplier=1.0, expected_clients=10.0, count_stddev=0.5)
     with pytest.raises(ConfigError, match="sigma_b"):
         AdaptiveClipDP(noise_multiplier=2.0, count_stddev=1.0)
 

@@ -19,7 +19,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -134,6 +134,13 @@ class Aggregator(Registered, ABC, family="aggregator"):
         the dimension need it), or ``None`` if it makes no DP guarantee (the default)."""
         return None
 
+    def claims_dp(self) -> bool:
+        """Whether this aggregator (or one nested in it) reports a DP epsilon: ``False`` by default.
+
+        Wrappers that change the sensitivity of what they wrap use it to refuse a DP rule inside.
+        """
+        return False
+
     def privacy_budget(self) -> float | None:
         """The epsilon the run must not exceed (training stops before a round that would), or
         ``None`` for no budget (the default)."""
@@ -151,19 +158,40 @@ class Wrapper(Aggregator):
     Subclasses declare the dataclass field ``inner: Aggregator`` and call ``super().__post_init__()``.
     The inner rule's state lives under ``inner/`` in the wrapper's state (so a wrapped stateful
     rule is checkpointed with the run), and its metrics are logged as ``inner/<name>``.
+
+    Privacy: an inner DP rule's epsilon holds for what the wrapper releases only if the wrapper
+    keeps that rule's sensitivity, i.e. each client still reaches the inner rule as (at most) one
+    row that depends on its own update alone, so one client joining moves the inner input by one row
+    (per-row maps such as clipping or local noise; extra rows that depend on no client). Such
+    wrappers set the class attribute ``keeps_sensitivity = True``. The others (mixing rows,
+    re-bucketing: every row may depend on every client) refuse a DP rule inside at construction
+    (:class:`ConfigError` naming ``inner``), so they never pass an inner epsilon through.
     """
 
     inner: Aggregator
+    #: True when one client added or removed changes at most one row of the inner rule's input,
+    #: and that row depends on that client's update only (see the class docstring).
+    keeps_sensitivity: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.inner, Aggregator):
             raise ConfigError(f"inner: expected an Aggregator, got {type(self.inner).__name__}")
+        if not self.keeps_sensitivity and self.inner.claims_dp():
+            raise ConfigError(
+                f"inner: {type(self).__name__} ({self.kind!r}) makes each row it hands on depend on "
+                f"several clients, which changes the sensitivity the inner DP rule "
+                f"{type(self.inner).__name__} is accounted for: its epsilon would not hold. Put the DP "
+                f"rule outside (e.g. DP around the sum) or use a rule without a DP claim inside")
 
     def init_state(self, dim: int) -> AggState:
         return nest_state("inner", self.inner.init_state(dim))
 
+    def claims_dp(self) -> bool:
+        return self.inner.claims_dp()
+
     def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
-        return self.inner.epsilon_after(rounds, dim)
+        # only reachable with keeps_sensitivity (the others refuse a DP inner at construction)
+        return self.inner.epsilon_after(rounds, dim) if self.keeps_sensitivity else None
 
     def privacy_budget(self) -> float | None:
         return self.inner.privacy_budget()

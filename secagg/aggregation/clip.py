@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -21,6 +22,7 @@ class ClipNorm(Wrapper, kind="clip-norm"):
 
     max_norm: float = 1.0
     inner: Aggregator = field(default_factory=Mean)
+    keeps_sensitivity: ClassVar[bool] = True  # a per-row map: an inner DP rule's epsilon still holds
 
     def __post_init__(self) -> None:
         check_real("max_norm", self.max_norm, gt=0.0)

@@ -43,6 +43,10 @@ class SecureSum(Aggregator, kind="secure-sum"):
     ``weight_bound``: public bound W on a client's example count; 0 uses the round's largest count
     (fine in simulation; a deployment must fix W in advance, since it is public).
     ``dropout``: fraction of the sampled clients to drop after ShareKeys (simulation).
+    ``max_clients``: a public bound on the clients in one session that fixes the quantization grid
+    (a round with more is refused); 0 plans the grid for each round's own count, so the grid then
+    changes with the round size. A DP rule over the sum needs the fixed grid: with it, one client
+    joining changes only its own contribution, not every other client's rounding.
     ``malicious``: the active-security mode (signed keys, ConsistencyCheck round; see
     :mod:`secagg.protocol.client`), tolerating ``floor(corrupt_fraction * n)`` clients colluding with
     the server: full-graph threshold ``floor((n + corrupt) / 2) + 1`` at least, SecAgg+ parameters
@@ -59,6 +63,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
     weight_bound: float = 0.0
     dropout: float = 0.0
     malicious: bool = False
+    max_clients: int = 0
 
     def __post_init__(self) -> None:
         check_real("clip", self.clip, gt=0.0)
@@ -69,6 +74,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
         check_real("dropout_fraction", self.dropout_fraction, ge=0.0, lt=1.0)
         check_real("weight_bound", self.weight_bound, ge=0.0)
         check_real("dropout", self.dropout, ge=0.0, lt=1.0)
+        check_int("max_clients", self.max_clients, minimum=0)
         for name in ("weighted", "malicious"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
@@ -98,9 +104,16 @@ class SecureSum(Aggregator, kind="secure-sum"):
                              bits=self.bits, malicious=self.malicious, corrupt=corrupt)
 
     def quantizers(self, num_clients: int) -> tuple[Quantizer, Quantizer]:
-        """(value, weight) quantizers of a session with ``num_clients`` clients: both ends use these."""
-        return (Quantizer.for_sum(self.clip, num_clients, self.bits),
-                Quantizer.for_sum(1.0, num_clients, self.bits))
+        """(value, weight) quantizers of a session with ``num_clients`` clients: both ends use these.
+
+        Planned for ``max_clients`` when it is set (:class:`ConfigError` if ``num_clients`` exceeds it),
+        else for ``num_clients``."""
+        if self.max_clients and num_clients > self.max_clients:
+            raise ConfigError(f"max_clients: the session has {num_clients} clients, above the bound "
+                              f"max_clients={self.max_clients} its quantization grid is planned for")
+        planned = self.max_clients or num_clients
+        return (Quantizer.for_sum(self.clip, planned, self.bits),
+                Quantizer.for_sum(1.0, planned, self.bits))
 
     def client_weight(self, num_examples: float, bound: float) -> float:
         """A client's weight ``w / W`` in [0, 1] (1 when unweighted); :class:`UpdateError` if out of range.
