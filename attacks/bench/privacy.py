@@ -18,10 +18,18 @@ identical) and ``label_accuracy`` (the iDLG label is among the true labels). Mem
 target MLP (plain, or DP-SGD at ``epsilon``) on half of a pool of digits and attack it with the loss
 threshold (Yeom et al.) or LiRA online (Carlini et al., shadow models like the target); they report
 ``auc``, ``tpr_at_1pct_fpr`` and ``tpr_at_0_1pct_fpr``.
+
+Every membership row's ``epsilon`` is record-level (a membership test asks about one record), with
+``epsilon_record`` (the same number) and ``epsilon_relation`` naming the neighbouring relation it holds
+for. DP-SGD cells: add/remove one record. DP-FedAvg cells (client-level DP) are accounted for one
+record by :func:`record_level_epsilon` (removing a record replaces its client's update: noise
+multiplier z/2), with records split to clients by :func:`client_of` so that no other record moves;
+their client-level (add/remove one client) figure is ``epsilon_client``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -144,6 +152,10 @@ def _check(cell: PrivacyCell, where: str) -> None:
         raise ConfigError(f"{where}.clip: must be > 0, got {cell.clip!r}")
     if cell.defence == "dpsgd" and not (isinstance(cell.epsilon, int | float) and cell.epsilon > 0):
         raise ConfigError(f"{where}.epsilon: dpsgd needs a target epsilon > 0, got {cell.epsilon!r}")
+    if cell.defence == "dp_fedavg" and cell.pool < FL_MIN_POOL:
+        # every model trains on about half the pool, split over FL_CLIENTS by hash: a smaller pool can
+        # leave a client with no record, which the federated data set refuses
+        raise ConfigError(f"{where}.pool: dp_fedavg needs a pool >= {FL_MIN_POOL}, got {cell.pool}")
 
 
 def run_privacy_cell(cell: PrivacyCell, seed: int, out_dir: Path | None = None) -> dict[str, Any]:
@@ -237,12 +249,16 @@ def _membership(cell: PrivacyCell, seed: int) -> dict[str, Any]:
     for t in range(cell.targets):  # targets independent of the shadows' split (see lira_scores)
         target_mask[t, numpy_rng(seed, "privacy-target", t).permutation(n)[: n // 2]] = True  # not secret
     mask = np.concatenate([shadow_mask, target_mask])
-    confs, losses, epsilons = [], [], []
+    confs, losses, epsilons, client_epsilons = [], [], [], []
     for m in range(len(mask)):
-        idx = torch.from_numpy(np.flatnonzero(mask[m]))
+        records = np.flatnonzero(mask[m])  # pool indices: a record's identity, whatever else is in
+        idx = torch.from_numpy(records)
         model_seed = derive_seed(seed, "privacy-model", m)
         if cell.defence == "dp_fedavg":
-            model, epsilon = _train_dp_fedavg(x[idx], y[idx], classes, cell, model_seed)
+            # one split key per cell: a record belongs to the same client in every shadow and target
+            model, client_eps, epsilon = _train_dp_fedavg(x[idx], y[idx], records, classes, cell, model_seed,
+                                                          split_key=derive_seed(seed, "privacy-fl-split"))
+            client_epsilons.append(client_eps)
         else:
             trained = train_model("mlp", x[idx], y[idx], num_classes=classes, config=MEMBERSHIP_TRAINING,
                                   trainer=trainer, seed=model_seed)
@@ -259,21 +275,67 @@ def _membership(cell: PrivacyCell, seed: int) -> dict[str, Any]:
         scores = np.concatenate(losses[shadows:])
     member = target_mask.reshape(-1)
     eps = max(epsilons)
-    return {"epsilon": None if math.isinf(eps) else eps, "auc": auc(scores, member),
-            "tpr_at_1pct_fpr": tpr_at_fpr(scores, member, 0.01),
+    record_eps = None if math.isinf(eps) else eps
+    return {"epsilon": record_eps, "epsilon_record": record_eps, "epsilon_relation": RELATIONS[cell.defence],
+            "epsilon_client": max(client_epsilons) if client_epsilons else None,
+            "auc": auc(scores, member), "tpr_at_1pct_fpr": tpr_at_fpr(scores, member, 0.01),
             "tpr_at_0_1pct_fpr": tpr_at_fpr(scores, member, 0.001)}
 
 
+#: The neighbouring relation each membership row's record-level ``epsilon`` holds for.
+RELATIONS = {"none": None, "dpsgd": "add/remove one record (DP-SGD)",
+             "dp_fedavg": "add/remove one record = replace one client's update (L2 2C: DP-FedAvg at z/2)"}
 FL_CLIENTS, FL_ROUNDS = 5, 20
+FL_MIN_POOL = 200
 FL_TRAINING = ClientConfig(epochs=5, batch_size=0, lr=0.5, momentum=0.0)
 
 
-def _train_dp_fedavg(x: torch.Tensor, y: torch.Tensor, classes: int, cell: PrivacyCell,
-                     seed: int) -> tuple[torch.nn.Module, float]:
+def client_of(record: int, key: int, num_clients: int) -> int:
+    """The client (in ``[0, num_clients)``) holding pool record ``record``: ``sha256(key, record)`` mod
+    ``num_clients``. A function of the record's own index alone, so adding or removing a record moves
+    no other record (a ``permutation(len(x))`` split reshuffles every client when one record joins).
+    ``key`` is a public simulation seed (not secret: it only has to be fixed before the data)."""
+    digest = hashlib.sha256(f"secagg/privacy-fl-split/{key}/{record}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % num_clients  # modulo bias < 2^-60
+
+
+def split_records(records: np.ndarray, key: int, num_clients: int) -> tuple[np.ndarray, ...]:
+    """Per client, the positions in ``records`` (pool indices) that :func:`client_of` assigns to it."""
+    owner = np.array([client_of(int(r), key, num_clients) for r in records], dtype=np.int64)
+    return tuple(np.flatnonzero(owner == c) for c in range(num_clients))
+
+
+def record_level_epsilon(noise_multiplier: float, rounds: int, delta: float, *, accountant: str = "rdp",
+                         sampling: str = "none") -> float:
+    """Record-level epsilon (nats, add/remove one record) of ``rounds`` DP-FedAvg rounds in which every
+    client takes part, records being split by :func:`client_of`.
+
+    Derivation: with that split, adding or removing one record changes the data of exactly one client
+    (the client set, the client ids and their training seeds stay the same), so exactly one clipped
+    update changes, from ``u`` to ``u'`` with ``||u - u'|| <= 2C``: a *replacement* of one client, not
+    the add/remove-one-client relation of :class:`~dp.accounting.GaussianAccountant`. Noise of std
+    ``zC`` against L2 sensitivity ``2C`` is the Gaussian mechanism at noise multiplier ``z / 2``;
+    rounds compose adaptively. Hence ``GaussianAccountant(z / 2, 1.0, accountant, "none")``. (Group
+    privacy over the two add/remove steps of a replacement gives a looser bound.) Poisson client
+    sampling is refused: the add/remove subsampled-Gaussian analysis at ``z / 2`` is not a
+    replace-one analysis, and the benchmark does not sample clients.
+    """
+    from dp.accounting import GaussianAccountant
+
+    if sampling != "none":
+        raise ConfigError(f"sampling: record-level accounting of DP-FedAvg supports only 'none' (every "
+                          f"client every round), got {sampling!r}")
+    return GaussianAccountant(noise_multiplier / 2, 1.0, accountant, "none").epsilon(rounds, delta)
+
+
+def _train_dp_fedavg(x: torch.Tensor, y: torch.Tensor, records: np.ndarray, classes: int, cell: PrivacyCell,
+                     seed: int, *, split_key: int) -> tuple[torch.nn.Module, float, float]:
     """An MLP trained by FedAvg with client-level DP (DP-FedAvg, ``cell.noise_multiplier`` and
-    ``cell.clip``) among ``FL_CLIENTS`` clients splitting ``(x, y)``, every client in each of
-    ``FL_ROUNDS`` rounds (no amplification); returns it and its epsilon at ``DELTA``. Client-level DP
-    of a client's whole data implies the same bound for each of its records."""
+    ``cell.clip``) among ``FL_CLIENTS`` clients, row ``i`` of ``(x, y)`` (pool record ``records[i]``)
+    going to ``client_of(records[i], split_key)``, every client in each of ``FL_ROUNDS`` rounds (no
+    amplification). Returns the model, its client-level epsilon (add/remove one client) and its
+    record-level epsilon (:func:`record_level_epsilon`), both at ``DELTA``. Raises
+    :class:`ConfigError` if a client gets no record (the pool is too small)."""
     from dp import DPFedAvg
     from secagg.data.federated import FederatedDataset
     from secagg.fedavg import FedAvg, FedAvgConfig
@@ -282,8 +344,12 @@ def _train_dp_fedavg(x: torch.Tensor, y: torch.Tensor, classes: int, cell: Priva
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "privacy-fl-init"))
         model = build_model("mlp", tuple(x.shape[1:]), classes)
-    split = numpy_rng(seed, "privacy-fl-split").permutation(len(x))  # not secret: simulation
-    data = FederatedDataset(x, y, x[:1], y[:1], tuple(np.array_split(split, FL_CLIENTS)), classes)
+    partition = split_records(records, split_key, FL_CLIENTS)
+    empty = [c for c, part in enumerate(partition) if part.size == 0]
+    if empty:
+        raise ConfigError(f"pool: dp_fedavg needs >= 1 record per client, client {empty[0]} got none of "
+                          f"{len(records)}: use a larger pool")
+    data = FederatedDataset(x, y, x[:1], y[:1], partition, classes)
     aggregator = DPFedAvg(clip=cell.clip, noise_multiplier=cell.noise_multiplier,
                           expected_clients=float(FL_CLIENTS), sample_rate=1.0, sampling="none", delta=DELTA,
                           simulation_seed=seed)  # a benchmark: reproducible noise (see DPFedAvg)
@@ -294,6 +360,8 @@ def _train_dp_fedavg(x: torch.Tensor, y: torch.Tensor, classes: int, cell: Priva
         state = fedavg.run_round(state).state
     model.load_state_dict(state.weights)
     model.train(False)
-    epsilon = aggregator.epsilon_after(FL_ROUNDS, fedavg.layout.dim)
-    assert epsilon is not None
-    return model, epsilon
+    client_epsilon = aggregator.epsilon_after(FL_ROUNDS, fedavg.layout.dim)
+    assert client_epsilon is not None
+    record_epsilon = record_level_epsilon(cell.noise_multiplier, FL_ROUNDS, DELTA,
+                                          accountant=aggregator.accountant, sampling=aggregator.sampling)
+    return model, client_epsilon, record_epsilon

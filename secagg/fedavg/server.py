@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -102,10 +103,17 @@ class FedAvg:
     ``executor`` runs the sampled clients' local training (default: one after the other in this
     process); any executor gives the same numbers, since local training is a pure function of its
     inputs.
+
+    ``secret_sampling``: draw each round's clients from the OS CSPRNG instead of the public ``seed``.
+    Amplification by subsampling (which a DP aggregator's ``poisson_sample_rate`` claims) holds only
+    when the adversary cannot predict the sample, so a deployment (``secagg serve``) must set it; a
+    simulation keeps the seeded, reproducible sample, and its round records say so
+    (``"sample_secret": false`` whenever an amplified epsilon is reported).
     """
 
     def __init__(self, config: FedAvgConfig, model: nn.Module, data: FederatedDataset,
-                 *, seed: int = 0, executor: ClientExecutor | None = None) -> None:
+                 *, seed: int = 0, executor: ClientExecutor | None = None,
+                 secret_sampling: bool = False) -> None:
         self.config = config
         self.model = model
         self.data = data
@@ -115,6 +123,8 @@ class FedAvg:
         self.examples = {i: len(part) for i, part in enumerate(data.partition)}
         self.malicious = (config.adversary.malicious(data.num_clients, derive_seed(seed, "adversary"))
                           if config.adversary is not None else frozenset())
+        self.secret_sampling = bool(secret_sampling)
+        self._secret_samples: dict[int, list[int]] = {}  # round -> its CSPRNG sample, drawn once
         self._agg_epsilon: dict[int, float | None] = {}
         self._trainer_epsilon: tuple[tuple[int, ...] | None, float | None] = (None, None)
 
@@ -130,8 +140,13 @@ class FedAvg:
 
         ``sampling="fixed"``: ``clients_per_round`` clients without replacement; ``"poisson"``: each
         client independently with probability ``fraction`` (possibly none). Public randomness from
-        :mod:`secagg.seeding`: the same seed and round give the same clients.
+        :mod:`secagg.seeding` (the same seed and round give the same clients), or with
+        ``secret_sampling`` the OS CSPRNG, drawn once per round (asking again returns the same sample).
         """
+        if self.secret_sampling:
+            if round_index not in self._secret_samples:
+                self._secret_samples = {round_index: self._secret_sample()}  # only the round at hand
+            return list(self._secret_samples[round_index])
         n = self.data.num_clients
         if self.config.sampling == "poisson":
             draws = numpy_rng(self.seed, "sample-poisson", round_index).random(n)  # not secret
@@ -139,6 +154,12 @@ class FedAvg:
         m = self.config.clients_per_round(n)
         chosen = numpy_rng(self.seed, "sample", round_index).choice(n, size=m, replace=False)
         return sorted(int(c) for c in chosen)
+
+    def _secret_sample(self) -> list[int]:
+        n, draw = self.data.num_clients, secrets.SystemRandom()  # the OS CSPRNG: the sample is secret
+        if self.config.sampling == "poisson":
+            return [c for c in range(n) if draw.random() < self.config.fraction]
+        return sorted(draw.sample(range(n), self.config.clients_per_round(n)))
 
     def participations_after(self, state: ServerState, clients: list[int]) -> torch.Tensor:
         """Rounds each client was sampled in, after ``state`` plus one round sampling ``clients``."""
@@ -167,6 +188,15 @@ class FedAvg:
         values = [eps for _, eps, _ in self._epsilons(round_index, participations) if eps is not None]
         return max(values) if values else None
 
+    def sample_note(self, epsilon: float | None) -> dict[str, bool]:
+        """``{"sample_secret": ...}`` for a round record whose ``epsilon`` claims amplification by
+        sampling (an aggregator with a Poisson rate < 1), else ``{}``: the amplified figure assumes the
+        sample is hidden from the adversary, true only with ``secret_sampling``."""
+        rate = self.config.aggregator.poisson_sample_rate()
+        if epsilon is None or rate is None or rate >= 1.0:
+            return {}
+        return {"sample_secret": self.secret_sampling}
+
     def privacy_stop(self, state: ServerState) -> str | None:
         """Why the next round must not run (its epsilon would exceed a privacy budget), or ``None``."""
         r = state.round + 1
@@ -190,7 +220,7 @@ class FedAvg:
         participations = self.participations_after(state, sampled)
         epsilon = self.epsilon_after(r, participations)
         if not sampled:
-            record = {"round": r, "clients": 0, "rejected": [], "skipped": "no client sampled",
+            record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": [], "skipped": "no client sampled",
                       "train_loss": None,
                       **evaluate(self.model, state.weights, self.data.test_x, self.data.test_y),
                       "update_norm": 0.0, "epsilon": epsilon, "seconds": time.perf_counter() - started}
@@ -221,7 +251,8 @@ class FedAvg:
             agg = self.config.aggregator.aggregate(batch, state.aggregator_state)
         except AbortError as exc:
             # a clean abort (e.g. too few clients left in secure aggregation): no update this round
-            record = {"round": r, "clients": 0, "rejected": rejected, "aborted": str(exc),
+            record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": rejected,
+                      "aborted": str(exc),
                       "train_loss": None,
                       **evaluate(self.model, state.weights, self.data.test_x, self.data.test_y),
                       "update_norm": 0.0, "epsilon": epsilon, "seconds": time.perf_counter() - started}
@@ -244,6 +275,7 @@ class FedAvg:
             **{f"agg/{k}": v for k, v in agg.metrics.items()},
             **self._adversary_metrics(weights, batch),
             "epsilon": epsilon,
+            **self.sample_note(epsilon),
             "seconds": time.perf_counter() - started,
         }
         return RoundResult(ServerState(r, weights, agg.state, momentum, participations), record)

@@ -79,6 +79,9 @@ def network_mode(aggregator: Aggregator) -> str:
         if getattr(node, "simulation_seed", None) is not None:
             raise ConfigError(f"aggregator: {node.kind!r} has simulation_seed set: its noise would be "
                               f"predictable, which is for benchmarks only, never a deployment")
+        if getattr(node, "simulation_only", False):  # e.g. dp's CanaryAudit: it inserts fake clients
+            raise ConfigError(f"aggregator: {node.kind!r} is for simulation only (secagg train/bench): "
+                              f"a server inserting fake clients into a deployment is not supported")
         if getattr(node, "kind", None) in _SESSION_KINDS:
             raise ConfigError(f"aggregator: {aggregator.kind!r} runs secure-aggregation sessions inside "
                               f"another rule; over the network only a plain SecureSum (--secure) or a rule "
@@ -108,7 +111,8 @@ class NetworkServer:
         self.config, self.options, self.out = config, options, Path(out_dir)
         self.mode = network_mode(config.fedavg.aggregator)
         task = build_task(config.task, seed=config.seed)
-        self.fedavg = FedAvg(config.fedavg, task.model, task.data, seed=config.seed)
+        # a deployment's sample must be secret: the amplified epsilon assumes nobody can predict it
+        self.fedavg = FedAvg(config.fedavg, task.model, task.data, seed=config.seed, secret_sampling=True)
         self.state, self.history = self.fedavg.initial_state(), []
         ckpt = self.out / CHECKPOINT
         if resume and ckpt.exists():
@@ -203,7 +207,7 @@ class NetworkServer:
             log.warning("round %d aborted: %s", r, aborted)
             record = {"round": r, "clients": 0, "rejected": [], "aborted": aborted, "train_loss": None,
                       **evaluate(fedavg.model, state.weights, fedavg.data.test_x, fedavg.data.test_y),
-                      "update_norm": 0.0, **net, "epsilon": epsilon,
+                      "update_norm": 0.0, **net, "epsilon": epsilon, **fedavg.sample_note(epsilon),
                       "seconds": time.perf_counter() - started}
             return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum,
                                            participations), record)
@@ -214,7 +218,7 @@ class NetworkServer:
                   **evaluate(fedavg.model, weights, fedavg.data.test_x, fedavg.data.test_y),
                   "update_norm": float(torch.linalg.vector_norm(update)),
                   **{f"agg/{k}": v for k, v in metrics.items()}, **net, "epsilon": epsilon,
-                  "seconds": time.perf_counter() - started}
+                  **fedavg.sample_note(epsilon), "seconds": time.perf_counter() - started}
         return RoundResult(ServerState(r, weights, self._agg_state, momentum, participations), record)
 
     def _exchange(self, r: int, sampled: tuple[int, ...], state: ServerState) -> RoundOutcome:
