@@ -64,9 +64,10 @@ def test_target_epsilon_alone_solves_the_noise_multiplier():
 
 
 def test_composition_with_secure_aggregation():
-    central = _config("--dp", "central", "--noise-multiplier", "1", "--secure").fedavg
+    full = _config("--dp", "central", "--noise-multiplier", "1", "--secure")
+    central = full.fedavg
     assert central.sampling == "fixed" and central.aggregator.sampling == "none"  # no amplification
-    assert central.aggregator.inner == SecureSum(weighted=False, max_clients=central.task.num_clients)
+    assert central.aggregator.inner == SecureSum(weighted=False, max_clients=full.task.num_clients)
     assert central.aggregator.expected_clients == 10.0
     plain = _config("--dp", "central", "--noise-multiplier", "1").fedavg.aggregator
     assert plain.inner == Mean(weighted=False)
