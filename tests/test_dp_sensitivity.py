@@ -274,7 +274,8 @@ def test_mixing_and_rebucketing_really_move_the_sum_beyond_one_clip():
                                 ("bucketing", Bucketing(bucket_size=2, inner=clipped_sum),
                                  lambda m: math.ceil(m / 2))):
             # the sum the inner rule releases: its mean times the number of rows it saw
-            moved = np.linalg.norm(_unweighted_sum(agg, plus) * seen(5) - _unweighted_sum(agg, rows) * seen(4))
+            moved = np.linalg.norm(_unweighted_sum(agg, plus) * seen(5)
+                                   - _unweighted_sum(agg, rows) * seen(4))
             worst[name] = max(worst[name], float(moved))
     assert worst["nnm"] > 3.0 and worst["bucketing"] > 1.5, worst  # 3.79 and 1.54 with this seed
 

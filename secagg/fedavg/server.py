@@ -220,7 +220,8 @@ class FedAvg:
         participations = self.participations_after(state, sampled)
         epsilon = self.epsilon_after(r, participations)
         if not sampled:
-            record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": [], "skipped": "no client sampled",
+            record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": [],
+                      "skipped": "no client sampled",
                       "train_loss": None,
                       **evaluate(self.model, state.weights, self.data.test_x, self.data.test_y),
                       "update_norm": 0.0, "epsilon": epsilon, "seconds": time.perf_counter() - started}
