@@ -32,6 +32,8 @@ class AttackContext:
     ``defence``: the deployed aggregation rule as a function of the full (n, d) stack, honest rows
     first, for adaptive attacks; ``None`` when the attackers do not know it.
     ``seed``: for attacks that draw random values (simulation randomness, not secret).
+    ``weights``: (n,) the clients' example counts, honest rows first (what FedAvg's example-weighted
+    mean weights each update by); ``None`` when unknown, read as all equal.
     """
 
     honest: torch.Tensor
@@ -39,6 +41,7 @@ class AttackContext:
     num_clients: int
     defence: Defence | None = None
     seed: int = 0
+    weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.honest.dim() != 2 or self.own.dim() != 2 or self.honest.shape[1] != self.own.shape[1]:
@@ -47,6 +50,11 @@ class AttackContext:
         if self.num_clients != self.honest.shape[0] + self.own.shape[0]:
             raise ConfigError(f"num_clients: must be h + f = {self.honest.shape[0] + self.own.shape[0]}, "
                               f"got {self.num_clients}")
+        w = self.weights
+        if w is not None and (not isinstance(w, torch.Tensor) or tuple(w.shape) != (self.num_clients,)
+                              or not bool(torch.isfinite(w).all()) or bool((w < 0).any())):
+            shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+            raise ConfigError(f"weights: expected ({self.num_clients},) finite values >= 0, got {shape}")
 
     @property
     def num_attackers(self) -> int:

@@ -50,10 +50,10 @@ class ByzantineClients(Adversary, kind="byzantine"):
         return data if self.data_attack is None else self.data_attack.poison(data, num_classes, seed)
 
     def craft(self, honest: torch.Tensor, own: torch.Tensor, defence: Defence | None,
-              seed: int) -> torch.Tensor:
+              seed: int, weights: torch.Tensor | None = None) -> torch.Tensor:
         if self.update_attack is None or own.shape[0] == 0:
             return own
-        ctx = AttackContext(honest, own, honest.shape[0] + own.shape[0], defence, seed)
+        ctx = AttackContext(honest, own, honest.shape[0] + own.shape[0], defence, seed, weights)
         return self.update_attack.craft(ctx)
 
     def metrics(self, predict: Predict, test_x: torch.Tensor, test_y: torch.Tensor) -> dict[str, float]:

@@ -112,22 +112,44 @@ class Backdoor(DataAttack, kind="backdoor"):
 
 @dataclass(frozen=True)
 class ModelReplacement(UpdateAttack, kind="model_replacement"):
-    """Model replacement (Bagdasaryan et al., AISTATS 2020): each attacker scales its own (backdoored)
-    update by ``boost`` so that it survives averaging: with n updates averaged and server learning
-    rate eta, one attacker boosting by ``n / eta`` replaces the global model by its own. ``boost=None``
-    uses ``n / (server_lr * f)`` for the round's n and f attackers, so that together they replace
-    it (the paper's single attacker is f = 1). Not omniscient."""
+    """Model replacement (Bagdasaryan et al., AISTATS 2020): the attackers scale their own (backdoored)
+    updates by ``boost`` so that the server's step lands on their model.
+
+    The server steps by ``eta * sum_i s_i u_i`` with shares ``s_i = w_i / sum(w)``. When the honest
+    updates cancel (the paper's assumption near convergence), attackers holding the combined share
+    ``S`` who all boost by ``1 / (eta * S)`` move the global model by exactly their ``w``-weighted
+    mean own update: they replace it. ``boost=None`` uses that value for the round:
+    ``sum(w) / (eta * sum of the attackers' w)`` with ``w`` the example counts (``ctx.weights``),
+    which FedAvg's default example-weighted ``Mean()`` uses; with ``weighted=False`` (against an
+    unweighted rule: ``Mean(weighted=False)``, DP-FedAvg, the robust rules) or unknown counts, every
+    ``w_i = 1`` and it is the paper's ``n / (eta * f)`` (f = 1: ``n / eta``). ``server_lr``: eta,
+    the server learning rate the attackers assume. Not omniscient.
+    """
 
     boost: float | None = None
     server_lr: float = 1.0
+    weighted: bool = True
     omniscient = False
 
     def __post_init__(self) -> None:
         if self.boost is not None:
             check_real("boost", self.boost, gt=0.0)
         check_real("server_lr", self.server_lr, gt=0.0)
+        if not isinstance(self.weighted, bool):
+            raise ConfigError(f"weighted: must be true or false, got {self.weighted!r}")
+
+    def default_boost(self, ctx: AttackContext) -> float:
+        """The replacing boost ``sum(w) / (server_lr * sum of the attackers' w)`` for ``ctx``'s round
+        (see the class); :class:`ConfigError` if the attackers' weights sum to 0."""
+        if self.weighted and ctx.weights is not None:
+            w = ctx.weights.double()
+            total, mine = float(w.sum()), float(w[ctx.honest.shape[0]:].sum())
+        else:  # as a ratio of counts, so that the paper's n / (eta f) comes out to the last bit
+            total, mine = float(ctx.num_clients), float(ctx.num_attackers)
+        if mine <= 0.0:
+            raise ConfigError(f"weights: the attackers' weights must sum to > 0 to replace the model, "
+                              f"got {mine:g}")
+        return total / (self.server_lr * mine)
 
     def craft(self, ctx: AttackContext) -> torch.Tensor:
-        boost = (ctx.num_clients / (self.server_lr * ctx.num_attackers) if self.boost is None
-                 else self.boost)
-        return boost * ctx.own
+        return (self.default_boost(ctx) if self.boost is None else self.boost) * ctx.own

@@ -18,7 +18,9 @@ clipped, noised gradient (differential privacy):
 Gradients are lists of tensors in the order of ``model.parameters()`` (those with ``requires_grad``),
 of the summed cross-entropy loss over the examples. The attacks never change the model's weights.
 Every random draw (dummy initialisation, simulation noise) comes from :mod:`secagg.seeding`: seeded,
-reproducible, not secret.
+reproducible, not secret. Dummy images start as both papers do, from a standard normal
+(``init="randn"``: ``torch.randn`` in DLG's code and in Geiping et al.'s
+``inversefed``); ``init="uniform"`` (U[0, 1), the pixel range) is kept as an option.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from secagg.seeding import torch_generator
 from secagg.validation import check_choice, check_int, check_real
 
 Grads = list[torch.Tensor]
+INITS = ("randn", "uniform")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,12 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
         raise ConfigError(f"input_shape: expected (channels, height, width) of positive ints, got {shape}")
     return shape
+
+
+def _dummy(shape: tuple[int, ...], init: str, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """The starting dummy images: N(0, 1) (``"randn"``) or U[0, 1) (``"uniform"``) per pixel."""
+    draw = torch.randn if init == "randn" else torch.rand
+    return draw(shape, generator=gen, dtype=dtype)  # not secret: the attacker's own starting point
 
 
 def single_example_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor | int) -> Grads:
@@ -202,11 +211,12 @@ def _labels_arg(label: int | Sequence[int] | torch.Tensor | None, n: int, num_cl
 def dlg(model: nn.Module, target_grads: Sequence[torch.Tensor], input_shape: Sequence[int],
         num_classes: int, *, iterations: int = 100, lr: float = 1.0, seed: int = 0,
         label: int | Sequence[int] | str | None = None, num_images: int = 1,
-        optimizer: str = "lbfgs") -> Reconstruction:
+        optimizer: str = "lbfgs", init: str = "randn") -> Reconstruction:
     """Deep Leakage from Gradients (Zhu et al. 2019).
 
-    Optimises ``num_images`` dummy images (initialised U[0, 1) from ``seed``) and, when ``label`` is
-    None, soft-label logits (N(0, 1)), to minimise ``sum ||grad(dummy) - target||_2^2`` with L-BFGS
+    Optimises ``num_images`` dummy images (initialised from ``seed``: N(0, 1) per pixel as in the
+    paper, or U[0, 1) with ``init="uniform"``) and, when ``label`` is None, soft-label logits
+    (N(0, 1)), to minimise ``sum ||grad(dummy) - target||_2^2`` with L-BFGS
     (``iterations`` outer steps of at most 20 evaluations each, strong-Wolfe line search) or Adam.
     ``label`` may be fixed labels, or ``"idlg"`` to recover the single example's label first (iDLG).
     The image is not constrained to [0, 1] during the search, as in the paper; the returned ``x`` is
@@ -221,11 +231,12 @@ def dlg(model: nn.Module, target_grads: Sequence[torch.Tensor], input_shape: Seq
     check_int("seed", seed, minimum=0)
     n = check_int("num_images", num_images, minimum=1)
     optimizer = check_choice("optimizer", optimizer, ("lbfgs", "adam"))
+    init = check_choice("init", init, INITS)
     fixed = _labels_arg(label, n, num_classes, model, target)
 
     dtype = params[0].dtype
     gen = torch_generator(seed, "dlg-init")
-    x = torch.rand((n, *shape), generator=gen, dtype=dtype).requires_grad_(True)
+    x = _dummy((n, *shape), init, gen, dtype).requires_grad_(True)
     soft = torch.randn((n, num_classes), generator=gen, dtype=dtype).requires_grad_(fixed is None)
     variables = [x] if fixed is not None else [x, soft]
 
@@ -299,13 +310,15 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 def inverting_gradients(model: nn.Module, target_grads: Sequence[torch.Tensor],
                         input_shape: Sequence[int], label: int | Sequence[int] | str, *,
                         iterations: int = 400, lr: float = 0.1, tv_weight: float = 1e-4,
-                        restarts: int = 1, seed: int = 0, num_classes: int | None = None) -> Reconstruction:
+                        restarts: int = 1, seed: int = 0, num_classes: int | None = None,
+                        init: str = "randn") -> Reconstruction:
     """Inverting Gradients (Geiping et al. 2020).
 
     Minimises ``1 - cos(grad(dummy), target) + tv_weight * TV(dummy)`` over dummy images with Adam on
     the *sign* of the gradient (lr decayed x0.1 at 3/8, 5/8 and 7/8 of ``iterations``), projecting to
-    [0, 1] after every step. ``restarts`` independent U[0, 1) initialisations from ``seed``; the one
-    with the lowest final cosine matching loss (without TV) is returned. ``label``: known labels (one
+    [0, 1] after every step. ``restarts`` independent initialisations from ``seed`` (N(0, 1) per pixel
+    as in the paper, or U[0, 1) with ``init="uniform"``); the one with the lowest final cosine
+    matching loss (without TV) is returned. ``label``: known labels (one
     per image: the number of images is their count) or ``"idlg"`` (one image; needs ``num_classes``
     only for checking, defaults to the last layer's rows).
     """
@@ -317,6 +330,7 @@ def inverting_gradients(model: nn.Module, target_grads: Sequence[torch.Tensor],
     tv_weight = check_real("tv_weight", tv_weight, ge=0.0)
     restarts = check_int("restarts", restarts, minimum=1)
     check_int("seed", seed, minimum=0)
+    init = check_choice("init", init, INITS)
     classes = int(last_weight_grad(model, target).shape[0]) if num_classes is None else \
         check_int("num_classes", num_classes, minimum=2)
     n = 1 if isinstance(label, str | int) else len(torch.as_tensor(label).reshape(-1))
@@ -333,7 +347,8 @@ def inverting_gradients(model: nn.Module, target_grads: Sequence[torch.Tensor],
     best: tuple[float, torch.Tensor] | None = None
     for r in range(restarts):
         gen = torch_generator(seed, "ig-init", r)
-        x = torch.rand((n, *shape), generator=gen, dtype=dtype).requires_grad_(True)
+        # as in inversefed, the box constraint first applies after the first step, not to the draw
+        x = _dummy((n, *shape), init, gen, dtype).requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
         for _ in range(iterations):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from attacks import (
     AdaptiveIPM,
     AttackContext,
     Backdoor,
+    ByzantineClients,
     DataAttack,
     GaussianNoise,
     LabelFlip,
@@ -29,17 +31,22 @@ from attacks import (
     UpdateAttack,
     alie_z,
 )
+from attacks.adaptive import line_maximize
 from secagg.aggregation import CoordinateMedian, Mean, UpdateBatch
 from secagg.aggregation.distances import pairwise_sq_distances
 from secagg.data.federated import ClientData
+from secagg.data.partition import PartitionConfig
 from secagg.errors import ConfigError
+from secagg.fedavg import ClientConfig, FedAvg, FedAvgConfig
+from secagg.task import TaskConfig, build_task
 
 
-def ctx(honest, own=None, defence=None, f=2) -> AttackContext:
+def ctx(honest, own=None, defence=None, f=2, weights=None) -> AttackContext:
     honest = torch.as_tensor(honest, dtype=torch.float64)
     own = torch.ones(f, honest.shape[1], dtype=torch.float64) if own is None else torch.as_tensor(
         own, dtype=torch.float64)
-    return AttackContext(honest, own, honest.shape[0] + own.shape[0], defence)
+    w = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    return AttackContext(honest, own, honest.shape[0] + own.shape[0], defence, weights=w)
 
 
 def rule(aggregator):
@@ -81,6 +88,94 @@ def test_sign_flip_scaling_and_model_replacement_use_the_attackers_own_updates()
     assert torch.equal(ModelReplacement(server_lr=0.5).craft(c), 5.0 * c.own)
     assert torch.equal(ModelReplacement(boost=7.0).craft(c), 7.0 * c.own)
     assert not SignFlip.omniscient and ALIE.omniscient
+
+
+def replaced_step(aggregator, honest, own, weights, attack: ModelReplacement) -> tuple[torch.Tensor, ...]:
+    """(the server's step, the attackers' target) for one round: the honest rows are first re-centred
+    so that their contribution to ``aggregator`` cancels (the paper's near-convergence assumption),
+    and the target is the attackers' weighted mean own update (their plain mean when unweighted)."""
+    h = torch.as_tensor(honest, dtype=torch.float64)
+    own = torch.as_tensor(own, dtype=torch.float64)
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    used = w if attack.weighted else torch.ones_like(w)
+    wh, wa = used[: len(h)], used[len(h):]
+    h = h - (wh @ h) / wh.sum()
+    c = AttackContext(h, own, len(w), weights=w)
+    stack = torch.cat([h, attack.craft(c)])
+    agg = aggregator.aggregate(UpdateBatch(stack, w, tuple(range(len(w)))), {}).update
+    return attack.server_lr * agg, (wa @ own) / wa.sum()
+
+
+def test_model_replacement_replaces_the_model_under_the_example_weighted_mean():
+    # one attacker holding 40 of 100 examples among 4 clients, server lr 1: the old n / eta = 4
+    # overshoots (the step would be 1.6x its model); sum(w) / w_attacker = 2.5 lands on it
+    honest, own, weights = [[1.0, -2.0], [0.5, 3.0], [-1.0, 0.0]], [[2.0, 1.0]], [20.0, 20.0, 20.0, 40.0]
+    step, target = replaced_step(Mean(), honest, own, weights, ModelReplacement())
+    torch.testing.assert_close(step, target, rtol=0, atol=1e-12)
+    assert ModelReplacement().craft(ctx(honest, own, weights=weights)).tolist() == [[5.0, 2.5]]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 3), st.integers(1, 4), st.sampled_from([0.1, 0.5, 1.0, 2.0]),
+       st.booleans(), st.data())
+def test_model_replacement_lands_on_the_attackers_model(h, f, d, server_lr, weighted, data):
+    weights = data.draw(st.lists(st.integers(1, 500), min_size=h + f, max_size=h + f))
+    honest = data.draw(arrays("float64", (h, d), elements=st.floats(-10, 10)))
+    own = data.draw(arrays("float64", (f, d), elements=st.floats(-10, 10)))
+    attack = ModelReplacement(server_lr=server_lr, weighted=weighted)
+    step, target = replaced_step(Mean(weighted=weighted), honest, own, weights, attack)
+    torch.testing.assert_close(step, target, rtol=1e-9, atol=1e-9)
+    if not weighted:  # an unweighted rule: the paper's n / (eta f), whatever the example counts
+        assert attack.default_boost(ctx(honest, own, weights=weights)) == (h + f) / (server_lr * f)
+
+
+SEEN: list[dict[str, torch.Tensor]] = []
+
+
+@dataclass(frozen=True)
+class RecordingByzantine(ByzantineClients, kind="test-recording-byzantine"):
+    """ByzantineClients that keep what the server handed them (for the test below only)."""
+
+    def craft(self, honest, own, defence, seed, weights=None):
+        out = super().craft(honest, own, defence, seed, weights)
+        SEEN.append({"honest": honest, "own": own, "weights": weights, "sent": out})
+        return out
+
+
+def test_the_server_hands_the_attackers_the_example_counts_and_replacement_lands():
+    # a Dirichlet split gives the clients unequal example counts; one real FedAvg round (server lr
+    # 0.5) with the default example-weighted Mean: the global model moves by the honest clients'
+    # weighted contribution plus exactly the attackers' weighted mean own update
+    task = build_task(TaskConfig(num_clients=6, partition=PartitionConfig(kind="dirichlet", alpha=0.5)),
+                      seed=1)
+    config = FedAvgConfig(rounds=1, server_lr=0.5, client=ClientConfig(epochs=1, batch_size=32),
+                          adversary=RecordingByzantine(0.34, update_attack=ModelReplacement(server_lr=0.5)))
+    trainer = FedAvg(config, task.model, task.data, seed=0)
+    SEEN.clear()
+    start = trainer.initial_state()
+    result = trainer.run_round(start)
+    (seen,) = SEEN
+    counts = [float(len(task.data.partition[i])) for i in range(6)]
+    w = seen["weights"].double()
+    assert len(trainer.malicious) == 2 and sorted(w[4:].tolist()) == sorted(
+        counts[i] for i in trainer.malicious), "the attackers' rows come last, with their counts"
+    assert sorted(w.tolist()) == sorted(counts)
+    assert len(set(counts)) > 1, "the counts must differ for this test to mean anything"
+    wh, wa = w[:4], w[4:]
+    honest_part = (wh @ seen["honest"].double()) / w.sum()
+    target = (wa @ seen["own"].double()) / wa.sum()
+    flat = trainer.layout.flatten
+    moved = flat(result.state.weights).double() - flat(start.weights).double()
+    torch.testing.assert_close(moved, 0.5 * honest_part + target, rtol=1e-4, atol=1e-6)
+
+
+def test_model_replacement_refuses_attackers_without_examples():
+    with pytest.raises(ConfigError, match="weights: the attackers' weights must sum to > 0"):
+        ModelReplacement().craft(ctx(HONEST, weights=[1.0, 2.0, 3.0, 0.0, 0.0]))
+    with pytest.raises(ConfigError, match=r"weights: expected \(5,\)"):
+        ctx(HONEST, weights=[1.0, 2.0])
+    with pytest.raises(ConfigError, match="weighted: must be true or false"):
+        ModelReplacement(weighted="yes")
 
 
 def test_gaussian_is_seeded_and_has_the_stated_moments():
@@ -153,6 +248,49 @@ def test_adaptive_attacks_are_at_least_as_strong_as_fixed_ones():
     torch.testing.assert_close(AdaptiveIPM().craft(c), IPM(epsilon=100.0).craft(c))
     # without a known defence: the fixed-strength attack
     assert torch.equal(AdaptiveIPM().craft(ctx(honest, f=3)), IPM().craft(ctx(honest, f=3)))
+
+
+def test_adaptive_grid_breaks_ties_towards_the_first_candidate():
+    # a defence that ignores the attackers gives every strength the same distance (0): the grid keeps
+    # its first candidate, the smallest strength (+z_min for ALIE, epsilon_min for IPM)
+    c = ctx(HONEST, f=2, defence=lambda stack: stack[:3].mean(dim=0))
+    torch.testing.assert_close(AdaptiveALIE(z_min=0.1).craft(c), ALIE(z=0.1).craft(c))
+    torch.testing.assert_close(AdaptiveIPM(epsilon_min=0.2).craft(c), IPM(epsilon=0.2).craft(c))
+    torch.testing.assert_close(AdaptiveALIE(z_min=0.1, search="line").craft(c), ALIE(z=0.1).craft(c))
+
+
+def test_line_search_known_answers_and_evaluation_budget():
+    calls: list[float] = []
+
+    def rising(x: float) -> float:
+        calls.append(x)
+        return x
+
+    # a rising objective: every expansion step improves, 15 doublings after the start
+    best, value = line_maximize(rising, start=0.05, delta=1.0, ratio=0.8, evals=16)
+    assert best == value == pytest.approx(0.05 + 2**15 - 1) and len(calls) == 16
+    # against the plain mean the distance grows with epsilon: the line search finds the same point
+    c = ctx(HONEST, f=2, defence=rule(Mean()))
+    torch.testing.assert_close(AdaptiveIPM(search="line").craft(c), IPM(epsilon=0.05 + 2**15 - 1).craft(c))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0.0, 50.0), st.integers(8, 48))
+def test_line_search_climbs_a_single_peak(peak, evals):
+    calls: list[float] = []
+
+    def tent(x: float) -> float:
+        calls.append(x)
+        return -abs(x - peak)
+
+    best, value = line_maximize(tent, start=0.0, delta=1.0, ratio=0.8, evals=evals)
+    assert len(calls) == evals and min(calls) >= 0.0
+    assert value == max(tent(x) for x in calls[:evals]) == -abs(best - peak)
+    assert value >= -peak, "never worse than the start"
+    # a best-effort search, not a convergent one (measured worst case over peaks in [0, 50]: 3.3 away
+    # after 16 evaluations, 1.0 after 24, 0.09 after 40)
+    if evals >= 24:
+        assert abs(best - peak) < (1.5 if evals < 40 else 0.25)
 
 
 def test_label_flip_known_answers():

@@ -33,10 +33,11 @@ class Adversary(Registered, ABC, family="adversary"):
         return data
 
     def craft(self, honest: torch.Tensor, own: torch.Tensor, defence: Defence | None,
-              seed: int) -> torch.Tensor:
+              seed: int, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The (f, d) updates the round's f malicious clients send, given the (h, d) honest updates
         and their own trained updates; ``defence`` aggregates a full (h + f, d) stack, honest rows
-        first, with the deployed rule (default: send the trained updates)."""
+        first, with the deployed rule; ``weights``: the (h + f,) example counts in that order
+        (default: send the trained updates)."""
         return own
 
     def metrics(self, predict: Predict, test_x: torch.Tensor, test_y: torch.Tensor) -> dict[str, float]:

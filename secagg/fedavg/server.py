@@ -300,7 +300,7 @@ class FedAvg:
             return self.config.aggregator.aggregate(trial, state.aggregator_state).update
 
         crafted = adversary.craft(batch.updates[good], batch.updates[bad], defence,
-                                  derive_seed(self.seed, "craft", batch.round))
+                                  derive_seed(self.seed, "craft", batch.round), weights)
         if tuple(crafted.shape) != (len(bad), batch.dim):
             raise UpdateError(f"adversary {adversary.kind!r}: crafted updates of shape "
                               f"{tuple(crafted.shape)}, expected ({len(bad)}, {batch.dim})")
