@@ -34,7 +34,7 @@ from secagg.aggregation import Aggregate, Aggregator, AggState, Mean, SecureSum,
 from secagg.errors import AbortError, ConfigError
 from secagg.validation import check_choice, check_int, check_real
 
-__all__ = ["DPFedAvg", "check_sum_inner", "clip_rows", "inner_sum", "rounding_slack"]
+__all__ = ["DPFedAvg", "check_sum_inner", "clip_rows", "inner_sum", "rounding_slack", "secure_clip"]
 
 
 def clip_rows(updates: torch.Tensor, clip: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,14 +76,14 @@ def rounding_slack(inner: Aggregator, num_clients: int, dim: int) -> float:
     return math.sqrt(dim) / inner.quantizers(num_clients)[0].scale
 
 
-def secure_clip(inner: Aggregator, clip: float, num_clients: int, dim: int, field: str = "clip") -> float:
+def secure_clip(inner: Aggregator, clip: float, num_clients: int, dim: int) -> float:
     """``clip`` minus :func:`rounding_slack`: what to clip rows to so the summed encoding stays within
     ``clip``; :class:`ConfigError` naming ``inner.bits`` when the slack eats the whole clip."""
     slack = rounding_slack(inner, num_clients, dim)
     if slack >= 0.5 * clip:
         raise ConfigError(f"inner.bits: the secure sum's rounding of {num_clients} clients x {dim} "
                           f"coordinates can move an update by {slack:.3g} (L2), more than half the "
-                          f"{field} {clip:g}: raise the secure sum's bits or lower its clip")
+                          f"clip {clip:g}: raise the secure sum's bits or lower its clip")
     return clip - slack
 
 
