@@ -7,6 +7,7 @@ Importing ``dp`` registers its aggregators and trainers, so configurations namin
 * :class:`~dp.local.LocalDP`: every client clips and noises its own update (no trusted party);
 * :class:`~dp.distributed.DistributedDP`: integer noise inside secure aggregation (DDG, Skellam);
 * :class:`~dp.dpsgd.DPSGDTrainer`: record-level DP-SGD in local training;
+* :class:`~dp.audit.CanaryAudit`: an empirical privacy audit in the same run (random canary clients);
 * :mod:`dp.accounting`: the privacy accountants; :mod:`dp.noise`, :mod:`dp.gaussian`: CSPRNG noise.
 
 Depends on ``secagg`` only, never on ``attacks``.
@@ -14,6 +15,7 @@ Depends on ``secagg`` only, never on ``attacks``.
 
 from dp.accounting import GaussianAccountant, local_gaussian_epsilon, noise_multiplier_for
 from dp.adaptive import AdaptiveClipDP
+from dp.audit import CanaryAudit
 from dp.central import DPFedAvg, clip_rows
 from dp.distributed import DistributedDP
 from dp.dpsgd import DPSGDTrainer
@@ -22,6 +24,7 @@ from dp.local import LocalDP
 
 __all__ = [
     "AdaptiveClipDP",
+    "CanaryAudit",
     "DPFedAvg",
     "DPSGDTrainer",
     "DistributedDP",

@@ -50,8 +50,10 @@ def rdp_distributed_discrete_gaussian(alpha: float, l2_sensitivity: float, sigma
                                       dim: int, l1_sensitivity: float | None = None) -> float:
     """RDP at order ``alpha`` > 1 of the sum of ``num_clients`` independent N_Z(0, sigma^2)^dim vectors.
 
-    Kairouz, Liu, Steinke 2021, Proposition 14 (used in Theorem 1, eq. 4): for sigma >= 1/2 and any
-    integer shift with ||D||_1 <= D1, ||D||_2 <= D2, with tau = :func:`ddg_tau` and n sigma^2 = N,
+    Kairouz, Liu, Steinke 2021, Proposition 14 (used in Theorem 1, eq. 4): for sigma >= 1/2, every *real*
+    order alpha >= 1 (Theorem 1 states the result as concentrated DP, a bound at every real alpha > 1, and
+    Google's reference accountant asserts only alpha >= 1) and any integer shift with ||D||_1 <= D1,
+    ||D||_2 <= D2, with tau = :func:`ddg_tau` and n sigma^2 = N,
 
         eps(alpha) = min( alpha D2^2/(2N) + tau d,
                           alpha/2 (D2^2/N + 2 D1 tau/sqrt(N) + tau^2 d),
@@ -79,6 +81,9 @@ def rdp_distributed_discrete_gaussian(alpha: float, l2_sensitivity: float, sigma
 
 def rdp_skellam(alpha: int, l1_sensitivity: float, l2_sensitivity: float, mu: float) -> float:
     """RDP at integer order ``alpha`` >= 2 of the multi-dimensional Skellam mechanism.
+
+    The theorem is stated for integer orders only, so fractional orders are refused (unlike the discrete
+    Gaussian's); an accountant wanting a real order below 2 gets no bound from it.
 
     The noise is i.i.d. per coordinate Sk(mu) = Poisson(mu/2) - Poisson(mu/2), i.e. **variance mu** per
     coordinate of the aggregate (n clients adding variance mu/n each sum to exactly Sk(mu)). Agarwal,

@@ -15,6 +15,7 @@ from typing import Any
 
 from dp.accounting import ACCOUNTANTS, noise_multiplier_for
 from dp.adaptive import AdaptiveClipDP
+from dp.audit import INCLUSION, CanaryAudit
 from dp.central import DPFedAvg
 from dp.distributed import MECHANISMS, DistributedDP
 from dp.dpsgd import DPSGDTrainer
@@ -37,6 +38,7 @@ from secagg.aggregation import (
     TrimmedMean,
 )
 from secagg.aggregation.secure import GRAPHS
+from secagg.aggregation.secure_bucketing import THREAT_MODELS
 from secagg.data.partition import KINDS as PARTITION_KINDS
 from secagg.errors import ConfigError, SecAggError
 from secagg.experiment import ExperimentConfig, config_summary, run_experiment
@@ -149,6 +151,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     bench.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default: 1)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_ray_options(bench, "the grid's cells")
+    _add_audit_options(bench)
     serve = sub.add_parser(
         "serve", help="run the federated server for remote clients over gRPC",
         description="Trains like 'secagg train' (same flags), but the clients are remote processes "
@@ -228,6 +231,12 @@ def _add_training_options(train: argparse.ArgumentParser) -> None:
                         help="average random buckets of S updates before the rule (Karimireddy et al. "
                              "2022); with --secure, the size of the secure buckets (default: off; "
                              f"{SecureBucketing().bucket_size} with --secure)")
+    robust.add_argument("--bucket-threat-model", dest="bucket_threat_model", choices=THREAT_MODELS,
+                        default=None,
+                        help="with --secure --aggregator: who may collude with the server. "
+                             "colluding-clients (default): up to --secure-corrupt of a round's clients, so "
+                             "every secure bucket needs >= floor(corrupt * n) + 2 clients (>= 3); "
+                             "honest-but-curious-server: nobody colludes (the opt-in for buckets of 2)")
     robust.add_argument("--nnm", action="store_true",
                         help="nearest-neighbour mixing before the rule (Allouah et al. 2023)")
     secure = train.add_argument_group("secure aggregation (the server sees only sums)")
@@ -272,13 +281,60 @@ def _add_training_options(train: argparse.ArgumentParser) -> None:
                      help="privacy accountant (default: rdp)")
     dpg.add_argument("--dp-mechanism", dest="dp_mechanism", choices=MECHANISMS, default=None,
                      help="integer noise for --dp distributed (default: ddg)")
+    _add_audit_options(train)
     train.add_argument("--config", type=Path, default=None,
                        help="JSON configuration to start from (as in results.json's 'config'); "
                             "flags given on the command line override it")
 
 
+def _add_audit_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "privacy audit (simulation only)",
+        "Insert K canary clients whose updates are random directions and estimate the epsilon of the "
+        "final model from their cosines with it (Andrew et al. 2024), next to the accountant's; with "
+        "--audit-inclusion half also a 95% lower bound (Steinke et al. 2023). Needs --dp central, "
+        "adaptive, local or distributed.")
+    group.add_argument("--audit-canaries", dest="audit_canaries", type=int, default=None, metavar="K",
+                       help="canary clients to insert (>= 4; default: no audit)")
+    group.add_argument("--audit-inclusion", dest="audit_inclusion", choices=INCLUSION, default=None,
+                       help="all: every canary inserted; half: each with probability 1/2, which adds the "
+                            "lower bound (default: half)")
+
+
+def with_audit(args: argparse.Namespace, config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with its aggregator wrapped in :class:`~dp.audit.CanaryAudit` for
+    ``--audit-canaries`` (unchanged without it). Distributed DP plans its ring and denominator for
+    the canaries too, with the noise still planned for the real clients (``min_clients``), so its
+    epsilon is that of the real clients. Raises :class:`FlagError`."""
+    k = getattr(args, "audit_canaries", None)
+    if k is None:
+        if getattr(args, "audit_inclusion", None) is not None:
+            raise FlagError("--audit-inclusion: needs --audit-canaries")
+        return config
+    if args.command == "serve":
+        raise FlagError("--audit-canaries: canaries are fake clients for a simulated audit; secagg serve "
+                        "does not insert them into a deployment (audit with secagg train)")
+    agg = config.fedavg.aggregator
+    if args.dp == "dpsgd" or not agg.claims_dp():
+        raise FlagError(f"--audit-canaries: audits client-level DP: needs --dp central, adaptive, local or "
+                        f"distributed (or a --config whose aggregator is one), got --dp {args.dp}")
+    try:
+        if isinstance(agg, DistributedDP):
+            agg = dataclasses.replace(agg, expected_clients=agg.expected_clients + k,
+                                      min_clients=agg.min_clients or agg.expected_clients)
+        audit = CanaryAudit(canaries=k, seed=config.seed, inclusion=args.audit_inclusion or "half", inner=agg)
+    except ConfigError as exc:
+        raise FlagError(f"--audit-canaries: {exc}") from exc
+    return _with(config, ("fedavg", "aggregator"), audit)
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The run configuration: ``--config`` (or the defaults) with the given flags applied."""
+    return with_audit(args, _base_config(args))
+
+
+def _base_config(args: argparse.Namespace) -> ExperimentConfig:
+    """:func:`config_from_args` before ``--audit-canaries``."""
     config = (ExperimentConfig.from_json(args.config.read_text()) if args.config is not None
               else ExperimentConfig())
     for dest, path in _FIELDS.items():
@@ -312,10 +368,12 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     if args.aggregator is not None:
         config = _with(config, ("fedavg", "aggregator"), robust_aggregator(
             args.aggregator, f=args.byzantine_f, bucketing=args.bucketing, nnm=args.nnm, secure=secure,
-            clients_per_round=config.fedavg.clients_per_round(config.task.num_clients)))
+            clients_per_round=config.fedavg.clients_per_round(config.task.num_clients),
+            threat_model=args.bucket_threat_model))
     else:
         for flag, given in (("--byzantine-f", args.byzantine_f is not None),
-                            ("--bucketing", args.bucketing is not None), ("--nnm", args.nnm)):
+                            ("--bucketing", args.bucketing is not None), ("--nnm", args.nnm),
+                            ("--bucket-threat-model", args.bucket_threat_model is not None)):
             if given:
                 raise FlagError(f"{flag}: needs --aggregator (one of {', '.join(ROBUST_RULES)})")
         if secure is not None:
@@ -441,16 +499,29 @@ def _dpsgd_trainer(args: argparse.Namespace, config: ExperimentConfig) -> DPSGDT
         raise FlagError(f"--dp dpsgd: {exc}") from exc
 
 
+def _bucket_flag_error(exc: ConfigError) -> str:
+    """A :class:`SecureBucketing` error, with the field it names read as the flag that sets it."""
+    text = str(exc)
+    for field_, flag in (("bucket_size: ", "--bucketing: "), ("threat_model: ", "--bucket-threat-model: ")):
+        if text.startswith(field_):
+            return flag + text.removeprefix(field_)
+    return f"--secure: {text}"
+
+
 def robust_aggregator(rule: str, *, f: int | None = None, bucketing: int | None = None,
                       nnm: bool = False, secure: SecureSum | None = None,
-                      clients_per_round: int | None = None) -> Aggregator:
+                      clients_per_round: int | None = None, threat_model: str | None = None) -> Aggregator:
     """The aggregator the robust-aggregation flags describe, checked against the round size.
 
     ``Bucketing(inner=NearestNeighbourMixing(inner=rule))``, each wrapper only when asked for; with
     ``secure`` the bucketing is ``SecureBucketing`` (secure sums inside buckets, the rule across their
-    means). ``clients_per_round``, when known, is checked against each rule's bound (on the number
-    of bucket means when bucketing). Raises :class:`FlagError` naming the flag and the bound.
+    means, under ``threat_model``: see :class:`SecureBucketing`). ``clients_per_round``, when known, is
+    checked against each rule's bound (on the number of bucket means when bucketing) and against the
+    secure buckets' collusion bound. Raises :class:`FlagError` naming the flag and the bound.
     """
+    if threat_model is not None and secure is None:
+        raise FlagError("--bucket-threat-model: needs --secure (it is the threat model of secure buckets)")
+    threat_model = threat_model or SecureBucketing().threat_model
     if rule not in ROBUST_RULES:
         raise FlagError(f"--aggregator: unknown rule {rule!r}; choose from {', '.join(ROBUST_RULES)}")
     uses_f = _takes_f(rule) or nnm
@@ -460,9 +531,13 @@ def robust_aggregator(rule: str, *, f: int | None = None, bucketing: int | None 
     f = DEFAULT_BYZANTINE_F if f is None else f
     if f < 0:
         raise FlagError(f"--byzantine-f: must be >= 0, got {f}")
-    min_bucket = 2 if secure is not None else 1
+    min_bucket = 1 if secure is None else 2 if threat_model == "honest-but-curious-server" else 3
     if bucketing is not None and bucketing < min_bucket:
-        why = " with --secure (a one-client bucket would expose that client)" if secure is not None else ""
+        why = ("" if secure is None else " with --secure (a one-client bucket would expose that client)"
+               if min_bucket == 2 else
+               " with --secure: a bucket of s clients tolerates s - 2 clients colluding with the server, so "
+               "a bucket of 2 exposes its honest client to one colluder; pass --bucket-threat-model "
+               "honest-but-curious-server to assume no client colludes")
         raise FlagError(f"--bucketing: must be >= {min_bucket}{why}, got {bucketing}")
     size = bucketing if bucketing is not None or secure is None else SecureBucketing().bucket_size
 
@@ -473,8 +548,12 @@ def robust_aggregator(rule: str, *, f: int | None = None, bucketing: int | None 
             if n < 2:
                 raise FlagError(f"--secure: --aggregator {rule} with --secure needs >= 2 clients per "
                                 f"round (secure buckets), got {n}")
-            n = -(-n // size) - (1 if n > size and n % size == 1 else 0)
-            where += f" in secure buckets of {size}"
+            try:
+                SecureBucketing(bucket_size=size, secure=secure, threat_model=threat_model).check_collusion(n)
+            except ConfigError as exc:
+                raise FlagError(_bucket_flag_error(exc)) from exc
+            n = max(1, n // size)  # a short last bucket joins the one before
+            where += f" in secure buckets of >= {size}"
         elif size is not None:
             n = -(-n // size)
             where += f" in buckets of {size}"
@@ -493,7 +572,10 @@ def robust_aggregator(rule: str, *, f: int | None = None, bucketing: int | None 
         agg = NearestNeighbourMixing(f=f, inner=agg)
     if secure is not None:
         assert size is not None
-        agg = SecureBucketing(bucket_size=size, inner=agg, secure=secure)
+        try:
+            agg = SecureBucketing(bucket_size=size, inner=agg, secure=secure, threat_model=threat_model)
+        except ConfigError as exc:
+            raise FlagError(_bucket_flag_error(exc)) from exc
     elif size is not None:
         agg = Bucketing(bucket_size=size, inner=agg)
     return agg
@@ -511,7 +593,7 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
     )
     from rich.table import Table
 
-    from secagg.results import plot_history, summarize
+    from secagg.results import audit_entry, plot_history, summarize
 
     console = Console()
     console.print(f"[bold]secagg train[/] {config_summary(config)}")
@@ -523,9 +605,11 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
 
         def on_round(row: dict[str, Any]) -> None:
             eps = row.get("epsilon")
+            audit = audit_entry(row).get("empirical_epsilon")
             progress.update(bar, completed=row["round"],
                             description=f"round {row['round']}  acc {100 * row['accuracy']:.1f}%"
-                                        + ("" if eps is None else f"  eps {eps:.2f}"))
+                                        + ("" if eps is None else f"  eps {eps:.2f}")
+                                        + ("" if audit is None else f"  audit eps {audit:.2f}"))
 
         executor = _executor(args)
         try:
@@ -539,8 +623,10 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
     table = Table(title="FedAvg on digits: test metrics per round"
                   + (" (KiB: mean traffic per client)" if secure else ""))
     private = any(row.get("epsilon") is not None for row in result.history)
+    audited = any(audit_entry(row) for row in result.history)
     columns = ["round", "clients", "train loss", "test loss", "accuracy", "seconds"]
-    for col in columns + (["epsilon"] if private else []) + (["KiB", "dropped"] if secure else []):
+    for col in (columns + (["epsilon"] if private else []) + (["audit eps"] if audited else [])
+                + (["KiB", "dropped"] if secure else [])):
         table.add_column(col, justify="right")
     for row in result.history:
         loss = ("aborted" if row.get("aborted") else "skipped" if row["train_loss"] is None
@@ -549,6 +635,8 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
                  f"{100 * row['accuracy']:.2f}%", f"{row['seconds']:.2f}"]
         if private:
             cells.append("-" if row.get("epsilon") is None else f"{row['epsilon']:.3f}")
+        if audited:
+            cells.append(_audit_cell(audit_entry(row)))
         if secure:
             kib = next((v for k, v in row.items() if k.endswith("client_bytes_mean")), 0.0)
             dropped = next((v for k, v in row.items() if k.endswith("/dropped")), 0.0)
@@ -568,8 +656,29 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
                   f"(best {100 * summary['best_accuracy']:.2f}%), "
                   f"{summary['mean_round_seconds']:.2f} s/round"
                   + ("" if eps is None else f", epsilon {eps:.3f}{delta}"))
+    if "audit" in summary:
+        console.print(_audit_line(summary["audit"], eps))
     console.print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {plot}")
     return 0
+
+
+def _audit_cell(audit: dict[str, Any]) -> str:
+    eps = audit.get("empirical_epsilon")
+    return "-" if eps is None else f"{eps:.3f}"
+
+
+def _audit_line(audit: dict[str, Any], accountant: float | None) -> str:
+    """The summary line of a canary audit, next to the accountant's epsilon."""
+    def num(key: str) -> str:
+        value = audit.get(key)
+        return "-" if value is None else f"{value:.3f}"
+
+    line = (f"privacy audit ({audit.get('canaries', 0):.0f} canaries, {audit.get('inserted', 0):.0f} "
+            f"inserted): empirical epsilon {num('empirical_epsilon')} "
+            f"[95% CI {num('ci_low')}, {num('ci_high')}]")
+    if audit.get("lower_bound_95") is not None:
+        line += f", 95% lower bound {num('lower_bound_95')}"
+    return line + ("" if accountant is None else f" (accountant: {accountant:.3f})")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -584,9 +693,23 @@ def _bench(args: argparse.Namespace) -> int:
     ray = bool(args.ray or args.ray_address)
     if not ray and args.ray_threads is not None:
         raise ConfigError("--ray-threads: needs --ray")
-    paths = run(args.out, preset=args.preset, config_file=args.bench_config, jobs=args.jobs,
-                progress=not args.no_progress, backend="ray" if ray else "local",
-                ray_address=args.ray_address, ray_threads=args.ray_threads)
+    options = dict(jobs=args.jobs, progress=not args.no_progress, backend="ray" if ray else "local",
+                   ray_address=args.ray_address, ray_threads=args.ray_threads)
+    if args.audit_canaries is None:
+        if args.audit_inclusion is not None:
+            raise ConfigError("--audit-inclusion: needs --audit-canaries")
+        paths = run(args.out, preset=args.preset, config_file=args.bench_config, **options)
+    else:  # every DP defence of the grid inside a canary audit
+        from attacks.bench import load, run_grid, write_reports
+        from attacks.bench.runner import Audit
+
+        if args.audit_canaries < 4:
+            raise ConfigError(f"--audit-canaries: must be >= 4, got {args.audit_canaries}")
+        grid = load(args.bench_config, None) if args.bench_config is not None else load(
+            None, args.preset or "default")
+        rows = run_grid(grid, args.out, audit=Audit(args.audit_canaries, args.audit_inclusion or "half"),
+                        **options)
+        paths = {"json": args.out / "results.json", **write_reports(args.out, grid, rows)}
     console = Console()
     console.print(paths["summary"].read_text())
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -25,12 +25,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def audit_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """The privacy-audit metrics of a round record (an aggregator's ``audit/<name>`` metrics, logged
+    as ``agg/audit/<name>``, or ``agg/inner/.../audit/<name>`` when nested), as ``{name: value}``;
+    empty without an audit (see ``dp.audit.CanaryAudit``)."""
+    return {k.rsplit("audit/", 1)[1]: v for k, v in row.items()
+            if k.startswith("agg/") and (k.startswith("agg/audit/") or "/audit/" in k)}
+
+
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final and best accuracy, total and mean round seconds, and the final DP epsilon (if any)."""
+    """Final and best accuracy, total and mean round seconds, the final DP epsilon (if any) and, for
+    an audited run, the last round's audit (``"audit"``: empirical epsilon, its interval, ... next
+    to ``accountant_epsilon``, the final epsilon)."""
     if not history:
         return {}
     seconds = [row["seconds"] for row in history]
     epsilon = history[-1].get("epsilon")
+    audited = [row for row in history if audit_entry(row)]
+    audit = ({**audit_entry(audited[-1]), "round": audited[-1]["round"], "accountant_epsilon": epsilon}
+             if audited else None)
     return {
         "rounds": len(history),
         "final_accuracy": history[-1]["accuracy"],
@@ -39,6 +52,7 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
         "total_seconds": sum(seconds),
         "mean_round_seconds": sum(seconds) / len(seconds),
         **({"final_epsilon": epsilon} if epsilon is not None else {}),
+        **({"audit": audit} if audit is not None else {}),
     }
 
 

@@ -111,6 +111,41 @@ def test_every_preset_parses():
         assert cells(load(preset=preset))
 
 
+SECURE_BUCKETS = 'median = { kind = "secure-bucketing", bucket_size = 2, inner = { kind = "median" } }'
+
+
+def test_secure_bucketing_cells_state_their_threat_model(tmp_path):
+    # buckets of 2 run only under an explicit threat model; the presets set it and the reports show it
+    with pytest.raises(ConfigError, match=r"defences.median: bucket_size: must be >= 3 under "
+                                          r"threat_model='colluding-clients', got 2"):
+        parse(tomllib.loads(TINY.replace('median = { kind = "median" }', SECURE_BUCKETS)))
+    too_small = SECURE_BUCKETS.replace("bucket_size = 2", 'bucket_size = 3, secure = { kind = "secure-sum", '
+                                                          'corrupt_fraction = 0.1 }')
+    with pytest.raises(ConfigError, match=r"defences.median: bucket_size: must be >= 4 for a round of 20 "):
+        parse(tomllib.loads(TINY.replace("clients = 5", "clients = 20").replace(
+            'median = { kind = "median" }', too_small)))
+    assert load(preset="default").threat_model("secure_bucketing") == "honest-but-curious-server"
+    full = load(preset="full")
+    assert full.threat_model("secure_bucketing_3") == "colluding-clients"
+    assert full.threat_model("mean") is None and full.threat_note("mean") is None
+    assert "floor(0.05 x 30) = 1 client(s) collude with the server" in full.threat_note("secure_bucketing_3")
+    config = parse(tomllib.loads(TINY.replace('median = { kind = "median" }', SECURE_BUCKETS.replace(
+        "bucket_size = 2", 'bucket_size = 2, threat_model = "honest-but-curious-server"'))))
+    rows = [{"attack": a, "defence": d, "attackers": f, "partition": "iid", "seed": 0, "accuracy": 0.5,
+             "best_accuracy": 0.5, "attack_success": None, "epsilon": None, "rounds": 2, "stopped": None,
+             "seconds": 1.0, "curve": [0.4, 0.5], "attack_success_curve": [None, None]}
+            for d in ("mean", "median") for a, f in (("none", 0.0), ("ipm", 0.2))]
+    paths = write_reports(tmp_path, config, rows)
+    with paths["csv"].open() as fh:
+        table = list(csv.DictReader(fh))
+    assert {r["defence"]: r["threat_model"] for r in table} == {"mean": "",
+                                                                "median": "honest-but-curious-server"}
+    summary = paths["summary"].read_text()
+    assert "| median (honest-but-curious-server) | 0.500 | 0.500 | 0.500 |" in summary
+    assert "`median`: buckets of >= 2, threat model `honest-but-curious-server`" in summary
+    assert "recover its bucket-mate's update exactly" in summary
+
+
 @pytest.fixture(scope="module")
 def quick_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ from secagg.aggregation import (
     SecureSum,
     TrimmedMean,
 )
-from secagg.cli import _build_parser, config_from_args, main
+from secagg.cli import FlagError, _build_parser, config_from_args, main
 from secagg.experiment import ExperimentConfig
 
 
@@ -115,9 +116,32 @@ def test_pre_aggregation_wraps_the_rule_and_clip_norm_is_outermost():
 def test_secure_with_a_rule_is_secure_bucketing():
     agg = _aggregator("--aggregator", "median", "--secure", "--secure-bits", "24", "--clients", "20")
     assert agg == SecureBucketing(bucket_size=5, inner=CoordinateMedian(), secure=SecureSum(bits=24))
-    agg = _aggregator("--aggregator", "krum", "--secure", "--bucketing", "2", "--clip-norm", "1")
-    assert agg == ClipNorm(max_norm=1.0, inner=SecureBucketing(bucket_size=2, inner=Krum(f=1)))
+    agg = _aggregator("--aggregator", "krum", "--secure", "--bucketing", "3", "--clip-norm", "1")
+    assert agg == ClipNorm(max_norm=1.0, inner=SecureBucketing(bucket_size=3, inner=Krum(f=1)))
+    agg = _aggregator("--aggregator", "krum", "--secure", "--bucketing", "2",
+                      "--bucket-threat-model", "honest-but-curious-server")
+    assert agg == SecureBucketing(bucket_size=2, inner=Krum(f=1), threat_model="honest-but-curious-server")
     assert _aggregator("--secure") == SecureSum()  # without --aggregator: as before
+
+
+@pytest.mark.parametrize("flags, message", [
+    # a bucket of 2 leaves its honest client to one colluder
+    (["--bucketing", "2"], "--bucketing: must be >= 3 with --secure: a bucket of s clients tolerates s - 2"),
+    # 40 clients a round at corrupt fraction 0.1: 4 colluders, so buckets of >= 6
+    (["--clients", "40", "--fraction", "1", "--secure-corrupt", "0.1", "--bucketing", "5"],
+     "--bucketing: must be >= 6 for a round of 40 clients"),
+    (["--secure-corrupt", "0", "--bucketing", "3"], "--bucket-threat-model: 'colluding-clients' with"),
+])
+def test_secure_buckets_are_checked_against_collusion(flags, message):
+    with pytest.raises(FlagError, match=re.escape(message)):
+        _aggregator("--aggregator", "median", "--secure", *flags)
+
+
+def test_bucket_threat_model_needs_secure_buckets():
+    with pytest.raises(FlagError, match="--bucket-threat-model: needs --secure"):
+        _aggregator("--aggregator", "median", "--bucket-threat-model", "honest-but-curious-server")
+    with pytest.raises(FlagError, match="--bucket-threat-model: needs --aggregator"):
+        _aggregator("--secure", "--bucket-threat-model", "honest-but-curious-server")
 
 
 def test_aggregator_replaces_the_config_files_rule(tmp_path):
@@ -134,13 +158,15 @@ def test_aggregator_replaces_the_config_files_rule(tmp_path):
     (["--aggregator", "trimmed-mean", "--clients", "8", "--bucketing", "4"],
      "needs 2f < n, got f=1 with n=2 (8 clients per round in buckets of 4)"),
     (["--aggregator", "multi-krum", "--secure", "--clients", "11", "--bucketing", "5"],
-     "needs n >= f + 3, got f=1 with n=2 (11 clients per round in secure buckets of 5)"),
+     "needs n >= f + 3, got f=1 with n=2 (11 clients per round in secure buckets of >= 5)"),
     (["--aggregator", "median", "--nnm", "--byzantine-f", "4", "--clients", "4"],
      "--byzantine-f: --nnm needs f < n, got f=4 with n=4"),
     (["--aggregator", "median", "--byzantine-f", "1"], "--byzantine-f: --aggregator median takes no f"),
     (["--aggregator", "krum", "--byzantine-f", "-1"], "--byzantine-f: must be >= 0, got -1"),
     (["--aggregator", "median", "--bucketing", "0"], "--bucketing: must be >= 1, got 0"),
-    (["--aggregator", "median", "--secure", "--bucketing", "1"], "--bucketing: must be >= 2 with --secure"),
+    (["--aggregator", "median", "--secure", "--bucketing", "1"], "--bucketing: must be >= 3 with --secure"),
+    (["--aggregator", "median", "--secure", "--bucketing", "1", "--bucket-threat-model",
+      "honest-but-curious-server"], "--bucketing: must be >= 2 with --secure (a one-client bucket"),
     (["--nnm"], "--nnm: needs --aggregator"),
     (["--bucketing", "2"], "--bucketing: needs --aggregator"),
     (["--aggregator", "nope"], "argument --aggregator: invalid choice: 'nope'"),

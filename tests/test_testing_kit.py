@@ -93,8 +93,12 @@ BUILTINS = [
     # secure sums clip to [-clip, clip] and quantize: values within clip, reference within 1e-4
     pytest.param(SecureSum(), dict(breakdown=False, min_clients=2, magnitude=0.5, reference=weighted_mean,
                                    reference_atol=1e-4, max_examples=10), id="secure-sum"),
-    pytest.param(SecureBucketing(bucket_size=2), dict(breakdown=False, permutation=False, min_clients=2,
-                                                      magnitude=0.5, max_examples=8), id="secure-bucketing"),
+    pytest.param(SecureBucketing(bucket_size=2, threat_model="honest-but-curious-server"),
+                 dict(breakdown=False, permutation=False, min_clients=2, magnitude=0.5, max_examples=8),
+                 id="secure-bucketing"),
+    pytest.param(SecureBucketing(bucket_size=3), dict(breakdown=False, permutation=False, min_clients=2,
+                                                      magnitude=0.5, max_examples=8),
+                 id="secure-bucketing-colluding-clients"),
 ]
 
 

@@ -963,7 +963,7 @@ def test_network_mode_refuses_nested_sessions_and_simulation_noise() -> None:
     assert network_mode(CoordinateMedian()) == "plain"
     assert network_mode(DPFedAvg()) == "plain"
     with pytest.raises(ConfigError, match="runs secure-aggregation sessions inside another rule"):
-        network_mode(SecureBucketing(bucket_size=2, inner=CoordinateMedian()))
+        network_mode(SecureBucketing(bucket_size=3, inner=CoordinateMedian()))
     with pytest.raises(ConfigError, match="simulation_seed"):
         network_mode(DPFedAvg(simulation_seed=0))
 

@@ -25,12 +25,17 @@ allowed ones::
 
 An optional ``[[privacy]]`` array adds gradient-inversion and membership-inference cells (see
 :mod:`attacks.bench.privacy`). Named presets ship with the package (``quick``, ``default``, ``full``).
+
+A secure-bucketing defence runs under the threat model it states (``threat_model``, see
+:mod:`secagg.aggregation.secure_bucketing`); a grid is refused at load when its buckets cannot tolerate
+the colluders that model assumes among ``run.clients`` (every client takes part in every round), and
+the reports say which model each such cell assumed (:meth:`BenchConfig.threat_model`).
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,7 @@ import dp  # noqa: F401  (registers the DP aggregators, so grids can name them)
 from attacks.base import UpdateAttack
 from attacks.bench.privacy import PrivacyCell, parse_cells
 from attacks.data_poisoning import DataAttack
-from secagg.aggregation import Aggregator
+from secagg.aggregation import Aggregator, SecureBucketing
 from secagg.data.partition import PartitionConfig
 from secagg.errors import ConfigError
 from secagg.models import model_names
@@ -94,6 +99,41 @@ class BenchConfig:
 
     def attacker_count(self, fraction: float) -> int:
         return round(fraction * self.clients)
+
+    def threat_model(self, name: str) -> str | None:
+        """The ``threat_model`` of the named defence's secure bucketing, ``None`` if it has none."""
+        rule = secure_bucketing(self.defence(name, 1))
+        return None if rule is None else rule.threat_model
+
+    def threat_note(self, name: str) -> str | None:
+        """One sentence for the reports: the named defence's secure-bucketing threat model, the
+        colluders it assumes among :attr:`clients` and how many its buckets tolerate (else ``None``)."""
+        rule = secure_bucketing(self.defence(name, 1))
+        if rule is None:
+            return None
+        tolerated = rule.check_collusion(self.clients)
+        if rule.threat_model == "honest-but-curious-server":
+            assumed = ("the server follows the protocol and no client colludes with it; the buckets "
+                       f"tolerate {tolerated} colluding client(s)"
+                       + (", so one client colluding with the server would recover its bucket-mate's "
+                          "update exactly" if tolerated == 0 else ""))
+        else:
+            c = rule.secure.corrupt_fraction
+            assumed = (f"up to floor({c:g} x {self.clients}) = {rule.assumed_colluders(self.clients)} "
+                       f"client(s) collude with the server, seated wherever it likes; the buckets tolerate "
+                       f"{tolerated}")
+        return f"`{name}`: buckets of >= {rule.bucket_size}, threat model `{rule.threat_model}`: {assumed}."
+
+
+def secure_bucketing(aggregator: Aggregator) -> SecureBucketing | None:
+    """The :class:`SecureBucketing` in ``aggregator`` or nested in it (outermost first), else ``None``."""
+    if isinstance(aggregator, SecureBucketing):
+        return aggregator
+    for f in fields(aggregator):  # type: ignore[arg-type]
+        value = getattr(aggregator, f.name)
+        if isinstance(value, Aggregator) and (found := secure_bucketing(value)) is not None:
+            return found
+    return None
 
 
 def _resolve_auto(spec: Any, attackers: int) -> Any:
@@ -183,7 +223,9 @@ def parse(data: dict[str, Any], name: str = "custom") -> BenchConfig:
         raise ConfigError("defences: expected a non-empty table of name = { kind = ... }")
     for key, spec in defences_table.items():
         try:
-            Aggregator.from_dict(_resolve_auto(spec, 1))
+            rule = secure_bucketing(Aggregator.from_dict(_resolve_auto(spec, 1)))
+            if rule is not None:  # every round has run.clients clients: refuse now, not mid-grid
+                rule.check_collusion(run["clients"])
         except ConfigError as exc:
             raise ConfigError(f"defences.{key}: {exc}") from exc
         defences.append((key, spec))

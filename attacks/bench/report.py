@@ -15,7 +15,7 @@ from attacks.bench.config import NO_ATTACK, BenchConfig
 PRIVACY_COLUMNS = ("attack", "defence", "seed", "epsilon", "psnr", "ssim", "label_accuracy", "auc",
                    "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "seconds")
 CSV_COLUMNS = ("attack", "defence", "attackers", "partition", "seed", "accuracy", "best_accuracy",
-               "attack_success", "epsilon", "rounds", "stopped", "seconds")
+               "attack_success", "epsilon", "rounds", "stopped", "seconds", "threat_model")
 
 
 def _mean(values: list[float]) -> float:
@@ -34,6 +34,22 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] =
         writer.writerow(columns)
         for r in rows:
             writer.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
+
+
+def threat_models(config: BenchConfig) -> dict[str, str]:
+    """Defence name -> the threat model its secure bucketing assumes (only defences that have one)."""
+    out = {name: config.threat_model(name) for name, _ in config.defences}
+    return {name: tm for name, tm in out.items() if tm is not None}
+
+
+def threat_markdown(config: BenchConfig) -> list[str]:
+    """What the secure-bucketing cells assume about collusion with the server (empty without them)."""
+    notes = [config.threat_note(name) for name in threat_models(config)]
+    if not notes:
+        return []
+    return ["Secure bucketing hides a client's update from the server only while another honest client "
+            "shares its bucket (a bucket of s clients tolerates s - 2 clients colluding with the server). "
+            "Threat models of these cells:", "", *[f"- {n}" for n in notes], ""]
 
 
 def split(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -128,7 +144,12 @@ def summary_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> str:
              f"{config.clients} clients (all in every round), {config.rounds} rounds, "
              f"model `{config.model}`, "
              f"{config.local_epochs} local epoch(s), seeds {list(config.seeds)}, attacker fractions "
-             f"{list(config.attackers)}. Final test accuracy, mean over seeds.", ""]
+             f"{list(config.attackers)}. Final test accuracy, mean over seeds.", "", *threat_markdown(config)]
+    models = threat_models(config)
+
+    def label(defence: str) -> str:  # a secure-bucketing row names its threat model where its numbers are
+        return f"{defence} ({models[defence]})" if defence in models else defence
+
     for p in partitions:
         defences, attacks, means = table(rows, p)
         lines += [f"## Partition `{p}`", "", "| defence | " + " | ".join(attacks) + " | worst |",
@@ -137,13 +158,13 @@ def summary_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> str:
             vals = [means.get((d, a)) for a in attacks]
             attacked = [v for a, v in zip(attacks, vals, strict=True) if a != NO_ATTACK and v is not None]
             worst = min(attacked) if attacked else None
-            lines.append(f"| {d} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(worst)} |")
+            lines.append(f"| {label(d)} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(worst)} |")
         _, backdoors, asr = table(rows, p, metric="attack_success")
         backdoors = [a for a in backdoors if any(k[1] == a for k in asr)]
         if backdoors:
             lines += ["", "Backdoor attack success (triggered test inputs classified as the target):", "",
                       "| defence | " + " | ".join(backdoors) + " |", "|---" * (len(backdoors) + 1) + "|"]
-            lines += [f"| {d} | " + " | ".join(_fmt(asr.get((d, a))) for a in backdoors) + " |"
+            lines += [f"| {label(d)} | " + " | ".join(_fmt(asr.get((d, a))) for a in backdoors) + " |"
                       for d in defences]
         lines.append("")
     diverged = [r for r in rows if (r.get("stopped") or "").startswith("diverged")]
@@ -216,14 +237,33 @@ def plot_heatmap(out: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def audit_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The canary-audit section of the summary (``--audit-canaries``): per audited cell, the
+    accountant's epsilon next to the audit's estimate, its 95% interval and lower bound."""
+    audited = [r for r in rows if r.get("audit_empirical_epsilon") is not None]
+    if not audited:
+        return []
+    lines = ["", "## Privacy audit: canary clients (Andrew et al. 2024; Steinke et al. 2023)", "",
+             "| defence | partition | attack | attackers | seed | epsilon | audit epsilon | 95% CI "
+             "| 95% lower bound |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in audited:
+        ci = f"[{_fmt(r.get('audit_ci_low'))}, {_fmt(r.get('audit_ci_high'))}]"
+        lines.append(f"| {r['defence']} | {r['partition']} | {r['attack']} | {_fmt(r['attackers'])} | "
+                     f"{r['seed']} | {_fmt(r.get('epsilon'))} | {_fmt(r['audit_empirical_epsilon'])} | "
+                     f"{ci} | {_fmt(r.get('audit_lower_bound_95'))} |")
+    return [*lines, ""]
+
+
 def write_reports(out_dir: str | Path, config: BenchConfig, rows: list[dict[str, Any]]) -> dict[str, Path]:
     """results.csv, summary.md and the PNG plots next to results.json; returns their paths."""
     out = Path(out_dir)
     rows, privacy = split(rows)
     paths = {"csv": out / "results.csv", "summary": out / "summary.md"}
-    write_csv(paths["csv"], rows)
+    models = threat_models(config)
+    write_csv(paths["csv"], [{**r, "threat_model": models.get(r["defence"])} for r in rows])
     summary = summary_markdown(config, rows) if rows else f"# Attack benchmark: preset `{config.name}`\n\n"
-    paths["summary"].write_text(summary + "\n".join(privacy_markdown(privacy)))
+    paths["summary"].write_text(summary + "\n".join(privacy_markdown(privacy))
+                                + "\n".join(audit_markdown(rows)))
     if rows:
         paths["heatmap"] = plot_heatmap(out, rows)
         for p in plot_curves(out, rows):

@@ -22,10 +22,12 @@ from typing import Any
 from attacks.bench.config import BenchConfig, partition_config
 from attacks.bench.privacy import run_privacy_cell
 from attacks.byzantine import ByzantineClients
+from dp.audit import CanaryAudit
 from secagg.errors import ConfigError, UpdateError
 from secagg.experiment import ExperimentConfig, run_experiment
 from secagg.fedavg import ClientConfig, FedAvgConfig
 from secagg.parallel import RAY_MISSING, RayExecutor, ray_available
+from secagg.results import audit_entry
 from secagg.task import TaskConfig
 
 RESULTS = "results.json"
@@ -45,6 +47,19 @@ class Cell:
         return f"{self.attack}|{self.defence}|{self.attackers:g}|{self.partition}|{self.seed}"
 
 
+@dataclass(frozen=True)
+class Audit:
+    """A canary audit of every cell whose defence claims DP (``secagg bench --audit-canaries``):
+    ``canaries`` and ``inclusion`` of :class:`dp.audit.CanaryAudit`, seeded by the cell's seed."""
+
+    canaries: int
+    inclusion: str = "half"
+
+
+#: the audit's metrics a cell's row carries, as ``audit_<name>``
+AUDIT_FIELDS = ("empirical_epsilon", "ci_low", "ci_high", "lower_bound_95", "canaries", "inserted")
+
+
 def cells(config: BenchConfig) -> list[Cell]:
     """Every cell of the grid, in a fixed order; the no-attack baseline once per defence/partition/seed."""
     out = []
@@ -57,12 +72,16 @@ def cells(config: BenchConfig) -> list[Cell]:
     return out
 
 
-def experiment_config(config: BenchConfig, cell: Cell) -> ExperimentConfig:
+def experiment_config(config: BenchConfig, cell: Cell, audit: Audit | None = None) -> ExperimentConfig:
     """The FedAvg run of one cell. Robust rules with ``f = "auto"`` assume the cell's attacker count
-    (the no-attack baseline assumes the largest count of the grid: the defence does not know)."""
+    (the no-attack baseline assumes the largest count of the grid: the defence does not know). With
+    ``audit``, a defence that claims DP runs inside a :class:`~dp.audit.CanaryAudit`."""
     spec = next(a for a in config.attacks if a.name == cell.attack)
     assumed = cell.attackers if not spec.is_none else max(config.attackers)
     aggregator = config.defence(cell.defence, config.attacker_count(assumed))
+    if audit is not None and aggregator.claims_dp():
+        aggregator = CanaryAudit(canaries=audit.canaries, seed=cell.seed, inclusion=audit.inclusion,
+                                 inner=aggregator)
     adversary = None
     if not spec.is_none:
         update, data = spec.build()
@@ -77,10 +96,12 @@ def experiment_config(config: BenchConfig, cell: Cell) -> ExperimentConfig:
 
 
 def run_cell(config: BenchConfig, cell: Cell,
-             on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             on_round: Callable[[dict[str, Any]], None] | None = None,
+             audit: Audit | None = None) -> dict[str, Any]:
     """Train one cell and return its results row (with the per-round curves). A run the attack
     drives to NaN/Inf ends there: its row keeps the accuracy of the last finite model and says in
-    ``stopped`` that it diverged."""
+    ``stopped`` that it diverged. An audited cell's row adds ``audit_<name>`` (:data:`AUDIT_FIELDS`)
+    from its last audited round."""
     started = time.perf_counter()
     history: list[dict[str, Any]] = []
 
@@ -90,12 +111,14 @@ def run_cell(config: BenchConfig, cell: Cell,
             on_round(row)
 
     try:
-        stopped = run_experiment(experiment_config(config, cell), None, on_round=record).stopped
+        stopped = run_experiment(experiment_config(config, cell, audit), None, on_round=record).stopped
     except UpdateError as exc:
         # the attack drove training to NaN/Inf: a result (the worst one), not a crash of the grid
         stopped = f"diverged in round {len(history) + 1}: {exc}"
     last = history[-1] if history else {}
     accuracies = [r["accuracy"] for r in history]
+    audited = [audit_entry(r) for r in history if audit_entry(r)]
+    audit_row = {f"audit_{k}": audited[-1].get(k) for k in AUDIT_FIELDS} if audited else {}
     return {
         **asdict(cell),
         "accuracy": last.get("accuracy"),
@@ -107,23 +130,30 @@ def run_cell(config: BenchConfig, cell: Cell,
         "seconds": time.perf_counter() - started,
         "curve": accuracies,
         "attack_success_curve": [r.get("attack_success") for r in history],
+        **audit_row,
     }
 
 
-def _run_cell_in_worker(config: BenchConfig, cell: Cell) -> dict[str, Any]:
+def _run_audited_cell(config: BenchConfig, audit: Audit | None, cell: Cell) -> dict[str, Any]:
+    """:func:`run_cell` with ``audit``, arguments in the order executors pass them (shared first)."""
+    return run_cell(config, cell, audit=audit)
+
+
+def _run_cell_in_worker(config: BenchConfig, cell: Cell, audit: Audit | None = None) -> dict[str, Any]:
     """One cell in a pool process: module-level, so it pickles."""
     import torch
 
     torch.set_num_threads(1)  # the processes already use every core
-    return run_cell(config, cell)
+    return run_cell(config, cell, audit=audit)
 
 
-def _load_done(path: Path, config: BenchConfig) -> dict[str, dict[str, Any]]:
+def _load_done(path: Path, config: BenchConfig, audit: Audit | None = None) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
     try:
         saved = json.loads(path.read_text())
-        same = saved["config"] == config_dict(config)
+        # an audited grid's cells differ from a plain one's (canaries take part): never mix them
+        same = saved["config"] == config_dict(config) and saved.get("audit") == _audit_dict(audit)
         rows = saved["cells"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: not a benchmark results file ({exc}); use another --out") from exc
@@ -144,17 +174,23 @@ def config_dict(config: BenchConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(config)))
 
 
-def _save(path: Path, config: BenchConfig, rows: list[dict[str, Any]]) -> None:
+def _audit_dict(audit: Audit | None) -> dict[str, Any] | None:
+    return None if audit is None else asdict(audit)
+
+
+def _save(path: Path, config: BenchConfig, rows: list[dict[str, Any]], audit: Audit | None = None) -> None:
     tmp = path.with_suffix(".tmp")
     cells_ = [r for r in rows if r.get("section") != "privacy"]
     privacy = [r for r in rows if r.get("section") == "privacy"]
-    tmp.write_text(json.dumps({"config": config_dict(config), "cells": cells_, "privacy": privacy}, indent=1))
+    doc = {"config": config_dict(config), "cells": cells_, "privacy": privacy,
+           **({"audit": _audit_dict(audit)} if audit is not None else {})}
+    tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(path)
 
 
 def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progress: bool = True,
              limit: int | None = None, backend: str = "local", ray_address: str | None = None,
-             ray_threads: int | None = None) -> list[dict[str, Any]]:
+             ray_threads: int | None = None, audit: Audit | None = None) -> list[dict[str, Any]]:
     """Run every cell not already in ``out_dir/results.json`` and return all rows in grid order
     (poisoning cells, then the privacy cells, whose rows carry ``"section": "privacy"``).
 
@@ -167,8 +203,10 @@ def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progres
     can change the last bits of the floats behind a row). Either way the privacy cells run in this
     process. Rows never depend on the backend except ``seconds`` and the cells of defences that add
     DP noise: that noise comes from ``os.urandom`` (it must stay secret), so those cells differ between
-    any two runs. ``limit`` stops after that many new cells (for tests of resumption). The caller
-    writes the reports (:func:`attacks.bench.report.write_reports`).
+    any two runs. ``limit`` stops after that many new cells (for tests of resumption). ``audit``: run
+    every DP defence inside a canary audit (:class:`Audit`; the grid's results file records it and
+    resumes only the same audit). The caller writes the reports
+    (:func:`attacks.bench.report.write_reports`).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -186,7 +224,7 @@ def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progres
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS
-    done = _load_done(path, config)
+    done = _load_done(path, config, audit)
     grid = cells(config)
     todo = [c for c in grid if c.key not in done][:limit]
     privacy = [(p, s) for s in config.seeds for p in config.privacy]
@@ -208,28 +246,28 @@ def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progres
             with RayExecutor(ray_address, threads=ray_threads) as executor:
                 # results as they complete, each saved at once: an interrupted grid resumes as usual
                 # run_cell, not _run_cell_in_worker: RayExecutor sets each task's torch thread count
-                for i, row in executor.as_completed(run_cell, todo, config):
+                for i, row in executor.as_completed(_run_audited_cell, todo, config, audit):
                     done[todo[i].key] = row
-                    _save(path, config, ordered())
+                    _save(path, config, ordered(), audit)
                     bar.advance(cells_task)
         elif serial:
             for cell in todo:
                 bar.update(rounds_task, completed=0, description=f"{cell.attack} vs {cell.defence}")
-                row = run_cell(config, cell, on_round=lambda _: bar.advance(rounds_task))
+                row = run_cell(config, cell, on_round=lambda _: bar.advance(rounds_task), audit=audit)
                 done[cell.key] = row
-                _save(path, config, ordered())
+                _save(path, config, ordered(), audit)
                 bar.advance(cells_task)
         elif todo:
             with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(_run_cell_in_worker, config, c): c for c in todo}
+                futures = {pool.submit(_run_cell_in_worker, config, c, audit): c for c in todo}
                 for future in as_completed(futures):
                     done[futures[future].key] = future.result()
-                    _save(path, config, ordered())
+                    _save(path, config, ordered(), audit)
                     bar.advance(cells_task)
         for cell, seed in privacy_todo:  # in this process: each cell is a few seconds
             bar.update(rounds_task, visible=False)
             row = run_privacy_cell(cell, seed, out)
             done[_privacy_key(cell.attack, cell.defence_name, seed)] = row
-            _save(path, config, ordered())
+            _save(path, config, ordered(), audit)
             bar.advance(cells_task)
     return ordered()
