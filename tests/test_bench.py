@@ -217,6 +217,7 @@ def test_quick_preset_privacy_cells_show_leakage_and_what_stops_it(quick):
     assert lira["auc"] > 0.55, "an undefended model leaks membership"
     assert dp_lira["epsilon"] <= 1.0 + 1e-9
     assert dp_lira["tpr_at_1pct_fpr"] <= dp_tpr_bound(0.01, dp_lira["epsilon"], 1e-5)
+    assert dp_lira["auc"] < lira["auc"], "the same attack, with power on the plain model, loses it under DP"
 
 
 @pytest.mark.parametrize(("table", "message"), [
