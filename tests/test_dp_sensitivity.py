@@ -295,9 +295,11 @@ def _instances() -> list[Aggregator]:
     out = []
     for kind in Aggregator.kinds():
         try:
-            out.append(Aggregator.from_dict({"kind": kind}))
+            agg = Aggregator.from_dict({"kind": kind})
         except ConfigError:
             continue  # no valid default (a required field): covered by its own tests
+        if type(agg).__module__.split(".")[0] in ("secagg", "dp", "attacks"):
+            out.append(agg)  # not the test-only kinds other test modules register in this process
     return out
 
 
