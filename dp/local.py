@@ -10,10 +10,16 @@ Accounting (:func:`dp.accounting.local_gaussian_epsilon`): each release has L2 s
 (replace-one, local DP). ``epsilon_after(rounds)`` is the epsilon of the worst-case client, one that
 took part in *every* round (participations = rounds): with client sampling most clients are better
 off, but the server sees who took part, so there is no amplification by subsampling to claim.
+
+Placement: ``placement = "client"``. :meth:`LocalDP.client_step` (clip, then noise from the OS CSPRNG)
+runs on each client; the server's part, :meth:`LocalDP.aggregate_released`, only hands the noisy rows
+to ``inner``. In simulation :meth:`LocalDP.aggregate` runs the two in one process; ``secagg serve``
+runs the client step in each ``secagg client`` process, so the server never holds an un-noised update.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -44,6 +50,7 @@ class LocalDP(Wrapper, kind="local-dp"):
     target_epsilon: float | None = None
     inner: Aggregator = field(default_factory=Mean)
     keeps_sensitivity: ClassVar[bool] = True  # noise is added row by row
+    placement: ClassVar[str] = "client"  # the noise is local: drawn where the data is
 
     def claims_dp(self) -> bool:
         return True
@@ -68,14 +75,26 @@ class LocalDP(Wrapper, kind="local-dp"):
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         return self.run_round(batch, state)
 
+    def client_step(self, update: torch.Tensor, rng: SecureRandom | None = None) -> torch.Tensor:
+        """One client's release: ``update`` (d,) clipped to L2 norm ``clip``, plus N(0, (z clip)^2) per
+        coordinate from ``rng`` (default: a freshly keyed CSPRNG; seeded only in tests), in the
+        update's dtype."""
+        clipped, _ = clip_rows(update.reshape(1, -1), self.clip)
+        noise = gaussian(self.noise_multiplier * self.clip, clipped.shape[1],
+                         rng if rng is not None else SecureRandom())
+        return (clipped[0] + torch.from_numpy(noise)).to(update.dtype)
+
+    def aggregate_released(self, batch: UpdateBatch, state: AggState) -> Aggregate:
+        """The server's part: ``inner`` on the clients' noisy rows (the server adds no noise)."""
+        return self.run_inner(batch, state, released=True, noise_std=self.noise_multiplier * self.clip)
+
     def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
-        """:meth:`aggregate`, optionally drawing every client's noise from ``rng`` (seeded: TESTS ONLY);
-        by default each client gets its own freshly keyed CSPRNG."""
-        clipped, norms = clip_rows(batch.updates, self.clip)
-        std = self.noise_multiplier * self.clip
-        rows = [torch.from_numpy(gaussian(std, batch.dim, rng if rng is not None else SecureRandom()))
-                for _ in range(batch.num_clients)]
-        noisy = clipped + torch.stack(rows)
-        return self.run_inner(batch.replace(updates=noisy.to(batch.updates.dtype)), state,
-                              clipped_fraction=float((norms > self.clip).double().mean()),
-                              noise_std=std)
+        """:meth:`aggregate`: :meth:`client_step` on every row, then :meth:`aggregate_released`;
+        optionally drawing every client's noise from ``rng`` (seeded: TESTS ONLY); by default each
+        client gets its own freshly keyed CSPRNG."""
+        norms = torch.linalg.vector_norm(batch.updates.to(torch.float64), dim=1)
+        noisy = torch.stack([self.client_step(row, rng) for row in batch.updates])
+        out = self.aggregate_released(batch.replace(updates=noisy), state)
+        # a simulation knows how many clients clipped; a deployment's server never does
+        clipped = float((norms > self.clip).double().mean())
+        return dataclasses.replace(out, metrics={"clipped_fraction": clipped, **out.metrics})

@@ -962,6 +962,10 @@ def test_network_mode_refuses_nested_sessions_and_simulation_noise() -> None:
     assert network_mode(SecureSum()) == "secure"
     assert network_mode(CoordinateMedian()) == "plain"
     assert network_mode(DPFedAvg()) == "plain"
+    from dp.local import LocalDP
+
+    # local noise is placed on the clients: plain rows, or a secure sum of noisy rows
+    assert network_mode(LocalDP()) == "plain" and network_mode(LocalDP(inner=SecureSum())) == "secure"
     with pytest.raises(ConfigError, match="runs secure-aggregation sessions inside another rule"):
         network_mode(SecureBucketing(bucket_size=3, inner=CoordinateMedian()))
     with pytest.raises(ConfigError, match="simulation_seed"):

@@ -11,6 +11,13 @@ explicit state object: a flat ``dict[str, Tensor]`` returned by :meth:`Aggregato
 into and returned from every :meth:`Aggregator.aggregate` call, and saved in checkpoints. Wrappers
 keep their inner aggregator's state under an ``"inner/"`` prefix. No aggregator keeps hidden state or
 mutates its input.
+
+Placement. Most rules run on the server. A rule whose step belongs on the client (local DP: each
+client noises its own update) says so with ``placement = "client"`` and splits itself in two:
+:meth:`Aggregator.client_step` (one update, on the client, before it leaves) and
+:meth:`Aggregator.aggregate_released` (the server's part, on the rows as the clients released them).
+``aggregate`` is always the composition of the two, so the simulation and a deployment
+(:mod:`secagg.placement`, which refuses a client step placed under a server step) run one pipeline.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from secagg.layout import ParamLayout
 from secagg.registry import Registered
 
 AggState = dict[str, torch.Tensor]
+#: where an aggregator's own step runs
+PLACEMENTS = ("server", "client")
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,12 @@ class Aggregator(Registered, ABC, family="aggregator"):
     Fields must be JSON scalars or nested aggregators; validate them in ``__post_init__`` and raise
     :class:`~secagg.errors.ConfigError` naming the field and the bound. ``to_dict``/``from_dict``
     come from :class:`~secagg.registry.Registered`.
+
+    ``placement`` (class attribute): ``"server"`` (the default: the whole rule runs on the server) or
+    ``"client"`` (see :meth:`client_step`).
     """
+
+    placement: ClassVar[str] = "server"
 
     def init_state(self, dim: int) -> AggState:
         """The state before the first round, for updates of length ``dim`` (stateless: empty)."""
@@ -127,6 +141,17 @@ class Aggregator(Registered, ABC, family="aggregator"):
     @abstractmethod
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         """Combine ``batch`` into one update of length ``batch.dim``; never mutate the inputs."""
+
+    def client_step(self, update: torch.Tensor) -> torch.Tensor:
+        """This rule's step on one client's flat update (d,), run on that client before the update
+        leaves it; the identity for server-placed rules. Client-placed rules draw any noise here, from
+        the OS CSPRNG."""
+        return update
+
+    def aggregate_released(self, batch: UpdateBatch, state: AggState) -> Aggregate:
+        """The server's part: aggregate rows that already went through :meth:`client_step` on their
+        clients. For a server-placed rule (nothing ran on the client) it is :meth:`aggregate`."""
+        return self.aggregate(batch, state)
 
     def epsilon_after(self, rounds: int, dim: int | None = None) -> float | None:
         """The differential-privacy epsilon (at the mechanism's own delta) after ``rounds`` rounds of
@@ -199,9 +224,13 @@ class Wrapper(Aggregator):
     def poisson_sample_rate(self) -> float | None:
         return self.inner.poisson_sample_rate()
 
-    def run_inner(self, batch: UpdateBatch, state: AggState, **metrics: float) -> Aggregate:
-        """Aggregate ``batch`` with ``inner`` on its part of ``state``; ``metrics`` are the wrapper's own."""
-        inner = self.inner.aggregate(batch, unnest_state("inner", state))
+    def run_inner(self, batch: UpdateBatch, state: AggState, *, released: bool = False,
+                  **metrics: float) -> Aggregate:
+        """Aggregate ``batch`` with ``inner`` on its part of ``state``; ``metrics`` are the wrapper's own.
+        ``released``: the rows already went through the inner rule's client step (the server's part,
+        :meth:`Aggregator.aggregate_released`, runs instead of the whole rule)."""
+        run = self.inner.aggregate_released if released else self.inner.aggregate
+        inner = run(batch, unnest_state("inner", state))
         return Aggregate(inner.update, nest_state("inner", inner.state),
                          {**metrics, **{f"inner/{k}": v for k, v in inner.metrics.items()}})
 

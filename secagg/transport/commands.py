@@ -86,6 +86,10 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
     client.add_argument("--threads", type=int, default=1,
                         help="torch threads for local training (default: 1; many clients on one machine "
                              "must not oversubscribe its cores)")
+    client.add_argument("--min-local-noise", dest="min_local_noise", type=float, default=None, metavar="Z",
+                        help="this client's privacy floor: take part only if the server's configuration adds "
+                             "local DP noise (--dp local) with noise multiplier >= Z, drawn on this client "
+                             "(default: no floor)")
     client.add_argument("--fault", default=None, metavar="KIND@ROUND:STAGE",
                         help="inject a failure (kill, hang, reconnect) for drills and tests, e.g. "
                              "kill@2:MASKED_INPUT")
@@ -148,6 +152,8 @@ def run_client(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads: must be >= 1, got {args.threads}")
     import torch
 
+    if args.min_local_noise is not None and not args.min_local_noise > 0:
+        raise ConfigError(f"--min-local-noise: must be > 0, got {args.min_local_noise}")
     torch.set_num_threads(args.threads)
     _logging()
     client = NetworkClient(
@@ -156,7 +162,7 @@ def run_client(args: argparse.Namespace) -> int:
         registry=load_registry(args.registry) if args.registry is not None else None,
         shard=args.shard, audit_dir=args.audit_dir,
         fault=ClientFault.parse(args.fault) if args.fault else None, give_up_seconds=args.give_up,
-        server_name=args.server_name)
+        server_name=args.server_name, min_local_noise=args.min_local_noise)
     rounds = client.run()
     print(f"client {args.client_id}: done, took part in {rounds} rounds", flush=True)
     return 0

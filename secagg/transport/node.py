@@ -37,6 +37,7 @@ from secagg.errors import ConfigError, ProtocolError, UpdateError, WireError
 from secagg.experiment import ExperimentConfig
 from secagg.fedavg.client import ClientUpdate
 from secagg.layout import ParamLayout
+from secagg.placement import place
 from secagg.protocol.client import Client
 from secagg.protocol.messages import SessionParams, Setup, Stage
 from secagg.protocol.runner import REPLY_STAGE
@@ -98,6 +99,20 @@ class ServerGone(ConnectionError):
     """The server stayed unreachable for longer than the client's patience."""
 
 
+def check_local_noise(config: ExperimentConfig, minimum: float | None) -> None:
+    """A client's own floor on local DP: :class:`ConfigError` unless one of ``config``'s client steps
+    adds noise with ``noise_multiplier >= minimum`` (nothing to check for ``None``). Local DP's epsilon
+    per round depends on the noise multiplier only, so the floor holds whatever clip the server sets."""
+    if minimum is None:
+        return
+    steps = place(config.fedavg.aggregator).client_steps
+    zs = [float(getattr(step, "noise_multiplier", 0.0)) for step in steps]
+    if not zs or max(zs) < minimum:
+        raise ConfigError(f"--min-local-noise: this client requires local DP noise with noise multiplier >= "
+                          f"{minimum:g} on the client, but the server's configuration adds "
+                          + (f"at most {max(zs):g}" if zs else "none") + ": not taking part")
+
+
 class NetworkClient:
     """Client ``client_id`` of a deployment at ``address`` ("host:port").
 
@@ -106,14 +121,21 @@ class NetworkClient:
     ``registry``: every client's public key, needed to take part in malicious-mode sessions (a client
     must not take these from the server). ``shard``: which data partition to train on (default: its
     id). ``audit_dir``: write each round's quantized session input there (``client-ID-round-R.npy``),
-    so an operator can check the server's sums.
+    so an operator can check the server's sums, and each round's update before and after the client
+    steps (``client-ID-round-R-update.npy``, ``-released.npy``). ``min_local_noise``: this client's
+    own privacy floor: refuse any run whose configuration does not add local DP noise with noise
+    multiplier >= this on the client (``None``: take the server's configuration as it is).
+
+    The client derives what it sends from the configuration (:func:`secagg.placement.place`), not
+    from what the server says: a server announcing plain mode for a configuration that places a
+    secure sum is refused (:class:`ProtocolError`), so it cannot obtain updates meant to be masked.
     """
 
     def __init__(self, address: str, client_id: int, identity: SigningKey, *, ca_cert: bytes | None = None,
                  registry: dict[int, bytes] | None = None, shard: int | None = None,
                  audit_dir: str | Path | None = None, fault: ClientFault | None = None,
                  give_up_seconds: float = 300.0, poll_seconds: float = 5.0,
-                 server_name: str | None = None) -> None:
+                 server_name: str | None = None, min_local_noise: float | None = None) -> None:
         self.address, self.id, self.identity = address, client_id, identity
         self.ca_cert, self.registry = ca_cert, registry
         self.shard = client_id if shard is None else shard
@@ -121,6 +143,7 @@ class NetworkClient:
         self.fault = fault
         self.give_up_seconds, self.poll_seconds = give_up_seconds, poll_seconds
         self.server_name = server_name
+        self.min_local_noise = min_local_noise
         self.rounds_done = 0
         self._channel: grpc.Channel | None = None
         self._limit = 2 * ENVELOPE_SLACK
@@ -177,15 +200,21 @@ class NetworkClient:
         signature = self.identity.sign(login_message(challenge.nonce, self.id))
         welcome = decode_welcome(self._call("Login", encode_login(Login(self.id, challenge.nonce, signature)),
                                             auth=False))
-        self._token, self._mode = welcome.token, welcome.mode
         if not self._ready:
             self._setup(welcome.config)
             self._ready = True
+        assert self._config is not None
+        placed = place(self._config.fedavg.aggregator).mode
+        if welcome.mode != placed:
+            raise ProtocolError(f"the server announced {welcome.mode!r} mode, but its configuration "
+                                f"places {placed!r}: refusing to send updates under the wrong mode")
+        self._token, self._mode = welcome.token, welcome.mode
         log.info("client %d: logged in (%s mode)", self.id, self._mode)
 
     def _setup(self, config_json: str) -> None:
         """Build the task, model and data shard from the server's run configuration (JSON)."""
         config = ExperimentConfig.from_json(config_json)
+        check_local_noise(config, self.min_local_noise)
         task = build_task(config.task, seed=config.seed)
         if not 0 <= self.shard < task.data.num_clients:
             raise ConfigError(f"shard: {self.shard} is not a partition of this task "
@@ -233,7 +262,8 @@ class NetworkClient:
         self._session, self._session_round = None, work.round
         if self._mode == "plain":
             update = self.train(work)
-            delta = update.delta.to(torch.float32).numpy().astype("<f4").tobytes()
+            released = self.release(work.round, update.delta)
+            delta = released.to(torch.float32).numpy().astype("<f4").tobytes()
             self._send(work.round, UPDATE_STAGE,
                        encode_update(PlainUpdate(update.num_examples, update.train_loss, delta)))
             self.rounds_done += 1
@@ -270,15 +300,33 @@ class NetworkClient:
             self._model, weights, self._data, config.fedavg.client, self._layout,
             seed=derive_seed(config.seed, "client", work.round, self.shard), client_id=self.id)
 
+    def release(self, round_index: int, delta: torch.Tensor) -> torch.Tensor:
+        """``delta`` after the configuration's client steps (local DP's clip and noise, from the OS
+        CSPRNG, here on the client); with ``audit_dir`` both are recorded (this client's own disk)."""
+        config = self._config
+        assert config is not None
+        released = place(config.fedavg.aggregator).release(delta)
+        if self.audit_dir is not None:
+            self.audit_dir.mkdir(parents=True, exist_ok=True)
+            stem = self.audit_dir / f"client-{self.id}-round-{round_index}"
+            np.save(f"{stem}-update.npy", delta.to(torch.float32).numpy(), allow_pickle=False)
+            np.save(f"{stem}-released.npy", released.to(torch.float32).numpy(), allow_pickle=False)
+        return released
+
     def session_input(self, work: Work, params: SessionParams) -> np.ndarray:
-        """This client's quantized session input for the round (``params.vector_length`` uint32 words)."""
+        """This client's quantized session input for the round (``params.vector_length`` uint32 words):
+        its update after the client steps, encoded by the secure sum."""
         config = self._config
         assert config is not None
         update = self.train(work)
-        aggregator = config.fedavg.aggregator
-        weight = aggregator.client_weight(float(update.num_examples), work.weight_bound)
-        value, _ = aggregator.encode_client(update.delta.to(torch.float64).numpy(), weight,
-                                            len(params.client_ids))  # dither from the OS CSPRNG
+        session = place(config.fedavg.aggregator).session
+        if session is None:
+            raise ConfigError("aggregator: the server runs a secure round but the configuration has no "
+                              "secure sum to encode for")
+        weight = session.client_weight(float(update.num_examples), work.weight_bound)
+        released = self.release(work.round, update.delta)
+        value, _ = session.encode_client(released.to(torch.float64).numpy(), weight,
+                                         len(params.client_ids))  # dither from the OS CSPRNG
         return value
 
     def _continue_round(self, work: Work) -> None:

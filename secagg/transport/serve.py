@@ -2,9 +2,12 @@
 
 Round ``r`` samples clients exactly as the in-process simulation does (same seed, same ids), sends
 them the global weights, and closes each stage at its deadline or when everyone answered. In secure
-mode (aggregator ``SecureSum``) the server only ever holds the unmasked sum of the survivors'
-quantized updates; in plain mode it receives the updates and runs any configured aggregator
-(robust rules, server-side DP). A round that aborts (fewer than ``t`` clients left) changes nothing
+mode (a ``SecureSum``, optionally under client steps such as local DP) the server only ever holds
+the unmasked sum of the survivors' quantized updates; in plain mode it receives the clients'
+released updates and runs any configured aggregator (robust rules, server-side DP). Client-placed
+steps (:mod:`secagg.placement`) run in the client processes, never here.
+
+A round that aborts (fewer than ``t`` clients left) changes nothing
 but the round counter, as in simulation. After each round the checkpoint and results are written
 atomically, so a server killed at any moment restarts (``resume=True``) from its last committed
 round and loses nothing it had committed.
@@ -32,16 +35,13 @@ from secagg.errors import AbortError, ConfigError
 from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, load_run, save_run
 from secagg.fedavg import FedAvg
 from secagg.fedavg.server import RoundResult, ServerState, evaluate
+from secagg.placement import place
 from secagg.seeding import derive_seed
 from secagg.task import build_task
 from secagg.transport.auth import Authenticator
 from secagg.transport.coordinator import Coordinator, RoundOutcome
 from secagg.transport.service import AggregationService, message_limit, start_grpc_server
 from secagg.transport.tls import TLSFiles
-
-# aggregators that run secure-aggregation sessions of their own: only a top-level SecureSum can run
-# its session over the network so far
-_SESSION_KINDS = ("secure-sum", "secure-bucketing", "distributed-dp")
 
 log = logging.getLogger("secagg.serve")
 
@@ -70,29 +70,15 @@ class ServeOptions:
 
 
 def network_mode(aggregator: Aggregator) -> str:
-    """``"secure"`` for a top-level SecureSum, ``"plain"`` for an aggregator without sessions;
-    :class:`ConfigError` for one that nests sessions (not supported over the network yet)."""
-    if aggregator.kind == "secure-sum":
-        return "secure"
-    node: Any = aggregator
-    while node is not None:
-        if getattr(node, "simulation_seed", None) is not None:
-            raise ConfigError(f"aggregator: {node.kind!r} has simulation_seed set: its noise would be "
-                              f"predictable, which is for benchmarks only, never a deployment")
-        if getattr(node, "simulation_only", False):  # e.g. dp's CanaryAudit: it inserts fake clients
-            raise ConfigError(f"aggregator: {node.kind!r} is for simulation only (secagg train/bench): "
-                              f"a server inserting fake clients into a deployment is not supported")
-        if getattr(node, "kind", None) in _SESSION_KINDS:
-            raise ConfigError(f"aggregator: {aggregator.kind!r} runs secure-aggregation sessions inside "
-                              f"another rule; over the network only a plain SecureSum (--secure) or a rule "
-                              f"without sessions is supported so far")
-        node = getattr(node, "inner", None)
-    return "plain"
+    """``"secure"`` or ``"plain"``: :func:`secagg.placement.place`'s mode (its :class:`ConfigError`
+    for an aggregator that cannot be placed)."""
+    return place(aggregator).mode
 
 
 def weight_bound(config: ExperimentConfig, examples: dict[int, int]) -> float:
-    """The public bound W on a client's example count: the aggregator's, else the largest partition."""
-    bound = float(getattr(config.fedavg.aggregator, "weight_bound", 0.0) or 0.0)
+    """The public bound W on a client's example count: the secure sum's, else the largest partition."""
+    session = place(config.fedavg.aggregator).session
+    bound = float(session.weight_bound if session is not None else 0.0)
     return bound or float(max(examples.values()))
 
 
@@ -109,7 +95,9 @@ class NetworkServer:
             raise ConfigError(f"registry: has no key for clients {missing[:10]} of the task's "
                               f"{config.task.num_clients}")
         self.config, self.options, self.out = config, options, Path(out_dir)
-        self.mode = network_mode(config.fedavg.aggregator)
+        self.placement = place(config.fedavg.aggregator)
+        self.mode = self.placement.mode
+        log.info("placement: %s", self.placement.describe())
         task = build_task(config.task, seed=config.seed)
         # a deployment's sample must be secret: the amplified epsilon assumes nobody can predict it
         self.fedavg = FedAvg(config.fedavg, task.model, task.data, seed=config.seed, secret_sampling=True)
@@ -226,7 +214,8 @@ class NetworkServer:
         weights = safetensors.torch.save({k: v.contiguous() for k, v in state.weights.items()})
         params = None
         if self.mode == "secure":
-            params = self.config.fedavg.aggregator.session_params(sampled, self.fedavg.layout.dim + 1, r)
+            assert self.placement.session is not None
+            params = self.placement.session.session_params(sampled, self.fedavg.layout.dim + 1, r)
             params = dataclasses.replace(params, model_version=hashlib.sha256(weights).digest())
         return self.service.run_round(r, sampled, weights, params=params, weight_bound=self.weight_bound)
 
@@ -238,14 +227,15 @@ class NetworkServer:
             return None, {}, None, outcome.aborted
         layout = self.fedavg.layout
         aggregator = self.config.fedavg.aggregator
-        if self.mode == "secure":
+        session = self.placement.session
+        if session is not None:
             assert outcome.result is not None
             n, survivors = len(outcome.invited), len(outcome.survivors)
             self._audit(outcome)
-            mean, _ = aggregator.decode_sum(outcome.result, n, survivors)
+            mean, _ = session.decode_sum(outcome.result, n, survivors)
             metrics = {"clients": survivors, "survivors": float(survivors),
                        "dropped": float(len(outcome.invited) - survivors),
-                       "quantization_error_bound": aggregator.quantizers(n)[0].error_bound(survivors)}
+                       "quantization_error_bound": session.quantizers(n)[0].error_bound(survivors)}
             return torch.from_numpy(mean).to(layout.dtype), metrics, None, None
         updates = outcome.updates
         if not updates:
@@ -255,14 +245,27 @@ class NetworkServer:
         counts = torch.tensor([updates[u].num_examples for u in ids], dtype=torch.float64)
         batch = UpdateBatch(torch.stack(rows).to(layout.dtype), counts, ids, outcome.round,
                             derive_seed(self.config.seed, "aggregate", outcome.round), layout)
-        try:
-            agg = aggregator.aggregate(batch, state.aggregator_state)
+        self._audit_plain(outcome.round, batch)
+        try:  # the clients ran their steps already: the server runs only its part
+            agg = aggregator.aggregate_released(batch, state.aggregator_state)
         except AbortError as exc:
             return None, {}, None, str(exc)
         self._agg_state = agg.state
         losses = torch.tensor([updates[u].train_loss for u in ids], dtype=torch.float64)
         train_loss = float(losses @ counts / counts.sum()) if counts.sum() > 0 else None
         return agg.update.to(layout.dtype), {"clients": len(ids), **agg.metrics}, train_loss, None
+
+    def _audit_plain(self, round_index: int, batch: UpdateBatch) -> None:
+        """With ``audit_dir``: every row the server held in plain round ``round_index`` (as released by
+        its client) and whose it was, so that an auditor can check what the server saw."""
+        audit = self.options.audit_dir
+        if audit is None:
+            return
+        audit.mkdir(parents=True, exist_ok=True)
+        np.save(audit / f"round-{round_index}-updates.npy", batch.updates.to(torch.float32).numpy(),
+                allow_pickle=False)
+        (audit / f"round-{round_index}-updates.json").write_text(json.dumps(
+            {"clients": list(batch.client_ids), "examples": batch.weights.tolist()}) + "\n")
 
     def _audit(self, outcome: RoundOutcome) -> None:
         audit = self.options.audit_dir

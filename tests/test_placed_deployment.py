@@ -1,0 +1,90 @@
+"""Local DP deployed with real ``secagg serve`` / ``secagg client`` processes: the noise is drawn on
+the clients, never on the server.
+
+Plain mode: every row the server held (its audit) is bit for bit the row its client released, that
+row is the client's clipped update plus noise of the accounted spread, and the server's aggregate is
+the weighted mean of the held rows (the server adds nothing). Secure mode: the same releases go
+into the secure sum, whose unmasked result is exactly the sum of the clients' session inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from deployment import Deployment
+
+from dp.accounting import local_gaussian_epsilon
+
+pytestmark = pytest.mark.slow
+
+CLIP, Z = 0.5, 1.0
+
+
+@pytest.fixture
+def deployment(tmp_path: Path):
+    made: list[Deployment] = []
+
+    def make(clients: int) -> Deployment:
+        made.append(Deployment(tmp_path, clients))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.kill_all()
+
+
+def _noise(audit: Path, u: int, r: int) -> np.ndarray:
+    """Client u's round-r release minus its clipped update (both from its own audit)."""
+    update = np.load(audit / f"client-{u}-round-{r}-update.npy").astype(np.float64)
+    released = np.load(audit / f"client-{u}-round-{r}-released.npy").astype(np.float64)
+    clipped = update * min(1.0, CLIP / float(np.linalg.norm(update)))
+    return released - clipped
+
+
+def _check_noise(noise: np.ndarray) -> None:
+    # the accounted spread z C per coordinate; float32 rounding of the release is ~1e-7
+    assert noise.std() == pytest.approx(Z * CLIP, rel=0.05)
+    assert abs(noise.mean()) < 5 * Z * CLIP / np.sqrt(noise.size)
+
+
+def test_local_dp_plain_noise_is_drawn_on_the_clients(deployment) -> None:
+    import json
+
+    dep = deployment(4)
+    dep.serve("--dp", "local", "--clip", str(CLIP), "--noise-multiplier", str(Z), rounds=2)
+    for u in range(4):
+        dep.client(u)
+    rounds = dep.wait_server()["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and not any(r.get("aborted") for r in rounds)
+    for record in rounds:
+        r = record["round"]
+        held = np.load(dep.audit / f"round-{r}-updates.npy")
+        meta = json.loads((dep.audit / f"round-{r}-updates.json").read_text())
+        assert meta["clients"] == [0, 1, 2, 3]
+        for row, u in zip(held, meta["clients"], strict=True):
+            released = np.load(dep.audit / f"client-{u}-round-{r}-released.npy")
+            assert np.array_equal(row, released), "the server holds exactly what the client released"
+            _check_noise(_noise(dep.audit, u, r))
+        w = np.asarray(meta["examples"], dtype=np.float64)
+        mean = (w[:, None] * held.astype(np.float64)).sum(axis=0) / w.sum()
+        assert record["update_norm"] == pytest.approx(float(np.linalg.norm(mean)), rel=1e-4), \
+            "the server aggregated the held rows and added no noise of its own"
+        assert record["epsilon"] == pytest.approx(local_gaussian_epsilon(Z, r, 1e-5))
+
+
+def test_local_dp_over_secure_aggregation_noises_before_masking(deployment) -> None:
+    dep = deployment(4)
+    dep.serve("--secure", "--dp", "local", "--clip", str(CLIP), "--noise-multiplier", str(Z), rounds=2)
+    for u in range(4):
+        dep.client(u)
+    rounds = dep.wait_server()["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and not any(r.get("aborted") for r in rounds)
+    audit = dep.audited_rounds()
+    assert sorted(audit) == [1, 2] and all(a["exact"] for a in audit.values())
+    assert not list(dep.audit.glob("round-*-updates.npy")), "no individual update reached the server"
+    for r, meta in audit.items():
+        for u in meta["survivors"]:
+            _check_noise(_noise(dep.audit, u, r))
+    assert rounds[-1]["epsilon"] == pytest.approx(local_gaussian_epsilon(Z, 2, 1e-5))

@@ -1,0 +1,151 @@
+"""Placement: each step runs where its trust model says, and the split pipeline is the simulated one.
+
+``Aggregator.aggregate`` must equal ``aggregate_released`` over rows that went through
+``client_step`` (same noise), and :func:`secagg.placement.place` must refuse a client step the server
+would have to run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dp.central import DPFedAvg
+from dp.local import LocalDP
+from dp.noise import SecureRandom
+from secagg.aggregation import (
+    ClipNorm,
+    CoordinateMedian,
+    Mean,
+    SecureBucketing,
+    SecureSum,
+    TrimmedMean,
+    UpdateBatch,
+)
+from secagg.errors import ConfigError
+from secagg.placement import place
+
+
+def _seeded(seed: int) -> SecureRandom:
+    return SecureRandom(seed.to_bytes(32, "little"))  # seeded: TESTS ONLY
+
+
+def _batch(n: int, d: int, seed: int = 0) -> UpdateBatch:
+    g = torch.Generator().manual_seed(seed)
+    return UpdateBatch(3.0 * torch.randn(n, d, generator=g), torch.arange(1.0, n + 1, dtype=torch.float64),
+                       tuple(range(n)), round=1, seed=seed)
+
+
+@pytest.mark.parametrize("inner", [Mean(), CoordinateMedian(), TrimmedMean(f=1)])
+def test_local_dp_is_its_client_step_then_its_server_part(inner):
+    rule = LocalDP(clip=1.0, noise_multiplier=0.7, inner=inner)
+    batch = _batch(5, 40)
+    whole = rule.run_round(batch, {}, rng=_seeded(7))
+    rng = _seeded(7)
+    released = torch.stack([rule.client_step(row, rng) for row in batch.updates])
+    split = rule.aggregate_released(batch.replace(updates=released), {})
+    assert torch.equal(whole.update, split.update)
+    assert split.metrics["noise_std"] == pytest.approx(0.7) and "clipped_fraction" not in split.metrics
+    assert whole.metrics["clipped_fraction"] == 1.0  # every row of norm ~19 was clipped
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 300), st.floats(0.05, 5.0), st.floats(0.1, 3.0), st.integers(0, 2**31))
+def test_a_client_release_is_its_clipped_update_plus_the_stated_noise(d, clip, z, seed):
+    rule = LocalDP(clip=clip, noise_multiplier=z)
+    update = torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 4.0
+    released = rule.client_step(update, _seeded(seed))
+    norm = float(torch.linalg.vector_norm(update))
+    clipped = update * min(1.0, clip / norm)
+    noise = (released - clipped).numpy()
+    assert released.dtype == update.dtype and released.shape == update.shape
+    # the same noise as a fresh draw from the same key: the release is clip + N(0, (z C)^2), nothing else
+    from dp.gaussian import gaussian
+    assert np.allclose(noise, gaussian(z * clip, d, _seeded(seed)), atol=1e-9 * (1 + z * clip))
+
+
+def test_released_noise_has_the_accounted_spread():
+    rule = LocalDP(clip=0.5, noise_multiplier=2.0)
+    noise = rule.client_step(torch.zeros(200_000, dtype=torch.float64)).numpy()  # OS CSPRNG
+    assert abs(noise.mean()) < 5 * 1.0 / math.sqrt(noise.size)
+    assert noise.std() == pytest.approx(1.0, rel=0.01)  # z C = 1
+
+
+def test_place_splits_the_client_steps_from_the_sum():
+    p = place(LocalDP(inner=SecureSum()))
+    assert p.mode == "secure" and p.client_steps == (LocalDP(inner=SecureSum()),) and p.session == SecureSum()
+    p = place(LocalDP(inner=CoordinateMedian()))
+    assert p.mode == "plain" and p.session is None and len(p.client_steps) == 1
+    assert place(SecureSum()).client_steps == () and place(DPFedAvg()).mode == "plain"
+    assert "on the clients: local-dp; crossing to the server: secure sum" in place(
+        LocalDP(inner=SecureSum())).describe()
+    # two local layers: each client applies both, outermost first
+    twice = LocalDP(clip=1.0, noise_multiplier=0.5, inner=LocalDP(clip=2.0, noise_multiplier=0.5))
+    assert [s.clip for s in place(twice).client_steps] == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("aggregator, message", [
+    (ClipNorm(max_norm=1.0, inner=LocalDP()), "'local-dp' must run on the clients (placement 'client'), "
+                                              "but it sits inside 'clip-norm', which runs on the server"),
+    (LocalDP(inner=ClipNorm(max_norm=1.0, inner=LocalDP())), "sits inside 'clip-norm'"),
+    (SecureBucketing(bucket_size=3, inner=CoordinateMedian()), "runs secure-aggregation sessions"),
+    (LocalDP(inner=SecureBucketing(bucket_size=3)), "runs secure-aggregation sessions"),
+    (DPFedAvg(simulation_seed=0), "simulation_seed"),
+])
+def test_what_cannot_be_placed_is_refused_naming_the_step(aggregator, message):
+    with pytest.raises(ConfigError, match="aggregator: .*" + message.replace("(", r"\(").replace(")", r"\)")):
+        place(aggregator)
+
+
+def test_release_applies_the_client_steps_and_nothing_for_server_rules():
+    update = torch.full((10,), 3.0)
+    assert torch.equal(place(CoordinateMedian()).release(update), update)
+    out = place(LocalDP(clip=1.0, noise_multiplier=1e-9)).release(update)
+    assert float(torch.linalg.vector_norm(out)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_client_enforces_its_own_local_noise_floor():
+    from secagg.experiment import ExperimentConfig
+    from secagg.fedavg import FedAvgConfig
+    from secagg.transport.node import check_local_noise
+
+    def config(agg):
+        return ExperimentConfig(fedavg=FedAvgConfig(aggregator=agg))
+
+    check_local_noise(config(Mean()), None)  # no floor: anything goes
+    check_local_noise(config(LocalDP(noise_multiplier=2.0, inner=SecureSum())), 2.0)
+    with pytest.raises(ConfigError, match=r"--min-local-noise: .* >= 2 on the client, .* adds at most 1\.5"):
+        check_local_noise(config(LocalDP(noise_multiplier=1.5)), 2.0)
+    # server-side noise is no local noise: DP-FedAvg's noise is added by the server
+    with pytest.raises(ConfigError, match="adds none: not taking part"):
+        check_local_noise(config(DPFedAvg(noise_multiplier=5.0)), 1.0)
+
+
+@pytest.mark.parametrize("aggregator, announced", [
+    (SecureSum(), "plain"), (LocalDP(inner=SecureSum()), "plain"), (Mean(), "secure")])
+def test_a_client_refuses_a_server_announcing_another_mode_than_its_configuration(aggregator, announced):
+    """A lying server says "plain" for a configuration with a secure sum, to get raw updates: refused
+    before the client trains or sends anything."""
+    from secagg.crypto.keys import SigningKey
+    from secagg.errors import ProtocolError
+    from secagg.experiment import ExperimentConfig
+    from secagg.fedavg import FedAvgConfig
+    from secagg.task import TaskConfig
+    from secagg.transport.envelope import Challenge, Welcome, encode_challenge, encode_welcome
+    from secagg.transport.node import NetworkClient
+
+    config = ExperimentConfig(TaskConfig(num_clients=2), FedAvgConfig(aggregator=aggregator))
+    replies = {"Hello": encode_challenge(Challenge(bytes(32))),
+               "Login": encode_welcome(Welcome(b"t" * 32, config.to_json(), announced))}
+    client = NetworkClient("127.0.0.1:1", 0, SigningKey.generate())
+    sent: list[str] = []
+    client._call = lambda method, request, **_: sent.append(method) or replies[method]  # type: ignore[method-assign]
+    client._connect = lambda: None  # type: ignore[method-assign]
+    with pytest.raises(ProtocolError, match=f"announced '{announced}' mode, but its configuration places"):
+        client._login()
+    assert sent == ["Hello", "Login"] and client._token == b""
