@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -31,6 +32,7 @@ from dp.accounting import ACCOUNTANTS, SAMPLING, GaussianAccountant
 from dp.gaussian import gaussian
 from dp.noise import SecureRandom
 from secagg.aggregation import Aggregate, Aggregator, AggState, Mean, SecureSum, UpdateBatch, Wrapper
+from secagg.aggregation.base import nest_state, unnest_state
 from secagg.errors import AbortError, ConfigError
 from secagg.validation import check_choice, check_int, check_real
 
@@ -166,6 +168,9 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
     target_epsilon: float | None = None
     inner: Aggregator = field(default_factory=lambda: Mean(weighted=False))
     simulation_seed: int | None = None
+    #: clipping runs where the updates are in the clear: on the clients over a secure sum (then the
+    #: server adds the noise to the sum, :meth:`after_sum`), else on the trusted server
+    placement: ClassVar[str] = "update"
 
     def __post_init__(self) -> None:
         check_real("clip", self.clip, gt=0.0)
@@ -188,15 +193,35 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
             rng = SecureRandom(key.digest())
         return self.run_round(batch, state, rng)
 
+    def client_step(self, update: torch.Tensor) -> torch.Tensor:
+        """One client's update (d,) clipped to :func:`secure_clip` (float64): what it sends into the
+        secure sum when this rule runs over one (the grid is fixed by ``inner.max_clients``)."""
+        planned = self.inner.max_clients if isinstance(self.inner, SecureSum) else 1
+        target = secure_clip(self.inner, self.clip, planned, update.numel())
+        return clip_rows(update.reshape(1, -1), target)[0][0]
+
+    def after_sum(self, inner: Aggregate, state: AggState, *, num_clients: int, dtype: torch.dtype,
+                  rng: SecureRandom | None = None) -> Aggregate:
+        """The server's part over the sum of clipped rows: ``inner`` is the inner rule's unweighted mean
+        of ``num_clients`` rows (``survivors`` of them through a secure sum); add N(0, (z C)^2) to the
+        sum, from ``rng`` (default: the OS CSPRNG), and divide by ``expected_clients``."""
+        count = inner.metrics.get("survivors", float(num_clients))
+        total = inner.update.to(torch.float64) * count
+        noise = torch.from_numpy(gaussian(self.noise_multiplier * self.clip, total.numel(), rng))
+        update = (total + noise) / self.expected_clients
+        return Aggregate(update.to(dtype), nest_state("inner", inner.state),
+                         {"noise_std": self.noise_std, **{f"inner/{k}": v for k, v in inner.metrics.items()}})
+
     def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
-        """:meth:`aggregate`, optionally drawing the noise from ``rng`` (a seeded one: TESTS ONLY)."""
+        """:meth:`aggregate`, optionally drawing the noise from ``rng`` (a seeded one: TESTS ONLY):
+        every row through :meth:`client_step`'s clip, the inner sum, then :meth:`after_sum`."""
         # through a secure sum, rows are clipped a little tighter so that their rounded encoding still
         # moves the sum by at most clip (the sensitivity the noise is calibrated to)
         target = secure_clip(self.inner, self.clip, batch.num_clients, batch.dim)
         clipped, norms = clip_rows(batch.updates, target)
-        total, out = inner_sum(self, batch.replace(updates=clipped), state,
-                               clipped_fraction=float((norms > self.clip).double().mean()),
-                               noise_std=self.noise_std)
-        noise = torch.from_numpy(gaussian(self.noise_multiplier * self.clip, batch.dim, rng))
-        update = (total + noise) / self.expected_clients
-        return Aggregate(update.to(batch.updates.dtype), out.state, out.metrics)
+        if isinstance(self.inner, SecureSum) and batch.num_clients < 2:
+            raise AbortError("secure aggregation needs at least 2 clients; the round is skipped")
+        inner = self.inner.aggregate(batch.replace(updates=clipped), unnest_state("inner", state))
+        out = self.after_sum(inner, state, num_clients=batch.num_clients, dtype=batch.updates.dtype, rng=rng)
+        return Aggregate(out.update, out.state,
+                         {"clipped_fraction": float((norms > self.clip).double().mean()), **out.metrics})

@@ -88,6 +88,13 @@ class LocalDP(Wrapper, kind="local-dp"):
         """The server's part: ``inner`` on the clients' noisy rows (the server adds no noise)."""
         return self.run_inner(batch, state, released=True, noise_std=self.noise_multiplier * self.clip)
 
+    def after_sum(self, inner: Aggregate, state: AggState, *, num_clients: int, dtype: torch.dtype
+                  ) -> Aggregate:
+        """Over a secure sum of the noisy rows the server adds nothing: ``inner``, nested."""
+        out = super().after_sum(inner, state, num_clients=num_clients, dtype=dtype)
+        std = self.noise_multiplier * self.clip
+        return Aggregate(out.update, out.state, {"noise_std": std, **out.metrics})
+
     def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
         """:meth:`aggregate`: :meth:`client_step` on every row, then :meth:`aggregate_released`;
         optionally drawing every client's noise from ``rng`` (seeded: TESTS ONLY); by default each

@@ -2,19 +2,23 @@
 
 :func:`place` splits an aggregator into a :class:`Placement`:
 
-* ``client_steps``: the client-placed rules at the top of the chain (``placement = "client"``, e.g.
-  :class:`~dp.local.LocalDP`), outermost first. Each client applies their
-  :meth:`~secagg.aggregation.Aggregator.client_step` to its own update before anything leaves it;
-* ``session``: the :class:`~secagg.aggregation.SecureSum` directly below them, when there is one (the
-  secure mode: only the masked sum crosses to the server), else ``None`` (the plain mode: the
-  clients' released rows cross, and the server runs
-  :meth:`~secagg.aggregation.Aggregator.aggregate_released` of the whole aggregator on them).
+* ``session``: the :class:`~secagg.aggregation.SecureSum` in the chain, when there is one (the secure
+  mode: only the masked sum crosses to the server), else ``None`` (the plain mode);
+* ``client_steps``: the rules whose step each client applies to its own update before anything
+  leaves it (:meth:`~secagg.aggregation.Aggregator.client_step`), outermost first. In secure mode
+  every wrapper above the sum, each client- or update-placed (local DP's noise, DP-FedAvg's and
+  ``ClipNorm``'s clipping); the server then finishes with their
+  :meth:`~secagg.aggregation.Wrapper.after_sum`, innermost first (:meth:`Placement.finish`: DP-FedAvg's
+  noise on the sum). In plain mode the client-placed rules at the top of the chain; the server runs
+  :meth:`~secagg.aggregation.Aggregator.aggregate_released` of the whole aggregator on the released
+  rows (update-placed clipping runs there, on the trusted server).
 
 Refused, with a :class:`ConfigError` naming the step (``aggregator`` field): a client step below a
 server step (the server would have to run it: noise that must be local would be added by the
-server); a rule that runs secure-aggregation sessions of its own anywhere but as the session;
-simulation-only rules (fake clients) and simulation-seeded noise. The simulation runs the same split
-in one process (``Aggregator.aggregate`` is the composition of the two parts).
+server); a server rule above a secure sum (it needs the individual updates the sum hides); a rule
+that runs secure-aggregation sessions of its own anywhere but as the session; simulation-only rules
+(fake clients) and simulation-seeded noise. The simulation runs the same split in one process
+(``Aggregator.aggregate`` is the composition of the parts).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from secagg.aggregation import Aggregator, SecureSum
+from secagg.aggregation import Aggregate, Aggregator, AggState, SecureSum, Wrapper
+from secagg.aggregation.base import unnest_state
 from secagg.errors import ConfigError
 
 __all__ = ["Placement", "place"]
@@ -53,6 +58,19 @@ class Placement:
             update = step.client_step(update)
         return update
 
+    def finish(self, inner: Aggregate, state: AggState, *, num_clients: int, dtype: torch.dtype) -> Aggregate:
+        """Secure mode, on the server: the client steps' :meth:`~secagg.aggregation.Wrapper.after_sum`,
+        innermost first, over ``inner`` (what the secure sum decoded), with each step's part of the
+        aggregator's ``state``; ``num_clients`` rows were summed."""
+        states = [state]
+        for _ in self.client_steps[1:]:
+            states.append(unnest_state("inner", states[-1]))
+        out = Aggregate(inner.update.to(dtype), inner.state, inner.metrics)
+        for step, part in reversed(list(zip(self.client_steps, states, strict=True))):
+            assert isinstance(step, Wrapper)
+            out = step.after_sum(out, part, num_clients=num_clients, dtype=dtype)
+        return out
+
     def describe(self) -> str:
         """One line for logs: which step runs where."""
         client = ", ".join(s.kind for s in self.client_steps) or "nothing"
@@ -78,6 +96,24 @@ def place(aggregator: Aggregator) -> Placement:
         if getattr(node, "simulation_only", False):  # e.g. dp's CanaryAudit: it inserts fake clients
             raise ConfigError(f"aggregator: {node.kind!r} is for simulation only (secagg train/bench): "
                               f"a server inserting fake clients into a deployment is not supported")
+    for node in chain:
+        if node.kind in SESSION_KINDS and not isinstance(node, SecureSum):
+            raise ConfigError(f"aggregator: {aggregator.kind!r} runs secure-aggregation sessions inside "
+                              f"another rule ({node.kind!r}); over the network only a SecureSum (--secure), "
+                              f"under client steps (local DP, DP-FedAvg, clipping) or alone, or a rule "
+                              f"without sessions is supported so far")
+    session = next((i for i, node in enumerate(chain) if isinstance(node, SecureSum)), None)
+    if session is not None:
+        for node in chain[:session]:
+            if node.placement == "server" or not isinstance(node, Wrapper):
+                raise ConfigError(
+                    f"aggregator: {node.kind!r} runs on the server over individual updates (it has no "
+                    f"client part), but it sits above the secure sum, which hides them from the server. "
+                    f"Use it without --secure, or a rule with a client part (local DP, DP-FedAvg, "
+                    f"clip-norm) above the secure sum")
+        sums = chain[session]
+        assert isinstance(sums, SecureSum)
+        return Placement(aggregator, tuple(chain[:session]), sums)
     top = 0
     while top < len(chain) and chain[top].placement == "client":
         top += 1
@@ -89,12 +125,4 @@ def place(aggregator: Aggregator) -> Placement:
                 f"aggregator: {node.kind!r} must run on the clients (placement 'client'), but it sits inside "
                 f"{outer.kind!r}, which runs on the server: the server would run the client's step (for "
                 f"local noise: the server would see the un-noised updates). Put {node.kind!r} outermost")
-    if rest and isinstance(rest[0], SecureSum):
-        return Placement(aggregator, steps, rest[0])
-    for node in rest:
-        if node.kind in SESSION_KINDS:
-            raise ConfigError(f"aggregator: {aggregator.kind!r} runs secure-aggregation sessions inside "
-                              f"another rule ({node.kind!r}); over the network only a SecureSum (--secure), "
-                              f"optionally under client steps such as local DP, or a rule without sessions "
-                              f"is supported so far")
     return Placement(aggregator, steps, None)

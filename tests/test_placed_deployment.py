@@ -88,3 +88,39 @@ def test_local_dp_over_secure_aggregation_noises_before_masking(deployment) -> N
         for u in meta["survivors"]:
             _check_noise(_noise(dep.audit, u, r))
     assert rounds[-1]["epsilon"] == pytest.approx(local_gaussian_epsilon(Z, 2, 1e-5))
+
+
+@pytest.mark.parametrize("malicious", [False, True], ids=["honest", "malicious"])
+def test_central_dp_over_secure_aggregation_clips_on_the_clients_and_noises_only_the_sum(
+        deployment, malicious: bool) -> None:
+    """DP-FedAvg over SecureSum deployed (honest and malicious-server mode): each client clips its own
+    update (the server cannot: it never sees one), the server decodes the exact secure sum and adds
+    N(0, (z C)^2) to it, nothing else."""
+    import json
+
+    from secagg.experiment import ExperimentConfig
+
+    dep = deployment(4)
+    mode = ("--secure-malicious",) if malicious else ()
+    dep.serve("--secure", *mode, "--dp", "central", "--clip", "1.0", "--noise-multiplier", "1.0", rounds=2)
+    for u in range(4):
+        dep.client(u, *(("--registry", "registry.json") if malicious else ()))
+    results = dep.wait_server()
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and not any(r.get("aborted") for r in rounds)
+    rule = ExperimentConfig.from_json(json.dumps(results["config"])).fedavg.aggregator
+    audit = dep.audited_rounds()
+    assert sorted(audit) == [1, 2] and all(a["exact"] for a in audit.values())
+    assert not list(dep.audit.glob("round-*-updates.npy")), "no individual update reached the server"
+    for r, meta in audit.items():
+        for u in meta["survivors"]:
+            released = np.load(dep.audit / f"client-{u}-round-{r}-released.npy")
+            assert float(np.linalg.norm(released.astype(np.float64))) <= 1.0 + 1e-6  # clipped on the client
+        mean, _ = rule.inner.decode_sum(np.load(dep.audit / f"round-{r}-sum.npy"), len(meta["invited"]),
+                                        len(meta["survivors"]))
+        total = mean * len(meta["survivors"])
+        released = np.load(dep.audit / f"round-{r}-aggregate.npy")
+        noise = released * rule.expected_clients - total
+        assert noise.std() == pytest.approx(rule.noise_multiplier * rule.clip, rel=0.05)
+        assert abs(noise.mean()) < 5 / np.sqrt(noise.size)
+        assert rounds[r - 1]["epsilon"] == pytest.approx(rule.epsilon_after(r))

@@ -149,3 +149,65 @@ def test_a_client_refuses_a_server_announcing_another_mode_than_its_configuratio
     with pytest.raises(ProtocolError, match=f"announced '{announced}' mode, but its configuration places"):
         client._login()
     assert sent == ["Hello", "Login"] and client._token == b""
+
+
+# ----------------------------------------------------------------------- steps over a secure sum
+
+
+def _finish(rule, batch, state, **kw):
+    """A deployment's pipeline in one process: client steps per row, the sum, the server's finish."""
+    p = place(rule)
+    rows = torch.stack([p.release(row) for row in batch.updates])
+    summed = p.session.aggregate(batch.replace(updates=rows.to(torch.float64)), {})
+    return p.finish(summed, state, num_clients=batch.num_clients, dtype=batch.updates.dtype)
+
+
+def test_dp_fedavg_over_a_secure_sum_clips_on_the_clients_and_noises_the_sum_on_the_server():
+    rule = DPFedAvg(clip=1.0, noise_multiplier=0.8, expected_clients=6.0, sampling="none",
+                    inner=SecureSum(weighted=False, max_clients=10))
+    p = place(rule)
+    assert p.mode == "secure" and p.client_steps == (rule,) and p.session == rule.inner
+    batch = _batch(6, 30)
+    released = p.release(batch.updates[0])
+    # the client clips a little inside C, so that its rounded encoding stays within C
+    assert float(torch.linalg.vector_norm(released)) < 1.0
+    from dp.central import secure_clip
+    assert float(torch.linalg.vector_norm(released)) == pytest.approx(secure_clip(rule.inner, 1.0, 10, 30))
+    whole = rule.run_round(batch, {}, rng=_seeded(3))
+    rows = torch.stack([p.release(row) for row in batch.updates])
+    summed = rule.inner.aggregate(batch.replace(updates=rows), {})
+    split = rule.after_sum(summed, {}, num_clients=6, dtype=batch.updates.dtype, rng=_seeded(3))
+    assert torch.allclose(whole.update, split.update, atol=1e-6)
+    assert split.metrics["noise_std"] == whole.metrics["noise_std"]
+    assert "clipped_fraction" not in split.metrics  # the server never sees a client's norm
+    # the server's part adds N(0, (z C)^2) to the sum: times expected_clients, minus the sum
+    noise = (split.update.double() * 6.0 - summed.update.double() * 6.0).numpy()
+    from dp.gaussian import gaussian
+    assert np.allclose(noise, gaussian(0.8, 30, _seeded(3)), atol=1e-5)
+
+
+def test_clip_norm_over_a_secure_sum_clips_on_the_clients():
+    rule = ClipNorm(max_norm=0.5, inner=SecureSum())
+    p = place(rule)
+    assert p.mode == "secure" and p.client_steps == (rule,)
+    batch = _batch(4, 20)
+    out = _finish(rule, batch, {})
+    whole = rule.aggregate(batch, {})
+    assert torch.allclose(out.update, whole.update, atol=2e-4)  # SecureSum's rounding: well under a step
+    assert float(torch.linalg.vector_norm(p.release(batch.updates[1]))) == pytest.approx(0.5, rel=1e-6)
+    # without a secure sum below it, clipping stays on the (trusted) server
+    assert place(ClipNorm(inner=CoordinateMedian())).client_steps == ()
+
+
+def test_central_dp_without_a_secure_sum_runs_on_the_trusted_server():
+    p = place(DPFedAvg(clip=1.0, inner=Mean(weighted=False)))
+    assert p.mode == "plain" and p.client_steps == ()
+
+
+def test_a_server_rule_above_a_secure_sum_is_refused():
+    from dp.adaptive import AdaptiveClipDP
+
+    rule = AdaptiveClipDP(inner=SecureSum(weighted=False, max_clients=10))
+    with pytest.raises(ConfigError, match="'dp-fedavg-adaptive' runs on the server over individual updates "
+                                          r"\(it has no client part\), but it sits above the secure sum"):
+        place(rule)

@@ -12,12 +12,16 @@ into and returned from every :meth:`Aggregator.aggregate` call, and saved in che
 keep their inner aggregator's state under an ``"inner/"`` prefix. No aggregator keeps hidden state or
 mutates its input.
 
-Placement. Most rules run on the server. A rule whose step belongs on the client (local DP: each
-client noises its own update) says so with ``placement = "client"`` and splits itself in two:
-:meth:`Aggregator.client_step` (one update, on the client, before it leaves) and
-:meth:`Aggregator.aggregate_released` (the server's part, on the rows as the clients released them).
-``aggregate`` is always the composition of the two, so the simulation and a deployment
-(:mod:`secagg.placement`, which refuses a client step placed under a server step) run one pipeline.
+Placement. Most rules run on the server (``placement = "server"``). A rule whose step belongs on
+the client (local DP: each client noises its own update) says so with ``placement = "client"`` and
+splits itself in two: :meth:`Aggregator.client_step` (one update, on the client, before it leaves)
+and :meth:`Aggregator.aggregate_released` (the server's part, on the rows as the clients released
+them). A per-update map that must run wherever the update is still in the clear (clipping) says
+``placement = "update"``: over a secure sum it runs on the clients (:meth:`Aggregator.client_step`)
+and the server finishes with :meth:`Wrapper.after_sum` on the sum; otherwise it runs on the server.
+``aggregate`` is always the composition of the parts, so the simulation and a deployment
+(:mod:`secagg.placement`, which refuses a step placed where its trust model cannot hold) run one
+pipeline.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from secagg.layout import ParamLayout
 from secagg.registry import Registered
 
 AggState = dict[str, torch.Tensor]
-#: where an aggregator's own step runs
-PLACEMENTS = ("server", "client")
+#: where an aggregator's own step runs: see the module docstring
+PLACEMENTS = ("server", "client", "update")
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,9 @@ class Aggregator(Registered, ABC, family="aggregator"):
     :class:`~secagg.errors.ConfigError` naming the field and the bound. ``to_dict``/``from_dict``
     come from :class:`~secagg.registry.Registered`.
 
-    ``placement`` (class attribute): ``"server"`` (the default: the whole rule runs on the server) or
-    ``"client"`` (see :meth:`client_step`).
+    ``placement`` (class attribute): ``"server"`` (the default: the whole rule runs on the server),
+    ``"client"`` (always on the clients, see :meth:`client_step`) or ``"update"`` (on the clients when
+    a secure sum follows, else on the server; see the module docstring).
     """
 
     placement: ClassVar[str] = "server"
@@ -223,6 +228,16 @@ class Wrapper(Aggregator):
 
     def poisson_sample_rate(self) -> float | None:
         return self.inner.poisson_sample_rate()
+
+    def after_sum(self, inner: Aggregate, state: AggState, *, num_clients: int, dtype: torch.dtype
+                  ) -> Aggregate:
+        """The server's part of a client- or update-placed wrapper over a secure sum: ``inner`` is what
+        the sum below returned (its update, state and metrics) for rows that went through this
+        wrapper's :meth:`Aggregator.client_step` on ``num_clients`` clients; ``state`` is this
+        wrapper's. By default nothing of its own: ``inner`` nested as :meth:`run_inner` nests it, the
+        update in ``dtype``."""
+        return Aggregate(inner.update.to(dtype), nest_state("inner", inner.state),
+                         {f"inner/{k}": v for k, v in inner.metrics.items()})
 
     def run_inner(self, batch: UpdateBatch, state: AggState, *, released: bool = False,
                   **metrics: float) -> Aggregate:

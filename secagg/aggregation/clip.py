@@ -16,17 +16,24 @@ from secagg.validation import check_real
 class ClipNorm(Wrapper, kind="clip-norm"):
     """Scale each update to L2 norm at most ``max_norm``, then aggregate with ``inner``.
 
-    ``u_i <- u_i * min(1, max_norm / ||u_i||_2)``. In a deployment this step runs on the client
-    (before masking); here it is applied to each row of the batch. Logs ``clipped_fraction``.
+    ``u_i <- u_i * min(1, max_norm / ||u_i||_2)``. Over a secure sum a deployment runs this step on
+    each client (before masking, :meth:`client_step`); otherwise on the server, on each row of the
+    batch. Logs ``clipped_fraction`` (where the rows are seen).
     """
 
     max_norm: float = 1.0
     inner: Aggregator = field(default_factory=Mean)
     keeps_sensitivity: ClassVar[bool] = True  # a per-row map: an inner DP rule's epsilon still holds
+    placement: ClassVar[str] = "update"  # on the clients above a secure sum, on the server otherwise
 
     def __post_init__(self) -> None:
         check_real("max_norm", self.max_norm, gt=0.0)
         super().__post_init__()
+
+    def client_step(self, update: torch.Tensor) -> torch.Tensor:
+        """One update (d,) scaled to L2 norm at most ``max_norm`` (as :meth:`aggregate` scales each row)."""
+        norm = torch.linalg.vector_norm(update)
+        return update * torch.clamp(self.max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0)
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         norms = torch.linalg.vector_norm(batch.updates, dim=1)

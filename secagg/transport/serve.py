@@ -30,7 +30,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from secagg.aggregation import Aggregator, UpdateBatch
+from secagg.aggregation import Aggregate, Aggregator, UpdateBatch
 from secagg.errors import AbortError, ConfigError
 from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, load_run, save_run
 from secagg.fedavg import FedAvg
@@ -233,10 +233,15 @@ class NetworkServer:
             n, survivors = len(outcome.invited), len(outcome.survivors)
             self._audit(outcome)
             mean, _ = session.decode_sum(outcome.result, n, survivors)
-            metrics = {"clients": survivors, "survivors": float(survivors),
-                       "dropped": float(len(outcome.invited) - survivors),
-                       "quantization_error_bound": session.quantizers(n)[0].error_bound(survivors)}
-            return torch.from_numpy(mean).to(layout.dtype), metrics, None, None
+            summed = Aggregate(torch.from_numpy(mean), {}, {
+                "survivors": float(survivors), "dropped": float(len(outcome.invited) - survivors),
+                "quantization_error_bound": session.quantizers(n)[0].error_bound(survivors)})
+            # the server's part of the steps the clients ran (DP-FedAvg's noise on the sum)
+            agg = self.placement.finish(summed, state.aggregator_state, num_clients=survivors,
+                                        dtype=layout.dtype)
+            self._agg_state = agg.state
+            self._audit_aggregate(outcome.round, agg.update)
+            return agg.update, {"clients": survivors, **agg.metrics}, None, None
         updates = outcome.updates
         if not updates:
             return None, {}, None, "no client sent an update before the deadline"
@@ -251,6 +256,7 @@ class NetworkServer:
         except AbortError as exc:
             return None, {}, None, str(exc)
         self._agg_state = agg.state
+        self._audit_aggregate(outcome.round, agg.update)
         losses = torch.tensor([updates[u].train_loss for u in ids], dtype=torch.float64)
         train_loss = float(losses @ counts / counts.sum()) if counts.sum() > 0 else None
         return agg.update.to(layout.dtype), {"clients": len(ids), **agg.metrics}, train_loss, None
@@ -266,6 +272,14 @@ class NetworkServer:
                 allow_pickle=False)
         (audit / f"round-{round_index}-updates.json").write_text(json.dumps(
             {"clients": list(batch.client_ids), "examples": batch.weights.tolist()}) + "\n")
+
+    def _audit_aggregate(self, round_index: int, update: torch.Tensor) -> None:
+        """With ``audit_dir``: the aggregate the server released in round ``round_index``."""
+        audit = self.options.audit_dir
+        if audit is not None:
+            audit.mkdir(parents=True, exist_ok=True)
+            np.save(audit / f"round-{round_index}-aggregate.npy",
+                    update.detach().to(torch.float64).numpy(), allow_pickle=False)
 
     def _audit(self, outcome: RoundOutcome) -> None:
         audit = self.options.audit_dir
