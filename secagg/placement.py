@@ -62,9 +62,9 @@ class Placement:
         """Secure mode, on the server: the client steps' :meth:`~secagg.aggregation.Wrapper.after_sum`,
         innermost first, over ``inner`` (what the secure sum decoded), with each step's part of the
         aggregator's ``state``; ``num_clients`` rows were summed."""
-        states = [state]
-        for _ in self.client_steps[1:]:
-            states.append(unnest_state("inner", states[-1]))
+        states = []
+        for _ in self.client_steps:  # step i's state sits under i "inner/" prefixes
+            states.append(unnest_state("inner", states[-1]) if states else state)
         out = Aggregate(inner.update.to(dtype), inner.state, inner.metrics)
         for step, part in reversed(list(zip(self.client_steps, states, strict=True))):
             assert isinstance(step, Wrapper)

@@ -1,0 +1,170 @@
+"""The aggregation-backend API: an external system drives the placed pipeline with its own transport.
+
+Every round here is driven only through ``Pipeline.server``/``Pipeline.client`` and bytes, the way
+another FL framework would, and checked against the rule run in one process: exact secure sums,
+clipping and noise where the placement says, peers' bad bytes refused without changing the round.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dp.central import DPFedAvg
+from dp.local import LocalDP
+from secagg.aggregation import ClipNorm, Mean, SecureSum, TrimmedMean, UpdateBatch
+from secagg.backend import Pipeline
+from secagg.crypto.keys import SigningKey
+from secagg.errors import AbortError, ConfigError, ProtocolError
+
+
+def drive(pipeline: Pipeline, updates: np.ndarray, examples: list[int], *,
+          silent_after: dict[int, int] | None = None, identities: dict[int, SigningKey] | None = None,
+          garbage: bool = False):
+    """One round over bytes. ``silent_after[u] = k``: client u answers only its first k messages."""
+    ids = tuple(range(len(updates)))
+    server = pipeline.server(3, ids, weight_bound=float(max(examples)))
+    clients = {u: pipeline.client(u, updates[u], examples[u],
+                                  identity=None if identities is None else identities[u]) for u in ids}
+    answered = dict.fromkeys(ids, 0)
+    refused = []
+    outgoing = server.start()
+    while outgoing:
+        for u, data in outgoing.items():
+            if silent_after and answered[u] >= silent_after.get(u, 10**9):
+                continue
+            reply = clients[u].handle(data)
+            answered[u] += 1
+            if garbage:
+                for bad in (b"", b"\x00" * 7, reply[:-1]):
+                    try:
+                        server.receive(u, bad)
+                    except ProtocolError as exc:
+                        refused.append(type(exc).__name__)
+            server.receive(u, reply)
+        outgoing = server.advance()
+    assert server.done
+    return server, clients, refused
+
+
+def _updates(n: int, d: int, seed: int, scale: float = 1.0) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(n, d, generator=g, dtype=torch.float64)).numpy()
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(2, 6), st.integers(1, 40), st.integers(0, 2**31),
+       st.lists(st.integers(1, 50), min_size=6, max_size=6))
+def test_a_secure_round_over_bytes_is_the_weighted_mean_of_its_survivors(n, d, seed, counts):
+    rule = SecureSum(clip=4.0)
+    pipeline = Pipeline(rule, d)
+    updates = np.clip(_updates(n, d, seed), -4.0, 4.0)
+    server, _, _ = drive(pipeline, updates, counts[:n])
+    out = server.finish({})
+    w = np.asarray(counts[:n], dtype=np.float64)
+    want = (w[:, None] * updates).sum(axis=0) / w.sum()
+    # each client's stochastic rounding is off by < one quantum of its weighted update
+    bound = rule.quantizers(n)[0].error_bound(n) * max(counts) / w.sum() + 1e-6
+    assert np.abs(out.update.double().numpy() - want).max() <= bound
+    assert server.survivors == tuple(range(n)) and out.metrics["survivors"] == n
+
+
+def test_a_dropout_is_recovered_and_the_sum_covers_the_survivors():
+    pipeline = Pipeline(SecureSum(clip=4.0, weighted=False), 10)
+    updates = np.clip(_updates(5, 10, 1), -4, 4)
+    server, _, _ = drive(pipeline, updates, [1] * 5, silent_after={4: 2})  # 4 leaves after sharing keys
+    assert server.survivors == (0, 1, 2, 3)
+    assert np.allclose(server.finish({}).update.double().numpy(), updates[:4].mean(axis=0), atol=1e-4)
+
+
+def test_malicious_mode_with_the_operators_registry():
+    keys = {u: SigningKey.generate() for u in range(4)}
+    registry = {u: k.public for u, k in keys.items()}
+    pipeline = Pipeline(SecureSum(clip=4.0, malicious=True), 8, registry=registry)
+    updates = np.clip(_updates(4, 8, 2), -4, 4)
+    server, _, _ = drive(pipeline, updates, [2, 2, 2, 2], identities=keys)
+    assert np.allclose(server.finish({}).update.double().numpy(), updates.mean(axis=0), atol=1e-4)
+    with pytest.raises(ConfigError, match="identity: a malicious-mode session needs"):
+        drive(pipeline, updates, [2, 2, 2, 2])
+
+
+def test_central_dp_over_a_secure_sum_clips_on_the_clients_and_noises_the_sum():
+    d = 20_000
+    rule = DPFedAvg(clip=1.0, noise_multiplier=1.5, expected_clients=4.0, sampling="none",
+                    inner=SecureSum(weighted=False, max_clients=8, clip=1.0))
+    pipeline = Pipeline(rule, d)
+    updates = _updates(4, d, 3, scale=0.1)  # norm ~14: every client clips
+    server, clients, _ = drive(pipeline, updates, [5, 6, 7, 8])
+    for c in clients.values():
+        assert float(torch.linalg.vector_norm(c.released)) <= 1.0
+    out = server.finish({})
+    total = sum(c.released.numpy() for c in clients.values())
+    noise = out.update.double().numpy() * 4.0 - total
+    assert noise.std() == pytest.approx(1.5, rel=0.03) and abs(noise.mean()) < 5 * 1.5 / np.sqrt(d)
+    assert out.metrics["noise_std"] == rule.noise_std
+
+
+def test_a_plain_round_runs_the_rule_on_exactly_the_released_rows():
+    rule = TrimmedMean(f=1)
+    pipeline = Pipeline(rule, 12)
+    assert pipeline.mode == "plain"
+    updates = _updates(5, 12, 4)
+    server, _, _ = drive(pipeline, updates, [3, 1, 4, 1, 5])
+    rows = torch.from_numpy(updates.astype("<f4"))
+    want = rule.aggregate(UpdateBatch(rows, torch.tensor([3.0, 1, 4, 1, 5], dtype=torch.float64),
+                                      tuple(range(5)), 3), {})
+    assert torch.equal(server.finish({}).update, want.update)
+
+
+def test_local_dp_noise_is_added_by_each_client_and_never_by_the_server():
+    rule = LocalDP(clip=0.5, noise_multiplier=2.0, inner=Mean())
+    pipeline = Pipeline(rule, 5000)
+    updates = _updates(3, 5000, 5)
+    server, clients, _ = drive(pipeline, updates, [1, 1, 2])
+    for u, c in clients.items():
+        clipped = updates[u] * 0.5 / np.linalg.norm(updates[u])
+        assert (c.released.numpy() - clipped).std() == pytest.approx(1.0, rel=0.05)
+    rows = np.stack([c.released.to(torch.float32).numpy() for c in clients.values()]).astype(np.float64)
+    want = (np.array([1, 1, 2])[:, None] * rows).sum(axis=0) / 4
+    assert np.allclose(server.finish({}).update.double().numpy(), want, atol=1e-6)
+
+
+def test_bad_bytes_from_a_client_are_refused_and_change_nothing():
+    for rule in (SecureSum(clip=4.0), Mean()):
+        pipeline = Pipeline(rule, 6)
+        updates = np.clip(_updates(3, 6, 6), -4, 4)
+        server, _, refused = drive(pipeline, updates, [1, 2, 3], garbage=True)
+        assert refused and set(refused) <= {"ProtocolError", "WireError"}
+        assert server.survivors == (0, 1, 2)
+        assert np.allclose(server.finish({}).update.double().numpy(),
+                           (np.array([1, 2, 3])[:, None] * updates).sum(axis=0) / 6, atol=1e-4)
+
+
+def test_a_client_refuses_a_server_asking_for_a_plain_update_under_a_secure_pipeline():
+    secure, plain = Pipeline(SecureSum(), 4), Pipeline(Mean(), 4)
+    request = plain.server(0, (0, 1), weight_bound=1.0).start()[0]  # a lying server's plain request
+    with pytest.raises(ProtocolError, match="refusing to send it in the clear"):
+        secure.client(0, np.zeros(4), 1).handle(request)
+
+
+def test_caller_misuse_is_a_config_error_naming_the_field():
+    pipeline = Pipeline(Mean(), 4)
+    with pytest.raises(ConfigError, match="update: expected 4 coordinates, got 3"):
+        pipeline.client(0, np.zeros(3), 1)
+    with pytest.raises(ConfigError, match="update: must be finite"):
+        pipeline.client(0, np.array([0, 0, np.nan, 0]), 1)
+    with pytest.raises(ConfigError, match="weight_bound: must be > 0"):
+        pipeline.server(0, (0, 1), weight_bound=0)
+    with pytest.raises(ConfigError, match="client_ids: expected distinct ids"):
+        pipeline.server(0, (1, 1), weight_bound=1.0)
+    server = pipeline.server(0, (0, 1), weight_bound=1.0)
+    with pytest.raises(ConfigError, match="finish: the round is not done"):
+        server.finish({})
+    server.start()
+    with pytest.raises(AbortError, match="no client sent an update"):
+        server.advance()
+    with pytest.raises(ConfigError, match="aggregator: 'local-dp' must run on the clients"):
+        Pipeline(LocalDP(inner=ClipNorm(inner=LocalDP())), 4)  # refused when built, not mid-round
