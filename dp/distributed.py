@@ -49,10 +49,11 @@ effective noise multiplier would fall below 2/3 of z).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -62,8 +63,8 @@ from dp.noise import SecureRandom, discrete_gaussian, rational_variance, skellam
 from dp.rotation import pad_length, rotate, unrotate
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.aggregation.secure import GRAPHS, SecureSum
-from secagg.errors import AbortError, ConfigError, UpdateError
-from secagg.protocol.messages import Stage
+from secagg.errors import AbortError, ConfigError, ProtocolError, UpdateError
+from secagg.protocol.messages import SessionParams, Stage
 from secagg.protocol.runner import run_session
 from secagg.seeding import derive_seed, numpy_rng
 from secagg.validation import check_choice, check_int, check_real
@@ -278,7 +279,78 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
 
     def rotation_seed(self, batch: UpdateBatch) -> int:
         """The public rotation seed of a round, from its seed and index."""
-        return derive_seed(batch.seed, "distributed-dp-rotation", batch.round)
+        return self.round_rotation(batch.seed, batch.round)
+
+    @staticmethod
+    def round_rotation(round_seed: int, round_index: int) -> int:
+        """The public rotation seed of round ``round_index`` whose public seed is ``round_seed``."""
+        return derive_seed(round_seed, "distributed-dp-rotation", round_index)
+
+    # -- the session interface a deployment drives (secagg.placement / secagg.backend) ----------------
+
+    is_session: ClassVar[bool] = True
+
+    def secure_params(self, client_ids: tuple[int, ...], dim: int, round_index: int) -> SessionParams:
+        """The session of a round with these clients: the padded length and, on the full graph, a
+        threshold of at least the planned survivors, so that no sum carrying less noise than planned
+        can be unmasked (on a sparse graph the simulation checks the survivors after the sum).
+        :class:`ConfigError` above ``expected_clients``; :class:`AbortError` below the planned survivors."""
+        ids = tuple(client_ids)
+        if len(ids) > self.expected_clients:
+            raise ConfigError(f"expected_clients: the round has {len(ids)} clients, above "
+                              f"expected_clients={self.expected_clients} that gamma was planned for")
+        if len(ids) < self.planned_min:
+            raise AbortError(f"min_clients: only {len(ids)} clients in the round, below {self.planned_min}")
+        params = self.secure_sum().session_params(ids, self.plan(dim).length, round_index)
+        if params.degree < len(ids) - 1:  # SecAgg+: t counts shares among neighbours, not survivors
+            return params
+        return dataclasses.replace(params, threshold=max(params.threshold, self.planned_min))
+
+    def session_input(self, release: np.ndarray, num_examples: float, weight_bound: float,
+                      params: SessionParams, round_seed: int) -> np.ndarray:
+        """One client's session input: rotate, clip, scale, round and add its noise share, from the OS
+        CSPRNG, here on the client (unweighted: ``num_examples`` is unused). :class:`ProtocolError` when
+        the session could unmask a sum with less noise than planned (a threshold below the planned
+        survivors, or more clients than gamma was planned for): the server's word is not taken."""
+        if params.degree < len(params.client_ids) - 1:
+            raise ProtocolError("degree: over a sparse (SecAgg+) graph the threshold does not bound how few "
+                                "clients an unmasked sum covers, so the planned noise is not guaranteed: "
+                                "deploy distributed DP with graph='full'")
+        if params.threshold < self.planned_min:
+            raise ProtocolError(f"threshold: the session could unmask a sum of {params.threshold} clients, "
+                                f"below the {self.planned_min} the noise is planned for: not taking part")
+        if len(params.client_ids) > self.expected_clients:
+            raise ProtocolError(f"client_ids: {len(params.client_ids)} clients, above expected_clients="
+                                f"{self.expected_clients} that gamma was planned for: refusing to take part")
+        need = self.plan(release.size).length
+        if params.vector_length != need:
+            raise ProtocolError(f"vector_length: the session sums {params.vector_length} words, "
+                                f"{release.size} coordinates need {need}")
+        return self.encode_client(release, self.round_rotation(round_seed, params.round))
+
+    def session_result(self, result: np.ndarray, params: SessionParams, survivors: int, dim: int,
+                       round_seed: int) -> Aggregate:
+        """The server's reading of an unmasked sum: centred, unrotated, over the denominator;
+        :class:`AbortError` below the planned survivors (nothing is decoded)."""
+        if survivors < self.planned_min:
+            raise AbortError(f"min_clients: {survivors} survivors, below {self.planned_min}: "
+                             f"the sum would carry less noise than planned")
+        p = self.plan(dim)
+        total = self.decode_sum(result, dim, self.round_rotation(round_seed, params.round))
+        denom = self.expected_clients if self.normalize == "expected" else survivors
+        privacy = self.privacy_parameters(dim, survivors)
+        n = len(params.client_ids)
+        return Aggregate(torch.from_numpy(total / denom), {}, {
+            "survivors": float(survivors),
+            "dropped": float(n - survivors),
+            "gamma": p.gamma,
+            "sigma_l": p.sigma_l,
+            "mu_l": p.mu_l if self.mechanism == "skellam" else 0.0,
+            "l2_sensitivity": p.l2_sensitivity,
+            "l1_sensitivity": p.l1_sensitivity,
+            "effective_noise_multiplier": float(privacy.get("effective_noise_multiplier", 0.0)),
+            "wrap_probability_bound": self.wrap_probability_bound(dim, survivors),
+        })
 
     def encode_clients(self, updates: np.ndarray, rotation_seed: int,
                        rng: SecureRandom | Sequence[SecureRandom] | None = None) -> tuple[np.ndarray, int]:
@@ -391,13 +463,12 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
                               f"expected_clients={self.expected_clients} that gamma was planned for")
         if n < self.planned_min:
             raise AbortError(f"min_clients: only {n} clients in the round, below {self.planned_min}")
-        p = self.plan(d)
         seed = self.rotation_seed(batch)
         updates = batch.updates[order].to(torch.float64).numpy()
         gens = [rngs[u] if rngs is not None else SecureRandom() for u in ids]
         encoded, redraws = self.encode_clients(updates, seed, gens)
         inputs = {u: encoded[row] for row, u in enumerate(ids)}
-        params = self.secure_sum().session_params(ids, p.length, batch.round)
+        params = self.secure_params(ids, d, batch.round)
         drop = {}
         if self.dropout > 0:
             k = round(self.dropout * n)
@@ -408,26 +479,11 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
             raise AbortError(f"min_clients: {n - len(drop)} survivors, below {self.planned_min}: "
                              f"the sum would carry less noise than planned")
         report = run_session(params, inputs, drop_before=drop)
-        survivors = len(report.survivors)
-        if report.result is None or survivors < self.planned_min:
-            raise AbortError(f"min_clients: {survivors} survivors, below {self.planned_min}: "
-                             f"the sum would carry less noise than planned")
-        total = self.decode_sum(report.result, d, seed)
-        denom = self.expected_clients if self.normalize == "expected" else survivors
-        privacy = self.privacy_parameters(d, survivors)
-        metrics = {
-            "survivors": float(survivors),
-            "dropped": float(len(report.dropped)),
-            "gamma": p.gamma,
-            "sigma_l": p.sigma_l,
-            "mu_l": p.mu_l if self.mechanism == "skellam" else 0.0,
-            "l2_sensitivity": p.l2_sensitivity,
-            "l1_sensitivity": p.l1_sensitivity,
-            "effective_noise_multiplier": float(privacy.get("effective_noise_multiplier", 0.0)),
-            "wrap_probability_bound": self.wrap_probability_bound(d, survivors),
-            "rounding_redraws": float(redraws),
-        }
-        return Aggregate(torch.from_numpy(total / denom).to(batch.updates.dtype), dict(state), metrics)
+        if report.result is None:
+            raise AbortError(f"min_clients: the session ended without a sum (fewer than {self.planned_min})")
+        out = self.session_result(report.result, params, len(report.survivors), d, batch.seed)
+        return Aggregate(out.update.to(batch.updates.dtype), dict(state),
+                         {**out.metrics, "rounding_redraws": float(redraws)})
 
 
 __all__ = ["GRAPHS", "MAX_INFLATION", "MECHANISMS", "SIGMA_MAX", "DistributedDP", "Plan"]

@@ -44,6 +44,7 @@ from secagg.protocol.client import Client
 from secagg.protocol.messages import Setup
 from secagg.protocol.server import Server
 from secagg.protocol.wire import decode, encode
+from secagg.seeding import derive_seed
 from secagg.transport.envelope import (
     PlainUpdate,
     Work,
@@ -64,21 +65,29 @@ class Pipeline:
 
     ``registry``: every client's Ed25519 public key, for malicious-mode secure sums (the server checks
     signatures; each client must get the registry from its operator, never from the server).
+    ``seed``: the run's public seed (round seeds, distributed DP's public rotation), the same on
+    every side.
     """
 
     aggregator: Aggregator
     dim: int
     registry: Mapping[int, bytes] | None = field(default=None, compare=False)
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.aggregator, Aggregator):
             raise ConfigError(f"aggregator: expected an Aggregator, got {type(self.aggregator).__name__}")
         check_int("dim", self.dim, minimum=1)
+        check_int("seed", self.seed, minimum=0)
         _ = self.placement  # refuse an aggregator that cannot be placed now, not mid-round
 
     @cached_property
     def placement(self) -> Placement:
         return place(self.aggregator)
+
+    def round_seed(self, round_index: int) -> int:
+        """The public seed of round ``round_index`` (as the simulation derives it)."""
+        return derive_seed(self.seed, "aggregate", round_index)
 
     @property
     def mode(self) -> str:
@@ -127,7 +136,7 @@ class ServerRound:
         self._started = self._closed = False
         session = pipeline.placement.session
         if session is not None:
-            params = session.session_params(client_ids, pipeline.dim + 1, round_index)
+            params = session.secure_params(client_ids, pipeline.dim, round_index)
             if model_version is not None:
                 params = dataclasses.replace(params, model_version=model_version)
             self._server = Server(params, pipeline.registry)
@@ -199,11 +208,9 @@ class ServerRound:
         if self._server is not None:
             session = placement.session
             assert session is not None and self._server.result is not None
-            n, survivors = len(self.client_ids), len(self._server.survivors)
-            mean, _ = session.decode_sum(self._server.result, n, survivors)
-            summed = Aggregate(torch.from_numpy(mean), {}, {
-                "survivors": float(survivors), "dropped": float(n - survivors),
-                "quantization_error_bound": session.quantizers(n)[0].error_bound(survivors)})
+            survivors = len(self._server.survivors)
+            summed = session.session_result(self._server.result, self._server.params, survivors,
+                                            self.pipeline.dim, self.pipeline.round_seed(self.round))
             return placement.finish(summed, state, num_clients=survivors, dtype=torch.float32)
         ids = tuple(sorted(self._updates))
         rows = torch.stack([torch.from_numpy(np.frombuffer(self._updates[u].delta, dtype="<f4").copy())
@@ -255,13 +262,17 @@ class ClientRound:
         params = setup.params
         if self.model_version is not None and params.model_version != self.model_version:
             raise ProtocolError(f"client {self.id}: the session's model version is not the expected one")
-        if params.vector_length != self.pipeline.dim + 1:
+        try:
+            want = session.secure_params(params.client_ids, self.pipeline.dim, params.round).vector_length
+        except (ConfigError, AbortError) as exc:  # the server's session does not fit this pipeline
+            raise ProtocolError(f"client {self.id}: the session does not fit this pipeline: {exc}") from exc
+        if params.vector_length != want:
             raise ProtocolError(f"client {self.id}: the session sums {params.vector_length} words, this "
-                                f"pipeline's updates need {self.pipeline.dim + 1}")
-        weight = session.client_weight(float(self.num_examples), work.weight_bound)
+                                f"pipeline's updates need {want}")
         self.released = placement.release(self._update.clone())
-        value, _ = session.encode_client(self.released.to(torch.float64).numpy(), weight,
-                                         len(params.client_ids))  # dither from the OS CSPRNG
+        # every secret draw (dither, distributed DP's noise share) from the OS CSPRNG, here
+        value = session.session_input(self.released.to(torch.float64).numpy(), float(self.num_examples),
+                                      work.weight_bound, params, self.pipeline.round_seed(params.round))
         if params.malicious:
             if self.identity is None or self.pipeline.registry is None:
                 raise ConfigError("identity: a malicious-mode session needs this client's identity and "

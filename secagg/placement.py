@@ -2,8 +2,10 @@
 
 :func:`place` splits an aggregator into a :class:`Placement`:
 
-* ``session``: the :class:`~secagg.aggregation.SecureSum` in the chain, when there is one (the secure
-  mode: only the masked sum crosses to the server), else ``None`` (the plain mode);
+* ``session``: the rule in the chain that is one secure-aggregation session (``is_session``: a
+  :class:`~secagg.aggregation.SecureSum`, or distributed DP, whose clients add their integer noise
+  inside it), when there is one (the secure mode: only the masked sum crosses to the server), else
+  ``None`` (the plain mode);
 * ``client_steps``: the rules whose step each client applies to its own update before anything
   leaves it (:meth:`~secagg.aggregation.Aggregator.client_step`), outermost first. In secure mode
   every wrapper above the sum, each client- or update-placed (local DP's noise, DP-FedAvg's and
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from secagg.aggregation import Aggregate, Aggregator, AggState, SecureSum, Wrapper
+from secagg.aggregation import Aggregate, Aggregator, AggState, Wrapper
 from secagg.aggregation.base import unnest_state
 from secagg.errors import ConfigError
 
@@ -44,7 +46,7 @@ class Placement:
 
     aggregator: Aggregator
     client_steps: tuple[Aggregator, ...]
-    session: SecureSum | None
+    session: Aggregator | None  # is_session: secure_params / session_input / session_result
 
     @property
     def mode(self) -> str:
@@ -97,12 +99,12 @@ def place(aggregator: Aggregator) -> Placement:
             raise ConfigError(f"aggregator: {node.kind!r} is for simulation only (secagg train/bench): "
                               f"a server inserting fake clients into a deployment is not supported")
     for node in chain:
-        if node.kind in SESSION_KINDS and not isinstance(node, SecureSum):
+        if node.kind in SESSION_KINDS and not node.is_session:
             raise ConfigError(f"aggregator: {aggregator.kind!r} runs secure-aggregation sessions inside "
-                              f"another rule ({node.kind!r}); over the network only a SecureSum (--secure), "
-                              f"under client steps (local DP, DP-FedAvg, clipping) or alone, or a rule "
-                              f"without sessions is supported so far")
-    session = next((i for i, node in enumerate(chain) if isinstance(node, SecureSum)), None)
+                              f"another rule ({node.kind!r}); over the network only one session (SecureSum "
+                              f"or distributed DP), under client steps (local DP, DP-FedAvg, clipping) or "
+                              f"alone, or a rule without sessions is supported so far")
+    session = next((i for i, node in enumerate(chain) if node.is_session), None)
     if session is not None:
         for node in chain[:session]:
             if node.placement == "server" or not isinstance(node, Wrapper):
@@ -111,9 +113,7 @@ def place(aggregator: Aggregator) -> Placement:
                     f"client part), but it sits above the secure sum, which hides them from the server. "
                     f"Use it without --secure, or a rule with a client part (local DP, DP-FedAvg, "
                     f"clip-norm) above the secure sum")
-        sums = chain[session]
-        assert isinstance(sums, SecureSum)
-        return Placement(aggregator, tuple(chain[:session]), sums)
+        return Placement(aggregator, tuple(chain[:session]), chain[session])
     top = 0
     while top < len(chain) and chain[top].placement == "client":
         top += 1

@@ -168,3 +168,41 @@ def test_caller_misuse_is_a_config_error_naming_the_field():
         server.advance()
     with pytest.raises(ConfigError, match="aggregator: 'local-dp' must run on the clients"):
         Pipeline(LocalDP(inner=ClipNorm(inner=LocalDP())), 4)  # refused when built, not mid-round
+
+
+@pytest.mark.parametrize("mechanism", ["ddg", "skellam"])
+def test_distributed_dp_noise_is_added_inside_the_sum_by_the_clients(mechanism):
+    """The clients rotate, round and noise inside the secure sum; the server decodes the sum, which
+    is the clipped updates' sum plus noise of standard deviation z c, and never adds any itself."""
+    from dp.distributed import DistributedDP
+
+    d, n = 3000, 4
+    rule = DistributedDP(mechanism=mechanism, clip=1.0, noise_multiplier=2.0, expected_clients=n, bits=24)
+    pipeline = Pipeline(rule, d, seed=11)
+    updates = _updates(n, d, 8, scale=0.05)  # norm ~2.7: every client clips
+    server, clients, _ = drive(pipeline, updates, [1] * n)
+    out = server.finish({})
+    clipped = sum(u * min(1.0, 1.0 / np.linalg.norm(u)) for u in updates)
+    noise = out.update.double().numpy() * n - clipped
+    assert noise.std() == pytest.approx(2.0, rel=0.06)
+    assert out.metrics["survivors"] == n and out.metrics["sigma_l"] > 0
+
+
+def test_distributed_dp_clients_refuse_a_session_that_could_unmask_too_little_noise():
+    """A server lowering the threshold below the survivors the noise is planned for could unmask a
+    sum of fewer clients (less noise): each client checks the threshold itself."""
+    import dataclasses
+
+    from dp.distributed import DistributedDP
+    from secagg.protocol.messages import Setup
+    from secagg.protocol.wire import encode
+    from secagg.transport.envelope import Work, WorkKind, encode_work
+
+    rule = DistributedDP(clip=1.0, noise_multiplier=1.0, expected_clients=4, bits=20)
+    pipeline = Pipeline(rule, 16)
+    params = rule.secure_params((0, 1, 2, 3), 16, 1)
+    assert params.threshold == 4  # the planned survivors (min_clients = expected_clients)
+    lying = dataclasses.replace(params, threshold=2)
+    first = encode_work(Work(WorkKind.TASK, 1, 0, b"", encode(Setup(lying)), 1.0))
+    with pytest.raises(ProtocolError, match="threshold: the session could unmask a sum of 2 clients"):
+        pipeline.client(0, np.zeros(16), 1).handle(first)

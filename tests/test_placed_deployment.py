@@ -124,3 +124,37 @@ def test_central_dp_over_secure_aggregation_clips_on_the_clients_and_noises_only
         assert noise.std() == pytest.approx(rule.noise_multiplier * rule.clip, rel=0.05)
         assert abs(noise.mean()) < 5 / np.sqrt(noise.size)
         assert rounds[r - 1]["epsilon"] == pytest.approx(rule.epsilon_after(r))
+
+
+@pytest.mark.parametrize("mechanism", ["ddg", "skellam"])
+def test_distributed_dp_noise_is_drawn_by_the_clients_inside_the_secure_sum(deployment, mechanism) -> None:
+    """DDG and Skellam deployed: each client adds its integer noise share before masking; the server's
+    unmasked ring sum is exactly the sum of the clients' inputs, and its released aggregate is the sum
+    of the clients' clipped updates plus noise of standard deviation z c, which the server never added."""
+    import json
+
+    from secagg.experiment import ExperimentConfig
+
+    dep = deployment(4)
+    dep.serve("--dp", "distributed", "--dp-mechanism", mechanism, "--clip", "1.0", "--noise-multiplier", "1.0",
+              rounds=2)
+    for u in range(4):
+        dep.client(u)
+    results = dep.wait_server()
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and not any(r.get("aborted") for r in rounds), rounds
+    rule = ExperimentConfig.from_json(json.dumps(results["config"])).fedavg.aggregator
+    for r in (1, 2):
+        meta = json.loads((dep.audit / f"round-{r}.json").read_text())
+        assert meta["survivors"] == [0, 1, 2, 3]
+        total = sum(np.load(dep.audit / f"client-{u}-round-{r}.npy").astype(np.int64) for u in range(4))
+        ring = np.load(dep.audit / f"round-{r}-sum.npy").astype(np.int64)
+        assert np.array_equal(total % (1 << rule.bits), ring), "the unmasked sum is exactly the inputs' sum"
+        clipped = 0.0
+        for u in range(4):
+            update = np.load(dep.audit / f"client-{u}-round-{r}-update.npy").astype(np.float64)
+            clipped = clipped + update * min(1.0, rule.clip / float(np.linalg.norm(update)))
+        released = np.load(dep.audit / f"round-{r}-aggregate.npy")
+        noise = released * rule.expected_clients - clipped
+        assert noise.std() == pytest.approx(rule.noise_multiplier * rule.clip, rel=0.1)
+        assert rounds[r - 1]["epsilon"] == pytest.approx(rule.epsilon_after(r, noise.size))

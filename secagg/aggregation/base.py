@@ -138,6 +138,9 @@ class Aggregator(Registered, ABC, family="aggregator"):
     """
 
     placement: ClassVar[str] = "server"
+    #: True for rules that are one secure-aggregation session (SecureSum, distributed DP): they offer
+    #: ``secure_params``, ``session_input`` and ``session_result``, which a deployment drives
+    is_session: ClassVar[bool] = False
 
     def init_state(self, dim: int) -> AggState:
         """The state before the first round, for updates of length ``dim`` (stateless: empty)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -153,6 +154,31 @@ class SecureSum(Aggregator, kind="secure-sum"):
         if total_w <= 0:
             raise UpdateError("weights: the secure sum of the surviving clients' weights is not positive")
         return total / total_w, total_w
+
+    # -- the session interface a deployment drives (secagg.placement / secagg.backend) ----------------
+
+    is_session: ClassVar[bool] = True
+
+    def secure_params(self, client_ids: tuple[int, ...], dim: int, round_index: int) -> SessionParams:
+        """The session of a round with these clients on ``dim``-coordinate updates (d + 1 words)."""
+        return self.session_params(client_ids, dim + 1, round_index)
+
+    def session_input(self, release: np.ndarray, num_examples: float, weight_bound: float,
+                      params: SessionParams, round_seed: int) -> np.ndarray:
+        """One client's session input for its released update (float, d): ``[w x, w]`` quantized, the
+        dither from the OS CSPRNG (``round_seed`` is unused here)."""
+        weight = self.client_weight(float(num_examples), weight_bound)
+        value, _ = self.encode_client(release, weight, len(params.client_ids))
+        return value
+
+    def session_result(self, result: np.ndarray, params: SessionParams, survivors: int, dim: int,
+                       round_seed: int) -> Aggregate:
+        """The server's reading of an unmasked session sum: the weighted mean of the survivors."""
+        n = len(params.client_ids)
+        mean, _ = self.decode_sum(result, n, survivors)
+        return Aggregate(torch.from_numpy(mean), {}, {
+            "survivors": float(survivors), "dropped": float(n - survivors),
+            "quantization_error_bound": self.quantizers(n)[0].error_bound(survivors)})
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         order = sorted(range(batch.num_clients), key=lambda i: batch.client_ids[i])

@@ -323,11 +323,12 @@ class NetworkClient:
         if session is None:
             raise ConfigError("aggregator: the server runs a secure round but the configuration has no "
                               "secure sum to encode for")
-        weight = session.client_weight(float(update.num_examples), work.weight_bound)
         released = self.release(work.round, update.delta)
-        value, _ = session.encode_client(released.to(torch.float64).numpy(), weight,
-                                         len(params.client_ids))  # dither from the OS CSPRNG
-        return value
+        # the session's own encoding: quantize and weight (SecureSum), or rotate, round and add this
+        # client's integer noise share (distributed DP); every secret draw from the OS CSPRNG
+        round_seed = derive_seed(config.seed, "aggregate", work.round)
+        return session.session_input(released.to(torch.float64).numpy(), float(update.num_examples),
+                                     work.weight_bound, params, round_seed)
 
     def _continue_round(self, work: Work) -> None:
         if self._session is None or work.round != self._session_round:

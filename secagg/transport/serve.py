@@ -30,7 +30,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from secagg.aggregation import Aggregate, Aggregator, UpdateBatch
+from secagg.aggregation import Aggregator, UpdateBatch
 from secagg.errors import AbortError, ConfigError
 from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, load_run, save_run
 from secagg.fedavg import FedAvg
@@ -78,7 +78,7 @@ def network_mode(aggregator: Aggregator) -> str:
 def weight_bound(config: ExperimentConfig, examples: dict[int, int]) -> float:
     """The public bound W on a client's example count: the secure sum's, else the largest partition."""
     session = place(config.fedavg.aggregator).session
-    bound = float(session.weight_bound if session is not None else 0.0)
+    bound = float(getattr(session, "weight_bound", 0.0) or 0.0)
     return bound or float(max(examples.values()))
 
 
@@ -184,7 +184,10 @@ class NetworkServer:
         elif not sampled:
             outcome = RoundOutcome(r, sampled, aborted="no client sampled")
         else:
-            outcome = self._exchange(r, sampled, state)
+            try:
+                outcome = self._exchange(r, sampled, state)
+            except AbortError as exc:  # e.g. fewer clients than distributed DP's noise is planned for
+                outcome = RoundOutcome(r, sampled, aborted=str(exc))
         sent, received = self.service.traffic.reset()
         net = {"net/client_bytes_max": float(max((sent.get(u, 0) + received.get(u, 0) for u in sampled),
                                                  default=0)),
@@ -215,7 +218,7 @@ class NetworkServer:
         params = None
         if self.mode == "secure":
             assert self.placement.session is not None
-            params = self.placement.session.session_params(sampled, self.fedavg.layout.dim + 1, r)
+            params = self.placement.session.secure_params(sampled, self.fedavg.layout.dim, r)
             params = dataclasses.replace(params, model_version=hashlib.sha256(weights).digest())
         return self.service.run_round(r, sampled, weights, params=params, weight_bound=self.weight_bound)
 
@@ -230,12 +233,14 @@ class NetworkServer:
         session = self.placement.session
         if session is not None:
             assert outcome.result is not None
-            n, survivors = len(outcome.invited), len(outcome.survivors)
+            survivors = len(outcome.survivors)
             self._audit(outcome)
-            mean, _ = session.decode_sum(outcome.result, n, survivors)
-            summed = Aggregate(torch.from_numpy(mean), {}, {
-                "survivors": float(survivors), "dropped": float(len(outcome.invited) - survivors),
-                "quantization_error_bound": session.quantizers(n)[0].error_bound(survivors)})
+            params = session.secure_params(tuple(outcome.invited), layout.dim, outcome.round)
+            try:
+                summed = session.session_result(outcome.result, params, survivors, layout.dim,
+                                                derive_seed(self.config.seed, "aggregate", outcome.round))
+            except AbortError as exc:  # e.g. distributed DP with fewer survivors than its noise needs
+                return None, {}, None, str(exc)
             # the server's part of the steps the clients ran (DP-FedAvg's noise on the sum)
             agg = self.placement.finish(summed, state.aggregator_state, num_clients=survivors,
                                         dtype=layout.dtype)
