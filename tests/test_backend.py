@@ -180,7 +180,7 @@ def test_distributed_dp_noise_is_added_inside_the_sum_by_the_clients(mechanism):
     rule = DistributedDP(mechanism=mechanism, clip=1.0, noise_multiplier=2.0, expected_clients=n, bits=24)
     pipeline = Pipeline(rule, d, seed=11)
     updates = _updates(n, d, 8, scale=0.05)  # norm ~2.7: every client clips
-    server, clients, _ = drive(pipeline, updates, [1] * n)
+    server, _, _ = drive(pipeline, updates, [1] * n)
     out = server.finish({})
     clipped = sum(u * min(1.0, 1.0 / np.linalg.norm(u)) for u in updates)
     noise = out.update.double().numpy() * n - clipped

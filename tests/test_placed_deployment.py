@@ -136,8 +136,8 @@ def test_distributed_dp_noise_is_drawn_by_the_clients_inside_the_secure_sum(depl
     from secagg.experiment import ExperimentConfig
 
     dep = deployment(4)
-    dep.serve("--dp", "distributed", "--dp-mechanism", mechanism, "--clip", "1.0", "--noise-multiplier", "1.0",
-              rounds=2)
+    dep.serve("--dp", "distributed", "--dp-mechanism", mechanism, "--clip", "1.0",
+              "--noise-multiplier", "1.0", rounds=2)
     for u in range(4):
         dep.client(u)
     results = dep.wait_server()
