@@ -482,8 +482,10 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
         if report.result is None:
             raise AbortError(f"min_clients: the session ended without a sum (fewer than {self.planned_min})")
         out = self.session_result(report.result, params, len(report.survivors), d, batch.seed)
+        sent = [report.bytes_sent[u] + report.bytes_received[u] for u in report.survivors]
         return Aggregate(out.update.to(batch.updates.dtype), dict(state),
-                         {**out.metrics, "rounding_redraws": float(redraws)})
+                         {**out.metrics, "rounding_redraws": float(redraws),
+                          "client_bytes_mean": float(np.mean(sent)), "client_bytes_max": float(np.max(sent))})
 
 
 __all__ = ["GRAPHS", "MAX_INFLATION", "MECHANISMS", "SIGMA_MAX", "DistributedDP", "Plan"]

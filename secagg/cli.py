@@ -44,6 +44,7 @@ from secagg.errors import ConfigError, SecAggError
 from secagg.experiment import ExperimentConfig, config_summary, run_experiment
 from secagg.layout import BUFFER_POLICIES
 from secagg.models import model_names
+from secagg.task import load_task_factory
 from secagg.transport.commands import (
     add_client_parser,
     add_keys_parser,
@@ -282,6 +283,10 @@ def _add_training_options(train: argparse.ArgumentParser) -> None:
     dpg.add_argument("--dp-mechanism", dest="dp_mechanism", choices=MECHANISMS, default=None,
                      help="integer noise for --dp distributed (default: ddg)")
     _add_audit_options(train)
+    train.add_argument("--task", default="digits", metavar="SPEC",
+                       help="the model and data: 'digits' (default) or 'module:function', your own task "
+                            "factory: function(task_config, seed) -> secagg.task.Task (see the README); "
+                            "every client of a deployment names the same one")
     train.add_argument("--config", type=Path, default=None,
                        help="JSON configuration to start from (as in results.json's 'config'); "
                             "flags given on the command line override it")
@@ -614,7 +619,7 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
         executor = _executor(args)
         try:
             result = run_experiment(config, args.out, resume=args.resume, on_round=on_round,
-                                    executor=executor)
+                                    executor=executor, task_factory=load_task_factory(args.task))
         finally:
             if executor is not None:
                 executor.close()

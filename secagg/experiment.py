@@ -21,7 +21,7 @@ from secagg.config_io import from_plain, to_plain
 from secagg.errors import CheckpointError, ConfigError
 from secagg.fedavg import FedAvg, FedAvgConfig, ServerState
 from secagg.parallel import ClientExecutor
-from secagg.task import TaskConfig, build_task
+from secagg.task import TaskConfig, TaskFactory, make_task
 from secagg.validation import check_int
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -71,7 +71,8 @@ RoundCallback = Callable[[dict[str, Any]], None]
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, *,
                    resume: bool = False, on_round: RoundCallback | None = None,
-                   executor: ClientExecutor | None = None) -> ExperimentResult:
+                   executor: ClientExecutor | None = None,
+                   task_factory: TaskFactory | None = None) -> ExperimentResult:
     """Train ``config.fedavg.rounds`` rounds, checkpointing to ``out_dir`` after each one.
 
     With ``resume=True`` the run continues from ``out_dir``'s checkpoint, which must have been
@@ -80,13 +81,14 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     if the aggregator's or the trainer's privacy budget would be exceeded by it, the run ends there
     and ``ExperimentResult.stopped`` (and ``results.json``'s ``"stopped"``) gives the reason.
     ``executor`` runs each round's client training (default: in this process; see
-    :mod:`secagg.parallel`); it does not change the numbers.
+    :mod:`secagg.parallel`); it does not change the numbers. ``task_factory``: the user's own model
+    and data (:func:`secagg.task.load_task_factory`; default: the bundled task).
     """
     from secagg.results import write_results  # matplotlib import stays off the library path
 
     if resume and out_dir is None:
         raise ConfigError("resume: needs out_dir, the directory holding the checkpoint")
-    task = build_task(config.task, seed=config.seed)
+    task = make_task(config.task, seed=config.seed, factory=task_factory)
     trainer = FedAvg(config.fedavg, task.model, task.data, seed=config.seed, executor=executor)
     state, history = trainer.initial_state(), []
     ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None

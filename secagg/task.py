@@ -1,7 +1,19 @@
-"""The federated task: which dataset, how it is split across clients, and which model learns it."""
+"""The federated task: which dataset, how it is split across clients, and which model learns it.
+
+The bundled task is digits (:func:`build_task`). A user's own model and data come from a *task
+factory*, named ``"module:function"`` (``secagg train/serve/client --task``): ``function(config,
+seed)`` gets the run's :class:`TaskConfig` (``num_clients``...) and root seed and returns a
+:class:`Task` (a :class:`~secagg.data.federated.FederatedDataset` partitioned into
+``config.num_clients`` clients, and the initial model). Every process of a deployment must name the
+same factory and reach the same model: clients check the server's weights against their model. The
+factory is named on each machine's command line, never taken from the server's configuration (a
+server must not make a client import code).
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +63,44 @@ class TaskConfig:
 class Task:
     data: FederatedDataset
     model: nn.Module
+
+
+TaskFactory = Callable[[TaskConfig, int], Task]
+BUNDLED = "digits"
+
+
+def load_task_factory(spec: str) -> TaskFactory | None:
+    """The task factory named ``spec`` (``"module:function"``), or ``None`` for the bundled ``"digits"``.
+    :class:`ConfigError` naming ``--task`` when the module or function cannot be found."""
+    if spec == BUNDLED:
+        return None
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--task: expected 'digits' or 'module:function', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--task: cannot import module {module_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"--task: {module_name!r} has no function {attr!r}")
+    return factory  # type: ignore[no-any-return]
+
+
+def make_task(config: TaskConfig, *, seed: int, factory: TaskFactory | None = None) -> Task:
+    """:func:`build_task`, or ``factory(config, seed)`` checked: a :class:`Task` whose data has
+    ``config.num_clients`` clients (:class:`ConfigError` naming ``--task`` otherwise)."""
+    if factory is None:
+        return build_task(config, seed=seed)
+    task = factory(config, seed)
+    if not isinstance(task, Task) or not isinstance(task.model, nn.Module) or \
+            not isinstance(task.data, FederatedDataset):
+        raise ConfigError(f"--task: the factory must return secagg.task.Task(data=FederatedDataset, "
+                          f"model=torch.nn.Module), got {type(task).__name__}")
+    if task.data.num_clients != config.num_clients:
+        raise ConfigError(f"--task: the factory split the data into {task.data.num_clients} clients, the run "
+                          f"has num_clients={config.num_clients}")
+    return task
 
 
 def build_task(config: TaskConfig, *, seed: int) -> Task:

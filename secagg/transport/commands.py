@@ -14,6 +14,7 @@ from typing import Any
 from secagg.crypto.keys import SigningKey
 from secagg.errors import ConfigError
 from secagg.experiment import ExperimentConfig, config_summary
+from secagg.task import load_task_factory
 from secagg.transport.auth import load_identity, load_registry, save_identity, save_registry
 from secagg.transport.node import ClientFault, NetworkClient
 from secagg.transport.serve import NetworkServer, ServeOptions
@@ -70,8 +71,10 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
     client.add_argument("--id", dest="client_id", type=int, required=True, help="this client's id")
     client.add_argument("--identity", type=Path, required=True, help="this client's private identity PEM")
     client.add_argument("--shard", type=int, default=None, help="data partition to train on (default: --id)")
-    client.add_argument("--task", default="digits", choices=("digits",),
-                        help="the data source (default: digits, bundled with scikit-learn)")
+    client.add_argument("--task", default="digits", metavar="SPEC",
+                        help="the model and data: 'digits' (default, bundled with scikit-learn) or "
+                             "'module:function', your own task factory (see secagg.task); name the same one "
+                             "as the server's --task")
     client.add_argument("--ca-cert", dest="ca_cert", type=Path, default=None,
                         help="CA certificate PEM that signed the server's certificate")
     client.add_argument("--server-name", dest="server_name", default=None,
@@ -127,7 +130,8 @@ def run_serve(args: argparse.Namespace, config: ExperimentConfig) -> int:
                            audit_dir=args.audit_dir, wait_clients=args.wait_clients,
                            wait_seconds=args.wait_timeout)
     _logging()
-    server = NetworkServer(config, load_registry(args.registry), options, args.out, resume=args.resume)
+    server = NetworkServer(config, load_registry(args.registry), options, args.out, resume=args.resume,
+                           task_factory=load_task_factory(args.task))
     port = server.start()
     if args.port_file is not None:
         args.port_file.write_text(f"{port}\n")
@@ -162,7 +166,8 @@ def run_client(args: argparse.Namespace) -> int:
         registry=load_registry(args.registry) if args.registry is not None else None,
         shard=args.shard, audit_dir=args.audit_dir,
         fault=ClientFault.parse(args.fault) if args.fault else None, give_up_seconds=args.give_up,
-        server_name=args.server_name, min_local_noise=args.min_local_noise)
+        server_name=args.server_name, min_local_noise=args.min_local_noise,
+        task_factory=load_task_factory(args.task))
     rounds = client.run()
     print(f"client {args.client_id}: done, took part in {rounds} rounds", flush=True)
     return 0

@@ -43,7 +43,7 @@ from secagg.protocol.messages import SessionParams, Setup, Stage
 from secagg.protocol.runner import REPLY_STAGE
 from secagg.protocol.wire import decode, encode
 from secagg.seeding import derive_seed
-from secagg.task import build_task
+from secagg.task import TaskFactory, make_task
 from secagg.transport.auth import login_message
 from secagg.transport.envelope import (
     UPDATE_STAGE,
@@ -125,6 +125,7 @@ class NetworkClient:
     steps (``client-ID-round-R-update.npy``, ``-released.npy``). ``min_local_noise``: this client's
     own privacy floor: refuse any run whose configuration does not add local DP noise with noise
     multiplier >= this on the client (``None``: take the server's configuration as it is).
+    ``task_factory``: this client's own model and data (:mod:`secagg.task`; default: the bundled task).
 
     The client derives what it sends from the configuration (:func:`secagg.placement.place`), not
     from what the server says: a server announcing plain mode for a configuration that places a
@@ -135,7 +136,8 @@ class NetworkClient:
                  registry: dict[int, bytes] | None = None, shard: int | None = None,
                  audit_dir: str | Path | None = None, fault: ClientFault | None = None,
                  give_up_seconds: float = 300.0, poll_seconds: float = 5.0,
-                 server_name: str | None = None, min_local_noise: float | None = None) -> None:
+                 server_name: str | None = None, min_local_noise: float | None = None,
+                 task_factory: TaskFactory | None = None) -> None:
         self.address, self.id, self.identity = address, client_id, identity
         self.ca_cert, self.registry = ca_cert, registry
         self.shard = client_id if shard is None else shard
@@ -144,6 +146,7 @@ class NetworkClient:
         self.give_up_seconds, self.poll_seconds = give_up_seconds, poll_seconds
         self.server_name = server_name
         self.min_local_noise = min_local_noise
+        self.task_factory = task_factory
         self.rounds_done = 0
         self._channel: grpc.Channel | None = None
         self._limit = 2 * ENVELOPE_SLACK
@@ -203,9 +206,8 @@ class NetworkClient:
         if not self._ready:
             self._setup(welcome.config)
             self._ready = True
-        assert self._config is not None
-        placed = place(self._config.fedavg.aggregator).mode
-        if welcome.mode != placed:
+        placed = welcome.mode if self._config is None else place(self._config.fedavg.aggregator).mode
+        if welcome.mode != placed:  # (no configuration: a synthetic benchmark client, no updates)
             raise ProtocolError(f"the server announced {welcome.mode!r} mode, but its configuration "
                                 f"places {placed!r}: refusing to send updates under the wrong mode")
         self._token, self._mode = welcome.token, welcome.mode
@@ -215,7 +217,7 @@ class NetworkClient:
         """Build the task, model and data shard from the server's run configuration (JSON)."""
         config = ExperimentConfig.from_json(config_json)
         check_local_noise(config, self.min_local_noise)
-        task = build_task(config.task, seed=config.seed)
+        task = make_task(config.task, seed=config.seed, factory=self.task_factory)
         if not 0 <= self.shard < task.data.num_clients:
             raise ConfigError(f"shard: {self.shard} is not a partition of this task "
                               f"(0..{task.data.num_clients - 1})")

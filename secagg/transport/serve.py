@@ -37,7 +37,7 @@ from secagg.fedavg import FedAvg
 from secagg.fedavg.server import RoundResult, ServerState, evaluate
 from secagg.placement import place
 from secagg.seeding import derive_seed
-from secagg.task import build_task
+from secagg.task import TaskFactory, make_task
 from secagg.transport.auth import Authenticator
 from secagg.transport.coordinator import Coordinator, RoundOutcome
 from secagg.transport.service import AggregationService, message_limit, start_grpc_server
@@ -86,7 +86,8 @@ class NetworkServer:
     """Serves ``config``'s training to remote clients whose Ed25519 keys are in ``registry``."""
 
     def __init__(self, config: ExperimentConfig, registry: dict[int, bytes], options: ServeOptions,
-                 out_dir: str | Path, *, resume: bool = False) -> None:
+                 out_dir: str | Path, *, resume: bool = False, task_factory: TaskFactory | None = None
+                 ) -> None:
         if config.fedavg.adversary is not None:
             raise ConfigError("adversary: attacks run in simulation (secagg train/bench), not in a "
                               "deployment")
@@ -98,7 +99,7 @@ class NetworkServer:
         self.placement = place(config.fedavg.aggregator)
         self.mode = self.placement.mode
         log.info("placement: %s", self.placement.describe())
-        task = build_task(config.task, seed=config.seed)
+        task = make_task(config.task, seed=config.seed, factory=task_factory)
         # a deployment's sample must be secret: the amplified epsilon assumes nobody can predict it
         self.fedavg = FedAvg(config.fedavg, task.model, task.data, seed=config.seed, secret_sampling=True)
         self.state, self.history = self.fedavg.initial_state(), []
