@@ -63,7 +63,7 @@ from dp.noise import SecureRandom, discrete_gaussian, rational_variance, skellam
 from dp.rotation import pad_length, rotate, unrotate
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.aggregation.secure import GRAPHS, SecureSum
-from secagg.errors import AbortError, ConfigError, ProtocolError, UpdateError
+from secagg.errors import AbortError, ConfigError, RemoteProtocolError, UpdateError
 from secagg.protocol.messages import SessionParams, Stage
 from secagg.protocol.runner import run_session
 from secagg.seeding import derive_seed, numpy_rng
@@ -313,19 +313,22 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
         the session could unmask a sum with less noise than planned (a threshold below the planned
         survivors, or more clients than gamma was planned for): the server's word is not taken."""
         if params.degree < len(params.client_ids) - 1:
-            raise ProtocolError("degree: over a sparse (SecAgg+) graph the threshold does not bound how few "
-                                "clients an unmasked sum covers, so the planned noise is not guaranteed: "
-                                "deploy distributed DP with graph='full'")
+            raise RemoteProtocolError(
+                "degree: over a sparse (SecAgg+) graph the threshold does not bound how few "
+                "clients an unmasked sum covers, so the planned noise is not guaranteed: "
+                "deploy distributed DP with graph='full'")
         if params.threshold < self.planned_min:
-            raise ProtocolError(f"threshold: the session could unmask a sum of {params.threshold} clients, "
-                                f"below the {self.planned_min} the noise is planned for: not taking part")
+            raise RemoteProtocolError(
+                f"threshold: the session could unmask a sum of {params.threshold} clients, "
+                f"below the {self.planned_min} the noise is planned for: not taking part")
         if len(params.client_ids) > self.expected_clients:
-            raise ProtocolError(f"client_ids: {len(params.client_ids)} clients, above expected_clients="
-                                f"{self.expected_clients} that gamma was planned for: refusing to take part")
+            raise RemoteProtocolError(
+                f"client_ids: {len(params.client_ids)} clients, above expected_clients="
+                f"{self.expected_clients} that gamma was planned for: not taking part")
         need = self.plan(release.size).length
         if params.vector_length != need:
-            raise ProtocolError(f"vector_length: the session sums {params.vector_length} words, "
-                                f"{release.size} coordinates need {need}")
+            raise RemoteProtocolError(f"vector_length: the session sums {params.vector_length} words, "
+                                      f"{release.size} coordinates need {need}")
         return self.encode_client(release, self.round_rotation(round_seed, params.round))
 
     def session_result(self, result: np.ndarray, params: SessionParams, survivors: int, dim: int,

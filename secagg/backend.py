@@ -38,7 +38,7 @@ import torch
 
 from secagg.aggregation import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.crypto.keys import SigningKey
-from secagg.errors import AbortError, ConfigError, ProtocolError
+from secagg.errors import AbortError, ConfigError, RemoteProtocolError
 from secagg.placement import Placement, place
 from secagg.protocol.client import Client
 from secagg.protocol.messages import Setup
@@ -173,11 +173,11 @@ class ServerRound:
             self._server.receive(decode(data), sender=client_id)
             return
         if self._closed:
-            raise ProtocolError(f"client {client_id}: the round is closed")
+            raise RemoteProtocolError(f"client {client_id}: the round is closed")
         if client_id not in self.client_ids:
-            raise ProtocolError(f"client {client_id}: not invited to round {self.round}")
+            raise RemoteProtocolError(f"client {client_id}: not invited to round {self.round}")
         if client_id in self._updates:
-            raise ProtocolError(f"client {client_id}: already sent its update")
+            raise RemoteProtocolError(f"client {client_id}: already sent its update")
         self._updates[client_id] = decode_update(data, self.pipeline.dim)
 
     def advance(self) -> dict[int, bytes]:
@@ -239,36 +239,41 @@ class ClientRound:
         if self._session is not None:
             return encode(self._session.handle(decode(data)))
         if self._sent_plain:
-            raise ProtocolError(f"client {self.id}: the round's update was already sent")
+            raise RemoteProtocolError(f"client {self.id}: the round's update was already sent")
         work = decode_work(data)
         if work.kind is not WorkKind.TASK:
-            raise ProtocolError(f"client {self.id}: expected the round's first message, got {work.kind.name}")
+            raise RemoteProtocolError(
+                f"client {self.id}: expected the round's first message, got {work.kind.name}")
         placement = self.pipeline.placement
         if not work.message:  # plain mode: one release, in the clear
             if placement.session is not None:
-                raise ProtocolError(f"client {self.id}: the server asked for a plain update, but this "
-                                    f"pipeline places a secure sum: refusing to send it in the clear")
+                raise RemoteProtocolError(f"client {self.id}: the server asked for a plain update, but this "
+                                          f"pipeline places a secure sum: refusing to send it in the clear")
             self.released = placement.release(self._update.clone())
             self._sent_plain = True
             row = self.released.to(torch.float32).numpy().astype("<f4").tobytes()
             return encode_update(PlainUpdate(self.num_examples, self.train_loss, row))
         session = placement.session
         if session is None:
-            raise ProtocolError(f"client {self.id}: the server opened a secure session, but this pipeline "
-                                f"has no secure sum")
+            raise RemoteProtocolError(
+                f"client {self.id}: the server opened a secure session, but this pipeline "
+                f"has no secure sum")
         setup = decode(work.message)
         if not isinstance(setup, Setup):
-            raise ProtocolError(f"client {self.id}: expected a Setup, got {type(setup).__name__}")
+            raise RemoteProtocolError(f"client {self.id}: expected a Setup, got {type(setup).__name__}")
         params = setup.params
         if self.model_version is not None and params.model_version != self.model_version:
-            raise ProtocolError(f"client {self.id}: the session's model version is not the expected one")
+            raise RemoteProtocolError(
+                f"client {self.id}: the session's model version is not the expected one")
         try:
             want = session.secure_params(params.client_ids, self.pipeline.dim, params.round).vector_length
         except (ConfigError, AbortError) as exc:  # the server's session does not fit this pipeline
-            raise ProtocolError(f"client {self.id}: the session does not fit this pipeline: {exc}") from exc
+            raise RemoteProtocolError(
+                f"client {self.id}: the session does not fit this pipeline: {exc}") from exc
         if params.vector_length != want:
-            raise ProtocolError(f"client {self.id}: the session sums {params.vector_length} words, this "
-                                f"pipeline's updates need {want}")
+            raise RemoteProtocolError(
+                f"client {self.id}: the session sums {params.vector_length} words, this "
+                f"pipeline's updates need {want}")
         self.released = placement.release(self._update.clone())
         # every secret draw (dither, distributed DP's noise share) from the OS CSPRNG, here
         value = session.session_input(self.released.to(torch.float64).numpy(), float(self.num_examples),

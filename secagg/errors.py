@@ -28,10 +28,22 @@ class CheckpointError(SecAggError):
 
 
 class ProtocolError(SecAggError):
-    """A protocol peer sent a message that breaks the protocol; the round cannot use it."""
+    """A rule of the protocol was broken. Catch the subclass that says by whom (as h11 splits
+    ``LocalProtocolError`` from ``RemoteProtocolError``): :class:`RemoteProtocolError`, a peer's
+    message (drop it, or the peer; the receiving state machine is unchanged), or
+    :class:`LocalProtocolError`, this side's caller driving its state machine wrongly (a bug to fix)."""
 
 
-class WireError(ProtocolError):
+class RemoteProtocolError(ProtocolError):
+    """A peer sent a message that breaks the protocol; the round cannot use it."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller drove a protocol state machine wrongly (started it twice, advanced with nothing to
+    close, gave it inputs or keys that do not fit): a bug on this side, never the peer's doing."""
+
+
+class WireError(RemoteProtocolError):
     """Bytes that do not decode to a valid message of the current wire-format version."""
 
 

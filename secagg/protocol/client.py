@@ -19,7 +19,7 @@ from secagg.crypto import aead
 from secagg.crypto.keys import PRIVATE_KEY_BYTES, DHKeyPair, SigningKey, verify_signature
 from secagg.crypto.prg import SEED_BYTES, accumulate_masks
 from secagg.crypto.shamir import SHARE_BYTES, Share, split
-from secagg.errors import ConfigError, ProtocolError
+from secagg.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from secagg.protocol.graph import neighbours_of
 from secagg.protocol.messages import (
     AdvertiseKeys,
@@ -102,7 +102,7 @@ class Client:
     def handle(self, message: Message) -> Message:
         """Process one server message and return the reply; :class:`ProtocolError` aborts."""
         if self.phase is ClientPhase.ABORTED:
-            raise ProtocolError(f"client {self.id}: session aborted, message refused")
+            raise RemoteProtocolError(f"client {self.id}: session aborted, message refused")
         try:
             return self._dispatch(message)
         except ProtocolError:
@@ -126,8 +126,8 @@ class Client:
                     ClientPhase.MASKED: ConsistencyRequest if malicious else UnmaskRequest,
                     ClientPhase.SIGNED: UnmaskRequest, ClientPhase.DONE: UnmaskRequest}[self.phase]
         if not isinstance(message, expected):
-            raise ProtocolError(f"client {self.id}: got {type(message).__name__} while waiting for "
-                                f"{expected.__name__} (wrong round)")
+            raise RemoteProtocolError(f"client {self.id}: got {type(message).__name__} while waiting for "
+                                      f"{expected.__name__} (wrong round)")
         if isinstance(message, Setup):
             return self._on_setup(message)
         if isinstance(message, KeyDirectory):
@@ -141,20 +141,22 @@ class Client:
     def _on_setup(self, msg: Setup) -> AdvertiseKeys:
         p = msg.params
         if self.id not in p.client_ids:
-            raise ProtocolError(f"client {self.id}: not among the invited clients")
+            raise RemoteProtocolError(f"client {self.id}: not among the invited clients")
         if self._value.size != p.vector_length:
-            raise ProtocolError(f"client {self.id}: input has {self._value.size} words, the session "
-                                f"expects vector_length={p.vector_length}")
+            raise RemoteProtocolError(f"client {self.id}: input has {self._value.size} words, the session "
+                                      f"expects vector_length={p.vector_length}")
         if p.bits < 32 and int(self._value.max(initial=0)) >> p.bits:
-            raise ProtocolError(f"client {self.id}: input has words >= 2^{p.bits} (bits={p.bits})")
+            raise RemoteProtocolError(f"client {self.id}: input has words >= 2^{p.bits} (bits={p.bits})")
         if self._identity is not None and not p.malicious:
-            raise ProtocolError(f"client {self.id}: requires malicious-server mode; the server offered a "
-                                f"session without it")
+            raise RemoteProtocolError(
+                f"client {self.id}: requires malicious-server mode; the server offered a "
+                f"session without it")
         signature = b""
         if p.malicious:
             if self._identity is None:
-                raise ProtocolError(f"client {self.id}: malicious-server mode needs an identity key and a "
-                                    f"registry of trusted client keys")
+                raise LocalProtocolError(
+                    f"client {self.id}: malicious-server mode needs an identity key and a "
+                    f"registry of trusted client keys")
             signature = self._identity.sign(
                 advertisement_message(p, self.id, self._enc.public, self._mask.public))
         self.params = p
@@ -165,17 +167,17 @@ class Client:
         p = self._require_params()
         entries = {e.client_id: e for e in msg.entries}
         if len(entries) != len(msg.entries):
-            raise ProtocolError("key directory: duplicate client id")
+            raise RemoteProtocolError("key directory: duplicate client id")
         if not set(entries) <= set(p.client_ids):
-            raise ProtocolError("key directory: lists clients that were not invited")
+            raise RemoteProtocolError("key directory: lists clients that were not invited")
         mine = entries.get(self.id)
         if mine is None or (mine.enc_key, mine.mask_key) != (self._enc.public, self._mask.public):
-            raise ProtocolError(f"key directory: does not carry client {self.id}'s own keys")
+            raise RemoteProtocolError(f"key directory: does not carry client {self.id}'s own keys")
         if len(entries) < p.threshold:
-            raise ProtocolError(f"key directory: {len(entries)} clients, fewer than the threshold "
-                                f"{p.threshold}")
+            raise RemoteProtocolError(f"key directory: {len(entries)} clients, fewer than the threshold "
+                                      f"{p.threshold}")
         if len({e.enc_key for e in msg.entries} | {e.mask_key for e in msg.entries}) != 2 * len(entries):
-            raise ProtocolError("key directory: a public key appears twice (substituted or replayed)")
+            raise RemoteProtocolError("key directory: a public key appears twice (substituted or replayed)")
         if p.malicious:
             self._verify_advertisements(p, msg.entries)
         self.session = session_id(p, msg.entries)
@@ -205,16 +207,16 @@ class Client:
         p = self._require_params()
         self._check_session(msg.session_id)
         if msg.recipient != self.id:
-            raise ProtocolError(f"forwarded shares addressed to client {msg.recipient}, not {self.id}")
+            raise RemoteProtocolError(f"forwarded shares addressed to client {msg.recipient}, not {self.id}")
         held: dict[int, tuple[bytes, bytes]] = {}
         for sender, ciphertext in msg.shares:
             if sender not in self._neighbours:
-                raise ProtocolError(f"forwarded share from client {sender}, who is not a neighbour")
+                raise RemoteProtocolError(f"forwarded share from client {sender}, who is not a neighbour")
             key = self._share_keys[sender]  # the pair key is symmetric: derived once, in _on_directory
             plain = aead.open_sealed(key, ciphertext, aead.associated_data(self.session, sender, self.id),
                                      sender=sender)
             if (int.from_bytes(plain[:4], "big"), int.from_bytes(plain[4:8], "big")) != (sender, self.id):
-                raise ProtocolError(f"share from client {sender}: wrong sender/recipient inside")
+                raise RemoteProtocolError(f"share from client {sender}: wrong sender/recipient inside")
             b, s = plain[8 : 8 + SHARE_BYTES], plain[8 + SHARE_BYTES :]
             Share.from_bytes(share_point(self.id), b)  # range checks: ProtocolError if malformed
             Share.from_bytes(share_point(self.id), s)
@@ -222,9 +224,9 @@ class Client:
         masking_peers = sorted(held)
         own = 1 if p.own_share_counts else 0
         if len(masking_peers) + own < p.threshold:  # holders who can reveal my secrets
-            raise ProtocolError(f"client {self.id}: only {len(masking_peers)} neighbours shared keys"
-                                f"{' (plus my own share)' if own else ''}: fewer than the threshold "
-                                f"{p.threshold}")
+            raise RemoteProtocolError(f"client {self.id}: only {len(masking_peers)} neighbours shared keys"
+                                      f"{' (plus my own share)' if own else ''}: fewer than the threshold "
+                                      f"{p.threshold}")
         held[self.id] = self._own
         self._held = held
         # pairwise masks with every neighbour that shared keys (U2): they mask with us too
@@ -253,14 +255,15 @@ class Client:
         self._check_session(msg.session_id)
         if p.malicious:
             if (msg.survivors, msg.dropped) != self._signed:
-                raise ProtocolError(f"client {self.id}: the unmask request names other survivor/dropped "
-                                    f"sets than the ones I signed: refusing")
+                raise RemoteProtocolError(
+                    f"client {self.id}: the unmask request names other survivor/dropped "
+                    f"sets than the ones I signed: refusing")
             self._verify_consistency(p, msg)
         asked = self._check_sets(msg.survivors, msg.dropped)
         for v, kind in asked.items():
             if self._revealed.get(v, kind) != kind:
-                raise ProtocolError(f"server asked for both the self-mask share and the mask-key share "
-                                    f"of client {v}: refusing")
+                raise RemoteProtocolError(f"server asked for both the self-mask share and the mask-key share "
+                                          f"of client {v}: refusing")
         self._revealed.update(asked)
         b = tuple((v, self._held[v][0]) for v in sorted(asked) if asked[v] == "b")
         s = tuple((v, self._held[v][1]) for v in sorted(asked) if asked[v] == "s")
@@ -273,19 +276,20 @@ class Client:
         survivors, dropped = set(survivor_ids), set(dropped_ids)
         if survivors & dropped:
             both = sorted(survivors & dropped)
-            raise ProtocolError(f"unmask request lists client(s) {both} as both surviving and dropped: "
-                                f"refusing to reveal both shares")
+            raise RemoteProtocolError(f"unmask request lists client(s) {both} as both surviving and dropped: "
+                                      f"refusing to reveal both shares")
         if self.id not in survivors:
-            raise ProtocolError(f"unmask request does not list client {self.id} among the survivors")
+            raise RemoteProtocolError(f"unmask request does not list client {self.id} among the survivors")
         if len(survivors) < p.threshold:
-            raise ProtocolError(f"unmask request: {len(survivors)} survivors, fewer than the threshold "
-                                f"{p.threshold}: the sum would expose too few clients")
+            raise RemoteProtocolError(f"unmask request: {len(survivors)} survivors, fewer than the threshold "
+                                      f"{p.threshold}: the sum would expose too few clients")
         if not (survivors | dropped) <= self._advertised:
-            raise ProtocolError("unmask request names clients that never advertised keys")
+            raise RemoteProtocolError("unmask request names clients that never advertised keys")
         claimed = (survivors | dropped) & self._revealers(p)
         if not claimed <= set(self._held):
             missing = sorted(claimed - set(self._held))
-            raise ProtocolError(f"unmask request names neighbour(s) {missing} that never shared keys with me")
+            raise RemoteProtocolError(
+                f"unmask request names neighbour(s) {missing} that never shared keys with me")
         return {v: ("b" if v in survivors else "s") for v in claimed}
 
     def _verify_advertisements(self, p: SessionParams, entries: tuple[KeyEntry, ...]) -> None:
@@ -293,9 +297,11 @@ class Client:
         for e in entries:
             trusted = self._registry.get(e.client_id)
             if trusted is None:
-                raise ProtocolError(f"key directory: client {e.client_id} is not in the trusted registry")
+                raise RemoteProtocolError(
+                    f"key directory: client {e.client_id} is not in the trusted registry")
             if not e.signature:
-                raise ProtocolError(f"key directory: the advertisement of client {e.client_id} is unsigned")
+                raise RemoteProtocolError(
+                    f"key directory: the advertisement of client {e.client_id} is unsigned")
             verify_signature(trusted, e.signature,
                              advertisement_message(p, e.client_id, e.enc_key, e.mask_key),
                              signer=e.client_id)
@@ -320,9 +326,10 @@ class Client:
                 continue
             valid.add(signer)
         if len(valid) < p.threshold:
-            raise ProtocolError(f"client {self.id}: only {len(valid)} valid consistency signatures on the "
-                                f"survivor set, fewer than the threshold {p.threshold}: the server may be "
-                                f"showing different sets to different clients; refusing to reveal shares")
+            raise RemoteProtocolError(
+                f"client {self.id}: only {len(valid)} valid consistency signatures on the "
+                f"survivor set, fewer than the threshold {p.threshold}: the server may be "
+                f"showing different sets to different clients; refusing to reveal shares")
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -336,7 +343,7 @@ class Client:
 
     def _check_session(self, sid: bytes) -> None:
         if sid != self.session:
-            raise ProtocolError(f"client {self.id}: message from another session (session id mismatch)")
+            raise RemoteProtocolError(f"client {self.id}: message from another session (session id mismatch)")
 
 
 assert PRIVATE_KEY_BYTES == SEED_BYTES  # both secrets are 32 bytes: one Shamir field fits both

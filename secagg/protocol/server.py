@@ -20,7 +20,7 @@ import numpy as np
 from secagg.crypto.keys import DHKeyPair, is_low_order, verify_signature
 from secagg.crypto.prg import accumulate_masks
 from secagg.crypto.shamir import Share, reconstruct
-from secagg.errors import AbortError, ProtocolError
+from secagg.errors import AbortError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from secagg.protocol.graph import neighbours
 from secagg.protocol.messages import (
     AdvertiseKeys,
@@ -123,7 +123,7 @@ class Server:
     def start(self) -> Outgoing:
         """Begin the session: the Setup message for every invited client."""
         if self.phase is not ServerPhase.NEW:
-            raise ProtocolError("server: session already started")
+            raise LocalProtocolError("server: session already started")
         self.phase = ServerPhase.COLLECT_KEYS
         return [(u, Setup(self.params)) for u in self.params.client_ids]
 
@@ -135,24 +135,24 @@ class Server:
         ``sender`` field inside a message is only a claim.
         """
         if sender is not None and getattr(message, "sender", sender) != sender:
-            raise ProtocolError(f"server: a message from client {sender} claims to come from client "
-                                f"{message.sender}")  # type: ignore[union-attr]
+            raise RemoteProtocolError(f"server: a message from client {sender} claims to come from client "
+                                      f"{message.sender}")  # type: ignore[union-attr]
         expected = _EXPECTS.get(self.phase)
         if expected is None:
-            raise ProtocolError(f"server: no client message expected in phase {self.phase.value}")
+            raise RemoteProtocolError(f"server: no client message expected in phase {self.phase.value}")
         cls, stage = expected
         if not isinstance(message, cls):
-            raise ProtocolError(f"server: {type(message).__name__} received during stage {stage.name} "
-                                f"(wrong round)")
+            raise RemoteProtocolError(f"server: {type(message).__name__} received during stage {stage.name} "
+                                      f"(wrong round)")
         sender = message.sender
         if sender not in self.expected_senders():
             seen = {AdvertiseKeys: self.keys, ShareKeys: self.shares, MaskedInput: self.masked,
                     ConsistencySignature: self.consistency, UnmaskResponse: self.responses}[cls]
             already = sender in seen
-            raise ProtocolError(f"server: {'duplicate' if already else 'unexpected'} {cls.__name__} "
-                                f"from client {sender}")
+            raise RemoteProtocolError(f"server: {'duplicate' if already else 'unexpected'} {cls.__name__} "
+                                      f"from client {sender}")
         if cls is not AdvertiseKeys and message.session_id != self.session:
-            raise ProtocolError(f"server: {cls.__name__} from client {sender} is for another session")
+            raise RemoteProtocolError(f"server: {cls.__name__} from client {sender} is for another session")
         getattr(self, f"_receive_{cls.__name__}")(message)
 
     def advance(self) -> Outgoing:
@@ -172,52 +172,54 @@ class Server:
         except AbortError:
             self.phase = ServerPhase.ABORTED
             raise
-        raise ProtocolError(f"server: nothing to advance in phase {self.phase.value}")
+        raise LocalProtocolError(f"server: nothing to advance in phase {self.phase.value}")
 
     # -- receiving ---------------------------------------------------------------------------------
 
     def _receive_AdvertiseKeys(self, msg: AdvertiseKeys) -> None:
         for name in ("enc_key", "mask_key"):
             if is_low_order(getattr(msg, name)):
-                raise ProtocolError(f"server: {name} of client {msg.sender} is a low-order X25519 key")
+                raise RemoteProtocolError(f"server: {name} of client {msg.sender} is a low-order X25519 key")
         if not self.params.malicious and msg.signature:
             # a directory mixes signed and unsigned entries only if we let it: refuse, don't relay
-            raise ProtocolError(f"server: client {msg.sender} signed its advertisement in a session "
-                                f"without malicious-server mode")
+            raise RemoteProtocolError(f"server: client {msg.sender} signed its advertisement in a session "
+                                      f"without malicious-server mode")
         if self.params.malicious:
             if not msg.signature:
-                raise ProtocolError(f"server: the advertisement of client {msg.sender} is unsigned")
+                raise RemoteProtocolError(f"server: the advertisement of client {msg.sender} is unsigned")
             if self.registry is not None:
                 trusted = self.registry.get(msg.sender)
                 if trusted is None:
-                    raise ProtocolError(f"server: client {msg.sender} is not in the trusted registry")
+                    raise RemoteProtocolError(f"server: client {msg.sender} is not in the trusted registry")
                 verify_signature(trusted, msg.signature,
                                  advertisement_message(self.params, msg.sender, msg.enc_key, msg.mask_key),
                                  signer=msg.sender)
         if msg.enc_key == msg.mask_key:
-            raise ProtocolError(f"server: client {msg.sender} advertised the same key twice")
+            raise RemoteProtocolError(f"server: client {msg.sender} advertised the same key twice")
         seen = {k for a in self.keys.values() for k in (a.enc_key, a.mask_key)}
         if {msg.enc_key, msg.mask_key} & seen:
-            raise ProtocolError(f"server: client {msg.sender} advertised another client's key (replay)")
+            raise RemoteProtocolError(f"server: client {msg.sender} advertised another client's key (replay)")
         self.keys[msg.sender] = msg
 
     def _receive_ShareKeys(self, msg: ShareKeys) -> None:
         recipients = {r for r, _ in msg.shares}
         expected = self._graph[msg.sender]
         if recipients != expected or len(msg.shares) != len(expected):
-            raise ProtocolError(f"server: client {msg.sender} must send exactly one share to each of its "
-                                f"{len(expected)} neighbours")
+            raise RemoteProtocolError(
+                f"server: client {msg.sender} must send exactly one share to each of its "
+                f"{len(expected)} neighbours")
         self.shares[msg.sender] = msg
 
     def _receive_MaskedInput(self, msg: MaskedInput) -> None:
         d = self.params.vector_length
         if len(msg.vector) != 4 * d:
-            raise ProtocolError(f"server: masked input of client {msg.sender} has {len(msg.vector) // 4} "
-                                f"words, the session's vector_length is {d}")
+            raise RemoteProtocolError(
+                f"server: masked input of client {msg.sender} has {len(msg.vector) // 4} "
+                f"words, the session's vector_length is {d}")
         y = np.frombuffer(msg.vector, dtype="<u4")
         if self.params.bits < 32 and int(y.max()) >> self.params.bits:
-            raise ProtocolError(f"server: masked input of client {msg.sender} has words "
-                                f">= 2^{self.params.bits}")
+            raise RemoteProtocolError(f"server: masked input of client {msg.sender} has words "
+                                      f">= 2^{self.params.bits}")
         np.add(self._sum, y, out=self._sum)  # wraps mod 2^32; reduced mod 2^bits at the end
         self.masked.add(msg.sender)
 
@@ -233,11 +235,11 @@ class Server:
         want_b = holders & set(self.survivors)
         want_s = holders & set(self.dropped)
         if {v for v, _ in msg.self_mask_shares} != want_b or len(msg.self_mask_shares) != len(want_b):
-            raise ProtocolError(f"server: client {msg.sender} must return self-mask shares for exactly "
-                                f"{sorted(want_b)}")
+            raise RemoteProtocolError(f"server: client {msg.sender} must return self-mask shares for exactly "
+                                      f"{sorted(want_b)}")
         if {v for v, _ in msg.mask_key_shares} != want_s or len(msg.mask_key_shares) != len(want_s):
-            raise ProtocolError(f"server: client {msg.sender} must return mask-key shares for exactly "
-                                f"{sorted(want_s)}")
+            raise RemoteProtocolError(f"server: client {msg.sender} must return mask-key shares for exactly "
+                                      f"{sorted(want_s)}")
         point = share_point(msg.sender)
         for _, data in msg.self_mask_shares + msg.mask_key_shares:
             Share.from_bytes(point, data)  # ProtocolError if out of the field
@@ -317,7 +319,7 @@ class Server:
         try:
             secret = reconstruct(shares[:t], t)
             if len(shares) > t and reconstruct(shares[-t:], t) != secret:
-                raise ProtocolError("two subsets of the shares disagree")
+                raise RemoteProtocolError("two subsets of the shares disagree")
         except ProtocolError as exc:
             raise AbortError(f"the shares of client {owner}'s {what} are inconsistent ({exc}): a "
                              f"responder sent a wrong share; round aborted") from exc

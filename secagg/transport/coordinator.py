@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from secagg.errors import AbortError, ConfigError, ProtocolError, SecAggError, WireError
+from secagg.errors import (
+    AbortError,
+    ConfigError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SecAggError,
+    WireError,
+)
 from secagg.protocol.messages import SessionParams, Stage
 from secagg.protocol.server import Server, ServerPhase
 from secagg.protocol.wire import decode, encode
@@ -100,9 +107,9 @@ class Coordinator:
         Secure mode needs the session ``params`` (their ``client_ids`` must be ``invited``).
         """
         if self._open:
-            raise ProtocolError(f"coordinator: round {self.round} is still open")
+            raise LocalProtocolError(f"coordinator: round {self.round} is still open")
         if round_index <= self.round:
-            raise ProtocolError(f"coordinator: round {round_index} does not follow round {self.round}")
+            raise LocalProtocolError(f"coordinator: round {round_index} does not follow round {self.round}")
         if self.mode == "secure" and (params is None or params.client_ids != tuple(invited)):
             raise ConfigError("params: secure mode needs session parameters for exactly the invited "
                               "clients")
@@ -163,7 +170,7 @@ class Coordinator:
         """Close the open stage. ``None`` while the round goes on (the next stage's messages are queued);
         the :class:`RoundOutcome` when it is over (a protocol abort gives an outcome with ``aborted``)."""
         if not self._open:
-            raise ProtocolError("coordinator: no round is open")
+            raise LocalProtocolError("coordinator: no round is open")
         if self._session is None:
             self._open = False
             return RoundOutcome(self.round, self._invited, updates=dict(self._updates),
@@ -270,5 +277,5 @@ class Coordinator:
             raise Rejected("invalid", str(exc)) from None
         try:
             self._session.receive(message, sender=client)
-        except ProtocolError as exc:
+        except RemoteProtocolError as exc:  # the peer's fault; a LocalProtocolError is ours and escapes
             raise Rejected("precondition", str(exc)) from None

@@ -33,7 +33,7 @@ import safetensors.torch
 import torch
 
 from secagg.crypto.keys import SigningKey
-from secagg.errors import ConfigError, ProtocolError, UpdateError, WireError
+from secagg.errors import ConfigError, ProtocolError, RemoteProtocolError, UpdateError, WireError
 from secagg.experiment import ExperimentConfig
 from secagg.fedavg.client import ClientUpdate
 from secagg.layout import ParamLayout
@@ -208,8 +208,8 @@ class NetworkClient:
             self._ready = True
         placed = welcome.mode if self._config is None else place(self._config.fedavg.aggregator).mode
         if welcome.mode != placed:  # (no configuration: a synthetic benchmark client, no updates)
-            raise ProtocolError(f"the server announced {welcome.mode!r} mode, but its configuration "
-                                f"places {placed!r}: refusing to send updates under the wrong mode")
+            raise RemoteProtocolError(f"the server announced {welcome.mode!r} mode, but its configuration "
+                                      f"places {placed!r}: refusing to send updates under the wrong mode")
         self._token, self._mode = welcome.token, welcome.mode
         log.info("client %d: logged in (%s mode)", self.id, self._mode)
 
@@ -272,10 +272,10 @@ class NetworkClient:
             return
         setup = decode(work.message)
         if not isinstance(setup, Setup):
-            raise ProtocolError(f"expected a Setup message with the task, got {type(setup).__name__}")
+            raise RemoteProtocolError(f"expected a Setup message with the task, got {type(setup).__name__}")
         params = setup.params
         if params.model_version != hashlib.sha256(work.weights).digest():
-            raise ProtocolError("the session's model version is not the hash of the weights sent to me")
+            raise RemoteProtocolError("the session's model version is not the hash of the weights sent to me")
         value = self.session_input(work, params)
         if self.audit_dir is not None:
             self.audit_dir.mkdir(parents=True, exist_ok=True)
@@ -338,7 +338,7 @@ class NetworkClient:
         message = decode(work.message)
         stage = REPLY_STAGE.get(type(message))
         if stage is None:
-            raise ProtocolError(f"unexpected {type(message).__name__} from the server")
+            raise RemoteProtocolError(f"unexpected {type(message).__name__} from the server")
         reply = self._session.handle(message)
         self._send(work.round, int(stage), encode(reply))
         if stage is Stage.UNMASKING:

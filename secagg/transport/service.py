@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from secagg.errors import ConfigError, ProtocolError, WireError
+from secagg.errors import ConfigError, RemoteProtocolError, WireError
 from secagg.protocol.messages import SessionParams
 from secagg.transport.auth import Authenticator, AuthError
 from secagg.transport.coordinator import Coordinator, Rejected, RoundOutcome
@@ -113,9 +113,10 @@ class AggregationService:
                 return self._refuse(context, name, code, str(exc))
             except AuthError as exc:
                 return self._refuse(context, name, grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            except (ProtocolError, ConfigError) as exc:
+            except RemoteProtocolError as exc:  # the peer broke the protocol: its error, not ours
                 return self._refuse(context, name, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            except Exception as exc:  # a bug must not take the server down: log it, answer INTERNAL
+            except Exception as exc:  # ours (LocalProtocolError, ConfigError, a bug): log, answer INTERNAL
+                # and never take the server down
                 log.exception("%s: unexpected error", name)
                 return self._refuse(context, name, grpc.StatusCode.INTERNAL, f"internal error: {exc}")
         return call
