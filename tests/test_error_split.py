@@ -27,7 +27,8 @@ def _params() -> SessionParams:
 
 def test_the_hierarchy():
     assert issubclass(RemoteProtocolError, ProtocolError) and issubclass(LocalProtocolError, ProtocolError)
-    assert issubclass(WireError, RemoteProtocolError) and not issubclass(LocalProtocolError, RemoteProtocolError)
+    assert issubclass(WireError, RemoteProtocolError)
+    assert not issubclass(LocalProtocolError, RemoteProtocolError)
 
 
 def test_driving_a_server_wrongly_is_local_and_a_peers_bad_message_is_remote():
