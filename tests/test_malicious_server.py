@@ -203,6 +203,7 @@ class LyingServer(Server):
             if self.phase is ServerPhase.COLLECT_CONSISTENCY:
                 return self._log(self._request_unmasking())
             self._unmask()  # the true survivors' sum from whatever came back, or AbortError
+            self.phase = ServerPhase.DONE  # this liar drives its own transitions, not Server's table
             return []
         except AbortError:
             self.phase = ServerPhase.ABORTED

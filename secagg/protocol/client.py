@@ -57,6 +57,22 @@ class ClientPhase(Enum):
     ABORTED = "aborted"
 
 
+_MODES = (False, True)  # honest-server mode, malicious-server mode
+#: Every transition of a client, in one table (as h11 keeps its ``EVENT_TRIGGERED_TRANSITIONS``):
+#: (phase, malicious mode) -> (the server message it waits for, the step that answers it, the phase
+#: after that step succeeded). Any other message is refused; a failed step aborts the session.
+TRANSITIONS: dict[tuple[ClientPhase, bool], tuple[type[Message], str, ClientPhase]] = {
+    **{(ClientPhase.NEW, m): (Setup, "_on_setup", ClientPhase.ADVERTISED) for m in _MODES},
+    **{(ClientPhase.ADVERTISED, m): (KeyDirectory, "_on_directory", ClientPhase.SHARED) for m in _MODES},
+    **{(ClientPhase.SHARED, m): (ForwardedShares, "_on_shares", ClientPhase.MASKED) for m in _MODES},
+    (ClientPhase.MASKED, False): (UnmaskRequest, "_on_unmask", ClientPhase.DONE),
+    (ClientPhase.MASKED, True): (ConsistencyRequest, "_on_consistency", ClientPhase.SIGNED),
+    (ClientPhase.SIGNED, True): (UnmaskRequest, "_on_unmask", ClientPhase.DONE),
+    # a repeated request is answered again: the shares it may reveal are pinned by _revealed
+    **{(ClientPhase.DONE, m): (UnmaskRequest, "_on_unmask", ClientPhase.DONE) for m in _MODES},
+}
+
+
 class Client:
     """One client's session. ``value`` is its input: ``d`` uint32 words (already quantized).
 
@@ -121,22 +137,13 @@ class Client:
 
     def _dispatch(self, message: Message) -> Message:
         malicious = self.params is not None and self.params.malicious
-        expected = {ClientPhase.NEW: Setup, ClientPhase.ADVERTISED: KeyDirectory,
-                    ClientPhase.SHARED: ForwardedShares,
-                    ClientPhase.MASKED: ConsistencyRequest if malicious else UnmaskRequest,
-                    ClientPhase.SIGNED: UnmaskRequest, ClientPhase.DONE: UnmaskRequest}[self.phase]
+        expected, handler, after = TRANSITIONS[(self.phase, malicious)]
         if not isinstance(message, expected):
             raise RemoteProtocolError(f"client {self.id}: got {type(message).__name__} while waiting for "
                                       f"{expected.__name__} (wrong round)")
-        if isinstance(message, Setup):
-            return self._on_setup(message)
-        if isinstance(message, KeyDirectory):
-            return self._on_directory(message)
-        if isinstance(message, ForwardedShares):
-            return self._on_shares(message)
-        if isinstance(message, ConsistencyRequest):
-            return self._on_consistency(message)
-        return self._on_unmask(message)
+        reply = getattr(self, handler)(message)
+        self.phase = after  # only once the step has fully succeeded (a ProtocolError aborts instead)
+        return reply
 
     def _on_setup(self, msg: Setup) -> AdvertiseKeys:
         p = msg.params
@@ -160,7 +167,6 @@ class Client:
             signature = self._identity.sign(
                 advertisement_message(p, self.id, self._enc.public, self._mask.public))
         self.params = p
-        self.phase = ClientPhase.ADVERTISED
         return AdvertiseKeys(self.id, self._enc.public, self._mask.public, signature)
 
     def _on_directory(self, msg: KeyDirectory) -> ShareKeys:
@@ -200,7 +206,6 @@ class Client:
             self._share_keys[v] = key
             plaintext = (self.id.to_bytes(4, "big") + v.to_bytes(4, "big") + b.to_bytes() + s.to_bytes())
             out.append((v, aead.seal(key, plaintext, aead.associated_data(self.session, self.id, v))))
-        self.phase = ClientPhase.SHARED
         return ShareKeys(self.id, self.session, tuple(out))
 
     def _on_shares(self, msg: ForwardedShares) -> MaskedInput:
@@ -238,7 +243,6 @@ class Client:
         accumulate_masks(y, masks)
         if p.bits < 32:
             np.bitwise_and(y, np.uint32((1 << p.bits) - 1), out=y)
-        self.phase = ClientPhase.MASKED
         return MaskedInput(self.id, self.session, y.astype("<u4", copy=False).tobytes())
 
     def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
@@ -246,7 +250,6 @@ class Client:
         self._check_sets(msg.survivors, msg.dropped)
         assert self._identity is not None  # malicious mode was checked at Setup
         self._signed = (msg.survivors, msg.dropped)
-        self.phase = ClientPhase.SIGNED
         signature = self._identity.sign(consistency_message(self.session, msg.survivors, msg.dropped))
         return ConsistencySignature(self.id, self.session, signature)
 
@@ -267,7 +270,6 @@ class Client:
         self._revealed.update(asked)
         b = tuple((v, self._held[v][0]) for v in sorted(asked) if asked[v] == "b")
         s = tuple((v, self._held[v][1]) for v in sorted(asked) if asked[v] == "s")
-        self.phase = ClientPhase.DONE
         return UnmaskResponse(self.id, self.session, b, s)
 
     def _check_sets(self, survivor_ids: tuple[int, ...], dropped_ids: tuple[int, ...]) -> dict[int, str]:

@@ -61,11 +61,23 @@ class ServerPhase(Enum):
     ABORTED = "aborted"
 
 
-_EXPECTS = {ServerPhase.COLLECT_KEYS: (AdvertiseKeys, Stage.ADVERTISE_KEYS),
-            ServerPhase.COLLECT_SHARES: (ShareKeys, Stage.SHARE_KEYS),
-            ServerPhase.COLLECT_MASKED: (MaskedInput, Stage.MASKED_INPUT),
-            ServerPhase.COLLECT_CONSISTENCY: (ConsistencySignature, Stage.CONSISTENCY_CHECK),
-            ServerPhase.COLLECT_UNMASK: (UnmaskResponse, Stage.UNMASKING)}
+#: Every transition of the server, in one table (as h11 keeps its ``EVENT_TRIGGERED_TRANSITIONS``):
+#: collecting phase -> (the client message it collects, that stage, the step that closes the stage,
+#: the next phase in honest-server mode, in malicious-server mode). :meth:`Server.start` moves NEW
+#: to COLLECT_KEYS; a closing step that raises :class:`AbortError` moves to ABORTED instead.
+TRANSITIONS: dict[ServerPhase, tuple[type[Message], Stage, str, ServerPhase, ServerPhase]] = {
+    ServerPhase.COLLECT_KEYS: (AdvertiseKeys, Stage.ADVERTISE_KEYS, "_after_keys",
+                               ServerPhase.COLLECT_SHARES, ServerPhase.COLLECT_SHARES),
+    ServerPhase.COLLECT_SHARES: (ShareKeys, Stage.SHARE_KEYS, "_after_shares",
+                                 ServerPhase.COLLECT_MASKED, ServerPhase.COLLECT_MASKED),
+    ServerPhase.COLLECT_MASKED: (MaskedInput, Stage.MASKED_INPUT, "_after_masked",
+                                 ServerPhase.COLLECT_UNMASK, ServerPhase.COLLECT_CONSISTENCY),
+    ServerPhase.COLLECT_CONSISTENCY: (ConsistencySignature, Stage.CONSISTENCY_CHECK, "_after_consistency",
+                                      ServerPhase.COLLECT_UNMASK, ServerPhase.COLLECT_UNMASK),
+    ServerPhase.COLLECT_UNMASK: (UnmaskResponse, Stage.UNMASKING, "_unmask",
+                                 ServerPhase.DONE, ServerPhase.DONE),
+}
+_EXPECTS = {phase: (row[0], row[1]) for phase, row in TRANSITIONS.items()}
 
 
 class Server:
@@ -157,22 +169,17 @@ class Server:
 
     def advance(self) -> Outgoing:
         """Close the current stage; the messages that start the next one. :class:`AbortError` if too few."""
+        row = TRANSITIONS.get(self.phase)
+        if row is None:
+            raise LocalProtocolError(f"server: nothing to advance in phase {self.phase.value}")
+        _, _, close, honest, malicious = row
         try:
-            if self.phase is ServerPhase.COLLECT_KEYS:
-                return self._after_keys()
-            if self.phase is ServerPhase.COLLECT_SHARES:
-                return self._after_shares()
-            if self.phase is ServerPhase.COLLECT_MASKED:
-                return self._after_masked()
-            if self.phase is ServerPhase.COLLECT_CONSISTENCY:
-                return self._after_consistency()
-            if self.phase is ServerPhase.COLLECT_UNMASK:
-                self._unmask()
-                return []
+            out = getattr(self, close)()
         except AbortError:
             self.phase = ServerPhase.ABORTED
             raise
-        raise LocalProtocolError(f"server: nothing to advance in phase {self.phase.value}")
+        self.phase = malicious if self.params.malicious else honest
+        return out or []
 
     # -- receiving ---------------------------------------------------------------------------------
 
@@ -257,7 +264,6 @@ class Server:
         entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature) for u, a in sorted(self.keys.items()))
         self.session = session_id(self.params, entries)
         self._graph = neighbours(self.session, sorted(self.keys), self.params.degree)
-        self.phase = ServerPhase.COLLECT_SHARES
         directory = KeyDirectory(entries)
         return [(u, directory) for u in sorted(self.keys)]
 
@@ -268,7 +274,6 @@ class Server:
             for recipient, ciphertext in self.shares[sender].shares:
                 if recipient in inbox:
                     inbox[recipient].append((sender, ciphertext))
-        self.phase = ServerPhase.COLLECT_MASKED
         return [(u, ForwardedShares(u, self.session, tuple(inbox[u]))) for u in sorted(inbox)]
 
     def _after_masked(self) -> Outgoing:
@@ -276,16 +281,13 @@ class Server:
         self.survivors = tuple(sorted(self.masked))
         self.dropped = tuple(sorted(set(self.shares) - self.masked))
         if self.params.malicious:
-            self.phase = ServerPhase.COLLECT_CONSISTENCY
             check = ConsistencyRequest(self.session, self.survivors, self.dropped)
             return [(u, check) for u in self.survivors]
-        self.phase = ServerPhase.COLLECT_UNMASK
         request = UnmaskRequest(self.session, self.survivors, self.dropped)
         return [(u, request) for u in self.survivors]
 
     def _after_consistency(self) -> Outgoing:
         self._need(len(self.consistency), "signed the survivor set")
-        self.phase = ServerPhase.COLLECT_UNMASK
         request = UnmaskRequest(self.session, self.survivors, self.dropped,
                                 tuple(sorted(self.consistency.items())))
         return [(u, request) for u in sorted(self.consistency)]
@@ -346,4 +348,3 @@ class Server:
         if self.params.bits < 32:
             np.bitwise_and(total, np.uint32((1 << self.params.bits) - 1), out=total)
         self.result = total
-        self.phase = ServerPhase.DONE
