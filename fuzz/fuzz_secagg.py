@@ -66,7 +66,8 @@ except ImportError:  # the target functions still work (tests/test_fuzz.py smoke
 
 # Instrument the protocol code (and what it calls) for coverage feedback, only when run as the fuzzer.
 _SECAGG_DIR = Path(__file__).resolve().parent.parent / "secagg"
-_INSTRUMENTED = ("secagg.protocol", "secagg.crypto", "secagg.errors", "secagg.validation")
+_INSTRUMENTED = ("secagg.protocol", "secagg.crypto", "secagg.errors", "secagg.validation", "secagg.codec",
+                 "secagg.transport.envelope")
 
 
 def _uninstrumented_modules() -> list[str]:
@@ -98,8 +99,9 @@ with _instrumenting:
     from secagg.protocol.client import Client
     from secagg.protocol.messages import SessionParams, Stage
     from secagg.protocol.server import Server
+    from secagg.transport import envelope
 
-TARGETS = ("decode", "mutate", "server", "client")
+TARGETS = ("decode", "mutate", "server", "client", "envelope")
 
 
 class FuzzFinding(AssertionError):
@@ -699,6 +701,41 @@ def feed_client(snap: Snapshot, data: bytes) -> None:
         raise FuzzFinding(f"{snap.label}: client revealed both shares of client(s) {sorted(b & s)}")
 
 
+#: every transport envelope: (decoder, encoder); PlainUpdate is decoded for a 4-coordinate model
+ENVELOPES: tuple[tuple[str, Callable[[bytes], Any], Callable[[Any], bytes]], ...] = (
+    ("hello", envelope.decode_hello, envelope.encode_hello),
+    ("challenge", envelope.decode_challenge, envelope.encode_challenge),
+    ("login", envelope.decode_login, envelope.encode_login),
+    ("welcome", envelope.decode_welcome, envelope.encode_welcome),
+    ("poll", envelope.decode_poll, envelope.encode_poll),
+    ("work", envelope.decode_work, envelope.encode_work),
+    ("submit", envelope.decode_submit, envelope.encode_submit),
+    ("update", lambda data: envelope.decode_update(data, 4), envelope.encode_update),
+)
+
+
+def check_envelope(index: int, data: bytes) -> Any:
+    """An envelope decoder raises only WireError, and what it accepts re-encodes to exactly ``data``."""
+    name, decode_one, encode_one = ENVELOPES[index % len(ENVELOPES)]
+    try:
+        message = decode_one(data)
+    except WireError:
+        return None
+    if encode_one(message) != data:
+        raise FuzzFinding(f"the {name} decoder accepted a non-canonical encoding")
+    return message
+
+
+def _envelope_seeds() -> list[bytes]:
+    e = envelope
+    values = [e.Hello(3), e.Challenge(bytes(32)), e.Login(3, bytes(32), bytes(64)),
+              e.Welcome(bytes(32), "{}", "plain"), e.Poll(1, 0, 500),
+              e.Work(e.WorkKind.TASK, 1, 0, b"w", b"", 10.0), e.Submit(1, 0, b"payload"),
+              e.PlainUpdate(5, 0.25, bytes(16))]
+    return [bytes([i]) + encode_one(v) for i, ((_, _, encode_one), v) in enumerate(zip(ENVELOPES, values,
+                                                                                         strict=True))]
+
+
 # -- the targets ---------------------------------------------------------------------------------------
 
 
@@ -736,8 +773,21 @@ def target_client(data: bytes) -> None:
         feed_client(*picked)
 
 
+def target_envelope(data: bytes) -> None:
+    """Byte 0 picks the envelope type; byte 1 even: the rest is the input; odd: the rest steers
+    mutations of a valid envelope of that type."""
+    if len(data) < 2:
+        return
+    if data[1] % 2 == 0:
+        check_envelope(data[0], data[2:])
+        return
+    seed = _envelope_seeds()[data[0] % len(ENVELOPES)][1:]
+    check_envelope(data[0], mutate(seed, choices(data[2:]), world()))
+
+
 TARGET_FUNCTIONS: dict[str, Callable[[bytes], None]] = {
-    "decode": target_decode, "mutate": target_mutate, "server": target_server, "client": target_client}
+    "decode": target_decode, "mutate": target_mutate, "server": target_server, "client": target_client,
+    "envelope": target_envelope}
 
 
 def target_all(data: bytes) -> None:
@@ -778,6 +828,9 @@ def seed_corpus(target: str) -> list[bytes]:
         snaps, modes = (w.servers, (0, 2)) if target == "server" else (w.clients, (0,))
         return ([bytes([i, mode]) + s.pending for i, s in enumerate(snaps) for mode in modes]
                 + [bytes([i, mode + 1]) + noise[i % len(noise)] for i in range(len(snaps)) for mode in modes])
+    if target == "envelope":
+        return ([s[:1] + b"\x00" + s[1:] for s in _envelope_seeds()]
+                + [bytes([i, 1]) + noise[i % len(noise)] for i in range(len(ENVELOPES))])
     if target == "all":
         return [bytes([i]) + seed for i, name in enumerate(TARGETS) for seed in seed_corpus(name)]
     raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGET_FUNCTIONS)}")

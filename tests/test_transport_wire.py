@@ -130,16 +130,16 @@ def test_valid_session_over_the_wire(channel: grpc.Channel, deployment: Deployme
 GARBAGE = b"\xc1\x00garbage\xff"
 
 
-@pytest.mark.parametrize(("method", "detail"), [("Hello", "Hello: not a valid msgpack envelope"),
-                                                ("Login", "Login: not a valid msgpack envelope")])
+@pytest.mark.parametrize(("method", "detail"), [("Hello", "Hello: not a valid msgpack object"),
+                                                ("Login", "Login: not a valid msgpack object")])
 def test_garbage_before_login_is_invalid_argument(channel: grpc.Channel, deployment: Deployment, method: str,
                                                   detail: str) -> None:
     assert _refused(channel, method, GARBAGE, grpc.StatusCode.INVALID_ARGUMENT).startswith(detail)
     _assert_alive(channel, deployment)
 
 
-@pytest.mark.parametrize(("method", "detail"), [("Poll", "Poll: not a valid msgpack envelope"),
-                                                ("Submit", "Submit: not a valid msgpack envelope")])
+@pytest.mark.parametrize(("method", "detail"), [("Poll", "Poll: not a valid msgpack object"),
+                                                ("Submit", "Submit: not a valid msgpack object")])
 def test_garbage_with_a_token_is_invalid_argument(channel: grpc.Channel, deployment: Deployment, method: str,
                                                   detail: str) -> None:
     token = _login(channel, deployment, 3)
@@ -266,7 +266,7 @@ def test_garbage_protocol_payload_is_invalid_argument(channel: grpc.Channel, dep
     token = _login(channel, deployment, 1)
     detail = _refused(channel, "Submit", encode_submit(Submit(1, 0, b"\x93\x01\x02\x03")),
                       grpc.StatusCode.INVALID_ARGUMENT, token)
-    assert detail == "wrong magic number: not a secagg message"
+    assert detail == "secagg message: bad magic number"
     _assert_alive(channel, deployment)
 
 
@@ -299,7 +299,7 @@ def test_refusals_are_recorded(channel: grpc.Channel, deployment: Deployment) ->
     before = len(deployment.service.errors)
     _refused(channel, "Hello", GARBAGE, grpc.StatusCode.INVALID_ARGUMENT)
     [(method, message)] = list(deployment.service.errors)[before:]
-    assert method == "Hello" and message.startswith("Hello: not a valid msgpack envelope")
+    assert method == "Hello" and message.startswith("Hello: not a valid msgpack object")
 
 
 # -- TLS ---------------------------------------------------------------------------------------------

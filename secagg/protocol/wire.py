@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from secagg import codec
 from secagg.crypto.aead import OVERHEAD
 from secagg.crypto.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from secagg.crypto.shamir import SHARE_BYTES
@@ -48,6 +49,9 @@ SESSION_ID_BYTES = 32
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_BYTES
 SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + OVERHEAD
 MAX_MESSAGE_BYTES = 4 * MAX_VECTOR_LENGTH + (1 << 16)
+#: the caps the codec enforces while parsing (no strings or maps in the format at all)
+LIMITS = codec.Limits(max_bytes=MAX_MESSAGE_BYTES, max_bin=4 * MAX_VECTOR_LENGTH, max_str=0,
+                      max_array=MAX_CLIENTS)
 
 Reader = Callable[[Any, str], Any]
 
@@ -261,7 +265,7 @@ def encode(message: Message) -> bytes:
         raise WireError(f"cannot encode {cls.__name__}: {type(exc).__name__}: {exc}") from exc
     for (name, read), value in zip(_SCHEMAS[code][1], fields, strict=True):
         read(value, f"{cls.__name__}.{name}")  # the receiver's checks, on the sender's side
-    return msgpack.packb([MAGIC, VERSION, code, *fields], use_bin_type=True)
+    return codec.pack(MAGIC, VERSION, code, *fields)
 
 
 def encode_params(params: SessionParams) -> bytes:
@@ -269,34 +273,10 @@ def encode_params(params: SessionParams) -> bytes:
     return msgpack.packb(_plain(params), use_bin_type=True)
 
 
-def _no_ext(code: int, data: bytes) -> Any:
-    raise WireError("msgpack extension types are not part of the format")
-
-
 def decode(data: bytes) -> Message:
     """Parse and validate wire bytes; :class:`WireError` for anything that is not a valid message."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise WireError(f"expected bytes, got {type(data).__name__}")
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise WireError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
-    try:
-        raw = data if isinstance(data, bytes) else bytes(data)
-        obj = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext,
-                              max_str_len=0, max_map_len=0, max_ext_len=0,
-                              max_bin_len=4 * MAX_VECTOR_LENGTH, max_array_len=MAX_CLIENTS)
-    except WireError:
-        raise
-    except Exception as exc:  # msgpack raises many types (ExtraData, FormatError, ValueError, ...)
-        raise WireError(f"not a msgpack message: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(obj, list) or len(obj) < 3:
-        raise WireError("expected [magic, version, type, fields...]")
-    # exact int types: a float 1.0 or a bool True must not pass for 1 (and untrusted values are
-    # never repr'd: a deeply nested one would blow the recursion limit)
-    if type(obj[0]) is not int or obj[0] != MAGIC:
-        raise WireError("wrong magic number: not a secagg message")
-    if type(obj[1]) is not int or obj[1] != VERSION:
-        shown = obj[1] if type(obj[1]) is int else type(obj[1]).__name__
-        raise WireError(f"wire version {shown} is not supported (this library speaks {VERSION})")
+    # the shared strict codec: length caps, no extensions, exact-int magic and version
+    obj = codec.unpack(data, what="secagg message", magic=MAGIC, version=VERSION, limits=LIMITS, min_fields=1)
     schema = _SCHEMAS.get(obj[2]) if type(obj[2]) is int else None
     if schema is None:
         raise WireError(f"unknown message type {obj[2] if type(obj[2]) is int else type(obj[2]).__name__}")
@@ -305,7 +285,6 @@ def decode(data: bytes) -> Message:
         raise WireError(f"{cls.__name__}: expected {len(fields)} fields, got {len(obj) - 3}")
     values = {name: read(v, f"{cls.__name__}.{name}")
               for (name, read), v in zip(fields, obj[3:], strict=True)}
-    if msgpack.packb(obj, use_bin_type=True) != data:
-        # one message, one encoding: no malleable non-shortest forms (matters once bytes are signed)
-        raise WireError(f"{cls.__name__}: non-canonical encoding (not the shortest msgpack form)")
+    # one message, one encoding: no malleable non-shortest forms (matters once bytes are signed)
+    codec.check_canonical(obj, data, cls.__name__)
     return cls(**values)

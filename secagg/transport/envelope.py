@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-import msgpack
-
+from secagg import codec
 from secagg.crypto.keys import SIGNATURE_BYTES
 from secagg.errors import WireError
 from secagg.protocol.messages import MAX_ID
@@ -32,6 +31,12 @@ MAX_ROUND = (1 << 31) - 1
 MAX_STEP = 64
 MAX_WAIT_MS = 60_000
 MAX_CONFIG_BYTES = 1 << 20
+#: one envelope, at most: a model's weights or update (a 2^28-coordinate float32 model, as the wire
+#: format's vectors) plus the fields; gRPC's own per-deployment message limit is usually far lower
+MAX_ENVELOPE_BYTES = (1 << 30) + (1 << 20)
+#: the codec's caps; a string may reach twice the config bound so that the field reader names it
+LIMITS = codec.Limits(max_bytes=MAX_ENVELOPE_BYTES, max_bin=1 << 30, max_str=2 * MAX_CONFIG_BYTES,
+                      max_array=16)
 UPDATE_STAGE = 100  # a plain (not secure) update; the secure stages are secagg.protocol.Stage values
 
 
@@ -139,34 +144,17 @@ def _str(v: Any, field: str, maximum: int) -> str:
 
 
 def _pack(*fields: Any) -> bytes:
-    return msgpack.packb([MAGIC, VERSION, *fields], use_bin_type=True)
+    return codec.pack(MAGIC, VERSION, *fields)
 
 
 def _unpack(data: bytes, what: str, arity: int) -> list[Any]:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise WireError(f"{what}: expected bytes")
-    try:
-        value = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True,
-                                ext_hook=_no_ext)
-    except WireError:
-        raise
-    except Exception as exc:  # msgpack raises several unrelated types on malformed input
-        raise WireError(f"{what}: not a valid msgpack envelope ({type(exc).__name__})") from None
-    if type(value) is not list or len(value) < 2:
-        raise WireError(f"{what}: expected a msgpack array [magic, version, ...]")
-    if value[0] != MAGIC or type(value[0]) is not int:
-        raise WireError(f"{what}: bad magic number")
-    if value[1] != VERSION or type(value[1]) is not int:
-        # never repr an untrusted value: a deeply nested one would blow the recursion limit
-        shown = value[1] if type(value[1]) is int else type(value[1]).__name__
-        raise WireError(f"{what}: unsupported version {shown} (this build speaks {VERSION})")
+    """The ``arity`` fields of envelope ``what``: the shared strict codec (length caps, no extensions,
+    exact-int magic and version), exactly ``arity`` fields, and the one canonical encoding."""
+    value = codec.unpack(data, what=what, magic=MAGIC, version=VERSION, limits=LIMITS)
     if len(value) != 2 + arity:
         raise WireError(f"{what}: expected {arity} fields, got {len(value) - 2}")
+    codec.check_canonical(value, data, what)
     return value[2:]
-
-
-def _no_ext(code: int, data: bytes) -> Any:
-    raise WireError(f"msgpack extension type {code} is not allowed")
 
 
 # -- codecs --------------------------------------------------------------------------------------
