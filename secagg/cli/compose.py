@@ -1,0 +1,343 @@
+"""From flags to objects: the run configuration, the aggregators and trainers the flags describe,
+checked against each other (:class:`FlagError` names the flag and the bound)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from dp.accounting import noise_multiplier_for
+from dp.adaptive import AdaptiveClipDP
+from dp.audit import CanaryAudit
+from dp.central import DPFedAvg
+from dp.distributed import DistributedDP
+from dp.dpsgd import DPSGDTrainer
+from dp.local import LocalDP
+from secagg.aggregation import (
+    Aggregator,
+    Bucketing,
+    ClipNorm,
+    Mean,
+    NearestNeighbourMixing,
+    SecureBucketing,
+    SecureSum,
+)
+from secagg.cli.options import (
+    _FIELDS,
+    _MIN_UPDATES,
+    DEFAULT_BYZANTINE_F,
+    DEFAULT_CLIP,
+    DEFAULT_DELTA,
+    DEFAULT_SECURE_BITS,
+    DEFAULT_SECURE_CLIP,
+    DP_MODES,
+    ROBUST_RULES,
+)
+from secagg.errors import ConfigError
+from secagg.experiment import ExperimentConfig
+
+
+class FlagError(ConfigError):
+    """A command-line flag (or combination of flags) that cannot work; the message names the flag."""
+
+
+def _takes_f(kind: str) -> bool:
+    return "f" in {f.name for f in dataclasses.fields(ROBUST_RULES[kind])}  # type: ignore[arg-type]
+
+
+def _with(obj: Any, path: tuple[str, ...], value: Any) -> Any:
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    return dataclasses.replace(obj, **{path[0]: _with(getattr(obj, path[0]), path[1:], value)})
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """A RayExecutor when --ray/--ray-address was given, else None (the in-process loop)."""
+    if not (args.ray or args.ray_address):
+        if args.ray_threads is not None:
+            raise ConfigError("--ray-threads: needs --ray")
+        return None
+    from secagg.parallel import RayExecutor
+
+    return RayExecutor(address=args.ray_address, threads=args.ray_threads)
+
+
+def with_audit(args: argparse.Namespace, config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with its aggregator wrapped in :class:`~dp.audit.CanaryAudit` for
+    ``--audit-canaries`` (unchanged without it). Distributed DP plans its ring and denominator for
+    the canaries too, with the noise still planned for the real clients (``min_clients``), so its
+    epsilon is that of the real clients. Raises :class:`FlagError`."""
+    k = getattr(args, "audit_canaries", None)
+    if k is None:
+        if getattr(args, "audit_inclusion", None) is not None:
+            raise FlagError("--audit-inclusion: needs --audit-canaries")
+        return config
+    if args.command == "serve":
+        raise FlagError("--audit-canaries: canaries are fake clients for a simulated audit; secagg serve "
+                        "does not insert them into a deployment (audit with secagg train)")
+    agg = config.fedavg.aggregator
+    if args.dp == "dpsgd" or not agg.claims_dp():
+        raise FlagError(f"--audit-canaries: audits client-level DP: needs --dp central, adaptive, local or "
+                        f"distributed (or a --config whose aggregator is one), got --dp {args.dp}")
+    try:
+        if isinstance(agg, DistributedDP):
+            agg = dataclasses.replace(agg, expected_clients=agg.expected_clients + k,
+                                      min_clients=agg.min_clients or agg.expected_clients)
+        audit = CanaryAudit(canaries=k, seed=config.seed, inclusion=args.audit_inclusion or "half", inner=agg)
+    except ConfigError as exc:
+        raise FlagError(f"--audit-canaries: {exc}") from exc
+    return _with(config, ("fedavg", "aggregator"), audit)
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The run configuration: ``--config`` (or the defaults) with the given flags applied."""
+    return with_audit(args, _base_config(args))
+
+
+def _base_config(args: argparse.Namespace) -> ExperimentConfig:
+    """:func:`config_from_args` before ``--audit-canaries``."""
+    config = (ExperimentConfig.from_json(args.config.read_text()) if args.config is not None
+              else ExperimentConfig())
+    for dest, path in _FIELDS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            config = _with(config, path, value)
+    if args.sample_rate is not None:
+        if args.fraction is not None:
+            raise FlagError("--sample-rate: replaces --fraction (Poisson sampling at that rate); give one")
+        if not 0.0 < args.sample_rate <= 1.0:
+            raise FlagError(f"--sample-rate: must be in (0, 1], got {args.sample_rate}")
+        config = _with(_with(config, ("fedavg", "fraction"), args.sample_rate),
+                       ("fedavg", "sampling"), "poisson")
+    secure = (SecureSum(clip=DEFAULT_SECURE_CLIP if args.secure_clip is None else args.secure_clip,
+                        bits=DEFAULT_SECURE_BITS if args.secure_bits is None else args.secure_bits,
+                        graph=args.secure_graph, dropout=args.secure_dropout,
+                        malicious=args.secure_malicious, corrupt_fraction=args.secure_corrupt)
+              if args.secure else None)
+    if args.dp not in ("none", "dpsgd"):
+        for flag, given in (("--aggregator", args.aggregator is not None),
+                            ("--clip-norm", args.clip_norm is not None),
+                            ("--byzantine-f", args.byzantine_f is not None),
+                            ("--bucketing", args.bucketing is not None), ("--nnm", args.nnm)):
+            if given:
+                raise FlagError(f"{flag}: cannot be combined with --dp {args.dp} (the DP aggregator "
+                                f"clips and aggregates itself)")
+        return _with(config, ("fedavg", "aggregator"), dp_aggregator(args, config, secure))
+    _check_dp_flags(args)
+    if args.dp == "dpsgd":
+        config = _with(config, ("fedavg", "trainer"), _dpsgd_trainer(args, config))
+    if args.aggregator is not None:
+        config = _with(config, ("fedavg", "aggregator"), robust_aggregator(
+            args.aggregator, f=args.byzantine_f, bucketing=args.bucketing, nnm=args.nnm, secure=secure,
+            clients_per_round=config.fedavg.clients_per_round(config.task.num_clients),
+            threat_model=args.bucket_threat_model))
+    else:
+        for flag, given in (("--byzantine-f", args.byzantine_f is not None),
+                            ("--bucketing", args.bucketing is not None), ("--nnm", args.nnm),
+                            ("--bucket-threat-model", args.bucket_threat_model is not None)):
+            if given:
+                raise FlagError(f"{flag}: needs --aggregator (one of {', '.join(ROBUST_RULES)})")
+        if secure is not None:
+            config = _with(config, ("fedavg", "aggregator"), secure)
+    if args.clip_norm is not None:
+        config = _with(config, ("fedavg", "aggregator"),
+                       ClipNorm(max_norm=args.clip_norm, inner=config.fedavg.aggregator))
+    return config
+
+
+def _check_dp_flags(args: argparse.Namespace) -> None:
+    """Refuse DP flags that the chosen ``--dp`` mode does not use."""
+    unused: dict[str, tuple[str, ...]] = {
+        "none": ("--noise-multiplier", "--clip", "--delta", "--target-epsilon", "--accountant",
+                 "--dp-mechanism"),
+        "central": ("--dp-mechanism",), "adaptive": ("--dp-mechanism",), "dpsgd": ("--dp-mechanism",),
+        "local": ("--dp-mechanism", "--accountant"), "distributed": (),
+    }
+    given = {"--noise-multiplier": args.noise_multiplier, "--clip": args.clip, "--delta": args.delta,
+             "--target-epsilon": args.target_epsilon, "--accountant": args.accountant,
+             "--dp-mechanism": args.dp_mechanism}
+    for flag in unused[args.dp]:
+        if given[flag] is not None:
+            why = {"none": "needs --dp (one of " + ", ".join(DP_MODES[1:]) + ")",
+                   "local": "local DP is accounted with RDP only"}.get(args.dp,
+                                                                        f"is not used by --dp {args.dp}")
+            if flag == "--dp-mechanism":
+                why = "needs --dp distributed"
+            raise FlagError(f"{flag}: {why}")
+
+
+def _noise_multiplier(args: argparse.Namespace, solve: Any) -> float:
+    """``--noise-multiplier``, or ``solve(target_epsilon)`` when only ``--target-epsilon`` is given."""
+    if args.noise_multiplier is not None:
+        return float(args.noise_multiplier)
+    if args.target_epsilon is None:
+        raise FlagError(f"--noise-multiplier: --dp {args.dp} needs --noise-multiplier or --target-epsilon")
+    if solve is None:
+        raise FlagError(f"--noise-multiplier: --dp {args.dp} needs --noise-multiplier (the budget "
+                        f"--target-epsilon is enforced but not solved for)")
+    try:
+        return float(solve(args.target_epsilon))
+    except ConfigError as exc:
+        raise FlagError(f"--target-epsilon: {exc}") from exc
+
+
+def dp_aggregator(args: argparse.Namespace, config: ExperimentConfig,
+                  secure: SecureSum | None) -> Aggregator:
+    """The aggregator of ``--dp central|local|adaptive|distributed`` (flags already parsed).
+
+    The accounting follows the sampler: Poisson sampling (``--sample-rate``) claims amplification at
+    rate q, a fixed-size sampler is accounted without (``sampling="none"``). The denominator is the
+    expected number of clients, q N (or the fixed round size). Raises :class:`FlagError`.
+    """
+    _check_dp_flags(args)
+    f = config.fedavg
+    n, rounds = config.task.num_clients, f.rounds
+    poisson = f.sampling == "poisson"
+    q = f.fraction
+    expected = q * n if poisson else float(f.clients_per_round(n))
+    sampling = "poisson" if poisson else "none"
+    accountant = args.accountant or "rdp"
+    clip = DEFAULT_CLIP if args.clip is None else args.clip
+    delta = DEFAULT_DELTA if args.delta is None else args.delta
+    # a DP sum needs a fixed grid: plan it for every client of the task (a public bound)
+    unweighted = (dataclasses.replace(secure, weighted=False, max_clients=n) if secure is not None
+                  else Mean(weighted=False))
+    try:
+        if args.dp in ("central", "adaptive"):
+            z = _noise_multiplier(args, lambda eps: noise_multiplier_for(eps, delta, q, rounds, accountant,
+                                                                         sampling))
+            common = dict(noise_multiplier=z, expected_clients=expected, sample_rate=q, delta=delta,
+                          accountant=accountant, sampling=sampling, target_epsilon=args.target_epsilon,
+                          inner=unweighted)
+            if args.dp == "central":
+                return DPFedAvg(clip=clip, **common)
+            return AdaptiveClipDP(initial_clip=clip, **common)
+        if args.dp == "local":
+            # worst case: a client in every round, no amplification; sensitivity 2C halves z
+            z = _noise_multiplier(args, lambda eps: 2.0 * noise_multiplier_for(eps, delta, 1.0, rounds,
+                                                                               "rdp", "none"))
+            inner: Aggregator = Mean()
+            if secure is not None:
+                inner = secure if args.secure_clip is not None else dataclasses.replace(
+                    secure, clip=clip * (1.0 + 6.0 * z))
+            return LocalDP(clip=clip, noise_multiplier=z, delta=delta, target_epsilon=args.target_epsilon,
+                           inner=inner)
+        # distributed: always a secure sum, planned for a fixed round size
+        if poisson:
+            raise FlagError("--sample-rate: --dp distributed plans its ring for a fixed round size; "
+                            "use --fraction")
+        names = {fl.name for fl in dataclasses.fields(DistributedDP)}
+        extra: dict[str, Any] = {}
+        for name, value in (("delta", delta), ("accountant", accountant),
+                            ("target_epsilon", args.target_epsilon)):
+            if name in names:
+                extra[name] = value
+            elif getattr(args, name) is not None:
+                raise FlagError(f"--{name.replace('_', '-')}: not supported by --dp distributed yet")
+        z = _noise_multiplier(args, None)
+        s = secure if secure is not None else SecureSum()
+        return DistributedDP(mechanism=args.dp_mechanism or "ddg", clip=clip, noise_multiplier=z,
+                             bits=DistributedDP().bits if args.secure_bits is None else args.secure_bits,
+                             expected_clients=int(expected), graph=s.graph, dropout=s.dropout,
+                             malicious=s.malicious, corrupt_fraction=s.corrupt_fraction, **extra)
+    except FlagError:
+        raise
+    except ConfigError as exc:
+        raise FlagError(f"--dp {args.dp}: {exc}") from exc
+
+
+def _dpsgd_trainer(args: argparse.Namespace, config: ExperimentConfig) -> DPSGDTrainer:
+    """The record-level DP-SGD trainer of ``--dp dpsgd``; its batches/epochs are the client's."""
+    z = _noise_multiplier(args, None)
+    client = config.fedavg.client
+    try:
+        return DPSGDTrainer(noise_multiplier=z,
+                            max_grad_norm=DEFAULT_CLIP if args.clip is None else args.clip,
+                            delta=DEFAULT_DELTA if args.delta is None else args.delta,
+                            accountant=args.accountant or "rdp", target_epsilon=args.target_epsilon,
+                            batch_size=client.batch_size, epochs=client.epochs)
+    except ConfigError as exc:
+        raise FlagError(f"--dp dpsgd: {exc}") from exc
+
+
+def _bucket_flag_error(exc: ConfigError) -> str:
+    """A :class:`SecureBucketing` error, with the field it names read as the flag that sets it."""
+    text = str(exc)
+    for field_, flag in (("bucket_size: ", "--bucketing: "), ("threat_model: ", "--bucket-threat-model: ")):
+        if text.startswith(field_):
+            return flag + text.removeprefix(field_)
+    return f"--secure: {text}"
+
+
+def robust_aggregator(rule: str, *, f: int | None = None, bucketing: int | None = None,
+                      nnm: bool = False, secure: SecureSum | None = None,
+                      clients_per_round: int | None = None, threat_model: str | None = None) -> Aggregator:
+    """The aggregator the robust-aggregation flags describe, checked against the round size.
+
+    ``Bucketing(inner=NearestNeighbourMixing(inner=rule))``, each wrapper only when asked for; with
+    ``secure`` the bucketing is ``SecureBucketing`` (secure sums inside buckets, the rule across their
+    means, under ``threat_model``: see :class:`SecureBucketing`). ``clients_per_round``, when known, is
+    checked against each rule's bound (on the number of bucket means when bucketing) and against the
+    secure buckets' collusion bound. Raises :class:`FlagError` naming the flag and the bound.
+    """
+    if threat_model is not None and secure is None:
+        raise FlagError("--bucket-threat-model: needs --secure (it is the threat model of secure buckets)")
+    threat_model = threat_model or SecureBucketing().threat_model
+    if rule not in ROBUST_RULES:
+        raise FlagError(f"--aggregator: unknown rule {rule!r}; choose from {', '.join(ROBUST_RULES)}")
+    uses_f = _takes_f(rule) or nnm
+    if f is not None and not uses_f:
+        raise FlagError(f"--byzantine-f: --aggregator {rule} takes no f (rules that do: "
+                        f"{', '.join(k for k in ROBUST_RULES if _takes_f(k))}; or add --nnm)")
+    f = DEFAULT_BYZANTINE_F if f is None else f
+    if f < 0:
+        raise FlagError(f"--byzantine-f: must be >= 0, got {f}")
+    min_bucket = 1 if secure is None else 2 if threat_model == "honest-but-curious-server" else 3
+    if bucketing is not None and bucketing < min_bucket:
+        why = ("" if secure is None else " with --secure (a one-client bucket would expose that client)"
+               if min_bucket == 2 else
+               " with --secure: a bucket of s clients tolerates s - 2 clients colluding with the server, so "
+               "a bucket of 2 exposes its honest client to one colluder; pass --bucket-threat-model "
+               "honest-but-curious-server to assume no client colludes")
+        raise FlagError(f"--bucketing: must be >= {min_bucket}{why}, got {bucketing}")
+    size = bucketing if bucketing is not None or secure is None else SecureBucketing().bucket_size
+
+    if clients_per_round is not None:
+        n = clients_per_round
+        where = f"{n} clients per round"
+        if secure is not None:
+            if n < 2:
+                raise FlagError(f"--secure: --aggregator {rule} with --secure needs >= 2 clients per "
+                                f"round (secure buckets), got {n}")
+            try:
+                SecureBucketing(bucket_size=size, secure=secure, threat_model=threat_model).check_collusion(n)
+            except ConfigError as exc:
+                raise FlagError(_bucket_flag_error(exc)) from exc
+            n = max(1, n // size)  # a short last bucket joins the one before
+            where += f" in secure buckets of >= {size}"
+        elif size is not None:
+            n = -(-n // size)
+            where += f" in buckets of {size}"
+        if nnm and f >= n:
+            raise FlagError(f"--byzantine-f: --nnm needs f < n, got f={f} with n={n} ({where})")
+        if rule in _MIN_UPDATES:
+            least, bound = _MIN_UPDATES[rule]
+            if n < least(f):
+                raise FlagError(f"--byzantine-f: --aggregator {rule} needs {bound}, got f={f} with "
+                                f"n={n} ({where}); lower --byzantine-f or raise --clients/--fraction"
+                                + (" or lower --bucketing" if size is not None else ""))
+
+    cls = ROBUST_RULES[rule]
+    agg: Aggregator = cls(f=f) if _takes_f(rule) else cls()  # type: ignore[call-arg]
+    if nnm:
+        agg = NearestNeighbourMixing(f=f, inner=agg)
+    if secure is not None:
+        assert size is not None
+        try:
+            agg = SecureBucketing(bucket_size=size, inner=agg, secure=secure, threat_model=threat_model)
+        except ConfigError as exc:
+            raise FlagError(_bucket_flag_error(exc)) from exc
+    elif size is not None:
+        agg = Bucketing(bucket_size=size, inner=agg)
+    return agg

@@ -1,0 +1,275 @@
+"""The ``secagg`` argument parsers: every subcommand's flags, their help and defaults (no composition)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dp.accounting import ACCOUNTANTS
+from dp.audit import INCLUSION
+from dp.distributed import MECHANISMS, DistributedDP
+from secagg import __version__
+from secagg.aggregation import (
+    Aggregator,
+    Bulyan,
+    CenteredClipping,
+    CoordinateMedian,
+    GeometricMedian,
+    Krum,
+    Mean,
+    MultiKrum,
+    SecureBucketing,
+    TrimmedMean,
+)
+from secagg.aggregation.secure import GRAPHS
+from secagg.aggregation.secure_bucketing import THREAT_MODELS
+from secagg.data.partition import KINDS as PARTITION_KINDS
+from secagg.experiment import ExperimentConfig
+from secagg.layout import BUFFER_POLICIES
+from secagg.models import model_names
+from secagg.transport.commands import (
+    add_client_parser,
+    add_keys_parser,
+    add_serve_options,
+)
+
+_D = ExperimentConfig()  # defaults shown in --help come from the config classes themselves
+
+
+# flag dest -> (section, field) in ExperimentConfig
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "clients": ("task", "num_clients"),
+    "model": ("task", "model"),
+    "partition": ("task", "partition", "kind"),
+    "alpha": ("task", "partition", "alpha"),
+    "shards_per_client": ("task", "partition", "shards_per_client"),
+    "rounds": ("fedavg", "rounds"),
+    "fraction": ("fedavg", "fraction"),
+    "local_epochs": ("fedavg", "client", "epochs"),
+    "batch_size": ("fedavg", "client", "batch_size"),
+    "lr": ("fedavg", "client", "lr"),
+    "server_lr": ("fedavg", "server_lr"),
+    "server_momentum": ("fedavg", "server_momentum"),
+    "buffers": ("fedavg", "buffers"),
+    "seed": ("seed",),
+}
+
+
+# --aggregator NAME -> rule class; the names are the registry kinds
+ROBUST_RULES: dict[str, type[Aggregator]] = {
+    cls.kind: cls for cls in (Mean, CoordinateMedian, TrimmedMean, Krum, MultiKrum, Bulyan,
+                              GeometricMedian, CenteredClipping)}
+
+
+# the fewest updates per round each rule accepts, as a function of f, and that bound in words
+_MIN_UPDATES: dict[str, tuple[Any, str]] = {
+    TrimmedMean.kind: (lambda f: 2 * f + 1, "2f < n"),
+    Krum.kind: (lambda f: f + 3, "n >= f + 3"),
+    MultiKrum.kind: (lambda f: f + 3, "n >= f + 3"),
+    Bulyan.kind: (lambda f: 4 * f + 3, "n >= 4f + 3"),
+}
+
+
+DEFAULT_BYZANTINE_F = 1
+
+
+def _default(path: tuple[str, ...]) -> Any:
+    value: Any = _D
+    for name in path:
+        value = getattr(value, name)
+    return value
+
+
+DP_MODES = ("none", "central", "local", "adaptive", "distributed", "dpsgd")
+
+
+DEFAULT_CLIP = 1.0
+
+
+DEFAULT_DELTA = 1e-5
+
+
+DEFAULT_SECURE_CLIP = 1.0
+
+
+DEFAULT_SECURE_BITS = 32
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    return _build_parsers()[0]
+
+
+def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The ``secagg`` parser and its ``train`` subparser (for errors found after parsing)."""
+    parser = argparse.ArgumentParser(
+        prog="secagg", description="Privacy-hardened federated learning.")
+    parser.add_argument("--version", action="version", version=f"secagg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser(
+        "train", help="federated training on the bundled digits task",
+        description="FedAvg on scikit-learn's digits, split across simulated clients. Writes "
+                    "results.json, results.csv, accuracy.png and a checkpoint to --out.")
+
+    train.set_defaults(parser=train)
+    _add_training_options(train)
+    _add_ray_options(train, "the simulated clients of each round")
+    train.add_argument("--out", type=Path, default=Path("runs/train"),
+                       help="output directory (default: runs/train)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run checkpointed in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench = sub.add_parser(
+        "bench", help="attack benchmark: attacks x defences x attackers x heterogeneity",
+        description="Trains one FedAvg run per cell of an attack grid (bundled digits) and writes "
+                    "results.csv, results.json, summary.md and PNG plots to --out. Resumes a grid "
+                    "already partly in --out.")
+    bench.add_argument("--preset", choices=("quick", "default", "full"), default=None,
+                       help="a named grid (default: default; quick runs in minutes, used by CI)")
+    bench.add_argument("--config", dest="bench_config", type=Path, default=None,
+                       help="a grid file (TOML) instead of a preset")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory")
+    bench.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_ray_options(bench, "the grid's cells")
+    _add_audit_options(bench)
+    serve = sub.add_parser(
+        "serve", help="run the federated server for remote clients over gRPC",
+        description="Trains like 'secagg train' (same flags), but the clients are remote processes "
+                    "('secagg client') that log in with Ed25519 identities ('secagg keys'). Secure "
+                    "aggregation, DP and robust rules run as configured; checkpoints after every round "
+                    "(--resume continues).")
+    serve.set_defaults(parser=serve)
+    _add_training_options(serve)
+    serve.add_argument("--out", type=Path, default=Path("runs/serve"),
+                       help="output directory (default: runs/serve)")
+    serve.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    add_serve_options(serve)
+    add_client_parser(sub)
+    add_keys_parser(sub)
+    return parser, train
+
+
+def _add_ray_options(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_argument_group("Ray (optional: pip install 'secagg[ray]')")
+    group.add_argument("--ray", action="store_true",
+                       help=f"run {what} as Ray tasks (a local Ray unless --ray-address)")
+    group.add_argument("--ray-address", dest="ray_address", default=None, metavar="ADDR",
+                       help="join the Ray cluster at ADDR (e.g. ray://head:10001 or auto); implies --ray")
+    group.add_argument("--ray-threads", dest="ray_threads", type=int, default=None, metavar="N",
+                       help="torch threads (and CPUs reserved) per Ray task (default: this process's "
+                            "torch threads, which keeps results bit-identical to a run without Ray; "
+                            "1 runs the most tasks at once)")
+
+
+def _add_training_options(train: argparse.ArgumentParser) -> None:
+    """The flags that set an ExperimentConfig (shared by ``train`` and ``serve``)."""
+    def opt(flag: str, dest: str, help_: str, **kw: Any) -> None:
+        kw.setdefault("type", type(_default(_FIELDS[dest])))
+        train.add_argument(flag, dest=dest, default=None,
+                           help=f"{help_} (default: {_default(_FIELDS[dest])})", **kw)
+
+    opt("--clients", "clients", "number of clients the data is split across")
+    opt("--fraction", "fraction", "fraction of clients sampled each round, in (0, 1]")
+    opt("--rounds", "rounds", "training rounds")
+    opt("--local-epochs", "local_epochs", "local epochs per round (E)")
+    opt("--batch-size", "batch_size", "local batch size (B); 0 = full batch")
+    opt("--lr", "lr", "client learning rate")
+    opt("--server-lr", "server_lr", "server learning rate (1 = plain FedAvg)")
+    opt("--server-momentum", "server_momentum", "server momentum (FedAvgM); 0 = off")
+    opt("--partition", "partition", "how data is split", choices=PARTITION_KINDS)
+    opt("--alpha", "alpha", "Dirichlet concentration for --partition dirichlet (smaller = more skew)")
+    opt("--shards-per-client", "shards_per_client", "label shards per client for --partition shards")
+    opt("--model", "model", "model architecture", choices=model_names())
+    opt("--buffers", "buffers", "BatchNorm-style buffers: aggregate with the update, or keep frozen",
+        choices=BUFFER_POLICIES)
+    opt("--seed", "seed", "root seed: same seed, same numbers")
+    train.add_argument("--clip-norm", type=float, default=None,
+                       help="clip each update to this L2 norm before averaging (default: off)")
+    robust = train.add_argument_group(
+        "robust aggregation (against up to f Byzantine clients per round)",
+        "The rule replaces --config's aggregator. Composition: --clip-norm (outermost), then "
+        "--bucketing, then --nnm, then the rule. With --secure the bucketing is secure bucketing: "
+        "a SecAgg session inside each bucket, the rule across the bucket means. Other rule "
+        "parameters take their defaults; set them through --config.")
+    robust.add_argument("--aggregator", choices=tuple(ROBUST_RULES), default=None,
+                        help="combine rule (default: --config's aggregator, else the weighted mean)")
+    robust.add_argument("--byzantine-f", dest="byzantine_f", type=int, default=None, metavar="F",
+                        help="f for trimmed-mean, krum, multi-krum, bulyan and --nnm "
+                             f"(default: {DEFAULT_BYZANTINE_F})")
+    robust.add_argument("--bucketing", type=int, default=None, metavar="S",
+                        help="average random buckets of S updates before the rule (Karimireddy et al. "
+                             "2022); with --secure, the size of the secure buckets (default: off; "
+                             f"{SecureBucketing().bucket_size} with --secure)")
+    robust.add_argument("--bucket-threat-model", dest="bucket_threat_model", choices=THREAT_MODELS,
+                        default=None,
+                        help="with --secure --aggregator: who may collude with the server. "
+                             "colluding-clients (default): up to --secure-corrupt of a round's clients, so "
+                             "every secure bucket needs >= floor(corrupt * n) + 2 clients (>= 3); "
+                             "honest-but-curious-server: nobody colludes (the opt-in for buckets of 2)")
+    robust.add_argument("--nnm", action="store_true",
+                        help="nearest-neighbour mixing before the rule (Allouah et al. 2023)")
+    secure = train.add_argument_group("secure aggregation (the server sees only sums)")
+    secure.add_argument("--secure", action="store_true",
+                        help="aggregate with SecAgg/SecAgg+ (quantized, pairwise-masked) "
+                             "instead of in the clear")
+    secure.add_argument("--secure-graph", choices=GRAPHS, default="full",
+                        help="full graph (Bonawitz et al.) or a SecAgg+ Harary graph (default: full)")
+    secure.add_argument("--secure-clip", type=float, default=None,
+                        help="per-coordinate quantization range of the weighted update (default: "
+                             f"{DEFAULT_SECURE_CLIP}; with --dp local, clip * (1 + 6 z))")
+    secure.add_argument("--secure-bits", type=int, default=None,
+                        help=f"ring Z_(2^bits) (default: {DEFAULT_SECURE_BITS}; with --dp distributed, "
+                             f"{DistributedDP().bits})")
+    secure.add_argument("--secure-dropout", type=float, default=0.0,
+                        help="fraction of sampled clients that drop after sharing keys (simulation)")
+    secure.add_argument("--secure-malicious", action="store_true",
+                        help="malicious-server mode: signed keys and a consistency round "
+                             "(tolerates --secure-corrupt colluding clients)")
+    secure.add_argument("--secure-corrupt", type=float, default=0.05,
+                        help="fraction of clients that may collude with the server (default: 0.05)")
+    dpg = train.add_argument_group(
+        "differential privacy",
+        "central: DP-FedAvg, clip + Gaussian noise on the sum by a trusted server (with --secure the sum "
+        "is a secure sum); adaptive: central with the clip tracking the median norm; local: each client "
+        "noises its own update; distributed: integer noise inside secure aggregation (always secure); "
+        "dpsgd: record-level DP-SGD in local training. Each round's epsilon (at --delta) is recorded.")
+    dpg.add_argument("--dp", choices=DP_MODES, default="none", help="DP mechanism (default: none)")
+    dpg.add_argument("--noise-multiplier", dest="noise_multiplier", type=float, default=None, metavar="Z",
+                     help="noise std / clip norm (default: solved from --target-epsilon)")
+    dpg.add_argument("--clip", type=float, default=None,
+                     help=f"L2 clip norm per client update (dpsgd: per example; adaptive: initial) "
+                          f"(default: {DEFAULT_CLIP})")
+    dpg.add_argument("--delta", type=float, default=None, help=f"DP delta (default: {DEFAULT_DELTA})")
+    dpg.add_argument("--target-epsilon", dest="target_epsilon", type=float, default=None, metavar="EPS",
+                     help="privacy budget: training stops before a round would exceed it; without "
+                          "--noise-multiplier, z is chosen to reach it after --rounds rounds")
+    dpg.add_argument("--sample-rate", dest="sample_rate", type=float, default=None, metavar="Q",
+                     help="Poisson client sampling: each client takes part with probability Q "
+                          "(replaces --fraction; enables amplification by subsampling)")
+    dpg.add_argument("--accountant", choices=ACCOUNTANTS, default=None,
+                     help="privacy accountant (default: rdp)")
+    dpg.add_argument("--dp-mechanism", dest="dp_mechanism", choices=MECHANISMS, default=None,
+                     help="integer noise for --dp distributed (default: ddg)")
+    _add_audit_options(train)
+    train.add_argument("--task", default="digits", metavar="SPEC",
+                       help="the model and data: 'digits' (default) or 'module:function', your own task "
+                            "factory: function(task_config, seed) -> secagg.task.Task (see the README); "
+                            "every client of a deployment names the same one")
+    train.add_argument("--config", type=Path, default=None,
+                       help="JSON configuration to start from (as in results.json's 'config'); "
+                            "flags given on the command line override it")
+
+
+def _add_audit_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "privacy audit (simulation only)",
+        "Insert K canary clients whose updates are random directions and estimate the epsilon of the "
+        "final model from their cosines with it (Andrew et al. 2024), next to the accountant's; with "
+        "--audit-inclusion half also a 95% lower bound (Steinke et al. 2023). Needs --dp central, "
+        "adaptive, local or distributed.")
+    group.add_argument("--audit-canaries", dest="audit_canaries", type=int, default=None, metavar="K",
+                       help="canary clients to insert (>= 4; default: no audit)")
+    group.add_argument("--audit-inclusion", dest="audit_inclusion", choices=INCLUSION, default=None,
+                       help="all: every canary inserted; half: each with probability 1/2, which adds the "
+                            "lower bound (default: half)")
