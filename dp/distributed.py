@@ -290,6 +290,16 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
 
     is_session: ClassVar[bool] = True
 
+    def check_deployable(self) -> None:
+        """Deployed, the planned noise rests on the session threshold bounding the survivors, which
+        holds on the full graph only: :class:`ConfigError` naming ``graph`` otherwise."""
+        if self.graph != "full":
+            raise ConfigError(
+                f"graph: deployed distributed DP needs graph='full' (got {self.graph!r}): over a sparse "
+                f"SecAgg+ graph the threshold counts shares among neighbours and does not bound how few "
+                f"clients an unmasked sum covers, so the planned noise is not guaranteed (simulations "
+                f"check the survivors after the sum instead)")
+
     def secure_params(self, client_ids: tuple[int, ...], dim: int, round_index: int) -> SessionParams:
         """The session of a round with these clients: the padded length and, on the full graph, a
         threshold of at least the planned survivors, so that no sum carrying less noise than planned

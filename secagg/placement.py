@@ -99,6 +99,8 @@ def place(aggregator: Aggregator) -> Placement:
             raise ConfigError(f"aggregator: {node.kind!r} is for simulation only (secagg train/bench): "
                               f"a server inserting fake clients into a deployment is not supported")
     for node in chain:
+        node.check_deployable()
+    for node in chain:
         if node.kind in SESSION_KINDS and not node.is_session:
             raise ConfigError(f"aggregator: {aggregator.kind!r} runs secure-aggregation sessions inside "
                               f"another rule ({node.kind!r}); over the network only one session (SecureSum "

@@ -211,3 +211,11 @@ def test_a_server_rule_above_a_secure_sum_is_refused():
     with pytest.raises(ConfigError, match="'dp-fedavg-adaptive' runs on the server over individual updates "
                                           r"\(it has no client part\), but it sits above the secure sum"):
         place(rule)
+
+
+def test_distributed_dp_over_a_sparse_graph_is_refused_for_a_deployment():
+    from dp.distributed import DistributedDP
+
+    assert place(DistributedDP()).mode == "secure"
+    with pytest.raises(ConfigError, match="graph: deployed distributed DP needs graph='full'"):
+        place(DistributedDP(graph="secaggplus"))

@@ -150,6 +150,10 @@ class Aggregator(Registered, ABC, family="aggregator"):
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         """Combine ``batch`` into one update of length ``batch.dim``; never mutate the inputs."""
 
+    def check_deployable(self) -> None:
+        """:class:`ConfigError` naming the field when this rule's guarantees cannot hold in a real
+        deployment (checked by :func:`secagg.placement.place`); nothing by default."""
+
     def client_step(self, update: torch.Tensor) -> torch.Tensor:
         """This rule's step on one client's flat update (d,), run on that client before the update
         leaves it; the identity for server-placed rules. Client-placed rules draw any noise here, from
