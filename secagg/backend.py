@@ -36,15 +36,15 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from secagg.aggregation import Aggregate, Aggregator, AggState, UpdateBatch
+from secagg.aggregation import Aggregate, Aggregator, AggState
 from secagg.crypto.keys import SigningKey
 from secagg.errors import AbortError, ConfigError, RemoteProtocolError
-from secagg.placement import Placement, place
+from secagg.placement import Placement, place, released_batch
 from secagg.protocol.client import Client
 from secagg.protocol.messages import Setup
 from secagg.protocol.server import Server
 from secagg.protocol.wire import decode, encode
-from secagg.seeding import derive_seed
+from secagg.seeding import round_seed
 from secagg.transport.envelope import (
     PlainUpdate,
     Work,
@@ -87,7 +87,7 @@ class Pipeline:
 
     def round_seed(self, round_index: int) -> int:
         """The public seed of round ``round_index`` (as the simulation derives it)."""
-        return derive_seed(self.seed, "aggregate", round_index)
+        return round_seed(self.seed, round_index)
 
     @property
     def mode(self) -> str:
@@ -206,17 +206,12 @@ class ServerRound:
             raise ConfigError("finish: the round is not done (advance until it returns {})")
         placement = self.pipeline.placement
         if self._server is not None:
-            session = placement.session
-            assert session is not None and self._server.result is not None
-            survivors = len(self._server.survivors)
-            summed = session.session_result(self._server.result, self._server.params, survivors,
-                                            self.pipeline.dim, self.pipeline.round_seed(self.round))
-            return placement.finish(summed, state, num_clients=survivors, dtype=torch.float32)
-        ids = tuple(sorted(self._updates))
-        rows = torch.stack([torch.from_numpy(np.frombuffer(self._updates[u].delta, dtype="<f4").copy())
-                            for u in ids])
-        counts = torch.tensor([self._updates[u].num_examples for u in ids], dtype=torch.float64)
-        batch = UpdateBatch(rows, counts, ids, self.round)
+            assert self._server.result is not None
+            return placement.aggregate_sum(self._server.result, self._server.params,
+                                           len(self._server.survivors), self.pipeline.dim,
+                                           self.pipeline.round_seed(self.round), state, torch.float32)
+        # the round's public seed, as in a deployment (seeded rules such as bucketing agree with it)
+        batch = released_batch(self._updates, self.round, self.pipeline.round_seed(self.round))
         return self.pipeline.aggregator.aggregate_released(batch, state)
 
 

@@ -25,15 +25,20 @@ that runs secure-aggregation sessions of its own anywhere but as the session; si
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from secagg.aggregation import Aggregate, Aggregator, AggState, Wrapper
+from secagg.aggregation import Aggregate, Aggregator, AggState, UpdateBatch, Wrapper
 from secagg.aggregation.base import unnest_state
 from secagg.errors import ConfigError
+from secagg.layout import ParamLayout
+from secagg.protocol.messages import SessionParams
+from secagg.transport.envelope import PlainUpdate
 
-__all__ = ["Placement", "place"]
+__all__ = ["Placement", "place", "released_batch"]
 
 # aggregators that run secure-aggregation sessions of their own: over the network only a SecureSum
 # directly below the client steps can run its session so far
@@ -73,11 +78,32 @@ class Placement:
             out = step.after_sum(out, part, num_clients=num_clients, dtype=dtype)
         return out
 
+    def aggregate_sum(self, result: np.ndarray, params: SessionParams, survivors: int, dim: int,
+                      round_seed: int, state: AggState, dtype: torch.dtype) -> Aggregate:
+        """Secure mode, on the server: the session's reading of its unmasked ``result`` (``survivors``
+        of ``params.client_ids`` summed), then :meth:`finish`. :class:`AbortError` when the session
+        refuses the sum (distributed DP with fewer survivors than its noise is planned for)."""
+        assert self.session is not None
+        summed = self.session.session_result(result, params, survivors, dim, round_seed)
+        return self.finish(summed, state, num_clients=survivors, dtype=dtype)
+
     def describe(self) -> str:
         """One line for logs: which step runs where."""
         client = ", ".join(s.kind for s in self.client_steps) or "nothing"
         sums = "secure sum" if self.session is not None else f"plain {self.aggregator.kind!r} rows"
         return f"on the clients: {client}; crossing to the server: {sums}"
+
+
+def released_batch(updates: Mapping[int, PlainUpdate], round_index: int, seed: int,
+                   layout: ParamLayout | None = None) -> UpdateBatch:
+    """Plain mode, on the server: the clients' released rows (decoded, checked envelopes) in
+    client-id order, as the batch the aggregator's server part runs on; ``seed``: the round's public
+    seed (:func:`secagg.seeding.round_seed`)."""
+    ids = tuple(sorted(updates))
+    rows = torch.stack([torch.from_numpy(np.frombuffer(updates[u].delta, dtype="<f4").copy()) for u in ids])
+    counts = torch.tensor([updates[u].num_examples for u in ids], dtype=torch.float64)
+    dtype = rows.dtype if layout is None else layout.dtype
+    return UpdateBatch(rows.to(dtype), counts, ids, round_index, seed, layout)
 
 
 def _chain(aggregator: Aggregator) -> list[Aggregator]:

@@ -24,6 +24,12 @@ def _word(part: int | str) -> int:
     return part
 
 
+def round_seed(root: int, round_index: int) -> int:
+    """The public seed of round ``round_index`` of a run seeded by ``root``: the aggregators' non-secret
+    randomness (bucket seating, distributed DP's rotation). Simulation and deployment derive it alike."""
+    return derive_seed(root, "aggregate", round_index)
+
+
 def derive_seed(root: int, *key: int | str) -> int:
     """A 63-bit seed determined by ``root`` and the key path; distinct paths give independent seeds."""
     seq = np.random.SeedSequence(root, spawn_key=tuple(_word(k) for k in key))  # not secret

@@ -53,3 +53,20 @@ def load_benchmark():
         return module
 
     return load
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    """``deployment(n)``: a loopback deployment of n client identities under ``tmp_path``
+    (:class:`deployment.Deployment`); every process it started is SIGKILLed at teardown."""
+    from deployment import Deployment
+
+    made: list[Deployment] = []
+
+    def make(clients: int) -> Deployment:
+        made.append(Deployment(tmp_path, clients))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.kill_all()

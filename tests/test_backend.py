@@ -206,3 +206,20 @@ def test_distributed_dp_clients_refuse_a_session_that_could_unmask_too_little_no
     first = encode_work(Work(WorkKind.TASK, 1, 0, b"", encode(Setup(lying)), 1.0))
     with pytest.raises(ProtocolError, match="threshold: the session could unmask a sum of 2 clients"):
         pipeline.client(0, np.zeros(16), 1).handle(first)
+
+
+def test_a_plain_round_gives_seeded_rules_the_rounds_public_seed():
+    """Bucket seating is seeded by the round's public seed: over the backend it must be the seed a
+    simulation and ``secagg serve`` use (before, the backend passed 0 and seated buckets differently)."""
+    from secagg.aggregation import Bucketing, CoordinateMedian
+    from secagg.seeding import round_seed
+
+    rule = Bucketing(bucket_size=2, inner=CoordinateMedian())
+    pipeline = Pipeline(rule, 6, seed=5)
+    updates = _updates(7, 6, 9)
+    server, _, _ = drive(pipeline, updates, [1] * 7)  # round 3
+    rows = torch.from_numpy(updates.astype("<f4"))
+    batch = UpdateBatch(rows, torch.ones(7, dtype=torch.float64), tuple(range(7)), 3, round_seed(5, 3))
+    assert torch.equal(server.finish({}).update, rule.aggregate(batch, {}).update)
+    other = UpdateBatch(rows, torch.ones(7, dtype=torch.float64), tuple(range(7)), 3, 0)
+    assert not torch.equal(rule.aggregate(other, {}).update, rule.aggregate(batch, {}).update)

@@ -7,31 +7,13 @@ import json
 import tomllib
 
 import pytest
+from grids import TINY
 
 from attacks.bench import load, run, run_grid, write_reports
 from attacks.bench.config import parse
 from attacks.bench.runner import cells
 from secagg.cli import main
 from secagg.errors import ConfigError
-
-TINY = """
-[run]
-rounds = 2
-clients = 5
-local_epochs = 1
-batch_size = 32
-seeds = [0]
-attackers = [0.2]
-partitions = ["iid"]
-
-[attacks]
-none = {}
-ipm = { update = { kind = "ipm", epsilon = 10.0 } }
-
-[defences]
-mean = { kind = "mean" }
-median = { kind = "median" }
-"""
 
 
 def tiny(tmp_path):

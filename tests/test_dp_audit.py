@@ -351,27 +351,17 @@ def test_serve_refuses_canaries(tmp_path, capsys):
 
 
 def test_bench_audits_the_dp_defences(tmp_path):
+    from grids import TINY
+
     from attacks.bench import run_grid, write_reports
     from attacks.bench.config import parse
     from attacks.bench.runner import Audit
 
-    toml = """
-[run]
-rounds = 2
-clients = 5
-local_epochs = 1
-batch_size = 32
-seeds = [0]
-attackers = [0.2]
-partitions = ["iid"]
-
-[attacks]
-none = {}
-
-[defences]
-mean = { kind = "mean" }
-dp = { kind = "dp-fedavg", clip = 0.3, noise_multiplier = 1.0, expected_clients = 5.0, sampling = "none" }
-"""
+    dp = ('dp = { kind = "dp-fedavg", clip = 0.3, noise_multiplier = 1.0, expected_clients = 5.0, '
+          'sampling = "none" }')
+    toml = TINY.replace('ipm = { update = { kind = "ipm", epsilon = 10.0 } }\n', "").replace(
+        'median = { kind = "median" }', dp)
+    assert "ipm" not in toml and "dp-fedavg" in toml
     import tomllib
 
     grid = parse(tomllib.loads(toml))

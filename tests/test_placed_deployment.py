@@ -13,26 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deployment import Deployment
 
 from dp.accounting import local_gaussian_epsilon
 
 pytestmark = pytest.mark.slow
 
 CLIP, Z = 0.5, 1.0
-
-
-@pytest.fixture
-def deployment(tmp_path: Path):
-    made: list[Deployment] = []
-
-    def make(clients: int) -> Deployment:
-        made.append(Deployment(tmp_path, clients))
-        return made[-1]
-
-    yield make
-    for d in made:
-        d.kill_all()
 
 
 def _noise(audit: Path, u: int, r: int) -> np.ndarray:

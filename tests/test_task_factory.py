@@ -74,20 +74,15 @@ def test_a_factory_must_return_a_task_of_the_runs_clients(factory_module):
 
 
 @pytest.mark.slow
-def test_a_deployment_trains_the_users_task_exactly_as_the_simulation(tmp_path: Path):
-    from deployment import Deployment
-
+def test_a_deployment_trains_the_users_task_exactly_as_the_simulation(tmp_path: Path, deployment):
     from secagg.cli import main
 
-    dep = Deployment(tmp_path, 3)
+    dep = deployment(3)
     (tmp_path / "usertask.py").write_text(FACTORY)  # the processes run in tmp_path: importable there
-    try:
-        dep.serve("--task", "usertask:blobs", rounds=2)
-        for u in range(3):
-            dep.client(u, "--task", "usertask:blobs")
-        deployed = dep.wait_server()["rounds"]
-    finally:
-        dep.kill_all()
+    dep.serve("--task", "usertask:blobs", rounds=2)
+    for u in range(3):
+        dep.client(u, "--task", "usertask:blobs")
+    deployed = dep.wait_server()["rounds"]
     import sys
     sys.path.insert(0, str(tmp_path))
     try:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
-from pathlib import Path
 
 import pytest
-from deployment import Deployment
 
 from secagg.aggregation import SecureSum
 from secagg.experiment import ExperimentConfig, run_experiment
@@ -20,19 +18,6 @@ from secagg.fedavg import FedAvgConfig
 from secagg.task import TaskConfig
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def deployment(tmp_path: Path, request: pytest.FixtureRequest):
-    made: list[Deployment] = []
-
-    def make(clients: int) -> Deployment:
-        made.append(Deployment(tmp_path, clients))
-        return made[-1]
-
-    yield make
-    for d in made:
-        d.kill_all()
 
 
 def test_ten_clients_two_killed_mid_round(deployment) -> None:

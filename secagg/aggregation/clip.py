@@ -30,14 +30,16 @@ class ClipNorm(Wrapper, kind="clip-norm"):
         check_real("max_norm", self.max_norm, gt=0.0)
         super().__post_init__()
 
+    def _scale(self, norms: torch.Tensor) -> torch.Tensor:
+        """``min(1, max_norm / norm)`` for each norm (a zero norm keeps its zero row)."""
+        return torch.clamp(self.max_norm / norms.clamp_min(torch.finfo(norms.dtype).tiny), max=1.0)
+
     def client_step(self, update: torch.Tensor) -> torch.Tensor:
         """One update (d,) scaled to L2 norm at most ``max_norm`` (as :meth:`aggregate` scales each row)."""
-        norm = torch.linalg.vector_norm(update)
-        return update * torch.clamp(self.max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0)
+        return update * self._scale(torch.linalg.vector_norm(update))
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         norms = torch.linalg.vector_norm(batch.updates, dim=1)
-        scale = torch.clamp(self.max_norm / norms.clamp_min(torch.finfo(norms.dtype).tiny), max=1.0)
-        clipped = batch.updates * scale[:, None]
+        clipped = batch.updates * self._scale(norms)[:, None]
         return self.run_inner(batch.replace(updates=clipped), state,
                               clipped_fraction=float((norms > self.max_norm).float().mean()))

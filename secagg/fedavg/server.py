@@ -20,7 +20,7 @@ from secagg.fedavg.config import ClientConfig, FedAvgConfig
 from secagg.fedavg.trainer import ClientTrainer
 from secagg.layout import ParamLayout
 from secagg.parallel import ClientExecutor, LocalExecutor
-from secagg.seeding import derive_seed, numpy_rng
+from secagg.seeding import derive_seed, numpy_rng, round_seed
 
 
 @dataclass
@@ -246,7 +246,7 @@ class FedAvg:
             updates=torch.stack([u.delta for u in updates]),
             weights=torch.tensor([u.num_examples for u in updates], dtype=torch.float64),
             client_ids=tuple(u.client_id for u in updates),
-            round=r, seed=derive_seed(self.seed, "aggregate", r), layout=self.layout)
+            round=r, seed=round_seed(self.seed, r), layout=self.layout)
         batch = self._attack(batch, state)
         try:
             agg = self.config.aggregator.aggregate(batch, state.aggregator_state)

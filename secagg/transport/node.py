@@ -37,12 +37,12 @@ from secagg.errors import ConfigError, ProtocolError, RemoteProtocolError, Updat
 from secagg.experiment import ExperimentConfig
 from secagg.fedavg.client import ClientUpdate
 from secagg.layout import ParamLayout
-from secagg.placement import place
+from secagg.placement import Placement, place
 from secagg.protocol.client import Client
 from secagg.protocol.messages import SessionParams, Setup, Stage
 from secagg.protocol.runner import REPLY_STAGE
 from secagg.protocol.wire import decode, encode
-from secagg.seeding import derive_seed
+from secagg.seeding import derive_seed, round_seed
 from secagg.task import TaskFactory, make_task
 from secagg.transport.auth import login_message
 from secagg.transport.envelope import (
@@ -154,6 +154,7 @@ class NetworkClient:
         self._config: ExperimentConfig | None = None
         self._ready = False  # _setup ran (after the first login)
         self._mode = ""
+        self._placement: Placement | None = None  # from the configuration, once (see _setup)
         self._session: Client | None = None
         self._session_round = -1
         self._last_stage = -1
@@ -206,8 +207,9 @@ class NetworkClient:
         if not self._ready:
             self._setup(welcome.config)
             self._ready = True
-        placed = welcome.mode if self._config is None else place(self._config.fedavg.aggregator).mode
-        if welcome.mode != placed:  # (no configuration: a synthetic benchmark client, no updates)
+        # (no placement: a synthetic benchmark client that sends no updates)
+        placed = welcome.mode if self._placement is None else self._placement.mode
+        if welcome.mode != placed:
             raise RemoteProtocolError(f"the server announced {welcome.mode!r} mode, but its configuration "
                                       f"places {placed!r}: refusing to send updates under the wrong mode")
         self._token, self._mode = welcome.token, welcome.mode
@@ -222,6 +224,7 @@ class NetworkClient:
             raise ConfigError(f"shard: {self.shard} is not a partition of this task "
                               f"(0..{task.data.num_clients - 1})")
         self._config, self._model = config, task.model
+        self._placement = place(config.fedavg.aggregator)
         self._data = task.data.client(self.shard)
         self._layout = ParamLayout.from_module(task.model, config.fedavg.buffers)
         self._limit = message_limit(self._layout.dim)
@@ -307,7 +310,8 @@ class NetworkClient:
         CSPRNG, here on the client); with ``audit_dir`` both are recorded (this client's own disk)."""
         config = self._config
         assert config is not None
-        released = place(config.fedavg.aggregator).release(delta)
+        assert self._placement is not None
+        released = self._placement.release(delta)
         if self.audit_dir is not None:
             self.audit_dir.mkdir(parents=True, exist_ok=True)
             stem = self.audit_dir / f"client-{self.id}-round-{round_index}"
@@ -321,16 +325,15 @@ class NetworkClient:
         config = self._config
         assert config is not None
         update = self.train(work)
-        session = place(config.fedavg.aggregator).session
+        session = self._placement.session if self._placement is not None else None
         if session is None:
             raise ConfigError("aggregator: the server runs a secure round but the configuration has no "
                               "secure sum to encode for")
         released = self.release(work.round, update.delta)
         # the session's own encoding: quantize and weight (SecureSum), or rotate, round and add this
         # client's integer noise share (distributed DP); every secret draw from the OS CSPRNG
-        round_seed = derive_seed(config.seed, "aggregate", work.round)
         return session.session_input(released.to(torch.float64).numpy(), float(update.num_examples),
-                                     work.weight_bound, params, round_seed)
+                                     work.weight_bound, params, round_seed(config.seed, work.round))
 
     def _continue_round(self, work: Work) -> None:
         if self._session is None or work.round != self._session_round:

@@ -35,8 +35,9 @@ from secagg.errors import AbortError, ConfigError
 from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, load_run, save_run
 from secagg.fedavg import FedAvg
 from secagg.fedavg.server import RoundResult, ServerState, evaluate
-from secagg.placement import place
-from secagg.seeding import derive_seed
+from secagg.placement import place, released_batch
+from secagg.protocol.messages import SessionParams
+from secagg.seeding import round_seed
 from secagg.task import TaskFactory, make_task
 from secagg.transport.auth import Authenticator
 from secagg.transport.coordinator import Coordinator, RoundOutcome
@@ -117,6 +118,7 @@ class NetworkServer:
                                           json.dumps(config.to_dict()), self.lock)
         self.weight_bound = weight_bound(config, self.fedavg.examples)
         self._grpc = None
+        self._params: SessionParams | None = None  # the open secure round's session
         self.port = 0
         self._max_message = message_limit(dim)
 
@@ -221,6 +223,7 @@ class NetworkServer:
             assert self.placement.session is not None
             params = self.placement.session.secure_params(sampled, self.fedavg.layout.dim, r)
             params = dataclasses.replace(params, model_version=hashlib.sha256(weights).digest())
+        self._params = params  # the session _aggregate decodes (None in plain mode)
         return self.service.run_round(r, sampled, weights, params=params, weight_bound=self.weight_bound)
 
     def _aggregate(self, outcome: RoundOutcome, state: ServerState
@@ -230,35 +233,27 @@ class NetworkServer:
         if outcome.aborted is not None:
             return None, {}, None, outcome.aborted
         layout = self.fedavg.layout
-        aggregator = self.config.fedavg.aggregator
-        session = self.placement.session
-        if session is not None:
-            assert outcome.result is not None
+        seed = round_seed(self.config.seed, outcome.round)
+        if self.placement.session is not None:
+            assert outcome.result is not None and self._params is not None
             survivors = len(outcome.survivors)
             self._audit(outcome)
-            params = session.secure_params(tuple(outcome.invited), layout.dim, outcome.round)
-            try:
-                summed = session.session_result(outcome.result, params, survivors, layout.dim,
-                                                derive_seed(self.config.seed, "aggregate", outcome.round))
+            try:  # the session's reading of the sum, then the server's part of the client steps
+                agg = self.placement.aggregate_sum(outcome.result, self._params, survivors, layout.dim, seed,
+                                                   state.aggregator_state, layout.dtype)
             except AbortError as exc:  # e.g. distributed DP with fewer survivors than its noise needs
                 return None, {}, None, str(exc)
-            # the server's part of the steps the clients ran (DP-FedAvg's noise on the sum)
-            agg = self.placement.finish(summed, state.aggregator_state, num_clients=survivors,
-                                        dtype=layout.dtype)
             self._agg_state = agg.state
             self._audit_aggregate(outcome.round, agg.update)
             return agg.update, {"clients": survivors, **agg.metrics}, None, None
         updates = outcome.updates
         if not updates:
             return None, {}, None, "no client sent an update before the deadline"
-        ids = tuple(sorted(updates))
-        rows = [torch.from_numpy(np.frombuffer(updates[u].delta, dtype="<f4").copy()) for u in ids]
-        counts = torch.tensor([updates[u].num_examples for u in ids], dtype=torch.float64)
-        batch = UpdateBatch(torch.stack(rows).to(layout.dtype), counts, ids, outcome.round,
-                            derive_seed(self.config.seed, "aggregate", outcome.round), layout)
+        batch = released_batch(updates, outcome.round, seed, layout)
+        ids, counts = batch.client_ids, batch.weights
         self._audit_plain(outcome.round, batch)
         try:  # the clients ran their steps already: the server runs only its part
-            agg = aggregator.aggregate_released(batch, state.aggregator_state)
+            agg = self.config.fedavg.aggregator.aggregate_released(batch, state.aggregator_state)
         except AbortError as exc:
             return None, {}, None, str(exc)
         self._agg_state = agg.state
