@@ -84,8 +84,6 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     :mod:`secagg.parallel`); it does not change the numbers. ``task_factory``: the user's own model
     and data (:func:`secagg.task.load_task_factory`; default: the bundled task).
     """
-    from secagg.results import write_results  # matplotlib import stays off the library path
-
     if resume and out_dir is None:
         raise ConfigError("resume: needs out_dir, the directory holding the checkpoint")
     task = make_task(config.task, seed=config.seed, factory=task_factory)
@@ -94,13 +92,27 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if resume and ckpt is not None:
         state, history = load_run(ckpt, config, trainer)
-    stopped = None
+    state, stopped = run_rounds(trainer, config, state, history, ckpt.parent if ckpt is not None else None,
+                                on_round)
+    return ExperimentResult(config, history, state, trainer, stopped)
+
+
+def run_rounds(trainer: FedAvg, config: ExperimentConfig, state: ServerState, history: list[dict[str, Any]],
+               out_dir: Path | None, on_round: RoundCallback | None = None) -> tuple[ServerState, str | None]:
+    """The run loop every driver shares (simulation and ``secagg serve``): rounds from ``state`` to
+    ``config.fedavg.rounds``, each through ``trainer.run_round`` (its source decides where the clients
+    are), its record appended to ``history``, checkpoint and results written to ``out_dir`` after it.
+    Before each round, a round that would exceed a privacy budget ends the run; returns the last state
+    and that reason (``None`` when every round ran)."""
+    from secagg.results import write_results  # matplotlib import stays off the library path
+
+    ckpt = out_dir / CHECKPOINT if out_dir is not None else None
     while state.round < config.fedavg.rounds:
         stopped = trainer.privacy_stop(state)
         if stopped is not None:
-            if ckpt is not None:
-                write_results(ckpt.parent, config, history, stopped=stopped)
-            break
+            if out_dir is not None:
+                write_results(out_dir, config, history, stopped=stopped)
+            return state, stopped
         result = trainer.run_round(state)
         state = result.state
         history.append(result.record)
@@ -109,7 +121,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             write_results(ckpt.parent, config, history)
         if on_round is not None:
             on_round(result.record)
-    return ExperimentResult(config, history, state, trainer, stopped)
+    return state, None
 
 
 def save_run(path: Path, config: ExperimentConfig, state: ServerState,

@@ -13,14 +13,13 @@ import torch
 from torch import nn
 
 from secagg.aggregation import AggState, UpdateBatch
-from secagg.data.federated import ClientData, FederatedDataset
-from secagg.errors import AbortError, UpdateError
-from secagg.fedavg.client import ClientUpdate
-from secagg.fedavg.config import ClientConfig, FedAvgConfig
-from secagg.fedavg.trainer import ClientTrainer
+from secagg.data.federated import FederatedDataset
+from secagg.errors import ConfigError, UpdateError
+from secagg.fedavg.config import FedAvgConfig
+from secagg.fedavg.source import LocalSource, UpdateSource
 from secagg.layout import ParamLayout
 from secagg.parallel import ClientExecutor, LocalExecutor
-from secagg.seeding import derive_seed, numpy_rng, round_seed
+from secagg.seeding import derive_seed, numpy_rng
 
 
 @dataclass
@@ -48,38 +47,6 @@ class RoundResult:
     record: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class ClientJob:
-    """One sampled client's share of a round: its id, the (possibly poisoned) data it trains on and
-    its training seed."""
-
-    client_id: int
-    data: ClientData
-    seed: int
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """The marker :func:`train_client` returns for a client whose update was refused."""
-
-    client_id: int
-    reason: str
-
-
-def train_client(trainer: ClientTrainer, model: nn.Module, global_state: Mapping[str, torch.Tensor],
-                 config: ClientConfig, layout: ParamLayout, job: ClientJob) -> ClientUpdate | Rejected:
-    """``trainer.train`` for one client, with :class:`UpdateError` turned into :class:`Rejected`.
-
-    Module-level (picklable) so that a :class:`~secagg.parallel.ClientExecutor` can run it in another
-    process; the error becomes a value so that one bad client does not fail the whole batch of tasks.
-    """
-    try:
-        return trainer.train(model, global_state, job.data, config, layout, seed=job.seed,
-                             client_id=job.client_id)
-    except UpdateError as exc:
-        return Rejected(job.client_id, str(exc))
-
-
 def evaluate(model: nn.Module, weights: Mapping[str, torch.Tensor], x: torch.Tensor,
              y: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
     """Accuracy (fraction in [0, 1]) and mean cross-entropy loss of ``weights`` on ``(x, y)``."""
@@ -100,9 +67,11 @@ class FedAvg:
     """Runs FedAvg rounds for ``model`` over ``data``; every round is a function of ``seed``.
 
     ``model``'s current weights are the initial global model; the object itself is never trained.
-    ``executor`` runs the sampled clients' local training (default: one after the other in this
-    process); any executor gives the same numbers, since local training is a pure function of its
-    inputs.
+    ``source`` produces each round's aggregate (:mod:`secagg.fedavg.source`): by default the
+    simulation's :class:`~secagg.fedavg.source.LocalSource` on ``executor`` (default: one client
+    after the other in this process; any executor gives the same numbers, since local training is a
+    pure function of its inputs); a deployment passes its network source. Sampling, accounting, the
+    server step and the round record are the same for every source.
 
     ``secret_sampling``: draw each round's clients from the OS CSPRNG instead of the public ``seed``.
     Amplification by subsampling (which a DP aggregator's ``poisson_sample_rate`` claims) holds only
@@ -113,12 +82,16 @@ class FedAvg:
 
     def __init__(self, config: FedAvgConfig, model: nn.Module, data: FederatedDataset,
                  *, seed: int = 0, executor: ClientExecutor | None = None,
-                 secret_sampling: bool = False) -> None:
+                 secret_sampling: bool = False, source: UpdateSource | None = None) -> None:
+        if source is not None and executor is not None:
+            raise ConfigError("executor: runs the local source's training; give either a source or an "
+                              "executor, not both")
         self.config = config
         self.model = model
         self.data = data
         self.seed = seed
         self.executor = executor if executor is not None else LocalExecutor()
+        self.source: UpdateSource = source if source is not None else LocalSource(self.executor)
         self.layout = ParamLayout.from_module(model, config.buffers)
         self.examples = {i: len(part) for i, part in enumerate(data.partition)}
         self.malicious = (config.adversary.malicious(data.num_clients, derive_seed(seed, "adversary"))
@@ -207,81 +180,57 @@ class FedAvg:
                         f"({who})")
         return None
 
-    def run_round(self, state: ServerState) -> RoundResult:
+    def run_round(self, state: ServerState, source: UpdateSource | None = None) -> RoundResult:
         """Run round ``state.round + 1`` and return the new state (``state`` is not modified).
 
-        The record's ``epsilon`` is :meth:`epsilon_after` this round (``None`` without DP). A round
-        that samples no client (Poisson sampling) changes nothing but the round counter. Budgets are
-        not enforced here: call :meth:`privacy_stop` first (``run_experiment`` does).
+        ``source``: where the round's aggregate comes from (default: this driver's ``source``). The
+        record's ``epsilon`` is :meth:`epsilon_after` this round (``None`` without DP). A round that
+        samples no client (Poisson sampling) or that the source aborts changes nothing but the round
+        counter. Budgets are not enforced here: call :meth:`privacy_stop` first (``run_rounds`` does).
         """
         started = time.perf_counter()
         r = state.round + 1
         sampled = self.sample_clients(r)
         participations = self.participations_after(state, sampled)
         epsilon = self.epsilon_after(r, participations)
+        unchanged = ServerState(r, state.weights, state.aggregator_state, state.momentum, participations)
         if not sampled:
             record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": [],
-                      "skipped": "no client sampled",
-                      "train_loss": None,
+                      "skipped": "no client sampled", "train_loss": None,
                       **evaluate(self.model, state.weights, self.data.test_x, self.data.test_y),
                       "update_norm": 0.0, "epsilon": epsilon, "seconds": time.perf_counter() - started}
-            return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum,
-                                           participations), record)
-        jobs: list[ClientJob] = []
-        for c in sampled:
-            data = self.data.client(c)
-            if c in self.malicious:  # poisoned in this process: executors only ever train
-                assert self.config.adversary is not None
-                data = self.config.adversary.poison_data(data, self.data.num_classes,
-                                                         derive_seed(self.seed, "poison", r, c))
-            jobs.append(ClientJob(c, data, derive_seed(self.seed, "client", r, c)))
-        results = self.executor.map(train_client, jobs, self.config.trainer, self.model, state.weights,
-                                    self.config.client, self.layout)
-        updates = [u for u in results if isinstance(u, ClientUpdate)]
-        rejected = [u.client_id for u in results if isinstance(u, Rejected)]
-        if not updates:
-            raise UpdateError(f"round {r}: every sampled client's update was rejected "
-                              f"(clients {rejected}); training has diverged")
-        batch = UpdateBatch(
-            updates=torch.stack([u.delta for u in updates]),
-            weights=torch.tensor([u.num_examples for u in updates], dtype=torch.float64),
-            client_ids=tuple(u.client_id for u in updates),
-            round=r, seed=round_seed(self.seed, r), layout=self.layout)
-        batch = self._attack(batch, state)
-        try:
-            agg = self.config.aggregator.aggregate(batch, state.aggregator_state)
-        except AbortError as exc:
-            # a clean abort (e.g. too few clients left in secure aggregation): no update this round
-            record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": rejected,
-                      "aborted": str(exc),
-                      "train_loss": None,
+            return RoundResult(unchanged, record)
+        got = (source if source is not None else self.source).collect(self, state, r, sampled)
+        if got.aggregate is None:
+            record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": got.rejected,
+                      "aborted": got.aborted, "train_loss": None,
                       **evaluate(self.model, state.weights, self.data.test_x, self.data.test_y),
-                      "update_norm": 0.0, "epsilon": epsilon, "seconds": time.perf_counter() - started}
-            return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum,
-                                           participations), record)
+                      "update_norm": 0.0, **got.metrics, "epsilon": epsilon,
+                      "seconds": time.perf_counter() - started}
+            return RoundResult(unchanged, record)
+        agg = got.aggregate
         if tuple(agg.update.shape) != (self.layout.dim,) or not torch.isfinite(agg.update).all():
             raise UpdateError(f"aggregator {self.config.aggregator.kind!r} returned an update of "
                               f"shape {tuple(agg.update.shape)} (expected ({self.layout.dim},), "
                               f"finite)")
-        weights, momentum = self.server_step(state, agg.update)
-        examples = batch.weights
+        weights, momentum = self.server_step(state, agg.update.to(self.layout.dtype))
         record: dict[str, Any] = {
             "round": r,
-            "clients": len(updates),
-            "rejected": rejected,
-            "train_loss": float(torch.tensor([u.train_loss for u in updates],
-                                             dtype=torch.float64) @ examples / examples.sum()),
+            "clients": got.clients,
+            "rejected": got.rejected,
+            "train_loss": got.train_loss,
             **evaluate(self.model, weights, self.data.test_x, self.data.test_y),
             "update_norm": float(torch.linalg.vector_norm(agg.update)),
             **{f"agg/{k}": v for k, v in agg.metrics.items()},
-            **self._adversary_metrics(weights, batch),
+            **got.metrics,
+            **(self._adversary_metrics(weights, got.batch) if got.batch is not None else {}),
             "epsilon": epsilon,
             **self.sample_note(epsilon),
             "seconds": time.perf_counter() - started,
         }
         return RoundResult(ServerState(r, weights, agg.state, momentum, participations), record)
 
-    def _attack(self, batch: UpdateBatch, state: ServerState) -> UpdateBatch:
+    def attack(self, batch: UpdateBatch, state: ServerState) -> UpdateBatch:
         """The batch with the malicious clients' rows replaced by what the adversary crafts from the
         honest rows and their own; the deployed aggregator is offered as the defence to tune against
         (on the round's state, honest rows first)."""

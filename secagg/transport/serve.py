@@ -32,9 +32,11 @@ import torch
 
 from secagg.aggregation import Aggregator, UpdateBatch
 from secagg.errors import AbortError, ConfigError
-from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, load_run, save_run
+from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, load_run, run_rounds
 from secagg.fedavg import FedAvg
-from secagg.fedavg.server import RoundResult, ServerState, evaluate
+from secagg.fedavg.server import ServerState
+from secagg.fedavg.source import Collected, weighted_loss
+from secagg.layout import ParamLayout
 from secagg.placement import place, released_batch
 from secagg.protocol.messages import SessionParams
 from secagg.seeding import round_seed
@@ -83,8 +85,117 @@ def weight_bound(config: ExperimentConfig, examples: dict[int, int]) -> float:
     return bound or float(max(examples.values()))
 
 
+class NetworkSource:
+    """The deployment's update source (:mod:`secagg.fedavg.source`): round ``r`` goes to the sampled
+    clients over ``service``; only what the placement lets cross (the secure sum, or the clients'
+    released rows in plain mode) reaches the server, which runs the aggregator's server part on it.
+    ``audit_dir``: write what the server held and released each round (see :class:`ServeOptions`)."""
+
+    def __init__(self, config: ExperimentConfig, service: AggregationService, weight_bound: float,
+                 audit_dir: Path | None = None) -> None:
+        self.config, self.service, self.weight_bound = config, service, weight_bound
+        self.placement = place(config.fedavg.aggregator)
+        self.audit_dir = audit_dir
+
+    def collect(self, fedavg: FedAvg, state: ServerState, round_index: int, sampled: list[int]) -> Collected:
+        r, invited = round_index, tuple(sampled)
+        self.service.traffic.reset()
+        params = None
+        if self.placement.mode == "secure" and len(invited) < 2:
+            outcome = RoundOutcome(r, invited, aborted="secure aggregation needs at least 2 clients")
+        else:
+            try:
+                params, outcome = self._exchange(fedavg, r, invited, state)
+            except AbortError as exc:  # e.g. fewer clients than distributed DP's noise is planned for
+                outcome = RoundOutcome(r, invited, aborted=str(exc))
+        sent, received = self.service.traffic.reset()
+        rejected = sorted({c for c, _ in outcome.rejected})
+        net = {"net/client_bytes_max": float(max((sent.get(u, 0) + received.get(u, 0) for u in invited),
+                                                 default=0)),
+               "net/server_bytes": float(sum(sent.values()) + sum(received.values())),
+               "net/rejected": len(outcome.rejected)}
+        try:
+            collected = self._aggregate(fedavg, outcome, params, state, rejected, net)
+        except AbortError as exc:  # e.g. distributed DP with fewer survivors than its noise needs
+            collected = Collected(None, rejected=rejected, aborted=str(exc), metrics=net)
+        if collected.aborted is not None:
+            log.warning("round %d aborted: %s", r, collected.aborted)
+        return collected
+
+    def _exchange(self, fedavg: FedAvg, r: int, invited: tuple[int, ...], state: ServerState
+                  ) -> tuple[SessionParams | None, RoundOutcome]:
+        """Run round ``r``'s stages with the clients until the coordinator reports an outcome."""
+        weights = safetensors.torch.save({k: v.contiguous() for k, v in state.weights.items()})
+        params = None
+        if self.placement.session is not None:
+            params = self.placement.session.secure_params(invited, fedavg.layout.dim, r)
+            params = dataclasses.replace(params, model_version=hashlib.sha256(weights).digest())
+        return params, self.service.run_round(r, invited, weights, params=params,
+                                              weight_bound=self.weight_bound)
+
+    def _aggregate(self, fedavg: FedAvg, outcome: RoundOutcome, params: SessionParams | None,
+                   state: ServerState, rejected: list[int], net: dict[str, Any]) -> Collected:
+        if outcome.aborted is not None:
+            return Collected(None, rejected=rejected, aborted=outcome.aborted, metrics=net)
+        layout = fedavg.layout
+        seed = round_seed(self.config.seed, outcome.round)
+        if self.placement.session is not None:
+            assert outcome.result is not None and params is not None
+            survivors = len(outcome.survivors)
+            self._audit_sum(outcome)
+            # the session's reading of the sum, then the server's part of the client steps
+            agg = self.placement.aggregate_sum(outcome.result, params, survivors, layout.dim, seed,
+                                               state.aggregator_state, layout.dtype)
+            self._audit_aggregate(outcome.round, agg.update)
+            return Collected(agg, survivors, rejected, metrics=net)
+        updates = outcome.updates
+        if not updates:
+            return Collected(None, rejected=rejected, aborted="no client sent an update before the deadline",
+                             metrics=net)
+        batch = released_batch(updates, outcome.round, seed, layout)
+        self._audit_plain(outcome.round, batch)
+        # the clients ran their steps already: the server runs only its part
+        agg = self.config.fedavg.aggregator.aggregate_released(batch, state.aggregator_state)
+        self._audit_aggregate(outcome.round, agg.update)
+        loss = weighted_loss([updates[u].train_loss for u in batch.client_ids], batch.weights)
+        return Collected(agg, len(batch.client_ids), rejected, loss, metrics=net)
+
+    def _audit_plain(self, round_index: int, batch: UpdateBatch) -> None:
+        """With ``audit_dir``: every row the server held in plain round ``round_index`` (as released by
+        its client) and whose it was, so that an auditor can check what the server saw."""
+        audit = self.audit_dir
+        if audit is None:
+            return
+        audit.mkdir(parents=True, exist_ok=True)
+        np.save(audit / f"round-{round_index}-updates.npy", batch.updates.to(torch.float32).numpy(),
+                allow_pickle=False)
+        (audit / f"round-{round_index}-updates.json").write_text(json.dumps(
+            {"clients": list(batch.client_ids), "examples": batch.weights.tolist()}) + "\n")
+
+    def _audit_aggregate(self, round_index: int, update: torch.Tensor) -> None:
+        """With ``audit_dir``: the aggregate the server released in round ``round_index``."""
+        audit = self.audit_dir
+        if audit is not None:
+            audit.mkdir(parents=True, exist_ok=True)
+            np.save(audit / f"round-{round_index}-aggregate.npy",
+                    update.detach().to(torch.float64).numpy(), allow_pickle=False)
+
+    def _audit_sum(self, outcome: RoundOutcome) -> None:
+        """With ``audit_dir``: a secure round's unmasked ring sum and who was invited, survived, dropped."""
+        audit = self.audit_dir
+        if audit is None or outcome.result is None:
+            return
+        audit.mkdir(parents=True, exist_ok=True)
+        np.save(audit / f"round-{outcome.round}-sum.npy", outcome.result, allow_pickle=False)
+        (audit / f"round-{outcome.round}.json").write_text(json.dumps(
+            {"invited": list(outcome.invited), "survivors": list(outcome.survivors),
+             "dropped": list(outcome.dropped)}) + "\n")
+
+
 class NetworkServer:
-    """Serves ``config``'s training to remote clients whose Ed25519 keys are in ``registry``."""
+    """Serves ``config``'s training to remote clients whose Ed25519 keys are in ``registry``: the
+    wiring of the gRPC service, the coordinator and :class:`NetworkSource` under the same round
+    driver and run loop as the simulation (:meth:`FedAvg.run_round`, :func:`run_rounds`)."""
 
     def __init__(self, config: ExperimentConfig, registry: dict[int, bytes], options: ServeOptions,
                  out_dir: str | Path, *, resume: bool = False, task_factory: TaskFactory | None = None
@@ -101,8 +212,17 @@ class NetworkServer:
         self.mode = self.placement.mode
         log.info("placement: %s", self.placement.describe())
         task = make_task(config.task, seed=config.seed, factory=task_factory)
+        dim = ParamLayout.from_module(task.model, config.fedavg.buffers).dim
+        self.lock = threading.Condition()
+        self.coordinator = Coordinator(self.mode, dim, options.task_seconds, options.stage_seconds,
+                                       options.grace_seconds, registry)
+        self.service = AggregationService(self.coordinator, Authenticator(registry),
+                                          json.dumps(config.to_dict()), self.lock)
+        examples = {i: len(part) for i, part in enumerate(task.data.partition)}
+        self.source = NetworkSource(config, self.service, weight_bound(config, examples), options.audit_dir)
         # a deployment's sample must be secret: the amplified epsilon assumes nobody can predict it
-        self.fedavg = FedAvg(config.fedavg, task.model, task.data, seed=config.seed, secret_sampling=True)
+        self.fedavg = FedAvg(config.fedavg, task.model, task.data, seed=config.seed, secret_sampling=True,
+                             source=self.source)
         self.state, self.history = self.fedavg.initial_state(), []
         ckpt = self.out / CHECKPOINT
         if resume and ckpt.exists():
@@ -110,15 +230,8 @@ class NetworkServer:
             log.info("resumed from %s at round %d", ckpt, self.state.round)
         elif resume:
             log.info("no checkpoint in %s yet: starting at round 0", self.out)
-        dim = self.fedavg.layout.dim
-        self.lock = threading.Condition()
-        self.coordinator = Coordinator(self.mode, dim, options.task_seconds, options.stage_seconds,
-                                       options.grace_seconds, registry, round=self.state.round)
-        self.service = AggregationService(self.coordinator, Authenticator(registry),
-                                          json.dumps(config.to_dict()), self.lock)
-        self.weight_bound = weight_bound(config, self.fedavg.examples)
+        self.coordinator.round = self.state.round
         self._grpc = None
-        self._params: SessionParams | None = None  # the open secure round's session
         self.port = 0
         self._max_message = message_limit(dim)
 
@@ -137,25 +250,13 @@ class NetworkServer:
 
     def run(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> ExperimentResult:
         """Train to ``config.fedavg.rounds`` (or a privacy budget), then tell clients to stop."""
-        from secagg.results import write_results
-
         if self._grpc is None:
             self.start()
         stopped = None
         try:
             self._wait_for_clients()
-            while self.state.round < self.config.fedavg.rounds:
-                stopped = self.fedavg.privacy_stop(self.state)
-                if stopped is not None:
-                    write_results(self.out, self.config, self.history, stopped=stopped)
-                    break
-                result = self.run_round()
-                self.state = result.state
-                self.history.append(result.record)
-                save_run(self.out / CHECKPOINT, self.config, self.state, self.history)
-                write_results(self.out, self.config, self.history)
-                if on_round is not None:
-                    on_round(result.record)
+            self.state, stopped = run_rounds(self.fedavg, self.config, self.state, self.history, self.out,
+                                             on_round)
             with self.lock:
                 self.coordinator.finish()
                 self.lock.notify_all()
@@ -171,123 +272,3 @@ class NetworkServer:
             want = self.config.fedavg.clients_per_round(self.config.task.num_clients)
         have = self.service.wait_for_logins(want, self.options.wait_seconds)
         log.info("%d of %d wanted clients logged in; starting", have, want)
-
-    # -- one round --------------------------------------------------------------------------------
-
-    def run_round(self) -> RoundResult:
-        started = time.perf_counter()
-        fedavg, state = self.fedavg, self.state
-        r = state.round + 1
-        sampled = tuple(fedavg.sample_clients(r))
-        participations = fedavg.participations_after(state, list(sampled))
-        epsilon = fedavg.epsilon_after(r, participations)
-        self.service.traffic.reset()
-        if self.mode == "secure" and len(sampled) < 2:
-            outcome = RoundOutcome(r, sampled, aborted="secure aggregation needs at least 2 clients")
-        elif not sampled:
-            outcome = RoundOutcome(r, sampled, aborted="no client sampled")
-        else:
-            try:
-                outcome = self._exchange(r, sampled, state)
-            except AbortError as exc:  # e.g. fewer clients than distributed DP's noise is planned for
-                outcome = RoundOutcome(r, sampled, aborted=str(exc))
-        sent, received = self.service.traffic.reset()
-        net = {"net/client_bytes_max": float(max((sent.get(u, 0) + received.get(u, 0) for u in sampled),
-                                                 default=0)),
-               "net/server_bytes": float(sum(sent.values()) + sum(received.values())),
-               "net/rejected": len(outcome.rejected)}
-        update, metrics, train_loss, aborted = self._aggregate(outcome, state)
-        if aborted is not None:
-            log.warning("round %d aborted: %s", r, aborted)
-            record = {"round": r, "clients": 0, "rejected": [], "aborted": aborted, "train_loss": None,
-                      **evaluate(fedavg.model, state.weights, fedavg.data.test_x, fedavg.data.test_y),
-                      "update_norm": 0.0, **net, "epsilon": epsilon, **fedavg.sample_note(epsilon),
-                      "seconds": time.perf_counter() - started}
-            return RoundResult(ServerState(r, state.weights, state.aggregator_state, state.momentum,
-                                           participations), record)
-        assert update is not None
-        weights, momentum = fedavg.server_step(state, update)
-        record = {"round": r, "clients": int(metrics.pop("clients")), "rejected": [],
-                  "train_loss": train_loss,
-                  **evaluate(fedavg.model, weights, fedavg.data.test_x, fedavg.data.test_y),
-                  "update_norm": float(torch.linalg.vector_norm(update)),
-                  **{f"agg/{k}": v for k, v in metrics.items()}, **net, "epsilon": epsilon,
-                  **fedavg.sample_note(epsilon), "seconds": time.perf_counter() - started}
-        return RoundResult(ServerState(r, weights, self._agg_state, momentum, participations), record)
-
-    def _exchange(self, r: int, sampled: tuple[int, ...], state: ServerState) -> RoundOutcome:
-        """Run round ``r``'s stages with the clients until the coordinator reports an outcome."""
-        weights = safetensors.torch.save({k: v.contiguous() for k, v in state.weights.items()})
-        params = None
-        if self.mode == "secure":
-            assert self.placement.session is not None
-            params = self.placement.session.secure_params(sampled, self.fedavg.layout.dim, r)
-            params = dataclasses.replace(params, model_version=hashlib.sha256(weights).digest())
-        self._params = params  # the session _aggregate decodes (None in plain mode)
-        return self.service.run_round(r, sampled, weights, params=params, weight_bound=self.weight_bound)
-
-    def _aggregate(self, outcome: RoundOutcome, state: ServerState
-                   ) -> tuple[torch.Tensor | None, dict[str, Any], float | None, str | None]:
-        """(update, metrics, train loss, abort reason) from a round's outcome."""
-        self._agg_state = state.aggregator_state
-        if outcome.aborted is not None:
-            return None, {}, None, outcome.aborted
-        layout = self.fedavg.layout
-        seed = round_seed(self.config.seed, outcome.round)
-        if self.placement.session is not None:
-            assert outcome.result is not None and self._params is not None
-            survivors = len(outcome.survivors)
-            self._audit(outcome)
-            try:  # the session's reading of the sum, then the server's part of the client steps
-                agg = self.placement.aggregate_sum(outcome.result, self._params, survivors, layout.dim, seed,
-                                                   state.aggregator_state, layout.dtype)
-            except AbortError as exc:  # e.g. distributed DP with fewer survivors than its noise needs
-                return None, {}, None, str(exc)
-            self._agg_state = agg.state
-            self._audit_aggregate(outcome.round, agg.update)
-            return agg.update, {"clients": survivors, **agg.metrics}, None, None
-        updates = outcome.updates
-        if not updates:
-            return None, {}, None, "no client sent an update before the deadline"
-        batch = released_batch(updates, outcome.round, seed, layout)
-        ids, counts = batch.client_ids, batch.weights
-        self._audit_plain(outcome.round, batch)
-        try:  # the clients ran their steps already: the server runs only its part
-            agg = self.config.fedavg.aggregator.aggregate_released(batch, state.aggregator_state)
-        except AbortError as exc:
-            return None, {}, None, str(exc)
-        self._agg_state = agg.state
-        self._audit_aggregate(outcome.round, agg.update)
-        losses = torch.tensor([updates[u].train_loss for u in ids], dtype=torch.float64)
-        train_loss = float(losses @ counts / counts.sum()) if counts.sum() > 0 else None
-        return agg.update.to(layout.dtype), {"clients": len(ids), **agg.metrics}, train_loss, None
-
-    def _audit_plain(self, round_index: int, batch: UpdateBatch) -> None:
-        """With ``audit_dir``: every row the server held in plain round ``round_index`` (as released by
-        its client) and whose it was, so that an auditor can check what the server saw."""
-        audit = self.options.audit_dir
-        if audit is None:
-            return
-        audit.mkdir(parents=True, exist_ok=True)
-        np.save(audit / f"round-{round_index}-updates.npy", batch.updates.to(torch.float32).numpy(),
-                allow_pickle=False)
-        (audit / f"round-{round_index}-updates.json").write_text(json.dumps(
-            {"clients": list(batch.client_ids), "examples": batch.weights.tolist()}) + "\n")
-
-    def _audit_aggregate(self, round_index: int, update: torch.Tensor) -> None:
-        """With ``audit_dir``: the aggregate the server released in round ``round_index``."""
-        audit = self.options.audit_dir
-        if audit is not None:
-            audit.mkdir(parents=True, exist_ok=True)
-            np.save(audit / f"round-{round_index}-aggregate.npy",
-                    update.detach().to(torch.float64).numpy(), allow_pickle=False)
-
-    def _audit(self, outcome: RoundOutcome) -> None:
-        audit = self.options.audit_dir
-        if audit is None or outcome.result is None:
-            return
-        audit.mkdir(parents=True, exist_ok=True)
-        np.save(audit / f"round-{outcome.round}-sum.npy", outcome.result, allow_pickle=False)
-        (audit / f"round-{outcome.round}.json").write_text(json.dumps(
-            {"invited": list(outcome.invited), "survivors": list(outcome.survivors),
-             "dropped": list(outcome.dropped)}) + "\n")
