@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from dp.central import GaussianAccounted, check_sum_inner, clip_rows, inner_sum, rounding_slack, secure_clip
+from dp.central import GaussianAccounted, check_sum_inner, clip_rows, rounding_slack, secure_clip
 from dp.gaussian import gaussian
 from dp.noise import SecureRandom
 from secagg.aggregation import Aggregate, Aggregator, AggState, Mean, SecureSum, UpdateBatch, Wrapper
-from secagg.aggregation.base import nest_state
-from secagg.errors import ConfigError
+from secagg.aggregation.base import nest_state, unnest_state
+from secagg.errors import AbortError, ConfigError
 from secagg.validation import check_real
 
 __all__ = ["BIT_RANGE", "AdaptiveClipDP"]
@@ -105,28 +106,75 @@ class AdaptiveClipDP(GaussianAccounted, Wrapper, kind="dp-fedavg-adaptive"):
         return {"clip": torch.tensor([float(self.initial_clip)], dtype=torch.float64),
                 **nest_state("inner", self.inner.init_state(dim + 1))}
 
-    def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
-        return self.run_round(batch, state)
+    def current_clip(self, state: AggState) -> float:
+        """This round's clip norm C, from ``state`` (``initial_clip`` before the first round)."""
+        return float(state["clip"][0]) if "clip" in state else float(self.initial_clip)
 
-    def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
-        """:meth:`aggregate`, optionally drawing the noise from ``rng`` (a seeded one: TESTS ONLY)."""
-        c = float(state["clip"][0]) if "clip" in state else float(self.initial_clip)
-        d, m, n = batch.dim, self.expected_clients, batch.num_clients
-        # a secure sum rounds each coordinate: clip the update and shrink the bit by the rounding slack
-        # so that what enters the sum still moves it by at most c and 1/2 (the sensitivities)
-        clipped, norms = clip_rows(batch.updates, secure_clip(self.inner, c, n, d))
-        bits = (norms <= c).to(torch.float64)
-        shrink = 1.0 - rounding_slack(self.inner, n, 1) / BIT_RANGE
+    # -- placement: clip and clip bit on the clients over a secure sum, noise and the new clip after it
+
+    #: clipping needs the updates in the clear: on the clients over a secure sum, else on the server
+    placement: ClassVar[str] = "update"
+    public_size: ClassVar[int] = 1  # the clip norm C of the round, sent to every client
+
+    def round_public(self, state: AggState) -> tuple[float, ...]:
+        return (self.current_clip(state),)
+
+    def released_dim(self, dim: int) -> int:
+        return dim + 1  # the centred clip bit rides as one extra coordinate
+
+    def _released_rows(self, updates: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows (n, d + 1) float64, clip bits): each row clipped, then its centred clip bit appended.
+
+        Through a secure sum each coordinate is rounded, so the row is clipped to
+        :func:`~dp.central.secure_clip` and the bit shrunk by the rounding slack: what enters the sum
+        still moves it by at most C and 1/2 (the sensitivities), on the grid ``inner.max_clients`` fixes.
+        """
+        planned = self.inner.max_clients if isinstance(self.inner, SecureSum) else 1
+        clipped, norms = clip_rows(updates, secure_clip(self.inner, clip, planned, updates.shape[1]))
+        bits = (norms <= clip).to(torch.float64)
+        shrink = 1.0 - rounding_slack(self.inner, planned, 1) / BIT_RANGE
         # centred on the client: one client moves the bit sum by 1/2, the sensitivity sigma_b is set for
-        rows = torch.cat([clipped, (shrink * (bits - BIT_RANGE))[:, None]], dim=1)
-        total, out = inner_sum(self, batch.replace(updates=rows, layout=None), state,
-                               clip=c, clipped_fraction=float(1.0 - bits.mean()))
+        return torch.cat([clipped, (shrink * (bits - BIT_RANGE))[:, None]], dim=1), bits
+
+    def client_step(self, update: torch.Tensor, public: tuple[float, ...] = ()) -> torch.Tensor:
+        """One client's release (d + 1,): its update clipped to this round's C (``public[0]``, sent by
+        the server) and its centred clip bit; :class:`ConfigError` for a C that is not finite > 0."""
+        if len(public) != 1 or not (math.isfinite(public[0]) and public[0] > 0):
+            raise ConfigError(f"public: adaptive clipping needs this round's clip norm, one finite float "
+                              f"> 0, got {list(public)[:4]}")
+        rows, _ = self._released_rows(update.reshape(1, -1), float(public[0]))
+        return rows[0]
+
+    def after_sum(self, inner: Aggregate, state: AggState, *, num_clients: int, dtype: torch.dtype,
+                  rng: SecureRandom | None = None) -> Aggregate:
+        """The server's part over the sum of released rows: ``inner`` is the inner rule's unweighted
+        mean of ``num_clients`` rows of d + 1 (``survivors`` of them through a secure sum); noise on the
+        update sum and on the bit sum (from ``rng``, default the OS CSPRNG), then the geometric step."""
+        c = self.current_clip(state)
+        count = inner.metrics.get("survivors", float(num_clients))
+        total = inner.update.to(torch.float64) * count
+        d, m = total.numel() - 1, self.expected_clients
         noise = torch.from_numpy(gaussian(self.update_noise_multiplier * c, d, rng))
         update = (total[:d] + noise) / m
         # not divided by shrink: that would scale the released count's sensitivity up with its noise; the
         # estimate is pulled towards 1/2 by the factor shrink instead (1 - 4e-9 with 32-bit words)
         b = (float(total[d]) + float(gaussian(self.sigma_b, 1, rng)[0])) / m + BIT_RANGE
         new_clip = c * math.exp(-self.learning_rate * (b - self.target_quantile))
-        metrics = {**out.metrics, "noisy_unclipped_fraction": b, "next_clip": new_clip}
-        return Aggregate(update.to(batch.updates.dtype),
-                         {**out.state, "clip": torch.tensor([new_clip], dtype=torch.float64)}, metrics)
+        metrics = {"clip": c, **{f"inner/{k}": v for k, v in inner.metrics.items()},
+                   "noisy_unclipped_fraction": b, "next_clip": new_clip}
+        new_state = {**nest_state("inner", inner.state),
+                     "clip": torch.tensor([new_clip], dtype=torch.float64)}
+        return Aggregate(update.to(dtype), new_state, metrics)
+
+    def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
+        return self.run_round(batch, state)
+
+    def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
+        """:meth:`aggregate`, optionally drawing the noise from ``rng`` (a seeded one: TESTS ONLY): every
+        row through the client step, the inner sum, then :meth:`after_sum`."""
+        rows, bits = self._released_rows(batch.updates, self.current_clip(state))
+        if isinstance(self.inner, SecureSum) and batch.num_clients < 2:
+            raise AbortError("secure aggregation needs at least 2 clients; the round is skipped")
+        inner = self.inner.aggregate(batch.replace(updates=rows, layout=None), unnest_state("inner", state))
+        out = self.after_sum(inner, state, num_clients=batch.num_clients, dtype=batch.updates.dtype, rng=rng)
+        return Aggregate(out.update, out.state, {"clipped_fraction": float(1.0 - bits.mean()), **out.metrics})

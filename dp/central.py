@@ -36,7 +36,7 @@ from secagg.aggregation.base import nest_state, unnest_state
 from secagg.errors import AbortError, ConfigError
 from secagg.validation import check_choice, check_int, check_real
 
-__all__ = ["DPFedAvg", "check_sum_inner", "clip_rows", "inner_sum", "rounding_slack", "secure_clip"]
+__all__ = ["DPFedAvg", "check_sum_inner", "clip_rows", "rounding_slack", "secure_clip"]
 
 
 def clip_rows(updates: torch.Tensor, clip: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,19 +87,6 @@ def secure_clip(inner: Aggregator, clip: float, num_clients: int, dim: int) -> f
                           f"coordinates can move an update by {slack:.3g} (L2), more than half the "
                           f"clip {clip:g}: raise the secure sum's bits or lower its clip")
     return clip - slack
-
-
-def inner_sum(wrapper: Wrapper, batch: UpdateBatch, state: AggState, **metrics: float
-              ) -> tuple[torch.Tensor, Aggregate]:
-    """The unweighted sum (float64) of ``batch``'s rows through ``wrapper.inner``, and its Aggregate.
-
-    A SecureSum inner needs 2 clients: a round with fewer aborts cleanly (:class:`AbortError`).
-    """
-    if isinstance(wrapper.inner, SecureSum) and batch.num_clients < 2:
-        raise AbortError("secure aggregation needs at least 2 clients; the round is skipped")
-    out = wrapper.run_inner(batch, state, **metrics)
-    count = out.metrics.get("inner/survivors", float(batch.num_clients))
-    return out.update.to(torch.float64) * count, out
 
 
 class GaussianAccounted:
@@ -193,7 +180,7 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
             rng = SecureRandom(key.digest())
         return self.run_round(batch, state, rng)
 
-    def client_step(self, update: torch.Tensor) -> torch.Tensor:
+    def client_step(self, update: torch.Tensor, public: tuple[float, ...] = ()) -> torch.Tensor:
         """One client's update (d,) clipped to :func:`secure_clip` (float64): what it sends into the
         secure sum when this rule runs over one (the grid is fixed by ``inner.max_clients``)."""
         planned = self.inner.max_clients if isinstance(self.inner, SecureSum) else 1

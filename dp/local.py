@@ -75,7 +75,8 @@ class LocalDP(Wrapper, kind="local-dp"):
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         return self.run_round(batch, state)
 
-    def client_step(self, update: torch.Tensor, rng: SecureRandom | None = None) -> torch.Tensor:
+    def client_step(self, update: torch.Tensor, public: tuple[float, ...] = (), *,
+                    rng: SecureRandom | None = None) -> torch.Tensor:
         """One client's release: ``update`` (d,) clipped to L2 norm ``clip``, plus N(0, (z clip)^2) per
         coordinate from ``rng`` (default: a freshly keyed CSPRNG; seeded only in tests), in the
         update's dtype."""
@@ -100,7 +101,7 @@ class LocalDP(Wrapper, kind="local-dp"):
         optionally drawing every client's noise from ``rng`` (seeded: TESTS ONLY); by default each
         client gets its own freshly keyed CSPRNG."""
         norms = torch.linalg.vector_norm(batch.updates.to(torch.float64), dim=1)
-        noisy = torch.stack([self.client_step(row, rng) for row in batch.updates])
+        noisy = torch.stack([self.client_step(row, rng=rng) for row in batch.updates])
         out = self.aggregate_released(batch.replace(updates=noisy), state)
         # a simulation knows how many clients clipped; a deployment's server never does
         clipped = float((norms > self.clip).double().mean())

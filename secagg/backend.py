@@ -95,16 +95,21 @@ class Pipeline:
         return self.placement.mode
 
     def server(self, round_index: int, client_ids: Sequence[int], *, weight_bound: float,
-               model_version: bytes | None = None) -> ServerRound:
+               model_version: bytes | None = None, state: AggState | None = None) -> ServerRound:
         """The server side of round ``round_index`` with these clients; ``weight_bound``: the public
         bound W > 0 on a client's example count (a weighted secure sum scales each update by w / W);
-        ``model_version``: 32 bytes the clients can check (e.g. the SHA-256 of the weights sent)."""
+        ``model_version``: 32 bytes the clients can check (e.g. the SHA-256 of the weights sent);
+        ``state``: the aggregator's state this round starts from (default: its initial state), whose
+        public part the first message carries to the clients (adaptive clipping's clip norm); pass the
+        same state to :meth:`ServerRound.finish`."""
         if not (isinstance(weight_bound, int | float) and weight_bound > 0):
             raise ConfigError(f"weight_bound: must be > 0 (the largest example count a client may have), "
                               f"got {weight_bound!r}")
+        if state is None:
+            state = self.aggregator.init_state(self.dim)
         return ServerRound(self, check_int("round_index", round_index, minimum=0),
                            tuple(check_int("client_ids", u, minimum=0) for u in client_ids),
-                           float(weight_bound), model_version)
+                           float(weight_bound), model_version, self.placement.public(state))
 
     def client(self, client_id: int, update: np.ndarray | torch.Tensor, num_examples: int, *,
                train_loss: float = 0.0, identity: SigningKey | None = None,
@@ -126,17 +131,17 @@ class ServerRound:
     """The server's side of one round (see the module docstring); messages in, messages out."""
 
     def __init__(self, pipeline: Pipeline, round_index: int, client_ids: tuple[int, ...],
-                 weight_bound: float, model_version: bytes | None) -> None:
+                 weight_bound: float, model_version: bytes | None, public: tuple[float, ...] = ()) -> None:
         if len(set(client_ids)) != len(client_ids) or not client_ids:
             raise ConfigError(f"client_ids: expected distinct ids, got {client_ids}")
         self.pipeline, self.round, self.client_ids = pipeline, round_index, client_ids
-        self.weight_bound = weight_bound
+        self.weight_bound, self.public = weight_bound, public
         self._updates: dict[int, PlainUpdate] = {}
         self._server: Server | None = None
         self._started = self._closed = False
         session = pipeline.placement.session
         if session is not None:
-            params = session.secure_params(client_ids, pipeline.dim, round_index)
+            params = pipeline.placement.session_params(client_ids, pipeline.dim, round_index)
             if model_version is not None:
                 params = dataclasses.replace(params, model_version=model_version)
             self._server = Server(params, pipeline.registry)
@@ -159,10 +164,11 @@ class ServerRound:
             raise ConfigError("start: the round has already started")
         self._started = True
         if self._server is None:
-            first = encode_work(Work(WorkKind.TASK, self.round, 0, b"", b"", self.weight_bound))
-            return dict.fromkeys(self.client_ids, first)
-        return {u: encode_work(Work(WorkKind.TASK, self.round, 0, b"", encode(m), self.weight_bound))
-                for u, m in self._server.start()}
+            return dict.fromkeys(self.client_ids, self._task(b""))
+        return {u: self._task(encode(m)) for u, m in self._server.start()}
+
+    def _task(self, setup: bytes) -> bytes:
+        return encode_work(Work(WorkKind.TASK, self.round, 0, b"", setup, self.weight_bound, self.public))
 
     def receive(self, client_id: int, data: bytes) -> None:
         """One client's reply, as authenticated by the transport (``client_id`` is who sent it).
@@ -244,7 +250,7 @@ class ClientRound:
             if placement.session is not None:
                 raise RemoteProtocolError(f"client {self.id}: the server asked for a plain update, but this "
                                           f"pipeline places a secure sum: refusing to send it in the clear")
-            self.released = placement.release(self._update.clone())
+            self.released = placement.release(self._update.clone(), work.public)
             self._sent_plain = True
             row = self.released.to(torch.float32).numpy().astype("<f4").tobytes()
             return encode_update(PlainUpdate(self.num_examples, self.train_loss, row))
@@ -261,7 +267,7 @@ class ClientRound:
             raise RemoteProtocolError(
                 f"client {self.id}: the session's model version is not the expected one")
         try:
-            want = session.secure_params(params.client_ids, self.pipeline.dim, params.round).vector_length
+            want = placement.session_params(params.client_ids, self.pipeline.dim, params.round).vector_length
         except (ConfigError, AbortError) as exc:  # the server's session does not fit this pipeline
             raise RemoteProtocolError(
                 f"client {self.id}: the session does not fit this pipeline: {exc}") from exc
@@ -269,7 +275,7 @@ class ClientRound:
             raise RemoteProtocolError(
                 f"client {self.id}: the session sums {params.vector_length} words, this "
                 f"pipeline's updates need {want}")
-        self.released = placement.release(self._update.clone())
+        self.released = placement.release(self._update.clone(), work.public)
         # every secret draw (dither, distributed DP's noise share) from the OS CSPRNG, here
         value = session.session_input(self.released.to(torch.float64).numpy(), float(self.num_examples),
                                       work.weight_bound, params, self.pipeline.round_seed(params.round))

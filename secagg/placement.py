@@ -33,7 +33,7 @@ import torch
 
 from secagg.aggregation import Aggregate, Aggregator, AggState, UpdateBatch, Wrapper
 from secagg.aggregation.base import unnest_state
-from secagg.errors import ConfigError
+from secagg.errors import ConfigError, RemoteProtocolError
 from secagg.layout import ParamLayout
 from secagg.protocol.messages import SessionParams
 from secagg.transport.envelope import PlainUpdate
@@ -58,20 +58,65 @@ class Placement:
         """``"secure"`` (only a secure sum reaches the server) or ``"plain"`` (released rows do)."""
         return "plain" if self.session is None else "secure"
 
-    def release(self, update: torch.Tensor) -> torch.Tensor:
+    def public(self, state: AggState) -> tuple[float, ...]:
+        """The round's public values for the clients (the Work envelope's ``public``): every client
+        step's :meth:`~secagg.aggregation.Aggregator.round_public` from its part of the aggregator's
+        ``state``, outermost first."""
+        out: list[float] = []
+        for step, part in zip(self.client_steps, self._step_states(state), strict=True):
+            values = tuple(float(v) for v in step.round_public(part))
+            assert len(values) == step.public_size, step.kind
+            out.extend(values)
+        return tuple(out)
+
+    def release(self, update: torch.Tensor, public: tuple[float, ...] = ()) -> torch.Tensor:
         """One client's update (d,) after every client step: what leaves the client (plain mode)
-        or enters its secure-sum encoding (secure mode)."""
+        or enters its secure-sum encoding (secure mode); ``public``: the round's values from the
+        server (:meth:`public`). They come from a peer: :class:`RemoteProtocolError` naming the step
+        when their count is wrong or a step refuses its value."""
+        want = sum(step.public_size for step in self.client_steps)
+        if len(public) != want:
+            raise RemoteProtocolError(f"public: the server sent {len(public)} round values, the client steps "
+                                      f"({self.describe_steps()}) take {want}")
+        at = 0
         for step in self.client_steps:
-            update = step.client_step(update)
+            values = tuple(public[at:at + step.public_size])
+            at += step.public_size
+            try:
+                update = step.client_step(update, values)
+            except ConfigError as exc:
+                raise RemoteProtocolError(f"public: the server's round values for {step.kind!r}: "
+                                          f"{exc}") from None
         return update
+
+    def sum_dim(self, dim: int) -> int:
+        """How many coordinates a released update of a ``dim``-coordinate model has (what the secure sum
+        sums, before its own weight word): the client steps may append some (adaptive clipping's bit)."""
+        for step in reversed(self.client_steps):  # innermost last: each appends after the outer's
+            dim = step.released_dim(dim)
+        return dim
+
+    def session_params(self, client_ids: tuple[int, ...], dim: int, round_index: int) -> SessionParams:
+        """Secure mode: the session of round ``round_index`` for these clients on a ``dim``-coordinate
+        model (the released length :meth:`sum_dim`)."""
+        assert self.session is not None
+        return self.session.secure_params(client_ids, self.sum_dim(dim), round_index)
+
+    def describe_steps(self) -> str:
+        return ", ".join(s.kind for s in self.client_steps) or "none"
+
+    def _step_states(self, state: AggState) -> list[AggState]:
+        """Each client step's part of the aggregator's ``state`` (step i's sits under i "inner/")."""
+        states: list[AggState] = []
+        for _ in self.client_steps:
+            states.append(unnest_state("inner", states[-1]) if states else state)
+        return states
 
     def finish(self, inner: Aggregate, state: AggState, *, num_clients: int, dtype: torch.dtype) -> Aggregate:
         """Secure mode, on the server: the client steps' :meth:`~secagg.aggregation.Wrapper.after_sum`,
         innermost first, over ``inner`` (what the secure sum decoded), with each step's part of the
         aggregator's ``state``; ``num_clients`` rows were summed."""
-        states = []
-        for _ in self.client_steps:  # step i's state sits under i "inner/" prefixes
-            states.append(unnest_state("inner", states[-1]) if states else state)
+        states = self._step_states(state)
         out = Aggregate(inner.update.to(dtype), inner.state, inner.metrics)
         for step, part in reversed(list(zip(self.client_steps, states, strict=True))):
             assert isinstance(step, Wrapper)
@@ -84,7 +129,7 @@ class Placement:
         of ``params.client_ids`` summed), then :meth:`finish`. :class:`AbortError` when the session
         refuses the sum (distributed DP with fewer survivors than its noise is planned for)."""
         assert self.session is not None
-        summed = self.session.session_result(result, params, survivors, dim, round_seed)
+        summed = self.session.session_result(result, params, survivors, self.sum_dim(dim), round_seed)
         return self.finish(summed, state, num_clients=survivors, dtype=dtype)
 
     def describe(self) -> str:

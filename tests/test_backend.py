@@ -23,10 +23,10 @@ from secagg.errors import AbortError, ConfigError, ProtocolError
 
 def drive(pipeline: Pipeline, updates: np.ndarray, examples: list[int], *,
           silent_after: dict[int, int] | None = None, identities: dict[int, SigningKey] | None = None,
-          garbage: bool = False):
+          garbage: bool = False, state=None):
     """One round over bytes. ``silent_after[u] = k``: client u answers only its first k messages."""
     ids = tuple(range(len(updates)))
-    server = pipeline.server(3, ids, weight_bound=float(max(examples)))
+    server = pipeline.server(3, ids, weight_bound=float(max(examples)), state=state)
     clients = {u: pipeline.client(u, updates[u], examples[u],
                                   identity=None if identities is None else identities[u]) for u in ids}
     answered = dict.fromkeys(ids, 0)
@@ -223,3 +223,56 @@ def test_a_plain_round_gives_seeded_rules_the_rounds_public_seed():
     assert torch.equal(server.finish({}).update, rule.aggregate(batch, {}).update)
     other = UpdateBatch(rows, torch.ones(7, dtype=torch.float64), tuple(range(7)), 3, 0)
     assert not torch.equal(rule.aggregate(other, {}).update, rule.aggregate(batch, {}).update)
+
+
+def test_adaptive_clipping_over_a_secure_sum_clips_on_the_clients_to_the_servers_clip():
+    """The server sends the round's clip norm from its state; each client clips to it and appends its
+    centred clip bit (one more coordinate); the server adds both noises to the unmasked sum and steps
+    the clip. Over many rounds the released count and update average to the clients' true ones."""
+    from dp.adaptive import BIT_RANGE, AdaptiveClipDP
+
+    d, clip, m = 12, 2.0, 4
+    rule = AdaptiveClipDP(initial_clip=1.0, noise_multiplier=0.5, expected_clients=m, count_stddev=0.4,
+                          inner=SecureSum(weighted=False, clip=4.0, max_clients=m))
+    pipeline = Pipeline(rule, d)
+    assert pipeline.placement.sum_dim(d) == d + 1
+    updates = _updates(m, d, 5)
+    lengths = np.array([[0.5], [1.5], [3.0], [6.0]])
+    updates = updates / np.linalg.norm(updates, axis=1, keepdims=True) * lengths
+    state = {**rule.init_state(d), "clip": torch.tensor([clip], dtype=torch.float64)}
+    fractions, totals = [], []
+    for _ in range(60):
+        server, clients, _ = drive(pipeline, updates, [1] * m, state=state)
+        for u, client in clients.items():
+            released = client.released.double().numpy()
+            assert released.shape == (d + 1,)
+            assert np.linalg.norm(released[:d]) <= clip + 1e-12  # clipped on the client, to the sent C
+            bit = float(np.linalg.norm(updates[u]) <= clip)
+            assert released[d] == pytest.approx(bit - BIT_RANGE, abs=1e-6)
+        out = server.finish(state)
+        assert out.metrics["clip"] == clip
+        assert float(out.state["clip"][0]) == pytest.approx(out.metrics["next_clip"])
+        fractions.append(out.metrics["noisy_unclipped_fraction"])
+        totals.append(out.update.double().numpy() * m)
+    # two of the four clients are within the clip: the noisy fraction is 1/2 plus N(0, (0.4 / 4)^2)
+    assert np.mean(fractions) == pytest.approx(0.5, abs=4 * 0.1 / np.sqrt(60))
+    assert np.std(fractions) == pytest.approx(0.1, rel=0.35)
+    norms = np.linalg.norm(updates, axis=1, keepdims=True)
+    clipped_sum = (updates * np.minimum(1.0, clip / norms)).sum(axis=0)
+    spread = rule.update_noise_multiplier * clip
+    assert np.abs(np.mean(totals, axis=0) - clipped_sum).max() < 5 * spread / np.sqrt(60)
+
+
+def test_a_client_refuses_a_clip_norm_that_is_not_finite_and_positive():
+    from dp.adaptive import AdaptiveClipDP
+    from secagg.errors import RemoteProtocolError
+
+    rule = AdaptiveClipDP(inner=SecureSum(weighted=False, clip=4.0, max_clients=3))
+    pipeline = Pipeline(rule, 4)
+    state = {**rule.init_state(4), "clip": torch.tensor([-1.0], dtype=torch.float64)}
+    server = pipeline.server(1, (0, 1, 2), weight_bound=1.0, state=state)
+    first = server.start()
+    client = pipeline.client(0, np.ones(4), 1)
+    with pytest.raises(RemoteProtocolError, match="public: the server's round values for 'dp-fedavg-adaptive'"
+                                                  r".*clip norm, one finite float > 0, got \[-1.0\]"):
+        client.handle(first[0])

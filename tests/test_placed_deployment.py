@@ -112,6 +112,49 @@ def test_central_dp_over_secure_aggregation_clips_on_the_clients_and_noises_only
         assert rounds[r - 1]["epsilon"] == pytest.approx(rule.epsilon_after(r))
 
 
+def test_adaptive_clipping_over_secure_aggregation_sends_the_clip_and_sums_the_clip_bits(deployment) -> None:
+    """Adaptive clipping over SecureSum deployed: the server sends each round's clip norm (its state),
+    each client clips to it and appends its centred clip bit before masking, the unmasked sum holds the
+    clipped updates and the bit count exactly, and the server's next clip follows from the noisy count."""
+    import json
+    import math
+
+    from dp.adaptive import BIT_RANGE
+    from secagg.experiment import ExperimentConfig
+
+    dep = deployment(4)
+    dep.serve("--secure", "--dp", "adaptive", "--clip", "0.05", "--noise-multiplier", "1.0", rounds=3)
+    for u in range(4):
+        dep.client(u)
+    results = dep.wait_server()
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3] and not any(r.get("aborted") for r in rounds), rounds
+    rule = ExperimentConfig.from_json(json.dumps(results["config"])).fedavg.aggregator
+    assert rule.kind == "dp-fedavg-adaptive"
+    audit = dep.audited_rounds()
+    assert sorted(audit) == [1, 2, 3] and all(a["exact"] for a in audit.values())
+    assert not list(dep.audit.glob("round-*-updates.npy")), "no individual update reached the server"
+    clip = rule.initial_clip
+    for record in rounds:
+        r = record["round"]
+        assert record["agg/clip"] == pytest.approx(clip), "the clients were sent the server's current clip"
+        meta = audit[r]
+        bits = 0.0
+        for u in meta["survivors"]:
+            update = np.load(dep.audit / f"client-{u}-round-{r}-update.npy").astype(np.float64)
+            released = np.load(dep.audit / f"client-{u}-round-{r}-released.npy").astype(np.float64)
+            assert released.shape == (update.size + 1,)
+            assert np.linalg.norm(released[:-1]) <= clip * (1 + 1e-6)
+            bit = float(np.linalg.norm(update) <= clip)
+            assert released[-1] == pytest.approx(bit - BIT_RANGE, abs=1e-6)
+            bits += bit
+        b = record["agg/noisy_unclipped_fraction"]
+        assert abs(b - bits / rule.expected_clients) < 6 * rule.sigma_b / rule.expected_clients
+        clip = clip * math.exp(-rule.learning_rate * (b - rule.target_quantile))
+        assert record["agg/next_clip"] == pytest.approx(clip)
+        assert record["epsilon"] == pytest.approx(rule.epsilon_after(r))
+
+
 @pytest.mark.parametrize("mechanism", ["ddg", "skellam"])
 def test_distributed_dp_noise_is_drawn_by_the_clients_inside_the_secure_sum(deployment, mechanism) -> None:
     """DDG and Skellam deployed: each client adds its integer noise share before masking; the server's

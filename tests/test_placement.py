@@ -47,7 +47,7 @@ def test_local_dp_is_its_client_step_then_its_server_part(inner):
     batch = _batch(5, 40)
     whole = rule.run_round(batch, {}, rng=_seeded(7))
     rng = _seeded(7)
-    released = torch.stack([rule.client_step(row, rng) for row in batch.updates])
+    released = torch.stack([rule.client_step(row, rng=rng) for row in batch.updates])
     split = rule.aggregate_released(batch.replace(updates=released), {})
     assert torch.equal(whole.update, split.update)
     assert split.metrics["noise_std"] == pytest.approx(0.7) and "clipped_fraction" not in split.metrics
@@ -59,7 +59,7 @@ def test_local_dp_is_its_client_step_then_its_server_part(inner):
 def test_a_client_release_is_its_clipped_update_plus_the_stated_noise(d, clip, z, seed):
     rule = LocalDP(clip=clip, noise_multiplier=z)
     update = torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 4.0
-    released = rule.client_step(update, _seeded(seed))
+    released = rule.client_step(update, rng=_seeded(seed))
     norm = float(torch.linalg.vector_norm(update))
     clipped = update * min(1.0, clip / norm)
     noise = (released - clipped).numpy()
@@ -205,10 +205,10 @@ def test_central_dp_without_a_secure_sum_runs_on_the_trusted_server():
 
 
 def test_a_server_rule_above_a_secure_sum_is_refused():
-    from dp.adaptive import AdaptiveClipDP
+    from secagg.aggregation import NearestNeighbourMixing
 
-    rule = AdaptiveClipDP(inner=SecureSum(weighted=False, max_clients=10))
-    with pytest.raises(ConfigError, match="'dp-fedavg-adaptive' runs on the server over individual updates "
+    rule = NearestNeighbourMixing(inner=SecureSum())
+    with pytest.raises(ConfigError, match="'nnm' runs on the server over individual updates "
                                           r"\(it has no client part\), but it sits above the secure sum"):
         place(rule)
 

@@ -187,7 +187,7 @@ NONCE, SIG, TOKEN = b"n" * NONCE_BYTES, b"s" * SIGNATURE_BYTES, b"t" * TOKEN_BYT
     (env.decode_hello, msgpack.packb([MAGIC]), r"Hello: expected a msgpack array"),
     (env.decode_hello, msgpack.packb([0x1234, VERSION, 1]), "Hello: bad magic number"),
     (env.decode_hello, msgpack.packb([float(MAGIC), VERSION, 1]), "Hello: bad magic number"),
-    (env.decode_hello, msgpack.packb([MAGIC, 2, 1]), r"Hello: unsupported version 2 \(this build speaks 1\)"),
+    (env.decode_hello, msgpack.packb([MAGIC, 1, 1]), r"Hello: unsupported version 1 \(this build speaks 2\)"),
     (env.decode_hello, msgpack.packb([MAGIC, True, 1]), "Hello: unsupported version bool"),
     (env.decode_hello, _packed(1, 2), "Hello: expected 1 fields, got 2"),
     (env.decode_hello, _packed(), "Hello: expected 1 fields, got 0"),
@@ -208,11 +208,18 @@ NONCE, SIG, TOKEN = b"n" * NONCE_BYTES, b"s" * SIGNATURE_BYTES, b"t" * TOKEN_BYT
     (env.decode_poll, _packed(MAX_ROUND + 1, 0, 0), "Poll.after_round: expected an integer"),
     (env.decode_poll, _packed(0, MAX_STEP + 1, 0), "Poll.after_step: expected an integer"),
     (env.decode_poll, _packed(0, 0, MAX_WAIT_MS + 1), "Poll.wait_ms: expected an integer"),
-    (env.decode_work, _packed(4, 0, 0, b"", b"", 0.0), "Work.kind: expected an integer in"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", -1.0), r"Work.weight_bound: expected a finite float >= 0"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", math.inf), "Work.weight_bound: expected a finite float"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", 1), "Work.weight_bound: expected a finite float"),
-    (env.decode_work, _packed(1, 0, 0, "w", b"", 0.0), "Work.weights: expected bytes"),
+    (env.decode_work, _packed(4, 0, 0, b"", b"", 0.0, []), "Work.kind: expected an integer in"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", -1.0, []),
+     r"Work.weight_bound: expected a finite float >= 0"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", math.inf, []), "Work.weight_bound: expected a finite float"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 1, []), "Work.weight_bound: expected a finite float"),
+    (env.decode_work, _packed(1, 0, 0, "w", b"", 0.0, []), "Work.weights: expected bytes"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0), "Work: expected 7 fields, got 6"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [1]), "Work.public: expected finite floats"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [math.nan]), "Work.public: expected finite floats"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, 0.5), "Work.public: expected a list of at most 8"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [0.5] * 9),
+     "Work.public: expected a list of at most 8 floats"),
     (env.decode_submit, _packed(-1, 0, b""), "Submit.round: expected an integer"),
     (env.decode_submit, _packed(MAX_ROUND + 1, 0, b""), "Submit.round: expected an integer"),
     (env.decode_submit, _packed(1, UPDATE_STAGE + 1, b""),
@@ -248,7 +255,7 @@ def test_deeply_nested_version_field_raises_wire_error_not_recursion_error() -> 
     """Regression: the unsupported-version message used to repr the peer's value, and a value nested
     ~1000 deep (still under msgpack's own stack limit) raised RecursionError instead of WireError."""
     data = b"\x93\xcd" + MAGIC.to_bytes(2, "big") + b"\x91" * 1000 + b"\x90" + b"\x01"
-    with pytest.raises(WireError, match=r"Hello: unsupported version list \(this build speaks 1\)"):
+    with pytest.raises(WireError, match=r"Hello: unsupported version list \(this build speaks 2\)"):
         env.decode_hello(data)
     huge = b"\x93\xcd" + MAGIC.to_bytes(2, "big") + b"\xdb" + (1 << 20).to_bytes(4, "big") + b"a" * (1 << 20)
     with pytest.raises(WireError) as info:

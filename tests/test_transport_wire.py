@@ -27,6 +27,7 @@ from secagg.transport.auth import Authenticator, login_message
 from secagg.transport.coordinator import Coordinator
 from secagg.transport.envelope import (
     TOKEN_BYTES,
+    VERSION,
     Hello,
     Login,
     Poll,
@@ -160,7 +161,7 @@ def test_deeply_nested_envelope_is_invalid_argument_not_internal(channel: grpc.C
     """Regression: a version field nested ~1000 deep used to raise RecursionError (answered INTERNAL)."""
     nested = b"\x93\xcd\x5e\xc7" + b"\x91" * 1000 + b"\x90" + b"\x01"
     detail = _refused(channel, "Hello", nested, grpc.StatusCode.INVALID_ARGUMENT)
-    assert detail == "Hello: unsupported version list (this build speaks 1)"
+    assert detail == f"Hello: unsupported version list (this build speaks {VERSION})"
     _assert_alive(channel, deployment)
 
 

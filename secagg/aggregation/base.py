@@ -19,6 +19,9 @@ and :meth:`Aggregator.aggregate_released` (the server's part, on the rows as the
 them). A per-update map that must run wherever the update is still in the clear (clipping) says
 ``placement = "update"``: over a secure sum it runs on the clients (:meth:`Aggregator.client_step`)
 and the server finishes with :meth:`Wrapper.after_sum` on the sum; otherwise it runs on the server.
+A client step may depend on public values the server holds in its state and sends with each round
+(adaptive clipping's current clip norm: :meth:`Aggregator.round_public`), and may append
+coordinates (the clip bit: :meth:`Aggregator.released_dim`).
 ``aggregate`` is always the composition of the parts, so the simulation and a deployment
 (:mod:`secagg.placement`, which refuses a step placed where its trust model cannot hold) run one
 pipeline.
@@ -154,11 +157,26 @@ class Aggregator(Registered, ABC, family="aggregator"):
         """:class:`ConfigError` naming the field when this rule's guarantees cannot hold in a real
         deployment (checked by :func:`secagg.placement.place`); nothing by default."""
 
-    def client_step(self, update: torch.Tensor) -> torch.Tensor:
+    #: how many public values this rule's client step takes from the server each round
+    public_size: ClassVar[int] = 0
+
+    def client_step(self, update: torch.Tensor, public: tuple[float, ...] = ()) -> torch.Tensor:
         """This rule's step on one client's flat update (d,), run on that client before the update
         leaves it; the identity for server-placed rules. Client-placed rules draw any noise here, from
-        the OS CSPRNG."""
+        the OS CSPRNG. ``public``: this round's :meth:`round_public` values, as the server sent them
+        (``public_size`` of them; :class:`ConfigError` naming the value when one is out of range)."""
         return update
+
+    def round_public(self, state: AggState) -> tuple[float, ...]:
+        """The public values (``public_size`` floats) the server sends every client with the round,
+        read from this rule's ``state``: what its client step needs of the server's state. None by
+        default."""
+        return ()
+
+    def released_dim(self, dim: int) -> int:
+        """The length of what this rule's client step makes of a ``dim``-coordinate update (the
+        secure sum below it sums that many coordinates): ``dim`` by default."""
+        return dim
 
     def aggregate_released(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         """The server's part: aggregate rows that already went through :meth:`client_step` on their

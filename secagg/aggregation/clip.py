@@ -34,7 +34,7 @@ class ClipNorm(Wrapper, kind="clip-norm"):
         """``min(1, max_norm / norm)`` for each norm (a zero norm keeps its zero row)."""
         return torch.clamp(self.max_norm / norms.clamp_min(torch.finfo(norms.dtype).tiny), max=1.0)
 
-    def client_step(self, update: torch.Tensor) -> torch.Tensor:
+    def client_step(self, update: torch.Tensor, public: tuple[float, ...] = ()) -> torch.Tensor:
         """One update (d,) scaled to L2 norm at most ``max_norm`` (as :meth:`aggregate` scales each row)."""
         return update * self._scale(torch.linalg.vector_norm(update))
 

@@ -101,8 +101,10 @@ class Coordinator:
     # -- the round driver's side -----------------------------------------------------------------
 
     def begin_round(self, round_index: int, invited: tuple[int, ...], weights: bytes, now: float, *,
-                    params: SessionParams | None = None, weight_bound: float = 0.0) -> None:
-        """Open round ``round_index`` for ``invited`` clients with the global ``weights`` (bytes).
+                    params: SessionParams | None = None, weight_bound: float = 0.0,
+                    public: tuple[float, ...] = ()) -> None:
+        """Open round ``round_index`` for ``invited`` clients with the global ``weights`` (bytes) and
+        the round's ``public`` values for the client steps.
 
         Secure mode needs the session ``params`` (their ``client_ids`` must be ``invited``).
         """
@@ -126,10 +128,10 @@ class Coordinator:
             for u, setup in self._session.start():
                 data = encode(setup)
                 if data not in tasks:
-                    tasks[data] = Work(WorkKind.TASK, round_index, 0, weights, data, weight_bound)
+                    tasks[data] = Work(WorkKind.TASK, round_index, 0, weights, data, weight_bound, public)
                 self._outbox[u].append(tasks[data])
         else:
-            task = Work(WorkKind.TASK, round_index, 0, weights, b"", weight_bound)
+            task = Work(WorkKind.TASK, round_index, 0, weights, b"", weight_bound, public)
             for u in invited:
                 self._outbox[u].append(task)
         self._open = True

@@ -24,11 +24,12 @@ from secagg.errors import WireError
 from secagg.protocol.messages import MAX_ID
 
 MAGIC = 0x5EC7
-VERSION = 1
+VERSION = 2  # 2: Work carries the round's public values
 NONCE_BYTES = 32
 TOKEN_BYTES = 32
 MAX_ROUND = (1 << 31) - 1
 MAX_STEP = 64
+MAX_PUBLIC = 8  # public round values in one Work item (below the array cap)
 MAX_WAIT_MS = 60_000
 MAX_CONFIG_BYTES = 1 << 20
 #: one envelope, at most: a model's weights or update (a 2^28-coordinate float32 model, as the wire
@@ -84,6 +85,8 @@ class Poll:
 class Work:
     """``kind`` at position ``(round, step)``. TASK: ``weights`` (safetensors bytes of the global
     state), ``message`` (the wire-encoded Setup, secure mode; else empty), ``weight_bound`` (public W).
+    ``public``: the round's public values for the client steps (adaptive clipping's clip norm; see
+    :meth:`secagg.placement.Placement.public`), at most ``MAX_PUBLIC`` finite floats.
     PROTOCOL: ``message`` (a wire-encoded server message)."""
 
     kind: WorkKind
@@ -92,6 +95,7 @@ class Work:
     weights: bytes = b""
     message: bytes = b""
     weight_bound: float = 0.0
+    public: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,14 @@ def _float(v: Any, field: str) -> float:
     if type(v) is not float or not math.isfinite(v) or v < 0:
         raise WireError(f"{field}: expected a finite float >= 0")
     return v
+
+
+def _floats(v: Any, field: str, maximum: int) -> tuple[float, ...]:
+    if type(v) is not list or len(v) > maximum:
+        raise WireError(f"{field}: expected a list of at most {maximum} floats")
+    if any(type(x) is not float or not math.isfinite(x) for x in v):
+        raise WireError(f"{field}: expected finite floats")
+    return tuple(v)
 
 
 def _str(v: Any, field: str, maximum: int) -> str:
@@ -211,18 +223,19 @@ def decode_poll(data: bytes) -> Poll:
 
 
 def encode_work(m: Work) -> bytes:
-    return _pack(int(m.kind), m.round, m.step, m.weights, m.message, float(m.weight_bound))
+    return _pack(int(m.kind), m.round, m.step, m.weights, m.message, float(m.weight_bound),
+                 [float(v) for v in m.public])
 
 
 def decode_work(data: bytes) -> Work:
-    kind, r, step, weights, message, bound = _unpack(data, "Work", 6)
+    kind, r, step, weights, message, bound, public = _unpack(data, "Work", 7)
     try:
         kind = WorkKind(_uint(kind, "Work.kind", max(WorkKind)))
     except ValueError:
         raise WireError("Work.kind: unknown work kind") from None
     return Work(kind, _uint(r, "Work.round", MAX_ROUND), _uint(step, "Work.step", MAX_STEP),
                 _bin(weights, "Work.weights"), _bin(message, "Work.message"),
-                _float(bound, "Work.weight_bound"))
+                _float(bound, "Work.weight_bound"), _floats(public, "Work.public", MAX_PUBLIC))
 
 
 def encode_submit(m: Submit) -> bytes:

@@ -267,7 +267,7 @@ class NetworkClient:
         self._session, self._session_round = None, work.round
         if self._mode == "plain":
             update = self.train(work)
-            released = self.release(work.round, update.delta)
+            released = self.release(work, update.delta)
             delta = released.to(torch.float32).numpy().astype("<f4").tobytes()
             self._send(work.round, UPDATE_STAGE,
                        encode_update(PlainUpdate(update.num_examples, update.train_loss, delta)))
@@ -305,13 +305,13 @@ class NetworkClient:
             self._model, weights, self._data, config.fedavg.client, self._layout,
             seed=derive_seed(config.seed, "client", work.round, self.shard), client_id=self.id)
 
-    def release(self, round_index: int, delta: torch.Tensor) -> torch.Tensor:
+    def release(self, work: Work, delta: torch.Tensor) -> torch.Tensor:
         """``delta`` after the configuration's client steps (local DP's clip and noise, from the OS
-        CSPRNG, here on the client); with ``audit_dir`` both are recorded (this client's own disk)."""
-        config = self._config
-        assert config is not None
+        CSPRNG, here on the client), with the round's public values from the TASK; with ``audit_dir``
+        both are recorded (this client's own disk)."""
         assert self._placement is not None
-        released = self._placement.release(delta)
+        round_index = work.round
+        released = self._placement.release(delta, work.public)
         if self.audit_dir is not None:
             self.audit_dir.mkdir(parents=True, exist_ok=True)
             stem = self.audit_dir / f"client-{self.id}-round-{round_index}"
@@ -329,7 +329,7 @@ class NetworkClient:
         if session is None:
             raise ConfigError("aggregator: the server runs a secure round but the configuration has no "
                               "secure sum to encode for")
-        released = self.release(work.round, update.delta)
+        released = self.release(work, update.delta)
         # the session's own encoding: quantize and weight (SecureSum), or rotate, round and add this
         # client's integer noise share (distributed DP); every secret draw from the OS CSPRNG
         return session.session_input(released.to(torch.float64).numpy(), float(update.num_examples),

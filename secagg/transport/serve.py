@@ -128,10 +128,11 @@ class NetworkSource:
         weights = safetensors.torch.save({k: v.contiguous() for k, v in state.weights.items()})
         params = None
         if self.placement.session is not None:
-            params = self.placement.session.secure_params(invited, fedavg.layout.dim, r)
+            params = self.placement.session_params(invited, fedavg.layout.dim, r)
             params = dataclasses.replace(params, model_version=hashlib.sha256(weights).digest())
+        public = self.placement.public(state.aggregator_state)  # e.g. adaptive clipping's clip norm
         return params, self.service.run_round(r, invited, weights, params=params,
-                                              weight_bound=self.weight_bound)
+                                              weight_bound=self.weight_bound, public=public)
 
     def _aggregate(self, fedavg: FedAvg, outcome: RoundOutcome, params: SessionParams | None,
                    state: ServerState, rejected: list[int], net: dict[str, Any]) -> Collected:

@@ -145,13 +145,14 @@ class AggregationService:
     # -- the round driver -------------------------------------------------------------------------
 
     def run_round(self, round_index: int, invited: tuple[int, ...], weights: bytes, *,
-                  params: SessionParams | None = None, weight_bound: float = 0.0) -> RoundOutcome:
+                  params: SessionParams | None = None, weight_bound: float = 0.0,
+                  public: tuple[float, ...] = ()) -> RoundOutcome:
         """Open a round on the coordinator and close its stages as they become due (everyone answered,
         grace or deadline passed) until it ends; the clients' calls arrive meanwhile on gRPC threads."""
         with self.lock:
             opened = self.clock()
             self.coordinator.begin_round(round_index, invited, weights, opened, params=params,
-                                         weight_bound=weight_bound)
+                                         weight_bound=weight_bound, public=public)
             self.lock.notify_all()
             while True:
                 now = self.clock()
