@@ -91,7 +91,7 @@ def _check_search(search: str, evals: int, delta: float, ratio: float) -> None:
 
 
 @dataclass(frozen=True)
-class AdaptiveALIE(UpdateAttack, kind="alie_adaptive"):
+class AdaptiveALIE(UpdateAttack, kind="alie-adaptive"):
     """ALIE (``mean - z * std``) with ``z`` chosen per round to maximize the deployed defence's
     distance to the honest mean. ``search="grid"``: ``points`` log-spaced ``|z|`` in
     ``[z_min, z_max]``, both signs; ``search="line"``: ByzFL's line search over ``|z| >= z_min`` for
@@ -128,7 +128,7 @@ class AdaptiveALIE(UpdateAttack, kind="alie_adaptive"):
 
 
 @dataclass(frozen=True)
-class AdaptiveIPM(UpdateAttack, kind="ipm_adaptive"):
+class AdaptiveIPM(UpdateAttack, kind="ipm-adaptive"):
     """IPM (``-epsilon * mean``) with ``epsilon`` chosen per round to maximize the deployed defence's
     distance to the honest mean. ``search="grid"``: ``points`` log-spaced values in
     ``[epsilon_min, epsilon_max]``; ``search="line"``: ByzFL's line search over

@@ -10,15 +10,13 @@ attack is simulation randomness, seeded from the context (not secret).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from secagg.errors import ConfigError
+from secagg.fedavg.adversary import Defence
 from secagg.registry import Registered
-
-Defence = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ class DataAttack(Registered, ABC, family="data_attack"):
 
 
 @dataclass(frozen=True)
-class LabelFlip(DataAttack, kind="label_flip"):
+class LabelFlip(DataAttack, kind="label-flip"):
     """Label flipping (Biggio et al. 2012; Tolpegin et al. 2020).
 
     ``mode="permutation"``: every label ``y`` becomes ``num_classes - 1 - y`` (a fixed permutation).
@@ -111,7 +111,7 @@ class Backdoor(DataAttack, kind="backdoor"):
 
 
 @dataclass(frozen=True)
-class ModelReplacement(UpdateAttack, kind="model_replacement"):
+class ModelReplacement(UpdateAttack, kind="model-replacement"):
     """Model replacement (Bagdasaryan et al., AISTATS 2020): the attackers scale their own (backdoored)
     updates by ``boost`` so that the server's step lands on their model.
 

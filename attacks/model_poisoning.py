@@ -20,7 +20,7 @@ from secagg.validation import check_choice, check_int, check_real
 
 
 @dataclass(frozen=True)
-class SignFlip(UpdateAttack, kind="sign_flip"):
+class SignFlip(UpdateAttack, kind="sign-flip"):
     """Each attacker sends ``-scale`` times its own honest update (gradient sign flipping; Allen-Zhu
     et al. 2020, as in ByzFL with ``scale = 1``). Not omniscient."""
 
@@ -173,7 +173,7 @@ class _OptimizedShift(UpdateAttack):
 
 
 @dataclass(frozen=True)
-class MinMax(_OptimizedShift, kind="min_max"):
+class MinMax(_OptimizedShift, kind="min-max"):
     """Min-Max (Shejwalkar and Houmansadr, NDSS 2021): the malicious update's largest distance to an
     honest update stays within the largest distance between two honest updates:
     ``max_i ||m - h_i|| <= max_{i,j} ||h_i - h_j||``. ``perturbation``: ``unit_vec`` (-mean/||mean||),
@@ -184,7 +184,7 @@ class MinMax(_OptimizedShift, kind="min_max"):
 
 
 @dataclass(frozen=True)
-class MinSum(_OptimizedShift, kind="min_sum"):
+class MinSum(_OptimizedShift, kind="min-sum"):
     """Min-Sum (Shejwalkar and Houmansadr, NDSS 2021): the malicious update's sum of squared distances
     to the honest updates stays within the largest such sum of an honest update:
     ``sum_i ||m - h_i||^2 <= max_i sum_j ||h_i - h_j||^2``."""

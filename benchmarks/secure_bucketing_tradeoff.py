@@ -69,7 +69,7 @@ def make_round(n: int, f: int, d: int, sigma: float, attack: str,
 
 def defences(n: int) -> dict[str, tuple[Aggregator, int, str]]:
     """name -> (aggregator, anonymity set, colluders tolerated under its threat model)."""
-    secure = SecureSum(clip=4.0)
+    secure = SecureSum(value_range=4.0)
     out: dict[str, tuple[Aggregator, int, str]] = {
         "SecureSum (mean)": (secure, n, str(n - 2)),
         "median, no secure agg.": (CoordinateMedian(), 1, "-"),

@@ -54,7 +54,7 @@ class AdaptiveClipDP(GaussianAccounted, Wrapper, kind="dp-fedavg-adaptive"):
     uses. ``expected_clients``: m = q N > 0. ``target_quantile``: gamma in (0, 1).
     ``learning_rate``: eta > 0. ``count_stddev``: sigma_b > 0 (``None``: max(m / 20, z));
     z < 2 sigma_b. ``sample_rate``, ``delta``, ``accountant``, ``sampling``, ``target_epsilon``,
-    ``inner``: as in :class:`dp.central.DPFedAvg` (a ``SecureSum`` inner needs ``clip >= 1/2`` to carry
+    ``inner``: as in :class:`dp.central.DPFedAvg` (a ``SecureSum`` inner needs ``value_range >= 1/2`` to carry
     the centred bits).
     """
 
@@ -81,9 +81,9 @@ class AdaptiveClipDP(GaussianAccounted, Wrapper, kind="dp-fedavg-adaptive"):
         self.check_accounting()
         super().__post_init__()
         check_sum_inner(self.inner)
-        if isinstance(self.inner, SecureSum) and self.inner.clip < BIT_RANGE:
-            raise ConfigError(f"inner.clip: must be >= {BIT_RANGE} to carry the centred clip bits through "
-                              f"the secure sum, got {self.inner.clip}")
+        if isinstance(self.inner, SecureSum) and self.inner.value_range < BIT_RANGE:
+            raise ConfigError(f"inner.value_range: must be >= {BIT_RANGE} to carry the centred clip bits "
+                              f"through the secure sum, got {self.inner.value_range}")
         if self.noise_multiplier >= 2.0 * self.sigma_b:
             raise ConfigError(f"noise_multiplier: must be < 2 sigma_b = {2.0 * self.sigma_b:g} (sigma_b = "
                               f"count_stddev), got {self.noise_multiplier}; raise count_stddev or leave "

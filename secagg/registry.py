@@ -24,6 +24,8 @@ class Registered:
     """Base of a plug-in family; see the module docstring."""
 
     kind: ClassVar[str]
+    #: field names a kind used before (old name -> current name), still accepted by :meth:`from_dict`
+    renamed: ClassVar[dict[str, str]] = {}
     _family: ClassVar[str]
     _registry: ClassVar[dict[str, type[Registered]]]
 
@@ -33,11 +35,27 @@ class Registered:
         if family is not None:
             cls._family, cls._registry = family, {}
         if kind is not None:
+            if kind != kind.lower() or "_" in kind or " " in kind:
+                raise ConfigError(f"{cls._family} kind {kind!r}: kinds are lower case with hyphens "
+                                  f"(e.g. 'trimmed-mean')")
             known = cls._registry.get(kind)
             if known is not None and known.__qualname__ != cls.__qualname__:
                 raise ConfigError(f"{cls._family} kind {kind!r} is already registered")
             cls.kind = kind
             cls._registry[kind] = cls
+
+    @classmethod
+    def resolve_kind(cls, kind: Any) -> str | None:
+        """The registered kind ``kind`` names, or ``None``. Kinds are spelled with hyphens
+        (``"trimmed-mean"``, ``"sign-flip"``); the underscore spellings earlier releases used for
+        some of them (``"sign_flip"``, ``"label_flip"``, ...) are still accepted, so existing
+        configuration files keep loading."""
+        if not isinstance(kind, str):
+            return None
+        for name in (kind, kind.replace("_", "-")):
+            if name in cls._registry:
+                return name
+        return None
 
     @classmethod
     def kinds(cls) -> tuple[str, ...]:
@@ -58,10 +76,16 @@ class Registered:
         family = cls._family
         if not isinstance(data, Mapping) or "kind" not in data:
             raise ConfigError(f"{family}: expected a mapping with a 'kind' field")
-        kind = data["kind"]
-        if kind not in cls._registry:
-            raise ConfigError(f"{family}.kind: unknown {kind!r}; known: {', '.join(sorted(cls._registry))}")
+        kind = cls.resolve_kind(data["kind"])
+        if kind is None:
+            raise ConfigError(f"{family}.kind: unknown {data['kind']!r}; known: "
+                              f"{', '.join(sorted(cls._registry))}")
         target = cls._registry[kind]
+        for old, new in target.renamed.items():
+            if old in data:
+                if new in data:
+                    raise ConfigError(f"{family} {kind!r}: both {old!r} (the old name) and {new!r} given")
+                data = {**{k: v for k, v in data.items() if k != old}, new: data[old]}
         hints = typing.get_type_hints(target)
         names = {f.name for f in dataclasses.fields(target)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names - {"kind"})

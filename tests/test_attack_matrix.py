@@ -116,15 +116,15 @@ ROBUST: dict[str, Aggregator] = {"median": CoordinateMedian(), "trimmed-mean": T
 # what each attack is for, against the plain mean: "push" moves the aggregate along the goal
 # direction (-honest mean, or -std for the attacks that hide inside the spread), "far" by a factor
 # over the no-attack distance; min over 20 seeds (d = 40) in the comments
-PUSH = {"sign_flip": "mean", "ipm": "mean", "alie": "std", "min_max": "std", "min_sum": "std"}
-FAR = {"sign_flip": 3.0,  # 5.4
+PUSH = {"sign-flip": "mean", "ipm": "mean", "alie": "std", "min-max": "std", "min-sum": "std"}
+FAR = {"sign-flip": 3.0,  # 5.4
        "ipm": 2.0,  # 3.0
        "scaling": 10.0,  # 24.8
        "gaussian": 50.0,  # 252
-       "model_replacement": 4.0,  # 8.4
-       "ipm_adaptive": 50.0,  # 279
-       "alie_adaptive": 10.0}  # 27.4
-GROSS = ("sign_flip", "scaling", "gaussian", "model_replacement", "ipm_adaptive", "alie_adaptive")
+       "model-replacement": 4.0,  # 8.4
+       "ipm-adaptive": 50.0,  # 279
+       "alie-adaptive": 10.0}  # 27.4
+GROSS = ("sign-flip", "scaling", "gaussian", "model-replacement", "ipm-adaptive", "alie-adaptive")
 
 
 def defence(rule: Aggregator):
@@ -184,7 +184,7 @@ def test_against_the_mean_each_attack_moves_the_aggregate_towards_its_goal(seed,
         if kind in FAR:
             assert dist(agg, hm) > FAR[kind] * dist(clean, hm), kind
     # model replacement: what the attackers add is exactly their own (mean) model, however far
-    agg, _ = attacked(Mean(), "model_replacement", honest, own, seed)
+    agg, _ = attacked(Mean(), "model-replacement", honest, own, seed)
     torch.testing.assert_close(agg - H / (H + F) * hm, own.mean(dim=0), rtol=0, atol=1e-9)
     # mimic: every attacker copies one honest row, and the mean moves towards that row
     agg, crafted = attacked(Mean(), "mimic", honest, own, seed)
@@ -201,7 +201,7 @@ def test_robust_rules_stay_closer_to_the_honest_mean_than_the_mean_under_gross_a
     for kind in GROSS:
         plain = dist(attacked(Mean(), kind, honest, own, seed)[0], hm)
         for name, rule in ROBUST.items():
-            if name == "krum" and kind == "sign_flip":
+            if name == "krum" and kind == "sign-flip":
                 continue  # Krum outputs one row (2.1-2.9 from the mean): no closer than 3.1 under sign flip
             # measured (d = 40): median <= 1.8, trimmed <= 1.8, Krum <= 4.4 vs the mean >= 3.1
             assert dist(attacked(rule, kind, honest, own, seed)[0], hm) < 0.8 * plain, (kind, name)

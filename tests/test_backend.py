@@ -59,7 +59,7 @@ def _updates(n: int, d: int, seed: int, scale: float = 1.0) -> np.ndarray:
 @given(st.integers(2, 6), st.integers(1, 40), st.integers(0, 2**31),
        st.lists(st.integers(1, 50), min_size=6, max_size=6))
 def test_a_secure_round_over_bytes_is_the_weighted_mean_of_its_survivors(n, d, seed, counts):
-    rule = SecureSum(clip=4.0)
+    rule = SecureSum(value_range=4.0)
     pipeline = Pipeline(rule, d)
     updates = np.clip(_updates(n, d, seed), -4.0, 4.0)
     server, _, _ = drive(pipeline, updates, counts[:n])
@@ -73,7 +73,7 @@ def test_a_secure_round_over_bytes_is_the_weighted_mean_of_its_survivors(n, d, s
 
 
 def test_a_dropout_is_recovered_and_the_sum_covers_the_survivors():
-    pipeline = Pipeline(SecureSum(clip=4.0, weighted=False), 10)
+    pipeline = Pipeline(SecureSum(value_range=4.0, weighted=False), 10)
     updates = np.clip(_updates(5, 10, 1), -4, 4)
     server, _, _ = drive(pipeline, updates, [1] * 5, silent_after={4: 2})  # 4 leaves after sharing keys
     assert server.survivors == (0, 1, 2, 3)
@@ -83,7 +83,7 @@ def test_a_dropout_is_recovered_and_the_sum_covers_the_survivors():
 def test_malicious_mode_with_the_operators_registry():
     keys = {u: SigningKey.generate() for u in range(4)}
     registry = {u: k.public for u, k in keys.items()}
-    pipeline = Pipeline(SecureSum(clip=4.0, malicious=True), 8, registry=registry)
+    pipeline = Pipeline(SecureSum(value_range=4.0, malicious=True), 8, registry=registry)
     updates = np.clip(_updates(4, 8, 2), -4, 4)
     server, _, _ = drive(pipeline, updates, [2, 2, 2, 2], identities=keys)
     assert np.allclose(server.finish({}).update.double().numpy(), updates.mean(axis=0), atol=1e-4)
@@ -94,7 +94,7 @@ def test_malicious_mode_with_the_operators_registry():
 def test_central_dp_over_a_secure_sum_clips_on_the_clients_and_noises_the_sum():
     d = 20_000
     rule = DPFedAvg(clip=1.0, noise_multiplier=1.5, expected_clients=4.0, sampling="none",
-                    inner=SecureSum(weighted=False, max_clients=8, clip=1.0))
+                    inner=SecureSum(weighted=False, max_clients=8, value_range=1.0))
     pipeline = Pipeline(rule, d)
     updates = _updates(4, d, 3, scale=0.1)  # norm ~14: every client clips
     server, clients, _ = drive(pipeline, updates, [5, 6, 7, 8])
@@ -133,7 +133,7 @@ def test_local_dp_noise_is_added_by_each_client_and_never_by_the_server():
 
 
 def test_bad_bytes_from_a_client_are_refused_and_change_nothing():
-    for rule in (SecureSum(clip=4.0), Mean()):
+    for rule in (SecureSum(value_range=4.0), Mean()):
         pipeline = Pipeline(rule, 6)
         updates = np.clip(_updates(3, 6, 6), -4, 4)
         server, _, refused = drive(pipeline, updates, [1, 2, 3], garbage=True)
@@ -233,7 +233,7 @@ def test_adaptive_clipping_over_a_secure_sum_clips_on_the_clients_to_the_servers
 
     d, clip, m = 12, 2.0, 4
     rule = AdaptiveClipDP(initial_clip=1.0, noise_multiplier=0.5, expected_clients=m, count_stddev=0.4,
-                          inner=SecureSum(weighted=False, clip=4.0, max_clients=m))
+                          inner=SecureSum(weighted=False, value_range=4.0, max_clients=m))
     pipeline = Pipeline(rule, d)
     assert pipeline.placement.sum_dim(d) == d + 1
     updates = _updates(m, d, 5)
@@ -267,7 +267,7 @@ def test_a_client_refuses_a_clip_norm_that_is_not_finite_and_positive():
     from dp.adaptive import AdaptiveClipDP
     from secagg.errors import RemoteProtocolError
 
-    rule = AdaptiveClipDP(inner=SecureSum(weighted=False, clip=4.0, max_clients=3))
+    rule = AdaptiveClipDP(inner=SecureSum(weighted=False, value_range=4.0, max_clients=3))
     pipeline = Pipeline(rule, 4)
     state = {**rule.init_state(4), "clip": torch.tensor([-1.0], dtype=torch.float64)}
     server = pipeline.server(1, (0, 1, 2), weight_bound=1.0, state=state)

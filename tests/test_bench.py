@@ -148,7 +148,7 @@ def quick(quick_dir):
 
 @pytest.mark.slow
 def test_quick_preset_sign_flip_and_ipm_break_the_mean_not_the_robust_rules(quick):
-    for attack in ("sign_flip", "ipm"):
+    for attack in ("sign-flip", "ipm"):
         mean = quick[(attack, "mean", "iid")]["accuracy"]
         assert mean < 0.2, f"{attack}: FedAvg collapses to chance (10 classes), got {mean}"
         for rule in ("median", "trimmed_mean", "krum"):

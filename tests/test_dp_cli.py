@@ -72,7 +72,7 @@ def test_composition_with_secure_aggregation():
     plain = _config("--dp", "central", "--noise-multiplier", "1").fedavg.aggregator
     assert plain.inner == Mean(weighted=False)
     local = _config("--dp", "local", "--noise-multiplier", "0.5", "--clip", "2", "--secure").fedavg.aggregator
-    assert isinstance(local.inner, SecureSum) and local.inner.clip == pytest.approx(2 * (1 + 6 * 0.5))
+    assert isinstance(local.inner, SecureSum) and local.inner.value_range == pytest.approx(2 * (1 + 6 * 0.5))
     adaptive = _config("--dp", "adaptive", "--noise-multiplier", "0.5", "--fraction", "1.0",
                        "--clients", "20").fedavg.aggregator
     assert isinstance(adaptive, AdaptiveClipDP) and adaptive.expected_clients == 20.0

@@ -88,7 +88,7 @@ def test_dpfedavg_divides_the_clipped_sum_by_expected_clients(secure):
     u = torch.randn(3, 5, generator=g, dtype=torch.float64) * torch.tensor([[0.1], [3.0], [10.0]],
                                                                          dtype=torch.float64)
     c, z, m = 1.0, 0.3, 10.0
-    inner = SecureSum(weighted=False, clip=1.0, max_clients=10) if secure else Mean(weighted=False)
+    inner = SecureSum(weighted=False, value_range=1.0, max_clients=10) if secure else Mean(weighted=False)
     agg = DPFedAvg(clip=c, noise_multiplier=z, expected_clients=m, inner=inner)
     out = agg.run_round(_batch(u), {}, rng=SecureRandom(SEED))
     clipped, _ = clip_rows(u, c)
@@ -136,8 +136,8 @@ def test_dpfedavg_epsilon_and_budget_hooks():
     (lambda: AdaptiveClipDP(target_quantile=1.0), "target_quantile: must be < 1"),
     (lambda: AdaptiveClipDP(learning_rate=0.0), "learning_rate: must be > 0"),
     (lambda: AdaptiveClipDP(expected_clients=100, delta=1.0), "delta: must be < 1"),
-    (lambda: AdaptiveClipDP(inner=SecureSum(weighted=False, clip=0.4, max_clients=9)),
-         "inner.clip: must be >= 0.5"),
+    (lambda: AdaptiveClipDP(inner=SecureSum(weighted=False, value_range=0.4, max_clients=9)),
+         "inner.value_range: must be >= 0.5"),
         (lambda: DPFedAvg(inner=SecureSum(weighted=False)), "inner.max_clients: a DP sum"),
 ])
 def test_bad_settings_name_the_field_and_bound(make, field):

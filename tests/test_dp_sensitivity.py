@@ -94,7 +94,7 @@ def _through_aggregate(agg: Aggregator, batch: UpdateBatch, key: bytes) -> list[
 
 
 def _secure(bits: int) -> SecureSum:
-    return SecureSum(weighted=False, bits=bits, clip=1.0, max_clients=2 * N)
+    return SecureSum(weighted=False, bits=bits, value_range=1.0, max_clients=2 * N)
 
 
 def _central(**kw: object) -> DPFedAvg:

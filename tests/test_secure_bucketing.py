@@ -47,16 +47,18 @@ def test_a_far_attacker_is_filtered_by_the_median_of_bucket_means():
     poisoned[7] = 1e3  # one attacker, far away (clipped to the quantizer's range, still far)
     attacked = batch.replace(updates=poisoned)
     out = SecureBucketing(bucket_size=3, inner=CoordinateMedian(),
-                          secure=SecureSum(clip=1e4)).aggregate(attacked, {})
+                          secure=SecureSum(value_range=1e4)).aggregate(attacked, {})
     honest = torch.cat([batch.updates[:7], batch.updates[8:]])
     assert torch.all(out.update <= honest.max(dim=0).values + 1e-4)
     assert torch.all(out.update >= honest.min(dim=0).values - 1e-4)
-    plain = SecureBucketing(bucket_size=3, inner=Mean(), secure=SecureSum(clip=1e4)).aggregate(attacked, {})
+    plain = SecureBucketing(bucket_size=3, inner=Mean(),
+                            secure=SecureSum(value_range=1e4)).aggregate(attacked, {})
     assert plain.update.abs().max() > 10, "without a robust rule the attacker drags the mean away"
 
 
 def test_serialization_validation_and_metrics():
-    rule = SecureBucketing(bucket_size=4, inner=CoordinateMedian(), secure=SecureSum(clip=0.5, bits=24))
+    rule = SecureBucketing(bucket_size=4, inner=CoordinateMedian(),
+                           secure=SecureSum(value_range=0.5, bits=24))
     assert rule.threat_model == "colluding-clients"  # the safe default
     assert Aggregator.from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
     with pytest.raises(ConfigError, match="bucket_size: must be >= 2"):

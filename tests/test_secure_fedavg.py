@@ -30,7 +30,7 @@ def _batch(n: int, d: int, seed: int, weights=None) -> UpdateBatch:
        weighted=st.booleans(), graph=st.sampled_from(["full", "secaggplus"]))
 def test_secure_mean_equals_plain_mean_within_quantization_error(n, d, seed, weighted, graph):
     batch = _batch(n, d, seed)
-    agg = SecureSum(clip=1.0, weighted=weighted, graph=graph).aggregate(batch, {})
+    agg = SecureSum(value_range=1.0, weighted=weighted, graph=graph).aggregate(batch, {})
     plain = Mean(weighted=weighted).aggregate(batch, {}).update
     # error of the weighted sum over the summed weight (both quantized with ~n/2^31 resolution)
     assert torch.allclose(agg.update, plain, atol=1e-6)
@@ -53,13 +53,13 @@ def test_dropped_clients_are_excluded_from_numerator_and_denominator():
 
 def test_clipping_is_counted_not_silent():
     batch = UpdateBatch(torch.tensor([[5.0, 0.1], [0.2, -0.1]]), torch.ones(2, dtype=torch.float64), (0, 1))
-    out = SecureSum(clip=1.0, weighted=False).aggregate(batch, {})
+    out = SecureSum(value_range=1.0, weighted=False).aggregate(batch, {})
     assert out.metrics["clipped_fraction"] == pytest.approx(0.25)
     assert out.update[0] == pytest.approx((1.0 + 0.2) / 2, abs=1e-6)
 
 
 def test_secure_sum_serializes_and_validates():
-    agg = ClipNorm(max_norm=3.0, inner=SecureSum(clip=0.5, bits=24, graph="secaggplus", dropout=0.1))
+    agg = ClipNorm(max_norm=3.0, inner=SecureSum(value_range=0.5, bits=24, graph="secaggplus", dropout=0.1))
     assert Aggregator.from_dict(json.loads(json.dumps(agg.to_dict()))) == agg
     with pytest.raises(ConfigError, match="graph: must be one of 'full', 'secaggplus'"):
         SecureSum(graph="ring")
@@ -94,7 +94,7 @@ def _digits(aggregator) -> ExperimentConfig:
 
 def test_fedavg_on_digits_with_secure_aggregation_matches_plain_fedavg():
     plain = run_experiment(_digits(Mean()))
-    secure = run_experiment(_digits(SecureSum(clip=1.0)))
+    secure = run_experiment(_digits(SecureSum(value_range=1.0)))
     for name, w in plain.state.weights.items():
         torch.testing.assert_close(secure.state.weights[name], w, atol=1e-4, rtol=0)
     for a, b in zip(plain.history, secure.history, strict=True):

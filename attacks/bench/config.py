@@ -16,8 +16,8 @@ allowed ones::
 
     [attacks]                  # name -> what the Byzantine clients do; "none" = no attackers
     none = {}
-    sign_flip = { update = { kind = "sign_flip" } }
-    backdoor = { data = { kind = "backdoor" }, update = { kind = "model_replacement" } }
+    sign-flip = { update = { kind = "sign-flip" } }
+    backdoor = { data = { kind = "backdoor" }, update = { kind = "model-replacement" } }
 
     [defences]                 # name -> an aggregator (secagg.aggregation kinds, dp kinds)
     mean = { kind = "mean" }

@@ -36,8 +36,10 @@ GRAPHS = ("full", "secaggplus")
 class SecureSum(Aggregator, kind="secure-sum"):
     """The (weighted) mean of the updates, computed through secure aggregation.
 
-    ``clip``: per-coordinate range of the quantized (weight-scaled) updates; larger values are clipped
-    and counted in the ``clipped_fraction`` metric. ``bits``: ring Z_(2^bits), at most 32.
+    ``value_range``: each quantized (weight-scaled) coordinate must lie in
+    [-value_range, value_range]; larger values are clamped to it and counted in the
+    ``clipped_fraction`` metric (a per-coordinate quantization range, not an L2 clip norm;
+    configuration files may still call it ``clip``). ``bits``: ring Z_(2^bits), at most 32.
     ``graph``: ``"full"`` (Bonawitz et al. 2017, threshold ``floor(threshold_fraction * n) + 1``) or
     ``"secaggplus"`` (Bell et al. 2020: degree and threshold from :func:`secaggplus_parameters` for
     ``corrupt_fraction`` and ``dropout_fraction``; falls back to the full graph for small rounds).
@@ -54,8 +56,10 @@ class SecureSum(Aggregator, kind="secure-sum"):
     from the finder's semi-malicious column.
     """
 
-    clip: float = 1.0
+    value_range: float = 1.0
     bits: int = 32
+    #: old field names still accepted by from_dict (configuration files)
+    renamed: ClassVar[dict[str, str]] = {"clip": "value_range"}
     graph: str = "full"
     threshold_fraction: float = 0.5
     corrupt_fraction: float = 0.05
@@ -67,7 +71,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
     max_clients: int = 0
 
     def __post_init__(self) -> None:
-        check_real("clip", self.clip, gt=0.0)
+        check_real("value_range", self.value_range, gt=0.0)
         check_int("bits", self.bits, minimum=8, maximum=32)
         check_choice("graph", self.graph, GRAPHS)
         check_real("threshold_fraction", self.threshold_fraction, gt=0.0, lt=1.0)
@@ -113,7 +117,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
             raise ConfigError(f"max_clients: the session has {num_clients} clients, above the bound "
                               f"max_clients={self.max_clients} its quantization grid is planned for")
         planned = self.max_clients or num_clients
-        return (Quantizer.for_sum(self.clip, planned, self.bits),
+        return (Quantizer.for_sum(self.value_range, planned, self.bits),
                 Quantizer.for_sum(1.0, planned, self.bits))
 
     def client_weight(self, num_examples: float, bound: float) -> float:

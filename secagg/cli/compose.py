@@ -30,7 +30,7 @@ from secagg.cli.options import (
     DEFAULT_CLIP,
     DEFAULT_DELTA,
     DEFAULT_SECURE_BITS,
-    DEFAULT_SECURE_CLIP,
+    DEFAULT_SECURE_RANGE,
     DP_MODES,
     ROBUST_RULES,
 )
@@ -110,7 +110,7 @@ def _base_config(args: argparse.Namespace) -> ExperimentConfig:
             raise FlagError(f"--sample-rate: must be in (0, 1], got {args.sample_rate}")
         config = _with(_with(config, ("fedavg", "fraction"), args.sample_rate),
                        ("fedavg", "sampling"), "poisson")
-    secure = (SecureSum(clip=DEFAULT_SECURE_CLIP if args.secure_clip is None else args.secure_clip,
+    secure = (SecureSum(value_range=DEFAULT_SECURE_RANGE if args.secure_range is None else args.secure_range,
                         bits=DEFAULT_SECURE_BITS if args.secure_bits is None else args.secure_bits,
                         graph=args.secure_graph, dropout=args.secure_dropout,
                         malicious=args.secure_malicious, corrupt_fraction=args.secure_corrupt)
@@ -219,8 +219,8 @@ def dp_aggregator(args: argparse.Namespace, config: ExperimentConfig,
                                                                                "rdp", "none"))
             inner: Aggregator = Mean()
             if secure is not None:
-                inner = secure if args.secure_clip is not None else dataclasses.replace(
-                    secure, clip=clip * (1.0 + 6.0 * z))
+                inner = secure if args.secure_range is not None else dataclasses.replace(
+                    secure, value_range=clip * (1.0 + 6.0 * z))
             return LocalDP(clip=clip, noise_multiplier=z, delta=delta, target_epsilon=args.target_epsilon,
                            inner=inner)
         # distributed: always a secure sum, planned for a fixed round size

@@ -90,7 +90,7 @@ DEFAULT_CLIP = 1.0
 DEFAULT_DELTA = 1e-5
 
 
-DEFAULT_SECURE_CLIP = 1.0
+DEFAULT_SECURE_RANGE = 1.0
 
 
 DEFAULT_SECURE_BITS = 32
@@ -215,9 +215,10 @@ def _add_training_options(train: argparse.ArgumentParser) -> None:
                              "instead of in the clear")
     secure.add_argument("--secure-graph", choices=GRAPHS, default="full",
                         help="full graph (Bonawitz et al.) or a SecAgg+ Harary graph (default: full)")
-    secure.add_argument("--secure-clip", type=float, default=None,
-                        help="per-coordinate quantization range of the weighted update (default: "
-                             f"{DEFAULT_SECURE_CLIP}; with --dp local, clip * (1 + 6 z))")
+    secure.add_argument("--secure-range", "--secure-clip", dest="secure_range", type=float, default=None,
+                        help="per-coordinate quantization range of the weighted update, SecureSum's "
+                             "value_range (--secure-clip: its old name, still accepted) (default: "
+                             f"{DEFAULT_SECURE_RANGE}; with --dp local, clip * (1 + 6 z))")
     secure.add_argument("--secure-bits", type=int, default=None,
                         help=f"ring Z_(2^bits) (default: {DEFAULT_SECURE_BITS}; with --dp distributed, "
                              f"{DistributedDP().bits})")
