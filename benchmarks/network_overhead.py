@@ -105,7 +105,7 @@ def run_network(n: int, dims: list[int], tls: bool, tmp: Path) -> dict[int, dict
                                        vector_length=d, bits=32)
                 service.traffic.reset()
                 t0 = time.perf_counter()
-                outcome = service.run_round(r, ids, WEIGHTS, params=params)
+                outcome = service.exchange_round(r, ids, WEIGHTS, params=params)
                 seconds = time.perf_counter() - t0
                 sent, received = service.traffic.reset()
                 assert outcome.result is not None, outcome.aborted

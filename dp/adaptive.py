@@ -167,9 +167,10 @@ class AdaptiveClipDP(GaussianAccounted, Wrapper, kind="dp-fedavg-adaptive"):
         return Aggregate(update.to(dtype), new_state, metrics)
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
-        return self.run_round(batch, state)
+        return self.aggregate_with_noise(batch, state)
 
-    def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
+    def aggregate_with_noise(self, batch: UpdateBatch, state: AggState,
+                             rng: SecureRandom | None = None) -> Aggregate:
         """:meth:`aggregate`, optionally drawing the noise from ``rng`` (a seeded one: TESTS ONLY): every
         row through the client step, the inner sum, then :meth:`after_sum`."""
         rows, bits = self._released_rows(batch.updates, self.current_clip(state))

@@ -178,7 +178,7 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
         if self.simulation_seed is not None:  # reproducible simulation noise (see the class docstring)
             key = hashlib.sha256(f"secagg/simulation-noise/{self.simulation_seed}/{batch.seed}".encode())
             rng = SecureRandom(key.digest())
-        return self.run_round(batch, state, rng)
+        return self.aggregate_with_noise(batch, state, rng)
 
     def client_step(self, update: torch.Tensor, public: tuple[float, ...] = ()) -> torch.Tensor:
         """One client's update (d,) clipped to :func:`secure_clip` (float64): what it sends into the
@@ -199,7 +199,8 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
         return Aggregate(update.to(dtype), nest_state("inner", inner.state),
                          {"noise_std": self.noise_std, **{f"inner/{k}": v for k, v in inner.metrics.items()}})
 
-    def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
+    def aggregate_with_noise(self, batch: UpdateBatch, state: AggState,
+                             rng: SecureRandom | None = None) -> Aggregate:
         """:meth:`aggregate`, optionally drawing the noise from ``rng`` (a seeded one: TESTS ONLY):
         every row through :meth:`client_step`'s clip, the inner sum, then :meth:`after_sum`."""
         # through a secure sum, rows are clipped a little tighter so that their rounded encoding still

@@ -461,10 +461,10 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
         return unrotate(self.centered(total).astype(np.float64) * p.gamma, rotation_seed, dim)
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
-        return self.run_round(batch, state)
+        return self.aggregate_with_noise(batch, state)
 
-    def run_round(self, batch: UpdateBatch, state: AggState,
-                  rngs: Mapping[int, SecureRandom] | None = None) -> Aggregate:
+    def aggregate_with_noise(self, batch: UpdateBatch, state: AggState,
+                             rngs: Mapping[int, SecureRandom] | None = None) -> Aggregate:
         """:meth:`aggregate`, optionally with given client generators (``rngs[client_id]``: TESTS ONLY)."""
         order = sorted(range(batch.num_clients), key=lambda i: batch.client_ids[i])
         ids = tuple(batch.client_ids[i] for i in order)

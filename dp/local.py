@@ -73,7 +73,7 @@ class LocalDP(Wrapper, kind="local-dp"):
         return self.target_epsilon
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
-        return self.run_round(batch, state)
+        return self.aggregate_with_noise(batch, state)
 
     def client_step(self, update: torch.Tensor, public: tuple[float, ...] = (), *,
                     rng: SecureRandom | None = None) -> torch.Tensor:
@@ -96,7 +96,8 @@ class LocalDP(Wrapper, kind="local-dp"):
         std = self.noise_multiplier * self.clip
         return Aggregate(out.update, out.state, {"noise_std": std, **out.metrics})
 
-    def run_round(self, batch: UpdateBatch, state: AggState, rng: SecureRandom | None = None) -> Aggregate:
+    def aggregate_with_noise(self, batch: UpdateBatch, state: AggState,
+                             rng: SecureRandom | None = None) -> Aggregate:
         """:meth:`aggregate`: :meth:`client_step` on every row, then :meth:`aggregate_released`;
         optionally drawing every client's noise from ``rng`` (seeded: TESTS ONLY); by default each
         client gets its own freshly keyed CSPRNG."""

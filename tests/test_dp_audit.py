@@ -242,10 +242,10 @@ class ScaledNoise(DPFedAvg, kind="test-audit-scaled-noise"):
 
     noise_scale: float = 0.25
 
-    def run_round(self, batch, state, rng=None):
+    def aggregate_with_noise(self, batch, state, rng=None):
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(DPFedAvg)}
         weak = DPFedAvg(**{**fields, "noise_multiplier": self.noise_multiplier * self.noise_scale})
-        return weak.run_round(batch, state, rng)
+        return weak.aggregate_with_noise(batch, state, rng)
 
 
 def audited_run(scale: float, z: float, *, dim: int, canaries: int, rounds: int, inclusion: str,

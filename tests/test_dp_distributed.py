@@ -119,7 +119,7 @@ def test_noise_off_secure_sum_equals_independent_rounding():
     agg = DistributedDP(noise_multiplier=0.0, clip=1.0, bits=16, expected_clients=5, min_clients=5)
     batch = _batch(5, 37, scale=0.5)  # some rows clipped (norm ~ 3), all rounded
     keys = {u: bytes([u]) * 32 for u in batch.client_ids}
-    out = agg.run_round(batch, {}, rngs={u: SecureRandom(k) for u, k in keys.items()})
+    out = agg.aggregate_with_noise(batch, {}, rngs={u: SecureRandom(k) for u, k in keys.items()})
     assert out.metrics["rounding_redraws"] == 0
     # independent plain computation: rotate, clip, scale, round with the first uniforms of each key
     p = agg.plan(37)

@@ -75,7 +75,7 @@ def test_gaussian_from_the_csprng_is_standard_normal():
 def test_dpfedavg_noise_has_std_z_c_on_the_sum():
     z, c, m, d = 1.7, 0.5, 4.0, 100_000
     agg = DPFedAvg(clip=c, noise_multiplier=z, expected_clients=m)
-    out = agg.run_round(_batch(torch.zeros(3, d, dtype=torch.float64)), {}, rng=SecureRandom(SEED))
+    out = agg.aggregate_with_noise(_batch(torch.zeros(3, d, dtype=torch.float64)), {}, rng=SecureRandom(SEED))
     noise_on_sum = out.update * m
     assert abs(float(noise_on_sum.mean())) < 5 * z * c / math.sqrt(d)
     assert abs(float(noise_on_sum.std()) - z * c) < 5 * z * c / math.sqrt(2 * d)
@@ -90,7 +90,7 @@ def test_dpfedavg_divides_the_clipped_sum_by_expected_clients(secure):
     c, z, m = 1.0, 0.3, 10.0
     inner = SecureSum(weighted=False, value_range=1.0, max_clients=10) if secure else Mean(weighted=False)
     agg = DPFedAvg(clip=c, noise_multiplier=z, expected_clients=m, inner=inner)
-    out = agg.run_round(_batch(u), {}, rng=SecureRandom(SEED))
+    out = agg.aggregate_with_noise(_batch(u), {}, rng=SecureRandom(SEED))
     clipped, _ = clip_rows(u, c)
     noise = torch.from_numpy(gaussian(z * c, 5, SecureRandom(SEED)))
     expected = (clipped.sum(dim=0) + noise) / m  # not / 3, the realized count
@@ -102,7 +102,7 @@ def test_dpfedavg_unweighted_every_client_counts_once():
     u = torch.tensor([[0.5, 0.0], [0.0, 0.5]], dtype=torch.float64)
     a = DPFedAvg(clip=1.0, noise_multiplier=1e-9, expected_clients=2.0)
     heavy = UpdateBatch(u, torch.tensor([1.0, 1000.0], dtype=torch.float64), (0, 1))
-    torch.testing.assert_close(a.run_round(heavy, {}).update, u.mean(dim=0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.aggregate_with_noise(heavy, {}).update, u.mean(dim=0), rtol=0, atol=1e-6)
 
 
 def test_dpfedavg_epsilon_and_budget_hooks():
@@ -233,7 +233,7 @@ def test_local_dp_noises_each_row_and_accounts_per_client():
     z, c, n, d = 0.8, 2.0, 4, 6
     agg = LocalDP(clip=c, noise_multiplier=z, delta=1e-5, inner=Mean(weighted=False))
     u = torch.randn(n, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
-    out = agg.run_round(_batch(u), {}, rng=SecureRandom(SEED))
+    out = agg.aggregate_with_noise(_batch(u), {}, rng=SecureRandom(SEED))
     rng = SecureRandom(SEED)
     noise = torch.stack([torch.from_numpy(gaussian(z * c, d, rng)) for _ in range(n)])
     torch.testing.assert_close(out.update, (clip_rows(u, c)[0] + noise).mean(dim=0), rtol=0, atol=1e-12)
@@ -244,7 +244,7 @@ def test_local_dp_noises_each_row_and_accounts_per_client():
 
 def test_local_dp_per_row_noise_std_is_z_c():
     z, c, d = 1.5, 0.5, 50_000
-    out = LocalDP(clip=c, noise_multiplier=z, inner=Mean(weighted=False)).run_round(
+    out = LocalDP(clip=c, noise_multiplier=z, inner=Mean(weighted=False)).aggregate_with_noise(
         _batch(torch.zeros(1, d, dtype=torch.float64)), {}, rng=SecureRandom(SEED))
     assert abs(float(out.update.std()) - z * c) < 5 * z * c / math.sqrt(2 * d)
 
@@ -267,7 +267,7 @@ def test_adaptive_clip_converges_to_the_quantile(gamma):
     sim, noise = np.random.default_rng(7), SecureRandom(SEED)
     state, trace = agg.init_state(3), []
     for _ in range(400):
-        state = agg.run_round(_batch(_norm_rows(sim, m, scale)), state, rng=noise).state
+        state = agg.aggregate_with_noise(_batch(_norm_rows(sim, m, scale)), state, rng=noise).state
         trace.append(float(state["clip"][0]))
     settled = math.exp(np.mean(np.log(trace[-150:])))
     assert abs(settled - quantile) < 0.1 * quantile, (settled, quantile)
@@ -277,11 +277,11 @@ def test_adaptive_clip_converges_to_the_quantile(gamma):
 def test_adaptive_clip_moves_the_right_way():
     agg = AdaptiveClipDP(initial_clip=100.0, noise_multiplier=1.0, expected_clients=100.0)
     small = _norm_rows(np.random.default_rng(0), 100, 1.0)  # all unclipped: b ~ 1 > gamma
-    out = agg.run_round(_batch(small), agg.init_state(3), rng=SecureRandom(SEED))
+    out = agg.aggregate_with_noise(_batch(small), agg.init_state(3), rng=SecureRandom(SEED))
     assert out.metrics["noisy_unclipped_fraction"] > 0.5
     assert float(out.state["clip"][0]) < 100.0
     low = AdaptiveClipDP(initial_clip=1e-3, noise_multiplier=1.0, expected_clients=100.0)
-    out = low.run_round(_batch(small), low.init_state(3), rng=SecureRandom(SEED))  # all clipped
+    out = low.aggregate_with_noise(_batch(small), low.init_state(3), rng=SecureRandom(SEED))  # all clipped
     assert float(out.state["clip"][0]) > 1e-3
 
 
@@ -290,8 +290,8 @@ def test_adaptive_clip_bits_go_through_the_secure_sum():
     clear = AdaptiveClipDP(initial_clip=0.3, noise_multiplier=0.5, expected_clients=6.0, count_stddev=1.0)
     secure = AdaptiveClipDP(initial_clip=0.3, noise_multiplier=0.5, expected_clients=6.0, count_stddev=1.0,
                             inner=SecureSum(weighted=False, max_clients=6))
-    a = clear.run_round(_batch(rows), clear.init_state(3), rng=SecureRandom(SEED))
-    b = secure.run_round(_batch(rows), secure.init_state(3), rng=SecureRandom(SEED))
+    a = clear.aggregate_with_noise(_batch(rows), clear.init_state(3), rng=SecureRandom(SEED))
+    b = secure.aggregate_with_noise(_batch(rows), secure.init_state(3), rng=SecureRandom(SEED))
     assert b.metrics["inner/survivors"] == 6.0  # the secure session carried the rows
     assert float(b.state["clip"][0]) == pytest.approx(float(a.state["clip"][0]), rel=1e-6)
     torch.testing.assert_close(a.update, b.update, rtol=0, atol=1e-6)

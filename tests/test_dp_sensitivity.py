@@ -78,11 +78,12 @@ class Mechanism:
 
 
 def _update(agg: Aggregator, batch: UpdateBatch, key: bytes) -> list[np.ndarray]:
-    return [agg.run_round(batch, agg.init_state(batch.dim), SecureRandom(key)).update.double().numpy()]
+    out = agg.aggregate_with_noise(batch, agg.init_state(batch.dim), SecureRandom(key))
+    return [out.update.double().numpy()]
 
 
 def _adaptive(agg: Aggregator, batch: UpdateBatch, key: bytes) -> list[np.ndarray]:
-    out = agg.run_round(batch, agg.init_state(batch.dim), SecureRandom(key))
+    out = agg.aggregate_with_noise(batch, agg.init_state(batch.dim), SecureRandom(key))
     return [out.update.double().numpy(), np.array([out.metrics["noisy_unclipped_fraction"]])]
 
 
@@ -201,8 +202,8 @@ def test_uncentred_clip_bits_would_double_the_bit_sensitivity():
 @given(one=rows_strategy, other=rows_strategy, key=st.binary(min_size=32, max_size=32))
 def test_local_dp_release_moves_by_at_most_twice_the_clip(one, other, key):
     agg = LocalDP(clip=0.6, noise_multiplier=2.0, inner=Mean(weighted=False))
-    outs = [agg.run_round(_batch(np.asarray(r, dtype=np.float64)[None]), {}, SecureRandom(key)).update
-            for r in (one, other)]
+    outs = [agg.aggregate_with_noise(_batch(np.asarray(r, dtype=np.float64)[None]), {},
+                                     SecureRandom(key)).update for r in (one, other)]
     moved = float(torch.linalg.vector_norm(outs[0].double() - outs[1].double()))
     assert moved <= 2 * agg.clip * (1 + 1e-9)
 
@@ -210,7 +211,7 @@ def test_local_dp_release_moves_by_at_most_twice_the_clip(one, other, key):
 def test_local_dp_epsilon_is_that_of_the_measured_replace_one_multiplier():
     agg = LocalDP(clip=0.6, noise_multiplier=2.0, inner=Mean(weighted=False))
     row = np.zeros((1, 4096))
-    runs = [agg.run_round(_batch(row), {}, SecureRandom(bytes([i]) * 32)).update.double().numpy()
+    runs = [agg.aggregate_with_noise(_batch(row), {}, SecureRandom(bytes([i]) * 32)).update.double().numpy()
             for i in range(4)]
     std = float(np.std(np.concatenate(runs), ddof=1))
     antipodal = 2 * agg.clip  # two inputs on opposite sides of the clip ball

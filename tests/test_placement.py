@@ -45,7 +45,7 @@ def _batch(n: int, d: int, seed: int = 0) -> UpdateBatch:
 def test_local_dp_is_its_client_step_then_its_server_part(inner):
     rule = LocalDP(clip=1.0, noise_multiplier=0.7, inner=inner)
     batch = _batch(5, 40)
-    whole = rule.run_round(batch, {}, rng=_seeded(7))
+    whole = rule.aggregate_with_noise(batch, {}, rng=_seeded(7))
     rng = _seeded(7)
     released = torch.stack([rule.client_step(row, rng=rng) for row in batch.updates])
     split = rule.aggregate_released(batch.replace(updates=released), {})
@@ -173,7 +173,7 @@ def test_dp_fedavg_over_a_secure_sum_clips_on_the_clients_and_noises_the_sum_on_
     assert float(torch.linalg.vector_norm(released)) < 1.0
     from dp.central import secure_clip
     assert float(torch.linalg.vector_norm(released)) == pytest.approx(secure_clip(rule.inner, 1.0, 10, 30))
-    whole = rule.run_round(batch, {}, rng=_seeded(3))
+    whole = rule.aggregate_with_noise(batch, {}, rng=_seeded(3))
     rows = torch.stack([p.release(row) for row in batch.updates])
     summed = rule.inner.aggregate(batch.replace(updates=rows), {})
     split = rule.after_sum(summed, {}, num_clients=6, dtype=batch.updates.dtype, rng=_seeded(3))

@@ -131,7 +131,7 @@ class NetworkSource:
             params = self.placement.session_params(invited, fedavg.layout.dim, r)
             params = dataclasses.replace(params, model_version=hashlib.sha256(weights).digest())
         public = self.placement.public(state.aggregator_state)  # e.g. adaptive clipping's clip norm
-        return params, self.service.run_round(r, invited, weights, params=params,
+        return params, self.service.exchange_round(r, invited, weights, params=params,
                                               weight_bound=self.weight_bound, public=public)
 
     def _aggregate(self, fedavg: FedAvg, outcome: RoundOutcome, params: SessionParams | None,

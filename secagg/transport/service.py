@@ -144,7 +144,7 @@ class AggregationService:
 
     # -- the round driver -------------------------------------------------------------------------
 
-    def run_round(self, round_index: int, invited: tuple[int, ...], weights: bytes, *,
+    def exchange_round(self, round_index: int, invited: tuple[int, ...], weights: bytes, *,
                   params: SessionParams | None = None, weight_bound: float = 0.0,
                   public: tuple[float, ...] = ()) -> RoundOutcome:
         """Open a round on the coordinator and close its stages as they become due (everyone answered,
