@@ -1,6 +1,7 @@
 """Placed pipelines deployed: real ``secagg serve`` + ``secagg client`` processes vs the same run simulated.
 
-For each composition (DP-FedAvg over SecureSum, the distributed discrete Gaussian, Skellam), the
+For each composition (DP-FedAvg over SecureSum, the distributed discrete Gaussian, Skellam, adaptive
+clipping over SecureSum, secure bucketing with the median), the
 script runs ``secagg train`` (one process) and a loopback deployment (``secagg keys``, ``secagg
 serve`` over TLS, one ``secagg client`` process per client, one torch thread each) with the same
 flags and seed, and prints final accuracy, final epsilon, seconds per round, and the bytes a client
@@ -9,7 +10,7 @@ busiest client). The epsilons must agree exactly; accuracies differ only by the 
 which the deployment draws from each process's CSPRNG. The ratio of seconds per round is the
 network overhead of the composition (training included).
 
-    python benchmarks/placed_deployment.py                      # 10 clients, 5 rounds (~3 min)
+    python benchmarks/placed_deployment.py                      # 10 clients, 5 rounds (~5 min)
     python benchmarks/placed_deployment.py --clients 4 --rounds 2 --json out.json
 """
 
@@ -31,6 +32,9 @@ COMPOSITIONS: dict[str, tuple[str, ...]] = {
                              "--clip", "1.0"),
     "distributed DP (Skellam)": ("--dp", "distributed", "--dp-mechanism", "skellam",
                                  "--noise-multiplier", "1.0", "--clip", "1.0"),
+    "adaptive clipping over SecureSum": ("--secure", "--dp", "adaptive", "--noise-multiplier", "1.0",
+                                         "--clip", "1.0"),
+    "secure bucketing (median, s = 5)": ("--secure", "--aggregator", "median", "--bucketing", "5"),
 }
 
 

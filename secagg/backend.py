@@ -80,6 +80,10 @@ class Pipeline:
         check_int("dim", self.dim, minimum=1)
         check_int("seed", self.seed, minimum=0)
         _ = self.placement  # refuse an aggregator that cannot be placed now, not mid-round
+        if self.placement.groups is not None:
+            raise ConfigError(f"aggregator: {self.placement.groups.kind!r} runs one secure session per "
+                              f"bucket; the backend API drives one session per round so far (secagg serve "
+                              f"runs it)")
 
     @cached_property
     def placement(self) -> Placement:
@@ -263,6 +267,7 @@ class ClientRound:
         if not isinstance(setup, Setup):
             raise RemoteProtocolError(f"client {self.id}: expected a Setup, got {type(setup).__name__}")
         params = setup.params
+        placement.check_group(params.client_ids)
         if self.model_version is not None and params.model_version != self.model_version:
             raise RemoteProtocolError(
                 f"client {self.id}: the session's model version is not the expected one")

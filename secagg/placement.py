@@ -52,6 +52,9 @@ class Placement:
     aggregator: Aggregator
     client_steps: tuple[Aggregator, ...]
     session: Aggregator | None  # is_session: secure_params / session_input / session_result
+    #: a rule that runs one ``session`` per group of the round's clients (secure bucketing: its
+    #: ``secure``), then its server part over the groups' sums; ``None``: one session for everybody
+    groups: Aggregator | None = None
 
     @property
     def mode(self) -> str:
@@ -101,6 +104,48 @@ class Placement:
         model (the released length :meth:`sum_dim`)."""
         assert self.session is not None
         return self.session.secure_params(client_ids, self.sum_dim(dim), round_index)
+
+    def session_groups(self, client_ids: tuple[int, ...], round_seed: int) -> list[tuple[int, ...]]:
+        """Secure mode: the clients of each session of the round (one group without ``groups``)."""
+        if self.groups is None:
+            return [tuple(client_ids)]
+        return self.groups.session_groups(tuple(client_ids), round_seed)
+
+    def check_group(self, client_ids: tuple[int, ...]) -> None:
+        """On a client: :class:`RemoteProtocolError` when the server seated it in a session its
+        configuration does not allow (a bucket below ``bucket_size``)."""
+        if self.groups is not None:
+            try:
+                self.groups.check_group(tuple(client_ids))
+            except ConfigError as exc:
+                raise RemoteProtocolError(f"session: {exc}") from None
+
+    def aggregate_groups(self, sums: list[tuple[np.ndarray, SessionParams, int]], dim: int, round_index: int,
+                         round_seed: int, state: AggState, dtype: torch.dtype,
+                         layout: ParamLayout | None = None) -> Aggregate:
+        """Secure mode, on the server: every session's ``(unmasked result, params, survivors)`` read by
+        the session, the grouping rule's server part over them (when there are groups), then
+        :meth:`finish`. :class:`AbortError` when a session refuses its sum."""
+        if self.groups is None:
+            (result, params, survivors), = sums
+            return self.aggregate_sum(result, params, survivors, dim, round_seed, state, dtype)
+        from secagg.aggregation.secure_bucketing import ServerView  # the one grouping rule so far
+
+        assert self.session is not None
+        means, totals, summed = [], [], []
+        for result, params, survivors in sums:
+            out = self.session.session_result(result, params, survivors, self.sum_dim(dim), round_seed)
+            means.append(out.update.to(torch.float64))
+            totals.append(out.metrics["total_weight"])
+            summed.append(survivors)
+        view = ServerView(torch.stack(means), torch.tensor(totals, dtype=torch.float64), tuple(summed), 0.0)
+        group_state = state
+        for _ in self.client_steps:  # the grouping rule's state sits below every client step's
+            group_state = unnest_state("inner", group_state)
+        invited = sum(len(params.client_ids) for _, params, _ in sums)
+        inner = self.groups.aggregate_groups(view, group_state, num_clients=invited, round_index=round_index,
+                                             round_seed=round_seed, layout=layout)
+        return self.finish(inner, state, num_clients=sum(summed), dtype=dtype)
 
     def describe_steps(self) -> str:
         return ", ".join(s.kind for s in self.client_steps) or "none"
@@ -159,6 +204,11 @@ def _chain(aggregator: Aggregator) -> list[Aggregator]:
     return out
 
 
+def _groups(node: Aggregator) -> bool:
+    """Whether ``node`` runs one secure-aggregation session per group of clients (secure bucketing)."""
+    return bool(getattr(node, "groups_sessions", False))
+
+
 def place(aggregator: Aggregator) -> Placement:
     """Split ``aggregator`` for a deployment; :class:`ConfigError` naming the step that cannot be placed."""
     chain = _chain(aggregator)
@@ -172,13 +222,17 @@ def place(aggregator: Aggregator) -> Placement:
     for node in chain:
         node.check_deployable()
     for node in chain:
-        if node.kind in SESSION_KINDS and not node.is_session:
+        if node.kind in SESSION_KINDS and not (node.is_session or _groups(node)):
             raise ConfigError(f"aggregator: {aggregator.kind!r} runs secure-aggregation sessions inside "
                               f"another rule ({node.kind!r}); over the network only one session (SecureSum "
-                              f"or distributed DP), under client steps (local DP, DP-FedAvg, clipping) or "
-                              f"alone, or a rule without sessions is supported so far")
-    session = next((i for i, node in enumerate(chain) if node.is_session), None)
+                              f"or distributed DP) or secure bucketing, under client steps (local DP, "
+                              f"DP-FedAvg, clipping) or alone, or a rule without sessions is supported")
+    session = next((i for i, node in enumerate(chain) if node.is_session or _groups(node)), None)
     if session is not None:
+        below = [node.kind for node in chain[session + 1:] if node.kind in SESSION_KINDS]
+        if below:
+            raise ConfigError(f"aggregator: {chain[session].kind!r} has another secure-aggregation rule "
+                              f"({below[0]!r}) inside it: one session layer per round is supported")
         for node in chain[:session]:
             if node.placement == "server" or not isinstance(node, Wrapper):
                 raise ConfigError(
@@ -186,7 +240,10 @@ def place(aggregator: Aggregator) -> Placement:
                     f"client part), but it sits above the secure sum, which hides them from the server. "
                     f"Use it without --secure, or a rule with a client part (local DP, DP-FedAvg, "
                     f"clip-norm) above the secure sum")
-        return Placement(aggregator, tuple(chain[:session]), chain[session])
+        node = chain[session]
+        if _groups(node):  # one session of its secure sum per group of clients
+            return Placement(aggregator, tuple(chain[:session]), node.secure, groups=node)
+        return Placement(aggregator, tuple(chain[:session]), node)
     top = 0
     while top < len(chain) and chain[top].placement == "client":
         top += 1

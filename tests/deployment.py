@@ -106,16 +106,22 @@ class Deployment:
             proc.wait(10)
 
     def audited_rounds(self) -> dict[int, dict[str, Any]]:
-        """Each audited round's survivor sets, with ``exact``: the server's unmasked sum equals the sum
-        mod 2^32 of the inputs the surviving clients recorded."""
+        """Each audited round's survivor sets, with ``exact``: the server's unmasked sum (each session's,
+        with several) equals the sum mod 2^32 of the inputs its surviving clients recorded."""
         out = {}
         for meta_path in sorted(self.audit.glob("round-*.json")):
             r = int(meta_path.stem.split("-")[1])
             meta = json.loads(meta_path.read_text())
             result = np.load(self.audit / f"round-{r}-sum.npy")
-            total = np.zeros(result.shape, dtype=np.uint64)
-            for u in meta["survivors"]:
-                total += np.load(self.audit / f"client-{u}-round-{r}.npy").astype(np.uint64)
-            meta["exact"] = bool(np.array_equal(total % (1 << 32), result.astype(np.uint64)))
+            # several sessions (secure bucketing): one row per group, each its survivors' sum
+            groups = meta.get("group_survivors", [meta["survivors"]])
+            rows = result.reshape(len(groups), -1).astype(np.uint64)
+            exact = True
+            for row, members in zip(rows, groups, strict=True):
+                total = np.zeros(row.shape, dtype=np.uint64)
+                for u in members:
+                    total += np.load(self.audit / f"client-{u}-round-{r}.npy").astype(np.uint64)
+                exact = exact and bool(np.array_equal(total % (1 << 32), row))
+            meta["exact"] = exact
             out[r] = meta
         return out

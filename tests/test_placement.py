@@ -22,6 +22,7 @@ from secagg.aggregation import (
     ClipNorm,
     CoordinateMedian,
     Mean,
+    NearestNeighbourMixing,
     SecureBucketing,
     SecureSum,
     TrimmedMean,
@@ -93,13 +94,40 @@ def test_place_splits_the_client_steps_from_the_sum():
     (ClipNorm(max_norm=1.0, inner=LocalDP()), "'local-dp' must run on the clients (placement 'client'), "
                                               "but it sits inside 'clip-norm', which runs on the server"),
     (LocalDP(inner=ClipNorm(max_norm=1.0, inner=LocalDP())), "sits inside 'clip-norm'"),
-    (SecureBucketing(bucket_size=3, inner=CoordinateMedian()), "runs secure-aggregation sessions"),
-    (LocalDP(inner=SecureBucketing(bucket_size=3)), "runs secure-aggregation sessions"),
+    (SecureBucketing(bucket_size=3, inner=SecureSum()),
+     "'secure-bucketing' has another secure-aggregation rule ('secure-sum') inside it"),
+    (NearestNeighbourMixing(inner=SecureBucketing(bucket_size=3)),
+     "'nnm' runs on the server over individual"),
     (DPFedAvg(simulation_seed=0), "simulation_seed"),
 ])
 def test_what_cannot_be_placed_is_refused_naming_the_step(aggregator, message):
     with pytest.raises(ConfigError, match="aggregator: .*" + message.replace("(", r"\(").replace(")", r"\)")):
         place(aggregator)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 40), st.integers(3, 6), st.integers(0, 2**31))
+def test_secure_bucketing_is_placed_as_one_session_per_bucket_of_the_simulations_partition(n, size, seed):
+    rule = SecureBucketing(bucket_size=size, inner=CoordinateMedian(),
+                           threat_model="honest-but-curious-server")
+    p = place(rule)
+    assert p.mode == "secure" and p.groups == rule and p.session == rule.secure and p.client_steps == ()
+    ids = tuple(range(100, 100 + 3 * n, 3))
+    groups = p.session_groups(ids, seed)
+    batch = UpdateBatch(torch.zeros(n, 2), torch.ones(n, dtype=torch.float64), ids, 1, seed)
+    assert groups == [tuple(sorted(ids[i] for i in idx.tolist())) for idx in rule.buckets(batch)]
+    assert sorted(u for g in groups for u in g) == list(ids)  # a partition of the round
+    assert min(len(g) for g in groups) >= min(size, n)
+
+
+def test_a_client_refuses_a_bucket_below_bucket_size():
+    from secagg.errors import RemoteProtocolError
+
+    p = place(SecureBucketing(bucket_size=4, inner=CoordinateMedian()))
+    p.check_group((1, 2, 3, 4))
+    with pytest.raises(RemoteProtocolError, match="session: bucket_size: the server seated this client in a "
+                                                  "bucket of 3, below bucket_size=4"):
+        p.check_group((1, 2, 3))
 
 
 def test_release_applies_the_client_steps_and_nothing_for_server_rules():

@@ -976,8 +976,10 @@ def test_network_mode_refuses_nested_sessions_and_simulation_noise() -> None:
 
     # local noise is placed on the clients: plain rows, or a secure sum of noisy rows
     assert network_mode(LocalDP()) == "plain" and network_mode(LocalDP(inner=SecureSum())) == "secure"
-    with pytest.raises(ConfigError, match="runs secure-aggregation sessions inside another rule"):
-        network_mode(SecureBucketing(bucket_size=3, inner=CoordinateMedian()))
+    # secure bucketing: one secure session per bucket
+    assert network_mode(SecureBucketing(bucket_size=3, inner=CoordinateMedian())) == "secure"
+    with pytest.raises(ConfigError, match="has another secure-aggregation rule"):
+        network_mode(SecureBucketing(bucket_size=3, inner=SecureSum()))
     with pytest.raises(ConfigError, match="simulation_seed"):
         network_mode(DPFedAvg(simulation_seed=0))
 
@@ -1011,3 +1013,44 @@ def test_the_round_task_is_encoded_once_for_every_client() -> None:
     assert all(item is items[0] for item in items)
     assert all(coordinator.encoded(item) is coordinator.encoded(items[0]) for item in items)
     assert env.decode_work(coordinator.encoded(items[0])) == items[0]
+
+
+def _grouped(invited: tuple[int, ...], groups: list[tuple[int, ...]]) -> tuple[Coordinator, Fleet, list]:
+    coordinator = _secure()
+    fleet = Fleet(coordinator, invited, 1)
+    params = [SecureSum().session_params(g, D + 1, 1) for g in groups]
+    coordinator.begin_round(1, invited, b"weights", 0.0, params=params, weight_bound=4.0)
+    return coordinator, fleet, params
+
+
+def test_several_sessions_run_side_by_side_each_giving_its_groups_exact_sum() -> None:
+    """Secure bucketing's round: one session per bucket in one coordinator round; a dropout in one
+    bucket is recovered inside that bucket, the other's sum is untouched."""
+    invited = (0, 1, 2, 3, 4, 5)
+    groups = [(0, 2, 4), (1, 3, 5)]
+    _, fleet, params = _grouped(invited, groups)
+    fleet.silent[5] = Stage.MASKED_INPUT
+    outcome, _ = fleet.run(0.0)
+    assert outcome.aborted is None and len(outcome.sums) == 2
+    assert [one.params for one in outcome.sums] == params
+    assert outcome.sums[0].survivors == (0, 2, 4) and outcome.sums[1].survivors == (1, 3)
+    assert outcome.dropped == (5,) and outcome.survivors == (0, 1, 2, 3, 4)
+    for one in outcome.sums:
+        np.testing.assert_array_equal(one.result, fleet.expected_sum(one.survivors))
+    assert outcome.result is None  # no single sum for a round of several sessions
+
+
+def test_one_sessions_abort_aborts_the_round_naming_its_clients() -> None:
+    _, fleet, _ = _grouped((0, 1, 2, 3, 4, 5), [(0, 2, 4), (1, 3, 5)])
+    fleet.silent[3] = fleet.silent[5] = Stage.MASKED_INPUT  # below the second bucket's threshold
+    outcome, _ = fleet.run(0.0)
+    assert outcome.aborted is not None and "(the session of clients [1, 3, 5])" in outcome.aborted
+    assert outcome.sums == []
+
+
+def test_sessions_must_partition_the_invited_clients() -> None:
+    for groups in ([(0, 1, 2)], [(0, 1, 2), (2, 3, 4, 5)], [(0, 1, 2), (3, 4, 5, 6)]):
+        coordinator = _secure()
+        params = [SecureSum().session_params(g, D + 1, 1) for g in groups]
+        with pytest.raises(ConfigError, match="clients are exactly the invited clients, each in one session"):
+            coordinator.begin_round(1, (0, 1, 2, 3, 4, 5), b"w", 0.0, params=params)

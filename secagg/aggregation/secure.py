@@ -179,9 +179,10 @@ class SecureSum(Aggregator, kind="secure-sum"):
                        round_seed: int) -> Aggregate:
         """The server's reading of an unmasked session sum: the weighted mean of the survivors."""
         n = len(params.client_ids)
-        mean, _ = self.decode_sum(result, n, survivors)
+        mean, total_weight = self.decode_sum(result, n, survivors)
         return Aggregate(torch.from_numpy(mean), {}, {
             "survivors": float(survivors), "dropped": float(n - survivors),
+            "total_weight": float(total_weight),  # in units of the weight bound W
             "quantization_error_bound": self.quantizers(n)[0].error_bound(survivors)})
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:

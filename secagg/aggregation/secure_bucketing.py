@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -51,6 +52,7 @@ from secagg.aggregation.bucketing import Bucketing
 from secagg.aggregation.median import CoordinateMedian
 from secagg.aggregation.secure import SecureSum
 from secagg.errors import ConfigError, UpdateError
+from secagg.layout import ParamLayout
 from secagg.seeding import derive_seed
 from secagg.validation import check_choice, check_int
 
@@ -141,6 +143,39 @@ class SecureBucketing(Wrapper, kind="secure-bucketing"):
             groups = [*groups[:-2], torch.cat(groups[-2:])]
         return groups
 
+    # -- one session per bucket, as a deployment drives them (secagg.placement) ----------------------
+
+    #: this rule runs one secure-aggregation session (its ``secure``) per group of clients
+    groups_sessions: ClassVar[bool] = True
+
+    def session_groups(self, client_ids: tuple[int, ...], round_seed: int) -> list[tuple[int, ...]]:
+        """The round's buckets of ``client_ids`` (in the order given; the partition :meth:`buckets`
+        makes of a batch of them with seed ``round_seed``), each sorted; :class:`ConfigError` when the
+        round's smallest bucket cannot hide a client from the colluders the threat model assumes."""
+        n = len(client_ids)
+        self.check_collusion(n)
+        placeholder = UpdateBatch(torch.zeros(n, 1), torch.ones(n, dtype=torch.float64), tuple(client_ids),
+                                  0, round_seed)
+        return [tuple(sorted(client_ids[i] for i in idx.tolist())) for idx in self.buckets(placeholder)]
+
+    def check_group(self, client_ids: tuple[int, ...]) -> None:
+        """A client's own check of the bucket the server seated it in: :class:`ConfigError` for fewer
+        than ``bucket_size`` clients (every bucket has at least that many)."""
+        if len(client_ids) < self.bucket_size:
+            raise ConfigError(f"bucket_size: the server seated this client in a bucket of {len(client_ids)}, "
+                              f"below bucket_size={self.bucket_size}: its sum would hide too little")
+
+    def aggregate_groups(self, view: ServerView, state: AggState, *, num_clients: int, round_index: int,
+                         round_seed: int, layout: ParamLayout | None = None) -> Aggregate:
+        """The server's part after the buckets' sessions: ``inner`` over the bucket means (weighted by
+        the buckets' total weights) of a round of ``num_clients``."""
+        inner_batch = UpdateBatch(view.means, view.totals, tuple(range(len(view.summed))),
+                                  round_index, round_seed, layout)
+        return self.run_inner(inner_batch, state, buckets=float(len(view.summed)),
+                              client_bytes_mean=view.client_bytes_mean,
+                              bucket_collusion_tolerance=float(min(view.summed) - 2),
+                              assumed_colluders=float(self.assumed_colluders(num_clients)))
+
     def server_view(self, batch: UpdateBatch) -> ServerView:
         """Run one secure-aggregation session per bucket; what the server learns from them."""
         means, totals, summed, traffic = [], [], [], []
@@ -163,9 +198,5 @@ class SecureBucketing(Wrapper, kind="secure-bucketing"):
             raise UpdateError("updates: secure bucketing needs at least 2 clients")
         self.check_collusion(batch.num_clients)  # before any session runs: refuse, do not report after
         view = self.server_view(batch)
-        inner_batch = UpdateBatch(view.means, view.totals, tuple(range(len(view.summed))),
-                                  batch.round, batch.seed, batch.layout)
-        return self.run_inner(inner_batch, state, buckets=float(len(view.summed)),
-                              client_bytes_mean=view.client_bytes_mean,
-                              bucket_collusion_tolerance=float(min(view.summed) - 2),
-                              assumed_colluders=float(self.assumed_colluders(batch.num_clients)))
+        return self.aggregate_groups(view, state, num_clients=batch.num_clients, round_index=batch.round,
+                                     round_seed=batch.seed, layout=batch.layout)

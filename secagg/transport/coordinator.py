@@ -52,18 +52,41 @@ class Rejected(SecAggError):
 
 
 @dataclass
+class SessionSum:
+    """One finished secure-aggregation session of a round: its ``params``, the unmasked ring sum
+    ``result``, and who it covers (``survivors``) or lost (``dropped``)."""
+
+    params: SessionParams
+    result: np.ndarray
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+
+@dataclass
 class RoundOutcome:
-    """How a round ended. Secure: ``result`` (the unmasked ring sum), ``survivors``, ``dropped``.
-    Plain: ``updates`` (client id -> its update). ``aborted``: why the round produced no update."""
+    """How a round ended. Secure: ``sums``, one per session (one, or one per bucket with secure
+    bucketing). Plain: ``updates`` (client id -> its update). ``aborted``: why the round produced no
+    update (any session's abort aborts the round, as in simulation)."""
 
     round: int
     invited: tuple[int, ...]
-    result: np.ndarray | None = None
-    survivors: tuple[int, ...] = ()
-    dropped: tuple[int, ...] = ()
+    sums: list[SessionSum] = field(default_factory=list)
     updates: dict[int, PlainUpdate] = field(default_factory=dict)
     aborted: str | None = None
     rejected: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def result(self) -> np.ndarray | None:
+        """The unmasked sum of a one-session round (``None`` otherwise)."""
+        return self.sums[0].result if len(self.sums) == 1 else None
+
+    @property
+    def survivors(self) -> tuple[int, ...]:
+        return tuple(sorted(u for one in self.sums for u in one.survivors))
+
+    @property
+    def dropped(self) -> tuple[int, ...]:
+        return tuple(sorted(u for one in self.sums for u in one.dropped))
 
 
 @dataclass
@@ -84,7 +107,8 @@ class Coordinator:
     deadline: float = 0.0
     _invited: tuple[int, ...] = ()
     _outbox: dict[int, list[Work]] = field(default_factory=dict)
-    _session: Server | None = None
+    _sessions: list[Server] = field(default_factory=list)  # one per group of clients (secure mode)
+    _session_of: dict[int, Server] = field(default_factory=dict)
     _updates: dict[int, PlainUpdate] = field(default_factory=dict)
     _open: bool = False
     _rejected: list[tuple[int, str]] = field(default_factory=list)
@@ -101,35 +125,42 @@ class Coordinator:
     # -- the round driver's side -----------------------------------------------------------------
 
     def begin_round(self, round_index: int, invited: tuple[int, ...], weights: bytes, now: float, *,
-                    params: SessionParams | None = None, weight_bound: float = 0.0,
+                    params: SessionParams | list[SessionParams] | None = None, weight_bound: float = 0.0,
                     public: tuple[float, ...] = ()) -> None:
         """Open round ``round_index`` for ``invited`` clients with the global ``weights`` (bytes) and
         the round's ``public`` values for the client steps.
 
-        Secure mode needs the session ``params`` (their ``client_ids`` must be ``invited``).
+        Secure mode needs the session ``params``: one session whose ``client_ids`` are ``invited``, or a
+        list of sessions whose client sets partition ``invited`` (secure bucketing), run side by side.
         """
         if self._open:
             raise LocalProtocolError(f"coordinator: round {self.round} is still open")
         if round_index <= self.round:
             raise LocalProtocolError(f"coordinator: round {round_index} does not follow round {self.round}")
-        if self.mode == "secure" and (params is None or params.client_ids != tuple(invited)):
-            raise ConfigError("params: secure mode needs session parameters for exactly the invited "
-                              "clients")
+        groups = [params] if isinstance(params, SessionParams) else list(params or [])
+        if self.mode == "secure":
+            members = sorted(u for p in groups for u in p.client_ids)
+            if not groups or members != sorted(invited):
+                raise ConfigError("params: secure mode needs session parameters whose clients are exactly "
+                                  "the invited clients, each in one session")
         self.round, self._invited = round_index, tuple(invited)
         self._outbox = {u: [] for u in invited}
-        self._updates, self._rejected, self._session = {}, [], None
+        self._updates, self._rejected, self._sessions, self._session_of = {}, [], [], {}
         self._wire = {}
         # one TASK object per distinct Setup (in practice one for everybody), so the weights are
         # encoded once per round, not once per client
         tasks: dict[bytes, Work] = {}
         if self.mode == "secure":
-            assert params is not None
-            self._session = Server(params, self.registry if params.malicious else None)
-            for u, setup in self._session.start():
-                data = encode(setup)
-                if data not in tasks:
-                    tasks[data] = Work(WorkKind.TASK, round_index, 0, weights, data, weight_bound, public)
-                self._outbox[u].append(tasks[data])
+            for group in groups:
+                session = Server(group, self.registry if group.malicious else None)
+                self._sessions.append(session)
+                for u in group.client_ids:
+                    self._session_of[u] = session
+                for u, setup in session.start():
+                    data = encode(setup)
+                    if data not in tasks:
+                        tasks[data] = Work(WorkKind.TASK, round_index, 0, weights, data, weight_bound, public)
+                    self._outbox[u].append(tasks[data])
         else:
             task = Work(WorkKind.TASK, round_index, 0, weights, b"", weight_bound, public)
             for u in invited:
@@ -146,8 +177,8 @@ class Coordinator:
             return True
         if self._quorum_at is not None and now >= self._quorum_at + self.grace_seconds:
             return True
-        if self._session is not None:
-            return self._session.stage_complete()
+        if self._sessions:
+            return all(session.stage_complete() for session in self._sessions)
         return set(self._updates) == set(self._invited)
 
     def wake_at(self) -> float:
@@ -157,35 +188,44 @@ class Coordinator:
             return self.deadline
         return min(self.deadline, self._quorum_at + self.grace_seconds)
 
-    def _answered(self) -> tuple[int, int]:
-        """(answers in the open stage, the quorum after which stragglers get only the grace period)."""
-        if self._session is None:
-            return len(self._updates), len(self._invited) // 2 + 1
-        session = self._session
-        counts = {Stage.ADVERTISE_KEYS: session.keys, Stage.SHARE_KEYS: session.shares,
-                  Stage.MASKED_INPUT: session.masked, Stage.CONSISTENCY_CHECK: session.consistency,
-                  Stage.UNMASKING: session.responses}
-        stage = session.stage
-        return (len(counts[stage]) if stage is not None else 0), session.params.threshold
+    def _quorum_reached(self) -> bool:
+        """Whether the open stage has its quorum, after which stragglers get only the grace period: a
+        majority of the invited (plain), each session's threshold ``t`` (secure)."""
+        if not self._sessions:
+            return len(self._updates) >= len(self._invited) // 2 + 1
+        for session in self._sessions:
+            counts = {Stage.ADVERTISE_KEYS: session.keys, Stage.SHARE_KEYS: session.shares,
+                      Stage.MASKED_INPUT: session.masked, Stage.CONSISTENCY_CHECK: session.consistency,
+                      Stage.UNMASKING: session.responses}
+            stage = session.stage
+            if (len(counts[stage]) if stage is not None else 0) < session.params.threshold:
+                return False
+        return True
 
     def advance(self, now: float) -> RoundOutcome | None:
         """Close the open stage. ``None`` while the round goes on (the next stage's messages are queued);
         the :class:`RoundOutcome` when it is over (a protocol abort gives an outcome with ``aborted``)."""
         if not self._open:
             raise LocalProtocolError("coordinator: no round is open")
-        if self._session is None:
+        if not self._sessions:
             self._open = False
             return RoundOutcome(self.round, self._invited, updates=dict(self._updates),
                                 rejected=list(self._rejected))
-        try:
-            outgoing = self._session.advance()
+        outgoing = []
+        try:  # the sessions move in lockstep: the same stages, closed at the same time
+            for session in self._sessions:
+                outgoing.extend(session.advance())
         except AbortError as exc:
             self._open = False
-            return RoundOutcome(self.round, self._invited, aborted=str(exc), rejected=list(self._rejected))
-        if self._session.phase is ServerPhase.DONE:
+            where = (f" (the session of clients {list(session.params.client_ids)})"
+                     if len(self._sessions) > 1 else "")
+            return RoundOutcome(self.round, self._invited, aborted=f"{exc}{where}",
+                                rejected=list(self._rejected))
+        if all(session.phase is ServerPhase.DONE for session in self._sessions):
             self._open = False
-            return RoundOutcome(self.round, self._invited, self._session.result, self._session.survivors,
-                                self._session.dropped, rejected=list(self._rejected))
+            sums = [SessionSum(session.params, session.result, session.survivors, session.dropped)
+                    for session in self._sessions]
+            return RoundOutcome(self.round, self._invited, sums, rejected=list(self._rejected))
         # one encoding and one work item per distinct (message, step): broadcasts are shared
         items: dict[tuple[int, int], Work] = {}
         for u, message in outgoing:
@@ -202,9 +242,9 @@ class Coordinator:
         """The open stage, for logs: TASK_AND_KEYS / a protocol stage / UPDATES / none."""
         if not self._open:
             return "none"
-        if self._session is None:
+        if not self._sessions:
             return "UPDATES"
-        stage = self._session.stage
+        stage = self._sessions[0].stage
         return stage.name if stage is not None else "none"
 
     def finish(self) -> None:
@@ -240,10 +280,8 @@ class Coordinator:
             if len(self._rejected) < MAX_REJECTIONS_KEPT:  # a flooding client cannot grow memory
                 self._rejected.append((client, str(exc)))
             raise
-        if self._quorum_at is None:
-            answered, quorum = self._answered()
-            if answered >= quorum:
-                self._quorum_at = now
+        if self._quorum_at is None and self._quorum_reached():
+            self._quorum_at = now
 
     def _submit(self, client: int, round_index: int, stage: int, payload: bytes) -> None:
         if self.finished:
@@ -254,7 +292,8 @@ class Coordinator:
                                            f"{state}: late or early, refused")
         if client not in self._outbox:
             raise Rejected("precondition", f"client {client} is not taking part in round {self.round}")
-        if self._session is None:
+        session = self._session_of.get(client)
+        if session is None:
             if stage != UPDATE_STAGE:
                 raise Rejected("precondition", f"stage {stage}: this server runs plain rounds and expects "
                                                f"an update (stage {UPDATE_STAGE})")
@@ -268,7 +307,7 @@ class Coordinator:
                 raise Rejected("invalid", f"the update of client {client} has NaN or infinite coordinates")
             self._updates[client] = update
             return
-        current = self._session.stage
+        current = session.stage
         if current is None or stage != int(current):
             name = Stage(stage).name if stage in Stage._value2member_map_ else str(stage)
             raise Rejected("precondition", f"a {name} message during stage "
@@ -278,6 +317,6 @@ class Coordinator:
         except WireError as exc:
             raise Rejected("invalid", str(exc)) from None
         try:
-            self._session.receive(message, sender=client)
+            session.receive(message, sender=client)
         except RemoteProtocolError as exc:  # the peer's fault; a LocalProtocolError is ours and escapes
             raise Rejected("precondition", str(exc)) from None

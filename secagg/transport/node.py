@@ -279,6 +279,8 @@ class NetworkClient:
         params = setup.params
         if params.model_version != hashlib.sha256(work.weights).digest():
             raise RemoteProtocolError("the session's model version is not the hash of the weights sent to me")
+        if self._placement is not None:  # e.g. a secure-bucketing bucket smaller than bucket_size
+            self._placement.check_group(params.client_ids)
         value = self.session_input(work, params)
         if self.audit_dir is not None:
             self.audit_dir.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,6 @@ from secagg.fedavg.server import ServerState
 from secagg.fedavg.source import Collected, weighted_loss
 from secagg.layout import ParamLayout
 from secagg.placement import place, released_batch
-from secagg.protocol.messages import SessionParams
 from secagg.seeding import round_seed
 from secagg.task import TaskFactory, make_task
 from secagg.transport.auth import Authenticator
@@ -100,12 +99,11 @@ class NetworkSource:
     def collect(self, fedavg: FedAvg, state: ServerState, round_index: int, sampled: list[int]) -> Collected:
         r, invited = round_index, tuple(sampled)
         self.service.traffic.reset()
-        params = None
         if self.placement.mode == "secure" and len(invited) < 2:
             outcome = RoundOutcome(r, invited, aborted="secure aggregation needs at least 2 clients")
         else:
             try:
-                params, outcome = self._exchange(fedavg, r, invited, state)
+                outcome = self._exchange(fedavg, r, invited, state)
             except AbortError as exc:  # e.g. fewer clients than distributed DP's noise is planned for
                 outcome = RoundOutcome(r, invited, aborted=str(exc))
         sent, received = self.service.traffic.reset()
@@ -115,38 +113,42 @@ class NetworkSource:
                "net/server_bytes": float(sum(sent.values()) + sum(received.values())),
                "net/rejected": len(outcome.rejected)}
         try:
-            collected = self._aggregate(fedavg, outcome, params, state, rejected, net)
+            collected = self._aggregate(fedavg, outcome, state, rejected, net)
         except AbortError as exc:  # e.g. distributed DP with fewer survivors than its noise needs
             collected = Collected(None, rejected=rejected, aborted=str(exc), metrics=net)
         if collected.aborted is not None:
             log.warning("round %d aborted: %s", r, collected.aborted)
         return collected
 
-    def _exchange(self, fedavg: FedAvg, r: int, invited: tuple[int, ...], state: ServerState
-                  ) -> tuple[SessionParams | None, RoundOutcome]:
-        """Run round ``r``'s stages with the clients until the coordinator reports an outcome."""
+    def _exchange(self, fedavg: FedAvg, r: int, invited: tuple[int, ...], state: ServerState) -> RoundOutcome:
+        """Run round ``r``'s stages with the clients until the coordinator reports an outcome: one
+        secure session, or one per bucket (secure bucketing), or plain updates."""
         weights = safetensors.torch.save({k: v.contiguous() for k, v in state.weights.items()})
         params = None
         if self.placement.session is not None:
-            params = self.placement.session_params(invited, fedavg.layout.dim, r)
-            params = dataclasses.replace(params, model_version=hashlib.sha256(weights).digest())
+            version = hashlib.sha256(weights).digest()
+            groups = self.placement.session_groups(invited, round_seed(self.config.seed, r))
+            params = [dataclasses.replace(self.placement.session_params(g, fedavg.layout.dim, r),
+                                          model_version=version) for g in groups]
         public = self.placement.public(state.aggregator_state)  # e.g. adaptive clipping's clip norm
-        return params, self.service.exchange_round(r, invited, weights, params=params,
-                                              weight_bound=self.weight_bound, public=public)
+        return self.service.exchange_round(r, invited, weights, params=params, weight_bound=self.weight_bound,
+                                           public=public)
 
-    def _aggregate(self, fedavg: FedAvg, outcome: RoundOutcome, params: SessionParams | None,
-                   state: ServerState, rejected: list[int], net: dict[str, Any]) -> Collected:
+    def _aggregate(self, fedavg: FedAvg, outcome: RoundOutcome, state: ServerState, rejected: list[int],
+                   net: dict[str, Any]) -> Collected:
         if outcome.aborted is not None:
             return Collected(None, rejected=rejected, aborted=outcome.aborted, metrics=net)
         layout = fedavg.layout
         seed = round_seed(self.config.seed, outcome.round)
         if self.placement.session is not None:
-            assert outcome.result is not None and params is not None
+            assert outcome.sums
             survivors = len(outcome.survivors)
             self._audit_sum(outcome)
-            # the session's reading of the sum, then the server's part of the client steps
-            agg = self.placement.aggregate_sum(outcome.result, params, survivors, layout.dim, seed,
-                                               state.aggregator_state, layout.dtype)
+            # each session's reading of its sum (and the buckets' robust rule), then the server's part of
+            # the client steps
+            sums = [(one.result, one.params, len(one.survivors)) for one in outcome.sums]
+            agg = self.placement.aggregate_groups(sums, layout.dim, outcome.round, seed,
+                                                  state.aggregator_state, layout.dtype, layout)
             self._audit_aggregate(outcome.round, agg.update)
             return Collected(agg, survivors, rejected, metrics=net)
         updates = outcome.updates
@@ -184,13 +186,19 @@ class NetworkSource:
     def _audit_sum(self, outcome: RoundOutcome) -> None:
         """With ``audit_dir``: a secure round's unmasked ring sum and who was invited, survived, dropped."""
         audit = self.audit_dir
-        if audit is None or outcome.result is None:
+        if audit is None or not outcome.sums:
             return
         audit.mkdir(parents=True, exist_ok=True)
-        np.save(audit / f"round-{outcome.round}-sum.npy", outcome.result, allow_pickle=False)
-        (audit / f"round-{outcome.round}.json").write_text(json.dumps(
-            {"invited": list(outcome.invited), "survivors": list(outcome.survivors),
-             "dropped": list(outcome.dropped)}) + "\n")
+        # one session: its ring sum; several (secure bucketing): one row per session, in "groups" order
+        sums = (outcome.sums[0].result if len(outcome.sums) == 1
+                else np.stack([one.result for one in outcome.sums]))
+        np.save(audit / f"round-{outcome.round}-sum.npy", sums, allow_pickle=False)
+        meta = {"invited": list(outcome.invited), "survivors": list(outcome.survivors),
+                "dropped": list(outcome.dropped)}
+        if len(outcome.sums) > 1:
+            meta["groups"] = [list(one.params.client_ids) for one in outcome.sums]
+            meta["group_survivors"] = [list(one.survivors) for one in outcome.sums]
+        (audit / f"round-{outcome.round}.json").write_text(json.dumps(meta) + "\n")
 
 
 class NetworkServer:

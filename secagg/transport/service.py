@@ -145,7 +145,7 @@ class AggregationService:
     # -- the round driver -------------------------------------------------------------------------
 
     def exchange_round(self, round_index: int, invited: tuple[int, ...], weights: bytes, *,
-                  params: SessionParams | None = None, weight_bound: float = 0.0,
+                  params: SessionParams | list[SessionParams] | None = None, weight_bound: float = 0.0,
                   public: tuple[float, ...] = ()) -> RoundOutcome:
         """Open a round on the coordinator and close its stages as they become due (everyone answered,
         grace or deadline passed) until it ends; the clients' calls arrive meanwhile on gRPC threads."""
