@@ -202,7 +202,13 @@ class ServerRound:
             return {}
         if self._server.stage is None:
             return {}
-        return {u: encode(m) for u, m in self._server.advance()}
+        encoded: dict[int, bytes] = {}  # id(message) -> bytes: a broadcast is encoded once, not per client
+        out = {}
+        for u, m in self._server.advance():
+            if id(m) not in encoded:
+                encoded[id(m)] = encode(m)
+            out[u] = encoded[id(m)]
+        return out
 
     @property
     def survivors(self) -> tuple[int, ...]:

@@ -744,7 +744,7 @@ def _advertisement(fleet: Fleet, u: int) -> bytes:
 
 
 def _still_accepts(fleet: Fleet, u: int, payload: bytes) -> None:
-    session = fleet.coordinator._session
+    session = fleet.coordinator._sessions[0]
     assert session is not None
     before = set(session.keys)
     fleet.coordinator.submit(u, fleet.round, int(Stage.ADVERTISE_KEYS), payload, 0.0)
@@ -754,7 +754,7 @@ def _still_accepts(fleet: Fleet, u: int, payload: bytes) -> None:
 def _refused(fleet: Fleet, code: str, message: str, client: int, round_index: int, stage: int,
              payload: bytes) -> None:
     coordinator = fleet.coordinator
-    session = coordinator._session
+    session = coordinator._sessions[0]
     assert session is not None
     keys_before, phase_before, rejected_before = dict(session.keys), session.phase, len(coordinator._rejected)
     with pytest.raises(Rejected, match=message) as info:

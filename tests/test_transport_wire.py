@@ -282,7 +282,7 @@ def test_impersonation_is_failed_precondition(channel: grpc.Channel, deployment:
 
 
 def test_advertisement_is_accepted_once(channel: grpc.Channel, deployment: Deployment) -> None:
-    session = deployment.service.coordinator._session
+    session = deployment.service.coordinator._sessions[0]
     assert session is not None
     token, payload = _advertisement(channel, deployment, 4)
     assert 4 not in session.keys
