@@ -49,12 +49,21 @@ def _summary(results: dict[str, Any], deployed: bool) -> dict[str, float | None]
     def per_client(r: dict[str, Any]) -> float:
         if deployed:
             return float(r.get("net/client_bytes_max", 0.0))
-        return float(next((v for k, v in r.items() if k.endswith("client_bytes_max")), 0.0))
+        # the busiest client where the rule reports it, else the mean (secure bucketing's sessions)
+        for suffix in ("client_bytes_max", "client_bytes_mean"):
+            found = [v for k, v in r.items() if k.endswith(suffix)]
+            if found:
+                return float(found[0])
+        return 0.0
 
     return {"accuracy": rounds[-1]["accuracy"], "epsilon": rounds[-1].get("epsilon"),
             "seconds_per_round": sum(r["seconds"] for r in rounds) / len(rounds),
             "client_bytes_per_round": sum(per_client(r) for r in rounds) / len(rounds),
             "aborted": sum(1 for r in rounds if r.get("aborted"))}
+
+
+def _epsilon(value: float | None) -> str:
+    return "no DP" if value is None else f"{value:.3f}"
 
 
 def simulate(flags: tuple[str, ...], clients: int, rounds: int, out: Path) -> dict[str, float | None]:
@@ -124,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         s, n = r["simulation"], r["deployment"]
         ratio = n["seconds_per_round"] / s["seconds_per_round"]
         print(f"| {r['composition']} | {100 * s['accuracy']:.1f}% / {100 * n['accuracy']:.1f}% | "
-              f"{s['epsilon']:.3f} / {n['epsilon']:.3f} | {s['seconds_per_round']:.2f} / "
+              f"{_epsilon(s['epsilon'])} / {_epsilon(n['epsilon'])} | {s['seconds_per_round']:.2f} / "
               f"{n['seconds_per_round']:.2f} ({ratio:.1f}x) | {s['client_bytes_per_round'] / 1e3:.1f} / "
               f"{n['client_bytes_per_round'] / 1e3:.1f} | {n['aborted']} |")
     if args.json is not None:
