@@ -41,11 +41,13 @@ from secagg.crypto.keys import SigningKey
 from secagg.errors import AbortError, ConfigError, RemoteProtocolError
 from secagg.placement import Placement, place, released_batch
 from secagg.protocol.client import Client
-from secagg.protocol.messages import Setup
+from secagg.protocol.messages import Setup, Stage
+from secagg.protocol.runner import REPLY_STAGE
 from secagg.protocol.server import Server
 from secagg.protocol.wire import decode, encode
 from secagg.seeding import round_seed
 from secagg.transport.envelope import (
+    UPDATE_STAGE,
     PlainUpdate,
     Work,
     WorkKind,
@@ -80,10 +82,6 @@ class Pipeline:
         check_int("dim", self.dim, minimum=1)
         check_int("seed", self.seed, minimum=0)
         _ = self.placement  # refuse an aggregator that cannot be placed now, not mid-round
-        if self.placement.groups is not None:
-            raise ConfigError(f"aggregator: {self.placement.groups.kind!r} runs one secure session per "
-                              f"bucket; the backend API drives one session per round so far (secagg serve "
-                              f"runs it)")
 
     @cached_property
     def placement(self) -> Placement:
@@ -109,6 +107,10 @@ class Pipeline:
         if not (isinstance(weight_bound, int | float) and weight_bound > 0):
             raise ConfigError(f"weight_bound: must be > 0 (the largest example count a client may have), "
                               f"got {weight_bound!r}")
+        if self.placement.groups is not None:
+            raise ConfigError(f"aggregator: {self.placement.groups.kind!r} runs one secure session per "
+                              f"bucket; ServerRound drives one session per round so far (secagg serve runs "
+                              f"it; the client side, Pipeline.client, takes part in either)")
         if state is None:
             state = self.aggregator.init_state(self.dim)
         return ServerRound(self, check_int("round_index", round_index, minimum=0),
@@ -243,15 +245,32 @@ class ClientRound:
         self._sent_plain = False
         #: what this client released (after its client steps), for the client's own audit
         self.released: torch.Tensor | None = None
+        #: its secure-sum input (ring words), when it joined a session, for the client's own audit
+        self.session_input: np.ndarray | None = None
+        #: the stage its last reply answers (a protocol Stage value, or UPDATE_STAGE for a plain update)
+        self.reply_stage: int | None = None
 
     def handle(self, data: bytes) -> bytes:
         """This client's reply to one server message; :class:`ProtocolError`/:class:`WireError` for a
         bad one (the session aborts: this client takes no further part in the round)."""
         if self._session is not None:
-            return encode(self._session.handle(decode(data)))
+            message = decode(data)
+            stage = REPLY_STAGE.get(type(message))
+            if stage is None:
+                raise RemoteProtocolError(
+                    f"client {self.id}: unexpected {type(message).__name__} from the server")
+            reply = encode(self._session.handle(message))
+            self.reply_stage = int(stage)
+            return reply
         if self._sent_plain:
             raise RemoteProtocolError(f"client {self.id}: the round's update was already sent")
-        work = decode_work(data)
+        return self.start(decode_work(data))
+
+    def start(self, work: Work) -> bytes:
+        """This client's reply to the round's first message, already decoded (a transport that reads
+        the envelope itself, such as ``secagg client``, calls this instead of :meth:`handle`)."""
+        if self._session is not None or self._sent_plain:
+            raise RemoteProtocolError(f"client {self.id}: the round has already started")
         if work.kind is not WorkKind.TASK:
             raise RemoteProtocolError(
                 f"client {self.id}: expected the round's first message, got {work.kind.name}")
@@ -262,6 +281,7 @@ class ClientRound:
                                           f"pipeline places a secure sum: refusing to send it in the clear")
             self.released = placement.release(self._update.clone(), work.public)
             self._sent_plain = True
+            self.reply_stage = UPDATE_STAGE
             row = self.released.to(torch.float32).numpy().astype("<f4").tobytes()
             return encode_update(PlainUpdate(self.num_examples, self.train_loss, row))
         session = placement.session
@@ -292,9 +312,13 @@ class ClientRound:
                                       work.weight_bound, params, self.pipeline.round_seed(params.round))
         if params.malicious:
             if self.identity is None or self.pipeline.registry is None:
-                raise ConfigError("identity: a malicious-mode session needs this client's identity and "
-                                  "the registry (from the operator, never from the server)")
-            self._session = Client(self.id, value, identity=self.identity, registry=self.pipeline.registry)
+                missing = "identity" if self.identity is None else "registry"
+                raise ConfigError(f"{missing}: a malicious-mode session needs this client's identity and "
+                                  f"the registry (from the operator, never from the server)")
+            session_client = Client(self.id, value, identity=self.identity, registry=self.pipeline.registry)
         else:
-            self._session = Client(self.id, value)
-        return encode(self._session.handle(setup))
+            session_client = Client(self.id, value)
+        reply = encode(session_client.handle(setup))
+        self._session, self.session_input = session_client, value
+        self.reply_stage = int(Stage.ADVERTISE_KEYS)
+        return reply

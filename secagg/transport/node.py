@@ -32,24 +32,21 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from secagg.backend import ClientRound, Pipeline
 from secagg.crypto.keys import SigningKey
 from secagg.errors import ConfigError, ProtocolError, RemoteProtocolError, UpdateError, WireError
 from secagg.experiment import ExperimentConfig
 from secagg.fedavg.client import ClientUpdate
 from secagg.layout import ParamLayout
 from secagg.placement import Placement, place
-from secagg.protocol.client import Client
-from secagg.protocol.messages import SessionParams, Setup, Stage
-from secagg.protocol.runner import REPLY_STAGE
-from secagg.protocol.wire import decode, encode
-from secagg.seeding import derive_seed, round_seed
+from secagg.protocol.messages import Stage
+from secagg.seeding import derive_seed
 from secagg.task import TaskFactory, make_task
 from secagg.transport.auth import login_message
 from secagg.transport.envelope import (
     UPDATE_STAGE,
     Hello,
     Login,
-    PlainUpdate,
     Poll,
     Submit,
     Work,
@@ -61,7 +58,6 @@ from secagg.transport.envelope import (
     encode_login,
     encode_poll,
     encode_submit,
-    encode_update,
 )
 from secagg.transport.service import ENVELOPE_SLACK, SERVICE, TOKEN_METADATA, message_limit
 
@@ -155,7 +151,8 @@ class NetworkClient:
         self._ready = False  # _setup ran (after the first login)
         self._mode = ""
         self._placement: Placement | None = None  # from the configuration, once (see _setup)
-        self._session: Client | None = None
+        self._pipeline: Pipeline | None = None  # the placed pipeline's client side (see _setup)
+        self._round: ClientRound | None = None  # the open round's
         self._session_round = -1
         self._last_stage = -1
 
@@ -227,6 +224,8 @@ class NetworkClient:
         self._placement = place(config.fedavg.aggregator)
         self._data = task.data.client(self.shard)
         self._layout = ParamLayout.from_module(task.model, config.fedavg.buffers)
+        self._pipeline = Pipeline(config.fedavg.aggregator, self._layout.dim, registry=self.registry,
+                                  seed=config.seed)
         self._limit = message_limit(self._layout.dim)
         self._connect()  # again, with the size limit this model needs
 
@@ -261,39 +260,30 @@ class NetworkClient:
                     self._continue_round(work)
             except (ProtocolError, UpdateError, WireError, ConfigError) as exc:
                 log.warning("client %d: round %d: %s; sitting this round out", self.id, work.round, exc)
-                self._session = None
+                self._round = None
 
     def _start_round(self, work: Work) -> None:
-        self._session, self._session_round = None, work.round
-        if self._mode == "plain":
-            update = self.train(work)
-            released = self.release(work, update.delta)
-            delta = released.to(torch.float32).numpy().astype("<f4").tobytes()
-            self._send(work.round, UPDATE_STAGE,
-                       encode_update(PlainUpdate(update.num_examples, update.train_loss, delta)))
+        """A TASK: train on its weights, then answer it through this round's
+        :class:`~secagg.backend.ClientRound` (the placed pipeline's client side, as any other FL
+        system drives it): the released update in plain mode, the session's first message in secure
+        mode (after checking that the session's model version is the hash of the weights sent)."""
+        self._round, self._session_round = None, work.round
+        assert self._pipeline is not None
+        update = self.train(work)
+        round_ = self._pipeline.client(self.id, update.delta, update.num_examples,
+                                       train_loss=update.train_loss, identity=self.identity,
+                                       model_version=hashlib.sha256(work.weights).digest())
+        try:  # (malicious mode without --registry: a ConfigError naming the registry)
+            reply = round_.start(work)
+        finally:
+            self._audit(work.round, update.delta, round_)
+        assert round_.reply_stage is not None
+        if round_.reply_stage == UPDATE_STAGE:
+            self._send(work.round, UPDATE_STAGE, reply)
             self.rounds_done += 1
             return
-        setup = decode(work.message)
-        if not isinstance(setup, Setup):
-            raise RemoteProtocolError(f"expected a Setup message with the task, got {type(setup).__name__}")
-        params = setup.params
-        if params.model_version != hashlib.sha256(work.weights).digest():
-            raise RemoteProtocolError("the session's model version is not the hash of the weights sent to me")
-        if self._placement is not None:  # e.g. a secure-bucketing bucket smaller than bucket_size
-            self._placement.check_group(params.client_ids)
-        value = self.session_input(work, params)
-        if self.audit_dir is not None:
-            self.audit_dir.mkdir(parents=True, exist_ok=True)
-            np.save(self.audit_dir / f"client-{self.id}-round-{work.round}.npy", value, allow_pickle=False)
-        if params.malicious:
-            if self.registry is None:
-                raise ConfigError("registry: a malicious-mode session needs the clients' registry "
-                                  "(--registry)")
-            session = Client(self.id, value, identity=self.identity, registry=self.registry)
-        else:
-            session = Client(self.id, value)
-        self._session = session
-        self._send(work.round, int(Stage.ADVERTISE_KEYS), encode(session.handle(setup)))
+        self._round = round_
+        self._send(work.round, round_.reply_stage, reply)
 
     def train(self, work: Work) -> ClientUpdate:
         """Local training on the TASK's global weights, as the in-process simulation would do it."""
@@ -307,46 +297,28 @@ class NetworkClient:
             self._model, weights, self._data, config.fedavg.client, self._layout,
             seed=derive_seed(config.seed, "client", work.round, self.shard), client_id=self.id)
 
-    def release(self, work: Work, delta: torch.Tensor) -> torch.Tensor:
-        """``delta`` after the configuration's client steps (local DP's clip and noise, from the OS
-        CSPRNG, here on the client), with the round's public values from the TASK; with ``audit_dir``
-        both are recorded (this client's own disk)."""
-        assert self._placement is not None
-        round_index = work.round
-        released = self._placement.release(delta, work.public)
-        if self.audit_dir is not None:
-            self.audit_dir.mkdir(parents=True, exist_ok=True)
-            stem = self.audit_dir / f"client-{self.id}-round-{round_index}"
+    def _audit(self, round_index: int, delta: torch.Tensor, round_: ClientRound) -> None:
+        """With ``audit_dir``, on this client's own disk: its update before and after its client steps
+        (``client-U-round-R-update.npy``, ``-released.npy``) and its secure-sum input
+        (``client-U-round-R.npy``), as far as the round got."""
+        if self.audit_dir is None:
+            return
+        self.audit_dir.mkdir(parents=True, exist_ok=True)
+        stem = self.audit_dir / f"client-{self.id}-round-{round_index}"
+        if round_.released is not None:
             np.save(f"{stem}-update.npy", delta.to(torch.float32).numpy(), allow_pickle=False)
-            np.save(f"{stem}-released.npy", released.to(torch.float32).numpy(), allow_pickle=False)
-        return released
-
-    def session_input(self, work: Work, params: SessionParams) -> np.ndarray:
-        """This client's quantized session input for the round (``params.vector_length`` uint32 words):
-        its update after the client steps, encoded by the secure sum."""
-        config = self._config
-        assert config is not None
-        update = self.train(work)
-        session = self._placement.session if self._placement is not None else None
-        if session is None:
-            raise ConfigError("aggregator: the server runs a secure round but the configuration has no "
-                              "secure sum to encode for")
-        released = self.release(work, update.delta)
-        # the session's own encoding: quantize and weight (SecureSum), or rotate, round and add this
-        # client's integer noise share (distributed DP); every secret draw from the OS CSPRNG
-        return session.session_input(released.to(torch.float64).numpy(), float(update.num_examples),
-                                     work.weight_bound, params, round_seed(config.seed, work.round))
+            np.save(f"{stem}-released.npy", round_.released.to(torch.float32).numpy(), allow_pickle=False)
+        if round_.session_input is not None:
+            np.save(f"{stem}.npy", round_.session_input, allow_pickle=False)
 
     def _continue_round(self, work: Work) -> None:
-        if self._session is None or work.round != self._session_round:
+        if self._round is None or work.round != self._session_round:
             return  # a round this client is not (or no longer) part of
-        message = decode(work.message)
-        stage = REPLY_STAGE.get(type(message))
-        if stage is None:
-            raise RemoteProtocolError(f"unexpected {type(message).__name__} from the server")
-        reply = self._session.handle(message)
-        self._send(work.round, int(stage), encode(reply))
-        if stage is Stage.UNMASKING:
+        reply = self._round.handle(work.message)
+        stage = self._round.reply_stage
+        assert stage is not None
+        self._send(work.round, stage, reply)
+        if stage == int(Stage.UNMASKING):
             self.rounds_done += 1
 
     def _send(self, round_index: int, stage: int, payload: bytes) -> None:
@@ -367,4 +339,4 @@ class NetworkClient:
         except grpc.RpcError as exc:
             log.warning("client %d: round %d stage %d refused: %s", self.id, round_index, stage,
                         exc.details())
-            self._session = None
+            self._round = None
