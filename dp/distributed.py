@@ -62,9 +62,9 @@ from scipy.optimize import minimize_scalar
 from dp.noise import SecureRandom, discrete_gaussian, rational_variance, skellam
 from dp.rotation import pad_length, rotate, unrotate
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
-from secagg.aggregation.secure import GRAPHS, SecureSum
+from secagg.aggregation.secure import GRAPHS, SecureSum, session_traffic, simulated_dropouts
 from secagg.errors import AbortError, ConfigError, RemoteProtocolError, UpdateError
-from secagg.protocol.messages import SessionParams, Stage
+from secagg.protocol.messages import SessionParams
 from secagg.protocol.runner import run_session
 from secagg.seeding import derive_seed, numpy_rng
 from secagg.validation import check_choice, check_int, check_real
@@ -159,7 +159,7 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
         return self.min_clients or self.expected_clients
 
     def secure_sum(self) -> SecureSum:
-        """The :class:`SecureSum` whose protocol settings this rule runs (its clip is unused)."""
+        """The :class:`SecureSum` whose protocol settings this rule runs (its value_range is unused)."""
         return SecureSum(bits=self.bits, graph=self.graph, threshold_fraction=self.threshold_fraction,
                          corrupt_fraction=self.corrupt_fraction, dropout_fraction=self.dropout_fraction,
                          weighted=False, dropout=self.dropout, malicious=self.malicious)
@@ -482,12 +482,8 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
         encoded, redraws = self.encode_clients(updates, seed, gens)
         inputs = {u: encoded[row] for row, u in enumerate(ids)}
         params = self.secure_params(ids, d, batch.round)
-        drop = {}
-        if self.dropout > 0:
-            k = round(self.dropout * n)
-            chosen = numpy_rng(batch.seed, "distributed-dp-dropout", batch.round).choice(  # not secret
-                n, size=k, replace=False)
-            drop = {ids[i]: Stage.MASKED_INPUT for i in chosen}
+        drop = simulated_dropouts(ids, self.dropout,  # a simulation's public choice
+                                  numpy_rng(batch.seed, "distributed-dp-dropout", batch.round))
         if n - len(drop) < self.planned_min:
             raise AbortError(f"min_clients: {n - len(drop)} survivors, below {self.planned_min}: "
                              f"the sum would carry less noise than planned")
@@ -495,10 +491,8 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
         if report.result is None:
             raise AbortError(f"min_clients: the session ended without a sum (fewer than {self.planned_min})")
         out = self.session_result(report.result, params, len(report.survivors), d, batch.seed)
-        sent = [report.bytes_sent[u] + report.bytes_received[u] for u in report.survivors]
         return Aggregate(out.update.to(batch.updates.dtype), dict(state),
-                         {**out.metrics, "rounding_redraws": float(redraws),
-                          "client_bytes_mean": float(np.mean(sent)), "client_bytes_max": float(np.max(sent))})
+                         {**out.metrics, "rounding_redraws": float(redraws), **session_traffic(report)})
 
 
 __all__ = ["GRAPHS", "MAX_INFLATION", "MECHANISMS", "SIGMA_MAX", "DistributedDP", "Plan"]

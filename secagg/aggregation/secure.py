@@ -24,12 +24,29 @@ from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.errors import ConfigError, UpdateError
 from secagg.protocol.finder import secaggplus_parameters
 from secagg.protocol.messages import SessionParams, Stage
-from secagg.protocol.runner import run_session
+from secagg.protocol.runner import SessionReport, run_session
 from secagg.quantize import Quantizer
 from secagg.seeding import numpy_rng
 from secagg.validation import check_choice, check_int, check_real
 
 GRAPHS = ("full", "secaggplus")
+
+
+def simulated_dropouts(ids: tuple[int, ...], fraction: float, rng: np.random.Generator) -> dict[int, Stage]:
+    """The simulation's dropouts of a session of ``ids``: ``round(fraction * n)`` clients chosen by
+    ``rng`` (public: a simulation only) leave before MaskedInput; ``{}`` for ``fraction == 0``."""
+    if fraction <= 0:
+        return {}
+    k = round(fraction * len(ids))  # may leave fewer than t: then the round aborts, as it would live
+    chosen = rng.choice(len(ids), size=k, replace=False)
+    return {ids[i]: Stage.MASKED_INPUT for i in chosen}
+
+
+def session_traffic(report: SessionReport) -> dict[str, float]:
+    """Bytes each client that completed a simulated session moved (sent + received): mean and max
+    (dropped clients stop part-way, so they are left out)."""
+    sent = [report.bytes_sent[u] + report.bytes_received[u] for u in report.survivors]
+    return {"client_bytes_mean": float(np.mean(sent)), "client_bytes_max": float(np.max(sent))}
 
 
 @dataclass(frozen=True)
@@ -201,27 +218,21 @@ class SecureSum(Aggregator, kind="secure-sum"):
                                               n, rng)
             clipped += c
         params = self.session_params(ids, d + 1, batch.round)
-        drop = {}
-        if self.dropout > 0:
-            k = round(self.dropout * n)  # may leave fewer than t: then the round aborts, as it would live
-            chosen = numpy_rng(batch.seed, "secure-sum-dropout").choice(n, size=k, replace=False)
-            drop = {ids[i]: Stage.MASKED_INPUT for i in chosen}
+        drop = simulated_dropouts(ids, self.dropout, numpy_rng(batch.seed, "secure-sum-dropout"))
         report = run_session(params, inputs, drop_before=drop)
         assert report.result is not None
         survivors = len(report.survivors)
         mean, _ = self.decode_sum(report.result, n, survivors)
-        # traffic of the clients that completed the round (dropped ones stop part-way)
-        sent = [report.bytes_sent[u] + report.bytes_received[u] for u in report.survivors]
+        traffic = session_traffic(report)
         metrics = {
             "survivors": float(survivors),
             "dropped": float(len(report.dropped)),
             "threshold": float(params.threshold),
             "degree": float(params.degree),
             "clipped_fraction": clipped / (n * d),
-            "client_bytes_mean": float(np.mean(sent)),
-            "client_bytes_max": float(np.max(sent)),
+            **traffic,
             "server_bytes": float(report.server_bytes_sent + report.server_bytes_received),
-            "expansion": float(np.mean(sent)) / (4.0 * d),
+            "expansion": traffic["client_bytes_mean"] / (4.0 * d),
             "quantization_error_bound": self.quantizers(n)[0].error_bound(survivors),
         }
         update = torch.from_numpy(mean).to(batch.updates.dtype)
