@@ -66,7 +66,7 @@ class Placement:
         step's :meth:`~secagg.aggregation.Aggregator.round_public` from its part of the aggregator's
         ``state``, outermost first."""
         out: list[float] = []
-        for step, part in zip(self.client_steps, self._step_states(state), strict=True):
+        for step, part in zip(self.client_steps, self._step_states(state)[:-1], strict=True):
             values = tuple(float(v) for v in step.round_public(part))
             assert len(values) == step.public_size, step.kind
             out.extend(values)
@@ -139,9 +139,7 @@ class Placement:
             totals.append(out.metrics["total_weight"])
             summed.append(survivors)
         view = ServerView(torch.stack(means), torch.tensor(totals, dtype=torch.float64), tuple(summed), 0.0)
-        group_state = state
-        for _ in self.client_steps:  # the grouping rule's state sits below every client step's
-            group_state = unnest_state("inner", group_state)
+        group_state = self._step_states(state)[-1]  # below every client step's
         invited = sum(len(params.client_ids) for _, params, _ in sums)
         inner = self.groups.aggregate_groups(view, group_state, num_clients=invited, round_index=round_index,
                                              round_seed=round_seed, layout=layout)
@@ -151,17 +149,18 @@ class Placement:
         return ", ".join(s.kind for s in self.client_steps) or "none"
 
     def _step_states(self, state: AggState) -> list[AggState]:
-        """Each client step's part of the aggregator's ``state`` (step i's sits under i "inner/")."""
-        states: list[AggState] = []
+        """Each client step's part of the aggregator's ``state`` (step i's sits under i "inner/"),
+        then the part of the rule below them (the session, or the grouping rule)."""
+        states = [state]
         for _ in self.client_steps:
-            states.append(unnest_state("inner", states[-1]) if states else state)
+            states.append(unnest_state("inner", states[-1]))
         return states
 
     def finish(self, inner: Aggregate, state: AggState, *, num_clients: int, dtype: torch.dtype) -> Aggregate:
         """Secure mode, on the server: the client steps' :meth:`~secagg.aggregation.Wrapper.after_sum`,
         innermost first, over ``inner`` (what the secure sum decoded), with each step's part of the
         aggregator's ``state``; ``num_clients`` rows were summed."""
-        states = self._step_states(state)
+        states = self._step_states(state)[:-1]
         out = Aggregate(inner.update.to(dtype), inner.state, inner.metrics)
         for step, part in reversed(list(zip(self.client_steps, states, strict=True))):
             assert isinstance(step, Wrapper)

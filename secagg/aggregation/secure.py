@@ -32,7 +32,8 @@ from secagg.validation import check_choice, check_int, check_real
 GRAPHS = ("full", "secaggplus")
 
 
-def simulated_dropouts(ids: tuple[int, ...], fraction: float, rng: np.random.Generator) -> dict[int, Stage]:
+def simulated_dropouts(ids: tuple[int, ...], fraction: float,
+                       rng: np.random.Generator) -> dict[int, Stage]:  # not secret: simulation only
     """The simulation's dropouts of a session of ``ids``: ``round(fraction * n)`` clients chosen by
     ``rng`` (public: a simulation only) leave before MaskedInput; ``{}`` for ``fraction == 0``."""
     if fraction <= 0:

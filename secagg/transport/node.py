@@ -221,11 +221,11 @@ class NetworkClient:
             raise ConfigError(f"shard: {self.shard} is not a partition of this task "
                               f"(0..{task.data.num_clients - 1})")
         self._config, self._model = config, task.model
-        self._placement = place(config.fedavg.aggregator)
         self._data = task.data.client(self.shard)
         self._layout = ParamLayout.from_module(task.model, config.fedavg.buffers)
         self._pipeline = Pipeline(config.fedavg.aggregator, self._layout.dim, registry=self.registry,
                                   seed=config.seed)
+        self._placement = self._pipeline.placement  # placed once, shared with the round objects
         self._limit = message_limit(self._layout.dim)
         self._connect()  # again, with the size limit this model needs
 
