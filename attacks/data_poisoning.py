@@ -1,6 +1,6 @@
 """Data-poisoning attacks: malicious clients train on poisoned data and otherwise follow the protocol.
 
-A data attack is a registered plug-in value (family ``"data_attack"``) that rewrites a malicious
+A data attack is a registered plug-in value (family ``"data-attack"``) that rewrites a malicious
 client's local examples before it trains. :class:`Backdoor` also knows how to measure its success on
 the test set (the fraction of triggered inputs, not already of the target class, that the model
 classifies as the target). Model replacement (Bagdasaryan et al. 2020) is the backdoor plus the
@@ -22,7 +22,7 @@ from secagg.seeding import torch_generator
 from secagg.validation import check_choice, check_int, check_real
 
 
-class DataAttack(Registered, ABC, family="data_attack"):
+class DataAttack(Registered, ABC, family="data-attack"):
     """Base class of data-poisoning attacks (frozen dataclasses declared with ``kind="..."``)."""
 
     @abstractmethod

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from secagg.aggregation import SecureSum
+from secagg.backend import Pipeline, ServerRound
 from secagg.crypto.keys import SigningKey
 from secagg.protocol import SessionParams, run_session
 from secagg.seeding import numpy_rng
@@ -78,7 +80,7 @@ def run_network(n: int, dims: list[int], tls: bool, tmp: Path) -> dict[int, dict
         save_identity(tmp / f"client-{u}.pem", k)
     files = make_tls_files(tmp / "tls") if tls else None
     lock = threading.Condition()
-    coordinator = Coordinator("secure", max(dims), task_seconds=600, stage_seconds=600, grace_seconds=600)
+    coordinator = Coordinator("secure", task_seconds=600, stage_seconds=600, grace_seconds=600)
     service = AggregationService(coordinator, Authenticator({u: k.public for u, k in keys.items()}),
                                  json.dumps({"benchmark": True}), lock)
     server, port = start_grpc_server(service, "127.0.0.1:0", max_message_bytes=message_limit(max(dims)),
@@ -105,7 +107,9 @@ def run_network(n: int, dims: list[int], tls: bool, tmp: Path) -> dict[int, dict
                                        vector_length=d, bits=32)
                 service.traffic.reset()
                 t0 = time.perf_counter()
-                outcome = service.exchange_round(r, ids, WEIGHTS, params=params)
+                # the raw session (d words, no weight word) under the backend's server round
+                server_round = ServerRound(Pipeline(SecureSum(), d), r, ids, 1.0, sessions=[params])
+                outcome = service.exchange_round(server_round, WEIGHTS)
                 seconds = time.perf_counter() - t0
                 sent, received = service.traffic.reset()
                 assert outcome.result is not None, outcome.aborted

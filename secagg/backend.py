@@ -39,9 +39,10 @@ import torch
 from secagg.aggregation import Aggregate, Aggregator, AggState
 from secagg.crypto.keys import SigningKey
 from secagg.errors import AbortError, ConfigError, RemoteProtocolError
+from secagg.layout import ParamLayout
 from secagg.placement import Placement, place, released_batch
 from secagg.protocol.client import Client
-from secagg.protocol.messages import Setup, Stage
+from secagg.protocol.messages import SessionParams, Setup, Stage
 from secagg.protocol.runner import REPLY_STAGE
 from secagg.protocol.server import Server
 from secagg.protocol.wire import decode, encode
@@ -58,7 +59,7 @@ from secagg.transport.envelope import (
 )
 from secagg.validation import check_int
 
-__all__ = ["ClientRound", "Pipeline", "ServerRound"]
+__all__ = ["ClientRound", "Pipeline", "ServerRound", "SessionSum"]
 
 
 @dataclass(frozen=True)
@@ -103,19 +104,26 @@ class Pipeline:
         ``model_version``: 32 bytes the clients can check (e.g. the SHA-256 of the weights sent);
         ``state``: the aggregator's state this round starts from (default: its initial state), whose
         public part the first message carries to the clients (adaptive clipping's clip norm); pass the
-        same state to :meth:`ServerRound.finish`."""
-        if not (isinstance(weight_bound, int | float) and weight_bound > 0):
-            raise ConfigError(f"weight_bound: must be > 0 (the largest example count a client may have), "
-                              f"got {weight_bound!r}")
-        if self.placement.groups is not None:
-            raise ConfigError(f"aggregator: {self.placement.groups.kind!r} runs one secure session per "
-                              f"bucket; ServerRound drives one session per round so far (secagg serve runs "
-                              f"it; the client side, Pipeline.client, takes part in either)")
+        same state to :meth:`ServerRound.finish`.
+
+        In secure mode the round runs one session for all ``client_ids``, or one per bucket for secure
+        bucketing (the buckets drawn from the round's public seed, as the simulation draws them).
+        :class:`ConfigError` for a round this configuration refuses (too few clients for a session, a
+        bucket too small for the threat model)."""
+        round_index = check_int("round_index", round_index, minimum=0)
+        ids = tuple(check_int("client_ids", u, minimum=0) for u in client_ids)
         if state is None:
             state = self.aggregator.init_state(self.dim)
-        return ServerRound(self, check_int("round_index", round_index, minimum=0),
-                           tuple(check_int("client_ids", u, minimum=0) for u in client_ids),
-                           float(weight_bound), model_version, self.placement.public(state))
+        sessions: list[SessionParams] | None = None
+        placement = self.placement
+        if placement.session is not None:
+            if len(set(ids)) != len(ids) or not ids:
+                raise ConfigError(f"client_ids: expected distinct ids, got {ids}")
+            groups = placement.session_groups(ids, self.round_seed(round_index))
+            sessions = [placement.session_params(g, self.dim, round_index) for g in groups]
+            if model_version is not None:
+                sessions = [dataclasses.replace(p, model_version=model_version) for p in sessions]
+        return ServerRound(self, round_index, ids, weight_bound, placement.public(state), sessions)
 
     def client(self, client_id: int, update: np.ndarray | torch.Tensor, num_examples: int, *,
                train_loss: float = 0.0, identity: SigningKey | None = None,
@@ -133,80 +141,167 @@ class Pipeline:
                            model_version)
 
 
+@dataclass(frozen=True)
+class SessionSum:
+    """One finished secure-aggregation session of a round: its ``params``, the unmasked ring sum
+    ``result``, and who it covers (``survivors``) or lost (``dropped``)."""
+
+    params: SessionParams
+    result: np.ndarray
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+
 class ServerRound:
-    """The server's side of one round (see the module docstring); messages in, messages out."""
+    """The server's side of one round (see the module docstring); messages in, messages out.
+
+    ``sessions``: secure mode's session parameters, one per group of clients (their client sets must
+    partition ``client_ids``), run side by side in lockstep; ``None`` in plain mode.
+    :meth:`Pipeline.server` builds them from the placement; a transport or a test that seats the
+    sessions itself may pass its own. Any session's abort aborts the round (as in simulation).
+    """
 
     def __init__(self, pipeline: Pipeline, round_index: int, client_ids: tuple[int, ...],
-                 weight_bound: float, model_version: bytes | None, public: tuple[float, ...] = ()) -> None:
+                 weight_bound: float, public: tuple[float, ...] = (),
+                 sessions: Sequence[SessionParams] | None = None) -> None:
         if len(set(client_ids)) != len(client_ids) or not client_ids:
             raise ConfigError(f"client_ids: expected distinct ids, got {client_ids}")
+        if not (isinstance(weight_bound, int | float) and weight_bound > 0):
+            raise ConfigError(f"weight_bound: must be > 0 (the largest example count a client may have), "
+                              f"got {weight_bound!r}")
+        if (sessions is None) != (pipeline.placement.session is None):
+            raise ConfigError(f"sessions: a {pipeline.mode} pipeline "
+                              f"{'needs' if sessions is None else 'takes no'} session parameters")
         self.pipeline, self.round, self.client_ids = pipeline, round_index, client_ids
-        self.weight_bound, self.public = weight_bound, public
+        self.weight_bound, self.public = float(weight_bound), tuple(public)
         self._updates: dict[int, PlainUpdate] = {}
-        self._server: Server | None = None
+        self._servers: list[Server] = []
+        self._server_of: dict[int, Server] = {}
         self._started = self._closed = False
-        session = pipeline.placement.session
-        if session is not None:
-            params = pipeline.placement.session_params(client_ids, pipeline.dim, round_index)
-            if model_version is not None:
-                params = dataclasses.replace(params, model_version=model_version)
-            self._server = Server(params, pipeline.registry)
+        self.aborted: str | None = None
+        for params in sessions or ():
+            # an honest server with the operator's registry also checks the clients' signatures
+            server = Server(params, pipeline.registry if params.malicious else None)
+            self._servers.append(server)
+            for u in params.client_ids:
+                self._server_of[u] = server
+        if sessions is not None and (sorted(self._server_of) != sorted(client_ids)
+                                     or sum(len(p.client_ids) for p in sessions) != len(client_ids)):
+            raise ConfigError("sessions: secure mode needs session parameters whose clients are exactly "
+                              "the invited clients, each in one session")
+
+    @property
+    def sessions(self) -> tuple[Server, ...]:
+        """The secure-aggregation servers of the round (one per group; empty in plain mode)."""
+        return tuple(self._servers)
 
     @property
     def done(self) -> bool:
-        """The round is over: :meth:`finish` may be called."""
-        return self._closed if self._server is None else self._server.result is not None
+        """The round is over and produced a result: :meth:`finish` may be called."""
+        if self.aborted is not None:
+            return False
+        if not self._servers:
+            return self._closed
+        return all(server.result is not None for server in self._servers)
+
+    @property
+    def stage(self) -> int | None:
+        """The stage being collected now: a protocol :class:`Stage` value (secure mode; the sessions move
+        in lockstep), ``UPDATE_STAGE`` (plain mode), ``None`` before start and once over."""
+        if not self._started or self._closed or self.aborted is not None:
+            return None
+        if not self._servers:
+            return UPDATE_STAGE
+        stage = self._servers[0].stage
+        return None if stage is None else int(stage)
 
     @property
     def stage_complete(self) -> bool:
         """Everyone who could answer the current stage has answered (advance now, no need to wait)."""
-        if self._server is None:
-            return self._started and not self._closed and set(self._updates) == set(self.client_ids)
-        return self._server.stage_complete()
+        if self.stage is None:
+            return False
+        if not self._servers:
+            return set(self._updates) == set(self.client_ids)
+        return all(server.stage_complete() for server in self._servers)
 
-    def start(self) -> dict[int, bytes]:
-        """The first message for every client: a Work envelope (with the Setup in secure mode)."""
+    @property
+    def quorum_reached(self) -> bool:
+        """Enough clients answered the current stage to go on: every session's threshold ``t`` (secure
+        mode), a majority of the invited (plain mode). A transport may stop waiting for stragglers."""
+        if self.stage is None:
+            return False
+        if not self._servers:
+            return len(self._updates) >= len(self.client_ids) // 2 + 1
+        return all(server.answered() >= server.params.threshold for server in self._servers)
+
+    def start(self, model: bytes = b"") -> dict[int, bytes]:
+        """The first message for every client: a Work envelope (with its session's Setup in secure
+        mode). ``model``: the global model's bytes, for a transport that sends it in the same message
+        (``secagg serve``); empty when the external system sends the model itself. Equal messages
+        are the same ``bytes`` object (a broadcast is encoded once)."""
         if self._started:
             raise ConfigError("start: the round has already started")
         self._started = True
-        if self._server is None:
-            return dict.fromkeys(self.client_ids, self._task(b""))
-        return {u: self._task(encode(m)) for u, m in self._server.start()}
+        if not self._servers:
+            return dict.fromkeys(self.client_ids, self._task(b"", model))
+        encoded: dict[bytes, bytes] = {}  # Setup bytes -> its Work envelope: one per session
+        out = {}
+        for server in self._servers:
+            setup = encode(server.start()[0][1])  # every client of a session gets the same Setup
+            for u in server.params.client_ids:
+                out[u] = encoded.setdefault(setup, self._task(setup, model))
+        return out
 
-    def _task(self, setup: bytes) -> bytes:
-        return encode_work(Work(WorkKind.TASK, self.round, 0, b"", setup, self.weight_bound, self.public))
+    def _task(self, setup: bytes, model: bytes) -> bytes:
+        return encode_work(Work(WorkKind.TASK, self.round, 0, model, setup, self.weight_bound, self.public))
 
     def receive(self, client_id: int, data: bytes) -> None:
         """One client's reply, as authenticated by the transport (``client_id`` is who sent it).
-        :class:`ProtocolError`/:class:`WireError` for a bad one; nothing changes then."""
+        :class:`RemoteProtocolError` (:class:`WireError` for malformed bytes) for a bad one; nothing
+        changes then."""
         if not self._started:
             raise ConfigError("receive: start the round first")
-        if self._server is not None:
-            self._server.receive(decode(data), sender=client_id)
-            return
-        if self._closed:
-            raise RemoteProtocolError(f"client {client_id}: the round is closed")
         if client_id not in self.client_ids:
             raise RemoteProtocolError(f"client {client_id}: not invited to round {self.round}")
+        if self.stage is None:
+            raise RemoteProtocolError(f"client {client_id}: round {self.round} is closed")
+        if self._servers:
+            self._server_of[client_id].receive(decode(data), sender=client_id)
+            return
         if client_id in self._updates:
-            raise RemoteProtocolError(f"client {client_id}: already sent its update")
+            raise RemoteProtocolError(f"duplicate update from client {client_id}")
         self._updates[client_id] = decode_update(data, self.pipeline.dim)
 
     def advance(self) -> dict[int, bytes]:
-        """Close the current stage; the next stage's messages, or ``{}`` once the round is done.
-        :class:`AbortError` if too few clients answered to go on."""
+        """Close the current stage; the next stage's messages (a broadcast is one ``bytes`` object), or
+        ``{}`` once the round is done. :class:`AbortError` if too few clients answered to go on (in
+        any session: the message names its clients); the round is over then."""
         if not self._started:
             raise ConfigError("advance: start the round first")
-        if self._server is None:
-            if not self._updates:
-                raise AbortError("no client sent an update")
+        if self.aborted is not None:
+            raise ConfigError(f"advance: the round aborted ({self.aborted})")
+        if not self._servers:
+            if self._closed:
+                return {}
             self._closed = True
+            if not self._updates:
+                self.aborted = "no client sent an update"
+                raise AbortError(self.aborted)
             return {}
-        if self._server.stage is None:
+        if self.done:
             return {}
+        outgoing = []
+        for server in self._servers:  # the sessions move in lockstep: the same stages, closed together
+            try:
+                outgoing.extend(server.advance())
+            except AbortError as exc:
+                where = (f" (the session of clients {list(server.params.client_ids)})"
+                         if len(self._servers) > 1 else "")
+                self.aborted = f"{exc}{where}"
+                raise AbortError(self.aborted) from None
         encoded: dict[int, bytes] = {}  # id(message) -> bytes: a broadcast is encoded once, not per client
         out = {}
-        for u, m in self._server.advance():
+        for u, m in outgoing:
             if id(m) not in encoded:
                 encoded[id(m)] = encode(m)
             out[u] = encoded[id(m)]
@@ -215,22 +310,44 @@ class ServerRound:
     @property
     def survivors(self) -> tuple[int, ...]:
         """The clients whose updates the aggregate covers."""
-        return tuple(sorted(self._updates)) if self._server is None else self._server.survivors
+        if not self._servers:
+            return tuple(sorted(self._updates))
+        return tuple(sorted(u for server in self._servers for u in server.survivors))
 
-    def finish(self, state: AggState) -> Aggregate:
-        """The round's aggregate (the server's part of the pipeline, on the sum or the released rows),
-        from the aggregator's ``state``; :class:`ConfigError` before the round is done."""
+    @property
+    def dropped(self) -> tuple[int, ...]:
+        """Secure mode: the clients a session lost (their inputs are not in its sum)."""
+        return tuple(sorted(u for server in self._servers for u in server.dropped))
+
+    @property
+    def sums(self) -> list[SessionSum]:
+        """Secure mode, once done: every session's unmasked sum, in session order."""
+        if not self.done:
+            return []
+        return [SessionSum(server.params, server.result, server.survivors, server.dropped)
+                for server in self._servers if server.result is not None]
+
+    @property
+    def updates(self) -> dict[int, PlainUpdate]:
+        """Plain mode: the released updates received (client id -> its checked envelope)."""
+        return dict(self._updates)
+
+    def finish(self, state: AggState, layout: ParamLayout | None = None) -> Aggregate:
+        """The round's aggregate (the server's part of the pipeline, on the sums or the released rows),
+        from the aggregator's ``state``; ``layout``: the model's (its dtype, and the layout seeded rules
+        see; default float32 rows). :class:`ConfigError` before the round is done; :class:`AbortError`
+        when the session refuses its sum (distributed DP with fewer survivors than its noise needs)."""
         if not self.done:
             raise ConfigError("finish: the round is not done (advance until it returns {})")
-        placement = self.pipeline.placement
-        if self._server is not None:
-            assert self._server.result is not None
-            return placement.aggregate_sum(self._server.result, self._server.params,
-                                           len(self._server.survivors), self.pipeline.dim,
-                                           self.pipeline.round_seed(self.round), state, torch.float32)
+        placement, pipeline = self.pipeline.placement, self.pipeline
+        seed = pipeline.round_seed(self.round)
+        if self._servers:
+            sums = [(one.result, one.params, len(one.survivors)) for one in self.sums]
+            dtype = torch.float32 if layout is None else layout.dtype
+            return placement.aggregate_groups(sums, pipeline.dim, self.round, seed, state, dtype, layout)
         # the round's public seed, as in a deployment (seeded rules such as bucketing agree with it)
-        batch = released_batch(self._updates, self.round, self.pipeline.round_seed(self.round))
-        return self.pipeline.aggregator.aggregate_released(batch, state)
+        batch = released_batch(self._updates, self.round, seed, layout)
+        return pipeline.aggregator.aggregate_released(batch, state)
 
 
 class ClientRound:

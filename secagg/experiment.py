@@ -62,8 +62,14 @@ class ExperimentResult:
     config: ExperimentConfig
     history: list[dict[str, Any]]
     state: ServerState
-    trainer: FedAvg
+    fedavg: FedAvg
     stopped: str | None = None
+
+    @property
+    def trainer(self) -> FedAvg:
+        """The old name of :attr:`fedavg` (kept for existing code; a trainer is a client's local
+        training, :class:`secagg.fedavg.trainer.Trainer`)."""
+        return self.fedavg
 
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -87,20 +93,20 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     if resume and out_dir is None:
         raise ConfigError("resume: needs out_dir, the directory holding the checkpoint")
     task = make_task(config.task, seed=config.seed, factory=task_factory)
-    trainer = FedAvg(config.fedavg, task.model, task.data, seed=config.seed, executor=executor)
-    state, history = trainer.initial_state(), []
+    fedavg = FedAvg(config.fedavg, task.model, task.data, seed=config.seed, executor=executor)
+    state, history = fedavg.initial_state(), []
     ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if resume and ckpt is not None:
-        state, history = load_run(ckpt, config, trainer)
-    state, stopped = run_rounds(trainer, config, state, history, ckpt.parent if ckpt is not None else None,
+        state, history = load_run(ckpt, config, fedavg)
+    state, stopped = run_rounds(fedavg, config, state, history, ckpt.parent if ckpt is not None else None,
                                 on_round)
-    return ExperimentResult(config, history, state, trainer, stopped)
+    return ExperimentResult(config, history, state, fedavg, stopped)
 
 
-def run_rounds(trainer: FedAvg, config: ExperimentConfig, state: ServerState, history: list[dict[str, Any]],
+def run_rounds(fedavg: FedAvg, config: ExperimentConfig, state: ServerState, history: list[dict[str, Any]],
                out_dir: Path | None, on_round: RoundCallback | None = None) -> tuple[ServerState, str | None]:
     """The run loop every driver shares (simulation and ``secagg serve``): rounds from ``state`` to
-    ``config.fedavg.rounds``, each through ``trainer.run_round`` (its source decides where the clients
+    ``config.fedavg.rounds``, each through ``fedavg.run_round`` (its source decides where the clients
     are), its record appended to ``history``, checkpoint and results written to ``out_dir`` after it.
     Before each round, a round that would exceed a privacy budget ends the run; returns the last state
     and that reason (``None`` when every round ran)."""
@@ -108,12 +114,12 @@ def run_rounds(trainer: FedAvg, config: ExperimentConfig, state: ServerState, hi
 
     ckpt = out_dir / CHECKPOINT if out_dir is not None else None
     while state.round < config.fedavg.rounds:
-        stopped = trainer.privacy_stop(state)
+        stopped = fedavg.privacy_stop(state)
         if stopped is not None:
             if out_dir is not None:
                 write_results(out_dir, config, history, stopped=stopped)
             return state, stopped
-        result = trainer.run_round(state)
+        result = fedavg.run_round(state)
         state = result.state
         history.append(result.record)
         if ckpt is not None:
@@ -127,7 +133,7 @@ def run_rounds(trainer: FedAvg, config: ExperimentConfig, state: ServerState, hi
 def save_run(path: Path, config: ExperimentConfig, state: ServerState,
              history: list[dict[str, Any]]) -> None:
     """Checkpoint a run (state + configuration + history) atomically at ``path``."""
-    tensors = {f"weights/{k}": v for k, v in state.weights.items()}
+    tensors = {f"weights/{k}": v for k, v in state.model.items()}
     tensors |= {f"aggregator/{k}": v for k, v in state.aggregator_state.items()}
     if state.momentum is not None:
         tensors["server/momentum"] = state.momentum
@@ -143,10 +149,10 @@ def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_run(path: Path, config: ExperimentConfig, trainer: FedAvg
+def load_run(path: Path, config: ExperimentConfig, fedavg: FedAvg
              ) -> tuple[ServerState, list[dict[str, Any]]]:
     """The state and history checkpointed at ``path``; :class:`CheckpointError` unless it was written
-    by ``config`` (only ``fedavg.rounds`` may differ) for ``trainer``'s model."""
+    by ``config`` (only ``fedavg.rounds`` may differ) for ``fedavg``'s model."""
     tensors, meta = load_checkpoint(path)
     try:
         saved, round_index, history = meta["config"], int(meta["round"]), list(meta["history"])
@@ -158,7 +164,7 @@ def load_run(path: Path, config: ExperimentConfig, trainer: FedAvg
                               f"use another --out directory or the same settings")
     weights = {k.removeprefix("weights/"): v for k, v in tensors.items()
                if k.startswith("weights/")}
-    expected = trainer.model.state_dict()
+    expected = fedavg.model.state_dict()
     if set(weights) != set(expected) or any(
             weights[k].shape != v.shape or weights[k].dtype != v.dtype
             for k, v in expected.items()):
@@ -169,7 +175,7 @@ def load_run(path: Path, config: ExperimentConfig, trainer: FedAvg
     participations = tensors.get("server/participations")
     if (momentum is None) != (config.fedavg.server_momentum == 0) or len(history) != round_index or (
             participations is not None and (participations.dtype != torch.int64
-                                            or tuple(participations.shape) != (trainer.data.num_clients,))):
+                                            or tuple(participations.shape) != (fedavg.data.num_clients,))):
         raise CheckpointError(f"{path}: inconsistent server state for round {round_index}")
     if participations is None and round_index > 0:
         raise CheckpointError(f"{path}: lacks the per-client participation counts privacy accounting "

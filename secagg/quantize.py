@@ -4,10 +4,10 @@ Secure aggregation adds client vectors modulo ``2**bits`` (``bits <= 32``, store
 A :class:`Quantizer` maps a float update into that ring and maps the unmasked modular sum back.
 
 Fixed point in Z_(2^b)
-    A coordinate ``x`` is clipped to ``[-clip, clip]``, scaled to ``v = x * scale`` (so one unit of
-    the ring, one *quantum*, is ``1 / scale`` in float units), rounded to an integer ``q`` and stored
-    in two's complement: ``q mod 2**bits``. Addition in the ring is then addition of the integers
-    ``q``, modulo ``2**bits``.
+    A coordinate ``x`` is clipped to ``[-value_range, value_range]``, scaled to ``v = x * scale`` (so
+    one unit of the ring, one *quantum*, is ``1 / scale`` in float units), rounded to an integer ``q``
+    and stored in two's complement: ``q mod 2**bits``. Addition in the ring is then addition of the
+    integers ``q``, modulo ``2**bits``.
 
 Centred decoding
     The server reduces the sum mod ``2**bits`` and reads residues ``>= 2**(bits-1)`` as negative
@@ -23,11 +23,11 @@ Stochastic rounding is unbiased
     bits of ``v`` through the rounding direction), so by default it comes from ``os.urandom``.
 
 Capacity rule
-    One client contributes at most ``|q| <= max_abs_quantized = ceil(clip * scale)``. The centred
+    One client contributes at most ``|q| <= max_abs_quantized = ceil(value_range * scale)``. The centred
     decoding of a sum of ``num_clients`` such vectors plus ``headroom`` quanta declared by the
     caller (e.g. for DP noise added in the ring) is unambiguous iff
     ``num_clients * max_abs_quantized + headroom <= 2**(bits-1) - 1``. :meth:`Quantizer.check_capacity`
-    enforces it and says which of ``bits``, ``scale`` or ``clip`` to change and to what;
+    enforces it and says which of ``bits``, ``scale`` or ``value_range`` to change and to what;
     :meth:`Quantizer.for_sum` picks the largest (finest) ``scale`` that satisfies it.
 
 Why clipping is explicit and counted
@@ -35,7 +35,7 @@ Why clipping is explicit and counted
     sum around the ring, corrupting every client's contribution to that coordinate without any error.
     Clipping bounds each contribution, which is what makes the capacity rule a guarantee; it also
     changes the update, so :meth:`Quantizer.encode` reports how many coordinates it clipped instead of
-    doing it silently, letting callers log it or tune ``clip``.
+    doing it silently, letting callers log it or tune ``value_range``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def _largest_factor(a: float, target: int) -> float:
     """Largest finite float ``s >= 0`` with ``fl(a * s) <= target`` (``a > 0``, ``target >= 0``).
 
     Float multiplication is monotone in ``s``, so this is the exact threshold of the capacity rule
-    ``ceil(fl(clip * scale)) <= target`` solved for ``scale`` (or for ``clip``, with ``a = scale``).
+    ``ceil(fl(value_range * scale)) <= target`` solved for ``scale`` (or for ``value_range``, with
+    ``a = scale``).
     """
     s = target / a
     if not math.isfinite(s):
@@ -88,22 +89,23 @@ def _round_down_str(value: float, passes: Any) -> str:
 class Quantizer:
     """Fixed-point codec between float vectors and the ring Z_(2^bits) (see the module docstring).
 
-    ``clip``: inputs are clipped to ``[-clip, clip]`` (float units, > 0). ``scale``: quanta per float
-    unit, ``q = x * scale`` (> 0). ``bits``: the ring is Z_(2^bits), ``2 <= bits <= 32``.
+    ``value_range``: inputs are clipped to ``[-value_range, value_range]`` (float units, > 0).
+    ``scale``: quanta per float unit, ``q = x * scale`` (> 0). ``bits``: the ring is Z_(2^bits),
+    ``2 <= bits <= 32``.
     """
 
-    clip: float
+    value_range: float
     scale: float
     bits: int = 32
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "clip", check_real("clip", self.clip, gt=0.0))
+        object.__setattr__(self, "value_range", check_real("value_range", self.value_range, gt=0.0))
         object.__setattr__(self, "scale", check_real("scale", self.scale, gt=0.0))
         check_int("bits", self.bits, minimum=MIN_BITS, maximum=MAX_BITS)
-        product = self.clip * self.scale
+        product = self.value_range * self.scale
         if not math.isfinite(product) or product == 0.0:
-            raise ConfigError(f"clip * scale: must be a finite number > 0, got "
-                              f"{self.clip!r} * {self.scale!r} = {product!r}")
+            raise ConfigError(f"value_range * scale: must be a finite number > 0, got "
+                              f"{self.value_range!r} * {self.scale!r} = {product!r}")
 
     @property
     def modulus(self) -> int:
@@ -112,8 +114,8 @@ class Quantizer:
 
     @property
     def max_abs_quantized(self) -> int:
-        """``ceil(clip * scale)``: the largest ``|q|`` one client can contribute, in quanta."""
-        return math.ceil(self.clip * self.scale)
+        """``ceil(value_range * scale)``: the largest ``|q|`` one client can contribute, in quanta."""
+        return math.ceil(self.value_range * self.scale)
 
     def error_bound(self, num_clients: int) -> float:
         """Worst-case ``|decoded sum - float sum of the clipped inputs|`` in float units.
@@ -129,7 +131,7 @@ class Quantizer:
 
         The rule is ``num_clients * max_abs_quantized + headroom <= 2**(bits-1) - 1``; ``headroom``
         is extra magnitude (in quanta) the caller adds to the sum, e.g. DP noise. The error names the
-        concrete ``bits``, ``scale`` and ``clip`` (and ``headroom``/``num_clients``) that would pass.
+        concrete ``bits``, ``scale`` and ``value_range`` (and ``headroom``/``num_clients``) that would pass.
         """
         check_int("num_clients", num_clients, minimum=1)
         check_int("headroom", headroom, minimum=0)
@@ -146,14 +148,14 @@ class Quantizer:
             notes.append(f"no bits <= {MAX_BITS} is enough (it would take {min_bits})")
         per_client = (limit - headroom) // num_clients  # largest admissible max_abs_quantized
         if per_client >= 1:
-            scale = _largest_factor(self.clip, per_client)
-            clip = _largest_factor(self.scale, per_client)
+            scale = _largest_factor(self.value_range, per_client)
+            value_range = _largest_factor(self.scale, per_client)
             fixes.append("lower scale to <= " + _round_down_str(
-                scale, lambda s: self.clip * s <= per_client))
-            fixes.append("lower clip to <= " + _round_down_str(
-                clip, lambda c: c * self.scale <= per_client))
+                scale, lambda s: self.value_range * s <= per_client))
+            fixes.append("lower value_range to <= " + _round_down_str(
+                value_range, lambda c: c * self.scale <= per_client))
         else:
-            notes.append(f"no scale or clip is enough ({num_clients} clients * 1 quantum + "
+            notes.append(f"no scale or value_range is enough ({num_clients} clients * 1 quantum + "
                          f"headroom {headroom} > {limit})")
         spare = limit - num_clients * self.max_abs_quantized
         if headroom > 0 and spare >= 0:
@@ -162,16 +164,17 @@ class Quantizer:
         if max_clients >= 1:
             fixes.append(f"lower num_clients to <= {max_clients}")
         raise ConfigError(
-            f"bits={self.bits} cannot hold the sum of {num_clients} clients at clip={self.clip!r}, "
+            f"bits={self.bits} cannot hold the sum of {num_clients} clients at "
+            f"value_range={self.value_range!r}, "
             f"scale={self.scale!r}: {num_clients} * {self.max_abs_quantized} + {headroom} > {limit} "
             f"(= 2**{self.bits - 1} - 1); " + ", or ".join(fixes) + "".join(f"; {n}" for n in notes))
 
     @classmethod
-    def for_sum(cls, clip: float, num_clients: int, bits: int = 32, headroom: int = 0) -> Quantizer:
+    def for_sum(cls, value_range: float, num_clients: int, bits: int = 32, headroom: int = 0) -> Quantizer:
         """The quantizer with the largest ``scale`` (finest resolution) whose sum of ``num_clients``
         vectors plus ``headroom`` quanta passes :meth:`check_capacity`; :class:`ConfigError` if none.
         """
-        clip = check_real("clip", clip, gt=0.0)
+        value_range = check_real("value_range", value_range, gt=0.0)
         check_int("num_clients", num_clients, minimum=1)
         check_int("bits", bits, minimum=MIN_BITS, maximum=MAX_BITS)
         check_int("headroom", headroom, minimum=0)
@@ -183,17 +186,18 @@ class Quantizer:
                 f"bits={bits} cannot hold the sum of {num_clients} clients at any scale: even one "
                 f"quantum per client gives {num_clients} * 1 + {headroom} > {limit} "
                 f"(= 2**{bits - 1} - 1); raise bits to >= {min_bits}, or lower num_clients or headroom")
-        scale = _largest_factor(clip, per_client)
+        scale = _largest_factor(value_range, per_client)
         if not scale > 0.0:
-            raise ConfigError(f"scale: no scale > 0 fits clip={clip!r} into {per_client} quanta")
-        return cls(clip=clip, scale=scale, bits=bits)
+            raise ConfigError(f"scale: no scale > 0 fits value_range={value_range!r} into "
+                              f"{per_client} quanta")
+        return cls(value_range=value_range, scale=scale, bits=bits)
 
     def encode(self, x: np.ndarray | torch.Tensor, *,
                rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:  # not secret: dither
         """Quantize a 1-D float vector into the ring; return ``(q, num_clipped)``.
 
         ``q`` is ``uint32`` with entries in ``[0, 2**bits)`` (two's complement of the rounded
-        ``clip(x) * scale``); ``num_clipped`` counts coordinates with ``|x| > clip``. Computes in
+        ``clip(x) * scale``); ``num_clipped`` counts coordinates with ``|x| > value_range``. Computes in
         float64. ``rng`` supplies the rounding dither (pass one for reproducibility; by default a fresh
         generator seeded from ``os.urandom``). Raises :class:`UpdateError` for a non-1-D or non-real
         input or a NaN/Inf (naming the first bad index), :class:`ConfigError` if one client alone
@@ -211,8 +215,8 @@ class Quantizer:
             rng = np.random.default_rng(seed)  # not secret: unbiased-rounding dither
         elif not isinstance(rng, np.random.Generator):  # not secret: dither
             raise ConfigError(f"rng: expected a numpy Generator or None, got {type(rng).__name__}")
-        num_clipped = int(np.count_nonzero(np.abs(values) > self.clip))
-        v = np.clip(values, -self.clip, self.clip) * self.scale
+        num_clipped = int(np.count_nonzero(np.abs(values) > self.value_range))
+        v = np.clip(values, -self.value_range, self.value_range) * self.scale
         low = np.floor(v)
         q = low + (rng.random(v.shape) < (v - low))
         mask = np.int64(self.modulus - 1)
@@ -241,16 +245,27 @@ class Quantizer:
         return self.decode_sum(q, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"clip": self.clip, "scale": self.scale, "bits": self.bits}
+        return {"value_range": self.value_range, "scale": self.scale, "bits": self.bits}
 
     @classmethod
     def from_dict(cls, data: Any) -> Quantizer:
-        """Rebuild from :meth:`to_dict` output; unknown or missing keys raise :class:`ConfigError`."""
-        check_keys("quantizer", data, ("clip", "scale", "bits"))
-        missing = [k for k in ("clip", "scale") if k not in data]
+        """Rebuild from :meth:`to_dict` output (the old key ``clip`` still reads as ``value_range``);
+        unknown, missing or doubled keys raise :class:`ConfigError`."""
+        check_keys("quantizer", data, ("value_range", "clip", "scale", "bits"))
+        data = dict(data)
+        if "clip" in data:
+            if "value_range" in data:
+                raise ConfigError("quantizer: 'clip' is the old name of 'value_range': give one of them")
+            data["value_range"] = data.pop("clip")
+        missing = [k for k in ("value_range", "scale") if k not in data]
         if missing:
             raise ConfigError(f"quantizer: missing field(s) {', '.join(missing)}")
         return cls(**data)
+
+    @property
+    def clip(self) -> float:
+        """The old name of :attr:`value_range` (a per-coordinate range, not an L2 clip norm)."""
+        return self.value_range
 
 
 def _as_float64_vector(x: Any) -> np.ndarray:

@@ -102,7 +102,7 @@ def test_attack_runs_against_defence(task, attack, defence):
     record = result.record
     assert record["malicious"] == 2 or "aborted" in record
     if "aborted" not in record:
-        flat = trainer.layout.flatten(result.state.weights)
+        flat = trainer.layout.flatten(result.state.model)
         assert torch.isfinite(flat).all()
     if attack == "backdoor":
         assert 0.0 <= record["attack_success"] <= 1.0
@@ -252,7 +252,7 @@ def pretrained(task):
 def backdoor_round(task, pretrained, aggregator: Aggregator, adversary: ByzantineClients) -> dict:
     trainer = FedAvg(FedAvgConfig(rounds=1, client=ClientConfig(epochs=2, batch_size=32),
                                   aggregator=aggregator, adversary=adversary), task.model, task.data, seed=0)
-    start = dataclasses.replace(trainer.initial_state(), weights=pretrained.weights)
+    start = dataclasses.replace(trainer.initial_state(), model=pretrained.model)
     return trainer.run_round(start).record
 
 

@@ -165,7 +165,7 @@ def test_the_server_hands_the_attackers_the_example_counts_and_replacement_lands
     honest_part = (wh @ seen["honest"].double()) / w.sum()
     target = (wa @ seen["own"].double()) / wa.sum()
     flat = trainer.layout.flatten
-    moved = flat(result.state.weights).double() - flat(start.weights).double()
+    moved = flat(result.state.model).double() - flat(start.model).double()
     torch.testing.assert_close(moved, 0.5 * honest_part + target, rtol=1e-4, atol=1e-6)
 
 

@@ -276,3 +276,54 @@ def test_a_client_refuses_a_clip_norm_that_is_not_finite_and_positive():
     with pytest.raises(RemoteProtocolError, match="public: the server's round values for 'dp-fedavg-adaptive'"
                                                   r".*clip norm, one finite float > 0, got \[-1.0\]"):
         client.handle(first[0])
+
+
+def test_secure_bucketing_runs_one_session_per_bucket_of_the_simulations_seating():
+    """Secure bucketing over the backend: one secure session per bucket, side by side, the buckets those
+    the simulation draws from the round's public seed; each session's sum is exactly its survivors'
+    inputs, a dropout is recovered inside its own bucket, and the robust rule across the bucket means
+    matches the simulation's within the quantization error."""
+    from secagg.aggregation import CoordinateMedian, SecureBucketing
+    from secagg.seeding import round_seed
+
+    rule = SecureBucketing(bucket_size=3, inner=CoordinateMedian(), secure=SecureSum(value_range=4.0))
+    n, d = 9, 7
+    pipeline = Pipeline(rule, d, seed=11)
+    updates = np.clip(_updates(n, d, 21), -4.0, 4.0)
+    ids = tuple(range(n))
+    groups = pipeline.placement.session_groups(ids, round_seed(11, 3))
+    assert len(groups) == 3 and sorted(u for g in groups for u in g) == list(ids)
+
+    server, clients, _ = drive(pipeline, updates, [1] * n)
+    assert [s.params.client_ids for s in server.sessions] == groups
+    for one in server.sums:
+        total = sum(clients[u].session_input.astype(np.uint64) for u in one.survivors)
+        np.testing.assert_array_equal(one.result, (total % (1 << one.params.bits)).astype(np.uint32))
+    rows = torch.from_numpy(updates)
+    batch = UpdateBatch(rows, torch.ones(n, dtype=torch.float64), ids, 3, round_seed(11, 3))
+    want = rule.aggregate(batch, {})
+    got = server.finish({})
+    assert torch.allclose(got.update.double(), want.update.double(), atol=1e-5)
+
+    dropped = groups[1][0]
+    server, clients, _ = drive(pipeline, updates, [1] * n, silent_after={dropped: 2})  # after ShareKeys
+    assert server.dropped == (dropped,) and len(server.survivors) == n - 1
+    for one in server.sums:
+        assert set(one.survivors) == set(one.params.client_ids) - {dropped}
+        total = sum(clients[u].session_input.astype(np.uint64) for u in one.survivors)
+        np.testing.assert_array_equal(one.result, (total % (1 << one.params.bits)).astype(np.uint32))
+    means = [updates[[u for u in g if u != dropped]].mean(axis=0) for g in groups]
+    assert np.allclose(server.finish({}).update.double().numpy(), np.median(np.stack(means), axis=0),
+                       atol=1e-5)
+
+
+def test_a_bucket_whose_session_aborts_aborts_the_round_naming_its_clients():
+    from secagg.aggregation import CoordinateMedian, SecureBucketing
+
+    rule = SecureBucketing(bucket_size=3, inner=CoordinateMedian(), secure=SecureSum(value_range=4.0))
+    pipeline = Pipeline(rule, 4)
+    ids = tuple(range(9))
+    groups = pipeline.placement.session_groups(ids, pipeline.round_seed(3))
+    victim = groups[2]
+    with pytest.raises(AbortError, match=rf"the session of clients \[{', '.join(map(str, victim))}\]"):
+        drive(pipeline, np.zeros((9, 4)), [1] * 9, silent_after={victim[0]: 2, victim[1]: 2})

@@ -203,7 +203,7 @@ def test_a_round_with_no_client_is_skipped_and_still_counted():
     assert result.record["clients"] == 0 and result.record["skipped"]
     assert result.record["train_loss"] is None and result.record["update_norm"] == 0.0
     assert result.state.round == empty
-    assert all(torch.equal(result.state.weights[k], v) for k, v in state.weights.items())
+    assert all(torch.equal(result.state.model[k], v) for k, v in state.model.items())
     assert result.record["epsilon"] == pytest.approx(dp.epsilon_after(empty))
 
 

@@ -10,6 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
+from secagg.aggregation import Mean
+from secagg.backend import Pipeline
 from secagg.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError, WireError
 from secagg.protocol.client import Client
 from secagg.protocol.messages import SessionParams, Setup
@@ -53,10 +55,11 @@ def test_a_client_without_its_identity_in_malicious_mode_is_local_misuse():
 
 
 def test_a_coordinator_opened_twice_is_local_misuse():
-    coordinator = Coordinator("plain", 4, 10.0, 10.0, 1.0, {0: bytes(32)})
-    coordinator.begin_round(1, (0,), b"", 0.0)
+    coordinator = Coordinator("plain", 10.0, 10.0, 1.0)
+    pipeline = Pipeline(Mean(), 4)
+    coordinator.begin_round(pipeline.server(1, (0,), weight_bound=1.0), b"", 0.0)
     with pytest.raises(LocalProtocolError, match="round 1 is still open"):
-        coordinator.begin_round(2, (0,), b"", 0.0)
+        coordinator.begin_round(pipeline.server(2, (0,), weight_bound=1.0), b"", 0.0)
 
 
 class _Context:
@@ -78,7 +81,7 @@ class _Context:
     (ConfigError("our own configuration"), grpc.StatusCode.INTERNAL),
 ])
 def test_grpc_codes_say_whose_fault_it_was(error, code):
-    service = AggregationService(Coordinator("plain", 4, 10.0, 10.0, 1.0, {0: bytes(32)}),
+    service = AggregationService(Coordinator("plain", 10.0, 10.0, 1.0),
                                  Authenticator({0: bytes(32)}), "{}")
 
     def handler(request: bytes, context: object) -> bytes:

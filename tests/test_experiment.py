@@ -39,7 +39,7 @@ def _metrics(history):
 def test_same_seed_same_numbers_to_the_last_digit():
     a, b = run_experiment(quick()), run_experiment(quick())
     assert _metrics(a.history) == _metrics(b.history)
-    assert _same_weights(a.state.weights, b.state.weights)
+    assert _same_weights(a.state.model, b.state.model)
     c = run_experiment(dataclasses.replace(quick(), seed=4))
     assert _metrics(c.history) != _metrics(a.history)
 
@@ -50,7 +50,7 @@ def test_resume_equals_uninterrupted(tmp_path, fedavg):
     straight = run_experiment(quick(4, **fedavg), tmp_path / "a")
     run_experiment(quick(2, **fedavg), tmp_path / "b")
     resumed = run_experiment(quick(4, **fedavg), tmp_path / "b", resume=True)
-    assert _same_weights(straight.state.weights, resumed.state.weights)
+    assert _same_weights(straight.state.model, resumed.state.model)
     assert _metrics(straight.history) == _metrics(resumed.history)
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert [r["round"] for r in saved["rounds"]] == [1, 2, 3, 4]

@@ -32,7 +32,7 @@ def test_one_client_one_full_batch_step_is_centralized_gradient_descent(small_da
     config = FedAvgConfig(rounds=1, client=ClientConfig(epochs=1, batch_size=0, lr=lr),
                           server_lr=server_lr)
     trainer = FedAvg(config, model, data, seed=5)
-    new = trainer.run_round(trainer.initial_state()).state.weights
+    new = trainer.run_round(trainer.initial_state()).state.model
 
     reference = copy.deepcopy(model)
     loss = nn.functional.cross_entropy(reference(data.train_x), data.train_y)
@@ -85,10 +85,10 @@ def test_weighted_mean_round_matches_manual_fedavg():
     state = trainer.initial_state()
     result = trainer.run_round(state)
     from secagg.seeding import derive_seed
-    ups = [client_update(model, state.weights, data.client(c), cfg.client, trainer.layout,
+    ups = [client_update(model, state.model, data.client(c), cfg.client, trainer.layout,
                          seed=derive_seed(3, "client", 1, c)) for c in range(3)]
     expected = sum(u.delta * u.num_examples for u in ups) / 30
-    got = trainer.layout.flatten(result.state.weights) - trainer.layout.flatten(state.weights)
+    got = trainer.layout.flatten(result.state.model) - trainer.layout.flatten(state.model)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -100,10 +100,10 @@ def test_batchnorm_buffers_follow_the_documented_policy(policy):
     cfg = FedAvgConfig(client=ClientConfig(epochs=1, batch_size=4, lr=0.1), buffers=policy)
     trainer = FedAvg(cfg, model, data, seed=0)
     state = trainer.initial_state()
-    new = trainer.run_round(state).state.weights
+    new = trainer.run_round(state).state.model
     # the integer counter never leaves the server
-    assert torch.equal(new["features.1.num_batches_tracked"], state.weights["features.1.num_batches_tracked"])
-    moved = not torch.equal(new["features.1.running_mean"], state.weights["features.1.running_mean"])
+    assert torch.equal(new["features.1.num_batches_tracked"], state.model["features.1.num_batches_tracked"])
+    moved = not torch.equal(new["features.1.running_mean"], state.model["features.1.running_mean"])
     assert moved == (policy == "aggregate")
     if policy == "aggregate":
         # running stats become the example-weighted mean of the clients' local stats
@@ -111,9 +111,9 @@ def test_batchnorm_buffers_follow_the_documented_policy(policy):
         full = ParamLayout.from_module(model, "aggregate")
         locals_ = []
         for c in range(2):
-            u = client_update(model, state.weights, data.client(c), cfg.client, full,
+            u = client_update(model, state.model, data.client(c), cfg.client, full,
                               seed=derive_seed(0, "client", 1, c))
-            locals_.append(full.unflatten(full.flatten(state.weights) + u.delta))
+            locals_.append(full.unflatten(full.flatten(state.model) + u.delta))
         expected = (locals_[0]["features.1.running_var"] + locals_[1]["features.1.running_var"]) / 2
         torch.testing.assert_close(new["features.1.running_var"], expected)
 
@@ -140,11 +140,11 @@ def test_server_momentum_accumulates(small_dataset):
     s_plain, s_mom = plain.initial_state(), mom.initial_state()
     r1p, r1m = plain.run_round(s_plain), mom.run_round(s_mom)
     # round 1: v = aggregate, so both take the same step
-    for k in r1p.state.weights:
-        torch.testing.assert_close(r1p.state.weights[k], r1m.state.weights[k])
+    for k in r1p.state.model:
+        torch.testing.assert_close(r1p.state.model[k], r1m.state.model[k])
     assert r1m.state.momentum is not None and r1p.state.momentum is None
     lay = mom.layout
-    step1 = lay.flatten(r1m.state.weights) - lay.flatten(s_mom.weights)
+    step1 = lay.flatten(r1m.state.model) - lay.flatten(s_mom.model)
     torch.testing.assert_close(r1m.state.momentum, step1)
 
 
@@ -170,12 +170,12 @@ def test_fedavg_handles_mixed_dtypes_and_shapes(small_dataset):
     trainer = FedAvg(FedAvgConfig(client=ClientConfig(epochs=2, batch_size=6)), model, small_dataset)
     assert trainer.layout.dtype == torch.float64
     state = trainer.initial_state()
-    new = trainer.run_round(trainer.run_round(state).state).state.weights
-    for name, before in state.weights.items():
+    new = trainer.run_round(trainer.run_round(state).state).state.model
+    for name, before in state.model.items():
         assert new[name].dtype == before.dtype and new[name].shape == before.shape, name
-    assert not torch.equal(new["first.weight"], state.weights["first.weight"])
-    assert not torch.equal(new["gate"], state.weights["gate"])
-    assert torch.equal(new["norm.num_batches_tracked"], state.weights["norm.num_batches_tracked"])
+    assert not torch.equal(new["first.weight"], state.model["first.weight"])
+    assert not torch.equal(new["gate"], state.model["gate"])
+    assert torch.equal(new["norm.num_batches_tracked"], state.model["norm.num_batches_tracked"])
 
 
 def test_aggregator_receives_the_layout(small_dataset):

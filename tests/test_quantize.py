@@ -76,7 +76,7 @@ def test_negative_sum_comes_back_negative(bits: int) -> None:
 
 
 def test_single_vector_two_complement_and_decode() -> None:
-    q = Quantizer(clip=4.0, scale=1.0, bits=4)  # 4 * 1 <= 2**3 - 1
+    q = Quantizer(value_range=4.0, scale=1.0, bits=4)  # 4 * 1 <= 2**3 - 1
     enc, clipped = q.encode(np.array([-1.0, 3.0, -4.0, 0.0, -9.0]), rng=np.random.default_rng(0))
     np.testing.assert_array_equal(enc, np.array([15, 3, 12, 0, 12], dtype=np.uint32))
     assert clipped == 1
@@ -88,7 +88,7 @@ def test_single_vector_two_complement_and_decode() -> None:
 
 @pytest.mark.parametrize("value", [0.03, -0.037, 0.0149])
 def test_stochastic_rounding_is_unbiased(value: float) -> None:
-    q = Quantizer(clip=1.0, scale=10.0, bits=16)  # fractional parts 0.3, 0.63 (negative), 0.149
+    q = Quantizer(value_range=1.0, scale=10.0, bits=16)  # fractional parts 0.3, 0.63 (negative), 0.149
     draws = 20_000
     enc, _ = q.encode(np.full(draws, value), rng=np.random.default_rng(1234))
     decoded = q.decode(enc)
@@ -102,7 +102,7 @@ def test_stochastic_rounding_is_unbiased(value: float) -> None:
 
 
 def test_rng_reproducible_and_default_is_fresh() -> None:
-    q = Quantizer(clip=1.0, scale=2.0, bits=16)
+    q = Quantizer(value_range=1.0, scale=2.0, bits=16)
     x = np.full(1000, 0.25)  # v = 0.5: each coordinate is a fair coin
     a, _ = q.encode(x, rng=np.random.default_rng(7))
     b, _ = q.encode(x, rng=np.random.default_rng(7))
@@ -116,7 +116,7 @@ def test_rng_reproducible_and_default_is_fresh() -> None:
 
 
 def test_clip_count_and_clipped_values() -> None:
-    q = Quantizer(clip=0.5, scale=100.0, bits=16)
+    q = Quantizer(value_range=0.5, scale=100.0, bits=16)
     x = np.array([0.5, -0.5, 0.51, -0.51, 7.0, -1e9, 0.2, 0.0, -0.49999])
     original = x.copy()
     enc, clipped = q.encode(x, rng=np.random.default_rng(0))
@@ -133,7 +133,7 @@ def test_clip_count_and_clipped_values() -> None:
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_input_names_first_index(bad: float) -> None:
-    q = Quantizer(clip=1.0, scale=10.0, bits=16)
+    q = Quantizer(value_range=1.0, scale=10.0, bits=16)
     x = np.array([0.1, 0.2, 0.3, bad, 0.4, bad])
     with pytest.raises(UpdateError, match=r"x\[3\].*index 3"):
         q.encode(x, rng=np.random.default_rng(0))
@@ -152,16 +152,16 @@ def test_non_finite_input_names_first_index(bad: float) -> None:
 ])
 def test_encode_rejects_bad_input(x: object) -> None:
     with pytest.raises(UpdateError, match="x"):
-        Quantizer(clip=1.0, scale=10.0, bits=16).encode(x)  # type: ignore[arg-type]
+        Quantizer(value_range=1.0, scale=10.0, bits=16).encode(x)  # type: ignore[arg-type]
 
 
 def test_encode_rejects_non_generator_rng() -> None:
     with pytest.raises(ConfigError, match="rng"):
-        Quantizer(clip=1.0, scale=10.0).encode(np.zeros(3), rng=np.random.RandomState(0))  # type: ignore[arg-type]
+        Quantizer(value_range=1.0, scale=10.0).encode(np.zeros(3), rng=np.random.RandomState(0))  # type: ignore[arg-type]
 
 
 def test_torch_input_matches_numpy() -> None:
-    q = Quantizer(clip=1.0, scale=1000.0, bits=24)
+    q = Quantizer(value_range=1.0, scale=1000.0, bits=24)
     x = np.random.default_rng(3).normal(size=64)
     ref = q.encode(x, rng=np.random.default_rng(5))
     for t in (torch.tensor(x, requires_grad=True), torch.tensor(x, dtype=torch.float32).double()):
@@ -182,20 +182,20 @@ def test_torch_input_matches_numpy() -> None:
 ])
 def test_decode_rejects_bad_total(total: object) -> None:
     with pytest.raises(UpdateError, match="total"):
-        Quantizer(clip=1.0, scale=10.0, bits=16).decode_sum(total, 2)  # type: ignore[arg-type]
+        Quantizer(value_range=1.0, scale=10.0, bits=16).decode_sum(total, 2)  # type: ignore[arg-type]
 
 
 def test_decode_reduces_mod_modulus() -> None:
-    q = Quantizer(clip=1.0, scale=1.0, bits=8)
+    q = Quantizer(value_range=1.0, scale=1.0, bits=8)
     total = np.array([256 + 3, 2**32 - 1, 2**40 + 128], dtype=np.uint64)
     np.testing.assert_array_equal(q.decode_sum(total, 1), [3.0, -1.0, -128.0])
 
 
 def test_encode_and_decode_refuse_overfull_configs() -> None:
-    q = Quantizer(clip=1.0, scale=32768.0, bits=16)  # one client alone can reach 32768 > 32767
+    q = Quantizer(value_range=1.0, scale=32768.0, bits=16)  # one client alone can reach 32768 > 32767
     with pytest.raises(ConfigError, match="bits=16"):
         q.encode(np.zeros(3))
-    ok = Quantizer(clip=1.0, scale=4681.0, bits=16)
+    ok = Quantizer(value_range=1.0, scale=4681.0, bits=16)
     with pytest.raises(ConfigError, match="8 clients"):
         ok.decode_sum(np.zeros(3, dtype=np.uint32), 8)
 
@@ -211,7 +211,7 @@ def test_encode_and_decode_refuse_overfull_configs() -> None:
     (1.0, 1.0, 2, 1, 0),               # 1 = 2**1 - 1
 ])
 def test_check_capacity_boundary(clip: float, scale: float, bits: int, n: int, headroom: int) -> None:
-    q = Quantizer(clip=clip, scale=scale, bits=bits)
+    q = Quantizer(value_range=clip, scale=scale, bits=bits)
     assert n * q.max_abs_quantized + headroom == _limit(bits)
     q.check_capacity(n, headroom)  # exactly at the limit: passes
     with pytest.raises(ConfigError, match=f"bits={bits}"):
@@ -221,17 +221,17 @@ def test_check_capacity_boundary(clip: float, scale: float, bits: int, n: int, h
 
 
 def test_properties() -> None:
-    q = Quantizer(clip=0.5, scale=9361.0, bits=16)
+    q = Quantizer(value_range=0.5, scale=9361.0, bits=16)
     assert q.modulus == 65536
     assert q.max_abs_quantized == 4681
-    assert Quantizer(clip=1.0, scale=3.0).max_abs_quantized == 3
+    assert Quantizer(value_range=1.0, scale=3.0).max_abs_quantized == 3
     assert q.error_bound(10) == 10 / 9361.0
 
 
 def _suggestions(message: str) -> dict[str, float]:
     found = {}
     for name, pattern in [("bits", r"raise bits to >= (\d+)"), ("scale", r"lower scale to <= ([^,;\s]+)"),
-                          ("clip", r"lower clip to <= ([^,;\s]+)"),
+                          ("value_range", r"lower value_range to <= ([^,;\s]+)"),
                           ("headroom", r"lower headroom to <= (\d+)"),
                           ("num_clients", r"lower num_clients to <= (\d+)")]:
         m = re.search(pattern, message)
@@ -241,7 +241,7 @@ def _suggestions(message: str) -> dict[str, float]:
 
 
 def test_capacity_message_spec_example() -> None:
-    q = Quantizer(clip=100.0, scale=327.68, bits=16)
+    q = Quantizer(value_range=100.0, scale=327.68, bits=16)
     with pytest.raises(ConfigError) as err:
         q.check_capacity(100)
     msg = str(err.value)
@@ -249,15 +249,15 @@ def test_capacity_message_spec_example() -> None:
     assert "100 * 32768 + 0 > 32767" in msg
     assert "raise bits to >= 23" in msg and "lower scale to <= 3.27," in msg
     got = _suggestions(msg)
-    assert set(got) >= {"bits", "scale", "clip"}
-    assert _passes(dataclasses.replace(q, clip=got["clip"]), 100)
+    assert set(got) >= {"bits", "scale", "value_range"}
+    assert _passes(dataclasses.replace(q, value_range=got["value_range"]), 100)
 
 
 @given(clip=st.floats(1e-3, 1e3), scale=st.floats(1e-2, 1e7), bits=st.integers(2, 32),
        n=st.integers(1, 1000), headroom=st.integers(0, 2**20))
 def test_capacity_suggestions_pass_when_applied(clip: float, scale: float, bits: int, n: int,
                                                headroom: int) -> None:
-    q = Quantizer(clip=clip, scale=scale, bits=bits)
+    q = Quantizer(value_range=clip, scale=scale, bits=bits)
     limit = _limit(bits)
     if n * q.max_abs_quantized + headroom <= limit:
         q.check_capacity(n, headroom)
@@ -266,7 +266,7 @@ def test_capacity_suggestions_pass_when_applied(clip: float, scale: float, bits:
         q.check_capacity(n, headroom)
     msg = str(err.value)
     note(msg)
-    assert f"bits={bits}" in msg and f"scale={scale!r}" in msg and f"clip={clip!r}" in msg
+    assert f"bits={bits}" in msg and f"scale={scale!r}" in msg and f"value_range={clip!r}" in msg
     got = _suggestions(msg)
     if "bits" in got:
         b = int(got["bits"])
@@ -277,16 +277,16 @@ def test_capacity_suggestions_pass_when_applied(clip: float, scale: float, bits:
         assert "no bits <= 32" in msg
         assert n * q.max_abs_quantized + headroom > _limit(32)
     if (limit - headroom) // n >= 1:
-        s, c = got["scale"], got["clip"]
+        s, c = got["scale"], got["value_range"]
         assert 0 < s < scale and 0 < c < clip
         assert _passes(dataclasses.replace(q, scale=s), n, headroom)
-        assert _passes(dataclasses.replace(q, clip=c), n, headroom)
+        assert _passes(dataclasses.replace(q, value_range=c), n, headroom)
         # ... and they are tight (6 significant digits, rounded down)
         assert not _passes(dataclasses.replace(q, scale=s * (1 + 2e-5)), n, headroom)
-        assert not _passes(dataclasses.replace(q, clip=c * (1 + 2e-5)), n, headroom)
+        assert not _passes(dataclasses.replace(q, value_range=c * (1 + 2e-5)), n, headroom)
     else:
-        assert "scale" not in got and "clip" not in got
-        assert "no scale or clip is enough" in msg
+        assert "scale" not in got and "value_range" not in got
+        assert "no scale or value_range is enough" in msg
     if "headroom" in got:
         assert _passes(q, n, int(got["headroom"]))
         assert not _passes(q, n, int(got["headroom"]) + 1)
@@ -298,7 +298,7 @@ def test_capacity_suggestions_pass_when_applied(clip: float, scale: float, bits:
 @pytest.mark.parametrize(("n", "headroom"), [(0, 0), (-1, 0), (1.5, 0), (1, -1), (1, 0.5)])
 def test_check_capacity_rejects_bad_arguments(n: object, headroom: object) -> None:
     with pytest.raises(ConfigError, match=r"num_clients|headroom"):
-        Quantizer(clip=1.0, scale=1.0).check_capacity(n, headroom)  # type: ignore[arg-type]
+        Quantizer(value_range=1.0, scale=1.0).check_capacity(n, headroom)  # type: ignore[arg-type]
 
 
 # --- for_sum ---------------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_for_sum_examples() -> None:
     assert Quantizer.for_sum(2.0, 100, bits=16, headroom=67).scale == 163.5
     with pytest.raises(ConfigError, match="raise bits to >= 9"):
         Quantizer.for_sum(1.0, 200, bits=8)
-    with pytest.raises(ConfigError, match="clip"):
+    with pytest.raises(ConfigError, match="value_range"):
         Quantizer.for_sum(0.0, 2)
 
 
@@ -335,18 +335,18 @@ def test_for_sum_examples() -> None:
     ({"bits": 33}, "bits"),
     ({"bits": 16.0}, "bits"),
     ({"bits": True}, "bits"),
-    ({"clip": 0.0}, "clip"),
-    ({"clip": -1.0}, "clip"),
-    ({"clip": math.nan}, "clip"),
-    ({"clip": math.inf}, "clip"),
+    ({"value_range": 0.0}, "value_range"),
+    ({"value_range": -1.0}, "value_range"),
+    ({"value_range": math.nan}, "value_range"),
+    ({"value_range": math.inf}, "value_range"),
     ({"scale": -1.0}, "scale"),
     ({"scale": 0}, "scale"),
     ({"scale": math.nan}, "scale"),
     ({"scale": "2"}, "scale"),
-    ({"clip": 1e200, "scale": 1e200}, "clip \\* scale"),
+    ({"value_range": 1e200, "scale": 1e200}, "value_range \\* scale"),
 ])
 def test_config_errors_name_the_field(kwargs: dict, field: str) -> None:
-    args = {"clip": 1.0, "scale": 10.0, "bits": 16, **kwargs}
+    args = {"value_range": 1.0, "scale": 10.0, "bits": 16, **kwargs}
     with pytest.raises(ConfigError, match=f"^{field}"):
         Quantizer(**args)
 
@@ -354,9 +354,12 @@ def test_config_errors_name_the_field(kwargs: dict, field: str) -> None:
 def test_dict_round_trip() -> None:
     q = Quantizer.for_sum(0.25, 13, bits=20)
     d = json.loads(json.dumps(q.to_dict()))
-    assert d == {"clip": 0.25, "scale": q.scale, "bits": 20}
+    assert d == {"value_range": 0.25, "scale": q.scale, "bits": 20}
     assert Quantizer.from_dict(d) == q
-    assert Quantizer.from_dict({"clip": 1, "scale": 2}) == Quantizer(clip=1.0, scale=2.0, bits=32)
+    assert Quantizer.from_dict({"clip": 1, "scale": 2}) == Quantizer(value_range=1.0, scale=2.0, bits=32)
+    assert Quantizer(value_range=0.5, scale=2.0).clip == 0.5  # the old name reads the range
+    with pytest.raises(ConfigError, match="'clip' is the old name of 'value_range'"):
+        Quantizer.from_dict({**d, "clip": 1.0})
     with pytest.raises(ConfigError, match=r"unknown field.*noise"):
         Quantizer.from_dict({**d, "noise": 1.0})
     with pytest.raises(ConfigError, match=r"missing.*scale"):

@@ -78,7 +78,7 @@ def test_fedavg_on_ray_is_bit_identical_to_the_local_loop(local_ray, adversary):
     with RayExecutor() as executor:
         remote = run_experiment(_config(adversary), executor=executor)
     assert _metrics(remote.history) == _metrics(local.history)
-    a, b = local.state.weights, remote.state.weights
+    a, b = local.state.model, remote.state.model
     assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
     if adversary is not None:
         assert [r["rejected"] for r in remote.history] == [[1], [1]]

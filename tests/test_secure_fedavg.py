@@ -95,8 +95,8 @@ def _digits(aggregator) -> ExperimentConfig:
 def test_fedavg_on_digits_with_secure_aggregation_matches_plain_fedavg():
     plain = run_experiment(_digits(Mean()))
     secure = run_experiment(_digits(SecureSum(value_range=1.0)))
-    for name, w in plain.state.weights.items():
-        torch.testing.assert_close(secure.state.weights[name], w, atol=1e-4, rtol=0)
+    for name, w in plain.state.model.items():
+        torch.testing.assert_close(secure.state.model[name], w, atol=1e-4, rtol=0)
     for a, b in zip(plain.history, secure.history, strict=True):
         assert abs(a["accuracy"] - b["accuracy"]) <= 1 / 360 + 1e-12  # at most one test image
     assert all(row["agg/survivors"] == 6 for row in secure.history)

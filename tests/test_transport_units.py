@@ -28,12 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secagg.aggregation import SecureSum
+from secagg.aggregation import Mean, SecureSum
+from secagg.backend import Pipeline, ServerRound
 from secagg.crypto.keys import SIGNATURE_BYTES, SigningKey
 from secagg.errors import ConfigError, ProtocolError, WireError
 from secagg.protocol import wire
 from secagg.protocol.client import Client
-from secagg.protocol.messages import MAX_ID, AdvertiseKeys, MaskedInput, Stage
+from secagg.protocol.messages import MAX_ID, AdvertiseKeys, MaskedInput, SessionParams, Stage
 from secagg.protocol.runner import REPLY_STAGE
 from secagg.transport import envelope as env
 from secagg.transport.auth import (
@@ -213,7 +214,7 @@ NONCE, SIG, TOKEN = b"n" * NONCE_BYTES, b"s" * SIGNATURE_BYTES, b"t" * TOKEN_BYT
      r"Work.weight_bound: expected a finite float >= 0"),
     (env.decode_work, _packed(1, 0, 0, b"", b"", math.inf, []), "Work.weight_bound: expected a finite float"),
     (env.decode_work, _packed(1, 0, 0, b"", b"", 1, []), "Work.weight_bound: expected a finite float"),
-    (env.decode_work, _packed(1, 0, 0, "w", b"", 0.0, []), "Work.weights: expected bytes"),
+    (env.decode_work, _packed(1, 0, 0, "w", b"", 0.0, []), "Work.model: expected bytes"),
     (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0), "Work: expected 7 fields, got 6"),
     (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [1]), "Work.public: expected finite floats"),
     (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [math.nan]), "Work.public: expected finite floats"),
@@ -543,20 +544,20 @@ class Fleet:
         self.replies: dict[int, list[tuple[int, bytes]]] = {u: [] for u in invited}
 
     def begin(self, now: float, weights: bytes = b"weights") -> None:
-        self.coordinator.begin_round(self.round, self.params.client_ids, weights, now, params=self.params,
-                                     weight_bound=4.0)
+        self.coordinator.begin_round(_server_round(self.params), weights, now)
 
     def fetch(self, u: int) -> tuple[int, bytes] | None:
         """Client ``u`` polls and computes (without sending) its reply: (stage, payload), or None."""
-        work = self.coordinator.poll(u, *self.position[u])
-        if work is None:
+        item = self.coordinator.poll(u, *self.position[u])
+        if item is None:
             return None
+        work = env.decode_work(item.data)
         assert work.round == self.round
         self.position[u] = (work.round, work.step)
         if work.kind is WorkKind.TASK:
-            assert work.step == 0 and work.weights == b"weights" and work.weight_bound == 4.0
+            assert work.step == 0 and work.model == b"weights" and work.weight_bound == 4.0
         else:
-            assert work.kind is WorkKind.PROTOCOL and work.weights == b""
+            assert work.kind is WorkKind.PROTOCOL and work.model == b""
         message = wire.decode(work.message)
         reply = self.clients[u].handle(message)
         return int(REPLY_STAGE[type(message)]), wire.encode(reply)
@@ -596,7 +597,15 @@ class Fleet:
 
 def _secure(**kwargs) -> Coordinator:
     kwargs = {"task_seconds": 100.0, "stage_seconds": 10.0, "grace_seconds": 5.0} | kwargs
-    return Coordinator("secure", D, **kwargs)
+    return Coordinator("secure", **kwargs)
+
+
+def _server_round(*sessions: SessionParams, weight_bound: float = 4.0) -> ServerRound:
+    """A secure round of the aggregation backend over ``sessions`` (side by side when several) on a
+    ``D``-coordinate model: what ``secagg serve`` hands the coordinator."""
+    ids = tuple(sorted(u for params in sessions for u in params.client_ids))
+    pipeline = Pipeline(SecureSum(bits=sessions[0].bits), D)
+    return ServerRound(pipeline, sessions[0].round, ids, weight_bound, sessions=list(sessions))
 
 
 @settings(max_examples=6, deadline=None)
@@ -710,7 +719,8 @@ def test_polling_positions() -> None:
     assert coordinator.poll(1, 0, 0) is None  # nothing before a round
     fleet.begin(0.0)
     task = coordinator.poll(1, 0, 0)
-    assert task is not None and (task.kind, task.round, task.step) == (WorkKind.TASK, 1, 0)
+    assert task is not None and (task.round, task.step) == (1, 0)
+    assert env.decode_work(task.data).kind is WorkKind.TASK
     assert coordinator.poll(1, 1, 0) is None  # handled it: wait
     assert coordinator.poll(99, 0, 0) is None  # not invited: nothing
     assert coordinator.poll(1, 0, 5) == task  # the first item after the position, whatever the step
@@ -718,12 +728,13 @@ def test_polling_positions() -> None:
     coordinator.advance(0.0)
     directory = coordinator.poll(1, 1, 0)
     assert directory is not None
-    assert (directory.kind, directory.round, directory.step) == (WorkKind.PROTOCOL, 1, 1)
-    assert coordinator.poll(2, 1, 0).message == directory.message  # type: ignore[union-attr] - one broadcast
+    work = env.decode_work(directory.data)
+    assert (work.kind, work.round, work.step) == (WorkKind.PROTOCOL, 1, 1)
+    assert coordinator.poll(2, 1, 0) is directory  # type: ignore[union-attr] - one broadcast
     assert coordinator.poll(1, 1, 1) is None
     coordinator.finish()
-    assert coordinator.poll(1, 1, 1) == Work(WorkKind.DONE, 1)
-    assert coordinator.poll(42, 0, 0) == Work(WorkKind.DONE, 1)
+    assert env.decode_work(coordinator.poll(1, 1, 1).data) == Work(WorkKind.DONE, 1)  # type: ignore[union-attr]
+    assert env.decode_work(coordinator.poll(42, 0, 0).data) == Work(WorkKind.DONE, 1)  # type: ignore[union-attr]
 
 
 # -- refusals leave the state unchanged ------------------------------------------------------------
@@ -744,7 +755,7 @@ def _advertisement(fleet: Fleet, u: int) -> bytes:
 
 
 def _still_accepts(fleet: Fleet, u: int, payload: bytes) -> None:
-    session = fleet.coordinator._sessions[0]
+    session = fleet.coordinator.server_round.sessions[0]
     assert session is not None
     before = set(session.keys)
     fleet.coordinator.submit(u, fleet.round, int(Stage.ADVERTISE_KEYS), payload, 0.0)
@@ -754,7 +765,7 @@ def _still_accepts(fleet: Fleet, u: int, payload: bytes) -> None:
 def _refused(fleet: Fleet, code: str, message: str, client: int, round_index: int, stage: int,
              payload: bytes) -> None:
     coordinator = fleet.coordinator
-    session = coordinator._sessions[0]
+    session = coordinator.server_round.sessions[0]
     assert session is not None
     keys_before, phase_before, rejected_before = dict(session.keys), session.phase, len(coordinator._rejected)
     with pytest.raises(Rejected, match=message) as info:
@@ -868,9 +879,9 @@ def test_begin_round_checks() -> None:
     coordinator = _secure()
     fleet = Fleet(coordinator, (1, 2, 3), 1)
     with pytest.raises(ConfigError, match="mode: must be one of secure, plain"):
-        Coordinator("open", D)
+        Coordinator("open")
     with pytest.raises(ConfigError, match="grace_seconds: must be > 0 seconds, got 0"):
-        Coordinator("secure", D, grace_seconds=0)
+        Coordinator("secure", grace_seconds=0)
     fleet.begin(0.0)
     with pytest.raises(ProtocolError, match="coordinator: round 1 is still open"):
         fleet.begin(0.0)
@@ -887,14 +898,14 @@ def _delta(*values: float) -> bytes:
 
 @pytest.fixture
 def plain() -> Coordinator:
-    coordinator = Coordinator("plain", D, task_seconds=100.0, grace_seconds=5.0)
-    coordinator.begin_round(1, (1, 2, 3), b"w", 0.0, weight_bound=2.5)
+    coordinator = Coordinator("plain", task_seconds=100.0, grace_seconds=5.0)
+    coordinator.begin_round(ServerRound(Pipeline(Mean(), D), 1, (1, 2, 3), 2.5), b"w", 0.0)
     return coordinator
 
 
 def test_plain_round(plain: Coordinator) -> None:
     task = plain.poll(2, 0, 0)
-    assert task == Work(WorkKind.TASK, 1, 0, b"w", b"", 2.5)
+    assert task is not None and env.decode_work(task.data) == Work(WorkKind.TASK, 1, 0, b"w", b"", 2.5)
     assert plain.stage_name() == "UPDATES"
     updates = {u: PlainUpdate(10 * u, 0.5 * u, _delta(u, -u, 0.25)) for u in (1, 2, 3)}
     for u, update in updates.items():
@@ -906,12 +917,12 @@ def test_plain_round(plain: Coordinator) -> None:
     assert outcome.updates == updates and outcome.result is None and outcome.aborted is None
     assert plain.stage_name() == "none"
     plain.finish()
-    assert plain.poll(1, 1, 0) == Work(WorkKind.DONE, 1)
+    assert env.decode_work(plain.poll(1, 1, 0).data) == Work(WorkKind.DONE, 1)  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("payload", "code", "message"), [
     (env.encode_update(PlainUpdate(1, 0.1, _delta(1.0, math.nan, 0.0))), "invalid",
-     "the update of client 1 has NaN or infinite coordinates"),
+     "PlainUpdate.delta: has NaN or infinite coordinates"),
     (env.encode_update(PlainUpdate(1, 0.1, _delta(math.inf, 0.0, 0.0))), "invalid", "NaN or infinite"),
     (env.encode_update(PlainUpdate(1, 0.1, _delta(1.0, 2.0))), "invalid",
      "PlainUpdate.delta: expected 12 bytes, got 8"),
@@ -925,10 +936,10 @@ def test_plain_bad_updates_are_refused(plain: Coordinator, payload: bytes, code:
     with pytest.raises(Rejected, match=message) as info:
         plain.submit(1, 1, UPDATE_STAGE, payload, 0.0)
     assert info.value.code == code
-    assert plain._updates == {}
+    assert plain.server_round.updates == {}
     good = PlainUpdate(1, 0.1, _delta(1.0, 2.0, 3.0))
     plain.submit(1, 1, UPDATE_STAGE, env.encode_update(good), 0.0)
-    assert plain._updates == {1: good}
+    assert plain.server_round.updates == {1: good}
 
 
 def test_plain_refusals(plain: Coordinator) -> None:
@@ -944,7 +955,7 @@ def test_plain_refusals(plain: Coordinator) -> None:
     with pytest.raises(Rejected, match="duplicate update from client 1") as info:
         plain.submit(1, 1, UPDATE_STAGE, other, 0.0)
     assert info.value.code == "precondition"
-    assert plain._updates[1].delta == _delta(0.0, 0.0, 0.0)  # the first update stands
+    assert plain.server_round.updates[1].delta == _delta(0.0, 0.0, 0.0)  # the first update stands
     outcome = plain.advance(50.0)
     assert outcome is not None and set(outcome.updates) == {1}
     assert [message for _, message in outcome.rejected] == [
@@ -1007,19 +1018,20 @@ def test_the_round_task_is_encoded_once_for_every_client() -> None:
     from secagg.transport.coordinator import Coordinator
 
     ids = (0, 1, 2, 3)
-    coordinator = Coordinator("secure", 10)
-    coordinator.begin_round(1, ids, b"w" * 1000, 0.0, params=SecureSum().session_params(ids, 11, 1))
+    coordinator = Coordinator("secure")
+    pipeline = Pipeline(SecureSum(), 10)
+    coordinator.begin_round(pipeline.server(1, ids, weight_bound=1.0), b"w" * 1000, 0.0)
     items = [coordinator.poll(u, 0, 0) for u in ids]
     assert all(item is items[0] for item in items)
-    assert all(coordinator.encoded(item) is coordinator.encoded(items[0]) for item in items)
-    assert env.decode_work(coordinator.encoded(items[0])) == items[0]
+    assert all(item.data is items[0].data for item in items)  # type: ignore[union-attr]
+    assert env.decode_work(items[0].data).weights == b"w" * 1000  # type: ignore[union-attr]
 
 
 def _grouped(invited: tuple[int, ...], groups: list[tuple[int, ...]]) -> tuple[Coordinator, Fleet, list]:
     coordinator = _secure()
     fleet = Fleet(coordinator, invited, 1)
     params = [SecureSum().session_params(g, D + 1, 1) for g in groups]
-    coordinator.begin_round(1, invited, b"weights", 0.0, params=params, weight_bound=4.0)
+    coordinator.begin_round(_server_round(*params), b"weights", 0.0)
     return coordinator, fleet, params
 
 
@@ -1050,7 +1062,6 @@ def test_one_sessions_abort_aborts_the_round_naming_its_clients() -> None:
 
 def test_sessions_must_partition_the_invited_clients() -> None:
     for groups in ([(0, 1, 2)], [(0, 1, 2), (2, 3, 4, 5)], [(0, 1, 2), (3, 4, 5, 6)]):
-        coordinator = _secure()
         params = [SecureSum().session_params(g, D + 1, 1) for g in groups]
         with pytest.raises(ConfigError, match="clients are exactly the invited clients, each in one session"):
-            coordinator.begin_round(1, (0, 1, 2, 3, 4, 5), b"w", 0.0, params=params)
+            ServerRound(Pipeline(SecureSum(), D), 1, (0, 1, 2, 3, 4, 5), 1.0, sessions=params)

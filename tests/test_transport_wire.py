@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from secagg.aggregation import SecureSum
+from secagg.backend import Pipeline
 from secagg.crypto.keys import SigningKey
 from secagg.protocol import wire
 from secagg.protocol.client import Client
@@ -63,9 +64,10 @@ class Deployment:
 
 def _deploy(tls: tuple[Path, Path] | None) -> tuple[Deployment, grpc.Server]:
     keys = {u: SigningKey.generate() for u in INVITED}
-    coordinator = Coordinator("secure", D, task_seconds=600.0, stage_seconds=600.0, grace_seconds=600.0)
-    params = SecureSum().session_params(INVITED, D + 1, 1)
-    coordinator.begin_round(1, INVITED, b"global weights", time.monotonic(), params=params, weight_bound=2.0)
+    coordinator = Coordinator("secure", task_seconds=600.0, stage_seconds=600.0, grace_seconds=600.0)
+    server_round = Pipeline(SecureSum(), D).server(1, INVITED, weight_bound=2.0)
+    params = server_round.sessions[0].params
+    coordinator.begin_round(server_round, b"global weights", time.monotonic())
     service = AggregationService(coordinator, Authenticator({u: k.public for u, k in keys.items()}), CONFIG)
     server, port = start_grpc_server(service, "127.0.0.1:0" if tls is None else "localhost:0",
                                      max_message_bytes=MAX_MESSAGE, tls=tls, max_workers=8)
@@ -113,7 +115,7 @@ def _assert_alive(channel: grpc.Channel, dep: Deployment, u: int = 1) -> None:
     token = _login(channel, dep, u)
     work = decode_work(_call(channel, "Poll", encode_poll(Poll(0, 0, 0)), token))
     assert (work.kind, work.round, work.step) == (WorkKind.TASK, 1, 0)
-    assert work.weights == b"global weights" and work.weight_bound == 2.0
+    assert work.model == b"global weights" and work.weight_bound == 2.0
     setup = wire.decode(work.message)
     assert isinstance(setup, Setup) and setup.params == dep.params
 
@@ -282,7 +284,7 @@ def test_impersonation_is_failed_precondition(channel: grpc.Channel, deployment:
 
 
 def test_advertisement_is_accepted_once(channel: grpc.Channel, deployment: Deployment) -> None:
-    session = deployment.service.coordinator._sessions[0]
+    session = deployment.service.coordinator.server_round.sessions[0]
     assert session is not None
     token, payload = _advertisement(channel, deployment, 4)
     assert 4 not in session.keys

@@ -358,7 +358,7 @@ def _train_dp_fedavg(x: torch.Tensor, y: torch.Tensor, records: np.ndarray, clas
     state = fedavg.initial_state()
     for _ in range(FL_ROUNDS):
         state = fedavg.run_round(state).state
-    model.load_state_dict(state.weights)
+    model.load_state_dict(state.model)
     model.train(False)
     client_epsilon = aggregator.epsilon_after(FL_ROUNDS, fedavg.layout.dim)
     assert client_epsilon is not None

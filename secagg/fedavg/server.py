@@ -26,7 +26,7 @@ from secagg.seeding import derive_seed, numpy_rng
 class ServerState:
     """Everything that changes between rounds; a checkpoint saves exactly this.
 
-    ``round`` counts completed rounds; ``weights`` is the full global state dict (integer buffers
+    ``round`` counts completed rounds; ``model`` is the global model's full state dict (integer buffers
     included); ``momentum`` is the server-momentum buffer over the parameter slice (``None`` when
     server momentum is off). ``participations`` (int64, one entry per client) counts the rounds each
     client was sampled in, for record-level privacy accounting (``None``: all zero). There is no
@@ -35,10 +35,16 @@ class ServerState:
     """
 
     round: int
-    weights: dict[str, torch.Tensor]
+    model: dict[str, torch.Tensor]
     aggregator_state: AggState = field(default_factory=dict)
     momentum: torch.Tensor | None = None
     participations: torch.Tensor | None = None
+
+    @property
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The old name of :attr:`model` (kept for existing code; ``weights`` now means only the
+        clients' aggregation weights, :attr:`UpdateBatch.weights`)."""
+        return self.model
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,12 @@ class RoundResult:
     record: dict[str, Any]
 
 
-def evaluate(model: nn.Module, weights: Mapping[str, torch.Tensor], x: torch.Tensor,
+def evaluate(model: nn.Module, state_dict: Mapping[str, torch.Tensor], x: torch.Tensor,
              y: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
-    """Accuracy (fraction in [0, 1]) and mean cross-entropy loss of ``weights`` on ``(x, y)``."""
+    """Accuracy (fraction in [0, 1]) and mean cross-entropy loss of ``model`` loaded with ``state_dict``
+    on ``(x, y)``."""
     net = copy.deepcopy(model)
-    net.load_state_dict(weights, strict=True)
+    net.load_state_dict(state_dict, strict=True)
     net.train(False)  # evaluation mode (BatchNorm uses running statistics)
     correct, loss_sum = 0, 0.0
     with torch.no_grad():
@@ -193,18 +200,18 @@ class FedAvg:
         sampled = self.sample_clients(r)
         participations = self.participations_after(state, sampled)
         epsilon = self.epsilon_after(r, participations)
-        unchanged = ServerState(r, state.weights, state.aggregator_state, state.momentum, participations)
+        unchanged = ServerState(r, state.model, state.aggregator_state, state.momentum, participations)
         if not sampled:
             record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": [],
                       "skipped": "no client sampled", "train_loss": None,
-                      **evaluate(self.model, state.weights, self.data.test_x, self.data.test_y),
+                      **evaluate(self.model, state.model, self.data.test_x, self.data.test_y),
                       "update_norm": 0.0, "epsilon": epsilon, "seconds": time.perf_counter() - started}
             return RoundResult(unchanged, record)
         got = (source if source is not None else self.source).collect(self, state, r, sampled)
         if got.aggregate is None:
             record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": got.rejected,
                       "aborted": got.aborted, "train_loss": None,
-                      **evaluate(self.model, state.weights, self.data.test_x, self.data.test_y),
+                      **evaluate(self.model, state.model, self.data.test_x, self.data.test_y),
                       "update_norm": 0.0, **got.metrics, "epsilon": epsilon,
                       "seconds": time.perf_counter() - started}
             return RoundResult(unchanged, record)
@@ -281,8 +288,8 @@ class FedAvg:
         if momentum is not None:
             momentum = self.config.server_momentum * momentum + step
             step = momentum
-        current = self.layout.flatten(state.weights)
+        current = self.layout.flatten(state.model)
         new = torch.cat([current[:p] + self.config.server_lr * step, current[p:] + update[p:]])
-        weights = {k: v.clone() for k, v in state.weights.items()}
+        weights = {k: v.clone() for k, v in state.model.items()}
         weights.update(self.layout.unflatten(new))
         return weights, momentum

@@ -129,7 +129,7 @@ class LocalSource:
                 data = fedavg.config.adversary.poison_data(data, fedavg.data.num_classes,
                                                            derive_seed(fedavg.seed, "poison", r, c))
             jobs.append(ClientJob(c, data, derive_seed(fedavg.seed, "client", r, c)))
-        results = self.executor.map(train_client, jobs, fedavg.config.trainer, fedavg.model, state.weights,
+        results = self.executor.map(train_client, jobs, fedavg.config.trainer, fedavg.model, state.model,
                                     fedavg.config.client, fedavg.layout)
         updates = [u for u in results if isinstance(u, ClientUpdate)]
         rejected = [u.client_id for u in results if isinstance(u, TrainingRefused)]

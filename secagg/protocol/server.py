@@ -126,6 +126,13 @@ class Server:
             return frozenset()
         return frozenset(pool - got)
 
+    def answered(self) -> int:
+        """How many clients have answered the current stage (0 before start and after the end)."""
+        got = {ServerPhase.COLLECT_KEYS: self.keys, ServerPhase.COLLECT_SHARES: self.shares,
+               ServerPhase.COLLECT_MASKED: self.masked, ServerPhase.COLLECT_CONSISTENCY: self.consistency,
+               ServerPhase.COLLECT_UNMASK: self.responses}.get(self.phase, ())
+        return len(got)
+
     def stage_complete(self) -> bool:
         """True when every client that could answer in this stage has answered."""
         return self.stage is not None and not self.expected_senders()

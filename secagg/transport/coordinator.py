@@ -1,11 +1,13 @@
 """The server's side of one networked training round, as a sans-I/O state machine.
 
-The gRPC layer calls :meth:`Coordinator.poll` and :meth:`Coordinator.submit` for client calls and
+The round itself is a :class:`secagg.backend.ServerRound`, the same server side an external FL system
+drives (messages in, messages out); the coordinator wraps it with what a polling transport needs. The
+gRPC layer calls :meth:`Coordinator.poll` and :meth:`Coordinator.submit` for client calls and
 :meth:`Coordinator.due` / :meth:`Coordinator.advance` from its round driver; time comes in as an
 argument (``now``, seconds on any monotonic clock), so deadlines are testable without sleeping.
 
 Each client sees a sequence of work items per round at positions ``(round, step)``: step 0 is the
-TASK (global weights, plus the session's Setup in secure mode); steps 1, 2, ... are the following
+TASK (the global model, plus the session's Setup in secure mode); steps 1, 2, ... are the following
 secure-aggregation messages. A client polls for the first item after the last position it handled.
 
 Deadlines: the TASK stage closes ``task_seconds`` after the round starts (local training happens
@@ -20,11 +22,11 @@ the round, or that the state machine refuses are rejected with :class:`Rejected`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from secagg.backend import ServerRound, SessionSum
 from secagg.errors import (
     AbortError,
     ConfigError,
@@ -33,13 +35,13 @@ from secagg.errors import (
     SecAggError,
     WireError,
 )
-from secagg.protocol.messages import SessionParams, Stage
-from secagg.protocol.server import Server, ServerPhase
-from secagg.protocol.wire import decode, encode
-from secagg.transport.envelope import UPDATE_STAGE, PlainUpdate, Work, WorkKind, decode_update, encode_work
+from secagg.protocol.messages import Stage
+from secagg.transport.envelope import UPDATE_STAGE, PlainUpdate, Work, WorkKind, encode_work
 
 MODES = ("secure", "plain")
 MAX_REJECTIONS_KEPT = 1000  # per round
+
+__all__ = ["Coordinator", "Item", "Rejected", "RoundOutcome", "SessionSum"]
 
 
 class Rejected(SecAggError):
@@ -51,69 +53,73 @@ class Rejected(SecAggError):
         self.code = code
 
 
-@dataclass
-class SessionSum:
-    """One finished secure-aggregation session of a round: its ``params``, the unmasked ring sum
-    ``result``, and who it covers (``survivors``) or lost (``dropped``)."""
+@dataclass(frozen=True)
+class Item:
+    """One work item for a client at position ``(round, step)``: ``data``, a Work envelope's bytes
+    (shared by every client that gets the same item: encoded once)."""
 
-    params: SessionParams
-    result: np.ndarray
-    survivors: tuple[int, ...]
-    dropped: tuple[int, ...]
+    round: int
+    step: int
+    data: bytes
 
 
 @dataclass
 class RoundOutcome:
-    """How a round ended. Secure: ``sums``, one per session (one, or one per bucket with secure
-    bucketing). Plain: ``updates`` (client id -> its update). ``aborted``: why the round produced no
-    update (any session's abort aborts the round, as in simulation)."""
+    """How a round ended. ``server``: the round's :class:`~secagg.backend.ServerRound` when it produced a
+    result (its ``finish`` is the server's part of the pipeline); ``aborted``: why the round produced
+    no update (any session's abort aborts the round, as in simulation); ``rejected``: the refused
+    client calls (client, why)."""
 
     round: int
     invited: tuple[int, ...]
-    sums: list[SessionSum] = field(default_factory=list)
-    updates: dict[int, PlainUpdate] = field(default_factory=dict)
+    server: ServerRound | None = None
     aborted: str | None = None
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
     @property
+    def sums(self) -> list[SessionSum]:
+        """Secure mode: one unmasked sum per session (one, or one per bucket with secure bucketing)."""
+        return self.server.sums if self.server is not None else []
+
+    @property
+    def updates(self) -> dict[int, PlainUpdate]:
+        """Plain mode: client id -> its released update."""
+        return self.server.updates if self.server is not None else {}
+
+    @property
     def result(self) -> np.ndarray | None:
         """The unmasked sum of a one-session round (``None`` otherwise)."""
-        return self.sums[0].result if len(self.sums) == 1 else None
+        sums = self.sums
+        return sums[0].result if len(sums) == 1 else None
 
     @property
     def survivors(self) -> tuple[int, ...]:
-        return tuple(sorted(u for one in self.sums for u in one.survivors))
+        return self.server.survivors if self.server is not None else ()
 
     @property
     def dropped(self) -> tuple[int, ...]:
-        return tuple(sorted(u for one in self.sums for u in one.dropped))
+        return self.server.dropped if self.server is not None else ()
 
 
 @dataclass
 class Coordinator:
-    """Runs the rounds of one server process, one at a time. ``dim``: the update length (coordinates).
-
-    ``registry``: the clients' Ed25519 keys, given to the SecAgg server in malicious mode.
-    """
+    """Runs the rounds of one server process, one at a time, each a :class:`~secagg.backend.ServerRound`
+    (the aggregation backend's server side: the protocol itself); this object adds what a networked
+    transport needs around it: positions, deadlines, stragglers and the refusal log.
+    ``mode``: the deployment's ("secure" or "plain"); every round must be of it."""
 
     mode: str
-    dim: int
     task_seconds: float = 120.0
     stage_seconds: float = 30.0
     grace_seconds: float = 10.0
-    registry: Mapping[int, bytes] | None = None
     round: int = 0
     finished: bool = False
     deadline: float = 0.0
-    _invited: tuple[int, ...] = ()
-    _outbox: dict[int, list[Work]] = field(default_factory=dict)
-    _sessions: list[Server] = field(default_factory=list)  # one per group of clients (secure mode)
-    _session_of: dict[int, Server] = field(default_factory=dict)
-    _updates: dict[int, PlainUpdate] = field(default_factory=dict)
+    _server: ServerRound | None = None
+    _outbox: dict[int, list[Item]] = field(default_factory=dict)
     _open: bool = False
     _rejected: list[tuple[int, str]] = field(default_factory=list)
     _quorum_at: float | None = None
-    _wire: dict[int, bytes] = field(default_factory=dict)  # id(work item in an outbox) -> its bytes
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -124,47 +130,28 @@ class Coordinator:
 
     # -- the round driver's side -----------------------------------------------------------------
 
-    def begin_round(self, round_index: int, invited: tuple[int, ...], weights: bytes, now: float, *,
-                    params: SessionParams | list[SessionParams] | None = None, weight_bound: float = 0.0,
-                    public: tuple[float, ...] = ()) -> None:
-        """Open round ``round_index`` for ``invited`` clients with the global ``weights`` (bytes) and
-        the round's ``public`` values for the client steps.
+    @property
+    def server_round(self) -> ServerRound | None:
+        """The current (or last) round's server side."""
+        return self._server
 
-        Secure mode needs the session ``params``: one session whose ``client_ids`` are ``invited``, or a
-        list of sessions whose client sets partition ``invited`` (secure bucketing), run side by side.
-        """
+    def begin_round(self, server: ServerRound, model: bytes, now: float) -> None:
+        """Open ``server``'s round (built by :meth:`secagg.backend.Pipeline.server`, not started) for its
+        clients, sending them the global ``model`` (bytes) with the first message."""
         if self._open:
             raise LocalProtocolError(f"coordinator: round {self.round} is still open")
-        if round_index <= self.round:
-            raise LocalProtocolError(f"coordinator: round {round_index} does not follow round {self.round}")
-        groups = [params] if isinstance(params, SessionParams) else list(params or [])
-        if self.mode == "secure":
-            members = sorted(u for p in groups for u in p.client_ids)
-            if not groups or members != sorted(invited):
-                raise ConfigError("params: secure mode needs session parameters whose clients are exactly "
-                                  "the invited clients, each in one session")
-        self.round, self._invited = round_index, tuple(invited)
-        self._outbox = {u: [] for u in invited}
-        self._updates, self._rejected, self._sessions, self._session_of = {}, [], [], {}
-        self._wire = {}
-        # one TASK object per distinct Setup (in practice one for everybody), so the weights are
-        # encoded once per round, not once per client
-        tasks: dict[bytes, Work] = {}
-        if self.mode == "secure":
-            for group in groups:
-                session = Server(group, self.registry if group.malicious else None)
-                self._sessions.append(session)
-                for u in group.client_ids:
-                    self._session_of[u] = session
-                for u, setup in session.start():
-                    data = encode(setup)
-                    if data not in tasks:
-                        tasks[data] = Work(WorkKind.TASK, round_index, 0, weights, data, weight_bound, public)
-                    self._outbox[u].append(tasks[data])
-        else:
-            task = Work(WorkKind.TASK, round_index, 0, weights, b"", weight_bound, public)
-            for u in invited:
-                self._outbox[u].append(task)
+        if server.round <= self.round:
+            raise LocalProtocolError(f"coordinator: round {server.round} does not follow round {self.round}")
+        if server.pipeline.mode != self.mode:
+            raise ConfigError(f"server: a {server.pipeline.mode} round on a {self.mode} deployment")
+        first = server.start(model)
+        self.round, self._server = server.round, server
+        # one Item per distinct first message (in practice one for everybody), so the model is
+        # held and encoded once per round, not once per client
+        items: dict[int, Item] = {}
+        self._outbox = {u: [items.setdefault(id(data), Item(server.round, 0, data))]
+                        for u, data in first.items()}
+        self._rejected = []
         self._open = True
         self._quorum_at = None
         self.deadline = now + self.task_seconds
@@ -177,9 +164,8 @@ class Coordinator:
             return True
         if self._quorum_at is not None and now >= self._quorum_at + self.grace_seconds:
             return True
-        if self._sessions:
-            return all(session.stage_complete() for session in self._sessions)
-        return set(self._updates) == set(self._invited)
+        assert self._server is not None
+        return self._server.stage_complete
 
     def wake_at(self) -> float:
         """When :meth:`due` can next turn true without a new message: the deadline, or the end of the
@@ -188,64 +174,41 @@ class Coordinator:
             return self.deadline
         return min(self.deadline, self._quorum_at + self.grace_seconds)
 
-    def _quorum_reached(self) -> bool:
-        """Whether the open stage has its quorum, after which stragglers get only the grace period: a
-        majority of the invited (plain), each session's threshold ``t`` (secure)."""
-        if not self._sessions:
-            return len(self._updates) >= len(self._invited) // 2 + 1
-        for session in self._sessions:
-            counts = {Stage.ADVERTISE_KEYS: session.keys, Stage.SHARE_KEYS: session.shares,
-                      Stage.MASKED_INPUT: session.masked, Stage.CONSISTENCY_CHECK: session.consistency,
-                      Stage.UNMASKING: session.responses}
-            stage = session.stage
-            if (len(counts[stage]) if stage is not None else 0) < session.params.threshold:
-                return False
-        return True
-
     def advance(self, now: float) -> RoundOutcome | None:
         """Close the open stage. ``None`` while the round goes on (the next stage's messages are queued);
         the :class:`RoundOutcome` when it is over (a protocol abort gives an outcome with ``aborted``)."""
         if not self._open:
             raise LocalProtocolError("coordinator: no round is open")
-        if not self._sessions:
-            self._open = False
-            return RoundOutcome(self.round, self._invited, updates=dict(self._updates),
-                                rejected=list(self._rejected))
-        outgoing = []
-        try:  # the sessions move in lockstep: the same stages, closed at the same time
-            for session in self._sessions:
-                outgoing.extend(session.advance())
+        server = self._server
+        assert server is not None
+        try:
+            outgoing = server.advance()
         except AbortError as exc:
             self._open = False
-            where = (f" (the session of clients {list(session.params.client_ids)})"
-                     if len(self._sessions) > 1 else "")
-            return RoundOutcome(self.round, self._invited, aborted=f"{exc}{where}",
+            return RoundOutcome(self.round, server.client_ids, aborted=str(exc),
                                 rejected=list(self._rejected))
-        if all(session.phase is ServerPhase.DONE for session in self._sessions):
+        if server.done:
             self._open = False
-            sums = [SessionSum(session.params, session.result, session.survivors, session.dropped)
-                    for session in self._sessions]
-            return RoundOutcome(self.round, self._invited, sums, rejected=list(self._rejected))
-        # one encoding and one work item per distinct (message, step): broadcasts are shared
-        items: dict[tuple[int, int], Work] = {}
-        for u, message in outgoing:
+            return RoundOutcome(self.round, server.client_ids, server, rejected=list(self._rejected))
+        # one envelope and one item per distinct (message, step): broadcasts are shared
+        items: dict[tuple[int, int], Item] = {}
+        for u, message in outgoing.items():
             step = len(self._outbox[u])
             key = (id(message), step)
             if key not in items:
-                items[key] = Work(WorkKind.PROTOCOL, self.round, step, b"", encode(message))
+                items[key] = Item(self.round, step,
+                                  encode_work(Work(WorkKind.PROTOCOL, self.round, step, b"", message)))
             self._outbox[u].append(items[key])
         self.deadline = now + self.stage_seconds
         self._quorum_at = None
         return None
 
     def stage_name(self) -> str:
-        """The open stage, for logs: TASK_AND_KEYS / a protocol stage / UPDATES / none."""
-        if not self._open:
+        """The open stage, for logs: a protocol stage / UPDATES / none."""
+        stage = self._server.stage if self._open and self._server is not None else None
+        if stage is None:
             return "none"
-        if not self._sessions:
-            return "UPDATES"
-        stage = self._sessions[0].stage
-        return stage.name if stage is not None else "none"
+        return "UPDATES" if stage == UPDATE_STAGE else Stage(stage).name
 
     def finish(self) -> None:
         """Training is over: every poll now answers DONE."""
@@ -254,23 +217,14 @@ class Coordinator:
 
     # -- the clients' side -----------------------------------------------------------------------
 
-    def poll(self, client: int, after_round: int, after_step: int) -> Work | None:
+    def poll(self, client: int, after_round: int, after_step: int) -> Item | None:
         """The first work item for ``client`` after ``(after_round, after_step)``, or ``None`` (wait)."""
         if self.finished:
-            return Work(WorkKind.DONE, self.round)
+            return Item(self.round, 0, encode_work(Work(WorkKind.DONE, self.round)))
         for item in self._outbox.get(client, ()):
             if (item.round, item.step) > (after_round, after_step):
                 return item
         return None
-
-    def encoded(self, item: Work) -> bytes:
-        """``item`` as envelope bytes, encoded once per round however many clients poll it."""
-        data = self._wire.get(id(item))
-        if data is None:
-            data = encode_work(item)
-            if item.kind is not WorkKind.DONE:  # DONE items are built per call: not kept
-                self._wire[id(item)] = data
-        return data
 
     def submit(self, client: int, round_index: int, stage: int, payload: bytes, now: float) -> None:
         """Record ``client``'s reply for ``stage`` of round ``round_index``; :class:`Rejected` if refused."""
@@ -280,7 +234,8 @@ class Coordinator:
             if len(self._rejected) < MAX_REJECTIONS_KEPT:  # a flooding client cannot grow memory
                 self._rejected.append((client, str(exc)))
             raise
-        if self._quorum_at is None and self._quorum_reached():
+        assert self._server is not None
+        if self._quorum_at is None and self._server.quorum_reached:
             self._quorum_at = now
 
     def _submit(self, client: int, round_index: int, stage: int, payload: bytes) -> None:
@@ -292,31 +247,18 @@ class Coordinator:
                                            f"{state}: late or early, refused")
         if client not in self._outbox:
             raise Rejected("precondition", f"client {client} is not taking part in round {self.round}")
-        session = self._session_of.get(client)
-        if session is None:
-            if stage != UPDATE_STAGE:
-                raise Rejected("precondition", f"stage {stage}: this server runs plain rounds and expects "
-                                               f"an update (stage {UPDATE_STAGE})")
-            if client in self._updates:
-                raise Rejected("precondition", f"duplicate update from client {client}")
-            try:
-                update = decode_update(payload, self.dim)
-            except WireError as exc:
-                raise Rejected("invalid", str(exc)) from None
-            if not np.isfinite(np.frombuffer(update.delta, dtype="<f4")).all():
-                raise Rejected("invalid", f"the update of client {client} has NaN or infinite coordinates")
-            self._updates[client] = update
-            return
-        current = session.stage
-        if current is None or stage != int(current):
+        assert self._server is not None
+        current = self._server.stage
+        if self.mode == "plain" and stage != UPDATE_STAGE:
+            raise Rejected("precondition", f"stage {stage}: this server runs plain rounds and expects "
+                                           f"an update (stage {UPDATE_STAGE})")
+        if stage != current:
             name = Stage(stage).name if stage in Stage._value2member_map_ else str(stage)
-            raise Rejected("precondition", f"a {name} message during stage "
-                                           f"{current.name if current is not None else 'none'}: refused")
+            now = "none" if current is None else Stage(current).name
+            raise Rejected("precondition", f"a {name} message during stage {now}: refused")
         try:
-            message = decode(payload)
+            self._server.receive(client, payload)
         except WireError as exc:
             raise Rejected("invalid", str(exc)) from None
-        try:
-            session.receive(message, sender=client)
         except RemoteProtocolError as exc:  # the peer's fault; a LocalProtocolError is ours and escapes
             raise Rejected("precondition", str(exc)) from None

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+import numpy as np
+
 from secagg import codec
 from secagg.crypto.keys import SIGNATURE_BYTES
 from secagg.errors import WireError
@@ -83,8 +85,9 @@ class Poll:
 
 @dataclass(frozen=True)
 class Work:
-    """``kind`` at position ``(round, step)``. TASK: ``weights`` (safetensors bytes of the global
-    state), ``message`` (the wire-encoded Setup, secure mode; else empty), ``weight_bound`` (public W).
+    """``kind`` at position ``(round, step)``. TASK: ``model`` (safetensors bytes of the global
+    model's state dict), ``message`` (the wire-encoded Setup, secure mode; else empty),
+    ``weight_bound`` (public W).
     ``public``: the round's public values for the client steps (adaptive clipping's clip norm; see
     :meth:`secagg.placement.Placement.public`), at most ``MAX_PUBLIC`` finite floats.
     PROTOCOL: ``message`` (a wire-encoded server message)."""
@@ -92,7 +95,7 @@ class Work:
     kind: WorkKind
     round: int = 0
     step: int = 0
-    weights: bytes = b""
+    model: bytes = b""
     message: bytes = b""
     weight_bound: float = 0.0
     public: tuple[float, ...] = ()
@@ -223,18 +226,18 @@ def decode_poll(data: bytes) -> Poll:
 
 
 def encode_work(m: Work) -> bytes:
-    return _pack(int(m.kind), m.round, m.step, m.weights, m.message, float(m.weight_bound),
+    return _pack(int(m.kind), m.round, m.step, m.model, m.message, float(m.weight_bound),
                  [float(v) for v in m.public])
 
 
 def decode_work(data: bytes) -> Work:
-    kind, r, step, weights, message, bound, public = _unpack(data, "Work", 7)
+    kind, r, step, model, message, bound, public = _unpack(data, "Work", 7)
     try:
         kind = WorkKind(_uint(kind, "Work.kind", max(WorkKind)))
     except ValueError:
         raise WireError("Work.kind: unknown work kind") from None
     return Work(kind, _uint(r, "Work.round", MAX_ROUND), _uint(step, "Work.step", MAX_STEP),
-                _bin(weights, "Work.weights"), _bin(message, "Work.message"),
+                _bin(model, "Work.model"), _bin(message, "Work.message"),
                 _float(bound, "Work.weight_bound"), _floats(public, "Work.public", MAX_PUBLIC))
 
 
@@ -253,11 +256,14 @@ def encode_update(m: PlainUpdate) -> bytes:
 
 
 def decode_update(data: bytes, dim: int) -> PlainUpdate:
-    """Decode a plain update whose delta must have exactly ``dim`` float32 coordinates."""
+    """Decode a plain update whose delta must have exactly ``dim`` finite float32 coordinates."""
     n, loss, delta = _unpack(data, "PlainUpdate", 3)
-    return PlainUpdate(_uint(n, "PlainUpdate.num_examples", MAX_ROUND),
-                       _float(loss, "PlainUpdate.train_loss"),
-                       _bin(delta, "PlainUpdate.delta", exact=4 * dim))
+    update = PlainUpdate(_uint(n, "PlainUpdate.num_examples", MAX_ROUND),
+                         _float(loss, "PlainUpdate.train_loss"),
+                         _bin(delta, "PlainUpdate.delta", exact=4 * dim))
+    if not np.isfinite(np.frombuffer(update.delta, dtype="<f4")).all():
+        raise WireError("PlainUpdate.delta: has NaN or infinite coordinates")
+    return update
 
 
 def encode_ack() -> bytes:

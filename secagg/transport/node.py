@@ -263,16 +263,16 @@ class NetworkClient:
                 self._round = None
 
     def _start_round(self, work: Work) -> None:
-        """A TASK: train on its weights, then answer it through this round's
+        """A TASK: train on its global model, then answer it through this round's
         :class:`~secagg.backend.ClientRound` (the placed pipeline's client side, as any other FL
         system drives it): the released update in plain mode, the session's first message in secure
-        mode (after checking that the session's model version is the hash of the weights sent)."""
+        mode (after checking that the session's model version is the hash of the model sent)."""
         self._round, self._session_round = None, work.round
         assert self._pipeline is not None
         update = self.train(work)
         round_ = self._pipeline.client(self.id, update.delta, update.num_examples,
                                        train_loss=update.train_loss, identity=self.identity,
-                                       model_version=hashlib.sha256(work.weights).digest())
+                                       model_version=hashlib.sha256(work.model).digest())
         try:  # (malicious mode without --registry: a ConfigError naming the registry)
             reply = round_.start(work)
         finally:
@@ -286,15 +286,21 @@ class NetworkClient:
         self._send(work.round, round_.reply_stage, reply)
 
     def train(self, work: Work) -> ClientUpdate:
-        """Local training on the TASK's global weights, as the in-process simulation would do it."""
+        """Local training on the TASK's global model, as the in-process simulation would do it; a model
+        that is not the configured one is the server's fault (:class:`RemoteProtocolError`)."""
         config = self._config
         assert config is not None
-        weights = safetensors.torch.load(work.weights)
+        try:
+            model = safetensors.torch.load(work.model)
+        except safetensors.SafetensorError as exc:
+            raise RemoteProtocolError(f"Work.model: not a safetensors state dict ({exc})") from None
         expected = self._model.state_dict()
-        if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
-            raise ConfigError("weights: the server sent weights that do not fit the configured model")
+        if set(model) != set(expected) or any(model[k].shape != v.shape or model[k].dtype != v.dtype
+                                              for k, v in expected.items()):
+            raise RemoteProtocolError("Work.model: the server sent a model that does not fit the configured "
+                                      "model (other tensor names, shapes or dtypes)")
         return config.fedavg.trainer.train(
-            self._model, weights, self._data, config.fedavg.client, self._layout,
+            self._model, model, self._data, config.fedavg.client, self._layout,
             seed=derive_seed(config.seed, "client", work.round, self.shard), client_id=self.id)
 
     def _audit(self, round_index: int, delta: torch.Tensor, round_: ClientRound) -> None:

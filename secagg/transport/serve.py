@@ -15,7 +15,6 @@ round and loses nothing it had committed.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ import safetensors.torch
 import torch
 
 from secagg.aggregation import Aggregator, UpdateBatch
+from secagg.backend import Pipeline
 from secagg.errors import AbortError, ConfigError
 from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, load_run, run_rounds
 from secagg.fedavg import FedAvg
@@ -38,7 +38,6 @@ from secagg.fedavg.server import ServerState
 from secagg.fedavg.source import Collected, weighted_loss
 from secagg.layout import ParamLayout
 from secagg.placement import place, released_batch
-from secagg.seeding import round_seed
 from secagg.task import TaskFactory, make_task
 from secagg.transport.auth import Authenticator
 from secagg.transport.coordinator import Coordinator, RoundOutcome
@@ -86,24 +85,24 @@ def weight_bound(config: ExperimentConfig, examples: dict[int, int]) -> float:
 
 class NetworkSource:
     """The deployment's update source (:mod:`secagg.fedavg.source`): round ``r`` goes to the sampled
-    clients over ``service``; only what the placement lets cross (the secure sum, or the clients'
+    clients over ``service`` as a :class:`~secagg.backend.ServerRound` of ``pipeline`` (the aggregation
+    backend's server side); only what the placement lets cross (the secure sum, or the clients'
     released rows in plain mode) reaches the server, which runs the aggregator's server part on it.
     ``audit_dir``: write what the server held and released each round (see :class:`ServeOptions`)."""
 
-    def __init__(self, config: ExperimentConfig, service: AggregationService, weight_bound: float,
+    def __init__(self, pipeline: Pipeline, service: AggregationService, weight_bound: float,
                  audit_dir: Path | None = None) -> None:
-        self.config, self.service, self.weight_bound = config, service, weight_bound
-        self.placement = place(config.fedavg.aggregator)
+        self.pipeline, self.service, self.weight_bound = pipeline, service, weight_bound
         self.audit_dir = audit_dir
 
     def collect(self, fedavg: FedAvg, state: ServerState, round_index: int, sampled: list[int]) -> Collected:
         r, invited = round_index, tuple(sampled)
         self.service.traffic.reset()
-        if self.placement.mode == "secure" and len(invited) < 2:
+        if self.pipeline.mode == "secure" and len(invited) < 2:
             outcome = RoundOutcome(r, invited, aborted="secure aggregation needs at least 2 clients")
         else:
             try:
-                outcome = self._exchange(fedavg, r, invited, state)
+                outcome = self._exchange(r, invited, state)
             except AbortError as exc:  # e.g. fewer clients than distributed DP's noise is planned for
                 outcome = RoundOutcome(r, invited, aborted=str(exc))
         sent, received = self.service.traffic.reset()
@@ -120,45 +119,34 @@ class NetworkSource:
             log.warning("round %d aborted: %s", r, collected.aborted)
         return collected
 
-    def _exchange(self, fedavg: FedAvg, r: int, invited: tuple[int, ...], state: ServerState) -> RoundOutcome:
-        """Run round ``r``'s stages with the clients until the coordinator reports an outcome: one
-        secure session, or one per bucket (secure bucketing), or plain updates."""
-        weights = safetensors.torch.save({k: v.contiguous() for k, v in state.weights.items()})
-        params = None
-        if self.placement.session is not None:
-            version = hashlib.sha256(weights).digest()
-            groups = self.placement.session_groups(invited, round_seed(self.config.seed, r))
-            params = [dataclasses.replace(self.placement.session_params(g, fedavg.layout.dim, r),
-                                          model_version=version) for g in groups]
-        public = self.placement.public(state.aggregator_state)  # e.g. adaptive clipping's clip norm
-        return self.service.exchange_round(r, invited, weights, params=params, weight_bound=self.weight_bound,
-                                           public=public)
+    def _exchange(self, r: int, invited: tuple[int, ...], state: ServerState) -> RoundOutcome:
+        """Run round ``r`` with the clients until the coordinator reports an outcome: one secure session,
+        or one per bucket (secure bucketing), or plain updates. The aggregator's ``state`` gives the
+        round's public values (adaptive clipping's clip norm)."""
+        model = safetensors.torch.save({k: v.contiguous() for k, v in state.model.items()})
+        server = self.pipeline.server(r, invited, weight_bound=self.weight_bound,
+                                      model_version=hashlib.sha256(model).digest(),
+                                      state=state.aggregator_state)
+        return self.service.exchange_round(server, model)
 
     def _aggregate(self, fedavg: FedAvg, outcome: RoundOutcome, state: ServerState, rejected: list[int],
                    net: dict[str, Any]) -> Collected:
-        if outcome.aborted is not None:
-            return Collected(None, rejected=rejected, aborted=outcome.aborted, metrics=net)
+        if outcome.aborted is not None or outcome.server is None:
+            return Collected(None, rejected=rejected, aborted=outcome.aborted or "the round produced nothing",
+                             metrics=net)
         layout = fedavg.layout
-        seed = round_seed(self.config.seed, outcome.round)
-        if self.placement.session is not None:
-            assert outcome.sums
-            survivors = len(outcome.survivors)
+        if self.pipeline.mode == "secure":
             self._audit_sum(outcome)
             # each session's reading of its sum (and the buckets' robust rule), then the server's part of
             # the client steps
-            sums = [(one.result, one.params, len(one.survivors)) for one in outcome.sums]
-            agg = self.placement.aggregate_groups(sums, layout.dim, outcome.round, seed,
-                                                  state.aggregator_state, layout.dtype, layout)
+            agg = outcome.server.finish(state.aggregator_state, layout)
             self._audit_aggregate(outcome.round, agg.update)
-            return Collected(agg, survivors, rejected, metrics=net)
+            return Collected(agg, len(outcome.survivors), rejected, metrics=net)
         updates = outcome.updates
-        if not updates:
-            return Collected(None, rejected=rejected, aborted="no client sent an update before the deadline",
-                             metrics=net)
-        batch = released_batch(updates, outcome.round, seed, layout)
+        batch = released_batch(updates, outcome.round, self.pipeline.round_seed(outcome.round), layout)
         self._audit_plain(outcome.round, batch)
         # the clients ran their steps already: the server runs only its part
-        agg = self.config.fedavg.aggregator.aggregate_released(batch, state.aggregator_state)
+        agg = outcome.server.finish(state.aggregator_state, layout)
         self._audit_aggregate(outcome.round, agg.update)
         loss = weighted_loss([updates[u].train_loss for u in batch.client_ids], batch.weights)
         return Collected(agg, len(batch.client_ids), rejected, loss, metrics=net)
@@ -223,12 +211,14 @@ class NetworkServer:
         task = make_task(config.task, seed=config.seed, factory=task_factory)
         dim = ParamLayout.from_module(task.model, config.fedavg.buffers).dim
         self.lock = threading.Condition()
-        self.coordinator = Coordinator(self.mode, dim, options.task_seconds, options.stage_seconds,
-                                       options.grace_seconds, registry)
+        self.pipeline = Pipeline(config.fedavg.aggregator, dim, registry, seed=config.seed)
+        self.coordinator = Coordinator(self.mode, options.task_seconds, options.stage_seconds,
+                                       options.grace_seconds)
         self.service = AggregationService(self.coordinator, Authenticator(registry),
                                           json.dumps(config.to_dict()), self.lock)
         examples = {i: len(part) for i, part in enumerate(task.data.partition)}
-        self.source = NetworkSource(config, self.service, weight_bound(config, examples), options.audit_dir)
+        self.source = NetworkSource(self.pipeline, self.service, weight_bound(config, examples),
+                                    options.audit_dir)
         # a deployment's sample must be secret: the amplified epsilon assumes nobody can predict it
         self.fedavg = FedAvg(config.fedavg, task.model, task.data, seed=config.seed, secret_sampling=True,
                              source=self.source)

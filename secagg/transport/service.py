@@ -25,8 +25,8 @@ from pathlib import Path
 
 import grpc
 
+from secagg.backend import ServerRound
 from secagg.errors import ConfigError, RemoteProtocolError, WireError
-from secagg.protocol.messages import SessionParams
 from secagg.transport.auth import Authenticator, AuthError
 from secagg.transport.coordinator import Coordinator, Rejected, RoundOutcome
 from secagg.transport.envelope import (
@@ -144,15 +144,14 @@ class AggregationService:
 
     # -- the round driver -------------------------------------------------------------------------
 
-    def exchange_round(self, round_index: int, invited: tuple[int, ...], weights: bytes, *,
-                  params: SessionParams | list[SessionParams] | None = None, weight_bound: float = 0.0,
-                  public: tuple[float, ...] = ()) -> RoundOutcome:
-        """Open a round on the coordinator and close its stages as they become due (everyone answered,
-        grace or deadline passed) until it ends; the clients' calls arrive meanwhile on gRPC threads."""
+    def exchange_round(self, server: ServerRound, model: bytes) -> RoundOutcome:
+        """Open ``server``'s round on the coordinator and close its stages as they become due (everyone
+        answered, grace or deadline passed) until it ends, the global ``model``'s bytes going with the
+        first message; the clients' calls arrive meanwhile on gRPC threads."""
         with self.lock:
             opened = self.clock()
-            self.coordinator.begin_round(round_index, invited, weights, opened, params=params,
-                                         weight_bound=weight_bound, public=public)
+            self.coordinator.begin_round(server, model, opened)
+            round_index = server.round
             self.lock.notify_all()
             while True:
                 now = self.clock()
@@ -200,7 +199,7 @@ class AggregationService:
                     if item is not None or remaining <= 0 or not context.is_active():
                         break
                     self.lock.wait(remaining)
-                data = self.coordinator.encoded(item) if item is not None else _WAIT
+                data = item.data if item is not None else _WAIT
                 self.traffic.received[client] += len(data)
                 return data
             finally:
