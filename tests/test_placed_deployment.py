@@ -225,3 +225,38 @@ def test_secure_bucketing_runs_one_secure_session_per_bucket_and_the_robust_rule
         # the median of two bucket means is their midpoint (float32 release)
         assert np.allclose(released, np.median(np.stack(means), axis=0), atol=1e-6)
         assert rounds[r - 1]["agg/buckets"] == 2.0
+
+
+def test_clip_norm_over_secure_aggregation_clips_on_the_clients(deployment) -> None:
+    """ClipNorm over SecureSum deployed: each client clips its own update to the norm before it is
+    quantized and masked; the server holds only the exact sum of the clipped releases, and its
+    aggregate matches the simulation's within the quantization error (only the dither differs)."""
+    import json
+
+    from secagg.cli import main
+
+    dep = deployment(4)
+    dep.serve("--secure", "--clip-norm", "0.05", rounds=2)
+    for u in range(4):
+        dep.client(u)
+    rounds = dep.wait_server()["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and not any(r.get("aborted") for r in rounds), rounds
+    audit = dep.audited_rounds()
+    assert sorted(audit) == [1, 2] and all(a["exact"] for a in audit.values())
+    assert not list(dep.audit.glob("round-*-updates.npy")), "no individual update reached the server"
+    clipped = 0
+    for r, meta in audit.items():
+        for u in meta["survivors"]:
+            update = np.load(dep.audit / f"client-{u}-round-{r}-update.npy").astype(np.float64)
+            released = np.load(dep.audit / f"client-{u}-round-{r}-released.npy").astype(np.float64)
+            norm = float(np.linalg.norm(update))
+            clipped += norm > 0.05
+            np.testing.assert_allclose(released, update * min(1.0, 0.05 / norm), rtol=1e-6, atol=1e-9)
+    assert clipped > 0, "the test's clip norm must bind for some client"
+    out = dep.root / "sim"
+    assert main(["train", "--secure", "--clip-norm", "0.05", "--clients", "4", "--fraction", "1",
+                 "--rounds", "2", "--out", str(out), "--no-progress"]) == 0
+    simulated = json.loads((out / "results.json").read_text())["rounds"]
+    for d, s in zip(rounds, simulated, strict=True):
+        assert d["update_norm"] == pytest.approx(s["update_norm"], rel=1e-3)
+        assert abs(d["accuracy"] - s["accuracy"]) <= 0.02

@@ -112,8 +112,11 @@ def test_server_killed_between_rounds_resumes(deployment) -> None:
                  id="secure-dpsgd"),
 ])
 def test_robust_rule_and_client_side_dp_over_the_network(deployment, flags: tuple[str, ...]) -> None:
-    """A robust rule runs on the server over plain updates; DP-SGD runs on the clients under secure
-    aggregation, and the server reports the record-level epsilon of each round."""
+    """A robust rule runs on the server over plain updates, bit for bit as in simulation (every random
+    choice is seeded the same way); DP-SGD runs on the clients under secure aggregation, and the
+    server reports the record-level epsilon of each round as the simulation does."""
+    from secagg.cli import main
+
     dep = deployment(4)
     dep.serve(*flags, rounds=2)
     for u in range(4):
@@ -121,11 +124,19 @@ def test_robust_rule_and_client_side_dp_over_the_network(deployment, flags: tupl
     rounds = dep.wait_server()["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and not any(r.get("aborted") for r in rounds)
     assert all(r["clients"] == 4 for r in rounds)
+    out = dep.root / "sim"
+    assert main(["train", *flags, "--clients", "4", "--fraction", "1", "--rounds", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    simulated = json.loads((out / "results.json").read_text())["rounds"]
     if "--dp" in flags:
         assert 0 < rounds[0]["epsilon"] < rounds[1]["epsilon"]
+        assert [r["epsilon"] for r in rounds] == pytest.approx([r["epsilon"] for r in simulated])
         assert all(a["exact"] for a in dep.audited_rounds().values())
     else:
         assert rounds[-1]["accuracy"] > 0.8
+        assert [r["accuracy"] for r in rounds] == [r["accuracy"] for r in simulated]
+        assert [r["update_norm"] for r in rounds] == pytest.approx([r["update_norm"] for r in simulated],
+                                                                   rel=1e-6)
 
 
 def test_round_aborts_cleanly_and_training_goes_on(deployment) -> None:
