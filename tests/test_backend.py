@@ -327,3 +327,33 @@ def test_a_bucket_whose_session_aborts_aborts_the_round_naming_its_clients():
     victim = groups[2]
     with pytest.raises(AbortError, match=rf"the session of clients \[{', '.join(map(str, victim))}\]"):
         drive(pipeline, np.zeros((9, 4)), [1] * 9, silent_after={victim[0]: 2, victim[1]: 2})
+
+
+def test_stage_and_quorum_tell_a_transport_when_it_may_stop_waiting():
+    """``stage`` names what the round collects now; ``quorum_reached`` turns true once every session's
+    threshold (secure) or a majority (plain) answered, ``stage_complete`` once everybody did."""
+    from secagg.protocol.messages import Stage
+    from secagg.transport.envelope import UPDATE_STAGE
+
+    pipeline = Pipeline(SecureSum(value_range=4.0), 3)
+    server = pipeline.server(1, (0, 1, 2, 3, 4), weight_bound=1.0)
+    t = server.sessions[0].params.threshold
+    assert server.stage is None and not server.quorum_reached
+    first = server.start()
+    assert server.stage == int(Stage.ADVERTISE_KEYS)
+    clients = {u: pipeline.client(u, np.zeros(3), 1) for u in first}
+    for k, u in enumerate(first, start=1):
+        server.receive(u, clients[u].handle(first[u]))
+        assert server.quorum_reached == (k >= t) and server.stage_complete == (k == 5)
+    server.advance()
+    assert server.stage == int(Stage.SHARE_KEYS) and not server.quorum_reached
+
+    plain = Pipeline(Mean(), 3).server(1, (0, 1, 2), weight_bound=1.0)
+    sent = plain.start()
+    assert plain.stage == UPDATE_STAGE
+    for k, u in enumerate(sent, start=1):
+        plain.receive(u, Pipeline(Mean(), 3).client(u, np.ones(3), 1).handle(sent[u]))
+        assert plain.quorum_reached == (k >= 2)
+    assert plain.advance() == {} and plain.done and plain.stage is None
+    with pytest.raises(ProtocolError, match="round 1 is closed"):
+        plain.receive(0, b"")

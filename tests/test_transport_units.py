@@ -1065,3 +1065,33 @@ def test_sessions_must_partition_the_invited_clients() -> None:
         params = [SecureSum().session_params(g, D + 1, 1) for g in groups]
         with pytest.raises(ConfigError, match="clients are exactly the invited clients, each in one session"):
             ServerRound(Pipeline(SecureSum(), D), 1, (0, 1, 2, 3, 4, 5), 1.0, sessions=params)
+
+
+def test_a_client_refuses_a_global_model_that_is_not_the_configured_one() -> None:
+    """The TASK's model bytes come from the server: garbage, or tensors of other names, shapes or dtypes,
+    are the server's fault (RemoteProtocolError naming Work.model), never trained on."""
+    import safetensors.torch
+    import torch
+
+    from secagg.errors import RemoteProtocolError
+    from secagg.experiment import ExperimentConfig
+    from secagg.task import TaskConfig, make_task
+    from secagg.transport.node import NetworkClient
+
+    config = ExperimentConfig(task=TaskConfig(num_clients=2))
+    client = NetworkClient("127.0.0.1:1", 0, SigningKey.generate())
+    client._setup(config.to_json())
+    try:
+        good = make_task(config.task, seed=config.seed).model.state_dict()
+        update = client.train(Work(WorkKind.TASK, 1, 0, safetensors.torch.save(good)))
+        assert update.delta.numel() == sum(v.numel() for v in good.values())
+        name = next(iter(good))
+        bad = [b"", b"not safetensors",
+               safetensors.torch.save({**good, "extra": torch.zeros(1)}),
+               safetensors.torch.save({**good, name: torch.zeros(3)}),
+               safetensors.torch.save({**good, name: good[name].double()})]
+        for model in bad:
+            with pytest.raises(RemoteProtocolError, match="Work.model"):
+                client.train(Work(WorkKind.TASK, 1, 0, model))
+    finally:
+        client.close()
