@@ -1091,7 +1091,7 @@ def test_a_client_refuses_a_global_model_that_is_not_the_configured_one() -> Non
                safetensors.torch.save({**good, name: torch.zeros(3)}),
                safetensors.torch.save({**good, name: good[name].double()})]
         for model in bad:
-            with pytest.raises(RemoteProtocolError, match="Work.model"):
+            with pytest.raises(RemoteProtocolError, match=r"Work\.model"):
                 client.train(Work(WorkKind.TASK, 1, 0, model))
     finally:
         client.close()
