@@ -138,8 +138,14 @@ def test_submit_round_trip(r: int, stage: int, payload: bytes) -> None:
 @given(st.integers(0, MAX_ROUND), finite, st.integers(0, 16).flatmap(
     lambda d: st.tuples(st.just(d), st.binary(min_size=4 * d, max_size=4 * d))))
 def test_plain_update_round_trip(n: int, loss: float, dim_delta: tuple[int, bytes]) -> None:
+    """A finite update round-trips; one NaN or infinite coordinate is refused by the codec itself."""
     dim, delta = dim_delta
-    _round_trip(env.encode_update, env.decode_update, PlainUpdate(n, loss, delta), dim)
+    update = PlainUpdate(n, loss, delta)
+    if np.isfinite(np.frombuffer(delta, dtype="<f4")).all():
+        _round_trip(env.encode_update, env.decode_update, update, dim)
+    else:
+        with pytest.raises(WireError, match=r"PlainUpdate\.delta: has NaN or infinite coordinates"):
+            env.decode_update(env.encode_update(update), dim)
 
 
 def test_ack_is_an_empty_envelope() -> None:
@@ -1024,7 +1030,7 @@ def test_the_round_task_is_encoded_once_for_every_client() -> None:
     items = [coordinator.poll(u, 0, 0) for u in ids]
     assert all(item is items[0] for item in items)
     assert all(item.data is items[0].data for item in items)  # type: ignore[union-attr]
-    assert env.decode_work(items[0].data).weights == b"w" * 1000  # type: ignore[union-attr]
+    assert env.decode_work(items[0].data).model == b"w" * 1000  # type: ignore[union-attr]
 
 
 def _grouped(invited: tuple[int, ...], groups: list[tuple[int, ...]]) -> tuple[Coordinator, Fleet, list]:
