@@ -21,10 +21,12 @@ from secagg.transport.auth import Authenticator
 from secagg.transport.coordinator import Coordinator
 from secagg.transport.service import AggregationService
 
+NONCE = bytes(range(32))  # a fixed session nonce for hand-built setups (a Server draws a fresh one)
+
 
 def _params() -> SessionParams:
     return SessionParams(round=1, model_version=bytes(32), client_ids=(0, 1, 2), threshold=2, degree=2,
-                         vector_length=4)
+                         vector_length=4, nonce=NONCE)
 
 
 def test_the_hierarchy():

@@ -61,6 +61,8 @@ from secagg.protocol.server import Server, ServerPhase
 from secagg.protocol.session import share_point
 from secagg.protocol.wire import SHARE_CIPHERTEXT_BYTES, decode, encode
 
+NONCE = bytes(range(32))  # a fixed session nonce for hand-built setups (a Server draws a fresh one)
+
 HONEST_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASKING)
 MALICIOUS_STAGES = tuple(Stage)
 EXPECTED_TYPE: dict[Stage, type] = {
@@ -277,7 +279,8 @@ def play(params: SessionParams, inputs: dict[int, np.ndarray], plans: dict[int, 
 
 def four_clients(malicious: bool, bits: int = 32) -> tuple[SessionParams, dict[int, np.ndarray]]:
     params = SessionParams(round=1, model_version=b"four", client_ids=(0, 1, 2, 3), threshold=3, degree=3,
-                           vector_length=8, bits=bits, malicious=malicious, corrupt=1 if malicious else 0)
+                           vector_length=8, bits=bits, malicious=malicious, corrupt=1 if malicious else 0,
+                           nonce=NONCE)
     return params, make_inputs(params, 3)
 
 
@@ -322,7 +325,8 @@ def scenarios(draw, kinds: tuple[str, ...], *, min_n: int = 3, max_n: int = 10, 
         threshold = draw(st.integers(1, degree + 1))
     params = SessionParams(round=draw(st.integers(0, 3)), model_version=b"fault-injection", client_ids=ids,
                            threshold=threshold, degree=degree, vector_length=draw(st.integers(1, 32)),
-                           bits=draw(st.sampled_from([8, 16, 31, 32])), malicious=mal, corrupt=corrupt)
+                           bits=draw(st.sampled_from([8, 16, 31, 32])), malicious=mal, corrupt=corrupt,
+                           nonce=NONCE)
     inputs = make_inputs(params, draw(st.integers(0, 2**32 - 1)))
     faulty = draw(st.sets(st.sampled_from(ids), max_size=n))
     plans = {}
@@ -413,7 +417,8 @@ def test_duplicates_are_counted_once_and_reported(case) -> None:
 @pytest.mark.parametrize("malicious", [False, True], ids=["honest", "malicious"])
 def test_every_client_sending_its_masked_input_twice_still_sums_exactly(malicious: bool) -> None:
     params = SessionParams(round=1, model_version=b"dup", client_ids=(2, 3, 5, 7, 11), threshold=4, degree=4,
-                           vector_length=16, bits=32, malicious=malicious, corrupt=2 if malicious else 0)
+                           vector_length=16, bits=32, malicious=malicious, corrupt=2 if malicious else 0,
+                           nonce=NONCE)
     inputs = make_inputs(params, 5)
     plans = {u: Plan(Stage.MASKED_INPUT, "duplicate") for u in params.client_ids}
     outcome, _, _ = play(params, inputs, plans)
@@ -456,7 +461,7 @@ def test_garbage_masked_input_is_refused_and_its_sender_dropped(case) -> None:
                          ids=lambda v: v.name if isinstance(v, Stage) else ("malicious" if v else "honest"))
 def test_random_garbage_of_every_length_never_crashes_the_server(malicious: bool, stage: Stage) -> None:
     params = SessionParams(round=0, model_version=b"junk", client_ids=tuple(range(6)), threshold=4, degree=5,
-                           vector_length=8, malicious=malicious, corrupt=1 if malicious else 0)
+                           vector_length=8, malicious=malicious, corrupt=1 if malicious else 0, nonce=NONCE)
     inputs = make_inputs(params, 1)
     rng = np.random.default_rng(int(stage))
     sizes = (1, 7, 200, 5000)
@@ -548,7 +553,7 @@ def _memory_run(many: bool) -> tuple[SessionReport, Server, int, int, int]:
     same in both runs. Returns (report, server, retained server bytes, retained traced bytes, peak).
     """
     params = SessionParams(round=9, model_version=b"memory", client_ids=tuple(range(MEMORY_N)),
-                           threshold=MEMORY_T, degree=MEMORY_N - 1, vector_length=MEMORY_D)
+                           threshold=MEMORY_T, degree=MEMORY_N - 1, vector_length=MEMORY_D, nonce=NONCE)
     inputs = make_inputs(params, 9)
     blob_vector = bytes(BLOB)
     faults: dict[int, Fault] = {}
@@ -662,7 +667,7 @@ def test_corrupted_self_mask_share_with_spare_shares_is_not_silently_summed(mali
 
 def test_share_interpolating_out_of_range_aborts_with_abort_error() -> None:
     params = SessionParams(round=1, model_version=b"defect", client_ids=(0, 1, 2), threshold=3, degree=2,
-                           vector_length=4)
+                           vector_length=4, nonce=NONCE)
     inputs = make_inputs(params, 4)
     responses: dict[int, UnmaskResponse] = {}
 

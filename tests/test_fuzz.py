@@ -24,6 +24,8 @@ from secagg.protocol import wire
 from secagg.protocol.messages import SessionParams, Stage
 from secagg.protocol.runner import run_session
 
+NONCE = bytes(range(32))  # a fixed session nonce for hand-built setups (a Server draws a fresh one)
+
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "fuzz" / "fuzz_secagg.py"
 CRASHES = ROOT / "fuzz" / "crashes"
@@ -226,7 +228,8 @@ def test_bounded_libfuzzer_run(libfuzzer_runs, target):
 
 
 def test_semi_honest_round_survives_a_signed_advertisement():
-    params = SessionParams(7, b"regression", (3, 10, 17, 24, 31), threshold=3, degree=4, vector_length=8)
+    params = SessionParams(7, b"regression", (3, 10, 17, 24, 31), threshold=3, degree=4, vector_length=8,
+                           nonce=NONCE)
     inputs = {u: np.full(8, u, dtype=np.uint32) for u in params.client_ids}
 
     def sign_17(direction, u, stage, data):

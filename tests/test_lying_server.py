@@ -33,6 +33,8 @@ from secagg.protocol.server import Server
 from secagg.protocol.session import mask_seed, mask_sign, share_point
 from secagg.protocol.wire import decode, encode
 
+NONCE = bytes(range(32))  # a fixed session nonce for hand-built setups (a Server draws a fresh one)
+
 D = 16
 VICTIM = 0
 
@@ -47,7 +49,7 @@ class Session:
     def __init__(self, n: int, t: int, *, malicious: bool, corrupt: int = 0, round_: int = 1,
                  identities: dict[int, SigningKey] | None = None, model: bytes = b"model") -> None:
         self.params = SessionParams(round_, model, tuple(range(n)), t, n - 1, D, malicious=malicious,
-                                    corrupt=corrupt)
+                                    corrupt=corrupt, nonce=NONCE)
         rng = np.random.default_rng(n * 7 + t)
         self.inputs = {u: rng.integers(0, 2**32, D, dtype=np.uint64).astype(np.uint32) for u in range(n)}
         self.identities = identities or {u: SigningKey.generate() for u in range(n)}
@@ -325,15 +327,15 @@ def test_honest_server_in_malicious_mode_gives_the_exact_sum():
 
 def test_malicious_thresholds_are_enforced():
     with pytest.raises(ConfigError, match=r"threshold: malicious mode needs t > \(n \+ corrupt\) / 2"):
-        SessionParams(1, b"", tuple(range(10)), 6, 9, 4, malicious=True, corrupt=3)
-    SessionParams(1, b"", tuple(range(10)), 7, 9, 4, malicious=True, corrupt=3)
+        SessionParams(1, b"", tuple(range(10)), 6, 9, 4, malicious=True, corrupt=3, nonce=NONCE)
+    SessionParams(1, b"", tuple(range(10)), 7, 9, 4, malicious=True, corrupt=3, nonce=NONCE)
     with pytest.raises(ConfigError, match=r"on a SecAgg\+ graph needs degree / 2 < t <= degree \(2 < t <= 4"):
-        SessionParams(1, b"", tuple(range(10)), 2, 4, 4, malicious=True)
+        SessionParams(1, b"", tuple(range(10)), 2, 4, 4, malicious=True, nonce=NONCE)
 
 
 def test_client_with_identity_refuses_a_session_without_malicious_mode():
     key = SigningKey.generate()
     client = Client(0, np.zeros(D, np.uint32), identity=key, registry={0: key.public, 1: b"x" * 32})
-    setup = Setup(SessionParams(1, b"", (0, 1), 2, 1, D))
+    setup = Setup(SessionParams(1, b"", (0, 1), 2, 1, D, nonce=NONCE))
     with pytest.raises(ProtocolError, match="requires malicious-server mode"):
         client.handle(setup)

@@ -84,6 +84,8 @@ from secagg.protocol.session import (
 )
 from secagg.protocol.wire import decode, encode
 
+NONCE = bytes(range(32))  # a fixed session nonce for hand-built setups (a Server draws a fresh one)
+
 D = 8
 VICTIM = 0
 Sets = tuple[tuple[int, ...], tuple[int, ...]]  # (survivors, dropped) as shown to a client
@@ -100,14 +102,15 @@ def full(n: int = 10, t: int = 7, corrupt: int = 3, *, malicious: bool = True,
          round_: int = 1) -> SessionParams:
     """Classic SecAgg (complete graph). Malicious mode needs 2t > n + corrupt: n=10, corrupt=3, t=7."""
     return SessionParams(round_, b"model-v1", tuple(range(n)), t, n - 1, D, malicious=malicious,
-                         corrupt=corrupt)
+                         corrupt=corrupt, nonce=NONCE)
 
 
 def sparse(n: int = 12, k: int = 6, t: int = 5, corrupt: int = 2, *, malicious: bool = True,
            round_: int = 1) -> SessionParams:
     """SecAgg+ (Harary graph of even degree k < n - 1). In malicious mode only the k neighbours' shares
     count (not the owner's), and safety against c colluding neighbours needs 2t > k + c: 10 > 6 + 2."""
-    return SessionParams(round_, b"model-v1", tuple(range(n)), t, k, D, malicious=malicious, corrupt=corrupt)
+    return SessionParams(round_, b"model-v1", tuple(range(n)), t, k, D, malicious=malicious, corrupt=corrupt,
+                         nonce=NONCE)
 
 
 # the two topologies every topology-independent lie runs on, with colluders up to `corrupt`
@@ -1151,7 +1154,8 @@ def test_lie_chosen_at_random_with_dropouts_never_leaks_and_honest_sums_are_exac
     n = data.draw(st.integers(4, 12), label="n")
     corrupt = data.draw(st.integers(0, (n - 2) // 2), label="corrupt")
     t = (n + corrupt) // 2 + 1  # the smallest threshold malicious mode accepts
-    params = SessionParams(1, b"m", tuple(range(n)), t, n - 1, D, malicious=True, corrupt=corrupt)
+    params = SessionParams(1, b"m", tuple(range(n)), t, n - 1, D, malicious=True, corrupt=corrupt,
+                           nonce=NONCE)
     colluders = data.draw(st.lists(st.integers(1, n - 1), min_size=corrupt, max_size=corrupt, unique=True),
                           label="colluders")
     drops = data.draw(st.dictionaries(st.integers(0, n - 1), st.sampled_from(list(Stage)), max_size=n // 3),
@@ -1180,10 +1184,13 @@ def test_malicious_threshold_validation_full_graph(n, corrupt):
     for t in range(1, n + 1):
         if 2 * t <= n + corrupt:
             with pytest.raises(ConfigError, match=FULL_RULE):
-                SessionParams(1, b"", tuple(range(n)), t, n - 1, D, malicious=True, corrupt=corrupt)
+                SessionParams(1, b"", tuple(range(n)), t, n - 1, D, malicious=True, corrupt=corrupt,
+                              nonce=NONCE)
         else:
-            SessionParams(1, b"", tuple(range(n)), t, n - 1, D, malicious=True, corrupt=corrupt)
-        SessionParams(1, b"", tuple(range(n)), t, n - 1, D, malicious=False, corrupt=corrupt)  # no such rule
+            SessionParams(1, b"", tuple(range(n)), t, n - 1, D, malicious=True, corrupt=corrupt,
+                          nonce=NONCE)
+        SessionParams(1, b"", tuple(range(n)), t, n - 1, D, malicious=False, corrupt=corrupt,
+                      nonce=NONCE)  # no such rule
 
 
 @pytest.mark.parametrize("k", [2, 4, 6, 8])
@@ -1191,9 +1198,9 @@ def test_malicious_threshold_validation_secaggplus(k):
     for t in range(1, k + 2):  # the owner's share does not count: t must be a majority of k, and <= k
         if not k < 2 * t <= 2 * k:
             with pytest.raises(ConfigError, match=SPARSE_RULE):
-                SessionParams(1, b"", tuple(range(12)), t, k, D, malicious=True)
+                SessionParams(1, b"", tuple(range(12)), t, k, D, malicious=True, nonce=NONCE)
         else:
-            SessionParams(1, b"", tuple(range(12)), t, k, D, malicious=True)
+            SessionParams(1, b"", tuple(range(12)), t, k, D, malicious=True, nonce=NONCE)
 
 
 def test_lie_setup_with_a_lowered_malicious_threshold_does_not_decode():
@@ -1262,3 +1269,49 @@ def _local_signers(server: LyingServer, shown: Mapping[int, Sets], u: int, collu
     view = shown[u]
     return sum(1 for w in server._graph[u] | {u}
                if w in view[0] and (w in colluders or shown.get(w) == view))
+
+
+def test_malicious_secaggplus_parameters_are_checked_against_the_corruption_they_claim():
+    """n = 12, k = 4, t = 3 with 3 corrupt clients passed the majority rule alone: 3 colluding
+    neighbours of a 4-neighbour client reach t = 3 shares. The finder's bound refuses it, naming the
+    bound and the threshold that meets it; every (k, t) the finder picks passes."""
+    from secagg.protocol.finder import secure_threshold
+
+    with pytest.raises(ConfigError, match=r"t=3 .* corrupt=3 .* above 2\^-40.*raise the threshold to >= 4"):
+        SessionParams(1, b"", tuple(range(12)), 3, 4, D, malicious=True, corrupt=3,
+                      nonce=NONCE)
+    SessionParams(1, b"", tuple(range(12)), 4, 4, D, malicious=True, corrupt=3, nonce=NONCE)
+    SessionParams(1, b"", tuple(range(12)), 3, 4, D, malicious=True, corrupt=0,
+                  nonce=NONCE)  # no corruption claimed
+    for n in (20, 100, 1000, 10_000):
+        for corrupt_fraction in (0.05, 0.2, 0.3):
+            k, t = secaggplus_parameters(n, corrupt_fraction, 0.05, malicious=True)
+            corrupt = int(corrupt_fraction * n + 1e-9)
+            assert secure_threshold(n, k, corrupt, malicious=True) == t
+            SessionParams(1, b"", tuple(range(n)), t, k, D, malicious=True, corrupt=corrupt)
+            rule = "probability above 2\\^-40" if 2 * (t - 1) > k else SPARSE_RULE  # the majority rule first
+            with pytest.raises(ConfigError, match=rule):
+                SessionParams(1, b"", tuple(range(n)), t - 1, k, D, malicious=True, corrupt=corrupt)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(8, 400), st.data())
+def test_secure_threshold_bounds_the_corrupt_neighbours(n, data):
+    """Below the secure threshold the corrupt neighbours of one client reach t with probability above
+    2^-41 / n (computed independently from the hypergeometric tail); at it, below."""
+    import math
+
+    from scipy.stats import hypergeom
+
+    from secagg.protocol.finder import secure_threshold
+
+    k = data.draw(st.integers(1, (n - 2) // 2).map(lambda h: 2 * h))
+    corrupt = data.draw(st.integers(0, n // 3))
+    t = secure_threshold(n, k, corrupt)
+    tail = lambda x: hypergeom(n, corrupt, k).sf(x)  # noqa: E731 - P[X > x]
+    assert t >= 2 and tail(t - 1) < 2.0**-41 / n * (1 + 1e-6)
+    if t > 2:
+        assert tail(t - 2) >= 2.0**-41 / n * (1 - 1e-6)
+    assert secure_threshold(n, n - 1, corrupt) == corrupt + 1
+    assert secure_threshold(n, n - 1, corrupt, malicious=True) == (n + corrupt) // 2 + 1
+    assert math.isfinite(tail(0))

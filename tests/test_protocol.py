@@ -15,6 +15,8 @@ from secagg.protocol.server import Server
 from secagg.protocol.session import session_id
 from secagg.quantize import Quantizer
 
+NONCE = bytes(range(32))  # a fixed session nonce for hand-built setups (a Server draws a fresh one)
+
 STAGES = list(Stage)
 
 
@@ -29,7 +31,7 @@ def sessions(draw, max_n: int = 40, full_graph: bool | None = None):
     d = draw(st.integers(1, 24))
     bits = draw(st.sampled_from([8, 16, 31, 32]))
     params = SessionParams(round=draw(st.integers(0, 5)), model_version=b"v1", client_ids=ids,
-                           threshold=threshold, degree=degree, vector_length=d, bits=bits)
+                           threshold=threshold, degree=degree, vector_length=d, bits=bits, nonce=NONCE)
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     inputs = {u: rng.integers(0, 2**bits, d, dtype=np.uint64).astype(np.uint32) for u in ids}
@@ -98,7 +100,7 @@ def test_dequantized_secure_sum_is_within_the_quantization_bound(n, d, clip, see
     inputs = {u: q.encode(x[u], rng=rng)[0] for u in range(n)}
     dropped = set(range(min(drop, n - 1)))
     threshold = max(1, (n - len(dropped)) // 2)
-    params = SessionParams(0, b"", tuple(range(n)), threshold, n - 1, d, 32)
+    params = SessionParams(0, b"", tuple(range(n)), threshold, n - 1, d, 32, nonce=NONCE)
     report = run_session(params, inputs, drop_before=dict.fromkeys(dropped, Stage.MASKED_INPUT))
     survivors = list(report.survivors)
     assert survivors == [u for u in range(n) if u not in dropped]
@@ -112,7 +114,7 @@ def test_negative_sums_come_back_negative():
     rng = np.random.default_rng(0)
     x = np.array([[-0.5, 0.25], [-0.25, -0.75], [-0.1, 0.1]])
     inputs = {u: q.encode(x[u], rng=rng)[0] for u in range(3)}
-    report = run_session(SessionParams(0, b"", (0, 1, 2), 2, 2, 2, 16), inputs)
+    report = run_session(SessionParams(0, b"", (0, 1, 2), 2, 2, 2, 16, nonce=NONCE), inputs)
     decoded = q.decode_sum(report.result, 3)
     assert decoded[0] == pytest.approx(-0.85, abs=q.error_bound(3))
     assert decoded[1] == pytest.approx(-0.40, abs=q.error_bound(3))
@@ -120,8 +122,11 @@ def test_negative_sums_come_back_negative():
 
 def test_traffic_is_counted_and_grows_with_the_vector():
     ids = tuple(range(6))
-    small = run_session(SessionParams(0, b"", ids, 3, 5, 10), {u: np.zeros(10, np.uint32) for u in ids})
-    large = run_session(SessionParams(0, b"", ids, 3, 5, 1000), {u: np.zeros(1000, np.uint32) for u in ids})
+    small = run_session(SessionParams(0, b"", ids, 3, 5, 10,
+
+                                      nonce=NONCE), {u: np.zeros(10, np.uint32) for u in ids})
+    large = run_session(SessionParams(0, b"", ids, 3, 5, 1000, nonce=NONCE),
+                        {u: np.zeros(1000, np.uint32) for u in ids})
     for u in ids:
         # only the masked input grows (plus at most 4 bytes of msgpack length header)
         assert 4 * 990 <= large.bytes_sent[u] - small.bytes_sent[u] <= 4 * 990 + 4
@@ -168,14 +173,14 @@ def test_fused_accumulation_equals_separate_expansions(masks, length, seed):
 
 def test_session_id_binds_every_parameter_and_key():
     entries = (KeyEntry(0, b"a" * 32, b"b" * 32), KeyEntry(1, b"c" * 32, b"d" * 32))
-    base = SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 100, 32)
+    base = SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 100, 32, nonce=NONCE)
     sid = session_id(base, entries)
-    variants = [SessionParams(4, b"model-1", (0, 1, 2), 2, 2, 100, 32),
-                SessionParams(3, b"model-2", (0, 1, 2), 2, 2, 100, 32),
-                SessionParams(3, b"model-1", (0, 1, 3), 2, 2, 100, 32),
-                SessionParams(3, b"model-1", (0, 1, 2), 1, 2, 100, 32),
-                SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 101, 32),
-                SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 100, 31)]
+    variants = [SessionParams(4, b"model-1", (0, 1, 2), 2, 2, 100, 32, nonce=NONCE),
+                SessionParams(3, b"model-2", (0, 1, 2), 2, 2, 100, 32, nonce=NONCE),
+                SessionParams(3, b"model-1", (0, 1, 3), 2, 2, 100, 32, nonce=NONCE),
+                SessionParams(3, b"model-1", (0, 1, 2), 1, 2, 100, 32, nonce=NONCE),
+                SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 101, 32, nonce=NONCE),
+                SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 100, 31, nonce=NONCE)]
     assert len({sid, *(session_id(v, entries) for v in variants)}) == 1 + len(variants)
     swapped = (KeyEntry(0, b"a" * 32, b"b" * 32), KeyEntry(1, b"c" * 32, b"e" * 32))
     assert session_id(base, swapped) != sid

@@ -56,6 +56,8 @@ from secagg.protocol.server import Outgoing, Server, ServerPhase
 from secagg.protocol.session import consistency_message, session_id, share_key, share_point
 from secagg.protocol.wire import MAGIC, VERSION, decode, encode
 
+NONCE = bytes(range(32))  # a fixed session nonce for hand-built setups (a Server draws a fresh one)
+
 # -- helpers ------------------------------------------------------------------------------------------
 
 
@@ -67,7 +69,7 @@ def make_params(n: int = 5, t: int = 3, d: int = 8, degree: int | None = None, b
                 model_version: bytes = b"model-v1", malicious: bool = False) -> SessionParams:
     return SessionParams(round=3, model_version=model_version, client_ids=ids_for(n), threshold=t,
                          degree=n - 1 if degree is None else degree, vector_length=d, bits=bits,
-                         malicious=malicious)
+                         malicious=malicious, nonce=NONCE)
 
 
 def stages_of(params: SessionParams) -> list[Stage]:
@@ -469,10 +471,10 @@ def test_client_never_masks_with_a_small_order_mask_key(point: str) -> None:
 def test_duplicate_client_ids_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="duplicate"):
         SessionParams(round=0, model_version=b"", client_ids=(1, 2, 2, 3), threshold=2, degree=3,
-                      vector_length=4)
+                      vector_length=4, nonce=NONCE)
     with pytest.raises(ConfigError, match="sorted and unique"):
         SessionParams(round=0, model_version=b"", client_ids=(2, 1, 3), threshold=2, degree=2,
-                      vector_length=4)
+                      vector_length=4, nonce=NONCE)
     # a Setup carrying duplicate ids cannot even be decoded (id lists travel packed, big-endian uint32)
     packed = b"".join(i.to_bytes(4, "big") for i in (1, 2, 2, 3))
     raw = msgpack.packb([MAGIC, VERSION, 1, [0, b"", packed, 2, 3, 4, 32, False, 0]], use_bin_type=True)

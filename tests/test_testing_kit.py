@@ -57,6 +57,8 @@ from secagg.testing import (
     update_stacks,
 )
 
+NONCE = bytes(range(32))  # a fixed session nonce for hand-built setups (a Server draws a fresh one)
+
 SEED = bytes(range(32))
 
 
@@ -122,7 +124,7 @@ _ids = st.lists(_cid, max_size=4, unique=True).map(lambda ids: tuple(sorted(ids)
 _key = st.binary(min_size=32, max_size=32)
 _params = st.builds(lambda ids, t, d: SessionParams(round=1, model_version=b"v1", client_ids=ids,
                                                     threshold=min(t, len(ids)), degree=len(ids) - 1,
-                                                    vector_length=d, bits=16),
+                                                    vector_length=d, bits=16, nonce=NONCE),
                     st.lists(_cid, min_size=2, max_size=5, unique=True).map(lambda i: tuple(sorted(i))),
                     st.integers(1, 5), st.integers(1, 64))
 WIRE_MESSAGES = st.one_of(

@@ -14,6 +14,8 @@ from secagg.protocol.messages import KeyDirectory, SessionParams, Setup, UnmaskR
 from secagg.protocol.runner import run_session
 from secagg.protocol.server import Server, ServerPhase
 
+NONCE = bytes(range(32))  # a fixed session nonce for hand-built setups (a Server draws a fresh one)
+
 
 class PhaseLog(Server):
     """A server that records its phase after every step (test only)."""
@@ -46,7 +48,7 @@ def _path(malicious: bool) -> list[ServerPhase]:
 def test_a_session_visits_exactly_the_tables_phases(malicious):
     ids = (0, 1, 2, 3)
     params = SessionParams(round=1, model_version=bytes(32), client_ids=ids, threshold=3, degree=3,
-                           vector_length=5, malicious=malicious, corrupt=0)
+                           vector_length=5, malicious=malicious, corrupt=0, nonce=NONCE)
     keys = {u: SigningKey.generate() for u in ids}
     registry = {u: k.public for u, k in keys.items()} if malicious else None
     server = PhaseLog(params, registry)
@@ -73,7 +75,7 @@ def test_the_client_table_covers_every_reachable_phase_and_refuses_the_rest():
     assert client.phase is ClientPhase.ABORTED  # a refused message aborts the session
     fresh = Client(0, np.zeros(3, dtype=np.uint32))
     params = SessionParams(round=1, model_version=bytes(32), client_ids=(0, 1), threshold=2, degree=1,
-                           vector_length=3)
+                           vector_length=3, nonce=NONCE)
     fresh.handle(Setup(params))
     assert fresh.phase is ClientPhase.ADVERTISED
     with pytest.raises(RemoteProtocolError, match="got UnmaskRequest while waiting for KeyDirectory"):

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from secagg.crypto.shamir import SHARE_BYTES
 from secagg.errors import ConfigError, WireError
 from secagg.protocol import wire
+from secagg.protocol.finder import secure_threshold
 from secagg.protocol.messages import (
     MAX_CLIENTS,
     MAX_ID,
@@ -81,9 +82,14 @@ def session_params(draw: st.DrawFn) -> SessionParams:
         threshold = draw(st.integers(1, degree + 1))
     elif full:
         threshold = draw(st.integers((degree + 1) // 2 + 1, degree + 1))
-    else:
-        threshold = draw(st.integers(degree // 2 + 1, degree))
-    corrupt = draw(st.integers(0, 2 * threshold - n - 1 if malicious and full else n - 1))
+    else:  # and at least the finder's secure threshold for the corruption it claims
+        corrupt = draw(st.integers(0, n - 1))
+        if max(degree // 2 + 1, secure_threshold(n, degree, corrupt, malicious=True)) > degree:
+            corrupt = 0
+        threshold = draw(st.integers(max(degree // 2 + 1, secure_threshold(n, degree, corrupt, True)),
+                                     degree))
+    if not malicious or full:
+        corrupt = draw(st.integers(0, 2 * threshold - n - 1 if malicious and full else n - 1))
     return SessionParams(
         round=draw(st.integers(0, (1 << 32) - 1)),
         model_version=draw(st.binary(max_size=MODEL_VERSION_MAX_BYTES)),
@@ -94,6 +100,7 @@ def session_params(draw: st.DrawFn) -> SessionParams:
         bits=draw(st.integers(1, 32)),
         malicious=malicious,
         corrupt=corrupt,
+        nonce=draw(st.sampled_from([b"", bytes(32)]) | st.binary(min_size=32, max_size=32)),
     )
 
 
@@ -102,18 +109,20 @@ def key_entries(draw: st.DrawFn) -> tuple[KeyEntry, ...]:
     ids = draw(id_tuples(max_size=6))
     signed = draw(st.booleans())  # a directory is signed throughout or not at all
     sig = st.binary(min_size=64, max_size=64) if signed else st.just(b"")
-    return tuple(KeyEntry(i, draw(key32), draw(key32), draw(sig)) for i in ids)
+    committed = draw(st.booleans())  # so is the commitment column
+    commitment = key32 if committed else st.just(b"")
+    return tuple(KeyEntry(i, draw(key32), draw(key32), draw(sig), draw(commitment)) for i in ids)
 
 
 vector = st.integers(0, 1024).flatmap(lambda words: st.binary(min_size=4 * words, max_size=4 * words))
 
 STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     Setup: st.builds(Setup, session_params()),
-    AdvertiseKeys: st.builds(AdvertiseKeys, client_id, key32, key32, signature),
+    AdvertiseKeys: st.builds(AdvertiseKeys, client_id, key32, key32, signature, key32 | st.just(b"")),
     KeyDirectory: st.builds(KeyDirectory, key_entries()),
     ShareKeys: st.builds(ShareKeys, client_id, session_id, id_pairs(SHARE_CIPHERTEXT_BYTES)),
     ForwardedShares: st.builds(ForwardedShares, client_id, session_id, id_pairs(SHARE_CIPHERTEXT_BYTES)),
-    MaskedInput: st.builds(MaskedInput, client_id, session_id, vector),
+    MaskedInput: st.builds(MaskedInput, client_id, session_id, vector, id_tuples()),
     ConsistencyRequest: st.builds(ConsistencyRequest, session_id, id_tuples(), id_tuples()),
     ConsistencySignature: st.builds(ConsistencySignature, client_id, session_id, signature64),
     UnmaskRequest: st.builds(UnmaskRequest, session_id, id_tuples(), id_tuples(), id_pairs(64)),
@@ -335,27 +344,30 @@ def packed(*ids: int) -> bytes:
     return b"".join(struct.pack(">I", i) for i in ids)
 
 
-def directory(ids: bytes, enc: bytes | None = None, mask: bytes | None = None, sigs: bytes = b"") -> list:
-    """A KeyDirectory's wire form: four packed columns (ids, enc keys, mask keys, signatures)."""
+def directory(ids: bytes, enc: bytes | None = None, mask: bytes | None = None, sigs: bytes = b"",
+              commits: bytes = b"") -> list:
+    """A KeyDirectory's wire form: five packed columns (ids, enc keys, mask keys, signatures, seed
+    commitments)."""
     n = len(ids) // 4
-    return [ids, bytes(32 * n) if enc is None else enc, bytes(32 * n) if mask is None else mask, sigs]
+    return [ids, bytes(32 * n) if enc is None else enc, bytes(32 * n) if mask is None else mask, sigs,
+            commits]
 
 
 VALID_FIELDS: dict[int, list[Any]] = {
-    # params: [round, model_version, ids, threshold, degree, vector_length, bits, malicious, corrupt]
-    1: [[0, b"", packed(1, 2, 3), 2, 2, 4, 32, False, 0]],
-    2: [5, K, K, b""],
+    # params: [round, model_version, ids, threshold, degree, vector_length, bits, malicious, corrupt, nonce]
+    1: [[0, b"", packed(1, 2, 3), 2, 2, 4, 32, False, 0, b""]],
+    2: [5, K, K, b"", b""],
     3: [directory(packed(1, 2), sigs=bytes(128))],
     4: [5, SID, [[1, CT], [2, CT]]],
     5: [5, SID, [[1, CT], [2, CT]]],
-    6: [5, SID, b"\x00" * 8],
+    6: [5, SID, b"\x00" * 8, b""],
     7: [SID, packed(1, 2), packed(3), [[1, SIG], [2, SIG]]],
     8: [5, SID, [[1, SH]], [[2, SH]]],
     9: [SID, packed(1, 2), packed(3)],
     10: [5, SID, SIG],
 }
 # the same, in malicious mode: t = 3 of 3 clients tolerates corrupt <= 2
-MALICIOUS_FIELDS = [0, b"", packed(1, 2, 3), 3, 2, 4, 32, True, 2]
+MALICIOUS_FIELDS = [0, b"", packed(1, 2, 3), 3, 2, 4, 32, True, 2, b""]
 
 
 def with_field(code: int, index: int, value: Any) -> bytes:
@@ -408,7 +420,8 @@ HEADER_AND_FRAMING_CASES: dict[str, bytes] = {
     "magic as array": frame(2, *VALID_FIELDS[2], magic=[MAGIC]),
     "magic as ext": frame(2, *VALID_FIELDS[2], magic=msgpack.ExtType(3, b"ab")),
     "version 0": frame(2, *VALID_FIELDS[2], version=0),
-    "version 2": frame(2, *VALID_FIELDS[2], version=2),
+    "version 1": frame(2, *VALID_FIELDS[2], version=1),  # the format before nonces and commitments
+    "version 3": frame(2, *VALID_FIELDS[2], version=3),
     "version -1": frame(2, *VALID_FIELDS[2], version=-1),
     "version 2**64-1": frame(2, *VALID_FIELDS[2], version=2**64 - 1),
     "version as bool True": frame(2, *VALID_FIELDS[2], version=True),
@@ -475,7 +488,7 @@ FIELD_CASES.update({
     # KeyDirectory: four packed columns
     "KeyDirectory.entries in the list-of-entries form": frame(3, [[1, K, K, b""], [2, K, K, b""]]),
     "KeyDirectory.entries 3 columns": frame(3, directory(packed(1, 2))[:3]),
-    "KeyDirectory.entries 5 columns": frame(3, [*directory(packed(1, 2)), b""]),
+    "KeyDirectory.entries 6 columns": frame(3, [*directory(packed(1, 2)), b""]),
     "KeyDirectory.entries as bin": frame(3, K),
     "KeyDirectory.entries as map": frame(3, {}),
     "KeyDirectory.entries ids unsorted": frame(3, directory(packed(2, 1))),
@@ -617,8 +630,11 @@ FIELD_CASES.update({
     "Setup.params corrupt float": with_params(8, 0.0),
     "Setup.params corrupt nil": with_params(8, None),
     "Setup.params malicious, corrupt > n - 1": with_malicious_params(8, 3),
-    "Setup.params malicious, corrupt = 2t - n": frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, True, 1]),
-    "Setup.params malicious, t = n / 2": frame(1, [0, b"", packed(1, 2, 3, 4), 2, 3, 4, 32, True, 0]),
+    "Setup.params malicious, corrupt = 2t - n": frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, True, 1,
+                                                          b""]),
+    "Setup.params malicious, t = n / 2": frame(1, [0, b"", packed(1, 2, 3, 4), 2, 3, 4, 32, True, 0, b""]),
+    "Setup.params nonce of 31 bytes": with_params(9, bytes(31)),
+    "Setup.params nonce as int": with_params(9, 0),
     "Setup.params malicious, t <= (n + corrupt) / 2": with_malicious_params(3, 2),
     "Setup.params malicious sparse, t = degree / 2": frame(
         1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0]),
@@ -638,10 +654,15 @@ def test_base_frames_are_valid() -> None:
     assert decode(frame(1, MALICIOUS_FIELDS)) == Setup(
         SessionParams(0, b"", (1, 2, 3), 3, 2, 4, 32, malicious=True, corrupt=2))
     # one below the bound: t = 2 of 3 clients tolerates corrupt = 0 (2t = 4 > 3 + 0)
-    assert decode(frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, True, 0])).params.malicious is True
-    # the sparse malicious bound does not involve corrupt: t = 3 > (4 + 1) / 2 for degree 4, corrupt 5
-    sparse = frame(1, [0, b"", packed(*range(1, 7)), 3, 4, 4, 32, True, 5])
-    assert decode(sparse) == Setup(SessionParams(0, b"", tuple(range(1, 7)), 3, 4, 4, 32, True, 5))
+    assert decode(frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, True, 0, b""])).params.malicious is True
+    # the sparse malicious bound: t = 3 > 4 / 2 for degree 4, and with corrupt claimed the finder's
+    # secure threshold (here: no t <= 4 holds 5 corrupt of 6 clients off 2^-40)
+    sparse = frame(1, [0, b"", packed(*range(1, 7)), 3, 4, 4, 32, True, 0, b""])
+    assert decode(sparse) == Setup(SessionParams(0, b"", tuple(range(1, 7)), 3, 4, 4, 32, True, 0))
+    with pytest.raises(WireError, match=r"corrupt=5 .*2\^-40"):
+        decode(frame(1, [0, b"", packed(*range(1, 7)), 3, 4, 4, 32, True, 5, b""]))
+    nonce = bytes(range(32))
+    assert decode(frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, False, 0, nonce])).params.nonce == nonce
     assert decode(frame(7, *VALID_FIELDS[7][:3], [])) == UnmaskRequest(SID, (1, 2), (3,))
     assert decode(frame(9, *VALID_FIELDS[9])) == ConsistencyRequest(SID, (1, 2), (3,))
     assert decode(frame(10, *VALID_FIELDS[10])) == ConsistencySignature(5, SID, SIG)
@@ -660,8 +681,8 @@ def test_type_codes_of_the_new_messages() -> None:
     assert encoded[3:] == [SID, packed(1, 2), packed(3)]
     # malicious travels as a msgpack bool (0xc3), corrupt as an unsigned int
     fields = msgpack.unpackb(encode(Setup(MALICIOUS_PARAMS)))[3]
-    assert len(fields) == 9 and fields[7] is True and fields[8] == 3
-    assert msgpack.unpackb(encode(Setup(PARAMS)))[3][7:] == [False, 0]
+    assert len(fields) == 10 and fields[7] is True and fields[8] == 3 and fields[9] == b""
+    assert msgpack.unpackb(encode(Setup(PARAMS)))[3][7:] == [False, 0, b""]
 
 
 @pytest.mark.parametrize("data", HEADER_AND_FRAMING_CASES.values(), ids=HEADER_AND_FRAMING_CASES.keys())
@@ -785,18 +806,20 @@ FIELD_NAME_CASES: list[tuple[bytes, str]] = [
     (with_params(6, 33), "Setup.params.bits"),
     (with_params(2, packed(3, 2, 1)), "Setup.params.client_ids"),
     (with_params(4, 0), "degree"),
-    (frame(2, 5, K, K), "AdvertiseKeys: expected 4 fields"),
+    (frame(2, 5, K, K, b""), "AdvertiseKeys: expected 5 fields"),
     (with_params(7, 1), "Setup.params.malicious"),
     (with_params(7, None), "Setup.params.malicious"),
     (with_params(8, MAX_CLIENTS + 1), "Setup.params.corrupt"),
     (with_params(8, True), "Setup.params.corrupt"),
     (with_params(8, 3), "corrupt: must be <= 2"),
     (with_malicious_params(3, 2), "malicious mode needs t > (n + corrupt) / 2"),
-    (frame(1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0]),
+    (frame(1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0, b""]),
      "malicious mode on a SecAgg+ graph needs degree / 2 < t <= degree (2 < t <= 4"),
-    (frame(1, [0, b"", packed(*range(1, 7)), 5, 4, 4, 32, True, 0]),
+    (frame(1, [0, b"", packed(*range(1, 7)), 5, 4, 4, 32, True, 0, b""]),
      "a client's own share does not count), got t=5"),
-    (frame(1, VALID_FIELDS[1][0][:7]), "Setup.params: expected 9 fields"),
+    (with_params(9, bytes(33)), "Setup.params.nonce: expected at most 32 bytes, got 33"),
+    (with_params(9, bytes(31)), "Setup.params.nonce: expected 0 or 32 bytes, got 31"),
+    (frame(1, VALID_FIELDS[1][0][:7]), "Setup.params: expected 10 fields"),
     (frame(7, *VALID_FIELDS[7][:3]), "UnmaskRequest: expected 4 fields"),
     (with_field(7, 3, [[1, SIG], [2, SIG[:-1]]]), "UnmaskRequest.signatures[1].data"),
     (with_field(7, 3, [[1, SIG], [True, SIG]]), "UnmaskRequest.signatures[1].id"),
@@ -808,7 +831,7 @@ FIELD_NAME_CASES: list[tuple[bytes, str]] = [
     (with_field(10, 2, b""), "ConsistencySignature.signature"),
     (with_field(10, 0, -1), "ConsistencySignature.sender"),
     (with_field(10, 1, bytes(31)), "ConsistencySignature.session_id"),
-    (frame(2, *VALID_FIELDS[2], version=2), "version"),
+    (frame(2, *VALID_FIELDS[2], version=1), "version"),
     (frame(42, *VALID_FIELDS[2]), "unknown message type"),
 ]
 
@@ -929,7 +952,7 @@ def test_params_corrupt_range(corrupt: int, malicious: bool) -> None:
 
     Five clients, t = 4: honest mode takes corrupt 0..4, malicious mode 0..2 (8 > 5 + 2, not 5 + 3).
     """
-    fields = [0, b"", packed(1, 2, 3, 4, 5), 4, 4, 4, 32, malicious, corrupt]
+    fields = [0, b"", packed(1, 2, 3, 4, 5), 4, 4, 4, 32, malicious, corrupt, b""]
     valid = 0 <= corrupt <= (2 if malicious else 4)
     if valid:
         params = decode(frame(1, fields)).params

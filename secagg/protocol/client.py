@@ -22,6 +22,8 @@ from secagg.crypto.shamir import SHARE_BYTES, Share, split
 from secagg.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from secagg.protocol.graph import neighbours_of
 from secagg.protocol.messages import (
+    COMMITMENT_BYTES,
+    NONCE_BYTES,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -41,6 +43,7 @@ from secagg.protocol.session import (
     consistency_message,
     mask_seed,
     mask_sign,
+    seed_commitment,
     session_id,
     share_key,
     share_point,
@@ -105,6 +108,7 @@ class Client:
         self._enc = DHKeyPair.generate()
         self._mask = DHKeyPair.generate()
         self._self_seed = b""
+        self._commitment = b""
         self._directory: dict[int, KeyEntry] = {}  # neighbours' (and our own) advertised keys
         self._advertised: frozenset[int] = frozenset()  # every client in the directory
         self._neighbours: frozenset[int] = frozenset()
@@ -112,6 +116,8 @@ class Client:
         self._own: tuple[bytes, bytes] = (b"", b"")  # our share of our own secrets
         self._share_keys: dict[int, bytes] = {}  # neighbour -> AES-GCM key for shares
         self._revealed: dict[int, str] = {}  # peer -> "b" or "s": the one share we showed
+        #: neighbours whose forwarded shares did not decrypt or were malformed (reported, not fatal)
+        self.refused: tuple[int, ...] = ()
 
     # -- the interface --------------------------------------------------------------------------
 
@@ -158,6 +164,13 @@ class Client:
             raise RemoteProtocolError(
                 f"client {self.id}: requires malicious-server mode; the server offered a "
                 f"session without it")
+        if len(p.nonce) != NONCE_BYTES:
+            raise RemoteProtocolError(f"client {self.id}: the session carries no fresh server nonce: an "
+                                      f"advertisement of an earlier session could be replayed into it")
+        # b_u is drawn now so that the advertisement can commit to it (the server checks the b_u it
+        # rebuilds from shares against the commitment: no wrong share can silently corrupt the sum)
+        seed = os.urandom(SEED_BYTES)
+        commitment = seed_commitment(p, self.id, seed)
         signature = b""
         if p.malicious:
             if self._identity is None:
@@ -165,9 +178,9 @@ class Client:
                     f"client {self.id}: malicious-server mode needs an identity key and a "
                     f"registry of trusted client keys")
             signature = self._identity.sign(
-                advertisement_message(p, self.id, self._enc.public, self._mask.public))
-        self.params = p
-        return AdvertiseKeys(self.id, self._enc.public, self._mask.public, signature)
+                advertisement_message(p, self.id, self._enc.public, self._mask.public, commitment))
+        self.params, self._self_seed, self._commitment = p, seed, commitment
+        return AdvertiseKeys(self.id, self._enc.public, self._mask.public, signature, commitment)
 
     def _on_directory(self, msg: KeyDirectory) -> ShareKeys:
         p = self._require_params()
@@ -177,8 +190,11 @@ class Client:
         if not set(entries) <= set(p.client_ids):
             raise RemoteProtocolError("key directory: lists clients that were not invited")
         mine = entries.get(self.id)
-        if mine is None or (mine.enc_key, mine.mask_key) != (self._enc.public, self._mask.public):
+        if mine is None or (mine.enc_key, mine.mask_key, mine.commitment) != (
+                self._enc.public, self._mask.public, self._commitment):
             raise RemoteProtocolError(f"key directory: does not carry client {self.id}'s own keys")
+        if any(len(e.commitment) != COMMITMENT_BYTES for e in msg.entries):
+            raise RemoteProtocolError("key directory: an entry carries no self-mask seed commitment")
         if len(entries) < p.threshold:
             raise RemoteProtocolError(f"key directory: {len(entries)} clients, fewer than the threshold "
                                       f"{p.threshold}")
@@ -192,7 +208,6 @@ class Client:
         # keep only what later steps use: a thousand clients each holding a thousand-entry
         # directory is a million live objects for the garbage collector to walk
         self._directory = {v: entries[v] for v in self._neighbours | {self.id}}
-        self._self_seed = os.urandom(SEED_BYTES)
         holders = sorted(self._neighbours | {self.id})  # we keep one share of our own secrets
         xs = [share_point(v) for v in holders]
         b_shares = split(self._self_seed, p.threshold, xs)
@@ -214,26 +229,26 @@ class Client:
         if msg.recipient != self.id:
             raise RemoteProtocolError(f"forwarded shares addressed to client {msg.recipient}, not {self.id}")
         held: dict[int, tuple[bytes, bytes]] = {}
+        refused: list[int] = []
         for sender, ciphertext in msg.shares:
             if sender not in self._neighbours:
                 raise RemoteProtocolError(f"forwarded share from client {sender}, who is not a neighbour")
-            key = self._share_keys[sender]  # the pair key is symmetric: derived once, in _on_directory
-            plain = aead.open_sealed(key, ciphertext, aead.associated_data(self.session, sender, self.id),
-                                     sender=sender)
-            if (int.from_bytes(plain[:4], "big"), int.from_bytes(plain[4:8], "big")) != (sender, self.id):
-                raise RemoteProtocolError(f"share from client {sender}: wrong sender/recipient inside")
-            b, s = plain[8 : 8 + SHARE_BYTES], plain[8 + SHARE_BYTES :]
-            Share.from_bytes(share_point(self.id), b)  # range checks: ProtocolError if malformed
-            Share.from_bytes(share_point(self.id), s)
-            held[sender] = (b, s)
-        masking_peers = sorted(held)
+            try:
+                held[sender] = self._open_share(sender, ciphertext)
+            except ProtocolError:
+                # one client's bad ciphertext must not stop the round: keep masking with it (it masks
+                # with us), hold none of its shares, and tell the server, who then does not ask us
+                # for them (its secrets are rebuilt from its other neighbours' shares, or the round
+                # aborts naming it)
+                refused.append(sender)
+        masking_peers = sorted([*held, *refused])
         own = 1 if p.own_share_counts else 0
         if len(masking_peers) + own < p.threshold:  # holders who can reveal my secrets
             raise RemoteProtocolError(f"client {self.id}: only {len(masking_peers)} neighbours shared keys"
                                       f"{' (plus my own share)' if own else ''}: fewer than the threshold "
                                       f"{p.threshold}")
         held[self.id] = self._own
-        self._held = held
+        self._held, self.refused = held, tuple(sorted(refused))
         # pairwise masks with every neighbour that shared keys (U2): they mask with us too
         masks = [(self._self_seed, 1)]
         for v in masking_peers:
@@ -243,7 +258,20 @@ class Client:
         accumulate_masks(y, masks)
         if p.bits < 32:
             np.bitwise_and(y, np.uint32((1 << p.bits) - 1), out=y)
-        return MaskedInput(self.id, self.session, y.astype("<u4", copy=False).tobytes())
+        return MaskedInput(self.id, self.session, y.astype("<u4", copy=False).tobytes(), self.refused)
+
+    def _open_share(self, sender: int, ciphertext: bytes) -> tuple[bytes, bytes]:
+        """``sender``'s two shares for us from its ciphertext; :class:`ProtocolError` if it does not
+        decrypt or holds anything but two field elements addressed from ``sender`` to us."""
+        key = self._share_keys[sender]  # the pair key is symmetric: derived once, in _on_directory
+        plain = aead.open_sealed(key, ciphertext, aead.associated_data(self.session, sender, self.id),
+                                 sender=sender)
+        if (int.from_bytes(plain[:4], "big"), int.from_bytes(plain[4:8], "big")) != (sender, self.id):
+            raise RemoteProtocolError(f"share from client {sender}: wrong sender/recipient inside")
+        b, s = plain[8 : 8 + SHARE_BYTES], plain[8 + SHARE_BYTES :]
+        Share.from_bytes(share_point(self.id), b)  # range checks: ProtocolError if malformed
+        Share.from_bytes(share_point(self.id), s)
+        return b, s
 
     def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
         self._check_session(msg.session_id)
@@ -287,7 +315,8 @@ class Client:
                                       f"{p.threshold}: the sum would expose too few clients")
         if not (survivors | dropped) <= self._advertised:
             raise RemoteProtocolError("unmask request names clients that never advertised keys")
-        claimed = (survivors | dropped) & self._revealers(p)
+        # peers whose shares we refused: we hold nothing of theirs to reveal (the server knows)
+        claimed = (survivors | dropped) & self._revealers(p) - set(self.refused)
         if not claimed <= set(self._held):
             missing = sorted(claimed - set(self._held))
             raise RemoteProtocolError(
@@ -305,7 +334,7 @@ class Client:
                 raise RemoteProtocolError(
                     f"key directory: the advertisement of client {e.client_id} is unsigned")
             verify_signature(trusted, e.signature,
-                             advertisement_message(p, e.client_id, e.enc_key, e.mask_key),
+                             advertisement_message(p, e.client_id, e.enc_key, e.mask_key, e.commitment),
                              signer=e.client_id)
 
     def _verify_consistency(self, p: SessionParams, msg: UnmaskRequest) -> None:

@@ -58,16 +58,38 @@ def _connectivity_ok(n: int, k: int, bad: int) -> bool:
     return log_p < -(_SECURITY_BITS + 1) * _LOG2
 
 
-def _threshold(n: int, k: int, corrupt: int, survivors: int, malicious: bool) -> int | None:
-    """The threshold for degree ``k``, or ``None`` if no threshold meets both bounds."""
+@lru_cache(maxsize=1024)
+def _corrupt_bound(n: int, k: int, corrupt: int, malicious: bool) -> int:
+    """t1: the corrupt neighbours a client of a degree-``k`` graph may have, except with probability
+    2^-41 / n (``malicious``: raised so that ``2 t > k + t1``, Bell et al.'s semi-malicious bound)."""
     log_sec = -(_SECURITY_BITS + 1) * _LOG2 - math.log(n)
-    log_cor = -_CORRECTNESS_BITS * _LOG2 - math.log(n)
     # t1: smallest t with P[X > t] < 2^-41 / n, X = corrupt neighbours. tail[t] = log P[X > t].
     pmf_x = hypergeom_log_pmf(n, corrupt, k)
     tail = np.append(np.logaddexp.accumulate(pmf_x[::-1])[::-1][1:], -np.inf)
     t1 = int(np.argmax(tail < log_sec))  # tail is non-increasing and tail[k] = -inf
     if malicious:
         t1 = math.ceil((t1 + k - 1.25) / 2)
+    return t1
+
+
+def secure_threshold(n: int, degree: int, corrupt: int, malicious: bool = False) -> int:
+    """The smallest Shamir threshold at which ``corrupt`` of ``n`` clients colluding with the server
+    reach a client's secrets on a ``degree``-regular SecAgg+ graph with probability below the finder's
+    2^-40 over the whole session (and, ``malicious``, cannot complete both kinds of a client's shares
+    through a split request). On the full graph: ``corrupt + 1``, and in malicious mode
+    ``floor((n + corrupt) / 2) + 1``."""
+    n = check_int("n", n, minimum=2)
+    degree = check_int("degree", degree, minimum=1, maximum=n - 1)
+    corrupt = check_int("corrupt", corrupt, minimum=0, maximum=n - 1)
+    if degree == n - 1:
+        return (n + corrupt) // 2 + 1 if malicious else corrupt + 1
+    return max(_corrupt_bound(n, degree, corrupt, bool(malicious)) + 1, 2)
+
+
+def _threshold(n: int, k: int, corrupt: int, survivors: int, malicious: bool) -> int | None:
+    """The threshold for degree ``k``, or ``None`` if no threshold meets both bounds."""
+    log_cor = -_CORRECTNESS_BITS * _LOG2 - math.log(n)
+    t1 = _corrupt_bound(n, k, corrupt, malicious)
     # t2: smallest t with P[Z <= t] >= 2^-20 / n, Z = surviving neighbours
     cdf = np.logaddexp.accumulate(hypergeom_log_pmf(n, survivors, k))
     reached = np.flatnonzero(cdf >= log_cor)

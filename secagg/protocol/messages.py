@@ -3,11 +3,11 @@
 Flow (Bonawitz et al. 2017, with the SecAgg+ graph of Bell et al. 2020)::
 
     server -> all invited   Setup(params)
-    client -> server        AdvertiseKeys(enc_key, mask_key)                    stage ADVERTISE_KEYS
+    client -> server        AdvertiseKeys(enc_key, mask_key, commitment to b_u)  stage ADVERTISE_KEYS
     server -> U1            KeyDirectory(every advertised key)
     client -> server        ShareKeys(one AEAD ciphertext per neighbour)         stage SHARE_KEYS
     server -> each in U2    ForwardedShares(the ciphertexts addressed to it)
-    client -> server        MaskedInput(x + PRG(b_u) + sum +-PRG(s_uv))          stage MASKED_INPUT
+    client -> server        MaskedInput(x + PRG(b_u) + sum +-PRG(s_uv), refused) stage MASKED_INPUT
    [server -> U3            ConsistencyRequest(survivors U3, dropped U2 \\ U3)     malicious mode only
     client -> server        ConsistencySignature(sig over the sets)             stage CONSISTENCY_CHECK]
     server -> U3 (or U4)    UnmaskRequest(survivors U3, dropped U2 \\ U3[, >= t signatures])
@@ -25,6 +25,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from secagg.errors import ConfigError
+from secagg.protocol.finder import secure_threshold
 from secagg.protocol.graph import check_degree
 from secagg.validation import check_int
 
@@ -32,6 +33,8 @@ MAX_CLIENTS = 1 << 20
 MAX_ID = (1 << 32) - 2  # Shamir evaluation point id + 1 must stay below 2^32
 MAX_VECTOR_LENGTH = 1 << 28
 MODEL_VERSION_MAX_BYTES = 64
+NONCE_BYTES = 32
+COMMITMENT_BYTES = 32
 
 
 class Stage(IntEnum):
@@ -54,13 +57,19 @@ class SessionParams:
     ``degree``: k of the Harary graph; ``len(client_ids) - 1`` means the full graph (classic SecAgg).
     ``vector_length``: d, uint32 words per input. ``bits``: the ring is Z_(2^bits).
     ``round`` and ``model_version`` are bound into the session id, so a client given another model
-    or round computes other seeds and cannot be combined with the rest.
+    or round computes other seeds and cannot be combined with the rest. ``nonce``: 32 bytes of fresh
+    server randomness for this session (:class:`~secagg.protocol.server.Server` draws them when the
+    parameters come without); every advertisement is bound to it, so an advertisement from an
+    earlier session with otherwise equal parameters verifies nowhere. Clients refuse a session
+    without one.
     ``malicious``: the active-security mode of Bonawitz et al.: signed key advertisements and a
     ConsistencyCheck round. ``corrupt``: how many clients may collude with the server; in malicious
     mode the threshold must exceed ``(n + corrupt) / 2`` on the full graph (so two different survivor
     sets can never both collect t signatures), and on a SecAgg+ graph a strict majority of the
-    ``degree`` neighbours, whose shares alone count there (use ``secaggplus_parameters(...,
-    malicious=True)`` for its exact value, which also covers the corrupt neighbours).
+    ``degree`` neighbours, whose shares alone count there, and at least
+    :func:`~secagg.protocol.finder.secure_threshold` for the claimed ``corrupt`` (the corrupt
+    neighbours of a client stay below it except with probability 2^-40, the finder's bound; use
+    ``secaggplus_parameters(..., malicious=True)`` for its exact value).
     """
 
     round: int
@@ -72,6 +81,7 @@ class SessionParams:
     bits: int = 32
     malicious: bool = False
     corrupt: int = 0
+    nonce: bytes = b""
 
     def __post_init__(self) -> None:
         check_int("round", self.round, minimum=0, maximum=(1 << 32) - 1)
@@ -96,6 +106,9 @@ class SessionParams:
         if not isinstance(self.malicious, bool):
             raise ConfigError(f"malicious: must be true or false, got {self.malicious!r}")
         check_int("corrupt", self.corrupt, minimum=0, maximum=n - 1)
+        if not isinstance(self.nonce, bytes) or len(self.nonce) not in (0, NONCE_BYTES):
+            raise ConfigError(f"nonce: must be {NONCE_BYTES} bytes of fresh randomness (or empty before the "
+                              f"server draws it), got {self.nonce!r:.40}")
         if self.malicious:
             if self.full_graph and 2 * self.threshold <= n + self.corrupt:
                 raise ConfigError(f"threshold: malicious mode needs t > (n + corrupt) / 2 = "
@@ -106,6 +119,16 @@ class SessionParams:
                                   f"degree ({self.degree / 2:g} < t <= {self.degree}; a client's own share "
                                   f"does not count), got t={self.threshold}; "
                                   f"use secaggplus_parameters(..., malicious=True)")
+            if not self.full_graph and self.corrupt:
+                need = secure_threshold(n, self.degree, self.corrupt, malicious=True)
+                if self.threshold < need:
+                    fix = (f"raise the threshold to >= {need}" if need <= self.degree
+                           else "no threshold <= degree is enough: raise the degree")
+                    raise ConfigError(
+                        f"threshold: t={self.threshold} on a SecAgg+ graph of degree {self.degree} and {n} "
+                        f"clients lets corrupt={self.corrupt} colluding clients reach a client's secrets "
+                        f"(or both kinds of its shares) with probability above 2^-40, the parameter "
+                        f"finder's bound; {fix}, or use secaggplus_parameters(..., malicious=True)")
 
     @property
     def num_clients(self) -> int:
@@ -128,7 +151,8 @@ class SessionParams:
 
 
 class KeyEntry(NamedTuple):
-    """One client's advertised keys (``signature`` is empty unless the malicious-server mode is on).
+    """One client's advertised keys (``signature`` is empty unless the malicious-server mode is on)
+    and its ``commitment`` to its self-mask seed (:func:`~secagg.protocol.session.seed_commitment`).
 
     A named tuple, not a dataclass: a 1000-client directory builds a thousand of these per client.
     """
@@ -137,6 +161,7 @@ class KeyEntry(NamedTuple):
     enc_key: bytes
     mask_key: bytes
     signature: bytes = b""
+    commitment: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -146,10 +171,15 @@ class Setup:
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
+    """A client's two fresh public keys, its ``commitment`` to its self-mask seed b_u (so that the
+    server can check the b_u it rebuilds from shares), and in malicious mode its ``signature`` over
+    all of them and the session parameters."""
+
     sender: int
     enc_key: bytes
     mask_key: bytes
     signature: bytes = b""
+    commitment: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -177,11 +207,14 @@ class ForwardedShares:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """``vector``: the masked input, ``vector_length`` little-endian uint32 words reduced mod 2^bits."""
+    """``vector``: the masked input, ``vector_length`` little-endian uint32 words reduced mod 2^bits.
+    ``refused``: the neighbours whose forwarded shares did not decrypt or were malformed: the sender
+    still masks with them but holds none of their shares (it reports them instead of aborting)."""
 
     sender: int
     session_id: bytes
     vector: bytes
+    refused: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ The server learns ``sum(x_u for u in U3) mod 2^bits`` and nothing else about ind
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Mapping
 from enum import Enum
 
@@ -23,6 +25,8 @@ from secagg.crypto.shamir import Share, reconstruct
 from secagg.errors import AbortError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from secagg.protocol.graph import neighbours
 from secagg.protocol.messages import (
+    COMMITMENT_BYTES,
+    NONCE_BYTES,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -43,6 +47,7 @@ from secagg.protocol.session import (
     consistency_message,
     mask_seed,
     mask_sign,
+    seed_commitment,
     session_id,
     share_point,
 )
@@ -88,6 +93,8 @@ class Server:
     """
 
     def __init__(self, params: SessionParams, registry: Mapping[int, bytes] | None = None) -> None:
+        if not params.nonce:  # fresh per session: binds every advertisement to this session alone
+            params = dataclasses.replace(params, nonce=os.urandom(NONCE_BYTES))
         self.params = params
         self.registry = dict(registry) if registry is not None else None
         self.consistency: dict[int, bytes] = {}
@@ -98,6 +105,9 @@ class Server:
         self.shares: dict[int, ShareKeys] = {}
         self.masked: set[int] = set()
         self.responses: dict[int, UnmaskResponse] = {}
+        #: survivor -> the neighbours whose shares it refused (did not decrypt or were malformed): the
+        #: operator's report of who sent bad shares (or of who claims so)
+        self.refused: dict[int, tuple[int, ...]] = {}
         self._graph: dict[int, frozenset[int]] = {}
         self._sum = np.zeros(params.vector_length, dtype=np.uint32)
         self.survivors: tuple[int, ...] = ()
@@ -206,8 +216,11 @@ class Server:
                 if trusted is None:
                     raise RemoteProtocolError(f"server: client {msg.sender} is not in the trusted registry")
                 verify_signature(trusted, msg.signature,
-                                 advertisement_message(self.params, msg.sender, msg.enc_key, msg.mask_key),
+                                 advertisement_message(self.params, msg.sender, msg.enc_key, msg.mask_key,
+                                                       msg.commitment),
                                  signer=msg.sender)
+        if len(msg.commitment) != COMMITMENT_BYTES:
+            raise RemoteProtocolError(f"server: client {msg.sender} advertised no self-mask seed commitment")
         if msg.enc_key == msg.mask_key:
             raise RemoteProtocolError(f"server: client {msg.sender} advertised the same key twice")
         seen = {k for a in self.keys.values() for k in (a.enc_key, a.mask_key)}
@@ -234,8 +247,15 @@ class Server:
         if self.params.bits < 32 and int(y.max()) >> self.params.bits:
             raise RemoteProtocolError(f"server: masked input of client {msg.sender} has words "
                                       f">= 2^{self.params.bits}")
+        refused = set(msg.refused)
+        if not refused <= self._graph[msg.sender] & set(self.shares):
+            raise RemoteProtocolError(f"server: client {msg.sender} reports refused shares from "
+                                      f"{sorted(refused - (self._graph[msg.sender] & set(self.shares)))}, "
+                                      f"who sent it none")
         np.add(self._sum, y, out=self._sum)  # wraps mod 2^32; reduced mod 2^bits at the end
         self.masked.add(msg.sender)
+        if refused:
+            self.refused[msg.sender] = tuple(sorted(refused))
 
     def _receive_ConsistencySignature(self, msg: ConsistencySignature) -> None:
         if self.registry is not None:
@@ -246,6 +266,7 @@ class Server:
 
     def _receive_UnmaskResponse(self, msg: UnmaskResponse) -> None:
         holders = self._graph[msg.sender] | ({msg.sender} if self.params.own_share_counts else set())
+        holders -= set(self.refused.get(msg.sender, ()))  # it holds none of those peers' shares
         want_b = holders & set(self.survivors)
         want_s = holders & set(self.dropped)
         if {v for v, _ in msg.self_mask_shares} != want_b or len(msg.self_mask_shares) != len(want_b):
@@ -268,7 +289,8 @@ class Server:
 
     def _after_keys(self) -> Outgoing:
         self._need(len(self.keys), "advertised keys")
-        entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature) for u, a in sorted(self.keys.items()))
+        entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature, a.commitment)
+                        for u, a in sorted(self.keys.items()))
         self.session = session_id(self.params, entries)
         self._graph = neighbours(self.session, sorted(self.keys), self.params.degree)
         directory = KeyDirectory(entries)
@@ -314,16 +336,20 @@ class Server:
         """``owner``'s secret from the returned shares; :class:`AbortError` if too few or inconsistent.
 
         With more than ``t`` shares, a second, different subset of ``t`` must give the same secret,
-        so one wrong share among them is caught instead of silently corrupting the sum. (With exactly
-        ``t`` shares a wrong one cannot be detected here; mask keys are also checked against the
-        advertised public key.)
+        so one wrong share among them is caught instead of silently corrupting the sum. Every rebuilt
+        secret is also checked against what its owner advertised (the self-mask seed against its
+        commitment, the mask key against its public key), so with exactly ``t`` shares too a wrong
+        share aborts the round instead of corrupting the sum.
         """
         what = "self-mask seed" if kind == "b" else "mask key"
         found = index.get((kind, owner), [])
         t = self.params.threshold
         if len(found) < t:
+            refusers = sorted(r for r, peers in self.refused.items() if owner in peers)
+            why = (f" ({len(refusers)} neighbour(s) refused its shares as undecryptable or malformed: "
+                   f"{refusers[:10]})" if refusers else "")
             raise AbortError(f"only {len(found)} shares of client {owner}'s {what} came back, fewer than "
-                             f"the threshold t={t}: round aborted")
+                             f"the threshold t={t}{why}: round aborted")
         shares = [Share.from_bytes(share_point(responder), data) for responder, data in found]
         try:
             secret = reconstruct(shares[:t], t)
@@ -339,7 +365,11 @@ class Server:
         index = self._index_shares()
         masks: list[tuple[bytes, int]] = []
         for u in self.survivors:
-            masks.append((self._recover(index, u, "b"), -1))
+            seed = self._recover(index, u, "b")
+            if seed_commitment(self.params, u, seed) != self.keys[u].commitment:
+                raise AbortError(f"the reconstructed self-mask seed of client {u} does not match its "
+                                 f"commitment: some share was wrong; round aborted")
+            masks.append((seed, -1))
         survivors = set(self.survivors)
         for v in self.dropped:
             raw = self._recover(index, v, "s")

@@ -14,8 +14,8 @@ _SESSION_LABEL = b"secagg/v1/session-id"
 
 
 def session_id(params: SessionParams, directory: tuple[KeyEntry, ...]) -> bytes:
-    """SHA-256 over every parameter (round, model version, ids, t, k, d, bits, malicious, corrupt) and
-    every advertised key.
+    """SHA-256 over every parameter (round, model version, ids, t, k, d, bits, malicious, corrupt,
+    nonce) and every advertised key and seed commitment.
 
     Any difference in what two clients were told (another model, another key set) gives another id,
     hence other seeds and keys: such clients cannot be combined, and the round fails loudly.
@@ -26,6 +26,7 @@ def session_id(params: SessionParams, directory: tuple[KeyEntry, ...]) -> bytes:
     h.update(np.asarray([e.client_id for e in directory], dtype=">u4").tobytes())
     h.update(b"".join([e.enc_key for e in directory]))
     h.update(b"".join([e.mask_key for e in directory]))
+    h.update(b"".join([e.commitment for e in directory]))
     return h.digest()
 
 
@@ -49,17 +50,31 @@ def share_point(client_id: int) -> int:
     return client_id + 1
 
 
-_ADVERTISE_LABEL = b"secagg/v1/advertise"
+_ADVERTISE_LABEL = b"secagg/v2/advertise"
 _CONSISTENCY_LABEL = b"secagg/v1/consistency"
+_COMMITMENT_LABEL = b"secagg/v2/self-mask-seed-commitment"
 
 
-def advertisement_message(params: SessionParams, client_id: int, enc_key: bytes, mask_key: bytes) -> bytes:
-    """What a client signs in malicious mode: its keys bound to this session's parameters.
+def seed_commitment(params: SessionParams, client_id: int, seed: bytes) -> bytes:
+    """A client's commitment to its self-mask seed b_u: SHA-256 over a label, the session parameters
+    (nonce included), its id and b_u. Binding (collision resistance), and hiding because b_u is 32
+    fresh random bytes; the server checks the b_u it rebuilds from shares against it, so a wrong
+    share can never turn into a wrong sum."""
+    return hashlib.sha256(_COMMITMENT_LABEL + encode_params(params) + client_id.to_bytes(4, "big")
+                          + seed).digest()
 
-    The parameters include the round and model version, so an advertisement replayed from another
-    session, or made for another model (Pasquini et al. 2022), fails verification everywhere.
+
+def advertisement_message(params: SessionParams, client_id: int, enc_key: bytes, mask_key: bytes,
+                          commitment: bytes = b"") -> bytes:
+    """What a client signs in malicious mode: its keys and seed commitment bound to this session's
+    parameters.
+
+    The parameters include the round, the model version and the server's fresh nonce, so an
+    advertisement replayed from another session, or made for another model (Pasquini et al. 2022),
+    fails verification everywhere.
     """
-    return (_ADVERTISE_LABEL + encode_params(params) + client_id.to_bytes(4, "big") + enc_key + mask_key)
+    return (_ADVERTISE_LABEL + encode_params(params) + client_id.to_bytes(4, "big") + enc_key + mask_key
+            + commitment)
 
 
 def consistency_message(sid: bytes, survivors: tuple[int, ...], dropped: tuple[int, ...]) -> bytes:

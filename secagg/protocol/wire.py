@@ -24,10 +24,12 @@ from secagg.crypto.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from secagg.crypto.shamir import SHARE_BYTES
 from secagg.errors import ConfigError, WireError
 from secagg.protocol.messages import (
+    COMMITMENT_BYTES,
     MAX_CLIENTS,
     MAX_ID,
     MAX_VECTOR_LENGTH,
     MODEL_VERSION_MAX_BYTES,
+    NONCE_BYTES,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -44,7 +46,7 @@ from secagg.protocol.messages import (
 )
 
 MAGIC = 0x5EC6
-VERSION = 1
+VERSION = 2  # 2: the session nonce, the self-mask seed commitments, MaskedInput.refused
 SESSION_ID_BYTES = 32
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_BYTES
 SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + OVERHEAD
@@ -83,11 +85,18 @@ def _bytes(exact: int | None = None, maximum: int | None = None) -> Reader:
     return read
 
 
-def _signature(v: Any, field: str) -> bytes:
-    b = _bytes(maximum=SIGNATURE_BYTES)(v, field)
-    if len(b) not in (0, SIGNATURE_BYTES):
-        raise _fail(field, f"expected 0 or {SIGNATURE_BYTES} bytes, got {len(b)}")
-    return b
+def _empty_or(size: int) -> Reader:
+    """Bytes of exactly ``size``, or none (a field that only some sessions or stages fill)."""
+    def read(v: Any, field: str) -> bytes:
+        b = _bytes(maximum=size)(v, field)
+        if len(b) not in (0, size):
+            raise _fail(field, f"expected 0 or {size} bytes, got {len(b)}")
+        return b
+    return read
+
+
+_signature = _empty_or(SIGNATURE_BYTES)
+_commitment = _empty_or(COMMITMENT_BYTES)
 
 
 def _list(v: Any, field: str, limit: int = MAX_CLIENTS) -> list | tuple:
@@ -148,8 +157,8 @@ def _flag(v: Any, field: str) -> bool:
 
 
 def _params(v: Any, field: str) -> SessionParams:
-    if not isinstance(v, list) or len(v) != 9:
-        raise _fail(field, "expected 9 fields")
+    if not isinstance(v, list) or len(v) != 10:
+        raise _fail(field, "expected 10 fields")
     try:
         return SessionParams(
             round=_uint((1 << 32) - 1)(v[0], f"{field}.round"),
@@ -160,15 +169,17 @@ def _params(v: Any, field: str) -> SessionParams:
             vector_length=_uint(MAX_VECTOR_LENGTH)(v[5], f"{field}.vector_length"),
             bits=_uint(32)(v[6], f"{field}.bits"),
             malicious=_flag(v[7], f"{field}.malicious"),
-            corrupt=_uint(MAX_CLIENTS)(v[8], f"{field}.corrupt"))
+            corrupt=_uint(MAX_CLIENTS)(v[8], f"{field}.corrupt"),
+            nonce=_empty_or(NONCE_BYTES)(v[9], f"{field}.nonce"))
     except ConfigError as exc:
         raise _fail(field, str(exc)) from exc
 
 
 def _entries(v: Any, field: str) -> tuple[KeyEntry, ...]:
-    """Four packed columns: ids, 32-byte enc keys, 32-byte mask keys, 64-byte signatures or none."""
-    if not isinstance(v, list) or len(v) != 4:
-        raise _fail(field, "expected [ids, enc_keys, mask_keys, signatures]")
+    """Five packed columns: ids, 32-byte enc keys, 32-byte mask keys, 64-byte signatures or none,
+    32-byte seed commitments or none."""
+    if not isinstance(v, list) or len(v) != 5:
+        raise _fail(field, "expected [ids, enc_keys, mask_keys, signatures, commitments]")
     ids = _ids(v[0], f"{field}.client_ids")
     n, k = len(ids), PUBLIC_KEY_BYTES
     enc = _bytes(k * n)(v[1], f"{field}.enc_keys")
@@ -176,10 +187,15 @@ def _entries(v: Any, field: str) -> tuple[KeyEntry, ...]:
     sigs = _bytes(maximum=SIGNATURE_BYTES * n)(v[3], f"{field}.signatures")
     if len(sigs) not in (0, SIGNATURE_BYTES * n):
         raise _fail(f"{field}.signatures", f"expected 0 or {SIGNATURE_BYTES * n} bytes, got {len(sigs)}")
+    c = COMMITMENT_BYTES
+    commits = _bytes(maximum=c * n)(v[4], f"{field}.commitments")
+    if len(commits) not in (0, c * n):
+        raise _fail(f"{field}.commitments", f"expected 0 or {c * n} bytes, got {len(commits)}")
     s = SIGNATURE_BYTES
     columns = zip(ids, [enc[i : i + k] for i in range(0, k * n, k)],
                   [mask[i : i + k] for i in range(0, k * n, k)],
-                  [sigs[i : i + s] for i in range(0, s * n, s)] if sigs else [b""] * n, strict=True)
+                  [sigs[i : i + s] for i in range(0, s * n, s)] if sigs else [b""] * n,
+                  [commits[i : i + c] for i in range(0, c * n, c)] if commits else [b""] * n, strict=True)
     return tuple([_new_tuple(KeyEntry, c) for c in columns])  # KeyEntry(*c), without __new__'s overhead
 
 
@@ -189,8 +205,11 @@ _new_tuple = tuple.__new__
 def _pack_entries(entries: tuple[KeyEntry, ...]) -> list[bytes]:
     if len({len(e.signature) for e in entries}) > 1:
         raise WireError("KeyDirectory.entries: either every entry is signed or none is")
+    if len({len(e.commitment) for e in entries}) > 1:
+        raise WireError("KeyDirectory.entries: either every entry carries a commitment or none does")
     return [_pack_ids(tuple(e.client_id for e in entries)), b"".join(e.enc_key for e in entries),
-            b"".join(e.mask_key for e in entries), b"".join(e.signature for e in entries)]
+            b"".join(e.mask_key for e in entries), b"".join(e.signature for e in entries),
+            b"".join(e.commitment for e in entries)]
 
 
 def _vector(v: Any, field: str) -> bytes:
@@ -207,13 +226,13 @@ _key = _bytes(PUBLIC_KEY_BYTES)
 _SCHEMAS: dict[int, tuple[type, list[tuple[str, Reader]]]] = {
     1: (Setup, [("params", _params)]),
     2: (AdvertiseKeys, [("sender", _id), ("enc_key", _key), ("mask_key", _key),
-                        ("signature", _signature)]),
+                        ("signature", _signature), ("commitment", _commitment)]),
     3: (KeyDirectory, [("entries", _entries)]),
     4: (ShareKeys, [("sender", _id), ("session_id", _session),
                     ("shares", _pairs(SHARE_CIPHERTEXT_BYTES))]),
     5: (ForwardedShares, [("recipient", _id), ("session_id", _session),
                           ("shares", _pairs(SHARE_CIPHERTEXT_BYTES))]),
-    6: (MaskedInput, [("sender", _id), ("session_id", _session), ("vector", _vector)]),
+    6: (MaskedInput, [("sender", _id), ("session_id", _session), ("vector", _vector), ("refused", _ids)]),
     7: (UnmaskRequest, [("session_id", _session), ("survivors", _ids), ("dropped", _ids),
                         ("signatures", _pairs(SIGNATURE_BYTES))]),
     8: (UnmaskResponse, [("sender", _id), ("session_id", _session),
@@ -227,10 +246,10 @@ _CODES = {cls: code for code, (cls, _) in _SCHEMAS.items()}
 
 
 def _plain(value: Any) -> Any:
-    """Session parameters as their 9-field array; anything else as is (msgpack packs tuples as arrays)."""
+    """Session parameters as their 10-field array; anything else as is (msgpack packs tuples as arrays)."""
     if isinstance(value, SessionParams):
         return [value.round, value.model_version, _pack_ids(value.client_ids), value.threshold,
-                value.degree, value.vector_length, value.bits, value.malicious, value.corrupt]
+                value.degree, value.vector_length, value.bits, value.malicious, value.corrupt, value.nonce]
     return value
 
 
@@ -241,6 +260,7 @@ _WRITERS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (UnmaskRequest, "dropped"): _pack_ids,
     (ConsistencyRequest, "survivors"): _pack_ids,
     (ConsistencyRequest, "dropped"): _pack_ids,
+    (MaskedInput, "refused"): _pack_ids,
 }
 
 
