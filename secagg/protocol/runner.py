@@ -69,6 +69,8 @@ class SessionReport:
     dropped: tuple[int, ...] = ()
     client_aborts: dict[int, str] = field(default_factory=dict)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    #: the server's report: survivor -> the neighbours whose shares it refused (bad ciphertexts)
+    refused: dict[int, tuple[int, ...]] = field(default_factory=dict)
     bytes_sent: dict[int, int] = field(default_factory=dict)
     bytes_received: dict[int, int] = field(default_factory=dict)
     server_bytes_sent: int = 0
@@ -171,4 +173,5 @@ def run_session(params: SessionParams, inputs: Mapping[int, np.ndarray], *,
         deliver(server_step(server.advance))
     report.result = server.result
     report.survivors, report.dropped = server.survivors, server.dropped
+    report.params, report.refused = server.params, dict(server.refused)  # (with the server's nonce)
     return report
