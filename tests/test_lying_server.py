@@ -263,8 +263,9 @@ def test_lie_forward_share_to_wrong_client_is_detected():
     to_1 = dict(forwarded[1].shares)[VICTIM]
     lie = dataclasses.replace(forwarded[2], shares=tuple((v, to_1 if v == VICTIM else c)
                                                          for v, c in forwarded[2].shares))
-    with pytest.raises(ProtocolError, match="fails authentication"):
-        s.clients[2].handle(wire(lie))
+    reply = s.clients[2].handle(wire(lie))  # refused and reported, never opened as another's share
+    assert reply.refused == (VICTIM,) and s.clients[2].refused == (VICTIM,)
+    assert VICTIM not in s.clients[2]._held
 
 
 def test_lie_model_inconsistency_fails_loudly():

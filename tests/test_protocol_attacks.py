@@ -31,7 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.crypto import aead
-from secagg.crypto.keys import DHKeyPair, SigningKey
+from secagg.crypto.keys import DHKeyPair, SigningKey, verify_signature
 from secagg.crypto.shamir import split
 from secagg.errors import AbortError, ConfigError, ProtocolError, WireError
 from secagg.protocol.client import Client, ClientPhase
@@ -1375,3 +1375,68 @@ def test_a_signed_advertisement_in_honest_mode_cannot_stop_the_round() -> None:
     assert any("without malicious-server mode" in reason for u, reason in report.rejected if u == victim)
     assert set(others(params, victim)) <= set(report.survivors)
     assert_exact(params, report.result, inputs, report.survivors)
+
+
+# -- a wrong share of a self-mask seed, with exactly t responses ---------------------------------------
+
+
+@pytest.mark.parametrize("degree", [None, 4], ids=["full", "secaggplus"])
+def test_one_altered_self_mask_share_among_exactly_t_aborts_instead_of_a_wrong_sum(degree) -> None:
+    """With exactly t unmask responses nothing can cross-check the shares: before the commitments, one
+    altered share of a survivor's b_u gave a wrong sum (every word off) and no error. The rebuilt b_u
+    is now checked against the commitment in its owner's advertisement."""
+    params = make_params(n=7, t=4, d=16, degree=degree)
+    inputs = make_inputs(params, 30)
+    target = params.client_ids[1]
+
+    def run(lie: bool):
+        server = Server(params)
+
+        def alter(direction: str, u: int, stage: Stage, data: bytes) -> bytes:
+            if direction != "to_server" or stage is not Stage.UNMASKING:
+                return data
+            # the target's shares come back from exactly t holders: one more is silenced, one lies
+            holders = sorted(server._graph[target] - {target})
+            silenced, liar = holders[-(len(holders) + 1 - params.threshold):], holders[0]
+            if u in silenced:
+                return b""  # refused by the server: as if it never answered
+            if lie and u == liar:
+                msg = decode(data)
+                shares = tuple((v, flip_bit(share, 31) if v == target else share)
+                               for v, share in msg.self_mask_shares)
+                return encode(dataclasses.replace(msg, self_mask_shares=shares))
+            return data
+        return run_session(params, inputs, tamper=alter, server=server)
+
+    honest = run(lie=False)  # the same round without the lie: exact
+    assert_exact(params, honest.result, inputs, honest.survivors)
+    with pytest.raises(AbortError, match=f"self-mask seed of client {target} does not match its commitment"):
+        run(lie=True)
+
+
+def test_an_advertisement_from_an_earlier_session_with_the_same_parameters_does_not_verify() -> None:
+    """Two sessions with equal round, model and clients differ in the server's fresh nonce: a signed
+    advertisement of the first is refused in the second (by an honest server and by every client)."""
+    from secagg.protocol.session import advertisement_message
+
+    params = dataclasses.replace(make_params(n=5, t=4, malicious=True), nonce=b"")
+    keys = {u: SigningKey.generate() for u in params.client_ids}
+    registry = {u: k.public for u, k in keys.items()}
+    first, second = Server(params, registry), Server(params, registry)
+    assert len(first.params.nonce) == 32 and first.params.nonce != second.params.nonce
+    victim = params.client_ids[0]
+    (_, setup), *_ = first.start()
+    old = Client(victim, np.zeros(8, np.uint32), identity=keys[victim], registry=registry).handle(wire(setup))
+    second.start()
+    with pytest.raises(ProtocolError, match="signature"):
+        second.receive(wire(old), sender=victim)
+    new_message = advertisement_message(second.params, victim, old.enc_key, old.mask_key, old.commitment)
+    with pytest.raises(ProtocolError):
+        verify_signature(registry[victim], old.signature, new_message, signer=victim)
+
+
+def test_a_client_refuses_a_session_without_a_nonce() -> None:
+    params = dataclasses.replace(make_params(), nonce=b"")
+    client = Client(params.client_ids[0], np.zeros(8, np.uint32))
+    with pytest.raises(ProtocolError, match="no fresh server nonce"):
+        client.handle(wire(Setup(params)))
