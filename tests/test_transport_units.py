@@ -11,6 +11,7 @@ aborts), and every refused submission leaves the state unchanged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import math
@@ -1050,7 +1051,9 @@ def test_several_sessions_run_side_by_side_each_giving_its_groups_exact_sum() ->
     fleet.silent[5] = Stage.MASKED_INPUT
     outcome, _ = fleet.run(0.0)
     assert outcome.aborted is None and len(outcome.sums) == 2
-    assert [one.params for one in outcome.sums] == params
+    # each session's parameters, with the nonce its server drew (fresh for each)
+    assert [dataclasses.replace(one.params, nonce=b"") for one in outcome.sums] == params
+    assert len({one.params.nonce for one in outcome.sums}) == 2
     assert outcome.sums[0].survivors == (0, 2, 4) and outcome.sums[1].survivors == (1, 3)
     assert outcome.dropped == (5,) and outcome.survivors == (0, 1, 2, 3, 4)
     for one in outcome.sums:
