@@ -150,3 +150,20 @@ def test_the_recorded_session_replays_byte_for_byte_into_a_fresh_server(doc):
     assert list(server.survivors) == t["survivors"] and list(server.dropped) == t["dropped"]
     want = sum(np.asarray(t["inputs"][str(u)], dtype=np.uint64) for u in t["survivors"]) % (1 << params.bits)
     assert want.tolist() == t["sum"]
+
+
+def test_the_ring_follows_the_written_specification():
+    """Section 4: keys = the first 8m keystream bytes under the graph seed as little-endian uint64, the
+    i-th smallest id taking word i; stable sort by key; k/2 neighbours on each side."""
+    from secagg.protocol.graph import neighbours
+
+    sid = hashlib.sha256(b"any session").digest()
+    members, k = [2, 3, 5, 8, 13, 21, 34, 55, 89], 4
+    seed = _hkdf(sid, b"", b"secagg/v1/graph-permutation")
+    ctr = Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor()
+    stream = ctr.update(bytes(8 * len(members)))
+    keys = np.frombuffer(stream, dtype="<u8")
+    ring = [members[i] for i in np.argsort(keys, kind="stable")]
+    m = len(ring)
+    want = {u: frozenset(ring[(ring.index(u) + j) % m] for j in (-2, -1, 1, 2)) for u in members}
+    assert neighbours(sid, members, k) == want
