@@ -320,6 +320,12 @@ class ServerRound:
         return tuple(sorted(u for server in self._servers for u in server.dropped))
 
     @property
+    def refused(self) -> dict[int, tuple[int, ...]]:
+        """Secure mode: client -> the neighbours whose shares it refused as undecryptable or malformed
+        (reported in its masked input): who sent bad shares, or who claims so."""
+        return {u: peers for server in self._servers for u, peers in server.refused.items()}
+
+    @property
     def sums(self) -> list[SessionSum]:
         """Secure mode, once done: every session's unmasked sum, in session order."""
         if not self.done:

@@ -357,3 +357,28 @@ def test_stage_and_quorum_tell_a_transport_when_it_may_stop_waiting():
     assert plain.advance() == {} and plain.done and plain.stage is None
     with pytest.raises(ProtocolError, match="round 1 is closed"):
         plain.receive(0, b"")
+
+
+def test_a_refused_share_is_reported_by_the_round_and_the_sum_stays_exact():
+    """A share ciphertext that does not decrypt (here: flipped in transit) no longer stops its
+    recipient: the round reports who refused whose shares, and the mean covers everybody."""
+    from secagg.protocol.messages import ForwardedShares
+    from secagg.protocol.wire import decode, encode
+
+    pipeline = Pipeline(SecureSum(value_range=4.0, weighted=False), 6)
+    updates = np.clip(_updates(5, 6, 40), -4, 4)
+    server = pipeline.server(3, tuple(range(5)), weight_bound=1.0)
+    clients = {u: pipeline.client(u, updates[u], 1) for u in range(5)}
+    outgoing = server.start()
+    while outgoing:
+        for u, data in outgoing.items():
+            message = decode(data) if server.stage is not None and server.stage > 0 else None
+            if isinstance(message, ForwardedShares) and u == 2:  # one ciphertext to client 2 is damaged
+                (sender, ct), *rest = message.shares
+                damaged = bytes([ct[0] ^ 1]) + ct[1:]
+                data = encode(ForwardedShares(u, message.session_id, ((sender, damaged), *rest)))
+            server.receive(u, clients[u].handle(data))
+        outgoing = server.advance()
+    assert list(server.refused) == [2] and len(server.refused[2]) == 1
+    assert server.survivors == tuple(range(5))
+    assert np.allclose(server.finish({}).update.double().numpy(), updates.mean(axis=0), atol=1e-4)

@@ -137,6 +137,9 @@ class NetworkSource:
         layout = fedavg.layout
         if self.pipeline.mode == "secure":
             self._audit_sum(outcome)
+            for u, peers in sorted(outcome.server.refused.items()):
+                log.warning("round %d: client %d refused the shares of %s (undecryptable or malformed)",
+                            outcome.round, u, list(peers))
             # each session's reading of its sum (and the buckets' robust rule), then the server's part of
             # the client steps
             agg = outcome.server.finish(state.aggregator_state, layout)
@@ -183,6 +186,9 @@ class NetworkSource:
         np.save(audit / f"round-{outcome.round}-sum.npy", sums, allow_pickle=False)
         meta = {"invited": list(outcome.invited), "survivors": list(outcome.survivors),
                 "dropped": list(outcome.dropped)}
+        refused = outcome.server.refused if outcome.server is not None else {}
+        if refused:  # who reported whose shares as undecryptable: the operator's lead on a bad client
+            meta["refused"] = {str(u): list(peers) for u, peers in sorted(refused.items())}
         if len(outcome.sums) > 1:
             meta["groups"] = [list(one.params.client_ids) for one in outcome.sums]
             meta["group_survivors"] = [list(one.survivors) for one in outcome.sums]
