@@ -1440,3 +1440,42 @@ def test_a_client_refuses_a_session_without_a_nonce() -> None:
     client = Client(params.client_ids[0], np.zeros(8, np.uint32))
     with pytest.raises(ProtocolError, match="no fresh server nonce"):
         client.handle(wire(Setup(params)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(5, 9), st.booleans(), st.data())
+def test_any_set_of_damaged_share_ciphertexts_gives_the_exact_sum_or_an_abort_naming_a_sender(
+        n: int, sparse: bool, data: st.DataObject) -> None:
+    """Whatever set of (sender, recipient) share ciphertexts is damaged in transit, nobody aborts over it:
+    each recipient reports exactly the senders it could not open, and the round gives the exact sum
+    of the survivors, or aborts because some sender's secret lost too many holders (named)."""
+    degree = 4 if sparse and n > 5 else n - 1
+    t = data.draw(st.integers(2, degree), label="t")
+    params = make_params(n=n, t=t, d=8, degree=degree)
+    inputs = make_inputs(params, data.draw(st.integers(0, 2**16), label="seed"))
+    ids = params.client_ids
+    damaged = data.draw(st.sets(st.tuples(st.sampled_from(ids), st.sampled_from(ids)).filter(
+        lambda p: p[0] != p[1]), max_size=2 * n), label="damaged (sender, recipient)")
+
+    def tamper(direction: str, u: int, stage: Stage, payload: bytes) -> bytes:
+        if direction == "to_client" and stage is Stage.MASKED_INPUT:
+            msg = decode(payload)
+            shares = tuple((s, flip_bit(ct, 40) if (s, u) in damaged else ct) for s, ct in msg.shares)
+            return encode(dataclasses.replace(msg, shares=shares))
+        return payload
+
+    try:
+        report = run_session(params, inputs, tamper=tamper)
+    except AbortError as exc:
+        assert "refused its shares" in str(exc), str(exc)
+        return
+    assert report.client_aborts == {} and report.rejected == []
+    for recipient, senders in report.refused.items():
+        assert all((s, recipient) in damaged for s in senders)
+    if degree == n - 1:  # every pair exchanges shares: every damaged one is reported, nothing else
+        want: dict[int, list[int]] = {}
+        for s, r in sorted(damaged):
+            want.setdefault(r, []).append(s)
+        assert report.refused == {r: tuple(v) for r, v in want.items()}
+    assert report.survivors == ids
+    assert_exact(params, report.result, inputs, report.survivors)
