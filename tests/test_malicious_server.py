@@ -58,7 +58,7 @@ from secagg.crypto.shamir import Share, reconstruct
 from secagg.errors import AbortError, ConfigError, ProtocolError, WireError
 from secagg.protocol.client import Client, ClientPhase
 from secagg.protocol.finder import secaggplus_parameters
-from secagg.protocol.graph import seeded_permutation
+from secagg.protocol.graph import graph_seed, seeded_permutation
 from secagg.protocol.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
@@ -502,8 +502,10 @@ def scatter_views(victim: int, colluders: frozenset[int], parts: int = 3) -> Vie
 
 
 def ring_order(server: LyingServer) -> list[int]:
-    """The Harary ring the session id puts the clients on (checked against the server's own graph)."""
-    order = seeded_permutation(hkdf(server.session, salt=b"", info=GRAPH_LABEL), sorted(server.keys))
+    """The Harary ring Setup puts the invited clients on (checked against the server's own graph)."""
+    p = server.params
+    seed = graph_seed(p.round, p.degree, p.client_ids)
+    order = seeded_permutation(hkdf(seed, salt=b"", info=GRAPH_LABEL), sorted(p.client_ids))
     m, half = len(order), server.params.degree // 2
     for i, u in enumerate(order):
         ring = {order[(i + j) % m] for j in range(-half, half + 1) if j}

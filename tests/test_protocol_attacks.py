@@ -1479,3 +1479,72 @@ def test_any_set_of_damaged_share_ciphertexts_gives_the_exact_sum_or_an_abort_na
         assert report.refused == {r: tuple(v) for r, v in want.items()}
     assert report.survivors == ids
     assert_exact(params, report.result, inputs, report.survivors)
+
+
+# -- the ring cannot be ground ------------------------------------------------------------------------
+
+
+def _after_setup(params: SessionParams) -> tuple[dict[int, Client], dict[int, AdvertiseKeys]]:
+    clients = {u: Client(u, np.zeros(params.vector_length, np.uint32)) for u in params.client_ids}
+    return clients, {u: wire(c.handle(wire(Setup(params)))) for u, c in clients.items()}
+
+
+def _directory_seen_by(client: Client, ads: dict[int, AdvertiseKeys], kept) -> Client | ProtocolError:
+    """A copy of ``client`` (after Setup) given the directory of the advertisements in ``kept``."""
+    entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature, a.commitment)
+                    for u, a in sorted(ads.items()) if u in kept)
+    copy_ = copy.deepcopy(client)
+    try:
+        copy_.handle(wire(KeyDirectory(entries)))
+    except ProtocolError as exc:
+        return exc
+    return copy_
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(8, 20), st.data())
+def test_no_choice_of_advertisements_moves_an_honest_clients_neighbourhood(n: int,
+                                                                            data: st.DataObject) -> None:
+    """The ring is fixed by Setup (round, degree, invited ids) before any key: whichever advertisements
+    the server lets into the directory, an honest client's neighbours are its Setup-time ring
+    neighbours among them: a dropout (real or claimed) leaves a hole, never a new neighbour."""
+    from secagg.protocol.graph import graph_seed, neighbours
+
+    k = data.draw(st.sampled_from([2, 4, 6]), label="degree")
+    params = make_params(n=n, t=2, d=4, degree=k)
+    ids = params.client_ids
+    ring = neighbours(graph_seed(params.round, k, ids), ids, k)
+    clients, ads = _after_setup(params)
+    victim = data.draw(st.sampled_from(ids), label="victim")
+    for _ in range(5):  # five directories a grinding server might try
+        kept = data.draw(st.sets(st.sampled_from(ids), min_size=2), label="advertisements let in") | {victim}
+        seen = _directory_seen_by(clients[victim], ads, kept)
+        if isinstance(seen, ProtocolError):  # too few live neighbours to hold its shares: it sits out
+            assert "fewer holders than the threshold" in str(seen)
+            assert len(ring[victim] & kept) + 1 < params.threshold
+            continue
+        assert seen._neighbours == ring[victim] & kept
+
+
+def test_the_papers_grinding_attack_finds_no_directory_that_surrounds_the_victim() -> None:
+    """n = 12, k = 4, t = 3, 3 colluders placed anywhere but next to the victim on the Setup ring:
+    before, tens of directory subsets put them around the victim; now none of 300 directories a
+    grinding server tries (random subsets of the advertisements that keep the victim) gives the
+    victim a single colluding neighbour."""
+    from secagg.protocol.graph import graph_seed, neighbours
+
+    params = make_params(n=12, t=3, d=4, degree=4)
+    ids = params.client_ids
+    ring = neighbours(graph_seed(params.round, 4, ids), ids, 4)
+    victim = ids[0]
+    colluders = {u for u in ids if u != victim and u not in ring[victim]}
+    clients, ads = _after_setup(params)
+    rng = np.random.default_rng(12)  # not secret: which directories the test tries
+    tried = 0
+    for _ in range(300):
+        kept = {victim, *(u for u in ids if rng.random() < 0.7)}
+        seen = _directory_seen_by(clients[victim], ads, kept)
+        if isinstance(seen, Client):
+            tried += 1
+            assert not seen._neighbours & colluders
+    assert tried > 100  # most directories leave the victim enough holders to go on

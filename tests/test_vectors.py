@@ -153,13 +153,17 @@ def test_the_recorded_session_replays_byte_for_byte_into_a_fresh_server(doc):
 
 
 def test_the_ring_follows_the_written_specification():
-    """Section 4: keys = the first 8m keystream bytes under the graph seed as little-endian uint64, the
-    i-th smallest id taking word i; stable sort by key; k/2 neighbours on each side."""
-    from secagg.protocol.graph import neighbours
+    """Section 4: the ring seed from the round, degree and invited ids; keys = the first 8n keystream
+    bytes under it as little-endian uint64, the i-th smallest id taking word i; stable sort by key;
+    k/2 neighbours on each side."""
+    from secagg.protocol.graph import graph_seed, neighbours
 
-    sid = hashlib.sha256(b"any session").digest()
-    members, k = [2, 3, 5, 8, 13, 21, 34, 55, 89], 4
-    seed = _hkdf(sid, b"", b"secagg/v1/graph-permutation")
+    members, k, round_ = [2, 3, 5, 8, 13, 21, 34, 55, 89], 4, 7
+    material = hashlib.sha256(b"secagg/v2/graph-seed" + round_.to_bytes(4, "big") + k.to_bytes(4, "big")
+                              + b"".join(u.to_bytes(4, "big") for u in members)).digest()
+    assert graph_seed(round_, k, members) == material
+    sid = material
+    seed = _hkdf(material, b"", b"secagg/v1/graph-permutation")
     ctr = Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor()
     stream = ctr.update(bytes(8 * len(members)))
     keys = np.frombuffer(stream, dtype="<u8")

@@ -20,7 +20,7 @@ from secagg.crypto.keys import PRIVATE_KEY_BYTES, DHKeyPair, SigningKey, verify_
 from secagg.crypto.prg import SEED_BYTES, accumulate_masks
 from secagg.crypto.shamir import SHARE_BYTES, Share, split
 from secagg.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
-from secagg.protocol.graph import neighbours_of
+from secagg.protocol.graph import graph_seed, neighbours_of
 from secagg.protocol.messages import (
     COMMITMENT_BYTES,
     NONCE_BYTES,
@@ -204,7 +204,16 @@ class Client:
             self._verify_advertisements(p, msg.entries)
         self.session = session_id(p, msg.entries)
         self._advertised = frozenset(entries)
-        self._neighbours = neighbours_of(self.session, list(entries), p.degree, self.id)
+        # the ring was fixed at Setup over the invited clients: a neighbour missing from the directory
+        # is a hole, never replaced by another client (no choice of advertisements moves the ring)
+        ring = neighbours_of(graph_seed(p.round, p.degree, p.client_ids), p.client_ids, p.degree, self.id)
+        self._neighbours = ring & self._advertised
+        own = 1 if p.own_share_counts else 0
+        if len(self._neighbours) + own < p.threshold:
+            raise RemoteProtocolError(
+                f"client {self.id}: only {len(self._neighbours)} of its {len(ring)} ring neighbours "
+                f"advertised keys{' (plus its own share)' if own else ''}: fewer holders than the "
+                f"threshold {p.threshold}")
         # keep only what later steps use: a thousand clients each holding a thousand-entry
         # directory is a million live objects for the garbage collector to walk
         self._directory = {v: entries[v] for v in self._neighbours | {self.id}}

@@ -23,7 +23,7 @@ from secagg.crypto.keys import DHKeyPair, is_low_order, verify_signature
 from secagg.crypto.prg import accumulate_masks
 from secagg.crypto.shamir import Share, reconstruct
 from secagg.errors import AbortError, LocalProtocolError, ProtocolError, RemoteProtocolError
-from secagg.protocol.graph import neighbours
+from secagg.protocol.graph import graph_seed, neighbours
 from secagg.protocol.messages import (
     COMMITMENT_BYTES,
     NONCE_BYTES,
@@ -292,7 +292,11 @@ class Server:
         entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature, a.commitment)
                         for u, a in sorted(self.keys.items()))
         self.session = session_id(self.params, entries)
-        self._graph = neighbours(self.session, sorted(self.keys), self.params.degree)
+        # the ring over the invited clients, fixed at Setup; those who did not advertise are holes
+        p = self.params
+        ring = neighbours(graph_seed(p.round, p.degree, p.client_ids), p.client_ids, p.degree)
+        advertised = frozenset(self.keys)
+        self._graph = {u: ring[u] & advertised for u in sorted(self.keys)}
         directory = KeyDirectory(entries)
         return [(u, directory) for u in sorted(self.keys)]
 
