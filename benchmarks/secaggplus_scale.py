@@ -62,6 +62,7 @@ def measure(n: int, d: int, dropout: float = 0.05, corrupt: float = 0.2) -> dict
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -72,6 +73,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.loglog(n, [r["sent_mean"] / 1e3 for r in rows], "s-", label="sent per client (KB)")
     ax.loglog(n, [r["client_s_mean"] * 1e3 for r in rows], "^-", label="client time (ms)")
     ax.loglog(n, [r["k"] for r in rows], "k--", label="k (degree)")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping 2x10^2 labels
+    ax.set_xticks(n, [str(v) for v in n])
     ax.set_xlabel("clients in the round (n)")
     ax.set_title(f"SecAgg+ per-client cost, d = {rows[0]['d']}")
     ax.legend()
