@@ -36,7 +36,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from secagg.aggregation import Aggregate, Aggregator, AggState
+from secagg.aggregation import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.crypto.keys import SigningKey
 from secagg.errors import AbortError, ConfigError, RemoteProtocolError
 from secagg.layout import ParamLayout
@@ -117,8 +117,7 @@ class Pipeline:
         sessions: list[SessionParams] | None = None
         placement = self.placement
         if placement.session is not None:
-            if len(set(ids)) != len(ids) or not ids:
-                raise ConfigError(f"client_ids: expected distinct ids, got {ids}")
+            _check_distinct(ids)  # before seating them in sessions
             groups = placement.session_groups(ids, self.round_seed(round_index))
             sessions = [placement.session_params(g, self.dim, round_index) for g in groups]
             if model_version is not None:
@@ -139,6 +138,11 @@ class Pipeline:
         return ClientRound(self, check_int("client_id", client_id, minimum=0), u,
                            check_int("num_examples", num_examples, minimum=0), float(train_loss), identity,
                            model_version)
+
+
+def _check_distinct(client_ids: tuple[int, ...]) -> None:
+    if len(set(client_ids)) != len(client_ids) or not client_ids:
+        raise ConfigError(f"client_ids: expected distinct ids, got {client_ids}")
 
 
 @dataclass(frozen=True)
@@ -164,8 +168,7 @@ class ServerRound:
     def __init__(self, pipeline: Pipeline, round_index: int, client_ids: tuple[int, ...],
                  weight_bound: float, public: tuple[float, ...] = (),
                  sessions: Sequence[SessionParams] | None = None) -> None:
-        if len(set(client_ids)) != len(client_ids) or not client_ids:
-            raise ConfigError(f"client_ids: expected distinct ids, got {client_ids}")
+        _check_distinct(client_ids)
         if not (isinstance(weight_bound, int | float) and weight_bound > 0):
             raise ConfigError(f"weight_bound: must be > 0 (the largest example count a client may have), "
                               f"got {weight_bound!r}")
@@ -179,6 +182,7 @@ class ServerRound:
         self._server_of: dict[int, Server] = {}
         self._started = self._closed = False
         self.aborted: str | None = None
+        self._released: tuple[ParamLayout | None, UpdateBatch] | None = None
         for params in sessions or ():
             # an honest server with the operator's registry also checks the clients' signatures
             server = Server(params, pipeline.registry if params.malicious else None)
@@ -330,13 +334,23 @@ class ServerRound:
         """Secure mode, once done: every session's unmasked sum, in session order."""
         if not self.done:
             return []
-        return [SessionSum(server.params, server.result, server.survivors, server.dropped)
-                for server in self._servers if server.result is not None]
+        return [SessionSum(server.params, server.result, server.survivors, server.dropped)  # type: ignore[arg-type]
+                for server in self._servers]
 
     @property
     def updates(self) -> dict[int, PlainUpdate]:
         """Plain mode: the released updates received (client id -> its checked envelope)."""
         return dict(self._updates)
+
+    def released(self, layout: ParamLayout | None = None) -> UpdateBatch:
+        """Plain mode, once done: the clients' released rows as the batch the aggregator's server part
+        runs on (in ``layout``'s dtype; float32 without), built once: :meth:`finish` runs on this one."""
+        if not self.done or self._servers:
+            raise ConfigError("released: only a finished plain round has released rows")
+        if self._released is None or self._released[0] is not layout:
+            batch = released_batch(self._updates, self.round, self.pipeline.round_seed(self.round), layout)
+            self._released = (layout, batch)
+        return self._released[1]
 
     def finish(self, state: AggState, layout: ParamLayout | None = None) -> Aggregate:
         """The round's aggregate (the server's part of the pipeline, on the sums or the released rows),
@@ -352,8 +366,7 @@ class ServerRound:
             dtype = torch.float32 if layout is None else layout.dtype
             return placement.aggregate_groups(sums, pipeline.dim, self.round, seed, state, dtype, layout)
         # the round's public seed, as in a deployment (seeded rules such as bucketing agree with it)
-        batch = released_batch(self._updates, self.round, seed, layout)
-        return pipeline.aggregator.aggregate_released(batch, state)
+        return pipeline.aggregator.aggregate_released(self.released(layout), state)
 
 
 class ClientRound:

@@ -247,15 +247,15 @@ class Server:
         if self.params.bits < 32 and int(y.max()) >> self.params.bits:
             raise RemoteProtocolError(f"server: masked input of client {msg.sender} has words "
                                       f">= 2^{self.params.bits}")
-        refused = set(msg.refused)
-        if not refused <= self._graph[msg.sender] & set(self.shares):
-            raise RemoteProtocolError(f"server: client {msg.sender} reports refused shares from "
-                                      f"{sorted(refused - (self._graph[msg.sender] & set(self.shares)))}, "
+        # O(|refused|), not O(n): this runs once per masked input
+        unknown = [v for v in msg.refused if v not in self._graph[msg.sender] or v not in self.shares]
+        if unknown:
+            raise RemoteProtocolError(f"server: client {msg.sender} reports refused shares from {unknown}, "
                                       f"who sent it none")
         np.add(self._sum, y, out=self._sum)  # wraps mod 2^32; reduced mod 2^bits at the end
         self.masked.add(msg.sender)
-        if refused:
-            self.refused[msg.sender] = tuple(sorted(refused))
+        if msg.refused:
+            self.refused[msg.sender] = msg.refused  # sorted and unique: the wire format checks it
 
     def _receive_ConsistencySignature(self, msg: ConsistencySignature) -> None:
         if self.registry is not None:

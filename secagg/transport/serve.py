@@ -37,7 +37,7 @@ from secagg.fedavg import FedAvg
 from secagg.fedavg.server import ServerState
 from secagg.fedavg.source import Collected, weighted_loss
 from secagg.layout import ParamLayout
-from secagg.placement import place, released_batch
+from secagg.placement import place
 from secagg.task import TaskFactory, make_task
 from secagg.transport.auth import Authenticator
 from secagg.transport.coordinator import Coordinator, RoundOutcome
@@ -146,7 +146,7 @@ class NetworkSource:
             self._audit_aggregate(outcome.round, agg.update)
             return Collected(agg, len(outcome.survivors), rejected, metrics=net)
         updates = outcome.updates
-        batch = released_batch(updates, outcome.round, self.pipeline.round_seed(outcome.round), layout)
+        batch = outcome.server.released(layout)  # the rows finish() aggregates, stacked once
         self._audit_plain(outcome.round, batch)
         # the clients ran their steps already: the server runs only its part
         agg = outcome.server.finish(state.aggregator_state, layout)
@@ -211,13 +211,14 @@ class NetworkServer:
             raise ConfigError(f"registry: has no key for clients {missing[:10]} of the task's "
                               f"{config.task.num_clients}")
         self.config, self.options, self.out = config, options, Path(out_dir)
-        self.placement = place(config.fedavg.aggregator)
-        self.mode = self.placement.mode
-        log.info("placement: %s", self.placement.describe())
         task = make_task(config.task, seed=config.seed, factory=task_factory)
         dim = ParamLayout.from_module(task.model, config.fedavg.buffers).dim
-        self.lock = threading.Condition()
+        # placed once, here (ConfigError for an aggregator that cannot be deployed)
         self.pipeline = Pipeline(config.fedavg.aggregator, dim, registry, seed=config.seed)
+        self.placement = self.pipeline.placement
+        self.mode = self.placement.mode
+        log.info("placement: %s", self.placement.describe())
+        self.lock = threading.Condition()
         self.coordinator = Coordinator(self.mode, options.task_seconds, options.stage_seconds,
                                        options.grace_seconds)
         self.service = AggregationService(self.coordinator, Authenticator(registry),
