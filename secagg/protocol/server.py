@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from enum import Enum
 
 import numpy as np
@@ -112,6 +112,8 @@ class Server:
         self._sum = np.zeros(params.vector_length, dtype=np.uint32)
         self.survivors: tuple[int, ...] = ()
         self.dropped: tuple[int, ...] = ()
+        self._invited = frozenset(params.client_ids)
+        self._survivor_cache: tuple[tuple[int, ...], frozenset[int]] = ((), frozenset())
 
     @property
     def stage(self) -> Stage | None:
@@ -119,33 +121,40 @@ class Server:
         expected = _EXPECTS.get(self.phase)
         return expected[1] if expected else None
 
+    @property
+    def _survivor_set(self) -> frozenset[int]:
+        """``survivors`` as a set, rebuilt only when ``survivors`` is replaced."""
+        if self._survivor_cache[0] is not self.survivors:
+            self._survivor_cache = (self.survivors, frozenset(self.survivors))
+        return self._survivor_cache[1]
+
+    def _pool_and_got(self) -> tuple[Collection[int], Collection[int]]:
+        """Who may answer the current stage, and who has (a subset of it); both O(1) membership."""
+        if self.phase is ServerPhase.COLLECT_KEYS:
+            return self._invited, self.keys
+        if self.phase is ServerPhase.COLLECT_SHARES:
+            return self.keys, self.shares
+        if self.phase is ServerPhase.COLLECT_MASKED:
+            return self.shares, self.masked
+        if self.phase is ServerPhase.COLLECT_CONSISTENCY:
+            return self._survivor_set, self.consistency
+        if self.phase is ServerPhase.COLLECT_UNMASK:
+            return (self.consistency if self.params.malicious else self._survivor_set), self.responses
+        return (), ()
+
     def expected_senders(self) -> frozenset[int]:
         """Who may still send a message in the current stage."""
-        if self.phase is ServerPhase.COLLECT_KEYS:
-            pool, got = set(self.params.client_ids), set(self.keys)
-        elif self.phase is ServerPhase.COLLECT_SHARES:
-            pool, got = set(self.keys), set(self.shares)
-        elif self.phase is ServerPhase.COLLECT_MASKED:
-            pool, got = set(self.shares), self.masked
-        elif self.phase is ServerPhase.COLLECT_CONSISTENCY:
-            pool, got = set(self.survivors), set(self.consistency)
-        elif self.phase is ServerPhase.COLLECT_UNMASK:
-            pool = set(self.consistency) if self.params.malicious else set(self.survivors)
-            got = set(self.responses)
-        else:
-            return frozenset()
-        return frozenset(pool - got)
+        pool, got = self._pool_and_got()
+        return frozenset(pool) - frozenset(got)
 
     def answered(self) -> int:
         """How many clients have answered the current stage (0 before start and after the end)."""
-        got = {ServerPhase.COLLECT_KEYS: self.keys, ServerPhase.COLLECT_SHARES: self.shares,
-               ServerPhase.COLLECT_MASKED: self.masked, ServerPhase.COLLECT_CONSISTENCY: self.consistency,
-               ServerPhase.COLLECT_UNMASK: self.responses}.get(self.phase, ())
-        return len(got)
+        return len(self._pool_and_got()[1])
 
     def stage_complete(self) -> bool:
         """True when every client that could answer in this stage has answered."""
-        return self.stage is not None and not self.expected_senders()
+        pool, got = self._pool_and_got()
+        return self.stage is not None and len(got) == len(pool)  # got is a subset of pool
 
     # -- transport interface ---------------------------------------------------------------------
 
@@ -174,7 +183,8 @@ class Server:
             raise RemoteProtocolError(f"server: {type(message).__name__} received during stage {stage.name} "
                                       f"(wrong round)")
         sender = message.sender
-        if sender not in self.expected_senders():
+        pool, got = self._pool_and_got()  # O(1) per message: this runs for every client message
+        if sender not in pool or sender in got:
             seen = {AdvertiseKeys: self.keys, ShareKeys: self.shares, MaskedInput: self.masked,
                     ConsistencySignature: self.consistency, UnmaskResponse: self.responses}[cls]
             already = sender in seen
