@@ -350,7 +350,7 @@ COMPONENTS: tuple[tuple[str, tuple[tuple[object, str], ...]], ...] = (
     ("wire decode (all messages)", ((runner_module, "decode"),)),
     ("wire encode (all messages)", ((runner_module, "encode"),)),
     ("Harary graph (own row; server: all)",
-     ((client_module, "neighbours_of"), (server_module, "neighbours"))),
+     ((client_module, "ring_neighbours"), (server_module, "neighbour_table"))),
     ("session_id (every client + server)", ((client_module, "session_id"), (server_module, "session_id"))),
     ("X25519 agree", ((DHKeyPair, "agree"),)),
     ("HKDF of share keys and pair seeds", ((session_module, "hkdf"),)),

@@ -248,12 +248,14 @@ class ServerRound:
         self._started = True
         if not self._servers:
             return dict.fromkeys(self.client_ids, self._task(b"", model))
-        encoded: dict[bytes, bytes] = {}  # Setup bytes -> its Work envelope: one per session
         out = {}
         for server in self._servers:
-            setup = encode(server.start()[0][1])  # every client of a session gets the same Setup
-            for u in server.params.client_ids:
-                out[u] = encoded.setdefault(setup, self._task(setup, model))
+            # the full graph's Setup is one object (a broadcast); SecAgg+ sends each client its proof
+            encoded: dict[int, bytes] = {}
+            for u, setup in server.start():
+                if id(setup) not in encoded:
+                    encoded[id(setup)] = self._task(encode(setup), model)
+                out[u] = encoded[id(setup)]
         return out
 
     def _task(self, setup: bytes, model: bytes) -> bytes:

@@ -1,203 +1,115 @@
-"""Tests for secagg.protocol.graph: the Harary graph of SecAgg+, its seeded permutation, degree checks."""
+"""Tests for secagg.protocol.graph: the session's SecAgg+ graph from Setup data, degree checks.
+
+The graph is a function of Setup data alone (round, degree, n, the members' Merkle root): the
+server's, each client's own O(k) view and the written construction must agree, and nothing decided
+after Setup (which advertisements, which dropouts) may move a client's neighbourhood: a client's
+neighbours in a session are always a subset of its Setup-time ring neighbours.
+"""
 
 from __future__ import annotations
 
-import os
-from collections import Counter
+import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secagg.crypto.kdf import GRAPH_LABEL, hkdf
 from secagg.errors import ConfigError
-from secagg.protocol import graph
-from secagg.protocol.graph import check_degree, neighbours, seeded_permutation
-from secagg.protocol.messages import MAX_ID
+from secagg.protocol.graph import check_degree, neighbour_table, ring_neighbours, session_ring
+from secagg.protocol.messages import MAX_ID, SessionParams
+from secagg.protocol.ring import Ring, ring_seed
+from secagg.protocol.server import Server
 
-# Chi-square critical value for 7 degrees of freedom (8 bins) at alpha = 1e-4: the exact quantile is
-# 29.8775 (scipy.stats.chi2.ppf(1 - 1e-4, 7)); we use 29.9, whose false-alarm rate is 9.9e-5 per statistic.
-CHI2_CRIT_7_DOF = 29.9
-CHI2_TRIALS = 4000  # 500 expected hits per bin
-
-session_ids = st.binary(min_size=32, max_size=32)
+NONCE = bytes(range(32))
 
 
 @st.composite
-def graph_cases(draw: st.DrawFn) -> tuple[list[int], int, bytes]:
-    """Arbitrary distinct member ids (any order), a valid degree (even < m - 1, or >= m - 1), a session id."""
-    members = draw(st.lists(st.integers(0, MAX_ID), min_size=2, max_size=60, unique=True))
-    m = len(members)
-    sparse = [k for k in range(2, m - 1, 2)]
-    dense = st.integers(m - 1, m + 5)
-    degree = draw(st.one_of(st.sampled_from(sparse), dense) if sparse else dense)
-    return members, degree, draw(session_ids)
+def sessions(draw: st.DrawFn) -> SessionParams:
+    """Distinct member ids, a valid degree (even < n - 1, or n - 1), any round."""
+    ids = tuple(sorted(draw(st.lists(st.integers(0, MAX_ID), min_size=3, max_size=60, unique=True))))
+    n = len(ids)
+    sparse = list(range(2, n - 1, 2))
+    degree = draw(st.sampled_from([*sparse, n - 1]))
+    return SessionParams(draw(st.integers(0, 2**32 - 1)), b"m", ids, 1, degree, 4, nonce=NONCE)
 
 
-def edge_set(g: dict[int, frozenset[int]]) -> frozenset[frozenset[int]]:
-    return frozenset(frozenset((u, v)) for u, vs in g.items() for v in vs)
+def as_ids(params: SessionParams, indices) -> frozenset[int]:
+    return frozenset(params.client_ids[i] for i in indices)
 
 
-@given(graph_cases())
-def test_graph_is_regular_symmetric_loop_free_and_closed(case: tuple[list[int], int, bytes]) -> None:
-    members, degree, sid = case
-    m = len(members)
-    g = neighbours(sid, members, degree)
-    assert set(g) == set(members)
-    for u, vs in g.items():
-        assert isinstance(vs, frozenset)
-        assert u not in vs  # no self loop
-        assert vs <= set(members)  # only members
-        assert len(vs) == (m - 1 if degree >= m - 1 else degree)  # k-regular / complete
-        for v in vs:
-            assert u in g[v]  # symmetric
-    if degree >= m - 1:
-        assert all(g[u] == set(members) - {u} for u in members)
+@given(sessions())
+def test_the_graph_is_regular_symmetric_and_loop_free(params: SessionParams) -> None:
+    n, k = params.members, params.degree
+    graph = {u: as_ids(params, ring_neighbours(params, i)) for i, u in enumerate(params.client_ids)}
+    for u, near in graph.items():
+        assert u not in near and len(near) == (n - 1 if params.full_graph else k)
+        assert all(u in graph[v] for v in near)
 
 
-@given(graph_cases())
-def test_graph_is_the_documented_ring(case: tuple[list[int], int, bytes]) -> None:
-    """Ring order = seeded_permutation(HKDF(session id, info=GRAPH_LABEL), sorted members); each member
-    is joined to the degree/2 nearest members on either side (what client and server must both compute)."""
-    members, degree, sid = case
-    m = len(members)
-    if degree >= m - 1:
+@given(sessions())
+def test_each_clients_own_view_is_the_servers_table_and_the_written_ring(params: SessionParams) -> None:
+    """A client computes its row alone (O(k)); the server builds the table; the spec says: the indices
+    at ring positions pi(i) +- 1..k/2 under the swap-or-not ring seeded by the Setup data."""
+    if params.full_graph:
+        with pytest.raises(ConfigError, match="degree"):
+            neighbour_table(params)
         return
-    order = seeded_permutation(hkdf(sid, salt=b"", info=GRAPH_LABEL), sorted(members))
-    expected = {order[i]: frozenset(order[(i + d) % m] for d in range(-(degree // 2), degree // 2 + 1) if d)
-                for i in range(m)}
-    assert neighbours(sid, members, degree) == expected
+    table = neighbour_table(params)
+    ring = Ring(ring_seed(params.round, params.degree, params.members, params.members_root), params.members)
+    position = ring.positions(np.arange(params.members))
+    at = {int(p): i for i, p in enumerate(position)}
+    half = params.degree // 2
+    for i in range(params.members):
+        spec = {at[(int(position[i]) + j) % params.members] for j in range(-half, half + 1) if j}
+        assert ring_neighbours(params, i) == spec == set(table[i].tolist())
 
 
-@given(graph_cases(), st.randoms(use_true_random=False))
-def test_graph_does_not_depend_on_member_order(case: tuple[list[int], int, bytes], rnd) -> None:
-    members, degree, sid = case
-    shuffled = list(members)
-    rnd.shuffle(shuffled)
-    assert neighbours(sid, shuffled, degree) == neighbours(sid, sorted(members), degree)
-    assert neighbours(sid, tuple(members), degree) == neighbours(sid, members, degree)
+def test_the_ring_depends_on_every_setup_input_and_on_nothing_else() -> None:
+    base = SessionParams(5, b"model", tuple(range(0, 200, 7)), 3, 4, 16, nonce=NONCE)
+
+    def rows(p: SessionParams) -> np.ndarray:
+        return neighbour_table(p)
+
+    same = [dataclasses.replace(base, model_version=b"other"), dataclasses.replace(base, nonce=bytes(32)),
+            dataclasses.replace(base, vector_length=17), dataclasses.replace(base, threshold=4)]
+    assert all(np.array_equal(rows(p), rows(base)) for p in same), "server-chosen values do not move it"
+    # the round, the member set (through its root) and the degree each reseed the whole ring
+    other_set = (*base.client_ids[:-1], 999)
+    for p in (dataclasses.replace(base, round=6), dataclasses.replace(base, client_ids=other_set),
+              dataclasses.replace(base, degree=6)):
+        assert not np.array_equal(rows(p)[:, :1], rows(base)[:, :1])
 
 
-@given(graph_cases())
-def test_graph_is_deterministic(case: tuple[list[int], int, bytes]) -> None:
-    members, degree, sid = case
-    assert neighbours(bytes(sid), list(members), degree) == neighbours(sid, members, degree)
+@settings(max_examples=25, deadline=None)
+@given(st.integers(8, 60), st.data())
+def test_no_dropout_or_directory_choice_moves_a_neighbourhood_beyond_removal(n: int, data) -> None:
+    """The bound of graph.py's argument, on the server itself: whichever clients advertise (the server's
+    only choice after Setup, and every real or claimed dropout), a client's session neighbours are its
+    Setup-time ring neighbours minus the absent ones: no one is ever added or moved in."""
+    k = data.draw(st.sampled_from([k for k in (2, 4, 6) if k < n - 1]), label="degree")
+    params = SessionParams(1, b"m", tuple(range(3, 3 + 2 * n, 2)), 1, k, 4, nonce=NONCE)
+    setup_ring = {u: as_ids(params, ring_neighbours(params, i)) for i, u in enumerate(params.client_ids)}
+    server = Server(params)
+    advertised = data.draw(st.sets(st.sampled_from(params.client_ids), min_size=1), label="advertisers")
+    server.keys = dict.fromkeys(advertised)  # type: ignore[assignment]  (only who, not what, matters here)
+    for u in advertised:
+        assert server.ring(u) == setup_ring[u]
+        assert server.neighbours(u) == setup_ring[u] & advertised
 
 
-# A handful of fixed random session ids (os.urandom(32), recorded once).
-FIXED_SESSION_IDS = [bytes.fromhex(h) for h in (
-    "49694e1ae434597d6ee42d99f768ccce782ff502e08735c20bafe45241891c12",
-    "7021d45e50ffe371744bdc01696e7a720f1fadd6cd9f7d232b668efb684e392c",
-    "7c15a213cf1015929804747ae12054d7accc49a94cc9f019937f705866ba4172",
-    "e09937210ac4011af04740aa165e1209734073a74c32514cc438dda264698b75",
-    "c0aaaf226c943e08781c6530ebfa9ecae96efa245a5db7ecd55c368656be6f10",
-)]
+def test_a_client_computes_its_neighbourhood_without_the_ring() -> None:
+    """O(k) per client: at n = 2^20 one client's view costs no n-sized array (a few hundred KiB at most)."""
+    import tracemalloc
 
-
-@pytest.mark.parametrize("m", [8, 9, 20])
-def test_different_session_ids_give_different_graphs(m: int) -> None:
-    members = [7 * i + 3 for i in range(m)]
-    graphs = [edge_set(neighbours(sid, members, 2)) for sid in FIXED_SESSION_IDS]
-    assert len(set(graphs)) > 1
-    # and a one-bit change of the session id changes the graph (over a handful of bits)
-    base = FIXED_SESSION_IDS[1]
-    changed = [edge_set(neighbours(base[:i] + bytes([base[i] ^ 1]) + base[i + 1:], members, 2))
-               for i in range(4)]
-    assert any(g != edge_set(neighbours(base, members, 2)) for g in changed)
-
-
-@given(graph_cases())
-def test_neighbours_of_one_member_matches_the_whole_graph(case: tuple[list[int], int, bytes]) -> None:
-    """Clients compute only their own neighbourhood; it must be exactly their row of the server's graph."""
-    neighbours_of = getattr(graph, "neighbours_of", None)
-    if neighbours_of is None:
-        pytest.skip("graph.neighbours_of is not part of this version")
-    members, degree, sid = case
-    g = neighbours(sid, members, degree)
-    for u in members:
-        assert neighbours_of(sid, members, degree, u) == g[u]
-
-
-def test_complete_graph_for_degree_at_least_m_minus_1() -> None:
-    members = [10, 4, 99]
-    for degree in (2, 3, 50):
-        assert neighbours(b"\x01" * 32, members, degree) == {4: {10, 99}, 10: {4, 99}, 99: {4, 10}}
-    assert neighbours(b"\x01" * 32, [5, 6], 1) == {5: {6}, 6: {5}}
-
-
-def test_odd_sparse_degree_is_refused() -> None:
-    with pytest.raises(ConfigError, match="degree"):
-        neighbours(b"\x00" * 32, list(range(10)), 3)
-
-
-# ---------------------------------------------------------------------------------------------------
-# seeded_permutation
-# ---------------------------------------------------------------------------------------------------
-
-
-@given(session_ids, st.lists(st.integers(-(2**40), 2**40), max_size=80))
-def test_seeded_permutation_is_a_deterministic_permutation(seed: bytes, items: list[int]) -> None:
-    before = list(items)
-    out = seeded_permutation(seed, items)
-    assert items == before  # input untouched
-    assert isinstance(out, list)
-    assert sorted(out) == sorted(items)
-    assert Counter(out) == Counter(items)
-    assert seeded_permutation(seed, tuple(items)) == out
-    assert seeded_permutation(bytes(seed), items) == out
-
-
-def test_seeded_permutation_depends_on_the_seed() -> None:
-    items = list(range(20))
-    outs = {tuple(seeded_permutation(bytes([b]) * 32, items)) for b in range(6)}
-    assert len(outs) == 6  # 20! permutations: a collision among 6 seeds would be a bug
-
-
-def test_seeded_permutation_of_tiny_inputs() -> None:
-    assert seeded_permutation(b"\x00" * 32, []) == []
-    assert seeded_permutation(b"\x00" * 32, [42]) == [42]
-    assert sorted(seeded_permutation(b"\x00" * 32, [2, 1])) == [1, 2]
-
-
-def chi_square(counts: Counter, bins: int, trials: int) -> float:
-    expected = trials / bins
-    return sum((counts.get(b, 0) - expected) ** 2 / expected for b in range(bins))
-
-
-def test_seeded_permutation_is_unbiased() -> None:
-    """Over 4000 fresh random seeds, item 0 lands in each of 8 positions, and each of the 8 items lands
-    first, equally often (chi-square, 7 dof, critical value 29.9 at alpha ~1e-4 each)."""
-    items = list(range(8))
-    position_of_0: Counter = Counter()
-    first: Counter = Counter()
-    for _ in range(CHI2_TRIALS):
-        out = seeded_permutation(os.urandom(32), items)
-        position_of_0[out.index(0)] += 1
-        first[out[0]] += 1
-    assert chi_square(position_of_0, 8, CHI2_TRIALS) < CHI2_CRIT_7_DOF, position_of_0
-    assert chi_square(first, 8, CHI2_TRIALS) < CHI2_CRIT_7_DOF, first
-
-
-def test_seeded_permutation_sorts_by_full_64_bit_prg_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The documented construction: items ordered by 64-bit keys drawn from PRG(seed), ties kept in input
-    order. Keys whose low 32 bits rise while the high 32 bits fall must order by the high bits."""
-    m = 6
-    keys = np.array([((m - i) << 32) | i for i in range(m)], dtype=np.uint64)
-    requested: list[int] = []
-
-    def fake_expand(seed: bytes, length: int) -> np.ndarray:
-        requested.append(length)
-        words = keys.view(np.uint32)
-        return np.resize(words, length).astype(np.uint32)
-
-    monkeypatch.setattr(graph, "expand", fake_expand)
-    items = [10, 20, 30, 40, 50, 60]
-    assert seeded_permutation(b"\x07" * 32, items) == items[::-1]
-    assert requested and requested[0] >= 2 * m  # at least 64 bits of PRG output per item
-
-    monkeypatch.setattr(graph, "expand", lambda seed, length: np.zeros(length, dtype=np.uint32))
-    assert seeded_permutation(b"\x07" * 32, items) == items  # all keys tie: input order, deterministic
+    params = dataclasses.replace(SessionParams(1, b"m", (1, 2, 3), 1, 2, 4, nonce=NONCE), client_ids=(),
+                                 members=1 << 20, members_root=bytes(32), degree=66)
+    tracemalloc.start()
+    near = ring_neighbours(params, 12345)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(near) == 66 and peak < 1 << 20
+    assert near == set(session_ring(params).neighbours(12345, 66).tolist())
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from views import consistency_request
 
 from secagg.crypto.keys import DHKeyPair, SigningKey
 from secagg.crypto.prg import accumulate_masks
@@ -127,7 +128,7 @@ def split_request_attack(s: Session, group_b: set[int], group_s: set[int], collu
         if s.params.malicious:
             sigs = []
             for u in sorted(members):
-                reply = s.reply(u, ConsistencyRequest(s.server.session, survivors, dropped))
+                reply = s.reply(u, consistency_request(s.server, u, survivors, dropped))
                 if reply is not None:
                     sigs.append((u, reply.signature))
             signatures = tuple(sigs)
@@ -168,7 +169,7 @@ def test_lie_inconsistent_survivor_sets_is_detected():
     sid, everyone = s.server.session, tuple(sorted(s.masked))
     # odd clients are told everyone survived; even clients that client 1 dropped
     shown = {u: (everyone, ()) if u % 2 else (tuple(v for v in everyone if v != 1), (1,)) for u in everyone}
-    sigs = {u: s.reply(u, ConsistencyRequest(sid, *shown[u])) for u in everyone}
+    sigs = {u: s.reply(u, consistency_request(s.server, u, *shown[u])) for u in everyone}
     assert all(m is not None for m in sigs.values()), "each view is self-consistent, so everyone signs"
     # the server forwards every signature it got, with the odd clients' view
     request = UnmaskRequest(sid, everyone, (), tuple((u, m.signature) for u, m in sorted(sigs.items())))
@@ -200,7 +201,7 @@ def test_lie_drop_or_forge_consistency_signatures_is_detected(forgery):
     s = Session(5, 4, malicious=True, corrupt=1)
     s.to_masked_input()
     sid, everyone = s.server.session, tuple(sorted(s.masked))
-    sigs = [(u, s.reply(u, ConsistencyRequest(sid, everyone, ())).signature) for u in everyone]
+    sigs = [(u, s.reply(u, consistency_request(s.server, u, everyone, ())).signature) for u in everyone]
     forged = {
         "none": [],
         "too-few": sigs[:3],
@@ -303,9 +304,9 @@ def test_lie_false_claims_are_detected(claim):
         "not-advertised": (everyone, (77,)),
         "self-missing": (everyone[1:], ()),
     }[claim]
+    u = VICTIM if claim != "self-missing" else everyone[0]
     with pytest.raises(ProtocolError):
-        s.clients[VICTIM if claim != "self-missing" else everyone[0]].handle(
-            ConsistencyRequest(s.server.session, survivors, dropped))
+        s.clients[u].handle(consistency_request(s.server, u, survivors, dropped))
 
 
 def test_honest_server_in_malicious_mode_gives_the_exact_sum():

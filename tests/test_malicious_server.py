@@ -49,16 +49,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from views import consistency_request, local_view, status_root
 
 from secagg.crypto import aead
-from secagg.crypto.kdf import GRAPH_LABEL, hkdf
 from secagg.crypto.keys import DHKeyPair, SigningKey, verify_signature
 from secagg.crypto.prg import accumulate_masks
 from secagg.crypto.shamir import Share, reconstruct
 from secagg.errors import AbortError, ConfigError, ProtocolError, WireError
 from secagg.protocol.client import Client, ClientPhase
 from secagg.protocol.finder import secaggplus_parameters
-from secagg.protocol.graph import graph_seed, seeded_permutation
 from secagg.protocol.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
@@ -73,6 +72,7 @@ from secagg.protocol.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from secagg.protocol.ring import Ring, ring_seed
 from secagg.protocol.runner import run_session
 from secagg.protocol.server import Outgoing, Server, ServerPhase
 from secagg.protocol.session import (
@@ -176,7 +176,7 @@ class LyingServer(Server):
         return out
 
     def start(self) -> Outgoing:
-        return self._log([(u, Setup(self.setup_for[u]) if u in self.setup_for else m)
+        return self._log([(u, dataclasses.replace(m, params=self.setup_for[u]) if u in self.setup_for else m)
                           for u, m in super().start()])
 
     def receive(self, message: Message, *, sender: int | None = None) -> None:
@@ -220,9 +220,9 @@ class LyingServer(Server):
         self.shown = dict(self.views(self)) if self.views is not None else truth
         if self.params.malicious:
             self.phase = ServerPhase.COLLECT_CONSISTENCY
-            return [(u, ConsistencyRequest(self.session, *sets)) for u, sets in sorted(self.shown.items())]
+            return [(u, consistency_request(self, u, *sets)) for u, sets in sorted(self.shown.items())]
         self.phase = ServerPhase.COLLECT_UNMASK
-        return [(u, UnmaskRequest(self.session, *(self.unmask_sets or sets)))
+        return [(u, UnmaskRequest(self.session, *local_view(self, u, *(self.unmask_sets or sets))))
                 for u, sets in sorted(self.shown.items())]
 
     def _request_unmasking(self) -> Outgoing:
@@ -233,14 +233,14 @@ class LyingServer(Server):
             signatures = self.signatures_on(named)
             if self.signature_edit is not None:
                 signatures = self.signature_edit(u, named, signatures)
-            out.append((u, UnmaskRequest(self.session, *named, signatures)))
+            out.append((u, UnmaskRequest(self.session, *local_view(self, u, *named), signatures)))
         return out
 
     def signatures_on(self, sets: Sets) -> Signatures:
         """The signatures collected on ``sets`` (or all, if so switched), plus the colluders' on ``sets``."""
         pool = {u: sig for u, sig in self.consistency.items()
                 if self.signatures == "all" or self.shown.get(u) == sets}
-        message = consistency_message(self.session, *sets)
+        message = consistency_message(self.session, status_root(self, *sets))
         pool.update({c: key.sign(message) for c, key in self.colluder_keys.items()})
         return tuple(sorted(pool.items()))
 
@@ -504,12 +504,12 @@ def scatter_views(victim: int, colluders: frozenset[int], parts: int = 3) -> Vie
 def ring_order(server: LyingServer) -> list[int]:
     """The Harary ring Setup puts the invited clients on (checked against the server's own graph)."""
     p = server.params
-    seed = graph_seed(p.round, p.degree, p.client_ids)
-    order = seeded_permutation(hkdf(seed, salt=b"", info=GRAPH_LABEL), sorted(p.client_ids))
+    ring_ = Ring(ring_seed(p.round, p.degree, p.members, p.members_root), p.members)
+    order = [p.client_ids[i] for i in ring_.indices_at(np.arange(p.members)).tolist()]
     m, half = len(order), server.params.degree // 2
     for i, u in enumerate(order):
         ring = {order[(i + j) % m] for j in range(-half, half + 1) if j}
-        if ring != server._graph[u]:
+        if ring != server.neighbours(u):
             pytest.fail("ring_order does not reproduce the library's graph")
     return order
 
@@ -545,8 +545,8 @@ def isolation_views(victim: int) -> ViewsFn:
 
 def strip_signature(of: int) -> Callable[[int, KeyDirectory], KeyDirectory]:
     def edit(_: int, directory: KeyDirectory) -> KeyDirectory:
-        return KeyDirectory(tuple(e._replace(signature=b"") if e.client_id == of else e
-                                  for e in directory.entries))
+        return dataclasses.replace(directory, entries=tuple(
+            e._replace(signature=b"") if e.client_id == of else e for e in directory.entries))
     return edit
 
 
@@ -570,7 +570,7 @@ def substitute_key(of: int, field: str, signature: str = "keep", resigner: Signi
                     e = e._replace(signature=resigner.sign(
                         advertisement_message(params, of, e.enc_key, e.mask_key)))
             entries.append(e)
-        return KeyDirectory(tuple(entries))
+        return dataclasses.replace(directory, entries=tuple(entries))
     return edit
 
 
@@ -640,15 +640,17 @@ def test_control_split_request_recovers_the_victim_when_colluders_exceed_corrupt
         "one colluder beyond `corrupt` breaks malicious mode: the bound 2t > n + corrupt is tight"
 
 
-def test_control_isolation_recovers_the_victim_without_malicious_mode():
+def test_isolation_with_t_equal_k_is_refused_by_the_local_survivor_count_even_without_malicious_mode():
     # the recovery's second route: a victim whose every neighbour is (claimed) dropped is unmasked with
-    # the neighbours' mask keys; on SecAgg+ in honest-but-curious mode the server simply claims it
+    # the neighbours' mask keys. With t = k every neighbour's mask key needs the victim's own share of
+    # it, so the victim must be shown all four neighbours dropped: it then sees 1 survivor among its
+    # share holders, fewer than t, and refuses (wire v3: each client counts the survivors it can see)
     dep = Deployment(sparse(12, 4, 4, 0, malicious=False))
     dep.lie(views=isolation_views(VICTIM))
     dep.run()
-    recovered = dep.recover(VICTIM)
-    assert recovered is not None and np.array_equal(recovered, dep.inputs[VICTIM])
-    assert dep.revealed("s", VICTIM) == set(), "s_0 itself never left anyone: only neighbours' keys"
+    dep.assert_refused([VICTIM], "1 survivors, fewer than the threshold 4")
+    assert dep.recover(VICTIM) is None
+    assert dep.revealed("s", VICTIM) == set(), "s_0 itself never left anyone"
 
 
 # ======================================================================================================
@@ -682,8 +684,8 @@ def test_lie_ask_for_both_shares_secaggplus(lean):
 
     def views(server: LyingServer) -> dict[int, Sets]:
         honest = [u for u in server.survivors if u not in dep.colluders]
-        victim = max(honest, key=lambda u: (len(server._graph[u] & dep.colluders), -u))
-        near = sorted(server._graph[victim] - dep.colluders)
+        victim = max(honest, key=lambda u: (len(server.neighbours(u) & dep.colluders), -u))
+        near = sorted(server.neighbours(victim) - dep.colluders)
         cut = {"b-heavy": len(near), "balanced": len(near) // 2, "s-heavy": 0}[lean]
         far = [u for u in honest if u != victim and u not in near]
         # non-neighbours sign both views (alternately), so each view has t signatures
@@ -692,7 +694,7 @@ def test_lie_ask_for_both_shares_secaggplus(lean):
     dep.lie(views=views)
     dep.run()
     victim = dep.server.victim
-    assert victim is not None and dep.server._graph[victim] & dep.colluders
+    assert victim is not None and dep.server.neighbours(victim) & dep.colluders
     assert not dep.revealed("b", victim) & dep.revealed("s", victim), "no holder reveals both"
     assert dep.recover(victim) is None, "4 honest + 2 x 2 colluding < 2t: b or s stays below t"
     assert all(dep.recover(u) is None for u in dep.honest)
@@ -751,20 +753,32 @@ def test_lie_drop_signatures_from_the_directory(topology, how, message):
 
     def edit(_: int, directory: KeyDirectory) -> KeyDirectory:
         e = list(directory.entries)
-        if how == "strip-one":
-            e[3] = e[3]._replace(signature=b"")
-        elif how == "strip-all":
+        at = {x.client_id: i for i, x in enumerate(e)}
+        if how == "strip-all":
             e = [x._replace(signature=b"") for x in e]
-        elif how == "zero-one":
-            e[3] = e[3]._replace(signature=bytes(64))
-        else:
-            e[3], e[4] = e[3]._replace(signature=e[4].signature), e[4]._replace(signature=e[3].signature)
-        return KeyDirectory(tuple(e))
+        elif 3 in at:
+            i = at[3]
+            if how == "strip-one":
+                e[i] = e[i]._replace(signature=b"")
+            elif how == "zero-one":
+                e[i] = e[i]._replace(signature=bytes(64))
+            else:  # swapped with a neighbouring entry: both fail (on the full graph client 3's first)
+                j = i + 1 if i + 1 < len(e) else i - 1
+                e[i], e[j] = e[i]._replace(signature=e[j].signature), e[j]._replace(signature=e[i].signature)
+        return dataclasses.replace(directory, entries=tuple(e))
 
     dep.lie(directory_edit=edit)
     outcome = dep.run()
-    dep.assert_refused(dep.params.client_ids, message)
-    assert isinstance(outcome, AbortError) and "only 0 clients shared keys" in str(outcome)
+    # only the clients whose directory carries client 3 see it (on the full graph: everybody)
+    seers = [u for u in dep.params.client_ids
+             if how == "strip-all" or u == 3 or 3 in dep.server.neighbours(u)]
+    if how == "strip-all" or dep.params.full_graph:
+        dep.assert_refused(seers, message if dep.params.full_graph else "is unsigned")
+        assert isinstance(outcome, AbortError) and "only 0 clients shared keys" in str(outcome)
+    else:
+        dep.assert_refused(seers, "does not verify" if "verify" in message else message)
+        dep.assert_typed(outcome)
+        return
     # a directory mixing signed and unsigned entries cannot even be put on the wire
     assert bool(dep.unencodable) == (how == "strip-one")
     assert not any(isinstance(m, MaskedInput) for _, m in dep.server.received)
@@ -843,8 +857,8 @@ def test_lie_replay_advertisement_from_earlier_session(topology, what):
         dep.lie(advert_swap={VICTIM: old_advert})
     elif what == "directory-entry":
         old_entry = next(e for e in old_directory.entries if e.client_id == VICTIM)
-        dep.lie(directory_edit=lambda u, d: KeyDirectory(
-            tuple(old_entry if e.client_id == VICTIM else e for e in d.entries)))
+        dep.lie(directory_edit=lambda u, d: dataclasses.replace(
+            d, entries=tuple(old_entry if e.client_id == VICTIM else e for e in d.entries)))
     else:
         dep.lie(directory_edit=lambda u, d: old_directory)
     outcome = dep.run()
@@ -852,10 +866,11 @@ def test_lie_replay_advertisement_from_earlier_session(topology, what):
         for u in dep.params.client_ids:
             dep.assert_refused([u], f"does not carry client {u}'s own keys")
     else:
-        dep.assert_refused([u for u in dep.params.client_ids if u != VICTIM],
-                           f"signature of client {VICTIM} does not verify")
+        dep.assert_refused(sorted(dep.server.ring(VICTIM)), f"signature of client {VICTIM} does not verify")
         dep.assert_refused([VICTIM], f"does not carry client {VICTIM}'s own keys")
-    assert isinstance(outcome, AbortError) and "only 0 clients shared keys" in str(outcome)
+    if dep.params.full_graph or what == "whole-directory":
+        assert isinstance(outcome, AbortError) and "only 0 clients shared keys" in str(outcome)
+    dep.assert_typed(outcome)  # SecAgg+: the victim's neighbours refuse, the others may go on without them
 
 
 def test_lie_replay_advertisement_refused_by_an_honest_server_with_the_registry():
@@ -875,8 +890,8 @@ def test_lie_replay_consistency_signatures_from_earlier_session():
     replayed = {s: m.signature for s, m in old.server.received
                 if isinstance(m, ConsistencySignature) and s in (1, 2, 3)}
     for u, sig in replayed.items():  # genuine: they verify on round 1's session
-        verify_signature(old.identities[u].public, sig, consistency_message(old.server.session, *v2),
-                         signer=u)
+        verify_signature(old.identities[u].public, sig,
+                         consistency_message(old.server.session, status_root(old.server, *v2)), signer=u)
 
     # round 2, same identities: split, and pad the victim-dropped view (same sets!) with round-1 signatures
     dep = Deployment(full(round_=2), colluders=(7, 8, 9), identities=old.identities)
@@ -909,10 +924,13 @@ def test_lie_substitute_client_key(topology, field, signature, message):
     dep.lie(directory_edit=substitute_key(VICTIM, field, signature, dep.identities[colluders[0]],
                                           params=dep.params))
     outcome = dep.run()
-    dep.assert_refused([u for u in dep.params.client_ids if u != VICTIM], message)
+    dep.assert_refused(sorted(dep.server.ring(VICTIM)), message)  # on SecAgg+ only they see its entry
     dep.assert_refused([VICTIM], f"does not carry client {VICTIM}'s own keys")
-    assert isinstance(outcome, AbortError) and "only 0 clients shared keys" in str(outcome)
-    assert not any(isinstance(m, MaskedInput) for _, m in dep.server.received), "nobody masked with it"
+    if dep.params.full_graph:
+        assert isinstance(outcome, AbortError) and "only 0 clients shared keys" in str(outcome)
+    dep.assert_typed(outcome)
+    masked = [s for s, m in dep.server.received if isinstance(m, MaskedInput)]
+    assert not set(masked) & (dep.server.ring(VICTIM) | {VICTIM}), "nobody masked with it"
 
 
 def test_lie_substitute_client_key_for_targeted_clients_only():
@@ -966,12 +984,17 @@ def test_lie_model_inconsistency_fails_loudly(topology):
     poisoned = dataclasses.replace(dep.params, model_version=b"model-crafted-for-the-victim")
     dep.lie(setup_for={VICTIM: poisoned})  # a lying server relays the victim's advertisement unchecked
     outcome = dep.run()
-    # the victim signed its keys together with the poisoned parameters: they fail at every other client
-    dep.assert_refused([u for u in dep.params.client_ids if u != VICTIM],
-                       f"signature of client {VICTIM} does not verify")
-    dep.assert_refused([VICTIM], "signature of client 1 does not verify")  # and everyone else's at the victim
-    assert isinstance(outcome, AbortError) and "only 0 clients shared keys" in str(outcome)
-    assert not any(isinstance(m, MaskedInput) for _, m in dep.server.received)
+    # the victim signed its keys together with the poisoned parameters: they fail at every client that
+    # sees them (every other client on the full graph, its ring neighbours on SecAgg+), and everyone
+    # else's fail at the victim
+    near = sorted(dep.server.ring(VICTIM))
+    dep.assert_refused(near, f"signature of client {VICTIM} does not verify")
+    dep.assert_refused([VICTIM], f"signature of client {near[0]} does not verify")
+    if dep.params.full_graph:
+        assert isinstance(outcome, AbortError) and "only 0 clients shared keys" in str(outcome)
+    dep.assert_typed(outcome)
+    masked = {s for s, m in dep.server.received if isinstance(m, MaskedInput)}
+    assert not masked & {VICTIM, *near}
 
 
 def test_lie_model_inconsistency_through_the_library_runner():
@@ -1026,12 +1049,14 @@ def test_lie_claims_are_refused_before_signing(topology, claim, drop_9, message)
     dep.lie(views=same_claim(_claim(claim, t)))
     outcome = dep.run({9: drop_9} if drop_9 is not None else None)
     recipients = [u for u in dep.server.shown if u not in dep.colluders]
-    if claim == "survivor-never-shared":  # only 9's neighbours hold (or miss) shares of 9
-        recipients = [u for u in recipients if u in dep.server._graph.get(9, ()) or dep.params.full_graph]
+    if not dep.params.full_graph and claim != "below-threshold":  # a lie reaches the ring neighbours
+        about = 9 if claim != "overlap" else dep.server.shown[recipients[0]][0][-1]
+        recipients = [u for u in recipients if u in dep.server.ring(about) | {about}]
     if claim == "below-threshold":
         listed = set(dep.server.shown[recipients[0]][0])
         dep.assert_refused([u for u in recipients if u in listed],
-                           f"{t - 1} survivors, fewer than the threshold")
+                           f"{t - 1} survivors, fewer than the threshold" if dep.params.full_graph
+                           else "survivors, fewer than the threshold")
         dep.assert_refused([u for u in recipients if u not in listed], "does not list client")
     else:
         dep.assert_refused(recipients, message)
@@ -1237,7 +1262,7 @@ def test_lie_ask_for_both_shares_at_the_finder_threshold_secaggplus():
     dep.lie(views=finder_split_views(colluder=9))
     dep.run()
     victim = dep.server.victim
-    if victim is None or 9 not in dep.server._graph[victim]:
+    if victim is None or 9 not in dep.server.neighbours(victim):
         pytest.fail("precondition: the victim neighbours the colluder")
     assert not dep.leaks(victim), (
         f"x_{victim} recovered exactly: b from {sorted(dep.revealed('b', victim))} + colluder, "
@@ -1251,8 +1276,8 @@ def finder_split_views(colluder: int) -> ViewsFn:
     attack does not depend on consistency signatures being counted globally."""
     def views(server: LyingServer) -> dict[int, Sets]:
         t = server.params.threshold
-        for victim in sorted(server._graph[colluder]):
-            near = sorted(server._graph[victim] - {colluder})
+        for victim in sorted(server.neighbours(colluder)):
+            near = sorted(server.neighbours(victim) - {colluder})
             far = [u for u in server.survivors if u not in {colluder, victim, *near}]
             for b_near in near:
                 s_near = [u for u in near if u != b_near]
@@ -1269,7 +1294,7 @@ def finder_split_views(colluder: int) -> ViewsFn:
 def _local_signers(server: LyingServer, shown: Mapping[int, Sets], u: int, colluders: set[int]) -> int:
     """How many of ``u``'s closed neighbourhood sign ``u``'s view (colluders sign any view)."""
     view = shown[u]
-    return sum(1 for w in server._graph[u] | {u}
+    return sum(1 for w in server.neighbours(u) | {u}
                if w in view[0] and (w in colluders or shown.get(w) == view))
 
 

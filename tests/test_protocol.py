@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 
 from secagg.crypto.prg import CHUNK_WORDS, accumulate_masks, expand
 from secagg.errors import AbortError
-from secagg.protocol.messages import KeyEntry, SessionParams, Stage
+from secagg.protocol.messages import SessionParams, Stage
 from secagg.protocol.runner import run_session
 from secagg.protocol.server import Server
 from secagg.protocol.session import session_id
@@ -171,19 +173,22 @@ def test_fused_accumulation_equals_separate_expansions(masks, length, seed):
     assert np.array_equal(fused, base), "adding then subtracting the same masks is the identity"
 
 
-def test_session_id_binds_every_parameter_and_key():
-    entries = (KeyEntry(0, b"a" * 32, b"b" * 32), KeyEntry(1, b"c" * 32, b"d" * 32))
+def test_session_id_binds_every_parameter_and_the_nonce():
     base = SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 100, 32, nonce=NONCE)
-    sid = session_id(base, entries)
+    sid = session_id(base)
     variants = [SessionParams(4, b"model-1", (0, 1, 2), 2, 2, 100, 32, nonce=NONCE),
                 SessionParams(3, b"model-2", (0, 1, 2), 2, 2, 100, 32, nonce=NONCE),
                 SessionParams(3, b"model-1", (0, 1, 3), 2, 2, 100, 32, nonce=NONCE),
                 SessionParams(3, b"model-1", (0, 1, 2), 1, 2, 100, 32, nonce=NONCE),
                 SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 101, 32, nonce=NONCE),
-                SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 100, 31, nonce=NONCE)]
-    assert len({sid, *(session_id(v, entries) for v in variants)}) == 1 + len(variants)
-    swapped = (KeyEntry(0, b"a" * 32, b"b" * 32), KeyEntry(1, b"c" * 32, b"e" * 32))
-    assert session_id(base, swapped) != sid
+                SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 100, 31, nonce=NONCE),
+                SessionParams(3, b"model-1", (0, 1, 2), 2, 2, 100, 32, nonce=bytes(32))]
+    assert len({sid, *(session_id(v) for v in variants)}) == 1 + len(variants)
+    # a SecAgg+ client's view (count and root, no list) derives the server's id
+    big = SessionParams(3, b"model-1", tuple(range(0, 40, 3)), 2, 4, 100, 32, nonce=NONCE)
+    view = dataclasses.replace(big, client_ids=())
+    assert view.members == big.members and session_id(view) == session_id(big)
+    assert session_id(dataclasses.replace(view, members_root=bytes(32))) != session_id(big)
 
 
 @given(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32),

@@ -29,12 +29,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from views import consistency_request, status_root
 
 from secagg.crypto import aead
 from secagg.crypto.keys import DHKeyPair, SigningKey, verify_signature
 from secagg.crypto.shamir import split
 from secagg.errors import AbortError, ConfigError, ProtocolError, WireError
 from secagg.protocol.client import Client, ClientPhase
+from secagg.protocol.graph import ring_neighbours
 from secagg.protocol.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
@@ -418,7 +420,7 @@ def test_server_refuses_a_small_order_key_and_continues(point: str, field: str) 
 def _advertised(params: SessionParams, inputs: dict[int, np.ndarray]):
     clients = {u: Client(u, inputs[u]) for u in params.client_ids}
     ads = {u: c.handle(wire(Setup(params))) for u, c in clients.items()}
-    entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature, a.commitment)
+    entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature, a.commitment, params.client_ids.index(u))
                     for u, a in sorted(ads.items()))
     return clients, entries
 
@@ -447,17 +449,17 @@ def _share_from_corrupt_peer(peer_mask_key: bytes):
     client = Client(u, inputs[u])
     ad = client.handle(wire(Setup(params)))
     v_enc = DHKeyPair.generate()
-    rest = [KeyEntry(w, DHKeyPair.generate().public, DHKeyPair.generate().public, b"", os.urandom(32))
-            for w in params.client_ids[2:]]
-    entries = tuple(sorted([KeyEntry(u, ad.enc_key, ad.mask_key, b"", ad.commitment),
-                            KeyEntry(v, v_enc.public, peer_mask_key, b"", os.urandom(32)),
+    rest = [KeyEntry(w, DHKeyPair.generate().public, DHKeyPair.generate().public, b"", os.urandom(32), i + 2)
+            for i, w in enumerate(params.client_ids[2:])]
+    entries = tuple(sorted([KeyEntry(u, ad.enc_key, ad.mask_key, b"", ad.commitment, 0),
+                            KeyEntry(v, v_enc.public, peer_mask_key, b"", os.urandom(32), 1),
                             *rest], key=lambda e: e.client_id))
     try:
         client.handle(wire(KeyDirectory(entries)))
     except ProtocolError as exc:  # refusing the key as soon as it is seen is fine too
         return client, exc
     sid = client.session
-    assert sid == session_id(params, entries)
+    assert sid == session_id(params)
     xs = [share_point(u), share_point(v)]
     b, s = split(os.urandom(32), params.threshold, xs)[0], split(os.urandom(32), params.threshold, xs)[0]
     key = share_key(v_enc.agree(ad.enc_key, peer=u), sid, v, u)
@@ -492,7 +494,8 @@ def test_duplicate_client_ids_are_a_config_error() -> None:
                       vector_length=4, nonce=NONCE)
     # a Setup carrying duplicate ids cannot even be decoded (id lists travel packed, big-endian uint32)
     packed = b"".join(i.to_bytes(4, "big") for i in (1, 2, 2, 3))
-    raw = msgpack.packb([MAGIC, VERSION, 1, [0, b"", packed, 2, 3, 4, 32, False, 0, b""]], use_bin_type=True)
+    p_fields = [0, b"", 4, bytes(32), 2, 3, 4, 32, False, 0, b""]
+    raw = msgpack.packb([MAGIC, VERSION, 1, p_fields, packed, 0, b""], use_bin_type=True)
     with pytest.raises(WireError, match="duplicate"):
         decode(raw)
 
@@ -564,7 +567,7 @@ def test_client_refuses_directories_with_duplicates() -> None:
     doubled = KeyDirectory((*entries[:2], entries[1], *entries[2:]))
     with pytest.raises(WireError, match="duplicate"):
         decode(encode(doubled))
-    with pytest.raises(ProtocolError, match="duplicate client id"):
+    with pytest.raises(ProtocolError, match="duplicate client id or index"):
         clients[c].handle(doubled)
     assert clients[c].phase is ClientPhase.ABORTED
 
@@ -688,8 +691,9 @@ def test_messages_replayed_from_an_earlier_session_are_refused() -> None:
     params = make_params(n=6, t=3, d=8)
     inputs = make_inputs(params, 15)
     ids = params.client_ids
-    old = drive(params, inputs, Stage.SHARE_KEYS)
-    new = drive(params, inputs, Stage.SHARE_KEYS)  # identical parameters: only the fresh keys differ
+    fresh = dataclasses.replace(params, nonce=b"")  # each server draws its own nonce, as deployed
+    old = drive(fresh, inputs, Stage.SHARE_KEYS)
+    new = drive(fresh, inputs, Stage.SHARE_KEYS)  # identical parameters: only the nonce and keys differ
     assert old.server.session != new.server.session
     stale_forward, stale_request = ids[2], ids[1]
     for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT):
@@ -1064,12 +1068,12 @@ def test_other_model_version_gives_another_session_id() -> None:
     a, b, c = params.client_ids
     clients = {a: Client(a, inputs[a]), b: Client(b, inputs[b]), c: Client(c, inputs[c])}
     ads = {u: cl.handle(wire(Setup(other if u == b else params))) for u, cl in clients.items()}
-    entries = tuple(KeyEntry(u, m.enc_key, m.mask_key, m.signature, m.commitment)
+    entries = tuple(KeyEntry(u, m.enc_key, m.mask_key, m.signature, m.commitment, params.client_ids.index(u))
                     for u, m in sorted(ads.items()))
     for cl in clients.values():
         cl.handle(wire(KeyDirectory(entries)))
-    assert clients[a].session == clients[c].session == session_id(params, entries)
-    assert clients[b].session == session_id(other, entries) != clients[a].session
+    assert clients[a].session == clients[c].session == session_id(params)
+    assert clients[b].session == session_id(other) != clients[a].session
 
 
 class _SplitSetupServer(Server):
@@ -1116,7 +1120,7 @@ class _TranslatingServer(_SplitSetupServer):
     def advance(self) -> Outgoing:
         out = super().advance()
         if self.phase is ServerPhase.COLLECT_SHARES:
-            self.victim_session = session_id(self.victim_params, out[0][1].entries)
+            self.victim_session = session_id(self.victim_params)
         changed = []
         for u, m in out:
             if isinstance(m, ForwardedShares) and self.filter_victim and u != self.victim:
@@ -1205,8 +1209,8 @@ def consistency_check() -> Harness:
 
 def _sign(h: Harness, signers, survivors: tuple[int, ...], dropped: tuple[int, ...]) -> dict[int, bytes]:
     """What each of ``signers`` answers to a ConsistencyRequest for these sets (through the codec)."""
-    request = wire(ConsistencyRequest(h.server.session, survivors, dropped))
-    replies = {u: wire(h.clients[u].handle(request)) for u in signers}
+    replies = {u: wire(h.clients[u].handle(wire(consistency_request(h.server, u, survivors, dropped))))
+               for u in signers}
     assert all(isinstance(r, ConsistencySignature) for r in replies.values())
     assert all(h.clients[u].phase is ClientPhase.SIGNED for u in signers)
     return {u: r.signature for u, r in replies.items()}
@@ -1226,7 +1230,7 @@ def test_malicious_client_refuses_to_sign_a_client_as_both(consistency_check: Ha
     assert isinstance(request, ConsistencyRequest) and request.survivors == ids and request.dropped == ()
     produced = []
     with pytest.raises(ProtocolError, match="both"):
-        produced.append(h.clients[c].handle(wire(ConsistencyRequest(request.session_id, ids, (v,)))))
+        produced.append(h.clients[c].handle(wire(consistency_request(h.server, c, ids, (v,)))))
     assert produced == [] and h.clients[c].phase is ClientPhase.ABORTED
     # c is a survivor that never signed: the others sign, unmask it, and the sum is exact
     result = h.finish(skip={c})
@@ -1297,16 +1301,18 @@ def test_unmask_request_needs_t_valid_signatures(forgery: str) -> None:
     genuine = dict(request.signatures)
     keep = {u: genuine[u] for u in ids[: t - 1]}
     sets = (request.survivors, request.dropped)
+    root = status_root(h.server, *sets)  # what the survivors signed
     stranger = SigningKey.generate()  # id MAX_ID is in nobody's registry
     bad: dict[int, bytes] = {
         "t-1 genuine": {},
         "one bit flipped": {a: flip_bit(genuine[a], 7)},
         "relabelled signer": {a: genuine[b]},
-        "other session": {a: h.identities[a].sign(consistency_message(bytes(32), *sets))},
-        "other sets": {a: h.identities[a].sign(consistency_message(request.session_id, ids, ()))},
+        "other session": {a: h.identities[a].sign(consistency_message(bytes(32), root))},
+        "other sets": {a: h.identities[a].sign(consistency_message(request.session_id,
+                                                                   status_root(h.server, ids, ())))},
         # a valid signature over exactly these sets, by a client they do not list as a survivor
-        "dropped signer": {d: h.identities[d].sign(consistency_message(request.session_id, *sets))},
-        "stranger signer": {2**32 - 2: stranger.sign(consistency_message(request.session_id, *sets))},
+        "dropped signer": {d: h.identities[d].sign(consistency_message(request.session_id, root))},
+        "stranger signer": {2**32 - 2: stranger.sign(consistency_message(request.session_id, root))},
         "repeated signer": {},
     }[forgery]
     pairs = tuple(sorted({**keep, **bad}.items()))
@@ -1396,7 +1402,7 @@ def test_one_altered_self_mask_share_among_exactly_t_aborts_instead_of_a_wrong_s
             if direction != "to_server" or stage is not Stage.UNMASKING:
                 return data
             # the target's shares come back from exactly t holders: one more is silenced, one lies
-            holders = sorted(server._graph[target] - {target})
+            holders = sorted(server.neighbours(target))
             silenced, liar = holders[-(len(holders) + 1 - params.threshold):], holders[0]
             if u in silenced:
                 return b""  # refused by the server: as if it never answered
@@ -1486,12 +1492,21 @@ def test_any_set_of_damaged_share_ciphertexts_gives_the_exact_sum_or_an_abort_na
 
 def _after_setup(params: SessionParams) -> tuple[dict[int, Client], dict[int, AdvertiseKeys]]:
     clients = {u: Client(u, np.zeros(params.vector_length, np.uint32)) for u in params.client_ids}
-    return clients, {u: wire(c.handle(wire(Setup(params)))) for u, c in clients.items()}
+    setups = dict(Server(params).start())
+    return clients, {u: wire(c.handle(wire(setups[u]))) for u, c in clients.items()}
+
+
+def _ring_of(params: SessionParams) -> dict[int, frozenset[int]]:
+    """Each invited client's ring neighbours (ids), from the written construction."""
+    ids = params.client_ids
+    return {u: frozenset(ids[j] for j in ring_neighbours(params, i)) for i, u in enumerate(ids)}
 
 
 def _directory_seen_by(client: Client, ads: dict[int, AdvertiseKeys], kept) -> Client | ProtocolError:
     """A copy of ``client`` (after Setup) given the directory of the advertisements in ``kept``."""
-    entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature, a.commitment)
+    ids = client.params.client_ids if client.params.client_ids else None
+    index = {u: i for i, u in enumerate(sorted(ads))} if ids is None else {u: i for i, u in enumerate(ids)}
+    entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature, a.commitment, index[u])
                     for u, a in sorted(ads.items()) if u in kept)
     copy_ = copy.deepcopy(client)
     try:
@@ -1505,20 +1520,22 @@ def _directory_seen_by(client: Client, ads: dict[int, AdvertiseKeys], kept) -> C
 @given(st.integers(8, 20), st.data())
 def test_no_choice_of_advertisements_moves_an_honest_clients_neighbourhood(n: int,
                                                                             data: st.DataObject) -> None:
-    """The ring is fixed by Setup (round, degree, invited ids) before any key: whichever advertisements
-    the server lets into the directory, an honest client's neighbours are its Setup-time ring
-    neighbours among them: a dropout (real or claimed) leaves a hole, never a new neighbour."""
-    from secagg.protocol.graph import graph_seed, neighbours
-
+    """The ring is fixed by Setup (round, degree, the members' root) before any key: whichever
+    advertisements the server lets into a directory, an honest client's neighbours are its Setup-time
+    ring neighbours among them (a dropout, real or claimed, leaves a hole, never a new neighbour), and a
+    directory that seats anyone else next to it is refused."""
     k = data.draw(st.sampled_from([2, 4, 6]), label="degree")
     params = make_params(n=n, t=2, d=4, degree=k)
     ids = params.client_ids
-    ring = neighbours(graph_seed(params.round, k, ids), ids, k)
+    ring = _ring_of(params)
     clients, ads = _after_setup(params)
     victim = data.draw(st.sampled_from(ids), label="victim")
     for _ in range(5):  # five directories a grinding server might try
         kept = data.draw(st.sets(st.sampled_from(ids), min_size=2), label="advertisements let in") | {victim}
         seen = _directory_seen_by(clients[victim], ads, kept)
+        if kept - ring[victim] - {victim}:  # someone who is not a ring neighbour: refused outright
+            assert isinstance(seen, ProtocolError) and "not this client's ring neighbours" in str(seen)
+            seen = _directory_seen_by(clients[victim], ads, (kept & ring[victim]) | {victim})
         if isinstance(seen, ProtocolError):  # too few live neighbours to hold its shares: it sits out
             assert "fewer holders than the threshold" in str(seen)
             assert len(ring[victim] & kept) + 1 < params.threshold
@@ -1531,11 +1548,9 @@ def test_the_papers_grinding_attack_finds_no_directory_that_surrounds_the_victim
     before, tens of directory subsets put them around the victim; now none of 300 directories a
     grinding server tries (random subsets of the advertisements that keep the victim) gives the
     victim a single colluding neighbour."""
-    from secagg.protocol.graph import graph_seed, neighbours
-
     params = make_params(n=12, t=3, d=4, degree=4)
     ids = params.client_ids
-    ring = neighbours(graph_seed(params.round, 4, ids), ids, 4)
+    ring = _ring_of(params)
     victim = ids[0]
     colluders = {u for u in ids if u != victim and u not in ring[victim]}
     clients, ads = _after_setup(params)
@@ -1543,7 +1558,10 @@ def test_the_papers_grinding_attack_finds_no_directory_that_surrounds_the_victim
     tried = 0
     for _ in range(300):
         kept = {victim, *(u for u in ids if rng.random() < 0.7)}
-        seen = _directory_seen_by(clients[victim], ads, kept)
+        if kept - ring[victim] - {victim}:  # a colluder (or anyone else) seated next to it: refused
+            seen = _directory_seen_by(clients[victim], ads, kept)
+            assert isinstance(seen, ProtocolError) and "not this client's ring neighbours" in str(seen)
+        seen = _directory_seen_by(clients[victim], ads, (kept & ring[victim]) | {victim})
         if isinstance(seen, Client):
             tried += 1
             assert not seen._neighbours & colluders

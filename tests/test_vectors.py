@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from secagg.crypto.shamir import P, Share, reconstruct
 from secagg.protocol.messages import SessionParams
 from secagg.protocol.server import Server
-from secagg.protocol.vectors import FORMAT, derivations, vector_params
+from secagg.protocol.vectors import FORMAT, derivations, secaggplus, secaggplus_params, vector_params
 from secagg.protocol.wire import decode, encode
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol-vectors.json"
@@ -41,6 +41,32 @@ def doc() -> dict:
 
 def test_the_committed_derivations_are_what_the_library_computes(doc):
     assert doc["derivations"] == derivations()
+    assert doc["secaggplus"] == secaggplus()
+
+
+def _merkle_root(leaves: list[bytes]) -> bytes:
+    """Section 4's Merkle tree, from the text: SHA-256(0x00 || leaf) leaves, padded with zero hashes
+    to a power of two, SHA-256(0x01 || left || right) nodes."""
+    level = [hashlib.sha256(b"\x00" + x).digest() for x in leaves]
+    while len(level) & (len(level) - 1):
+        level.append(bytes(32))
+    while len(level) > 1:
+        level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def _verify_path(root: bytes, n: int, index: int, leaf: bytes, proof: bytes) -> bool:
+    """One leaf's proof: the sibling hashes from the leaves up (section 4)."""
+    node, width = hashlib.sha256(b"\x00" + leaf).digest(), 1
+    while width < n:
+        width *= 2
+    hashes = [proof[i : i + 32] for i in range(0, len(proof), 32)]
+    if 2 ** (len(hashes)) != width:
+        return False
+    for sibling in hashes:
+        pair = node + sibling if index % 2 == 0 else sibling + node
+        node, index = hashlib.sha256(b"\x01" + pair).digest(), index // 2
+    return node == root
 
 
 def _hkdf(secret: bytes, salt: bytes, info: bytes) -> bytes:
@@ -53,9 +79,11 @@ def _pair(label: bytes, a: int, b: int) -> bytes:
 
 
 def _params_bytes(d: dict) -> bytes:
-    ids = b"".join(u.to_bytes(4, "big") for u in d["client_ids"])
-    fields = [d["round"], bytes.fromhex(d["model_version"]), ids, d["threshold"], d["degree"],
-              d["vector_length"], d["bits"], d["malicious"], d["corrupt"], bytes.fromhex(d["nonce"])]
+    root = _merkle_root([u.to_bytes(4, "big") for u in d["client_ids"]])
+    assert root.hex() == d["members_root"] and d["members"] == len(d["client_ids"])
+    fields = [d["round"], bytes.fromhex(d["model_version"]), len(d["client_ids"]), root, d["threshold"],
+              d["degree"], d["vector_length"], d["bits"], d["malicious"], d["corrupt"],
+              bytes.fromhex(d["nonce"])]
     return msgpack.packb(fields, use_bin_type=True)
 
 
@@ -82,15 +110,14 @@ def test_every_derivation_follows_the_written_specification(doc):
         want = hashlib.sha256(b"secagg/v2/self-mask-seed-commitment" + params + int(u).to_bytes(4, "big")
                               + bytes.fromhex(seed)).hexdigest()
         assert v["commitments"][u] == want
-    # session id: SHA-256(label || params || ids || enc keys || mask keys || commitments)
-    ids = [3, 5, 9]
-    h = hashlib.sha256(b"secagg/v1/session-id" + params)
-    h.update(b"".join(u.to_bytes(4, "big") for u in ids))
-    h.update(public["u_enc"] + public["v_enc"] + public["w_enc"])
-    h.update(public["u_mask"] + public["v_mask"] + public["w_mask"])
-    h.update(b"".join(bytes.fromhex(v["commitments"][str(u)]) for u in ids))
-    sid = h.digest()
+    # session id: SHA-256(label || P(params)); the consistency message signs the status root
+    sid = hashlib.sha256(b"secagg/v3/session-id" + params).digest()
     assert v["session_id"] == sid.hex()
+    statuses = v["statuses"]
+    root = _merkle_root([int(u).to_bytes(4, "big") + bytes([statuses[str(u)]])
+                         for u in v["params"]["client_ids"]])
+    assert v["status_root"] == root.hex()
+    assert v["consistency_message"] == (b"secagg/v3/consistency" + sid + root).hex()
     assert v["advertisement_message"] == (b"secagg/v2/advertise" + params + (3).to_bytes(4, "big")
                                           + public["u_enc"] + public["u_mask"]
                                           + bytes.fromhex(v["commitments"]["3"])).hex()
@@ -129,14 +156,16 @@ def test_every_derivation_follows_the_written_specification(doc):
              "ConsistencySignature": 10}
     for name, data in v["wire"].items():
         raw = bytes.fromhex(data)
-        assert msgpack.unpackb(raw)[:3] == [0x5EC6, 2, codes[name]]
+        assert msgpack.unpackb(raw)[:3] == [0x5EC6, 3, codes[name]]
         assert encode(decode(raw)) == raw and type(decode(raw)).__name__ == name
     assert msgpack.unpackb(bytes.fromhex(v["wire"]["Setup"]))[3] == msgpack.unpackb(params)
 
 
-def test_the_recorded_session_replays_byte_for_byte_into_a_fresh_server(doc):
-    t = doc["transcript"]
-    params = vector_params()
+@pytest.mark.parametrize(("key", "make"), [("transcript", vector_params),
+                                         ("transcript_secaggplus", secaggplus_params)])
+def test_the_recorded_session_replays_byte_for_byte_into_a_fresh_server(doc, key, make):
+    t = doc[key]
+    params = make()
     assert isinstance(params, SessionParams) and params.nonce  # the recorded session's nonce
     server = Server(params)
     outgoing = server.start()
@@ -152,22 +181,47 @@ def test_the_recorded_session_replays_byte_for_byte_into_a_fresh_server(doc):
     assert want.tolist() == t["sum"]
 
 
-def test_the_ring_follows_the_written_specification():
-    """Section 4: the ring seed from the round, degree and invited ids; keys = the first 8n keystream
-    bytes under it as little-endian uint64, the i-th smallest id taking word i; stable sort by key;
-    k/2 neighbours on each side."""
-    from secagg.protocol.graph import graph_seed, neighbours
+def _swap_or_not(seed: bytes, n: int, x: int, rounds: range) -> int:
+    """Section 4's permutation from the text: pivots from the AES-CTR PRG under HKDF(seed, "ring-pivots"),
+    round bits from AES-128-ECB under HKDF(seed, "ring-bits")[:16] of be32(r) || be32(p >> 7) || 0^8."""
+    pk = _hkdf(seed, b"", b"secagg/v3/ring-pivots")
+    stream = Cipher(algorithms.AES(pk[:16]), modes.CTR(pk[16:])).encryptor().update(bytes(16 * 90))
+    pivots = [int.from_bytes(stream[8 * r : 8 * r + 8], "little") % n for r in range(90)]
+    ecb = Cipher(algorithms.AES(_hkdf(seed, b"", b"secagg/v3/ring-bits")[:16]), modes.ECB()).encryptor()
+    for r in rounds:
+        flip = (pivots[r] - x) % n
+        p = max(x, flip)
+        block = ecb.update(r.to_bytes(4, "big") + (p >> 7).to_bytes(4, "big") + bytes(8))
+        if (block[(p & 127) >> 3] >> (p & 7)) & 1:
+            x = flip
+    return x
 
-    members, k, round_ = [2, 3, 5, 8, 13, 21, 34, 55, 89], 4, 7
-    material = hashlib.sha256(b"secagg/v2/graph-seed" + round_.to_bytes(4, "big") + k.to_bytes(4, "big")
-                              + b"".join(u.to_bytes(4, "big") for u in members)).digest()
-    assert graph_seed(round_, k, members) == material
-    sid = material
-    seed = _hkdf(material, b"", b"secagg/v1/graph-permutation")
-    ctr = Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor()
-    stream = ctr.update(bytes(8 * len(members)))
-    keys = np.frombuffer(stream, dtype="<u8")
-    ring = [members[i] for i in np.argsort(keys, kind="stable")]
-    m = len(ring)
-    want = {u: frozenset(ring[(ring.index(u) + j) % m] for j in (-2, -1, 1, 2)) for u in members}
-    assert neighbours(sid, members, k) == want
+
+def test_the_secaggplus_graph_follows_the_written_specification(doc):
+    """Section 4: the members' Merkle root and proofs, the ring seed, the swap-or-not ring (pi(i) for
+    each member index) and each member's k/2 ring neighbours on either side."""
+    g = doc["secaggplus"]
+    members, k, n = g["members"], g["degree"], len(g["members"])
+    leaves = [u.to_bytes(4, "big") for u in members]
+    assert [hashlib.sha256(b"\x00" + x).hexdigest() for x in leaves] == g["leaf_hashes"]
+    root = _merkle_root(leaves)
+    assert root.hex() == g["members_root"]
+    i = g["membership_proof"]["index"]
+    assert _verify_path(root, n, i, leaves[i], bytes.fromhex(g["membership_proof"]["proof"]))
+    assert not _verify_path(root, n, i + 1, leaves[i], bytes.fromhex(g["membership_proof"]["proof"]))
+    seed = hashlib.sha256(b"secagg/v3/ring-seed" + g["round"].to_bytes(4, "big") + k.to_bytes(4, "big")
+                          + n.to_bytes(4, "big") + root).digest()
+    assert seed.hex() == g["ring_seed"]
+    positions = [_swap_or_not(seed, n, x, range(90)) for x in range(n)]
+    assert positions == g["positions"] and sorted(positions) == list(range(n))
+    at = {p: members[x] for x, p in enumerate(positions)}
+    for x, u in enumerate(members):
+        want = sorted(at[(positions[x] + j) % n] for j in range(-(k // 2), k // 2 + 1) if j)
+        assert g["neighbours"][str(u)] == want
+    statuses = g["statuses"]
+    status = _merkle_root([u.to_bytes(4, "big") + bytes([statuses[str(u)]]) for u in members])
+    assert status.hex() == g["status_root"]
+    # a SecAgg+ Setup: P(params), an empty member list, the recipient's index and its proof
+    setup = msgpack.unpackb(bytes.fromhex(g["wire"]["Setup"]))
+    assert setup[:3] == [0x5EC6, 3, 1] and setup[3][2:4] == [n, root] and setup[4:] == [b"", 5, bytes.fromhex(
+        g["membership_proof"]["proof"])]

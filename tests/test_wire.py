@@ -4,10 +4,16 @@ The contract under test (wire.py's docstring): :func:`decode` raises :class:`Wir
 that is not a valid message -- random bytes, truncations, bit flips, schema-invalid msgpack -- and no
 other exception type ever escapes. A decoded message re-encodes to the canonical encoding of the
 msgpack value it was read from.
+
+Wire version 3: a SecAgg+ Setup carries P(params) (member count and Merkle root, no list) plus the
+recipient's index and proof, so what a client decodes is its *view* of the parameters
+(``client_ids == ()``); :func:`on_the_wire` gives that view, and such a message round-trips exactly
+at the byte level.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import time
 import tracemalloc
@@ -24,11 +30,14 @@ from secagg.crypto.shamir import SHARE_BYTES
 from secagg.errors import ConfigError, WireError
 from secagg.protocol import wire
 from secagg.protocol.finder import secure_threshold
+from secagg.protocol.merkle import MerkleTree
 from secagg.protocol.messages import (
     MAX_CLIENTS,
     MAX_ID,
+    MAX_PROOF_BYTES,
     MAX_VECTOR_LENGTH,
     MODEL_VERSION_MAX_BYTES,
+    ROOT_BYTES,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -42,6 +51,8 @@ from secagg.protocol.messages import (
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
+    member_leaf,
+    members_root,
 )
 from secagg.protocol.wire import MAGIC, SHARE_CIPHERTEXT_BYTES, VERSION, decode, encode
 
@@ -56,6 +67,8 @@ key32 = st.binary(min_size=32, max_size=32)
 session_id = st.binary(min_size=wire.SESSION_ID_BYTES, max_size=wire.SESSION_ID_BYTES)
 signature64 = st.binary(min_size=64, max_size=64)
 signature = st.one_of(st.just(b""), signature64)
+#: an opaque Merkle proof: whole 32-byte hashes (the wire checks the shape, the client the hashes)
+proof = st.integers(0, 8).flatmap(lambda hashes: st.binary(min_size=32 * hashes, max_size=32 * hashes))
 
 
 def id_tuples(min_size: int = 0, max_size: int = 8) -> st.SearchStrategy[tuple[int, ...]]:
@@ -104,6 +117,32 @@ def session_params(draw: st.DrawFn) -> SessionParams:
     )
 
 
+def client_view(params: SessionParams) -> SessionParams:
+    """What a SecAgg+ client holds: the parameters without the member list (count and root kept)."""
+    return dataclasses.replace(params, client_ids=())
+
+
+@st.composite
+def setups(draw: st.DrawFn) -> Setup:
+    """A full-graph Setup (the member list travels, no index or proof), or a SecAgg+ one: the
+    recipient's index and a proof (the real one or random whole hashes), with the server's
+    parameters (the list, which stays home) or the client's view of them (no list at all)."""
+    params = draw(session_params())
+    if params.full_graph:
+        return Setup(params)
+    index = draw(st.integers(0, params.members - 1))
+    real = MerkleTree([member_leaf(u) for u in params.client_ids]).multiproof([index])
+    sent = draw(st.just(real) | proof)
+    return Setup(client_view(params) if draw(st.booleans()) else params, index, sent)
+
+
+def on_the_wire(message: Message) -> Message:
+    """What ``decode(encode(message))`` gives: a SecAgg+ Setup arrives as the client's view."""
+    if isinstance(message, Setup) and not message.params.full_graph and message.params.client_ids:
+        return dataclasses.replace(message, params=client_view(message.params))
+    return message
+
+
 @st.composite
 def key_entries(draw: st.DrawFn) -> tuple[KeyEntry, ...]:
     ids = draw(id_tuples(max_size=6))
@@ -111,19 +150,22 @@ def key_entries(draw: st.DrawFn) -> tuple[KeyEntry, ...]:
     sig = st.binary(min_size=64, max_size=64) if signed else st.just(b"")
     committed = draw(st.booleans())  # so is the commitment column
     commitment = key32 if committed else st.just(b"")
-    return tuple(KeyEntry(i, draw(key32), draw(key32), draw(sig), draw(commitment)) for i in ids)
+    index = st.integers(0, MAX_CLIENTS - 1)  # the member's leaf: any order on the wire
+    return tuple(KeyEntry(i, draw(key32), draw(key32), draw(sig), draw(commitment), draw(index))
+                 for i in ids)
 
 
 vector = st.integers(0, 1024).flatmap(lambda words: st.binary(min_size=4 * words, max_size=4 * words))
 
 STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
-    Setup: st.builds(Setup, session_params()),
+    Setup: setups(),
     AdvertiseKeys: st.builds(AdvertiseKeys, client_id, key32, key32, signature, key32 | st.just(b"")),
-    KeyDirectory: st.builds(KeyDirectory, key_entries()),
+    KeyDirectory: st.builds(KeyDirectory, key_entries(), proof),
     ShareKeys: st.builds(ShareKeys, client_id, session_id, id_pairs(SHARE_CIPHERTEXT_BYTES)),
     ForwardedShares: st.builds(ForwardedShares, client_id, session_id, id_pairs(SHARE_CIPHERTEXT_BYTES)),
     MaskedInput: st.builds(MaskedInput, client_id, session_id, vector, id_tuples()),
-    ConsistencyRequest: st.builds(ConsistencyRequest, session_id, id_tuples(), id_tuples()),
+    ConsistencyRequest: st.builds(ConsistencyRequest, session_id, id_tuples(), id_tuples(),
+                                  st.just(b"") | key32, proof),
     ConsistencySignature: st.builds(ConsistencySignature, client_id, session_id, signature64),
     UnmaskRequest: st.builds(UnmaskRequest, session_id, id_tuples(), id_tuples(), id_pairs(64)),
     UnmaskResponse: st.builds(UnmaskResponse, client_id, session_id, id_pairs(SHARE_BYTES),
@@ -149,15 +191,24 @@ PARAMS = SessionParams(round=7, model_version=b"v1", client_ids=(3, 200, 70000),
                        vector_length=5, bits=16)
 MALICIOUS_PARAMS = SessionParams(round=7, model_version=b"v1", client_ids=(3, 200, 70000, MAX_ID),
                                  threshold=4, degree=3, vector_length=5, bits=16, malicious=True, corrupt=3)
+# SecAgg+: degree 2 of 5 members; the Setup of the member at index 3 (70001) carries its proof
+SPARSE_PARAMS = SessionParams(round=7, model_version=b"v1", client_ids=(3, 200, 70000, 70001, MAX_ID),
+                              threshold=2, degree=2, vector_length=5, bits=16, malicious=True,
+                              nonce=bytes(range(32, 64)))
+SPARSE_PROOF = MerkleTree([member_leaf(u) for u in SPARSE_PARAMS.client_ids]).multiproof([3])
 SIG = bytes(range(64, 128))
 FIXED: list[Message] = [
     Setup(PARAMS),
     Setup(MALICIOUS_PARAMS),
+    Setup(SPARSE_PARAMS, 3, SPARSE_PROOF),
     AdvertiseKeys(200, bytes(32), b"\xff" * 32, b"\x01" * 64),
     KeyDirectory((KeyEntry(3, b"\x02" * 32, b"\x03" * 32), KeyEntry(300, b"\x04" * 32, b"\x05" * 32))),
     KeyDirectory((KeyEntry(0, b"\x06" * 32, b"\x07" * 32, b"\x08" * 64),
                   KeyEntry(MAX_ID, b"\x09" * 32, b"\x0a" * 32, b"\x0b" * 64))),
     KeyDirectory(()),
+    KeyDirectory((KeyEntry(3, b"\x02" * 32, b"\x03" * 32, b"\x08" * 64, b"\x0c" * 32, 4),
+                  KeyEntry(200, b"\x04" * 32, b"\x05" * 32, b"\x0b" * 64, b"\x0d" * 32, 0)),
+                 bytes(range(64, 128))),
     ShareKeys(3, SID, ((200, CT), (70000, CT))),
     ForwardedShares(70000, SID, ((3, CT),)),
     MaskedInput(MAX_ID, SID, bytes(range(20))),
@@ -165,6 +216,7 @@ FIXED: list[Message] = [
     UnmaskRequest(SID, (3, 200), (70000,), ((3, SIG), (200, SIG))),
     ConsistencyRequest(SID, (3, 200), (70000,)),
     ConsistencyRequest(SID, (), ()),
+    ConsistencyRequest(SID, (3,), (200, 70000), b"\x0e" * 32, bytes(range(96))),
     ConsistencySignature(MAX_ID, SID, SIG),
     UnmaskResponse(3, SID, ((200, SH),), ((70000, SH), (MAX_ID, SH))),
 ]
@@ -216,30 +268,64 @@ def array32_header(length: int) -> bytes:
 def test_strategies_cover_every_message_type() -> None:
     assert set(STRATEGIES) == set(MESSAGE_TYPES)
     assert {type(m) for m in FIXED} == set(MESSAGE_TYPES)
+    setups_ = [m for m in FIXED if isinstance(m, Setup)]
+    assert any(m.params.full_graph for m in setups_) and any(m.proof for m in setups_)
+    assert any(m.proof for m in FIXED if isinstance(m, KeyDirectory))
+    assert any(m.status_root and m.proof for m in FIXED if isinstance(m, ConsistencyRequest))
+
+
+def assert_round_trips(message: Message) -> None:
+    """Object level: decode gives the message (a SecAgg+ Setup: its client's view, which then
+    round-trips exactly); byte level: one encoding, whatever the side that encodes it."""
+    encoded = encode(message)
+    assert isinstance(encoded, bytes)
+    decoded = decode(encoded)
+    assert type(decoded) is type(message)
+    assert decoded == on_the_wire(message)
+    assert encode(decoded) == encoded  # canonical: one encoding per message
+    assert decode(encode(decoded)) == decoded
+    if isinstance(message, Setup) and not message.params.full_graph:
+        view = decoded.params  # type: ignore[union-attr]
+        assert view.client_ids == ()
+        assert (view.members, view.members_root) == (message.params.members, message.params.members_root)
+        assert (decoded.index, decoded.proof) == (message.index, message.proof)  # type: ignore[union-attr]
+        if message.params.client_ids:  # the server's object: only the list stays home
+            assert view == client_view(message.params) != message.params
+            assert view.members_root == members_root(message.params.client_ids)
 
 
 @pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda c: c.__name__)
 @given(data=st.data())
 def test_round_trip_every_type(cls: type, data: st.DataObject) -> None:
     message = data.draw(STRATEGIES[cls])
+    assert_round_trips(message)
     encoded = encode(message)
-    assert isinstance(encoded, bytes)
-    decoded = decode(encoded)
-    assert type(decoded) is cls
-    assert decoded == message
-    assert encode(decoded) == encoded  # canonical: one encoding per message
-    assert decode(bytearray(encoded)) == message
-    assert decode(memoryview(encoded)) == message
+    assert decode(bytearray(encoded)) == on_the_wire(message)
+    assert decode(memoryview(encoded)) == on_the_wire(message)
 
 
 @given(messages())
 def test_round_trip_mixed(message: Message) -> None:
-    assert decode(encode(message)) == message
+    assert_round_trips(message)
 
 
 @pytest.mark.parametrize("message", FIXED, ids=lambda m: type(m).__name__)
 def test_fixed_messages_round_trip(message: Message) -> None:
-    assert decode(encode(message)) == message
+    assert_round_trips(message)
+
+
+def test_a_sparse_setup_sends_no_member_list() -> None:
+    """SecAgg+: O(1) parameters plus an O(log n) proof, the same bytes from the server's parameters
+    or the client's view; the full graph sends the whole list, and its root is recomputed."""
+    sparse = Setup(SPARSE_PARAMS, 3, SPARSE_PROOF)
+    view = Setup(client_view(SPARSE_PARAMS), 3, SPARSE_PROOF)
+    assert encode(sparse) == encode(view)
+    assert decode(encode(sparse)) == view
+    assert msgpack.unpackb(encode(sparse))[4:] == [b"", 3, SPARSE_PROOF]
+    assert len(SPARSE_PROOF) == 3 * ROOT_BYTES  # depth 3 for 5 members
+    full = decode(encode(Setup(MALICIOUS_PARAMS)))
+    assert full.params.client_ids == MALICIOUS_PARAMS.client_ids  # type: ignore[union-attr]
+    assert full.params.members_root == members_root(MALICIOUS_PARAMS.client_ids)  # type: ignore[union-attr]
 
 
 def test_encodings_of_different_types_differ() -> None:
@@ -317,7 +403,7 @@ def test_single_bit_flips(message: Message, data: st.DataObject) -> None:
         # Exact re-encoding whenever the flipped bytes are canonical msgpack; see
         # test_non_canonical_encodings_are_refused for the non-canonical case.
         assert_faithful(flipped, result)
-        assert result != message
+        assert result != on_the_wire(message)
 
 
 @pytest.mark.parametrize("message", FIXED, ids=lambda m: type(m).__name__)
@@ -330,8 +416,14 @@ def test_every_single_bit_flip_of_fixed_messages(message: Message) -> None:
         if result is not None:
             accepted += 1
             assert_faithful(flipped, result)
-            assert result != message
+            assert result != on_the_wire(message)
     assert accepted < 8 * len(encoded)  # the header bits at least are checked
+    if isinstance(message, Setup) and message.params.full_graph:
+        # the member list is bound to members_root: no flip of its bytes gets through
+        ids = packed(*message.params.client_ids)
+        start = encoded.index(ids)
+        for bit in range(8 * start, 8 * (start + len(ids))):
+            assert decode_or_wire_error(flip(encoded, bit)) is None
 
 
 # --- schema-invalid msgpack values ------------------------------------------------------------------
@@ -345,29 +437,58 @@ def packed(*ids: int) -> bytes:
 
 
 def directory(ids: bytes, enc: bytes | None = None, mask: bytes | None = None, sigs: bytes = b"",
-              commits: bytes = b"") -> list:
-    """A KeyDirectory's wire form: five packed columns (ids, enc keys, mask keys, signatures, seed
-    commitments)."""
+              commits: bytes = b"", indices: Any = None) -> list:
+    """A KeyDirectory's entries in wire form: six packed columns (ids, member indices, enc keys,
+    mask keys, signatures, seed commitments); indices 0, 1, ... unless given."""
     n = len(ids) // 4
-    return [ids, bytes(32 * n) if enc is None else enc, bytes(32 * n) if mask is None else mask, sigs,
-            commits]
+    return [ids, packed(*range(n)) if indices is None else indices, bytes(32 * n) if enc is None else enc,
+            bytes(32 * n) if mask is None else mask, sigs, commits]
+
+
+def key_directory(*columns: Any, proof: Any = b"", **named: Any) -> bytes:
+    """A KeyDirectory frame: :func:`directory`'s columns and a Merkle proof (none by default)."""
+    return frame(3, directory(*columns, **named), proof)
+
+
+ROOT123 = members_root((1, 2, 3))
+
+
+def p_fields(ids: Any, threshold: int, degree: int, vector_length: int = 4, bits: int = 32,
+             malicious: Any = False, corrupt: Any = 0, nonce: Any = b"") -> list:
+    """P(params) for the members ``ids`` (round 0, no model version): their count and Merkle root."""
+    ids = tuple(ids)
+    return [0, b"", len(ids), members_root(ids), threshold, degree, vector_length, bits, malicious, corrupt,
+            nonce]
+
+
+def setup_frame(ids: Any, *params: Any, index: Any = 0, proof: Any = b"", **named: Any) -> bytes:
+    """A Setup frame as the server sends it: the member list on the full graph (degree n - 1) only."""
+    ids = tuple(ids)
+    fields = p_fields(ids, *params, **named)
+    return frame(1, fields, packed(*ids) if fields[5] == len(ids) - 1 else b"", index, proof)
 
 
 VALID_FIELDS: dict[int, list[Any]] = {
-    # params: [round, model_version, ids, threshold, degree, vector_length, bits, malicious, corrupt, nonce]
-    1: [[0, b"", packed(1, 2, 3), 2, 2, 4, 32, False, 0, b""]],
+    # Setup: [P(params), member list (full graph), index, proof]; P(params) = [round, model_version,
+    # members, members_root, threshold, degree, vector_length, bits, malicious, corrupt, nonce]
+    1: [[0, b"", 3, ROOT123, 2, 2, 4, 32, False, 0, b""], packed(1, 2, 3), 0, b""],
     2: [5, K, K, b"", b""],
-    3: [directory(packed(1, 2), sigs=bytes(128))],
+    3: [directory(packed(1, 2), sigs=bytes(128)), b""],
     4: [5, SID, [[1, CT], [2, CT]]],
     5: [5, SID, [[1, CT], [2, CT]]],
     6: [5, SID, b"\x00" * 8, b""],
     7: [SID, packed(1, 2), packed(3), [[1, SIG], [2, SIG]]],
     8: [5, SID, [[1, SH]], [[2, SH]]],
-    9: [SID, packed(1, 2), packed(3)],
+    9: [SID, packed(1, 2), packed(3), b"", b""],
     10: [5, SID, SIG],
 }
 # the same, in malicious mode: t = 3 of 3 clients tolerates corrupt <= 2
-MALICIOUS_FIELDS = [0, b"", packed(1, 2, 3), 3, 2, 4, 32, True, 2, b""]
+MALICIOUS_FIELDS = [0, b"", 3, ROOT123, 3, 2, 4, 32, True, 2, b""]
+# a SecAgg+ Setup (degree 2 of 6 members) for the member at index 4: no list, an index and its proof
+SPARSE_IDS = tuple(range(1, 7))
+SPARSE_ROOT = members_root(SPARSE_IDS)
+SPARSE_FIELDS = [[0, b"", 6, SPARSE_ROOT, 2, 2, 4, 32, False, 0, b""], b"", 4,
+                 MerkleTree([member_leaf(u) for u in SPARSE_IDS]).multiproof([4])]
 
 
 def with_field(code: int, index: int, value: Any) -> bytes:
@@ -377,13 +498,42 @@ def with_field(code: int, index: int, value: Any) -> bytes:
 
 
 def with_params(index: int, value: Any, base: list[Any] | None = None) -> bytes:
+    """The base Setup (members 1, 2, 3 on the full graph) with P(params)[index] replaced."""
     params = list(VALID_FIELDS[1][0] if base is None else base)
     params[index] = value
-    return frame(1, params)
+    return frame(1, params, *VALID_FIELDS[1][1:])
+
+
+def with_members(members: int, degree: int) -> bytes:
+    """The base Setup (the list 1, 2, 3 and its root) claiming ``members`` and ``degree``."""
+    params = list(VALID_FIELDS[1][0])
+    params[2], params[5] = members, degree
+    return frame(1, params, *VALID_FIELDS[1][1:])
+
+
+# members 5 beside a list of 6 (a valid SecAgg+ degree-4 list, and its root): only the count is wrong
+MEMBERS_5_OF_6 = frame(1, [0, b"", 5, members_root(tuple(range(1, 7))), 2, 4, 4, 32, False, 0, b""],
+                       packed(*range(1, 7)), 0, b"")
+
+
+def with_sparse(index: int, value: Any) -> bytes:
+    """The SecAgg+ Setup with field ``index`` replaced."""
+    fields = list(SPARSE_FIELDS)
+    fields[index] = value
+    return frame(1, *fields)
+
+
+def with_sparse_params(index: int, value: Any) -> bytes:
+    params = list(SPARSE_FIELDS[0])
+    params[index] = value
+    return with_sparse(0, params)
 
 
 def with_malicious_params(index: int, value: Any) -> bytes:
     return with_params(index, value, MALICIOUS_FIELDS)
+
+
+V = msgpack.packb(VERSION)  # the version as raw msgpack (one byte), for hand-built frames
 
 
 def nested_arrays(depth: int) -> bytes:
@@ -421,7 +571,10 @@ HEADER_AND_FRAMING_CASES: dict[str, bytes] = {
     "magic as ext": frame(2, *VALID_FIELDS[2], magic=msgpack.ExtType(3, b"ab")),
     "version 0": frame(2, *VALID_FIELDS[2], version=0),
     "version 1": frame(2, *VALID_FIELDS[2], version=1),  # the format before nonces and commitments
-    "version 3": frame(2, *VALID_FIELDS[2], version=3),
+    "version 2": frame(2, *VALID_FIELDS[2], version=2),  # the format before member roots and proofs
+    "version 2, a v2 Setup": frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, False, 0, b""], version=2),
+    "version 2, a v2 KeyDirectory": frame(3, [packed(1), K, K, b"", b""], version=2),
+    "version 4": frame(2, *VALID_FIELDS[2], version=4),
     "version -1": frame(2, *VALID_FIELDS[2], version=-1),
     "version 2**64-1": frame(2, *VALID_FIELDS[2], version=2**64 - 1),
     "version as bool True": frame(2, *VALID_FIELDS[2], version=True),
@@ -438,10 +591,10 @@ HEADER_AND_FRAMING_CASES: dict[str, bytes] = {
     "type as bin": frame(b"\x02", *VALID_FIELDS[2]),
     "type as array": frame([2], *VALID_FIELDS[2]),
     "type as empty str": frame("", *VALID_FIELDS[2]),
-    "type as a 20-deep array": b"\x94" + msgpack.packb(MAGIC) + b"\x01" + nested_arrays(20) + b"\x00",
-    "array nested past msgpack's stack limit": b"\x94" + msgpack.packb(MAGIC) + b"\x01\x02"
+    "type as a 20-deep array": b"\x94" + msgpack.packb(MAGIC) + V + nested_arrays(20) + b"\x00",
+    "array nested past msgpack's stack limit": b"\x94" + msgpack.packb(MAGIC) + V + b"\x02"
     + nested_arrays(5000),
-    "huge declared array": b"\x93" + msgpack.packb(MAGIC) + b"\x01" + array32_header(2**32 - 1),
+    "huge declared array": b"\x93" + msgpack.packb(MAGIC) + V + array32_header(2**32 - 1),
     "array above MAX_CLIENTS at the top": array32_header(MAX_CLIENTS + 1) + b"\x00" * 8,
     "ext in a field": with_field(2, 1, msgpack.ExtType(5, K)),
     "timestamp ext in a field": with_field(2, 0, msgpack.Timestamp(1, 0)),
@@ -485,26 +638,48 @@ FIELD_CASES.update({
     "AdvertiseKeys.signature 63 bytes": with_field(2, 3, bytes(63)),
     "AdvertiseKeys.signature 65 bytes": with_field(2, 3, bytes(65)),
     "AdvertiseKeys.signature 128 bytes": with_field(2, 3, bytes(128)),
-    # KeyDirectory: four packed columns
-    "KeyDirectory.entries in the list-of-entries form": frame(3, [[1, K, K, b""], [2, K, K, b""]]),
-    "KeyDirectory.entries 3 columns": frame(3, directory(packed(1, 2))[:3]),
-    "KeyDirectory.entries 6 columns": frame(3, [*directory(packed(1, 2)), b""]),
-    "KeyDirectory.entries as bin": frame(3, K),
-    "KeyDirectory.entries as map": frame(3, {}),
-    "KeyDirectory.entries ids unsorted": frame(3, directory(packed(2, 1))),
-    "KeyDirectory.entries ids duplicate": frame(3, directory(packed(1, 1))),
-    "KeyDirectory.entries id > MAX_ID": frame(3, directory(packed(1, MAX_ID + 1))),
-    "KeyDirectory.entries ids not whole words": frame(3, directory(packed(1, 2) + b"\x00")),
-    "KeyDirectory.entries ids as a list": frame(3, [[1, 2], bytes(64), bytes(64), b""]),
-    "KeyDirectory.entries enc keys one byte short": frame(3, directory(packed(1, 2), enc=bytes(63))),
-    "KeyDirectory.entries enc keys one key short": frame(3, directory(packed(1, 2), enc=bytes(32))),
-    "KeyDirectory.entries mask keys one byte long": frame(3, directory(packed(1, 2), mask=bytes(65))),
-    "KeyDirectory.entries mask keys as list": frame(3, directory(packed(1, 2), mask=[K, K])),
-    "KeyDirectory.entries one signature of two": frame(3, directory(packed(1, 2), sigs=bytes(64))),
-    "KeyDirectory.entries signatures 127 bytes": frame(3, directory(packed(1, 2), sigs=bytes(127))),
-    "KeyDirectory.entries signatures 129 bytes": frame(3, directory(packed(1, 2), sigs=bytes(129))),
-    "KeyDirectory.entries signatures as nil": frame(3, directory(packed(1, 2), sigs=None)),
-    "KeyDirectory.entries keys without ids": frame(3, directory(b"", enc=K, mask=K)),
+    # KeyDirectory: six packed columns and a Merkle proof
+    "KeyDirectory.entries in the list-of-entries form": frame(3, [[1, K, K, b""], [2, K, K, b""]], b""),
+    "KeyDirectory.entries 3 columns": frame(3, directory(packed(1, 2))[:3], b""),
+    "KeyDirectory.entries 5 columns (the v2 form, no indices)": frame(
+        3, [packed(1, 2), bytes(64), bytes(64), b"", b""], b""),
+    "KeyDirectory.entries 7 columns": frame(3, [*directory(packed(1, 2)), b""], b""),
+    "KeyDirectory.entries as bin": frame(3, K, b""),
+    "KeyDirectory.entries as map": frame(3, {}, b""),
+    "KeyDirectory.entries ids unsorted": key_directory(packed(2, 1)),
+    "KeyDirectory.entries ids duplicate": key_directory(packed(1, 1)),
+    "KeyDirectory.entries id > MAX_ID": key_directory(packed(1, MAX_ID + 1)),
+    "KeyDirectory.entries ids not whole words": key_directory(packed(1, 2) + b"\x00", indices=packed(0, 1)),
+    "KeyDirectory.entries ids as a list": frame(3, [[1, 2], packed(0, 1), bytes(64), bytes(64), b"", b""],
+                                                b""),
+    "KeyDirectory.entries enc keys one byte short": key_directory(packed(1, 2), enc=bytes(63)),
+    "KeyDirectory.entries enc keys one key short": key_directory(packed(1, 2), enc=bytes(32)),
+    "KeyDirectory.entries mask keys one byte long": key_directory(packed(1, 2), mask=bytes(65)),
+    "KeyDirectory.entries mask keys as list": key_directory(packed(1, 2), mask=[K, K]),
+    "KeyDirectory.entries one signature of two": key_directory(packed(1, 2), sigs=bytes(64)),
+    "KeyDirectory.entries signatures 127 bytes": key_directory(packed(1, 2), sigs=bytes(127)),
+    "KeyDirectory.entries signatures 129 bytes": key_directory(packed(1, 2), sigs=bytes(129)),
+    "KeyDirectory.entries signatures as nil": key_directory(packed(1, 2), sigs=None),
+    "KeyDirectory.entries one commitment of two": key_directory(packed(1, 2), commits=bytes(32)),
+    "KeyDirectory.entries commitments 65 bytes": key_directory(packed(1, 2), commits=bytes(65)),
+    "KeyDirectory.entries keys without ids": key_directory(b"", enc=K, mask=K),
+    # the indices column: one big-endian uint32 per id, each below MAX_CLIENTS
+    "KeyDirectory.entries indices one index short": key_directory(packed(1, 2), indices=packed(0)),
+    "KeyDirectory.entries indices one index long": key_directory(packed(1, 2), indices=packed(0, 1, 2)),
+    "KeyDirectory.entries indices one byte short": key_directory(packed(1, 2), indices=packed(0, 1)[:-1]),
+    "KeyDirectory.entries indices without ids": key_directory(b"", indices=packed(0)),
+    "KeyDirectory.entries index = MAX_CLIENTS": key_directory(packed(1, 2), indices=packed(0, MAX_CLIENTS)),
+    "KeyDirectory.entries index = 2**32 - 1": key_directory(packed(1, 2), indices=packed(2**32 - 1, 0)),
+    "KeyDirectory.entries indices as a list": key_directory(packed(1, 2), indices=[0, 1]),
+    "KeyDirectory.entries indices as nil": frame(3, [packed(1, 2), None, bytes(64), bytes(64), b"", b""],
+                                                 b""),
+    # the proof: whole 32-byte hashes
+    "KeyDirectory.proof 31 bytes": key_directory(packed(1, 2), proof=bytes(31)),
+    "KeyDirectory.proof 33 bytes": key_directory(packed(1, 2), proof=bytes(33)),
+    "KeyDirectory.proof 1 byte": key_directory(packed(1, 2), proof=b"\x00"),
+    "KeyDirectory.proof past MAX_PROOF_BYTES": key_directory(packed(1, 2), proof=bytes(MAX_PROOF_BYTES + 32)),
+    "KeyDirectory.proof as a list of hashes": key_directory(packed(1, 2), proof=[K, K]),
+    "KeyDirectory in the one-field v2 form": frame(3, directory(packed(1, 2))),
     # session ids
     "ShareKeys.session_id 31": with_field(4, 1, bytes(31)),
     "ShareKeys.session_id 33": with_field(4, 1, bytes(33)),
@@ -567,6 +742,17 @@ FIELD_CASES.update({
     "ConsistencyRequest.dropped unsorted": with_field(9, 2, packed(9, 3)),
     "ConsistencyRequest.dropped as a list": with_field(9, 2, [3]),
     "ConsistencyRequest with signatures (UnmaskRequest's form)": frame(9, *VALID_FIELDS[7]),
+    "ConsistencyRequest in the old 3-field form": frame(9, *VALID_FIELDS[9][:3]),
+    # the status root: none or 32 bytes; the proof: whole 32-byte hashes
+    "ConsistencyRequest.status_root 31 bytes": with_field(9, 3, bytes(31)),
+    "ConsistencyRequest.status_root 33 bytes": with_field(9, 3, bytes(33)),
+    "ConsistencyRequest.status_root 64 bytes": with_field(9, 3, bytes(64)),
+    "ConsistencyRequest.status_root as a list": with_field(9, 3, [K]),
+    "ConsistencyRequest.proof 33 bytes": with_field(9, 4, bytes(33)),
+    "ConsistencyRequest.proof 31 bytes": with_field(9, 4, bytes(31)),
+    "ConsistencyRequest.proof 40 bytes": with_field(9, 4, bytes(40)),
+    "ConsistencyRequest.proof past MAX_PROOF_BYTES": with_field(9, 4, bytes(MAX_PROOF_BYTES + 32)),
+    "ConsistencyRequest.proof as a list of hashes": with_field(9, 4, [K]),
     # ConsistencySignature: exactly 64 bytes (unlike AdvertiseKeys, never empty)
     "ConsistencySignature.signature empty": with_field(10, 2, b""),
     "ConsistencySignature.signature 63 bytes": with_field(10, 2, SIG[:-1]),
@@ -582,64 +768,132 @@ FIELD_CASES.update({
     "MaskedInput.vector 3 bytes": with_field(6, 2, b"\x00" * 3),
     "MaskedInput.vector 4001 bytes": with_field(6, 2, b"\x00" * 4001),
     "MaskedInput.vector as list": with_field(6, 2, [0, 0, 0, 0]),
-    # Setup / SessionParams
-    "Setup.params 6 fields": frame(1, VALID_FIELDS[1][0][:6]),
-    "Setup.params in the old 7-field form": frame(1, VALID_FIELDS[1][0][:7]),
-    "Setup.params 8 fields": frame(1, VALID_FIELDS[1][0][:8]),
-    "Setup.params 10 fields": frame(1, [*VALID_FIELDS[1][0], 0]),
-    "Setup.params as bin": frame(1, b"\x00" * 9),
-    "Setup.params as map": frame(1, {}),
+    # Setup: [P(params), member list, index, proof]; P(params) has 11 fields
+    "Setup.params 6 fields": with_field(1, 0, VALID_FIELDS[1][0][:6]),
+    "Setup.params in the v1 7-field form": with_field(1, 0, VALID_FIELDS[1][0][:7]),
+    "Setup.params 8 fields": with_field(1, 0, VALID_FIELDS[1][0][:8]),
+    "Setup.params 10 fields": with_field(1, 0, VALID_FIELDS[1][0][:10]),
+    "Setup.params 12 fields": with_field(1, 0, [*VALID_FIELDS[1][0], 0]),
+    "Setup in the v2 form (the list inside the params)": frame(
+        1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, False, 0, b""]),
+    "Setup in the v2 form, v3 tail": frame(
+        1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, False, 0, b""], *VALID_FIELDS[1][1:]),
+    "Setup.params as bin": with_field(1, 0, b"\x00" * 9),
+    "Setup.params as map": with_field(1, 0, {}),
     "Setup.params round -1": with_params(0, -1),
     "Setup.params round 2**32": with_params(0, 2**32),
     "Setup.params model_version 65 bytes": with_params(1, bytes(MODEL_VERSION_MAX_BYTES + 1)),
     "Setup.params model_version str": with_params(1, ""),
-    "Setup.params one client": with_params(2, packed(1)),
-    "Setup.params no clients": with_params(2, b""),
-    "Setup.params client_ids unsorted": with_params(2, packed(2, 1, 3)),
-    "Setup.params client_ids duplicate": with_params(2, packed(1, 1, 3)),
-    "Setup.params client id > MAX_ID": with_params(2, packed(1, 2, MAX_ID + 1)),
-    "Setup.params client_ids as a list (unpacked form)": with_params(2, [1, 2, 3]),
-    "Setup.params client_ids 11 bytes": with_params(2, packed(1, 2, 3)[:-1]),
-    "Setup.params threshold 0": with_params(3, 0),
-    "Setup.params threshold > degree + 1": with_params(3, 4),
-    "Setup.params threshold bool": with_params(3, True),
-    "Setup.params degree 0": with_params(4, 0),
-    "Setup.params degree 3 of 3 clients": with_params(4, 3),
-    "Setup.params degree bool": with_params(4, True),
-    "Setup.params vector_length 0": with_params(5, 0),
-    "Setup.params vector_length > MAX": with_params(5, MAX_VECTOR_LENGTH + 1),
-    "Setup.params bits 0": with_params(6, 0),
-    "Setup.params bits 33": with_params(6, 33),
-    "Setup.params bits float": with_params(6, 32.0),
-    "Setup.params odd degree below n - 1": frame(1, [0, b"", packed(1, 2, 3, 4, 5), 2, 3, 4, 32, False, 0]),
+    # the member list (Setup field 1), consistent with members and members_root unless said
+    "Setup.params one client": setup_frame([1], 2, 2),
+    "Setup.params one client, degree 0": setup_frame([1], 1, 0),
+    "Setup.params no clients": frame(1, [0, b"", 0, members_root((1,)), 1, 1, 4, 32, False, 0, b""], b"", 0,
+                                     b""),
+    "Setup.params no clients in the list (full graph)": with_field(1, 1, b""),
+    "Setup.client_ids unsorted": with_field(1, 1, packed(2, 1, 3)),
+    "Setup.client_ids duplicate": with_field(1, 1, packed(1, 1, 3)),
+    "Setup.client_ids id > MAX_ID": with_field(1, 1, packed(1, 2, MAX_ID + 1)),
+    "Setup.client_ids as a list (unpacked form)": with_field(1, 1, [1, 2, 3]),
+    "Setup.client_ids 11 bytes": with_field(1, 1, packed(1, 2, 3)[:-1]),
+    "Setup.client_ids above MAX_CLIENTS": with_field(1, 1, packed(*range(MAX_CLIENTS + 1))),
+    # members: the count of the list; members_root: its 32-byte Merkle root
+    "Setup.params members 4 of 3 listed (degree 3: the list counts, degree too high)": with_members(4, 3),
+    "Setup.params members 2 of 3 listed (degree 1: the list counts, odd degree)": with_members(2, 1),
+    "Setup.params members 4 of 3 listed (degree 2: SecAgg+, with a list)": with_params(2, 4),
+    "Setup.params members 0 of 3 listed": with_params(2, 0),
+    "Setup.params members > MAX_CLIENTS": with_params(2, MAX_CLIENTS + 1),
+    "Setup.params members bool": with_params(2, True),
+    "Setup.params members as bin": with_params(2, b"\x03"),
+    "Setup.params members_root 31 bytes": with_params(3, ROOT123[:31]),
+    "Setup.params members_root 33 bytes": with_params(3, ROOT123 + b"\x00"),
+    "Setup.params members_root empty (full graph)": with_params(3, b""),
+    "Setup.params members_root as a list": with_params(3, [ROOT123]),
+    "Setup.params members_root of another list (full graph)": with_params(3, members_root((1, 2, 4))),
+    "Setup.params members_root of the list unsorted": with_params(3, members_root((2, 1, 3))),
+    "Setup.params members_root zero (full graph)": with_params(3, bytes(32)),
+    "Setup.params members_root flipped (full graph)": with_params(3, bytes([ROOT123[0] ^ 1]) + ROOT123[1:]),
+    "Setup list of another member set than the root": with_field(1, 1, packed(1, 2, 4)),
+    "Setup list one member short of the root (members 3)": with_field(1, 1, packed(1, 2)),
+    "Setup.params members 5 beside a (SecAgg+) list of 6": MEMBERS_5_OF_6,
+    "Setup list and root one member longer than members": frame(
+        1, [0, b"", 3, members_root((1, 2, 3, 4)), 2, 2, 4, 32, False, 0, b""], packed(1, 2, 3, 4), 0, b""),
+    # a SecAgg+ Setup: members and root only, the recipient's index and proof
+    "Setup sparse without a members_root": with_sparse_params(3, b""),
+    "Setup sparse members_root 31 bytes": with_sparse_params(3, SPARSE_ROOT[:31]),
+    "Setup sparse members 1": with_sparse_params(2, 1),
+    "Setup sparse members 0": with_sparse_params(2, 0),
+    "Setup sparse members > MAX_CLIENTS": with_sparse_params(2, MAX_CLIENTS + 1),
+    "Setup sparse members 3 (degree 2 = n - 1: a full graph with an index and proof)":
+        with_sparse_params(2, 3),
+    "Setup sparse, a list of another member set": with_sparse(1, packed(1, 2, 3, 4, 5, 7)),
+    "Setup sparse, with its own member list (sent on the full graph only)":
+        with_sparse(1, packed(*SPARSE_IDS)),
+    "Setup sparse members 3 (the full graph), no list, no index or proof": frame(
+        1, [0, b"", 3, SPARSE_ROOT, 2, 2, 4, 32, False, 0, b""], b"", 0, b""),
+    "Setup sparse, a list one member short": with_sparse(1, packed(*SPARSE_IDS[:-1])),
+    "Setup.index MAX_CLIENTS": with_sparse(2, MAX_CLIENTS),
+    "Setup.index 2**32": with_sparse(2, 2**32),
+    "Setup.index 2**64 - 1": with_sparse(2, 2**64 - 1),
+    "Setup.index bool": with_sparse(2, True),
+    "Setup.index as bin": with_sparse(2, b"\x04"),
+    "Setup.index float": with_sparse(2, 4.0),
+    "Setup.proof 33 bytes": with_sparse(3, bytes(33)),
+    "Setup.proof 31 bytes": with_sparse(3, bytes(31)),
+    "Setup.proof one hash and a byte": with_sparse(3, SPARSE_FIELDS[3] + b"\x00"),
+    "Setup.proof one byte short": with_sparse(3, SPARSE_FIELDS[3][:-1]),
+    "Setup.proof past MAX_PROOF_BYTES": with_sparse(3, bytes(MAX_PROOF_BYTES + 32)),
+    "Setup.proof as a list of hashes": with_sparse(3, [K, K, K]),
+    "Setup.proof 33 bytes (full graph)": with_field(1, 3, bytes(33)),
+    # the full graph sends the list: no index and no proof
+    "Setup full graph with an index": with_field(1, 2, 2),
+    "Setup full graph with index 1": with_field(1, 2, 1),
+    "Setup full graph with a proof": with_field(1, 3, K),
+    "Setup full graph with an index and a proof": frame(1, VALID_FIELDS[1][0], packed(1, 2, 3), 1, K + K),
+    "Setup sparse in the v2 3-field form (no proof)": frame(1, *SPARSE_FIELDS[:3]),
+    "Setup.params threshold 0": with_params(4, 0),
+    "Setup.params threshold > degree + 1": with_params(4, 4),
+    "Setup.params threshold bool": with_params(4, True),
+    "Setup.params degree 0": setup_frame([1, 2, 3], 1, 0),
+    "Setup.params degree 0 (the list sent on a graph that is not full)": with_params(5, 0),
+    "Setup.params degree 3 of 3 clients": setup_frame([1, 2, 3], 2, 3),
+    "Setup.params degree 3 of 3 clients (the list sent on a graph that is not full)": with_params(5, 3),
+    "Setup.params degree bool": with_params(5, True),
+    "Setup.params vector_length 0": with_params(6, 0),
+    "Setup.params vector_length > MAX": with_params(6, MAX_VECTOR_LENGTH + 1),
+    "Setup.params bits 0": with_params(7, 0),
+    "Setup.params bits 33": with_params(7, 33),
+    "Setup.params bits float": with_params(7, 32.0),
+    "Setup.params odd degree below n - 1": setup_frame(range(1, 6), 2, 3),
+    "Setup.params sparse degree 6 of 6 members": with_sparse_params(5, 6),
     # malicious: a real msgpack bool, nothing that merely compares equal to one
-    "Setup.params malicious 1": with_params(7, 1),
-    "Setup.params malicious 0": with_params(7, 0),
-    "Setup.params malicious 1 (malicious base)": with_malicious_params(7, 1),
-    "Setup.params malicious 1.0": with_params(7, 1.0),
-    "Setup.params malicious nil": with_params(7, None),
-    "Setup.params malicious str": with_params(7, "true"),
-    "Setup.params malicious bin": with_params(7, b"\x01"),
-    "Setup.params malicious list": with_params(7, [True]),
+    "Setup.params malicious 1": with_params(8, 1),
+    "Setup.params malicious 0": with_params(8, 0),
+    "Setup.params malicious 1 (malicious base)": with_malicious_params(8, 1),
+    "Setup.params malicious 1.0": with_params(8, 1.0),
+    "Setup.params malicious nil": with_params(8, None),
+    "Setup.params malicious str": with_params(8, "true"),
+    "Setup.params malicious bin": with_params(8, b"\x01"),
+    "Setup.params malicious list": with_params(8, [True]),
     # corrupt: an integer in [0, n - 1]; in malicious mode also 2t > n + corrupt on the full graph
-    "Setup.params corrupt -1": with_params(8, -1),
-    "Setup.params corrupt n": with_params(8, 3),
-    "Setup.params corrupt > MAX_CLIENTS": with_params(8, MAX_CLIENTS + 1),
-    "Setup.params corrupt 2**64 - 1": with_params(8, 2**64 - 1),
-    "Setup.params corrupt bool": with_params(8, True),
-    "Setup.params corrupt float": with_params(8, 0.0),
-    "Setup.params corrupt nil": with_params(8, None),
-    "Setup.params malicious, corrupt > n - 1": with_malicious_params(8, 3),
-    "Setup.params malicious, corrupt = 2t - n": frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, True, 1,
-                                                          b""]),
-    "Setup.params malicious, t = n / 2": frame(1, [0, b"", packed(1, 2, 3, 4), 2, 3, 4, 32, True, 0, b""]),
-    "Setup.params nonce of 31 bytes": with_params(9, bytes(31)),
-    "Setup.params nonce as int": with_params(9, 0),
-    "Setup.params malicious, t <= (n + corrupt) / 2": with_malicious_params(3, 2),
-    "Setup.params malicious sparse, t = degree / 2": frame(
-        1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0]),
-    "Setup.params malicious sparse, t = degree + 1 (own share counted)": frame(
-        1, [0, b"", packed(*range(1, 7)), 5, 4, 4, 32, True, 0]),
+    "Setup.params corrupt -1": with_params(9, -1),
+    "Setup.params corrupt n": with_params(9, 3),
+    "Setup.params corrupt > MAX_CLIENTS": with_params(9, MAX_CLIENTS + 1),
+    "Setup.params corrupt 2**64 - 1": with_params(9, 2**64 - 1),
+    "Setup.params corrupt bool": with_params(9, True),
+    "Setup.params corrupt float": with_params(9, 0.0),
+    "Setup.params corrupt nil": with_params(9, None),
+    "Setup.params sparse corrupt n": with_sparse_params(9, 6),
+    "Setup.params malicious, corrupt > n - 1": with_malicious_params(9, 3),
+    "Setup.params malicious, corrupt = 2t - n": setup_frame([1, 2, 3], 2, 2, malicious=True, corrupt=1),
+    "Setup.params malicious, t = n / 2": setup_frame([1, 2, 3, 4], 2, 3, malicious=True),
+    "Setup.params nonce of 31 bytes": with_params(10, bytes(31)),
+    "Setup.params nonce as int": with_params(10, 0),
+    "Setup.params malicious, t <= (n + corrupt) / 2": with_malicious_params(4, 2),
+    "Setup.params malicious sparse, t = degree / 2": setup_frame(range(1, 7), 2, 4, malicious=True),
+    "Setup.params malicious sparse, t = degree + 1 (own share counted)": setup_frame(range(1, 7), 5, 4,
+                                                                                      malicious=True),
+    "Setup.params malicious sparse, corrupt above the finder's bound": setup_frame(range(1, 7), 3, 4,
+                                                                                   malicious=True, corrupt=5),
 })
 
 
@@ -649,40 +903,76 @@ def test_base_frames_are_valid() -> None:
     for code, fields in VALID_FIELDS.items():
         message = decode(frame(code, *fields))
         assert type(message) is wire._SCHEMAS[code][0]
-    assert decode(with_params(4, 2)) == Setup(SessionParams(0, b"", (1, 2, 3), 2, 2, 4, 32))
-    assert decode(with_params(8, 2)) == Setup(SessionParams(0, b"", (1, 2, 3), 2, 2, 4, 32, corrupt=2))
-    assert decode(frame(1, MALICIOUS_FIELDS)) == Setup(
+        assert encode(message) == frame(code, *fields)
+    assert decode(frame(1, *VALID_FIELDS[1])) == Setup(SessionParams(0, b"", (1, 2, 3), 2, 2, 4, 32))
+    assert decode(with_params(5, 2)) == Setup(SessionParams(0, b"", (1, 2, 3), 2, 2, 4, 32))
+    assert decode(with_params(9, 2)) == Setup(SessionParams(0, b"", (1, 2, 3), 2, 2, 4, 32, corrupt=2))
+    assert decode(frame(1, MALICIOUS_FIELDS, *VALID_FIELDS[1][1:])) == Setup(
         SessionParams(0, b"", (1, 2, 3), 3, 2, 4, 32, malicious=True, corrupt=2))
+    assert setup_frame([1, 2, 3], 2, 2) == frame(1, *VALID_FIELDS[1])
     # one below the bound: t = 2 of 3 clients tolerates corrupt = 0 (2t = 4 > 3 + 0)
-    assert decode(frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, True, 0, b""])).params.malicious is True
+    assert decode(setup_frame([1, 2, 3], 2, 2, malicious=True)).params.malicious is True
+    # the SecAgg+ base: the client's view (no list), its index and proof; that view round-trips
+    base = decode(frame(1, *SPARSE_FIELDS))
+    view = SessionParams(0, b"", (), 2, 2, 4, 32, members=6, members_root=SPARSE_ROOT)
+    assert base == Setup(view, 4, SPARSE_FIELDS[3])
+    assert base.params == client_view(SessionParams(0, b"", SPARSE_IDS, 2, 2, 4, 32))  # type: ignore[union-attr]
+    assert decode(with_sparse(3, b"")) == Setup(view, 4)  # the proof is checked by the client
+    assert decode(with_sparse(2, MAX_CLIENTS - 1)).index == MAX_CLIENTS - 1  # type: ignore[union-attr]
     # the sparse malicious bound: t = 3 > 4 / 2 for degree 4, and with corrupt claimed the finder's
     # secure threshold (here: no t <= 4 holds 5 corrupt of 6 clients off 2^-40)
-    sparse = frame(1, [0, b"", packed(*range(1, 7)), 3, 4, 4, 32, True, 0, b""])
-    assert decode(sparse) == Setup(SessionParams(0, b"", tuple(range(1, 7)), 3, 4, 4, 32, True, 0))
+    sparse = decode(setup_frame(range(1, 7), 3, 4, malicious=True))
+    assert sparse == Setup(client_view(SessionParams(0, b"", tuple(range(1, 7)), 3, 4, 4, 32, True, 0)))
     with pytest.raises(WireError, match=r"corrupt=5 .*2\^-40"):
-        decode(frame(1, [0, b"", packed(*range(1, 7)), 3, 4, 4, 32, True, 5, b""]))
+        decode(setup_frame(range(1, 7), 3, 4, malicious=True, corrupt=5))
     nonce = bytes(range(32))
-    assert decode(frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, False, 0, nonce])).params.nonce == nonce
+    assert decode(with_params(10, nonce)).params.nonce == nonce  # type: ignore[union-attr]
+    # the key directory: indices in any order below MAX_CLIENTS, a proof of whole hashes
+    assert decode(frame(3, *VALID_FIELDS[3])) == KeyDirectory(
+        (KeyEntry(1, K, K, bytes(64), b"", 0), KeyEntry(2, K, K, bytes(64), b"", 1)))
+    unordered = key_directory(packed(1, 2), indices=packed(MAX_CLIENTS - 1, 0), proof=K + K)
+    assert decode(unordered) == KeyDirectory(
+        (KeyEntry(1, K, K, index=MAX_CLIENTS - 1), KeyEntry(2, K, K, index=0)), K + K)
     assert decode(frame(7, *VALID_FIELDS[7][:3], [])) == UnmaskRequest(SID, (1, 2), (3,))
     assert decode(frame(9, *VALID_FIELDS[9])) == ConsistencyRequest(SID, (1, 2), (3,))
+    assert decode(frame(9, *VALID_FIELDS[9][:3], K, K + K)) == ConsistencyRequest(SID, (1, 2), (3,), K, K + K)
     assert decode(frame(10, *VALID_FIELDS[10])) == ConsistencySignature(5, SID, SIG)
 
 
 def test_type_codes_of_the_new_messages() -> None:
-    """Codes 1-8 are unchanged; the consistency round adds 9 and 10 (and UnmaskRequest a 4th field)."""
+    """Codes 1-10 are unchanged; version 3 adds fields: Setup's member list, index and proof beside
+    P(params), KeyDirectory's indices column and proof, ConsistencyRequest's status root and proof."""
     assert {code: cls for code, (cls, _) in wire._SCHEMAS.items()} == {
         1: Setup, 2: AdvertiseKeys, 3: KeyDirectory, 4: ShareKeys, 5: ForwardedShares, 6: MaskedInput,
         7: UnmaskRequest, 8: UnmaskResponse, 9: ConsistencyRequest, 10: ConsistencySignature}
+    assert VERSION == 3
     assert msgpack.unpackb(encode(ConsistencyRequest(SID, (1,), ())))[:3] == [MAGIC, VERSION, 9]
     assert msgpack.unpackb(encode(ConsistencySignature(1, SID, SIG)))[:3] == [MAGIC, VERSION, 10]
     assert len(msgpack.unpackb(encode(UnmaskRequest(SID, (1,), ())))) == 3 + 4
-    # the id lists travel packed, like UnmaskRequest's
+    # the id lists travel packed, like UnmaskRequest's; then the status root and proof
     encoded = msgpack.unpackb(encode(ConsistencyRequest(SID, (1, 2), (3,))))
-    assert encoded[3:] == [SID, packed(1, 2), packed(3)]
+    assert encoded[3:] == [SID, packed(1, 2), packed(3), b"", b""]
+    encoded = msgpack.unpackb(encode(ConsistencyRequest(SID, (1, 2), (3,), K, bytes(64))))
+    assert encoded[3:] == [SID, packed(1, 2), packed(3), K, bytes(64)]
+    # the key directory: six packed columns, then the proof
+    entries = (KeyEntry(1, K, b"\x01" * 32, SIG, b"\x02" * 32, 7), KeyEntry(9, K, K, SIG, K, 3))
+    assert msgpack.unpackb(encode(KeyDirectory(entries, K)))[3:] == [
+        [packed(1, 9), packed(7, 3), K + K, b"\x01" * 32 + K, SIG + SIG, b"\x02" * 32 + K], K]
+    # Setup: P(params) (11 fields), the member list, index, proof
+    ids = MALICIOUS_PARAMS.client_ids
+    setup = msgpack.unpackb(encode(Setup(MALICIOUS_PARAMS)))
+    assert len(setup) == 3 + 4 and setup[4:] == [packed(*ids), 0, b""]
     # malicious travels as a msgpack bool (0xc3), corrupt as an unsigned int
-    fields = msgpack.unpackb(encode(Setup(MALICIOUS_PARAMS)))[3]
-    assert len(fields) == 10 and fields[7] is True and fields[8] == 3 and fields[9] == b""
-    assert msgpack.unpackb(encode(Setup(PARAMS)))[3][7:] == [False, 0, b""]
+    fields = setup[3]
+    assert len(fields) == 11 and fields[8] is True and fields[9] == 3 and fields[10] == b""
+    assert fields[:8] == [7, b"v1", 4, members_root(ids), 4, 3, 5, 16]
+    assert msgpack.unpackb(encode(Setup(PARAMS)))[3][8:] == [False, 0, b""]
+    # SecAgg+: no list; the index and proof
+    sparse = msgpack.unpackb(encode(Setup(SPARSE_PARAMS, 3, SPARSE_PROOF)))
+    assert sparse[3][2:4] == [5, members_root(SPARSE_PARAMS.client_ids)]
+    assert sparse[4:] == [b"", 3, SPARSE_PROOF]
+    # the params hashed into the session id are P(params), without the list
+    assert msgpack.unpackb(wire.encode_params(MALICIOUS_PARAMS)) == fields
 
 
 @pytest.mark.parametrize("data", HEADER_AND_FRAMING_CASES.values(), ids=HEADER_AND_FRAMING_CASES.keys())
@@ -711,7 +1001,7 @@ def test_deeply_nested_header_field_raises_wire_error(position: str) -> None:
     if position == "version":
         data = b"\x93" + msgpack.packb(MAGIC) + deep + b"\x02"
     else:
-        data = b"\x93" + msgpack.packb(MAGIC) + b"\x01" + deep
+        data = b"\x93" + msgpack.packb(MAGIC) + V + deep
     with pytest.raises(WireError):
         decode(data)
 
@@ -721,7 +1011,7 @@ def test_nesting_below_the_repr_limit_is_refused_cleanly() -> None:
         with pytest.raises(WireError):
             decode(b"\x93" + msgpack.packb(MAGIC) + nested_arrays(depth) + b"\x02")
         with pytest.raises(WireError):
-            decode(b"\x93" + msgpack.packb(MAGIC) + b"\x01" + nested_arrays(depth))
+            decode(b"\x93" + msgpack.packb(MAGIC) + V + nested_arrays(depth))
 
 
 @pytest.mark.parametrize("data", [
@@ -784,7 +1074,7 @@ def test_mutated_messages_raise_wire_error_or_decode_faithfully(obj: Any) -> Non
 # Error messages name the field
 # ---------------------------------------------------------------------------------------------------
 
-FIELD_NAME_CASES: list[tuple[bytes, str]] = [
+FIELD_NAME_CASES: list[tuple[bytes, str | tuple[str, ...]]] = [
     (with_field(2, 1, bytes(31)), "AdvertiseKeys.enc_key"),
     (with_field(2, 2, bytes(33)), "AdvertiseKeys.mask_key"),
     (with_field(2, 3, bytes(10)), "AdvertiseKeys.signature"),
@@ -799,27 +1089,54 @@ FIELD_NAME_CASES: list[tuple[bytes, str]] = [
     (with_field(7, 1, packed(1, MAX_ID + 1)), "UnmaskRequest.survivors"),
     (with_field(8, 3, [[1, SH], [2, SH[:-1]]]), "UnmaskResponse.mask_key_shares[1].data"),
     (with_field(8, 2, [[1, SH, SH]]), "UnmaskResponse.self_mask_shares[0]"),
-    (frame(3, directory(packed(1, 2), mask=bytes(63))), "KeyDirectory.entries.mask_keys"),
-    (frame(3, directory(packed(1, 2), enc=bytes(65))), "KeyDirectory.entries.enc_keys"),
-    (frame(3, directory(packed(1, 2), sigs=bytes(64))), "KeyDirectory.entries.signatures"),
-    (frame(3, directory(packed(2, 1))), "KeyDirectory.entries.client_ids"),
-    (with_params(6, 33), "Setup.params.bits"),
-    (with_params(2, packed(3, 2, 1)), "Setup.params.client_ids"),
-    (with_params(4, 0), "degree"),
+    (key_directory(packed(1, 2), mask=bytes(63)), "KeyDirectory.entries.mask_keys"),
+    (key_directory(packed(1, 2), enc=bytes(65)), "KeyDirectory.entries.enc_keys"),
+    (key_directory(packed(1, 2), sigs=bytes(64)), "KeyDirectory.entries.signatures"),
+    (key_directory(packed(1, 2), commits=bytes(31)), "KeyDirectory.entries.commitments"),
+    (key_directory(packed(2, 1)), "KeyDirectory.entries.client_ids"),
+    (key_directory(packed(1, 2), indices=packed(0)), "KeyDirectory.entries.indices: expected 8 bytes, got 4"),
+    (key_directory(packed(1, 2), indices=packed(0, MAX_CLIENTS)), "KeyDirectory.entries.indices"),
+    (frame(3, [packed(1, 2), bytes(64), bytes(64), b"", b""], b""),
+     "KeyDirectory.entries: expected [ids, indices"),
+    (key_directory(packed(1, 2), proof=bytes(33)),
+     "KeyDirectory.proof: a Merkle proof is whole 32-byte hashes"),
+    (frame(3, directory(packed(1, 2))), "KeyDirectory: expected 2 fields"),
+    (with_params(7, 33), "Setup.params.bits"),
+    (with_field(1, 1, packed(3, 2, 1)), "Setup.client_ids"),
+    (setup_frame([1, 2, 3], 1, 0), "Setup.params: degree: must be >= 1"),
+    (setup_frame([1, 2, 3], 2, 3), "Setup.params: degree: must be in [1, 2]"),
+    (setup_frame(range(1, 6), 2, 3), "Setup.params: degree: must be even"),
     (frame(2, 5, K, K, b""), "AdvertiseKeys: expected 5 fields"),
-    (with_params(7, 1), "Setup.params.malicious"),
-    (with_params(7, None), "Setup.params.malicious"),
-    (with_params(8, MAX_CLIENTS + 1), "Setup.params.corrupt"),
-    (with_params(8, True), "Setup.params.corrupt"),
-    (with_params(8, 3), "corrupt: must be <= 2"),
-    (with_malicious_params(3, 2), "malicious mode needs t > (n + corrupt) / 2"),
-    (frame(1, [0, b"", packed(*range(1, 7)), 2, 4, 4, 32, True, 0, b""]),
+    (with_params(8, 1), "Setup.params.malicious"),
+    (with_params(8, None), "Setup.params.malicious"),
+    (with_params(9, MAX_CLIENTS + 1), "Setup.params.corrupt"),
+    (with_params(9, True), "Setup.params.corrupt"),
+    (with_params(9, 3), "corrupt: must be <= 2"),
+    (with_malicious_params(4, 2), "malicious mode needs t > (n + corrupt) / 2"),
+    (setup_frame(range(1, 7), 2, 4, malicious=True),
      "malicious mode on a SecAgg+ graph needs degree / 2 < t <= degree (2 < t <= 4"),
-    (frame(1, [0, b"", packed(*range(1, 7)), 5, 4, 4, 32, True, 0, b""]),
+    (setup_frame(range(1, 7), 5, 4, malicious=True),
      "a client's own share does not count), got t=5"),
-    (with_params(9, bytes(33)), "Setup.params.nonce: expected at most 32 bytes, got 33"),
-    (with_params(9, bytes(31)), "Setup.params.nonce: expected 0 or 32 bytes, got 31"),
-    (frame(1, VALID_FIELDS[1][0][:7]), "Setup.params: expected 10 fields"),
+    (with_params(10, bytes(33)), "Setup.params.nonce: expected at most 32 bytes, got 33"),
+    (with_params(10, bytes(31)), "Setup.params.nonce: expected 0 or 32 bytes, got 31"),
+    (with_field(1, 0, VALID_FIELDS[1][0][:7]), "Setup.params: expected 11 fields"),
+    (frame(1, VALID_FIELDS[1][0]), "Setup: expected 4 fields"),
+    (with_params(3, ROOT123[:31]), "Setup.params.members_root: expected 32 bytes, got 31"),
+    (with_params(3, members_root((1, 2, 4))), ("Setup.params", "members_root")),
+    (with_field(1, 1, packed(1, 2, 4)), ("Setup.params", "members_root")),
+    (with_params(3, bytes(32)), ("Setup.params", "members_root")),
+    (MEMBERS_5_OF_6, ("Setup.params", "member")),
+    (with_field(1, 2, 1), "Setup.index: a full-graph Setup carries the member list"),
+    (with_field(1, 3, K), "Setup.index: a full-graph Setup carries the member list"),
+    (with_sparse(1, packed(*SPARSE_IDS)), "Setup.client_ids: a SecAgg+ Setup carries no member list"),
+    (with_params(2, MAX_CLIENTS + 1), "Setup.params.members"),
+    (with_sparse_params(3, b""), "Setup.params.members_root: expected 32 bytes, got 0"),
+    (frame(1, [0, b"", 3, SPARSE_ROOT, 2, 2, 4, 32, False, 0, b""], b"", 0, b""),
+     "Setup.params: client_ids: a full-graph session needs the list"),
+    (with_sparse(2, MAX_CLIENTS), f"Setup.index: expected an integer in [0, {MAX_CLIENTS - 1}]"),
+    (with_sparse(3, bytes(33)), "Setup.proof: a Merkle proof is whole 32-byte hashes, got 33 bytes"),
+    (with_field(9, 3, bytes(31)), "ConsistencyRequest.status_root: expected 0 or 32 bytes, got 31"),
+    (with_field(9, 4, bytes(40)), "ConsistencyRequest.proof: a Merkle proof is whole 32-byte hashes"),
     (frame(7, *VALID_FIELDS[7][:3]), "UnmaskRequest: expected 4 fields"),
     (with_field(7, 3, [[1, SIG], [2, SIG[:-1]]]), "UnmaskRequest.signatures[1].data"),
     (with_field(7, 3, [[1, SIG], [True, SIG]]), "UnmaskRequest.signatures[1].id"),
@@ -827,20 +1144,26 @@ FIELD_NAME_CASES: list[tuple[bytes, str]] = [
     (with_field(9, 1, packed(2, 1)), "ConsistencyRequest.survivors"),
     (with_field(9, 2, packed(MAX_ID + 1)), "ConsistencyRequest.dropped"),
     (with_field(9, 0, b""), "ConsistencyRequest.session_id"),
-    (frame(9, *VALID_FIELDS[7]), "ConsistencyRequest: expected 3 fields"),
+    (frame(9, *VALID_FIELDS[7]), "ConsistencyRequest: expected 5 fields"),
+    (frame(9, *VALID_FIELDS[9][:3]), "ConsistencyRequest: expected 5 fields, got 3"),
     (with_field(10, 2, b""), "ConsistencySignature.signature"),
     (with_field(10, 0, -1), "ConsistencySignature.sender"),
     (with_field(10, 1, bytes(31)), "ConsistencySignature.session_id"),
-    (frame(2, *VALID_FIELDS[2], version=1), "version"),
+    (frame(2, *VALID_FIELDS[2], version=1), "unsupported version 1"),
+    (frame(2, *VALID_FIELDS[2], version=2), "unsupported version 2"),
+    (frame(2, *VALID_FIELDS[2], version=4), "unsupported version 4"),
     (frame(42, *VALID_FIELDS[2]), "unknown message type"),
 ]
 
 
-@pytest.mark.parametrize(("data", "field"), FIELD_NAME_CASES, ids=[f for _, f in FIELD_NAME_CASES])
-def test_error_messages_name_the_field(data: bytes, field: str) -> None:
+@pytest.mark.parametrize(("data", "field"), FIELD_NAME_CASES,
+                         ids=[f if isinstance(f, str) else " / ".join(f) for _, f in FIELD_NAME_CASES])
+def test_error_messages_name_the_field(data: bytes, field: str | tuple[str, ...]) -> None:
+    """``field`` (or each of several parts) appears in the error."""
     with pytest.raises(WireError) as info:
         decode(data)
-    assert field in str(info.value)
+    for part in (field,) if isinstance(field, str) else field:
+        assert part in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -867,8 +1190,8 @@ def _refused_cheaply(data: Any, max_bytes: int = 1 << 20) -> None:
 def test_declared_bin_length_is_not_allocated(claimed: int) -> None:
     """A bin32 header claiming ``claimed`` bytes with only a few present: WireError, no allocation."""
     _refused_cheaply(bin32_header(claimed) + b"abc")
-    # and inside an otherwise valid MaskedInput
-    data = (b"\x96" + msgpack.packb(MAGIC) + b"\x01\x06\x05" + msgpack.packb(SID, use_bin_type=True)
+    # and inside an otherwise valid MaskedInput (current version, all four fields)
+    data = (b"\x97" + msgpack.packb(MAGIC) + V + b"\x06\x05" + msgpack.packb(SID, use_bin_type=True)
             + bin32_header(claimed) + b"\x00" * 16)
     _refused_cheaply(data)
 
@@ -876,7 +1199,7 @@ def test_declared_bin_length_is_not_allocated(claimed: int) -> None:
 @pytest.mark.parametrize("claimed", [MAX_CLIENTS + 1, 2**31, 2**32 - 1])
 def test_declared_array_length_above_the_limit_is_not_allocated(claimed: int) -> None:
     _refused_cheaply(array32_header(claimed) + b"\x00" * 16)
-    _refused_cheaply(b"\x97" + msgpack.packb(MAGIC) + b"\x01\x07" + array32_header(claimed) + b"\x01")
+    _refused_cheaply(b"\x97" + msgpack.packb(MAGIC) + V + b"\x07" + array32_header(claimed) + b"\x01")
 
 
 def test_oversized_input_is_refused_before_copying() -> None:
@@ -906,6 +1229,35 @@ def test_a_large_vector_is_accepted() -> None:
 def test_encode_of_a_non_message_raises_wire_error(value: Any) -> None:
     with pytest.raises(WireError):
         encode(value)
+
+
+@pytest.mark.parametrize("message", [
+    Setup(PARAMS, 0, bytes(33)),
+    Setup(SPARSE_PARAMS, 3, SPARSE_PROOF[:-1]),
+    Setup(SPARSE_PARAMS, MAX_CLIENTS, SPARSE_PROOF),
+    Setup(SPARSE_PARAMS, -1, SPARSE_PROOF),
+    KeyDirectory((KeyEntry(1, K, K, index=MAX_CLIENTS),)),
+    KeyDirectory((KeyEntry(1, K, K),), bytes(31)),
+    ConsistencyRequest(SID, (1,), (), bytes(31)),
+    ConsistencyRequest(SID, (1,), (), K, bytes(33)),
+], ids=["full-graph proof of 33 bytes", "sparse proof one byte short", "index MAX_CLIENTS", "index -1",
+        "directory index MAX_CLIENTS", "directory proof of 31 bytes", "status root of 31 bytes",
+        "consistency proof of 33 bytes"])
+def test_encode_refuses_invalid_version_3_fields(message: Message) -> None:
+    """The new fields get the receiver's checks on the sender's side too."""
+    with pytest.raises(WireError):
+        encode(message)
+
+
+def test_the_member_list_travels_on_the_full_graph_only() -> None:
+    """One message, one encoding: a SecAgg+ Setup with its (correct) member list, or a full-graph one
+    with an index or proof, would be a second encoding of a message encode never sends that way."""
+    for data in (with_sparse(1, packed(*SPARSE_IDS)), with_field(1, 2, 1), with_field(1, 3, K)):
+        assert decode_or_wire_error(data) is None
+    # and encode never sends the list of a SecAgg+ session (see test_encode_refuses_or_round_trips for
+    # a full-graph Setup given an index or proof)
+    assert encode(Setup(SPARSE_PARAMS, 3, SPARSE_PROOF)) == encode(Setup(client_view(SPARSE_PARAMS), 3,
+                                                                          SPARSE_PROOF))
 
 
 def test_encode_refuses_a_directory_with_mixed_signatures() -> None:
@@ -943,7 +1295,7 @@ def test_params_malicious_must_be_a_real_bool(value: Any) -> None:
         SessionParams(0, b"", (1, 2, 3), 2, 2, 4, 32, malicious=value)
     if not isinstance(value, np.bool_):  # msgpack cannot carry a numpy bool
         with pytest.raises(WireError, match="malicious"):
-            decode(with_params(7, value))
+            decode(with_params(8, value))
 
 
 @given(corrupt=st.one_of(st.integers(-(2**63), 2**64 - 1), st.integers(-2, 6)), malicious=st.booleans())
@@ -952,15 +1304,16 @@ def test_params_corrupt_range(corrupt: int, malicious: bool) -> None:
 
     Five clients, t = 4: honest mode takes corrupt 0..4, malicious mode 0..2 (8 > 5 + 2, not 5 + 3).
     """
-    fields = [0, b"", packed(1, 2, 3, 4, 5), 4, 4, 4, 32, malicious, corrupt, b""]
+    data = setup_frame([1, 2, 3, 4, 5], 4, 4, malicious=malicious, corrupt=corrupt)
     valid = 0 <= corrupt <= (2 if malicious else 4)
     if valid:
-        params = decode(frame(1, fields)).params
+        params = decode(data).params  # type: ignore[union-attr]
         assert (params.malicious, params.corrupt) == (malicious, corrupt)
         assert decode(encode(Setup(params))) == Setup(params)
+        assert encode(Setup(params)) == data
     else:
         with pytest.raises(WireError, match="corrupt"):
-            decode(frame(1, fields))
+            decode(data)
         if corrupt >= 0:
             with pytest.raises(ConfigError, match="corrupt"):
                 SessionParams(0, b"", (1, 2, 3, 4, 5), 4, 4, 4, 32, malicious, corrupt)
@@ -979,7 +1332,12 @@ def test_encode_of_a_message_subclass_raises_wire_error() -> None:
     AdvertiseKeys(-1, K, K),
     UnmaskRequest(SID, (2, 1), ()),
     AdvertiseKeys(2**64, K, K),
-], ids=["short key", "negative id", "unsorted ids", "id 2**64"])
+    Setup(SPARSE_PARAMS, MAX_CLIENTS),
+    Setup(SPARSE_PARAMS, 3, bytes(33)),
+    Setup(PARAMS, 1),
+    Setup(PARAMS, 0, K),
+], ids=["short key", "negative id", "unsorted ids", "id 2**64", "sparse index MAX_CLIENTS",
+        "sparse proof of 33 bytes", "full-graph index", "full-graph proof"])
 def test_encode_refuses_or_round_trips(message: Message) -> None:
     try:
         data = encode(message)

@@ -7,7 +7,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MASK_LABEL = b"secagg/v1/pairwise-mask"
 SHARE_KEY_LABEL = b"secagg/v1/share-encryption"
-GRAPH_LABEL = b"secagg/v1/graph-permutation"
 
 
 def hkdf(secret: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:

@@ -20,10 +20,14 @@ from secagg.crypto.keys import PRIVATE_KEY_BYTES, DHKeyPair, SigningKey, verify_
 from secagg.crypto.prg import SEED_BYTES, accumulate_masks
 from secagg.crypto.shamir import SHARE_BYTES, Share, split
 from secagg.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
-from secagg.protocol.graph import graph_seed, neighbours_of
+from secagg.protocol.graph import ring_neighbours
+from secagg.protocol.merkle import leaf_hash, verify_multiproof
 from secagg.protocol.messages import (
     COMMITMENT_BYTES,
     NONCE_BYTES,
+    STATUS_ABSENT,
+    STATUS_DROPPED,
+    STATUS_SURVIVED,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -37,6 +41,8 @@ from secagg.protocol.messages import (
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
+    member_leaf,
+    status_leaf,
 )
 from secagg.protocol.session import (
     advertisement_message,
@@ -100,6 +106,7 @@ class Client:
         self._identity = identity
         self._registry = dict(registry) if registry is not None else None
         self._signed: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._status_root = b""  # malicious mode: the status root this client signed
         self.id = client_id
         self._value = value
         self.phase = ClientPhase.NEW
@@ -109,9 +116,9 @@ class Client:
         self._mask = DHKeyPair.generate()
         self._self_seed = b""
         self._commitment = b""
+        self._index = 0  # our place in the sorted member list (our leaf in the members' tree)
         self._directory: dict[int, KeyEntry] = {}  # neighbours' (and our own) advertised keys
-        self._advertised: frozenset[int] = frozenset()  # every client in the directory
-        self._neighbours: frozenset[int] = frozenset()
+        self._neighbours: frozenset[int] = frozenset()  # ring neighbours that advertised keys
         self._held: dict[int, tuple[bytes, bytes]] = {}  # peer -> (b-share, s-share) it gave us
         self._own: tuple[bytes, bytes] = (b"", b"")  # our share of our own secrets
         self._share_keys: dict[int, bytes] = {}  # neighbour -> AES-GCM key for shares
@@ -153,8 +160,20 @@ class Client:
 
     def _on_setup(self, msg: Setup) -> AdvertiseKeys:
         p = msg.params
-        if self.id not in p.client_ids:
-            raise RemoteProtocolError(f"client {self.id}: not among the invited clients")
+        if p.full_graph:
+            if msg.index or msg.proof:
+                raise RemoteProtocolError("Setup: a full-graph session sends the member list, not an index "
+                                          "and proof")
+            if self.id not in p.client_ids:
+                raise RemoteProtocolError(f"client {self.id}: not among the invited clients")
+            self._index = p.client_ids.index(self.id)
+        else:
+            # O(log n): the proof that we are the member at msg.index, against the root in P(params)
+            if not verify_multiproof(p.members_root, p.members, {msg.index: leaf_hash(member_leaf(self.id))},
+                                     msg.proof):
+                raise RemoteProtocolError(f"client {self.id}: not among the invited clients (no valid "
+                                          f"membership proof for index {msg.index})")
+            self._index = msg.index
         if self._value.size != p.vector_length:
             raise RemoteProtocolError(f"client {self.id}: input has {self._value.size} words, the session "
                                       f"expects vector_length={p.vector_length}")
@@ -185,38 +204,44 @@ class Client:
     def _on_directory(self, msg: KeyDirectory) -> ShareKeys:
         p = self._require_params()
         entries = {e.client_id: e for e in msg.entries}
-        if len(entries) != len(msg.entries):
-            raise RemoteProtocolError("key directory: duplicate client id")
-        if not set(entries) <= set(p.client_ids):
-            raise RemoteProtocolError("key directory: lists clients that were not invited")
+        if len(entries) != len(msg.entries) or len({e.index for e in msg.entries}) != len(msg.entries):
+            raise RemoteProtocolError("key directory: duplicate client id or index")
         mine = entries.get(self.id)
-        if mine is None or (mine.enc_key, mine.mask_key, mine.commitment) != (
-                self._enc.public, self._mask.public, self._commitment):
+        if mine is None or (mine.enc_key, mine.mask_key, mine.commitment, mine.index) != (
+                self._enc.public, self._mask.public, self._commitment, self._index):
             raise RemoteProtocolError(f"key directory: does not carry client {self.id}'s own keys")
         if any(len(e.commitment) != COMMITMENT_BYTES for e in msg.entries):
             raise RemoteProtocolError("key directory: an entry carries no self-mask seed commitment")
-        if len(entries) < p.threshold:
-            raise RemoteProtocolError(f"key directory: {len(entries)} clients, fewer than the threshold "
-                                      f"{p.threshold}")
         if len({e.enc_key for e in msg.entries} | {e.mask_key for e in msg.entries}) != 2 * len(entries):
             raise RemoteProtocolError("key directory: a public key appears twice (substituted or replayed)")
-        if p.malicious:
-            self._verify_advertisements(p, msg.entries)
-        self.session = session_id(p, msg.entries)
-        self._advertised = frozenset(entries)
         # the ring was fixed at Setup over the invited clients: a neighbour missing from the directory
         # is a hole, never replaced by another client (no choice of advertisements moves the ring)
-        ring = neighbours_of(graph_seed(p.round, p.degree, p.client_ids), p.client_ids, p.degree, self.id)
-        self._neighbours = ring & self._advertised
+        ring = ring_neighbours(p, self._index)
+        if p.full_graph:
+            position = {u: i for i, u in enumerate(p.client_ids)}
+            stray = [e.client_id for e in msg.entries if position.get(e.client_id) != e.index]
+        else:
+            stray = [e.client_id for e in msg.entries if e.client_id != self.id and e.index not in ring]
+        if stray:
+            raise RemoteProtocolError(f"key directory: client(s) {stray[:10]} are not this client's ring "
+                                      f"neighbours (not invited, or at another place of the ring)")
+        if not p.full_graph and (p.malicious or msg.proof) and not verify_multiproof(
+                p.members_root, p.members,
+                {e.index: leaf_hash(member_leaf(e.client_id)) for e in msg.entries}, msg.proof):
+            # without this a malicious server could seat its colluders at our neighbours' places
+            raise RemoteProtocolError("key directory: the Merkle proof does not show these clients at "
+                                      "these places of the member list")
+        if p.malicious:
+            self._verify_advertisements(p, msg.entries)
+        self.session = session_id(p)
+        self._neighbours = frozenset(entries) - {self.id}
         own = 1 if p.own_share_counts else 0
         if len(self._neighbours) + own < p.threshold:
             raise RemoteProtocolError(
                 f"client {self.id}: only {len(self._neighbours)} of its {len(ring)} ring neighbours "
                 f"advertised keys{' (plus its own share)' if own else ''}: fewer holders than the "
                 f"threshold {p.threshold}")
-        # keep only what later steps use: a thousand clients each holding a thousand-entry
-        # directory is a million live objects for the garbage collector to walk
-        self._directory = {v: entries[v] for v in self._neighbours | {self.id}}
+        self._directory = entries
         holders = sorted(self._neighbours | {self.id})  # we keep one share of our own secrets
         xs = [share_point(v) for v in holders]
         b_shares = split(self._self_seed, p.threshold, xs)
@@ -283,11 +308,21 @@ class Client:
         return b, s
 
     def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
+        p = self._require_params()
         self._check_session(msg.session_id)
         self._check_sets(msg.survivors, msg.dropped)
+        # our neighbours' statuses must be the ones under the root everybody signs: a server that
+        # shows a client as alive to some of its holders and as dropped to others gets two roots
+        survivors, dropped = set(msg.survivors), set(msg.dropped)
+        leaves = {e.index: leaf_hash(status_leaf(
+            u, STATUS_SURVIVED if u in survivors else STATUS_DROPPED if u in dropped else STATUS_ABSENT))
+            for u, e in self._directory.items()}
+        if not verify_multiproof(msg.status_root, p.members, leaves, msg.proof):
+            raise RemoteProtocolError(f"client {self.id}: the consistency request's statuses are not under "
+                                      f"its status root (bad proof)")
         assert self._identity is not None  # malicious mode was checked at Setup
-        self._signed = (msg.survivors, msg.dropped)
-        signature = self._identity.sign(consistency_message(self.session, msg.survivors, msg.dropped))
+        self._signed, self._status_root = (msg.survivors, msg.dropped), msg.status_root
+        signature = self._identity.sign(consistency_message(self.session, msg.status_root))
         return ConsistencySignature(self.id, self.session, signature)
 
     def _on_unmask(self, msg: UnmaskRequest) -> UnmaskResponse:
@@ -319,11 +354,15 @@ class Client:
                                       f"refusing to reveal both shares")
         if self.id not in survivors:
             raise RemoteProtocolError(f"unmask request does not list client {self.id} among the survivors")
-        if len(survivors) < p.threshold:
-            raise RemoteProtocolError(f"unmask request: {len(survivors)} survivors, fewer than the threshold "
+        # the sum must cover at least t clients; each client checks what it sees: its share holders
+        # (without t surviving holders its own seed could not be rebuilt anyway)
+        seen = len(survivors & self._revealers(p))
+        if seen < p.threshold:
+            raise RemoteProtocolError(f"unmask request: {seen} survivors, fewer than the threshold "
                                       f"{p.threshold}: the sum would expose too few clients")
-        if not (survivors | dropped) <= self._advertised:
-            raise RemoteProtocolError("unmask request names clients that never advertised keys")
+        if not (survivors | dropped) <= self._directory.keys():
+            raise RemoteProtocolError("unmask request names clients that never advertised keys (or are not "
+                                      "this client's neighbours)")
         # peers whose shares we refused: we hold nothing of theirs to reveal (the server knows)
         claimed = (survivors | dropped) & self._revealers(p) - set(self.refused)
         if not claimed <= set(self._held):
@@ -349,9 +388,9 @@ class Client:
     def _verify_consistency(self, p: SessionParams, msg: UnmaskRequest) -> None:
         """At least t distinct survivors signed exactly these sets, or we refuse to reveal anything."""
         assert self._registry is not None
-        message = consistency_message(self.session, msg.survivors, msg.dropped)
+        message = consistency_message(self.session, self._status_root)
         # only holders of our shares count: on a sparse graph, t signatures from anywhere do not stop
-        # a server showing different sets to different neighbourhoods (on the full graph: everyone)
+        # a server showing different statuses to different neighbourhoods (on the full graph: everyone)
         survivors = set(msg.survivors) & self._revealers(p)
         valid = set()
         for signer, signature in msg.signatures:

@@ -2,15 +2,18 @@
 
 Flow (Bonawitz et al. 2017, with the SecAgg+ graph of Bell et al. 2020)::
 
-    server -> all invited   Setup(params)
+    server -> each invited  Setup(params, its index in the member list, its Merkle proof)
     client -> server        AdvertiseKeys(enc_key, mask_key, commitment to b_u)  stage ADVERTISE_KEYS
-    server -> U1            KeyDirectory(every advertised key)
+    server -> each in U1    KeyDirectory(its ring neighbours' advertised keys[, Merkle proof])
     client -> server        ShareKeys(one AEAD ciphertext per neighbour)         stage SHARE_KEYS
     server -> each in U2    ForwardedShares(the ciphertexts addressed to it)
     client -> server        MaskedInput(x + PRG(b_u) + sum +-PRG(s_uv), refused) stage MASKED_INPUT
-   [server -> U3            ConsistencyRequest(survivors U3, dropped U2 \\ U3)     malicious mode only
-    client -> server        ConsistencySignature(sig over the sets)             stage CONSISTENCY_CHECK]
-    server -> U3 (or U4)    UnmaskRequest(survivors U3, dropped U2 \\ U3[, >= t signatures])
+   [server -> U3            ConsistencyRequest(its neighbours' statuses, status root, proof)  malicious
+    client -> server        ConsistencySignature(sig over the status root)      stage CONSISTENCY_CHECK]
+    server -> U3 (or U4)    UnmaskRequest(its neighbours among U3 and U2 \\ U3[, holders' signatures])
+
+On a SecAgg+ graph every server message is about the recipient's neighbourhood only (O(k) bytes,
+plus O(k log(n/k)) of Merkle proof in malicious mode): no client ever receives an O(n) list.
     client -> server        UnmaskResponse(b-shares of survivors, s-shares of the dropped)  UNMASKING
 
 Every message after the directory carries the session id, so a message from another session (or
@@ -19,6 +22,7 @@ another round) is refused.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from enum import IntEnum
@@ -27,6 +31,7 @@ from typing import NamedTuple
 from secagg.errors import ConfigError
 from secagg.protocol.finder import secure_threshold
 from secagg.protocol.graph import check_degree
+from secagg.protocol.merkle import MerkleTree
 from secagg.validation import check_int
 
 MAX_CLIENTS = 1 << 20
@@ -35,6 +40,8 @@ MAX_VECTOR_LENGTH = 1 << 28
 MODEL_VERSION_MAX_BYTES = 64
 NONCE_BYTES = 32
 COMMITMENT_BYTES = 32
+ROOT_BYTES = 32
+MAX_PROOF_BYTES = 32 * 64 * 21  # a multiproof: at most k hashes per tree level (k <= 64 * 21 here)
 
 
 class Stage(IntEnum):
@@ -51,7 +58,11 @@ class Stage(IntEnum):
 class SessionParams:
     """The public parameters of one aggregation session, fixed by the server before it starts.
 
-    ``client_ids``: the invited clients (sorted, unique, each in [0, 2^32 - 2]).
+    ``client_ids``: the invited clients (sorted, unique, each in [0, 2^32 - 2]). ``members`` and
+    ``members_root`` are derived from them: the count and the Merkle root
+    (:mod:`secagg.protocol.merkle`) of the list. A client of a SecAgg+ session never sees the list:
+    its view has ``client_ids = ()`` and the server's ``members`` and ``members_root`` instead, and
+    it learns its neighbours with a proof against the root.
     ``threshold``: t, the Shamir threshold among the holders of a client's shares: its ``degree``
     neighbours and itself (so ``t <= degree + 1``; for the full graph, t of n as in Bonawitz et al.).
     ``degree``: k of the Harary graph; ``len(client_ids) - 1`` means the full graph (classic SecAgg).
@@ -82,24 +93,18 @@ class SessionParams:
     malicious: bool = False
     corrupt: int = 0
     nonce: bytes = b""
+    members: int = 0
+    members_root: bytes = b""
 
     def __post_init__(self) -> None:
         check_int("round", self.round, minimum=0, maximum=(1 << 32) - 1)
         if not isinstance(self.model_version, bytes) or len(self.model_version) > MODEL_VERSION_MAX_BYTES:
             raise ConfigError(f"model_version: must be bytes of length <= {MODEL_VERSION_MAX_BYTES}")
-        ids = self.client_ids
-        if not isinstance(ids, tuple) or len(ids) < 2:
-            raise ConfigError("client_ids: need a tuple of at least 2 client ids")
-        if len(ids) > MAX_CLIENTS:
-            raise ConfigError(f"client_ids: at most {MAX_CLIENTS} clients, got {len(ids)}")
-        if not set(map(type, ids)) <= {int}:  # bool and int subclasses are not ids
-            raise ConfigError("client_ids: must all be integers")
-        if ids[0] < 0 or ids[-1] > MAX_ID:
-            raise ConfigError(f"client_ids: must be in [0, {MAX_ID}]")
-        if any(a >= b for a, b in itertools.pairwise(ids)):
-            raise ConfigError("client_ids: must be sorted and unique (duplicate or unsorted id)")
-        n = len(ids)
+        n = self._check_members()
         check_degree(check_int("degree", self.degree, minimum=1), n)
+        if not self.client_ids and self.degree == n - 1:
+            raise ConfigError("client_ids: a full-graph session needs the list (every client is a "
+                              "neighbour); only a SecAgg+ client's view may omit it")
         check_int("threshold", self.threshold, minimum=1, maximum=self.degree + 1)
         check_int("vector_length", self.vector_length, minimum=1, maximum=MAX_VECTOR_LENGTH)
         check_int("bits", self.bits, minimum=1, maximum=32)
@@ -130,9 +135,36 @@ class SessionParams:
                         f"(or both kinds of its shares) with probability above 2^-40, the parameter "
                         f"finder's bound; {fix}, or use secaggplus_parameters(..., malicious=True)")
 
+    def _check_members(self) -> int:
+        """Check the member list (or, in a client's SecAgg+ view, its count and root); return n."""
+        ids = self.client_ids
+        if not isinstance(ids, tuple):
+            raise ConfigError("client_ids: need a tuple of client ids")
+        if not ids:
+            check_int("members", self.members, minimum=2, maximum=MAX_CLIENTS)
+            if not isinstance(self.members_root, bytes) or len(self.members_root) != ROOT_BYTES:
+                raise ConfigError(f"members_root: a view without client_ids needs the {ROOT_BYTES}-byte "
+                                  f"Merkle root of the member list")
+            return self.members
+        if len(ids) < 2:
+            raise ConfigError("client_ids: need a tuple of at least 2 client ids")
+        if len(ids) > MAX_CLIENTS:
+            raise ConfigError(f"client_ids: at most {MAX_CLIENTS} clients, got {len(ids)}")
+        if not set(map(type, ids)) <= {int}:  # bool and int subclasses are not ids
+            raise ConfigError("client_ids: must all be integers")
+        if ids[0] < 0 or ids[-1] > MAX_ID:
+            raise ConfigError(f"client_ids: must be in [0, {MAX_ID}]")
+        if any(a >= b for a, b in itertools.pairwise(ids)):
+            raise ConfigError("client_ids: must be sorted and unique (duplicate or unsorted id)")
+        # derived from the list whenever it is given (so dataclasses.replace(p, client_ids=...) is
+        # consistent); a decoder that received a count and a root beside a list compares them itself
+        object.__setattr__(self, "members", len(ids))
+        object.__setattr__(self, "members_root", members_root(ids))
+        return len(ids)
+
     @property
     def num_clients(self) -> int:
-        return len(self.client_ids)
+        return self.members
 
     @property
     def full_graph(self) -> bool:
@@ -150,9 +182,21 @@ class SessionParams:
         return self.full_graph or not self.malicious
 
 
+def member_leaf(client_id: int) -> bytes:
+    """The Merkle leaf of a member: its id as 4 big-endian bytes."""
+    return client_id.to_bytes(4, "big")
+
+
+@functools.lru_cache(maxsize=16)  # parameters are rebuilt (a nonce added, a wire round trip): hash once
+def members_root(client_ids: tuple[int, ...]) -> bytes:
+    """The Merkle root (:mod:`secagg.protocol.merkle`) over the sorted member ids' leaves."""
+    return MerkleTree([member_leaf(u) for u in client_ids]).root
+
+
 class KeyEntry(NamedTuple):
-    """One client's advertised keys (``signature`` is empty unless the malicious-server mode is on)
-    and its ``commitment`` to its self-mask seed (:func:`~secagg.protocol.session.seed_commitment`).
+    """One client's advertised keys (``signature`` is empty unless the malicious-server mode is on),
+    its ``commitment`` to its self-mask seed (:func:`~secagg.protocol.session.seed_commitment`) and
+    its ``index`` in the sorted member list (its leaf in the members' Merkle tree).
 
     A named tuple, not a dataclass: a 1000-client directory builds a thousand of these per client.
     """
@@ -162,11 +206,18 @@ class KeyEntry(NamedTuple):
     mask_key: bytes
     signature: bytes = b""
     commitment: bytes = b""
+    index: int = 0
 
 
 @dataclass(frozen=True)
 class Setup:
+    """The session's parameters. On a SecAgg+ graph also the recipient's ``index`` in the sorted
+    member list and the Merkle ``proof`` of it against ``params.members_root`` (the list itself is
+    not sent); on the full graph the list is in ``params`` and ``index`` and ``proof`` are empty."""
+
     params: SessionParams
+    index: int = 0
+    proof: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -184,7 +235,13 @@ class AdvertiseKeys:
 
 @dataclass(frozen=True)
 class KeyDirectory:
+    """The recipient's own entry and its ring neighbours' (those that advertised keys), sorted by id.
+
+    ``proof``: in malicious mode on a SecAgg+ graph, the Merkle multiproof that each entry's id is
+    the member at its ``index`` (so the server cannot seat anyone else next to the recipient)."""
+
     entries: tuple[KeyEntry, ...]
+    proof: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -219,16 +276,25 @@ class MaskedInput:
 
 @dataclass(frozen=True)
 class ConsistencyRequest:
-    """Malicious mode: the sets the server will ask about, for every survivor to sign."""
+    """Malicious mode: the statuses the server will ask about, for every survivor to sign.
+
+    ``survivors`` and ``dropped``: the recipient's neighbours (and itself) in U3 and in U2 \\ U3.
+    ``status_root``: the Merkle root over every member's status (:func:`status_leaf`), the one
+    value every survivor signs; ``proof``: the multiproof of the recipient's directory entries'
+    statuses against it. Two clients shown different statuses of a common neighbour cannot both be
+    shown the same root.
+    """
 
     session_id: bytes
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    status_root: bytes = b""
+    proof: bytes = b""
 
 
 @dataclass(frozen=True)
 class ConsistencySignature:
-    """A survivor's Ed25519 signature over (session id, survivors, dropped)."""
+    """A survivor's Ed25519 signature over (session id, status root)."""
 
     sender: int
     session_id: bytes
@@ -237,10 +303,11 @@ class ConsistencySignature:
 
 @dataclass(frozen=True)
 class UnmaskRequest:
-    """``survivors``: U3 (sent masked inputs); ``dropped``: U2 \\ U3 (shared keys, then vanished).
+    """``survivors``: the recipient's neighbours (and itself) in U3 (sent masked inputs);
+    ``dropped``: its neighbours in U2 \\ U3 (shared keys, then vanished).
 
-    In malicious mode ``signatures`` carries ``(signer, signature)`` consistency signatures over
-    exactly these sets; a client reveals nothing unless at least t of them verify.
+    In malicious mode ``signatures`` carries its share holders' ``(signer, signature)`` consistency
+    signatures over the status root it signed; it reveals nothing unless at least t of them verify.
     """
 
     session_id: bytes
@@ -257,6 +324,15 @@ class UnmaskResponse:
     session_id: bytes
     self_mask_shares: tuple[tuple[int, bytes], ...]
     mask_key_shares: tuple[tuple[int, bytes], ...]
+
+
+STATUS_ABSENT, STATUS_SURVIVED, STATUS_DROPPED = 0, 1, 2
+
+
+def status_leaf(client_id: int, status: int) -> bytes:
+    """A member's leaf in the status tree: its id (4 bytes, big-endian) and its status byte:
+    1 survived (U3), 2 dropped (U2 \\ U3), 0 neither (never shared keys)."""
+    return client_id.to_bytes(4, "big") + bytes([status])
 
 
 Message = (Setup | AdvertiseKeys | KeyDirectory | ShareKeys | ForwardedShares | MaskedInput

@@ -23,7 +23,8 @@ from secagg.crypto.keys import DHKeyPair, is_low_order, verify_signature
 from secagg.crypto.prg import accumulate_masks
 from secagg.crypto.shamir import Share, reconstruct
 from secagg.errors import AbortError, LocalProtocolError, ProtocolError, RemoteProtocolError
-from secagg.protocol.graph import graph_seed, neighbours
+from secagg.protocol.graph import neighbour_table
+from secagg.protocol.merkle import MerkleTree
 from secagg.protocol.messages import (
     COMMITMENT_BYTES,
     NONCE_BYTES,
@@ -41,6 +42,7 @@ from secagg.protocol.messages import (
     Stage,
     UnmaskRequest,
     UnmaskResponse,
+    member_leaf,
 )
 from secagg.protocol.session import (
     advertisement_message,
@@ -50,6 +52,7 @@ from secagg.protocol.session import (
     seed_commitment,
     session_id,
     share_point,
+    status_tree,
 )
 
 Outgoing = list[tuple[int, Message]]  # (recipient client id, message)
@@ -108,12 +111,34 @@ class Server:
         #: survivor -> the neighbours whose shares it refused (did not decrypt or were malformed): the
         #: operator's report of who sent bad shares (or of who claims so)
         self.refused: dict[int, tuple[int, ...]] = {}
-        self._graph: dict[int, frozenset[int]] = {}
         self._sum = np.zeros(params.vector_length, dtype=np.uint32)
         self.survivors: tuple[int, ...] = ()
         self.dropped: tuple[int, ...] = ()
         self._invited = frozenset(params.client_ids)
         self._survivor_cache: tuple[tuple[int, ...], frozenset[int]] = ((), frozenset())
+        self._dropped_set: frozenset[int] = frozenset()
+        self._seen_keys: set[bytes] = set()  # every advertised public key: a replay is refused in O(1)
+        self._index = {u: i for i, u in enumerate(params.client_ids)}
+        self._ids = np.asarray(params.client_ids, dtype=np.int64)
+        # SecAgg+: the ring, O(n k) integers (no per-client sets: those would be O(n k) objects)
+        self._table = None if params.full_graph else neighbour_table(params)
+        self._members = MerkleTree([member_leaf(u) for u in params.client_ids])
+        self._advertisers: frozenset[int] = frozenset()
+        self._entries: dict[int, KeyEntry] = {}
+        self._status_root = b""
+        self._status_tree: MerkleTree | None = None
+
+    def ring(self, u: int) -> frozenset[int]:
+        """``u``'s ring neighbours as Setup fixed them, whether they advertised keys or not: O(k)."""
+        if self._table is None:
+            return self._invited - {u}
+        return frozenset(self._ids[self._table[self._index[u]]].tolist())
+
+    def neighbours(self, u: int) -> frozenset[int]:
+        """``u``'s ring neighbours that advertised keys (its neighbours in this session): O(k)."""
+        if self._table is None:
+            return self._advertisers - {u}
+        return frozenset(v for v in self._ids[self._table[self._index[u]]].tolist() if v in self.keys)
 
     @property
     def stage(self) -> Stage | None:
@@ -163,7 +188,12 @@ class Server:
         if self.phase is not ServerPhase.NEW:
             raise LocalProtocolError("server: session already started")
         self.phase = ServerPhase.COLLECT_KEYS
-        return [(u, Setup(self.params)) for u in self.params.client_ids]
+        if self.params.full_graph:
+            setup = Setup(self.params)
+            return [(u, setup) for u in self.params.client_ids]
+        # SecAgg+: each client gets its place in the member list and the O(log n) proof of it
+        return [(u, Setup(self.params, i, self._members.multiproof([i])))
+                for i, u in enumerate(self.params.client_ids)]
 
     def receive(self, message: Message, *, sender: int | None = None) -> None:
         """Validate and record one client message; :class:`ProtocolError` (state unchanged) if bad.
@@ -233,15 +263,14 @@ class Server:
             raise RemoteProtocolError(f"server: client {msg.sender} advertised no self-mask seed commitment")
         if msg.enc_key == msg.mask_key:
             raise RemoteProtocolError(f"server: client {msg.sender} advertised the same key twice")
-        seen = {k for a in self.keys.values() for k in (a.enc_key, a.mask_key)}
-        if {msg.enc_key, msg.mask_key} & seen:
+        if msg.enc_key in self._seen_keys or msg.mask_key in self._seen_keys:
             raise RemoteProtocolError(f"server: client {msg.sender} advertised another client's key (replay)")
+        self._seen_keys.update((msg.enc_key, msg.mask_key))
         self.keys[msg.sender] = msg
 
     def _receive_ShareKeys(self, msg: ShareKeys) -> None:
-        recipients = {r for r, _ in msg.shares}
-        expected = self._graph[msg.sender]
-        if recipients != expected or len(msg.shares) != len(expected):
+        expected = self.neighbours(msg.sender)
+        if len(msg.shares) != len(expected) or any(r not in expected for r, _ in msg.shares):
             raise RemoteProtocolError(
                 f"server: client {msg.sender} must send exactly one share to each of its "
                 f"{len(expected)} neighbours")
@@ -258,7 +287,7 @@ class Server:
             raise RemoteProtocolError(f"server: masked input of client {msg.sender} has words "
                                       f">= 2^{self.params.bits}")
         # O(|refused|), not O(n): this runs once per masked input
-        unknown = [v for v in msg.refused if v not in self._graph[msg.sender] or v not in self.shares]
+        unknown = [v for v in msg.refused if v not in self.shares or v not in self.neighbours(msg.sender)]
         if unknown:
             raise RemoteProtocolError(f"server: client {msg.sender} reports refused shares from {unknown}, "
                                       f"who sent it none")
@@ -270,15 +299,14 @@ class Server:
     def _receive_ConsistencySignature(self, msg: ConsistencySignature) -> None:
         if self.registry is not None:
             verify_signature(self.registry[msg.sender], msg.signature,
-                             consistency_message(self.session, self.survivors, self.dropped),
-                             signer=msg.sender)
+                             consistency_message(self.session, self._status_root), signer=msg.sender)
         self.consistency[msg.sender] = msg.signature
 
     def _receive_UnmaskResponse(self, msg: UnmaskResponse) -> None:
-        holders = self._graph[msg.sender] | ({msg.sender} if self.params.own_share_counts else set())
+        holders = self.neighbours(msg.sender) | ({msg.sender} if self.params.own_share_counts else set())
         holders -= set(self.refused.get(msg.sender, ()))  # it holds none of those peers' shares
-        want_b = holders & set(self.survivors)
-        want_s = holders & set(self.dropped)
+        want_b = holders & self._survivor_set
+        want_s = holders & self._dropped_set
         if {v for v, _ in msg.self_mask_shares} != want_b or len(msg.self_mask_shares) != len(want_b):
             raise RemoteProtocolError(f"server: client {msg.sender} must return self-mask shares for exactly "
                                       f"{sorted(want_b)}")
@@ -299,16 +327,22 @@ class Server:
 
     def _after_keys(self) -> Outgoing:
         self._need(len(self.keys), "advertised keys")
-        entries = tuple(KeyEntry(u, a.enc_key, a.mask_key, a.signature, a.commitment)
-                        for u, a in sorted(self.keys.items()))
-        self.session = session_id(self.params, entries)
-        # the ring over the invited clients, fixed at Setup; those who did not advertise are holes
         p = self.params
-        ring = neighbours(graph_seed(p.round, p.degree, p.client_ids), p.client_ids, p.degree)
-        advertised = frozenset(self.keys)
-        self._graph = {u: ring[u] & advertised for u in sorted(self.keys)}
-        directory = KeyDirectory(entries)
-        return [(u, directory) for u in sorted(self.keys)]
+        self.session = session_id(p)
+        self._advertisers = frozenset(self.keys)
+        self._entries = {u: KeyEntry(u, a.enc_key, a.mask_key, a.signature, a.commitment, self._index[u])
+                         for u, a in sorted(self.keys.items())}
+        if self._table is None:  # the full graph: one directory for everyone
+            directory = KeyDirectory(tuple(self._entries.values()))
+            return [(u, directory) for u in self._entries]
+        # SecAgg+: each client's own entry and its ring neighbours' (the non-advertisers are holes);
+        # in malicious mode with the proof that these are the members at those places
+        out: Outgoing = []
+        for u in self._entries:
+            entries = tuple(self._entries[v] for v in sorted(self.neighbours(u) | {u}))
+            proof = self._members.multiproof([e.index for e in entries]) if p.malicious else b""
+            out.append((u, KeyDirectory(entries, proof)))
+        return out
 
     def _after_shares(self) -> Outgoing:
         self._need(len(self.shares), "shared keys")
@@ -323,17 +357,41 @@ class Server:
         self._need(len(self.masked), "sent masked inputs")
         self.survivors = tuple(sorted(self.masked))
         self.dropped = tuple(sorted(set(self.shares) - self.masked))
+        self._dropped_set = frozenset(self.dropped)
         if self.params.malicious:
-            check = ConsistencyRequest(self.session, self.survivors, self.dropped)
-            return [(u, check) for u in self.survivors]
-        request = UnmaskRequest(self.session, self.survivors, self.dropped)
-        return [(u, request) for u in self.survivors]
+            # one status per member under one root that every survivor signs (O(n) for the server)
+            self._status_tree = status_tree(self.params.client_ids, self._survivor_set, self._dropped_set)
+            self._status_root = self._status_tree.root
+        return [(u, self._request(u, ConsistencyRequest if self.params.malicious else UnmaskRequest))
+                for u in self.survivors]
+
+    def _local_sets(self, u: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The survivors and the dropped among ``u``'s neighbours and itself (the full graph: all)."""
+        if self._table is None:
+            return self.survivors, self.dropped
+        near = self.neighbours(u) | {u}
+        return (tuple(sorted(near & self._survivor_set)), tuple(sorted(near & self._dropped_set)))
+
+    def _request(self, u: int, kind: type, signatures: tuple[tuple[int, bytes], ...] = ()) -> Message:
+        """``u``'s ConsistencyRequest or UnmaskRequest: about its neighbourhood only (O(k))."""
+        survivors, dropped = self._local_sets(u)
+        if kind is UnmaskRequest:
+            return UnmaskRequest(self.session, survivors, dropped, signatures)
+        assert self._status_tree is not None
+        indices = [self._index[v] for v in self.neighbours(u) | {u}]
+        return ConsistencyRequest(self.session, survivors, dropped, self._status_root,
+                                  self._status_tree.multiproof(indices))
 
     def _after_consistency(self) -> Outgoing:
         self._need(len(self.consistency), "signed the survivor set")
-        request = UnmaskRequest(self.session, self.survivors, self.dropped,
-                                tuple(sorted(self.consistency.items())))
-        return [(u, request) for u in sorted(self.consistency)]
+        everyone = tuple(sorted(self.consistency.items()))
+        out: Outgoing = []
+        for u in sorted(self.consistency):
+            # its share holders' signatures (on the full graph: everybody's)
+            mine = everyone if self._table is None else tuple(
+                (v, self.consistency[v]) for v in sorted(self.neighbours(u) | {u}) if v in self.consistency)
+            out.append((u, self._request(u, UnmaskRequest, mine)))
+        return out
 
     def _index_shares(self) -> dict[tuple[str, int], list[tuple[int, bytes]]]:
         """(kind, owner) -> [(responder, share bytes)], responders in increasing id order."""
@@ -384,14 +442,14 @@ class Server:
                 raise AbortError(f"the reconstructed self-mask seed of client {u} does not match its "
                                  f"commitment: some share was wrong; round aborted")
             masks.append((seed, -1))
-        survivors = set(self.survivors)
+        survivors = self._survivor_set
         for v in self.dropped:
             raw = self._recover(index, v, "s")
             key = DHKeyPair.from_private_bytes(raw)
             if key.public != self.keys[v].mask_key:
                 raise AbortError(f"the reconstructed mask key of client {v} does not match its advertised "
                                  f"key: some share was wrong; round aborted")
-            for w in sorted(self._graph[v] & survivors):
+            for w in sorted(self.neighbours(v) & survivors):
                 seed = mask_seed(key.agree(self.keys[w].mask_key, peer=w), self.session, v, w)
                 masks.append((seed, -mask_sign(w, v)))  # w added sign(w, v) * PRG(s_wv): remove it
         total = self._sum.copy()

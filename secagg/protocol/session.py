@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import hashlib
-
-import numpy as np
+from collections.abc import Collection, Sequence
 
 from secagg.crypto.kdf import MASK_LABEL, SHARE_KEY_LABEL, hkdf, pair_info
-from secagg.protocol.messages import KeyEntry, SessionParams
+from secagg.protocol.merkle import MerkleTree
+from secagg.protocol.messages import (
+    STATUS_ABSENT,
+    STATUS_DROPPED,
+    STATUS_SURVIVED,
+    SessionParams,
+    status_leaf,
+)
 from secagg.protocol.wire import encode_params
 
-_SESSION_LABEL = b"secagg/v1/session-id"
+_SESSION_LABEL = b"secagg/v3/session-id"
 
 
-def session_id(params: SessionParams, directory: tuple[KeyEntry, ...]) -> bytes:
-    """SHA-256 over every parameter (round, model version, ids, t, k, d, bits, malicious, corrupt,
-    nonce) and every advertised key and seed commitment.
+def session_id(params: SessionParams) -> bytes:
+    """SHA-256 over a label and P(params): every parameter, the members' Merkle root and count, and
+    the server's fresh nonce.
 
-    Any difference in what two clients were told (another model, another key set) gives another id,
-    hence other seeds and keys: such clients cannot be combined, and the round fails loudly.
+    Constant size for every client, whatever n: a SecAgg+ client never sees the whole directory, so
+    the id cannot hash it. The keys are bound where they are used instead: each pairwise seed and
+    share key comes from the pair's own Diffie-Hellman secret, and in malicious mode every key is
+    signed together with P(params); a client given another model, round or member set derives other
+    seeds and keys and cannot be combined with the rest.
     """
-    h = hashlib.sha256(_SESSION_LABEL)
-    h.update(encode_params(params))
-    # three fixed-width columns (ids, encryption keys, mask keys): an unambiguous encoding
-    h.update(np.asarray([e.client_id for e in directory], dtype=">u4").tobytes())
-    h.update(b"".join([e.enc_key for e in directory]))
-    h.update(b"".join([e.mask_key for e in directory]))
-    h.update(b"".join([e.commitment for e in directory]))
-    return h.digest()
+    return hashlib.sha256(_SESSION_LABEL + encode_params(params)).digest()
 
 
 def mask_seed(shared_secret: bytes, sid: bytes, u: int, v: int) -> bytes:
@@ -51,7 +53,7 @@ def share_point(client_id: int) -> int:
 
 
 _ADVERTISE_LABEL = b"secagg/v2/advertise"
-_CONSISTENCY_LABEL = b"secagg/v1/consistency"
+_CONSISTENCY_LABEL = b"secagg/v3/consistency"
 _COMMITMENT_LABEL = b"secagg/v2/self-mask-seed-commitment"
 
 
@@ -77,8 +79,15 @@ def advertisement_message(params: SessionParams, client_id: int, enc_key: bytes,
             + commitment)
 
 
-def consistency_message(sid: bytes, survivors: tuple[int, ...], dropped: tuple[int, ...]) -> bytes:
-    """What a survivor signs in the ConsistencyCheck round: the exact sets it was shown."""
-    s = np.asarray(survivors, dtype=">u4").tobytes()
-    d = np.asarray(dropped, dtype=">u4").tobytes()
-    return _CONSISTENCY_LABEL + sid + len(s).to_bytes(4, "big") + s + d
+def status_tree(client_ids: Sequence[int], survivors: Collection[int],
+                dropped: Collection[int]) -> MerkleTree:
+    """The Merkle tree over every member's :func:`~secagg.protocol.messages.status_leaf`, in member
+    order: survived (in ``survivors``), dropped (in ``dropped``), or neither."""
+    return MerkleTree([status_leaf(u, STATUS_SURVIVED if u in survivors else STATUS_DROPPED if u in dropped
+                                   else STATUS_ABSENT) for u in client_ids])
+
+
+def consistency_message(sid: bytes, status_root: bytes) -> bytes:
+    """What a survivor signs in the ConsistencyCheck round: the Merkle root over every member's
+    status (survived, dropped, neither), which fixes one status per client for the whole session."""
+    return _CONSISTENCY_LABEL + sid + status_root

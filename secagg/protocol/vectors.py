@@ -8,8 +8,12 @@ Two kinds, in one JSON document (``docs/protocol-vectors.json``):
   signed advertisement bytes, Shamir shares of a secret, an AES-256-GCM share ciphertext, and the wire
   encoding of one message of every type. Every input is derived from a label with SHA-256: nothing
   here is random, so the output is the same on every machine and a changed construction changes it.
-* **a transcript** of one small session run by real clients (:func:`transcript`): the parameters
-  with the server's nonce, every client message in order, every server message, and the sum. The
+* **the SecAgg+ graph** (:func:`secaggplus`): for 8 members with degree 2, the members' Merkle root,
+  one membership proof and one multiproof, the ring seed, the swap-or-not pivots and every member's
+  ring position and neighbours, and a status root.
+* **two transcripts** of small sessions run by real clients (:func:`transcript`), one on the full
+  graph and one on a SecAgg+ graph: the parameters with the server's nonce, every client message in
+  order, every server message, and the sum. The
   server is deterministic given its inputs, so replaying the client messages into a fresh server must
   reproduce every server message byte for byte and the sum: a server written elsewhere can be
   checked against it; the derivations cover what a client computes.
@@ -30,10 +34,15 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secagg.crypto import aead
+from secagg.crypto.kdf import hkdf
 from secagg.crypto.keys import DHKeyPair
 from secagg.crypto.prg import expand
 from secagg.crypto.shamir import P, Share
+from secagg.protocol.merkle import MerkleTree, leaf_hash
 from secagg.protocol.messages import (
+    STATUS_ABSENT,
+    STATUS_DROPPED,
+    STATUS_SURVIVED,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -46,9 +55,13 @@ from secagg.protocol.messages import (
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
+    member_leaf,
+    status_leaf,
 )
+from secagg.protocol.ring import ROUNDS, Ring, ring_seed
 from secagg.protocol.session import (
     advertisement_message,
+    consistency_message,
     mask_seed,
     seed_commitment,
     session_id,
@@ -57,9 +70,9 @@ from secagg.protocol.session import (
 )
 from secagg.protocol.wire import SHARE_CIPHERTEXT_BYTES, encode
 
-__all__ = ["derivations", "generate", "transcript"]
+__all__ = ["derivations", "generate", "secaggplus", "transcript"]
 
-FORMAT = "secagg-protocol-vectors/1"
+FORMAT = "secagg-protocol-vectors/2"
 
 
 def _fixed(label: str, size: int = 32) -> bytes:
@@ -91,10 +104,10 @@ def derivations() -> dict[str, Any]:
     c_enc, c_mask = _key("w-enc"), _key("w-mask")
     seeds = {u: _fixed("u-self-seed"), v: _fixed("v-self-seed"), 9: _fixed("w-self-seed")}
     commitments = {w: seed_commitment(params, w, seeds[w]) for w in seeds}
-    directory = (KeyEntry(3, a_enc.public, a_mask.public, b"", commitments[3]),
-                 KeyEntry(5, b_enc.public, b_mask.public, b"", commitments[5]),
-                 KeyEntry(9, c_enc.public, c_mask.public, b"", commitments[9]))
-    sid = session_id(params, directory)
+    directory = (KeyEntry(3, a_enc.public, a_mask.public, b"", commitments[3], 0),
+                 KeyEntry(5, b_enc.public, b_mask.public, b"", commitments[5], 1),
+                 KeyEntry(9, c_enc.public, c_mask.public, b"", commitments[9], 2))
+    sid = session_id(params)
     mask_secret = a_mask.agree(b_mask.public)
     enc_secret = a_enc.agree(b_enc.public)
     pair_seed = mask_seed(mask_secret, sid, u, v)
@@ -116,6 +129,8 @@ def derivations() -> dict[str, Any]:
     assert len(ciphertext) == SHARE_CIPHERTEXT_BYTES
 
     words = expand(pair_seed, 8)
+    statuses = {3: STATUS_SURVIVED, 5: STATUS_SURVIVED, 9: STATUS_DROPPED}
+    status_root = MerkleTree([status_leaf(w, statuses[w]) for w in params.client_ids]).root
     messages = {
         "Setup": Setup(params),
         "AdvertiseKeys": AdvertiseKeys(u, a_enc.public, a_mask.public, b"", commitments[u]),
@@ -123,7 +138,7 @@ def derivations() -> dict[str, Any]:
         "ShareKeys": ShareKeys(u, sid, ((v, ciphertext),)),
         "ForwardedShares": ForwardedShares(v, sid, ((u, ciphertext),)),
         "MaskedInput": MaskedInput(u, sid, np.arange(4, dtype="<u4").tobytes(), (9,)),
-        "ConsistencyRequest": ConsistencyRequest(sid, (3, 5), (9,)),
+        "ConsistencyRequest": ConsistencyRequest(sid, (3, 5), (9,), status_root, b""),
         "ConsistencySignature": ConsistencySignature(u, sid, _fixed("signature", 64)),
         "UnmaskRequest": UnmaskRequest(sid, (3, 5), (9,)),
         "UnmaskResponse": UnmaskResponse(u, sid, ((v, share_bytes[u]),), ((9, share_bytes[u]),)),
@@ -132,7 +147,11 @@ def derivations() -> dict[str, Any]:
         "params": {"round": params.round, "model_version": params.model_version.hex(),
                    "client_ids": list(params.client_ids), "threshold": params.threshold,
                    "degree": params.degree, "vector_length": params.vector_length, "bits": params.bits,
-                   "malicious": params.malicious, "corrupt": params.corrupt, "nonce": params.nonce.hex()},
+                   "malicious": params.malicious, "corrupt": params.corrupt, "nonce": params.nonce.hex(),
+                   "members": params.members, "members_root": params.members_root.hex()},
+        "statuses": {str(w): st for w, st in statuses.items()},
+        "status_root": status_root.hex(),
+        "consistency_message": consistency_message(sid, status_root).hex(),
         "x25519": {"u_enc_private": _fixed("u-enc").hex(), "u_enc_public": a_enc.public.hex(),
                    "u_mask_private": _fixed("u-mask").hex(), "u_mask_public": a_mask.public.hex(),
                    "v_enc_private": _fixed("v-enc").hex(), "v_enc_public": b_enc.public.hex(),
@@ -154,16 +173,52 @@ def derivations() -> dict[str, Any]:
     }
 
 
-def transcript(dropout: int | None = 9) -> dict[str, Any]:
-    """One session of 3 real clients (full graph, t = 2, d = 4, 16 bits), client ``dropout`` leaving
-    after ShareKeys: every message in order, hex-encoded, and the sum."""
+def secaggplus_params(malicious: bool = False) -> SessionParams:
+    """A small SecAgg+ session: 8 members, degree 2 (t = 2; malicious: corrupt = 0)."""
+    return SessionParams(round=7, model_version=_fixed("model"), client_ids=(2, 3, 5, 8, 13, 21, 34, 55),
+                         threshold=2, degree=2, vector_length=4, bits=16, malicious=malicious,
+                         nonce=_fixed("nonce"))
+
+
+def secaggplus() -> dict[str, Any]:
+    """The SecAgg+ graph's derivations for :func:`secaggplus_params`, hex-encoded."""
+    params = secaggplus_params()
+    ids = params.client_ids
+    tree = MerkleTree([member_leaf(u) for u in ids])
+    seed = ring_seed(params.round, params.degree, params.members, params.members_root)
+    ring = Ring(seed, params.members)
+    positions = ring.positions(np.arange(len(ids))).tolist()
+    statuses = {u: (STATUS_SURVIVED, STATUS_DROPPED, STATUS_ABSENT)[i % 3] for i, u in enumerate(ids)}
+    directory_of = 3  # the multiproof of client 8's directory: itself and its two ring neighbours
+    near = sorted([directory_of, *ring.neighbours(directory_of, params.degree).tolist()])
+    pivots = expand(hkdf(seed, salt=b"", info=b"secagg/v3/ring-pivots"), 2 * ROUNDS).view("<u8")
+    return {
+        "members": list(ids), "degree": params.degree, "round": params.round,
+        "leaf_hashes": [leaf_hash(member_leaf(u)).hex() for u in ids],
+        "members_root": params.members_root.hex(),
+        "membership_proof": {"index": 5, "proof": tree.multiproof([5]).hex()},
+        "directory_multiproof": {"indices": near, "proof": tree.multiproof(near).hex()},
+        "ring_seed": seed.hex(),
+        "pivots": [int(x) % params.members for x in pivots[:4]],
+        "positions": positions,
+        "neighbours": {str(u): sorted(ids[j] for j in ring.neighbours(i, params.degree).tolist())
+                       for i, u in enumerate(ids)},
+        "statuses": {str(u): st for u, st in statuses.items()},
+        "status_root": MerkleTree([status_leaf(u, statuses[u]) for u in ids]).root.hex(),
+        "wire": {"Setup": encode(Setup(params, 5, tree.multiproof([5]))).hex()},
+    }
+
+
+def transcript(params: SessionParams | None = None, dropout: int | None = 9) -> dict[str, Any]:
+    """One session of real clients (by default 3 on the full graph, t = 2, d = 4, 16 bits), client
+    ``dropout`` leaving after ShareKeys: every message in order, hex-encoded, and the sum."""
     from secagg.protocol.client import Client
     from secagg.protocol.messages import Stage
     from secagg.protocol.runner import REPLY_STAGE
     from secagg.protocol.server import Server
     from secagg.protocol.wire import decode
 
-    params = vector_params()
+    params = params if params is not None else vector_params()
     inputs = {w: (np.arange(4, dtype=np.uint32) * (w + 1) + w) for w in params.client_ids}
     server = Server(params)
     clients = {w: Client(w, inputs[w]) for w in params.client_ids}
@@ -191,7 +246,9 @@ def transcript(dropout: int | None = 9) -> dict[str, Any]:
 
 def generate() -> dict[str, Any]:
     """The whole document: format tag, derivations and a fresh transcript."""
-    return {"format": FORMAT, "derivations": derivations(), "transcript": transcript()}
+    return {"format": FORMAT, "derivations": derivations(), "secaggplus": secaggplus(),
+            "transcript": transcript(),
+            "transcript_secaggplus": transcript(secaggplus_params(), dropout=13)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,9 +27,11 @@ from secagg.protocol.messages import (
     COMMITMENT_BYTES,
     MAX_CLIENTS,
     MAX_ID,
+    MAX_PROOF_BYTES,
     MAX_VECTOR_LENGTH,
     MODEL_VERSION_MAX_BYTES,
     NONCE_BYTES,
+    ROOT_BYTES,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -46,7 +48,7 @@ from secagg.protocol.messages import (
 )
 
 MAGIC = 0x5EC6
-VERSION = 2  # 2: the session nonce, the self-mask seed commitments, MaskedInput.refused
+VERSION = 3  # 2: nonce, seed commitments, refused shares; 3: O(k) SecAgg+ (member root, proofs)
 SESSION_ID_BYTES = 32
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_BYTES
 SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + OVERHEAD
@@ -156,46 +158,76 @@ def _flag(v: Any, field: str) -> bool:
     return v
 
 
-def _params(v: Any, field: str) -> SessionParams:
-    if not isinstance(v, list) or len(v) != 10:
-        raise _fail(field, "expected 10 fields")
+_PARAM_FIELDS = 11
+
+
+def _params(v: Any, field: str) -> dict[str, Any]:
+    """The 11-field parameter array P(params) (the member list travels beside it, in Setup)."""
+    if not isinstance(v, list) or len(v) != _PARAM_FIELDS:
+        raise _fail(field, f"expected {_PARAM_FIELDS} fields")
+    return dict(
+        round=_uint((1 << 32) - 1)(v[0], f"{field}.round"),
+        model_version=_bytes(maximum=MODEL_VERSION_MAX_BYTES)(v[1], f"{field}.model_version"),
+        members=_uint(MAX_CLIENTS)(v[2], f"{field}.members"),
+        members_root=_bytes(ROOT_BYTES)(v[3], f"{field}.members_root"),
+        threshold=_uint(MAX_CLIENTS)(v[4], f"{field}.threshold"),
+        degree=_uint(MAX_CLIENTS)(v[5], f"{field}.degree"),
+        vector_length=_uint(MAX_VECTOR_LENGTH)(v[6], f"{field}.vector_length"),
+        bits=_uint(32)(v[7], f"{field}.bits"),
+        malicious=_flag(v[8], f"{field}.malicious"),
+        corrupt=_uint(MAX_CLIENTS)(v[9], f"{field}.corrupt"),
+        nonce=_empty_or(NONCE_BYTES)(v[10], f"{field}.nonce"))
+
+
+def _setup(fields: dict[str, Any], client_ids: tuple[int, ...], index: int, proof: bytes) -> SessionParams:
+    """The parameters a Setup carries: the list on the full graph, else only its count and root."""
+    full = fields["degree"] == fields["members"] - 1
+    if full and (index or proof):
+        raise _fail("Setup.index", "a full-graph Setup carries the member list, not an index and proof")
+    if not full and client_ids:
+        raise _fail("Setup.client_ids", "a SecAgg+ Setup carries no member list (index and proof instead)")
     try:
-        return SessionParams(
-            round=_uint((1 << 32) - 1)(v[0], f"{field}.round"),
-            model_version=_bytes(maximum=MODEL_VERSION_MAX_BYTES)(v[1], f"{field}.model_version"),
-            client_ids=_ids(v[2], f"{field}.client_ids"),
-            threshold=_uint(MAX_CLIENTS)(v[3], f"{field}.threshold"),
-            degree=_uint(MAX_CLIENTS)(v[4], f"{field}.degree"),
-            vector_length=_uint(MAX_VECTOR_LENGTH)(v[5], f"{field}.vector_length"),
-            bits=_uint(32)(v[6], f"{field}.bits"),
-            malicious=_flag(v[7], f"{field}.malicious"),
-            corrupt=_uint(MAX_CLIENTS)(v[8], f"{field}.corrupt"),
-            nonce=_empty_or(NONCE_BYTES)(v[9], f"{field}.nonce"))
+        params = SessionParams(client_ids=client_ids, **fields)
     except ConfigError as exc:
-        raise _fail(field, str(exc)) from exc
+        raise _fail("Setup.params", str(exc)) from exc
+    if (params.members, params.members_root) != (fields["members"], fields["members_root"]):
+        raise _fail("Setup.params.members_root", "the member count and Merkle root do not match the list")
+    return params
+
+
+def _proof(v: Any, field: str) -> bytes:
+    b = _bytes(maximum=MAX_PROOF_BYTES)(v, field)
+    if len(b) % ROOT_BYTES:
+        raise _fail(field, f"a Merkle proof is whole {ROOT_BYTES}-byte hashes, got {len(b)} bytes")
+    return b
 
 
 def _entries(v: Any, field: str) -> tuple[KeyEntry, ...]:
-    """Five packed columns: ids, 32-byte enc keys, 32-byte mask keys, 64-byte signatures or none,
-    32-byte seed commitments or none."""
-    if not isinstance(v, list) or len(v) != 5:
-        raise _fail(field, "expected [ids, enc_keys, mask_keys, signatures, commitments]")
+    """Six packed columns: ids, indices (uint32 big-endian), 32-byte enc keys, 32-byte mask keys,
+    64-byte signatures or none, 32-byte seed commitments or none."""
+    if not isinstance(v, list) or len(v) != 6:
+        raise _fail(field, "expected [ids, indices, enc_keys, mask_keys, signatures, commitments]")
     ids = _ids(v[0], f"{field}.client_ids")
     n, k = len(ids), PUBLIC_KEY_BYTES
-    enc = _bytes(k * n)(v[1], f"{field}.enc_keys")
-    mask = _bytes(k * n)(v[2], f"{field}.mask_keys")
-    sigs = _bytes(maximum=SIGNATURE_BYTES * n)(v[3], f"{field}.signatures")
+    packed = _bytes(4 * n)(v[1], f"{field}.indices")
+    indices = np.frombuffer(packed, dtype=">u4").tolist()
+    if n and max(indices) >= MAX_CLIENTS:
+        raise _fail(f"{field}.indices", f"expected indices below {MAX_CLIENTS}")
+    enc = _bytes(k * n)(v[2], f"{field}.enc_keys")
+    mask = _bytes(k * n)(v[3], f"{field}.mask_keys")
+    sigs = _bytes(maximum=SIGNATURE_BYTES * n)(v[4], f"{field}.signatures")
     if len(sigs) not in (0, SIGNATURE_BYTES * n):
         raise _fail(f"{field}.signatures", f"expected 0 or {SIGNATURE_BYTES * n} bytes, got {len(sigs)}")
     c = COMMITMENT_BYTES
-    commits = _bytes(maximum=c * n)(v[4], f"{field}.commitments")
+    commits = _bytes(maximum=c * n)(v[5], f"{field}.commitments")
     if len(commits) not in (0, c * n):
         raise _fail(f"{field}.commitments", f"expected 0 or {c * n} bytes, got {len(commits)}")
     s = SIGNATURE_BYTES
     columns = zip(ids, [enc[i : i + k] for i in range(0, k * n, k)],
                   [mask[i : i + k] for i in range(0, k * n, k)],
                   [sigs[i : i + s] for i in range(0, s * n, s)] if sigs else [b""] * n,
-                  [commits[i : i + c] for i in range(0, c * n, c)] if commits else [b""] * n, strict=True)
+                  [commits[i : i + c] for i in range(0, c * n, c)] if commits else [b""] * n,
+                  indices, strict=True)
     return tuple([_new_tuple(KeyEntry, c) for c in columns])  # KeyEntry(*c), without __new__'s overhead
 
 
@@ -207,9 +239,10 @@ def _pack_entries(entries: tuple[KeyEntry, ...]) -> list[bytes]:
         raise WireError("KeyDirectory.entries: either every entry is signed or none is")
     if len({len(e.commitment) for e in entries}) > 1:
         raise WireError("KeyDirectory.entries: either every entry carries a commitment or none does")
-    return [_pack_ids(tuple(e.client_id for e in entries)), b"".join(e.enc_key for e in entries),
-            b"".join(e.mask_key for e in entries), b"".join(e.signature for e in entries),
-            b"".join(e.commitment for e in entries)]
+    return [_pack_ids(tuple(e.client_id for e in entries)),
+            np.asarray([e.index for e in entries], dtype=">u4").tobytes(),
+            b"".join(e.enc_key for e in entries), b"".join(e.mask_key for e in entries),
+            b"".join(e.signature for e in entries), b"".join(e.commitment for e in entries)]
 
 
 def _vector(v: Any, field: str) -> bytes:
@@ -224,10 +257,11 @@ _key = _bytes(PUBLIC_KEY_BYTES)
 
 # type code -> (class, [(field, reader)])
 _SCHEMAS: dict[int, tuple[type, list[tuple[str, Reader]]]] = {
-    1: (Setup, [("params", _params)]),
+    1: (Setup, [("params", _params), ("client_ids", _ids), ("index", _uint(MAX_CLIENTS - 1)),
+                ("proof", _proof)]),
     2: (AdvertiseKeys, [("sender", _id), ("enc_key", _key), ("mask_key", _key),
                         ("signature", _signature), ("commitment", _commitment)]),
-    3: (KeyDirectory, [("entries", _entries)]),
+    3: (KeyDirectory, [("entries", _entries), ("proof", _proof)]),
     4: (ShareKeys, [("sender", _id), ("session_id", _session),
                     ("shares", _pairs(SHARE_CIPHERTEXT_BYTES))]),
     5: (ForwardedShares, [("recipient", _id), ("session_id", _session),
@@ -239,18 +273,26 @@ _SCHEMAS: dict[int, tuple[type, list[tuple[str, Reader]]]] = {
                          ("self_mask_shares", _pairs(SHARE_BYTES)),
                          ("mask_key_shares", _pairs(SHARE_BYTES))]),
 }
-_SCHEMAS[9] = (ConsistencyRequest, [("session_id", _session), ("survivors", _ids), ("dropped", _ids)])
+_SCHEMAS[9] = (ConsistencyRequest, [("session_id", _session), ("survivors", _ids), ("dropped", _ids),
+                                     ("status_root", _empty_or(ROOT_BYTES)), ("proof", _proof)])
 _SCHEMAS[10] = (ConsistencySignature, [("sender", _id), ("session_id", _session),
                                        ("signature", _bytes(SIGNATURE_BYTES))])
 _CODES = {cls: code for code, (cls, _) in _SCHEMAS.items()}
 
 
 def _plain(value: Any) -> Any:
-    """Session parameters as their 10-field array; anything else as is (msgpack packs tuples as arrays)."""
+    """Session parameters as their 11-field array; anything else as is (msgpack packs tuples as arrays)."""
     if isinstance(value, SessionParams):
-        return [value.round, value.model_version, _pack_ids(value.client_ids), value.threshold,
+        return [value.round, value.model_version, value.members, value.members_root, value.threshold,
                 value.degree, value.vector_length, value.bits, value.malicious, value.corrupt, value.nonce]
     return value
+
+
+def _setup_fields(message: Setup) -> dict[str, Any]:
+    """Setup's wire fields: P(params), then the member list (full graph only), index, proof."""
+    p = message.params
+    return {"params": _plain(p), "client_ids": _pack_ids(p.client_ids if p.full_graph else ()),
+            "index": message.index, "proof": message.proof}
 
 
 # fields whose wire form is not the generic one
@@ -277,14 +319,20 @@ def encode(message: Message) -> bytes:
         raise WireError(f"cannot encode {cls.__name__}: not a protocol message")
     code = _CODES[cls]
     try:
-        fields = [_WRITERS.get((cls, name), _plain)(getattr(message, name))
-                  for name, _ in _SCHEMAS[code][1]]
+        if cls is Setup:
+            setup = _setup_fields(message)  # type: ignore[arg-type]
+            fields = [setup[name] for name, _ in _SCHEMAS[code][1]]
+        else:
+            fields = [_WRITERS.get((cls, name), _plain)(getattr(message, name))
+                      for name, _ in _SCHEMAS[code][1]]
     except WireError:
         raise
     except (OverflowError, TypeError, ValueError) as exc:  # e.g. a negative or 2^64 id
         raise WireError(f"cannot encode {cls.__name__}: {type(exc).__name__}: {exc}") from exc
-    for (name, read), value in zip(_SCHEMAS[code][1], fields, strict=True):
-        read(value, f"{cls.__name__}.{name}")  # the receiver's checks, on the sender's side
+    read_back = [read(value, f"{cls.__name__}.{name}")  # the receiver's checks, on the sender's side
+                 for (name, read), value in zip(_SCHEMAS[code][1], fields, strict=True)]
+    if cls is Setup:
+        _setup(*read_back)  # and the checks across Setup's fields (list xor index and proof)
     return codec.pack(MAGIC, VERSION, code, *fields)
 
 
@@ -307,4 +355,7 @@ def decode(data: bytes) -> Message:
               for (name, read), v in zip(fields, obj[3:], strict=True)}
     # one message, one encoding: no malleable non-shortest forms (matters once bytes are signed)
     codec.check_canonical(obj, data, cls.__name__)
+    if cls is Setup:
+        values["params"] = _setup(values["params"], values.pop("client_ids"), values["index"],
+                                  values["proof"])
     return cls(**values)
