@@ -332,6 +332,12 @@ class ServerRound:
         return {u: peers for server in self._servers for u, peers in server.refused.items()}
 
     @property
+    def wrong_shares(self) -> dict[int, list[int]]:
+        """Secure mode, once done: responder -> the clients whose secret it sent a wrong share of
+        (identified and left out; the sum is exact): a client to look at."""
+        return {u: owners for server in self._servers for u, owners in server.wrong_shares.items()}
+
+    @property
     def sums(self) -> list[SessionSum]:
         """Secure mode, once done: every session's unmasked sum, in session order."""
         if not self.done:

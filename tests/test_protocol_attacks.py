@@ -1420,6 +1420,33 @@ def test_one_altered_self_mask_share_among_exactly_t_aborts_instead_of_a_wrong_s
         run(lie=True)
 
 
+@pytest.mark.parametrize("degree", [None, 4], ids=["full", "secaggplus"])
+@pytest.mark.parametrize("kind", ["self-mask", "mask-key"])
+def test_one_wrong_share_among_more_than_t_is_identified_and_the_sum_stays_exact(degree, kind) -> None:
+    """With more than t unmask responses, a wrong share that fails the owner's commitment (or public
+    key) is found by leaving each share out in turn: its sender is reported in ``wrong_shares`` and the
+    round completes with the verified secret, the exact sum."""
+    params = make_params(n=7, t=3, d=16, degree=degree)
+    inputs = make_inputs(params, 31)
+    target = params.client_ids[1]
+    server = Server(params)
+    dropped = {target: Stage.MASKED_INPUT} if kind == "mask-key" else {}
+    field = "self_mask_shares" if kind == "self-mask" else "mask_key_shares"
+
+    def alter(direction: str, u: int, stage: Stage, data: bytes) -> bytes:
+        if direction != "to_server" or stage is not Stage.UNMASKING:
+            return data
+        if u != min(server.neighbours(target)):  # the first holder: its share is always used
+            return data
+        msg = decode(data)
+        shares = tuple((v, flip_bit(share, 31) if v == target else share) for v, share in getattr(msg, field))
+        return encode(dataclasses.replace(msg, **{field: shares}))
+
+    report = run_session(params, inputs, tamper=alter, server=server, drop_before=dropped)
+    assert_exact(params, report.result, inputs, report.survivors)
+    assert server.wrong_shares == report.wrong_shares == {min(server.neighbours(target)): [target]}
+
+
 def test_an_advertisement_from_an_earlier_session_with_the_same_parameters_does_not_verify() -> None:
     """Two sessions with equal round, model and clients differ in the server's fresh nonce: a signed
     advertisement of the first is refused in the second (by an honest server and by every client)."""

@@ -79,6 +79,8 @@ class Share:
     y: int = field(repr=False)
 
     def __post_init__(self) -> None:
+        if type(self.x) is int and type(self.y) is int and 1 <= self.x <= X_MAX and 0 <= self.y < P:
+            return  # the common case in one line: a round builds and checks millions of shares
         check_int("Share.x", self.x, minimum=1, maximum=X_MAX, error=ProtocolError)
         if not isinstance(self.y, int) or isinstance(self.y, bool):
             raise ProtocolError(f"Share.y: must be an integer, got {type(self.y).__name__}")

@@ -71,6 +71,9 @@ class SessionReport:
     rejected: list[tuple[int, str]] = field(default_factory=list)
     #: the server's report: survivor -> the neighbours whose shares it refused (bad ciphertexts)
     refused: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    #: the server's report: responder -> the clients whose secret it sent a wrong share of (found by
+    #: the owner's commitment or public key, left out; the sum stayed exact)
+    wrong_shares: dict[int, list[int]] = field(default_factory=dict)
     bytes_sent: dict[int, int] = field(default_factory=dict)
     bytes_received: dict[int, int] = field(default_factory=dict)
     server_bytes_sent: int = 0
@@ -174,4 +177,5 @@ def run_session(params: SessionParams, inputs: Mapping[int, np.ndarray], *,
     report.result = server.result
     report.survivors, report.dropped = server.survivors, server.dropped
     report.params, report.refused = server.params, dict(server.refused)  # (with the server's nonce)
+    report.wrong_shares = dict(server.wrong_shares)
     return report

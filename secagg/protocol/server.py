@@ -21,7 +21,7 @@ import numpy as np
 
 from secagg.crypto.keys import DHKeyPair, is_low_order, verify_signature
 from secagg.crypto.prg import accumulate_masks
-from secagg.crypto.shamir import Share, reconstruct
+from secagg.crypto.shamir import P, Share, reconstruct
 from secagg.errors import AbortError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from secagg.protocol.graph import neighbour_table
 from secagg.protocol.merkle import MerkleTree
@@ -111,6 +111,9 @@ class Server:
         #: survivor -> the neighbours whose shares it refused (did not decrypt or were malformed): the
         #: operator's report of who sent bad shares (or of who claims so)
         self.refused: dict[int, tuple[int, ...]] = {}
+        #: responder -> the clients whose secret it returned a wrong share of (identified by leaving
+        #: each share out in turn until the rebuilt secret verified; the round went on without it)
+        self.wrong_shares: dict[int, list[int]] = {}
         self._sum = np.zeros(params.vector_length, dtype=np.uint32)
         self.survivors: tuple[int, ...] = ()
         self.dropped: tuple[int, ...] = ()
@@ -313,9 +316,9 @@ class Server:
         if {v for v, _ in msg.mask_key_shares} != want_s or len(msg.mask_key_shares) != len(want_s):
             raise RemoteProtocolError(f"server: client {msg.sender} must return mask-key shares for exactly "
                                       f"{sorted(want_s)}")
-        point = share_point(msg.sender)
-        for _, data in msg.self_mask_shares + msg.mask_key_shares:
-            Share.from_bytes(point, data)  # ProtocolError if out of the field
+        # every share a field element (the wire fixed their length): a share >= P is refused here
+        if any(int.from_bytes(data, "big") >= P for _, data in msg.self_mask_shares + msg.mask_key_shares):
+            raise RemoteProtocolError(f"server: client {msg.sender} returned a share outside the field")
         self.responses[msg.sender] = msg
 
     # -- advancing ---------------------------------------------------------------------------------
@@ -405,13 +408,13 @@ class Server:
 
     def _recover(self, index: dict[tuple[str, int], list[tuple[int, bytes]]], owner: int,
                  kind: str) -> bytes:
-        """``owner``'s secret from the returned shares; :class:`AbortError` if too few or inconsistent.
+        """``owner``'s secret from the returned shares, checked against what its owner advertised (the
+        self-mask seed against its commitment, the mask key against its public key).
 
-        With more than ``t`` shares, a second, different subset of ``t`` must give the same secret,
-        so one wrong share among them is caught instead of silently corrupting the sum. Every rebuilt
-        secret is also checked against what its owner advertised (the self-mask seed against its
-        commitment, the mask key against its public key), so with exactly ``t`` shares too a wrong
-        share aborts the round instead of corrupting the sum.
+        A wrong share can therefore never turn into a wrong sum. With more than ``t`` shares a check
+        that fails is retried with each share in turn left out: a single wrong share is identified
+        (its sender is recorded in :attr:`wrong_shares`) and the round goes on with the verified
+        secret. :class:`AbortError` if too few shares came back or no ``t`` of them verify.
         """
         what = "self-mask seed" if kind == "b" else "mask key"
         found = index.get((kind, owner), [])
@@ -423,32 +426,39 @@ class Server:
             raise AbortError(f"only {len(found)} shares of client {owner}'s {what} came back, fewer than "
                              f"the threshold t={t}{why}: round aborted")
         shares = [Share.from_bytes(share_point(responder), data) for responder, data in found]
+        secret = self._rebuilt(owner, kind, shares[:t])
+        if secret is not None:
+            return secret
+        for left_out in range(t + 1 if len(shares) > t else 0):
+            secret = self._rebuilt(owner, kind, [s for i, s in enumerate(shares[: t + 1]) if i != left_out])
+            if secret is not None:
+                self.wrong_shares.setdefault(found[left_out][0], []).append(owner)
+                return secret
+        raise AbortError(f"the reconstructed {what} of client {owner} does not match its "
+                         f"{'commitment' if kind == 'b' else 'advertised key'}: some share was wrong; "
+                         f"round aborted")
+
+    def _rebuilt(self, owner: int, kind: str, shares: list[Share]) -> bytes | None:
+        """The secret these ``t`` shares interpolate, if it is the one ``owner`` advertised; else None."""
         try:
-            secret = reconstruct(shares[:t], t)
-            if len(shares) > t and reconstruct(shares[-t:], t) != secret:
-                raise RemoteProtocolError("two subsets of the shares disagree")
-        except ProtocolError as exc:
-            raise AbortError(f"the shares of client {owner}'s {what} are inconsistent ({exc}): a "
-                             f"responder sent a wrong share; round aborted") from exc
-        return secret
+            secret = reconstruct(shares, self.params.threshold)
+        except ProtocolError:  # e.g. an interpolated value >= 2^256: a wrong share, like any other
+            return None
+        if kind == "b":
+            ok = seed_commitment(self.params, owner, secret) == self.keys[owner].commitment
+        else:
+            ok = DHKeyPair.from_private_bytes(secret).public == self.keys[owner].mask_key
+        return secret if ok else None
 
     def _unmask(self) -> None:
         self._need(len(self.responses), "answered the unmask request")
         index = self._index_shares()
         masks: list[tuple[bytes, int]] = []
         for u in self.survivors:
-            seed = self._recover(index, u, "b")
-            if seed_commitment(self.params, u, seed) != self.keys[u].commitment:
-                raise AbortError(f"the reconstructed self-mask seed of client {u} does not match its "
-                                 f"commitment: some share was wrong; round aborted")
-            masks.append((seed, -1))
+            masks.append((self._recover(index, u, "b"), -1))
         survivors = self._survivor_set
         for v in self.dropped:
-            raw = self._recover(index, v, "s")
-            key = DHKeyPair.from_private_bytes(raw)
-            if key.public != self.keys[v].mask_key:
-                raise AbortError(f"the reconstructed mask key of client {v} does not match its advertised "
-                                 f"key: some share was wrong; round aborted")
+            key = DHKeyPair.from_private_bytes(self._recover(index, v, "s"))
             for w in sorted(self.neighbours(v) & survivors):
                 seed = mask_seed(key.agree(self.keys[w].mask_key, peer=w), self.session, v, w)
                 masks.append((seed, -mask_sign(w, v)))  # w added sign(w, v) * PRG(s_wv): remove it

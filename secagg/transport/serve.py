@@ -140,6 +140,9 @@ class NetworkSource:
             for u, peers in sorted(outcome.server.refused.items()):
                 log.warning("round %d: client %d refused the shares of %s (undecryptable or malformed)",
                             outcome.round, u, list(peers))
+            for u, owners in sorted(outcome.server.wrong_shares.items()):
+                log.warning("round %d: client %d sent wrong shares of %s (identified and left out)",
+                            outcome.round, u, owners)
             # each session's reading of its sum (and the buckets' robust rule), then the server's part of
             # the client steps
             agg = outcome.server.finish(state.aggregator_state, layout)
@@ -189,6 +192,9 @@ class NetworkSource:
         refused = outcome.server.refused if outcome.server is not None else {}
         if refused:  # who reported whose shares as undecryptable: the operator's lead on a bad client
             meta["refused"] = {str(u): list(peers) for u, peers in sorted(refused.items())}
+        wrong = outcome.server.wrong_shares if outcome.server is not None else {}
+        if wrong:  # who sent a share that failed its owner's commitment (left out; the sum is exact)
+            meta["wrong_shares"] = {str(u): owners for u, owners in sorted(wrong.items())}
         if len(outcome.sums) > 1:
             meta["groups"] = [list(one.params.client_ids) for one in outcome.sums]
             meta["group_survivors"] = [list(one.survivors) for one in outcome.sums]
