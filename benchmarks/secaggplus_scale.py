@@ -29,10 +29,20 @@ from typing import Any
 
 import numpy as np
 
+_POOL: dict[int, np.ndarray] = {}
+_SPREAD = 1 << 16
+
 
 def _input(u: int, d: int) -> np.ndarray:
-    """Client ``u``'s benchmark input (not secret: a seeded generator, rebuilt to check the sum)."""
-    return np.random.default_rng([7, u]).integers(0, 2**32, d, dtype=np.uint64).astype(np.uint32)
+    """Client ``u``'s benchmark input: a read-only view into one seeded pool of random words (not
+    secret; rebuilt to check the sum). Views, not copies: 10^5 clients' inputs of 10^4 words would
+    otherwise hold 4 GB in the simulation that no real client holds."""
+    if d not in _POOL:
+        pool = np.random.default_rng(7).integers(0, 2**32, d + _SPREAD, dtype=np.uint64).astype(np.uint32)
+        pool.flags.writeable = False
+        _POOL[d] = pool
+    offset = (u * 40503) % _SPREAD
+    return _POOL[d][offset : offset + d]
 
 
 def _setup(n: int, d: int, dropout: float, corrupt: float):

@@ -332,6 +332,12 @@ class ServerRound:
         return {u: peers for server in self._servers for u, peers in server.refused.items()}
 
     @property
+    def excluded(self) -> tuple[int, ...]:
+        """Secure mode: the clients the share check took out (fewer than t holders could open their
+        shares): in no sum, named in the log."""
+        return tuple(sorted(u for server in self._servers for u in server.excluded))
+
+    @property
     def wrong_shares(self) -> dict[int, list[int]]:
         """Secure mode, once done: responder -> the clients whose secret it sent a wrong share of
         (identified and left out; the sum is exact): a client to look at."""

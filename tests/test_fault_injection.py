@@ -48,9 +48,11 @@ from secagg.protocol.messages import (
     KeyDirectory,
     KeyEntry,
     MaskedInput,
+    MaskRequest,
     Message,
     SessionParams,
     Setup,
+    ShareCheck,
     ShareKeys,
     Stage,
     UnmaskRequest,
@@ -63,10 +65,11 @@ from secagg.protocol.wire import SHARE_CIPHERTEXT_BYTES, decode, encode
 
 NONCE = bytes(range(32))  # a fixed session nonce for hand-built setups (a Server draws a fresh one)
 
-HONEST_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASKING)
+HONEST_STAGES = tuple(s for s in Stage if s is not Stage.CONSISTENCY_CHECK)
 MALICIOUS_STAGES = tuple(Stage)
 EXPECTED_TYPE: dict[Stage, type] = {
-    Stage.ADVERTISE_KEYS: AdvertiseKeys, Stage.SHARE_KEYS: ShareKeys, Stage.MASKED_INPUT: MaskedInput,
+    Stage.ADVERTISE_KEYS: AdvertiseKeys, Stage.SHARE_KEYS: ShareKeys, Stage.SHARE_CHECK: ShareCheck,
+    Stage.MASKED_INPUT: MaskedInput,
     Stage.CONSISTENCY_CHECK: ConsistencySignature, Stage.UNMASKING: UnmaskResponse}
 
 RUNNER_KINDS = ("drop", "crash", "duplicate")
@@ -161,12 +164,14 @@ class Injector:
         candidates: list[Message] = [
             AdvertiseKeys(u, key_a, key_b),
             ShareKeys(u, sid, ((other, bytes(SHARE_CIPHERTEXT_BYTES)),)),
+            ShareCheck(u, sid, ()),
             MaskedInput(u, sid, bytes(4 * p.vector_length)),
             ConsistencySignature(u, sid, bytes(SIGNATURE_BYTES)),
             UnmaskResponse(u, sid, (), ()),
             Setup(p),
             KeyDirectory((KeyEntry(u, key_a, key_b),)),
             ForwardedShares(u, sid, ()),
+            MaskRequest(sid, ()),
             ConsistencyRequest(sid, (u,), ()),
             UnmaskRequest(sid, (u,), ()),
         ]
@@ -477,7 +482,8 @@ def test_random_garbage_of_every_length_never_crashes_the_server(malicious: bool
 
 
 ABORT_WORDS = {Stage.ADVERTISE_KEYS: "advertised keys", Stage.SHARE_KEYS: "shared keys",
-               Stage.MASKED_INPUT: "sent masked inputs", Stage.CONSISTENCY_CHECK: "signed the survivor set",
+               Stage.SHARE_CHECK: "checked their shares", Stage.MASKED_INPUT: "sent masked inputs",
+               Stage.CONSISTENCY_CHECK: "signed the survivor set",
                Stage.UNMASKING: "answered the unmask request"}
 
 

@@ -81,7 +81,11 @@ class Session:
             if reply is not None:
                 self.server.receive(reply, sender=u)
         for u, forwarded in self.server.advance():
-            reply = self.reply(u, forwarded)
+            reply = self.reply(u, forwarded)  # the share check
+            if reply is not None:
+                self.server.receive(reply, sender=u)
+        for u, request in self.server.advance():
+            reply = self.reply(u, request)
             if reply is not None:
                 self.server.receive(reply, sender=u)
                 self.masked[u] = reply.vector

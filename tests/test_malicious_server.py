@@ -60,7 +60,6 @@ from secagg.protocol.client import Client, ClientPhase
 from secagg.protocol.finder import secaggplus_parameters
 from secagg.protocol.messages import (
     AdvertiseKeys,
-    ConsistencyRequest,
     ConsistencySignature,
     ForwardedShares,
     KeyDirectory,
@@ -73,7 +72,7 @@ from secagg.protocol.messages import (
     UnmaskResponse,
 )
 from secagg.protocol.ring import Ring, ring_seed
-from secagg.protocol.runner import run_session
+from secagg.protocol.runner import REPLY_STAGE, run_session
 from secagg.protocol.server import Outgoing, Server, ServerPhase
 from secagg.protocol.session import (
     advertisement_message,
@@ -91,9 +90,6 @@ VICTIM = 0
 Sets = tuple[tuple[int, ...], tuple[int, ...]]  # (survivors, dropped) as shown to a client
 Signatures = tuple[tuple[int, bytes], ...]
 
-REPLY_STAGE: dict[type, Stage] = {
-    Setup: Stage.ADVERTISE_KEYS, KeyDirectory: Stage.SHARE_KEYS, ForwardedShares: Stage.MASKED_INPUT,
-    ConsistencyRequest: Stage.CONSISTENCY_CHECK, UnmaskRequest: Stage.UNMASKING}
 
 NOT_SIGNED_ENOUGH = "valid consistency signatures on the survivor set, fewer than the threshold"
 

@@ -79,8 +79,10 @@ def test_any_graph_gives_the_exact_sum_or_a_typed_abort(case):
         assert "threshold" in str(exc)
         return
     assert np.array_equal(report.result, _expected(inputs, report.survivors, params.bits))
-    dropped_after_sharing = {u for u, s in schedule.items() if s == Stage.MASKED_INPUT}
+    dropped_after_sharing = {u for u, s in schedule.items() if s in (Stage.SHARE_CHECK, Stage.MASKED_INPUT)}
     assert set(report.dropped) <= dropped_after_sharing | set(report.client_aborts)
+    # taken out by the share check: left with fewer than t holders, in no sum
+    assert not set(report.excluded) & set(report.survivors + report.dropped)
 
 
 @settings(max_examples=25)

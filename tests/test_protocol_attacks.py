@@ -45,9 +45,11 @@ from secagg.protocol.messages import (
     KeyDirectory,
     KeyEntry,
     MaskedInput,
+    MaskRequest,
     Message,
     SessionParams,
     Setup,
+    ShareCheck,
     ShareKeys,
     Stage,
     UnmaskRequest,
@@ -313,7 +315,7 @@ def test_share_addressed_to_another_client_is_refused(mode: str) -> None:
     def tamper(direction: str, u: int, stage: Stage, data: bytes) -> bytes:
         if direction == "to_server" and stage is Stage.SHARE_KEYS:
             sent[u] = dict(decode(data).shares)
-        if direction == "to_client" and stage is Stage.MASKED_INPUT and u in victims:
+        if direction == "to_client" and stage is Stage.SHARE_CHECK and u in victims:
             msg = decode(data)
             assert isinstance(msg, ForwardedShares)
             if mode == "readdress":
@@ -346,7 +348,7 @@ def test_share_addressed_to_another_client_is_refused(mode: str) -> None:
 
 def _flip_shares(recipients, sender: int, byte: int):
     def tamper(direction: str, u: int, stage: Stage, data: bytes) -> bytes:
-        if direction == "to_client" and stage is Stage.MASKED_INPUT and u in recipients:
+        if direction == "to_client" and stage is Stage.SHARE_CHECK and u in recipients:
             msg = decode(data)
             shares = tuple((s, flip_bit(ct, byte, 5) if s == sender else ct) for s, ct in msg.shares)
             assert shares != msg.shares
@@ -376,26 +378,28 @@ def test_flipped_bit_in_one_share_ciphertext_is_reported_and_the_round_goes_on(b
     assert_exact(params, report.result, inputs, report.survivors)
 
 
-@pytest.mark.parametrize("tampered", [4, 5])
-def test_a_sender_whose_shares_too_many_recipients_refuse_is_named_in_the_abort(tampered: int) -> None:
-    """The sender's secret needs t holders: with n - 1 - tampered valid holders of its shares (plus its
-    own) the round completes exactly, below that it aborts naming the sender and who refused it."""
-    params = make_params(n=8, t=4, d=16)
+@pytest.mark.parametrize("degree", [None, 6], ids=["full", "secaggplus"])
+@pytest.mark.parametrize("tampered", [1, 4, 5, 7])
+def test_a_sender_of_bad_shares_is_taken_out_and_the_round_goes_on(tampered: int, degree) -> None:
+    """No one-client denial of service: a client whose share ciphertexts fail at some recipients stays in
+    while t of its holders (its own share included) could open them; below that the share check takes
+    it out before anyone masks (nobody masks with it, its input is in no sum), and the round completes
+    with the exact sum of the others. Its recipients' reports name it either way."""
+    params = make_params(n=8, t=4, d=16, degree=degree)
     inputs = make_inputs(params, 4)
-    ids = params.client_ids
-    sender = ids[-1]
-    recipients = set(ids[:tampered])
-    tamper = _flip_shares(recipients, sender, 20)
-    holders = len(ids) - 1 - tampered + (1 if params.own_share_counts else 0)
+    sender = params.client_ids[-1]
+    server = Server(params)
+    near = sorted(server.ring(sender))[:tampered]  # the recipients whose ciphertext from it is damaged
+    report = run_session(params, inputs, tamper=_flip_shares(set(near), sender, 20), server=server)
+    assert report.client_aborts == {} and report.rejected == []
+    assert report.refused == dict.fromkeys(near, (sender,))
+    holders = len(server.ring(sender)) - len(near) + 1  # its own share counts in honest mode
     if holders >= params.threshold:
-        report = run_session(params, inputs, tamper=tamper)
-        assert report.client_aborts == {} and report.survivors == ids
-        assert report.refused == dict.fromkeys(sorted(recipients), (sender,))
-        assert_exact(params, report.result, inputs, report.survivors)
+        assert report.survivors == params.client_ids and report.excluded == ()
     else:
-        with pytest.raises(AbortError, match=rf"shares of client {sender}'s self-mask seed came back, fewer "
-                                             rf"than the threshold t=4 \({tampered} neighbour\(s\) refused"):
-            run_session(params, inputs, tamper=tamper)
+        assert report.excluded == (sender,) and sender not in report.survivors + report.dropped
+        assert report.survivors == others(params, sender)
+    assert_exact(params, report.result, inputs, report.survivors)
 
 
 # -- 4. low-order X25519 keys --------------------------------------------------------------------------
@@ -466,7 +470,9 @@ def _share_from_corrupt_peer(peer_mask_key: bytes):
     plaintext = v.to_bytes(4, "big") + u.to_bytes(4, "big") + b.to_bytes() + s.to_bytes()
     ciphertext = aead.seal(key, plaintext, aead.associated_data(sid, v, u))
     try:
-        return client, client.handle(wire(ForwardedShares(u, sid, ((v, ciphertext),))))
+        check = client.handle(wire(ForwardedShares(u, sid, ((v, ciphertext),))))
+        assert isinstance(check, ShareCheck) and check.refused == ()
+        return client, client.handle(wire(MaskRequest(sid, ())))  # masking: the mask key is used here
     except ProtocolError as exc:
         return client, exc
 
@@ -578,15 +584,16 @@ def test_client_refuses_directories_with_duplicates() -> None:
 def _candidates(params: SessionParams, sender: int, sid: bytes) -> list[Message]:
     """One well-formed message of every type, with the right sender, session id and vector length."""
     key1, key2 = DHKeyPair.generate().public, DHKeyPair.generate().public
-    return [AdvertiseKeys(sender, key1, key2), ShareKeys(sender, sid, ()),
+    return [AdvertiseKeys(sender, key1, key2), ShareKeys(sender, sid, ()), ShareCheck(sender, sid, ()),
             MaskedInput(sender, sid, bytes(4 * params.vector_length)),
             ConsistencySignature(sender, sid, bytes(64)), UnmaskResponse(sender, sid, (), ()),
             Setup(params), KeyDirectory((KeyEntry(sender, key1, key2),)), ForwardedShares(sender, sid, ()),
-            ConsistencyRequest(sid, (sender,), ()), UnmaskRequest(sid, (sender,), ())]
+            MaskRequest(sid, ()), ConsistencyRequest(sid, (sender,), ()), UnmaskRequest(sid, (sender,), ())]
 
 
 _SERVER_EXPECTS = {Stage.ADVERTISE_KEYS: AdvertiseKeys, Stage.SHARE_KEYS: ShareKeys,
-                   Stage.MASKED_INPUT: MaskedInput, Stage.CONSISTENCY_CHECK: ConsistencySignature,
+                   Stage.SHARE_CHECK: ShareCheck, Stage.MASKED_INPUT: MaskedInput,
+                   Stage.CONSISTENCY_CHECK: ConsistencySignature,
                    Stage.UNMASKING: UnmaskResponse}
 # (mode, stage) for every stage the mode has: honest mode has no CONSISTENCY_CHECK
 _MODE_STAGES = [(mode, stage) for mode in ("honest", "malicious")
@@ -624,7 +631,7 @@ def test_server_refuses_messages_from_the_wrong_round(mode: str, stage: Stage) -
             h.server.receive(wire(message))
         assert snapshot(h.server) == before
         refused += 1
-    assert refused == len(candidates) - 1 == 9
+    assert refused == len(candidates) - 1 == 11
     assert_exact(params, h.finish(), inputs, params.client_ids)
     for message in _candidates(params, sender, h.server.session):  # after the end: nothing is expected
         with pytest.raises(ProtocolError, match="no client message expected"):
@@ -650,12 +657,16 @@ def test_masked_input_while_collecting_share_keys_changes_nothing() -> None:
 _CLIENT_CASES = {
     "new+KeyDirectory": (False, Stage.ADVERTISE_KEYS, ClientPhase.NEW, KeyDirectory),
     "advertised+ForwardedShares": (False, Stage.SHARE_KEYS, ClientPhase.ADVERTISED, ForwardedShares),
-    "shared+UnmaskRequest": (False, Stage.MASKED_INPUT, ClientPhase.SHARED, UnmaskRequest),
+    "shared+UnmaskRequest": (False, Stage.SHARE_CHECK, ClientPhase.SHARED, UnmaskRequest),
+    "checked+ForwardedShares": (False, Stage.MASKED_INPUT, ClientPhase.CHECKED, ForwardedShares),
+    "checked+UnmaskRequest": (False, Stage.MASKED_INPUT, ClientPhase.CHECKED, UnmaskRequest),
     "masked+Setup": (False, Stage.UNMASKING, ClientPhase.MASKED, Setup),
     "masked+ForwardedShares": (False, Stage.UNMASKING, ClientPhase.MASKED, ForwardedShares),
     # an honest-mode client has no consistency round: a ConsistencyRequest is out of place
     "masked+ConsistencyRequest": (False, Stage.UNMASKING, ClientPhase.MASKED, ConsistencyRequest),
-    "malicious/shared+ConsistencyRequest": (True, Stage.MASKED_INPUT, ClientPhase.SHARED, ConsistencyRequest),
+    "malicious/shared+ConsistencyRequest": (True, Stage.SHARE_CHECK, ClientPhase.SHARED, ConsistencyRequest),
+    "malicious/checked+ConsistencyRequest": (True, Stage.MASKED_INPUT, ClientPhase.CHECKED,
+                                             ConsistencyRequest),
     # a malicious server skipping the consistency round: no shares without signing the sets first
     "malicious/masked+UnmaskRequest": (True, Stage.CONSISTENCY_CHECK, ClientPhase.MASKED, UnmaskRequest),
     "malicious/masked+Setup": (True, Stage.CONSISTENCY_CHECK, ClientPhase.MASKED, Setup),
@@ -683,7 +694,7 @@ def test_client_refuses_messages_from_the_wrong_round(case: str) -> None:
     assert h.server.survivors == (params.client_ids if sent_masked else others(params, u))
     if malicious and sent_masked:  # a survivor that never signed is not asked to unmask
         assert (u in h.server.consistency) == (phase is ClientPhase.SIGNED)
-    assert h.server.dropped == ((u,) if phase is ClientPhase.SHARED else ())
+    assert h.server.dropped == ((u,) if phase in (ClientPhase.SHARED, ClientPhase.CHECKED) else ())
     assert_exact(params, result, inputs, h.server.survivors)
 
 
@@ -696,10 +707,10 @@ def test_messages_replayed_from_an_earlier_session_are_refused() -> None:
     new = drive(fresh, inputs, Stage.SHARE_KEYS)  # identical parameters: only the nonce and keys differ
     assert old.server.session != new.server.session
     stale_forward, stale_request = ids[2], ids[1]
-    for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT):
-        skip = {stale_forward} if stage is Stage.MASKED_INPUT else set()
+    for stage in (Stage.SHARE_KEYS, Stage.SHARE_CHECK, Stage.MASKED_INPUT):
+        skip = {stale_forward} if stage is not Stage.SHARE_KEYS else set()
         old_replies, new_replies = old.deliver(), new.deliver(skip)
-        if stage is Stage.MASKED_INPUT:  # a session-1 ForwardedShares reaches a session-2 client
+        if stage is Stage.SHARE_CHECK:  # a session-1 ForwardedShares reaches a session-2 client
             (fwd,) = [m for w, m in old.outgoing if w == stale_forward]
             with pytest.raises(ProtocolError, match="another session"):
                 new.clients[stale_forward].handle(wire(fwd))
@@ -1145,12 +1156,13 @@ def test_server_translating_session_ids_cannot_combine_the_victim() -> None:
     assert h.aborts == {}
     honest = others(params, victim)
     assert h.server.refused == {victim: honest} | {u: (victim,) for u in honest}
-    # nobody holds a share of the victim's self-mask seed: it cannot be unmasked, the round aborts
-    # naming it (its masks were derived under another session id and would not cancel anyway)
-    with pytest.raises(AbortError, match=rf"only 1 shares of client {victim}'s self-mask seed came back"
-                                          rf".*5 neighbour\(s\) refused its shares"):  # (only its own)
-        h.step()
-    assert h.server.result is None
+    # nobody holds a share of the victim's secrets: the share check takes it out before anyone masks
+    # (its masks were derived under another session id and would not cancel anyway), and the honest
+    # clients' sum comes out exactly
+    assert h.server.excluded == {victim}
+    result = h.finish()
+    assert victim not in h.server.survivors + h.server.dropped
+    assert_exact(params, result, inputs, honest)
 
 
 def test_server_hiding_the_victims_shares_still_cannot_combine_it() -> None:
@@ -1162,6 +1174,8 @@ def test_server_hiding_the_victims_shares_still_cannot_combine_it() -> None:
     h.step()
     h.step()  # the victim cannot open the honest shares (bound to the real session id): it refuses them
     assert h.aborts == {} and h.server.refused == {victim: others(params, victim)}
+    assert h.server.excluded == frozenset()  # its holders reported nothing: they never saw its shares
+    h.step()
     assert h.server.survivors == params.client_ids
     # the honest clients never received the victim's shares: asked for them, they refuse; the victim
     # alone answers (with its own share), too few to unmask anything
@@ -1179,7 +1193,7 @@ def test_server_hiding_the_victims_shares_still_cannot_combine_it() -> None:
 
 def test_client_aborts_when_fewer_than_t_holders_have_its_shares() -> None:
     params = make_params(n=6, t=5, d=8)
-    h = drive(params, make_inputs(params, 28), Stage.MASKED_INPUT)
+    h = drive(params, make_inputs(params, 28), Stage.SHARE_CHECK)
     u, forwarded = h.outgoing[0]
     # t-2 neighbours shared keys with u; with u's own share, t-1 < t holders: b_u can never be recovered
     short = ForwardedShares(u, forwarded.session_id, forwarded.shares[: params.threshold - 2])
@@ -1189,12 +1203,25 @@ def test_client_aborts_when_fewer_than_t_holders_have_its_shares() -> None:
 
 def test_client_aborts_when_far_fewer_than_t_holders_have_its_shares() -> None:
     params = make_params(n=6, t=5, d=8)
-    h = drive(params, make_inputs(params, 29), Stage.MASKED_INPUT)
+    h = drive(params, make_inputs(params, 29), Stage.SHARE_CHECK)
     u, forwarded = h.outgoing[0]
     short = ForwardedShares(u, forwarded.session_id, forwarded.shares[: params.threshold - 3])
     with pytest.raises(ProtocolError, match="fewer than the threshold 5"):
         h.clients[u].handle(wire(short))
     assert h.clients[u].phase is ClientPhase.ABORTED
+
+
+def test_client_refuses_a_mask_request_that_leaves_it_fewer_than_t_holders() -> None:
+    """A server cannot shrink a client's masking peers below t by excluding them: the client counts."""
+    params = make_params(n=6, t=5, d=8)
+    h = drive(params, make_inputs(params, 30), Stage.MASKED_INPUT)
+    u, request = h.outgoing[0]
+    assert isinstance(request, MaskRequest) and request.excluded == ()
+    with pytest.raises(ProtocolError, match="fewer than the threshold 5"):
+        h.clients[u].handle(wire(dataclasses.replace(request, excluded=others(params, u)[:2])))
+    u2 = h.outgoing[1][0]
+    with pytest.raises(ProtocolError, match="never shared keys"):  # only its own neighbours can go
+        h.clients[u2].handle(wire(dataclasses.replace(request, excluded=(2**32 - 2,))))
 
 
 # -- 11. malicious-server mode: signed survivor sets ------------------------------------------------------
@@ -1477,11 +1504,12 @@ def test_a_client_refuses_a_session_without_a_nonce() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(5, 9), st.booleans(), st.data())
-def test_any_set_of_damaged_share_ciphertexts_gives_the_exact_sum_or_an_abort_naming_a_sender(
+def test_any_set_of_damaged_share_ciphertexts_gives_the_exact_sum_of_the_clients_kept_in(
         n: int, sparse: bool, data: st.DataObject) -> None:
     """Whatever set of (sender, recipient) share ciphertexts is damaged in transit, nobody aborts over it:
-    each recipient reports exactly the senders it could not open, and the round gives the exact sum
-    of the survivors, or aborts because some sender's secret lost too many holders (named)."""
+    each recipient reports exactly the senders it could not open; the share check takes out exactly
+    senders left with fewer than t holders who could open their shares, and the round gives the exact
+    sum of the clients kept in (or aborts only because fewer than t were kept)."""
     degree = 4 if sparse and n > 5 else n - 1
     t = data.draw(st.integers(2, degree), label="t")
     params = make_params(n=n, t=t, d=8, degree=degree)
@@ -1491,7 +1519,7 @@ def test_any_set_of_damaged_share_ciphertexts_gives_the_exact_sum_or_an_abort_na
         lambda p: p[0] != p[1]), max_size=2 * n), label="damaged (sender, recipient)")
 
     def tamper(direction: str, u: int, stage: Stage, payload: bytes) -> bytes:
-        if direction == "to_client" and stage is Stage.MASKED_INPUT:
+        if direction == "to_client" and stage is Stage.SHARE_CHECK:
             msg = decode(payload)
             shares = tuple((s, flip_bit(ct, 40) if (s, u) in damaged else ct) for s, ct in msg.shares)
             return encode(dataclasses.replace(msg, shares=shares))
@@ -1500,17 +1528,25 @@ def test_any_set_of_damaged_share_ciphertexts_gives_the_exact_sum_or_an_abort_na
     try:
         report = run_session(params, inputs, tamper=tamper)
     except AbortError as exc:
-        assert "refused its shares" in str(exc), str(exc)
+        assert "checked their shares and kept enough holders" in str(exc), str(exc)
         return
     assert report.client_aborts == {} and report.rejected == []
     for recipient, senders in report.refused.items():
         assert all((s, recipient) in damaged for s in senders)
+    ring = _ring_of(params)
     if degree == n - 1:  # every pair exchanges shares: every damaged one is reported, nothing else
         want: dict[int, list[int]] = {}
         for s, r in sorted(damaged):
             want.setdefault(r, []).append(s)
         assert report.refused == {r: tuple(v) for r, v in want.items()}
-    assert report.survivors == ids
+    kept = set(ids) - set(report.excluded)
+
+    def openers(v: int) -> int:  # the kept clients that could open v's shares
+        return sum(1 for w in ring[v] if w in kept and (v, w) not in damaged)
+
+    assert all(openers(v) + 1 >= t for v in kept), "a client kept in has t holders (its own included)"
+    assert all(openers(v) + 1 < t for v in report.excluded), "only a client short of holders is taken out"
+    assert report.survivors == tuple(sorted(kept)) and report.dropped == ()
     assert_exact(params, report.result, inputs, report.survivors)
 
 

@@ -15,6 +15,17 @@ def test_one_small_round_gives_consistent_figures(load_benchmark):
     assert row["wall_s"] >= row["server_s"] > 0 and row["client_s_max"] >= row["client_s_mean"] > 0
 
 
+def test_the_round_with_clients_in_worker_processes_gives_the_same_kind_of_figures(load_benchmark):
+    """--workers 2: the server here, the clients in two processes fed wire bytes over pipes; the sum is
+    checked inside, and the per-client bytes are those of the one-process round (same protocol)."""
+    bench = load_benchmark("secaggplus_scale")
+    pooled, single = bench.measure(40, 16, workers=2), bench.measure(40, 16)
+    assert pooled["workers"] == 2 and pooled["worker_peak_mb"] > 0
+    assert pooled["received_mean"] == single["received_mean"] and pooled["sent_mean"] == single["sent_mean"]
+    assert pooled["wall_s"] >= pooled["server_s"] > 0
+    assert pooled["client_s_max"] >= pooled["client_s_mean"] > 0
+
+
 def test_the_script_writes_its_table_json_and_plot(load_benchmark, tmp_path, capsys):
     bench = load_benchmark("secaggplus_scale")
     assert bench.main(["--n", "20", "30", "--dim", "8", "--out", str(tmp_path)]) == 0

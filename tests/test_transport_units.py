@@ -645,11 +645,13 @@ def test_client_silent_after_share_keys_is_dropped_at_the_deadline() -> None:
     assert coordinator.advance(0.0) is None
     assert fleet.step(1.0) == 5 and coordinator.due(1.0)  # ShareKeys from everyone
     assert coordinator.advance(1.0) is None
-    assert coordinator.stage_name() == "MASKED_INPUT" and coordinator.deadline == 11.0
+    assert fleet.step(1.5) == 5 and coordinator.due(1.5)  # ShareCheck from everyone (6 too, still there)
+    assert coordinator.advance(1.5) is None
+    assert coordinator.stage_name() == "MASKED_INPUT" and coordinator.deadline == 11.5
     assert fleet.step(2.0) == 4
-    assert not coordinator.due(2.0) and not coordinator.due(10.999)
-    assert coordinator.due(11.0)
-    assert coordinator.advance(11.0) is None
+    assert not coordinator.due(2.0) and not coordinator.due(11.499)
+    assert coordinator.due(11.5)
+    assert coordinator.advance(11.5) is None
     outcome, _ = fleet.run(12.0)
     assert outcome.survivors == (2, 4, 8, 10) and outcome.dropped == (6,)
     np.testing.assert_array_equal(outcome.result, fleet.expected_sum((2, 4, 8, 10)))

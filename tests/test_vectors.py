@@ -153,7 +153,7 @@ def test_every_derivation_follows_the_written_specification(doc):
     # the wire: [magic, version, type code, fields...] as msgpack; every vector decodes and re-encodes
     codes = {"Setup": 1, "AdvertiseKeys": 2, "KeyDirectory": 3, "ShareKeys": 4, "ForwardedShares": 5,
              "MaskedInput": 6, "UnmaskRequest": 7, "UnmaskResponse": 8, "ConsistencyRequest": 9,
-             "ConsistencySignature": 10}
+             "ConsistencySignature": 10, "ShareCheck": 11, "MaskRequest": 12}
     for name, data in v["wire"].items():
         raw = bytes.fromhex(data)
         assert msgpack.unpackb(raw)[:3] == [0x5EC6, 3, codes[name]]

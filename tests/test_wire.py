@@ -45,9 +45,11 @@ from secagg.protocol.messages import (
     KeyDirectory,
     KeyEntry,
     MaskedInput,
+    MaskRequest,
     Message,
     SessionParams,
     Setup,
+    ShareCheck,
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
@@ -163,7 +165,9 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     KeyDirectory: st.builds(KeyDirectory, key_entries(), proof),
     ShareKeys: st.builds(ShareKeys, client_id, session_id, id_pairs(SHARE_CIPHERTEXT_BYTES)),
     ForwardedShares: st.builds(ForwardedShares, client_id, session_id, id_pairs(SHARE_CIPHERTEXT_BYTES)),
-    MaskedInput: st.builds(MaskedInput, client_id, session_id, vector, id_tuples()),
+    MaskedInput: st.builds(MaskedInput, client_id, session_id, vector),
+    ShareCheck: st.builds(ShareCheck, client_id, session_id, id_tuples()),
+    MaskRequest: st.builds(MaskRequest, session_id, id_tuples()),
     ConsistencyRequest: st.builds(ConsistencyRequest, session_id, id_tuples(), id_tuples(),
                                   st.just(b"") | key32, proof),
     ConsistencySignature: st.builds(ConsistencySignature, client_id, session_id, signature64),
@@ -212,6 +216,9 @@ FIXED: list[Message] = [
     ShareKeys(3, SID, ((200, CT), (70000, CT))),
     ForwardedShares(70000, SID, ((3, CT),)),
     MaskedInput(MAX_ID, SID, bytes(range(20))),
+    ShareCheck(3, SID, (200, 70000)),
+    ShareCheck(3, SID, ()),
+    MaskRequest(SID, (70000,)),
     UnmaskRequest(SID, (3, 200), (70000,)),
     UnmaskRequest(SID, (3, 200), (70000,), ((3, SIG), (200, SIG))),
     ConsistencyRequest(SID, (3, 200), (70000,)),
@@ -476,11 +483,13 @@ VALID_FIELDS: dict[int, list[Any]] = {
     3: [directory(packed(1, 2), sigs=bytes(128)), b""],
     4: [5, SID, [[1, CT], [2, CT]]],
     5: [5, SID, [[1, CT], [2, CT]]],
-    6: [5, SID, b"\x00" * 8, b""],
+    6: [5, SID, b"\x00" * 8],
     7: [SID, packed(1, 2), packed(3), [[1, SIG], [2, SIG]]],
     8: [5, SID, [[1, SH]], [[2, SH]]],
     9: [SID, packed(1, 2), packed(3), b"", b""],
     10: [5, SID, SIG],
+    11: [5, SID, packed(1, 2)],
+    12: [SID, packed(3)],
 }
 # the same, in malicious mode: t = 3 of 3 clients tolerates corrupt <= 2
 MALICIOUS_FIELDS = [0, b"", 3, ROOT123, 3, 2, 4, 32, True, 2, b""]
@@ -940,11 +949,17 @@ def test_base_frames_are_valid() -> None:
 
 
 def test_type_codes_of_the_new_messages() -> None:
-    """Codes 1-10 are unchanged; version 3 adds fields: Setup's member list, index and proof beside
+    """Codes 1-10 are unchanged; version 3 adds the share check (11, 12), drops MaskedInput.refused
+    (reported in ShareCheck now) and adds fields: Setup's member list, index and proof beside
     P(params), KeyDirectory's indices column and proof, ConsistencyRequest's status root and proof."""
     assert {code: cls for code, (cls, _) in wire._SCHEMAS.items()} == {
         1: Setup, 2: AdvertiseKeys, 3: KeyDirectory, 4: ShareKeys, 5: ForwardedShares, 6: MaskedInput,
-        7: UnmaskRequest, 8: UnmaskResponse, 9: ConsistencyRequest, 10: ConsistencySignature}
+        7: UnmaskRequest, 8: UnmaskResponse, 9: ConsistencyRequest, 10: ConsistencySignature,
+        11: ShareCheck, 12: MaskRequest}
+    # the share check: the refused senders, then the excluded neighbours (packed id lists)
+    assert msgpack.unpackb(encode(ShareCheck(5, SID, (1, 2)))) == [MAGIC, VERSION, 11, 5, SID, packed(1, 2)]
+    assert msgpack.unpackb(encode(MaskRequest(SID, (3,)))) == [MAGIC, VERSION, 12, SID, packed(3)]
+    assert msgpack.unpackb(encode(MaskedInput(5, SID, bytes(8))))[3:] == [5, SID, bytes(8)]  # no refused
     assert VERSION == 3
     assert msgpack.unpackb(encode(ConsistencyRequest(SID, (1,), ())))[:3] == [MAGIC, VERSION, 9]
     assert msgpack.unpackb(encode(ConsistencySignature(1, SID, SIG)))[:3] == [MAGIC, VERSION, 10]

@@ -27,6 +27,7 @@ from secagg.protocol.messages import (
     NONCE_BYTES,
     STATUS_ABSENT,
     STATUS_DROPPED,
+    STATUS_EXCLUDED,
     STATUS_SURVIVED,
     AdvertiseKeys,
     ConsistencyRequest,
@@ -35,9 +36,11 @@ from secagg.protocol.messages import (
     KeyDirectory,
     KeyEntry,
     MaskedInput,
+    MaskRequest,
     Message,
     SessionParams,
     Setup,
+    ShareCheck,
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
@@ -60,6 +63,7 @@ class ClientPhase(Enum):
     NEW = "new"
     ADVERTISED = "advertised"      # sent AdvertiseKeys, waits for the KeyDirectory
     SHARED = "shared"              # sent ShareKeys, waits for ForwardedShares
+    CHECKED = "checked"            # sent ShareCheck (its refusals), waits for the MaskRequest
     MASKED = "masked"              # sent MaskedInput, waits for the UnmaskRequest (or ConsistencyRequest)
     SIGNED = "signed"              # malicious mode: signed the survivor sets, waits for the UnmaskRequest
     DONE = "done"                  # answered the UnmaskRequest
@@ -73,7 +77,8 @@ _MODES = (False, True)  # honest-server mode, malicious-server mode
 TRANSITIONS: dict[tuple[ClientPhase, bool], tuple[type[Message], str, ClientPhase]] = {
     **{(ClientPhase.NEW, m): (Setup, "_on_setup", ClientPhase.ADVERTISED) for m in _MODES},
     **{(ClientPhase.ADVERTISED, m): (KeyDirectory, "_on_directory", ClientPhase.SHARED) for m in _MODES},
-    **{(ClientPhase.SHARED, m): (ForwardedShares, "_on_shares", ClientPhase.MASKED) for m in _MODES},
+    **{(ClientPhase.SHARED, m): (ForwardedShares, "_on_shares", ClientPhase.CHECKED) for m in _MODES},
+    **{(ClientPhase.CHECKED, m): (MaskRequest, "_on_mask_request", ClientPhase.MASKED) for m in _MODES},
     (ClientPhase.MASKED, False): (UnmaskRequest, "_on_unmask", ClientPhase.DONE),
     (ClientPhase.MASKED, True): (ConsistencyRequest, "_on_consistency", ClientPhase.SIGNED),
     (ClientPhase.SIGNED, True): (UnmaskRequest, "_on_unmask", ClientPhase.DONE),
@@ -119,6 +124,8 @@ class Client:
         self._index = 0  # our place in the sorted member list (our leaf in the members' tree)
         self._directory: dict[int, KeyEntry] = {}  # neighbours' (and our own) advertised keys
         self._neighbours: frozenset[int] = frozenset()  # ring neighbours that advertised keys
+        self._sharers: frozenset[int] = frozenset()  # neighbours that shared keys with us (U2)
+        self._excluded: frozenset[int] = frozenset()  # neighbours the server took out before masking
         self._held: dict[int, tuple[bytes, bytes]] = {}  # peer -> (b-share, s-share) it gave us
         self._own: tuple[bytes, bytes] = (b"", b"")  # our share of our own secrets
         self._share_keys: dict[int, bytes] = {}  # neighbour -> AES-GCM key for shares
@@ -257,7 +264,7 @@ class Client:
             out.append((v, aead.seal(key, plaintext, aead.associated_data(self.session, self.id, v))))
         return ShareKeys(self.id, self.session, tuple(out))
 
-    def _on_shares(self, msg: ForwardedShares) -> MaskedInput:
+    def _on_shares(self, msg: ForwardedShares) -> ShareCheck:
         p = self._require_params()
         self._check_session(msg.session_id)
         if msg.recipient != self.id:
@@ -270,29 +277,44 @@ class Client:
             try:
                 held[sender] = self._open_share(sender, ciphertext)
             except ProtocolError:
-                # one client's bad ciphertext must not stop the round: keep masking with it (it masks
-                # with us), hold none of its shares, and tell the server, who then does not ask us
-                # for them (its secrets are rebuilt from its other neighbours' shares, or the round
-                # aborts naming it)
+                # one client's bad ciphertext must not stop the round: hold none of its shares and
+                # report it before anyone masks; the server takes it out of the session if too few of
+                # its holders could open its shares (else its secrets come from the others)
                 refused.append(sender)
-        masking_peers = sorted([*held, *refused])
-        own = 1 if p.own_share_counts else 0
-        if len(masking_peers) + own < p.threshold:  # holders who can reveal my secrets
-            raise RemoteProtocolError(f"client {self.id}: only {len(masking_peers)} neighbours shared keys"
-                                      f"{' (plus my own share)' if own else ''}: fewer than the threshold "
-                                      f"{p.threshold}")
+        self._sharers = frozenset([*held, *refused])  # they shared keys with us: our masking peers
+        self._check_holders(p, self._sharers)
         held[self.id] = self._own
         self._held, self.refused = held, tuple(sorted(refused))
-        # pairwise masks with every neighbour that shared keys (U2): they mask with us too
+        return ShareCheck(self.id, self.session, self.refused)
+
+    def _on_mask_request(self, msg: MaskRequest) -> MaskedInput:
+        p = self._require_params()
+        self._check_session(msg.session_id)
+        excluded = frozenset(msg.excluded)
+        if not excluded <= self._sharers:
+            strays = sorted(excluded - self._sharers)[:10]
+            raise RemoteProtocolError(f"mask request excludes client(s) {strays} that never shared keys with "
+                                      f"client {self.id}")
+        peers = self._sharers - excluded
+        self._check_holders(p, peers)  # (the server cannot shrink our holders below t)
+        self._excluded = excluded
+        # pairwise masks with every neighbour that shared keys and is still in: they mask with us too
         masks = [(self._self_seed, 1)]
-        for v in masking_peers:
+        for v in sorted(peers):
             seed = mask_seed(self._mask.agree(self._directory[v].mask_key, peer=v), self.session, self.id, v)
             masks.append((seed, mask_sign(self.id, v)))
         y = self._value.copy()
         accumulate_masks(y, masks)
         if p.bits < 32:
             np.bitwise_and(y, np.uint32((1 << p.bits) - 1), out=y)
-        return MaskedInput(self.id, self.session, y.astype("<u4", copy=False).tobytes(), self.refused)
+        return MaskedInput(self.id, self.session, y.astype("<u4", copy=False).tobytes())
+
+    def _check_holders(self, p: SessionParams, peers: frozenset[int]) -> None:
+        own = 1 if p.own_share_counts else 0
+        if len(peers) + own < p.threshold:  # holders who can reveal my secrets
+            raise RemoteProtocolError(f"client {self.id}: only {len(peers)} neighbours shared keys"
+                                      f"{' (plus my own share)' if own else ''}: fewer than the threshold "
+                                      f"{p.threshold}")
 
     def _open_share(self, sender: int, ciphertext: bytes) -> tuple[bytes, bytes]:
         """``sender``'s two shares for us from its ciphertext; :class:`ProtocolError` if it does not
@@ -315,7 +337,8 @@ class Client:
         # shows a client as alive to some of its holders and as dropped to others gets two roots
         survivors, dropped = set(msg.survivors), set(msg.dropped)
         leaves = {e.index: leaf_hash(status_leaf(
-            u, STATUS_SURVIVED if u in survivors else STATUS_DROPPED if u in dropped else STATUS_ABSENT))
+            u, STATUS_SURVIVED if u in survivors else STATUS_DROPPED if u in dropped
+            else STATUS_EXCLUDED if u in self._excluded else STATUS_ABSENT))
             for u, e in self._directory.items()}
         if not verify_multiproof(msg.status_root, p.members, leaves, msg.proof):
             raise RemoteProtocolError(f"client {self.id}: the consistency request's statuses are not under "
@@ -360,6 +383,10 @@ class Client:
         if seen < p.threshold:
             raise RemoteProtocolError(f"unmask request: {seen} survivors, fewer than the threshold "
                                       f"{p.threshold}: the sum would expose too few clients")
+        named_excluded = (survivors | dropped) & self._excluded
+        if named_excluded:
+            raise RemoteProtocolError(f"unmask request names client(s) {sorted(named_excluded)} that the "
+                                      f"server excluded from the session")
         if not (survivors | dropped) <= self._directory.keys():
             raise RemoteProtocolError("unmask request names clients that never advertised keys (or are not "
                                       "this client's neighbours)")

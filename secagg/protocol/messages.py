@@ -7,7 +7,9 @@ Flow (Bonawitz et al. 2017, with the SecAgg+ graph of Bell et al. 2020)::
     server -> each in U1    KeyDirectory(its ring neighbours' advertised keys[, Merkle proof])
     client -> server        ShareKeys(one AEAD ciphertext per neighbour)         stage SHARE_KEYS
     server -> each in U2    ForwardedShares(the ciphertexts addressed to it)
-    client -> server        MaskedInput(x + PRG(b_u) + sum +-PRG(s_uv), refused) stage MASKED_INPUT
+    client -> server        ShareCheck(the senders whose shares it refused)      stage SHARE_CHECK
+    server -> each checker  MaskRequest(its neighbours excluded from the session)
+    client -> server        MaskedInput(x + PRG(b_u) + sum +-PRG(s_uv))         stage MASKED_INPUT
    [server -> U3            ConsistencyRequest(its neighbours' statuses, status root, proof)  malicious
     client -> server        ConsistencySignature(sig over the status root)      stage CONSISTENCY_CHECK]
     server -> U3 (or U4)    UnmaskRequest(its neighbours among U3 and U2 \\ U3[, holders' signatures])
@@ -49,9 +51,10 @@ class Stage(IntEnum):
 
     ADVERTISE_KEYS = 0
     SHARE_KEYS = 1
-    MASKED_INPUT = 2
-    CONSISTENCY_CHECK = 3  # malicious-server mode only
-    UNMASKING = 4
+    SHARE_CHECK = 2
+    MASKED_INPUT = 3
+    CONSISTENCY_CHECK = 4  # malicious-server mode only
+    UNMASKING = 5
 
 
 @dataclass(frozen=True)
@@ -263,15 +266,33 @@ class ForwardedShares:
 
 
 @dataclass(frozen=True)
+class ShareCheck:
+    """``refused``: the sender's neighbours whose forwarded shares did not decrypt or were malformed
+    (it holds none of their shares). Sent before anyone masks, so that the server can take a client
+    whose secrets cannot be rebuilt out of the session instead of aborting the round over it."""
+
+    sender: int
+    session_id: bytes
+    refused: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class MaskRequest:
+    """``excluded``: the recipient's neighbours the server took out of the session (fewer than t of
+    their share holders accepted their shares): nobody masks with them. The recipient masks with every
+    other neighbour that shared keys with it."""
+
+    session_id: bytes
+    excluded: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class MaskedInput:
-    """``vector``: the masked input, ``vector_length`` little-endian uint32 words reduced mod 2^bits.
-    ``refused``: the neighbours whose forwarded shares did not decrypt or were malformed: the sender
-    still masks with them but holds none of their shares (it reports them instead of aborting)."""
+    """``vector``: the masked input, ``vector_length`` little-endian uint32 words reduced mod 2^bits."""
 
     sender: int
     session_id: bytes
     vector: bytes
-    refused: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -326,14 +347,15 @@ class UnmaskResponse:
     mask_key_shares: tuple[tuple[int, bytes], ...]
 
 
-STATUS_ABSENT, STATUS_SURVIVED, STATUS_DROPPED = 0, 1, 2
+STATUS_ABSENT, STATUS_SURVIVED, STATUS_DROPPED, STATUS_EXCLUDED = 0, 1, 2, 3
 
 
 def status_leaf(client_id: int, status: int) -> bytes:
     """A member's leaf in the status tree: its id (4 bytes, big-endian) and its status byte:
-    1 survived (U3), 2 dropped (U2 \\ U3), 0 neither (never shared keys)."""
+    1 survived (U3), 2 dropped (U2 \\ U3), 3 excluded by the share check, 0 none of these (never
+    shared keys)."""
     return client_id.to_bytes(4, "big") + bytes([status])
 
 
-Message = (Setup | AdvertiseKeys | KeyDirectory | ShareKeys | ForwardedShares | MaskedInput
-           | ConsistencyRequest | ConsistencySignature | UnmaskRequest | UnmaskResponse)
+Message = (Setup | AdvertiseKeys | KeyDirectory | ShareKeys | ForwardedShares | ShareCheck | MaskRequest
+           | MaskedInput | ConsistencyRequest | ConsistencySignature | UnmaskRequest | UnmaskResponse)

@@ -22,6 +22,7 @@ from secagg.protocol.messages import (
     ConsistencyRequest,
     ForwardedShares,
     KeyDirectory,
+    MaskRequest,
     SessionParams,
     Setup,
     Stage,
@@ -32,7 +33,8 @@ from secagg.protocol.wire import decode, encode
 
 # the stage a client's reply to each server message belongs to
 REPLY_STAGE: dict[type, Stage] = {
-    Setup: Stage.ADVERTISE_KEYS, KeyDirectory: Stage.SHARE_KEYS, ForwardedShares: Stage.MASKED_INPUT,
+    Setup: Stage.ADVERTISE_KEYS, KeyDirectory: Stage.SHARE_KEYS, ForwardedShares: Stage.SHARE_CHECK,
+    MaskRequest: Stage.MASKED_INPUT,
     ConsistencyRequest: Stage.CONSISTENCY_CHECK, UnmaskRequest: Stage.UNMASKING}
 
 FAULTS = ("drop", "crash", "garbage", "duplicate")
@@ -67,6 +69,8 @@ class SessionReport:
     params: SessionParams
     survivors: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()
+    #: taken out by the share check (fewer than t holders could open their shares): in no sum
+    excluded: tuple[int, ...] = ()
     client_aborts: dict[int, str] = field(default_factory=dict)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     #: the server's report: survivor -> the neighbours whose shares it refused (bad ciphertexts)
@@ -176,6 +180,7 @@ def run_session(params: SessionParams, inputs: Mapping[int, np.ndarray], *,
         deliver(server_step(server.advance))
     report.result = server.result
     report.survivors, report.dropped = server.survivors, server.dropped
+    report.excluded = tuple(sorted(server.excluded))
     report.params, report.refused = server.params, dict(server.refused)  # (with the server's nonce)
     report.wrong_shares = dict(server.wrong_shares)
     return report

@@ -35,9 +35,11 @@ from secagg.protocol.messages import (
     KeyDirectory,
     KeyEntry,
     MaskedInput,
+    MaskRequest,
     Message,
     SessionParams,
     Setup,
+    ShareCheck,
     ShareKeys,
     Stage,
     UnmaskRequest,
@@ -62,6 +64,7 @@ class ServerPhase(Enum):
     NEW = "new"
     COLLECT_KEYS = "collect-keys"
     COLLECT_SHARES = "collect-shares"
+    COLLECT_CHECKS = "collect-checks"
     COLLECT_MASKED = "collect-masked"
     COLLECT_CONSISTENCY = "collect-consistency"  # malicious mode only
     COLLECT_UNMASK = "collect-unmask"
@@ -77,6 +80,8 @@ TRANSITIONS: dict[ServerPhase, tuple[type[Message], Stage, str, ServerPhase, Ser
     ServerPhase.COLLECT_KEYS: (AdvertiseKeys, Stage.ADVERTISE_KEYS, "_after_keys",
                                ServerPhase.COLLECT_SHARES, ServerPhase.COLLECT_SHARES),
     ServerPhase.COLLECT_SHARES: (ShareKeys, Stage.SHARE_KEYS, "_after_shares",
+                                 ServerPhase.COLLECT_CHECKS, ServerPhase.COLLECT_CHECKS),
+    ServerPhase.COLLECT_CHECKS: (ShareCheck, Stage.SHARE_CHECK, "_after_checks",
                                  ServerPhase.COLLECT_MASKED, ServerPhase.COLLECT_MASKED),
     ServerPhase.COLLECT_MASKED: (MaskedInput, Stage.MASKED_INPUT, "_after_masked",
                                  ServerPhase.COLLECT_UNMASK, ServerPhase.COLLECT_CONSISTENCY),
@@ -106,6 +111,10 @@ class Server:
         self.result: np.ndarray | None = None
         self.keys: dict[int, AdvertiseKeys] = {}
         self.shares: dict[int, ShareKeys] = {}
+        self.checks: set[int] = set()  # sent their ShareCheck
+        #: taken out of the session after the share check: fewer than t of their holders accepted
+        #: their shares (nobody masks with them; they are neither survivors nor dropped)
+        self.excluded: frozenset[int] = frozenset()
         self.masked: set[int] = set()
         self.responses: dict[int, UnmaskResponse] = {}
         #: survivor -> the neighbours whose shares it refused (did not decrypt or were malformed): the
@@ -120,6 +129,7 @@ class Server:
         self._invited = frozenset(params.client_ids)
         self._survivor_cache: tuple[tuple[int, ...], frozenset[int]] = ((), frozenset())
         self._dropped_set: frozenset[int] = frozenset()
+        self._maskers_cache: tuple[frozenset[int] | None, frozenset[int]] = (None, frozenset())
         self._seen_keys: set[bytes] = set()  # every advertised public key: a replay is refused in O(1)
         self._index = {u: i for i, u in enumerate(params.client_ids)}
         self._ids = np.asarray(params.client_ids, dtype=np.int64)
@@ -162,8 +172,10 @@ class Server:
             return self._invited, self.keys
         if self.phase is ServerPhase.COLLECT_SHARES:
             return self.keys, self.shares
+        if self.phase is ServerPhase.COLLECT_CHECKS:
+            return self.shares, self.checks
         if self.phase is ServerPhase.COLLECT_MASKED:
-            return self.shares, self.masked
+            return self._maskers, self.masked
         if self.phase is ServerPhase.COLLECT_CONSISTENCY:
             return self._survivor_set, self.consistency
         if self.phase is ServerPhase.COLLECT_UNMASK:
@@ -218,7 +230,8 @@ class Server:
         sender = message.sender
         pool, got = self._pool_and_got()  # O(1) per message: this runs for every client message
         if sender not in pool or sender in got:
-            seen = {AdvertiseKeys: self.keys, ShareKeys: self.shares, MaskedInput: self.masked,
+            seen = {AdvertiseKeys: self.keys, ShareKeys: self.shares, ShareCheck: self.checks,
+                    MaskedInput: self.masked,
                     ConsistencySignature: self.consistency, UnmaskResponse: self.responses}[cls]
             already = sender in seen
             raise RemoteProtocolError(f"server: {'duplicate' if already else 'unexpected'} {cls.__name__} "
@@ -289,13 +302,17 @@ class Server:
         if self.params.bits < 32 and int(y.max()) >> self.params.bits:
             raise RemoteProtocolError(f"server: masked input of client {msg.sender} has words "
                                       f">= 2^{self.params.bits}")
-        # O(|refused|), not O(n): this runs once per masked input
-        unknown = [v for v in msg.refused if v not in self.shares or v not in self.neighbours(msg.sender)]
+        np.add(self._sum, y, out=self._sum)  # wraps mod 2^32; reduced mod 2^bits at the end
+        self.masked.add(msg.sender)
+
+    def _receive_ShareCheck(self, msg: ShareCheck) -> None:
+        # O(|refused|), not O(n): this runs once per client
+        near = self.neighbours(msg.sender) if msg.refused else frozenset()
+        unknown = [v for v in msg.refused if v not in self.shares or v not in near]
         if unknown:
             raise RemoteProtocolError(f"server: client {msg.sender} reports refused shares from {unknown}, "
                                       f"who sent it none")
-        np.add(self._sum, y, out=self._sum)  # wraps mod 2^32; reduced mod 2^bits at the end
-        self.masked.add(msg.sender)
+        self.checks.add(msg.sender)
         if msg.refused:
             self.refused[msg.sender] = msg.refused  # sorted and unique: the wire format checks it
 
@@ -356,14 +373,47 @@ class Server:
                     inbox[recipient].append((sender, ciphertext))
         return [(u, ForwardedShares(u, self.session, tuple(inbox[u]))) for u in sorted(inbox)]
 
+    def _after_checks(self) -> Outgoing:
+        """Take out every client fewer than t of whose holders can open its shares (a sender of bad
+        ciphertexts, or one whose holders left): its secrets could not be rebuilt, so nobody masks
+        with it and the round goes on without it. Then ask the others to mask."""
+        self._need(len(self.checks), "checked their shares")
+        t, own = self.params.threshold, 1 if self.params.own_share_counts else 0
+        refused = {u: frozenset(peers) for u, peers in self.refused.items()}
+        holders = {v: [w for w in self.neighbours(v) if w in self.checks and v not in refused.get(w, ())]
+                   for v in self.shares}
+        # to a fixpoint: a client taken out no longer holds anyone's shares; a client's own share
+        # counts only while it is there to reveal it
+        excluded: set[int] = set()
+        changed = True
+        while changed:
+            out = {v for v, near in holders.items() if v not in excluded and
+                   sum(1 for w in near if w not in excluded) + (own if v in self.checks else 0) < t}
+            changed = bool(out)
+            excluded |= out
+        self.excluded = frozenset(excluded)
+        self._need(len(self.checks - self.excluded), "checked their shares and kept enough holders")
+        out: Outgoing = []
+        for u in sorted(self.checks - self.excluded):
+            out.append((u, MaskRequest(self.session, tuple(sorted(self.neighbours(u) & self.excluded)))))
+        return out
+
+    @property
+    def _maskers(self) -> frozenset[int]:
+        """Who may send a masked input: the share checkers the check kept in."""
+        if self._maskers_cache[0] is not self.excluded:
+            self._maskers_cache = (self.excluded, frozenset(self.checks - self.excluded))
+        return self._maskers_cache[1]
+
     def _after_masked(self) -> Outgoing:
         self._need(len(self.masked), "sent masked inputs")
         self.survivors = tuple(sorted(self.masked))
-        self.dropped = tuple(sorted(set(self.shares) - self.masked))
+        self.dropped = tuple(sorted(set(self.shares) - self.excluded - self.masked))
         self._dropped_set = frozenset(self.dropped)
         if self.params.malicious:
             # one status per member under one root that every survivor signs (O(n) for the server)
-            self._status_tree = status_tree(self.params.client_ids, self._survivor_set, self._dropped_set)
+            self._status_tree = status_tree(self.params.client_ids, self._survivor_set, self._dropped_set,
+                                            self.excluded)
             self._status_root = self._status_tree.root
         return [(u, self._request(u, ConsistencyRequest if self.params.malicious else UnmaskRequest))
                 for u in self.survivors]

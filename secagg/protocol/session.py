@@ -10,6 +10,7 @@ from secagg.protocol.merkle import MerkleTree
 from secagg.protocol.messages import (
     STATUS_ABSENT,
     STATUS_DROPPED,
+    STATUS_EXCLUDED,
     STATUS_SURVIVED,
     SessionParams,
     status_leaf,
@@ -79,12 +80,14 @@ def advertisement_message(params: SessionParams, client_id: int, enc_key: bytes,
             + commitment)
 
 
-def status_tree(client_ids: Sequence[int], survivors: Collection[int],
-                dropped: Collection[int]) -> MerkleTree:
+def status_tree(client_ids: Sequence[int], survivors: Collection[int], dropped: Collection[int],
+                excluded: Collection[int] = ()) -> MerkleTree:
     """The Merkle tree over every member's :func:`~secagg.protocol.messages.status_leaf`, in member
-    order: survived (in ``survivors``), dropped (in ``dropped``), or neither."""
+    order: survived (in ``survivors``), dropped (in ``dropped``), excluded by the share check (in
+    ``excluded``), or none of these."""
     return MerkleTree([status_leaf(u, STATUS_SURVIVED if u in survivors else STATUS_DROPPED if u in dropped
-                                   else STATUS_ABSENT) for u in client_ids])
+                                   else STATUS_EXCLUDED if u in excluded else STATUS_ABSENT)
+                       for u in client_ids])
 
 
 def consistency_message(sid: bytes, status_root: bytes) -> bytes:

@@ -40,16 +40,18 @@ from secagg.protocol.messages import (
     KeyDirectory,
     KeyEntry,
     MaskedInput,
+    MaskRequest,
     Message,
     SessionParams,
     Setup,
+    ShareCheck,
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
 )
 
 MAGIC = 0x5EC6
-VERSION = 3  # 2: nonce, seed commitments, refused shares; 3: O(k) SecAgg+ (member root, proofs)
+VERSION = 3  # 2: nonce, seed commitments, refused shares; 3: O(k) SecAgg+ (member root, proofs), ShareCheck
 SESSION_ID_BYTES = 32
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_BYTES
 SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + OVERHEAD
@@ -276,7 +278,7 @@ _SCHEMAS: dict[int, tuple[type, list[tuple[str, Reader]]]] = {
                     ("shares", _pairs(SHARE_CIPHERTEXT_BYTES))]),
     5: (ForwardedShares, [("recipient", _id), ("session_id", _session),
                           ("shares", _pairs(SHARE_CIPHERTEXT_BYTES))]),
-    6: (MaskedInput, [("sender", _id), ("session_id", _session), ("vector", _vector), ("refused", _ids)]),
+    6: (MaskedInput, [("sender", _id), ("session_id", _session), ("vector", _vector)]),
     7: (UnmaskRequest, [("session_id", _session), ("survivors", _ids), ("dropped", _ids),
                         ("signatures", _pairs(SIGNATURE_BYTES))]),
     8: (UnmaskResponse, [("sender", _id), ("session_id", _session),
@@ -287,6 +289,8 @@ _SCHEMAS[9] = (ConsistencyRequest, [("session_id", _session), ("survivors", _ids
                                      ("status_root", _empty_or(ROOT_BYTES)), ("proof", _proof)])
 _SCHEMAS[10] = (ConsistencySignature, [("sender", _id), ("session_id", _session),
                                        ("signature", _bytes(SIGNATURE_BYTES))])
+_SCHEMAS[11] = (ShareCheck, [("sender", _id), ("session_id", _session), ("refused", _ids)])
+_SCHEMAS[12] = (MaskRequest, [("session_id", _session), ("excluded", _ids)])
 _CODES = {cls: code for code, (cls, _) in _SCHEMAS.items()}
 
 
@@ -312,7 +316,8 @@ _WRITERS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (UnmaskRequest, "dropped"): _pack_ids,
     (ConsistencyRequest, "survivors"): _pack_ids,
     (ConsistencyRequest, "dropped"): _pack_ids,
-    (MaskedInput, "refused"): _pack_ids,
+    (ShareCheck, "refused"): _pack_ids,
+    (MaskRequest, "excluded"): _pack_ids,
 }
 
 

@@ -140,6 +140,9 @@ class NetworkSource:
             for u, peers in sorted(outcome.server.refused.items()):
                 log.warning("round %d: client %d refused the shares of %s (undecryptable or malformed)",
                             outcome.round, u, list(peers))
+            if outcome.server.excluded:
+                log.warning("round %d: clients %s taken out by the share check (too few holders could open "
+                            "their shares)", outcome.round, list(outcome.server.excluded))
             for u, owners in sorted(outcome.server.wrong_shares.items()):
                 log.warning("round %d: client %d sent wrong shares of %s (identified and left out)",
                             outcome.round, u, owners)
@@ -192,6 +195,8 @@ class NetworkSource:
         refused = outcome.server.refused if outcome.server is not None else {}
         if refused:  # who reported whose shares as undecryptable: the operator's lead on a bad client
             meta["refused"] = {str(u): list(peers) for u, peers in sorted(refused.items())}
+        if outcome.server is not None and outcome.server.excluded:
+            meta["excluded"] = list(outcome.server.excluded)
         wrong = outcome.server.wrong_shares if outcome.server is not None else {}
         if wrong:  # who sent a share that failed its owner's commitment (left out; the sum is exact)
             meta["wrong_shares"] = {str(u): owners for u, owners in sorted(wrong.items())}
