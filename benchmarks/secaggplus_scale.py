@@ -204,7 +204,7 @@ def measure(n: int, d: int, dropout: float = 0.05, corrupt: float = 0.2, workers
             "worker_peak_mb": worker_mb}
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(rows: list[dict[str, Any]], path: Path, before: list[dict[str, Any]] | None = None) -> None:
     import matplotlib
     import matplotlib.ticker
 
@@ -212,16 +212,21 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     n = [r["n"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     ax.loglog(n, [r["received_mean"] / 1e3 for r in rows], "o-", label="received per client (KB)")
     ax.loglog(n, [r["sent_mean"] / 1e3 for r in rows], "s-", label="sent per client (KB)")
     ax.loglog(n, [r["client_s_mean"] * 1e3 for r in rows], "^-", label="client time (ms)")
     ax.loglog(n, [r["k"] for r in rows], "k--", label="k (degree)")
+    if before:  # an earlier run (another wire version): what a client received then
+        nb = [r["n"] for r in before]
+        ax.loglog(nb, [r["received_mean"] / 1e3 for r in before], "o:", color="grey",
+                  label=f"received per client, before (KB, d = {before[0]['d']})")
+        n = sorted({*n, *nb})
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping 2x10^2 labels
-    ax.set_xticks(n, [str(v) for v in n])
+    ax.set_xticks(n, [str(v) for v in n], rotation=45 if len(n) > 6 else 0)
     ax.set_xlabel("clients in the round (n)")
     ax.set_title(f"SecAgg+ per-client cost, d = {rows[0]['d']}")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: no line hidden
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="client processes (1: the whole round in one process, run_session)")
     parser.add_argument("--out", type=Path, default=None, help="write results.json and scale.png here")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a results.json of an earlier run to draw beside this one")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
@@ -264,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-        _plot(rows, args.out / "scale.png")
+        before = json.loads(args.before.read_text()) if args.before is not None else None
+        _plot(rows, args.out / "scale.png", before)
         print(f"wrote {args.out / 'results.json'} and {args.out / 'scale.png'}")
     return 0
 

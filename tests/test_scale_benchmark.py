@@ -34,3 +34,13 @@ def test_the_script_writes_its_table_json_and_plot(load_benchmark, tmp_path, cap
     rows = json.loads((tmp_path / "results.json").read_text())
     assert [r["n"] for r in rows] == [20, 30]
     assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plot_draws_an_earlier_run_beside_this_one(load_benchmark, tmp_path):
+    bench = load_benchmark("secaggplus_scale")
+    rows = [bench.measure(20, 8), bench.measure(30, 8)]
+    earlier = tmp_path / "before.json"
+    earlier.write_text(json.dumps([dict(r, received_mean=10 * r["received_mean"]) for r in rows]))
+    out = tmp_path / "run"
+    assert bench.main(["--n", "20", "--dim", "8", "--out", str(out), "--before", str(earlier)]) == 0
+    assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
