@@ -379,18 +379,28 @@ class Server:
         with it and the round goes on without it. Then ask the others to mask."""
         self._need(len(self.checks), "checked their shares")
         t, own = self.params.threshold, 1 if self.params.own_share_counts else 0
-        refused = {u: frozenset(peers) for u, peers in self.refused.items()}
-        holders = {v: [w for w in self.neighbours(v) if w in self.checks and v not in refused.get(w, ())]
-                   for v in self.shares}
-        # to a fixpoint: a client taken out no longer holds anyone's shares; a client's own share
-        # counts only while it is there to reveal it
+        refusers: dict[int, set[int]] = {}
+        for u, peers in self.refused.items():
+            for v in peers:
+                refusers.setdefault(v, set()).add(u)
         excluded: set[int] = set()
-        changed = True
-        while changed:
-            out = {v for v, near in holders.items() if v not in excluded and
-                   sum(1 for w in near if w not in excluded) + (own if v in self.checks else 0) < t}
-            changed = bool(out)
-            excluded |= out
+
+        def holders(v: int) -> int:
+            """Kept checkers that can open v's shares (its own share: while it is there to reveal it)."""
+            if self._table is None:
+                live = len(self.checks) - len(excluded & self.checks) - (v in self.checks)
+            else:
+                live = sum(1 for w in self.neighbours(v) if w in self.checks and w not in excluded)
+            return live - len(refusers.get(v, set()) - excluded) + (own if v in self.checks else 0)
+
+        # to a fixpoint: a client taken out no longer holds anyone's shares, so its neighbours are
+        # looked at again (a worklist: one pass when nobody is short, the common case)
+        pending = set(self.shares)
+        while pending:
+            v = pending.pop()
+            if v not in excluded and holders(v) < t:
+                excluded.add(v)
+                pending |= (set(self.shares) if self._table is None else set(self.neighbours(v))) - excluded
         self.excluded = frozenset(excluded)
         self._need(len(self.checks - self.excluded), "checked their shares and kept enough holders")
         out: Outgoing = []
