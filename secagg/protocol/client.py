@@ -25,10 +25,6 @@ from secagg.protocol.merkle import leaf_hash, verify_multiproof
 from secagg.protocol.messages import (
     COMMITMENT_BYTES,
     NONCE_BYTES,
-    STATUS_ABSENT,
-    STATUS_DROPPED,
-    STATUS_EXCLUDED,
-    STATUS_SURVIVED,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -46,6 +42,7 @@ from secagg.protocol.messages import (
     UnmaskResponse,
     member_leaf,
     status_leaf,
+    status_of,
 )
 from secagg.protocol.session import (
     advertisement_message,
@@ -336,10 +333,8 @@ class Client:
         # our neighbours' statuses must be the ones under the root everybody signs: a server that
         # shows a client as alive to some of its holders and as dropped to others gets two roots
         survivors, dropped = set(msg.survivors), set(msg.dropped)
-        leaves = {e.index: leaf_hash(status_leaf(
-            u, STATUS_SURVIVED if u in survivors else STATUS_DROPPED if u in dropped
-            else STATUS_EXCLUDED if u in self._excluded else STATUS_ABSENT))
-            for u, e in self._directory.items()}
+        leaves = {e.index: leaf_hash(status_leaf(u, status_of(u, survivors, dropped, self._excluded)))
+                  for u, e in self._directory.items()}
         if not verify_multiproof(msg.status_root, p.members, leaves, msg.proof):
             raise RemoteProtocolError(f"client {self.id}: the consistency request's statuses are not under "
                                       f"its status root (bad proof)")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -190,10 +191,26 @@ def member_leaf(client_id: int) -> bytes:
     return client_id.to_bytes(4, "big")
 
 
-@functools.lru_cache(maxsize=16)  # parameters are rebuilt (a nonce added, a wire round trip): hash once
+@functools.lru_cache(maxsize=4)  # parameters are rebuilt (a nonce added, a wire round trip): hash once
+def members_tree(client_ids: tuple[int, ...]) -> MerkleTree:
+    """The Merkle tree (:mod:`secagg.protocol.merkle`) over the sorted member ids' leaves: its root is
+    in P(params), the server's membership proofs come from it (one build per member list)."""
+    return MerkleTree([member_leaf(u) for u in client_ids])
+
+
 def members_root(client_ids: tuple[int, ...]) -> bytes:
-    """The Merkle root (:mod:`secagg.protocol.merkle`) over the sorted member ids' leaves."""
-    return MerkleTree([member_leaf(u) for u in client_ids]).root
+    """The Merkle root of :func:`members_tree`."""
+    return members_tree(client_ids).root
+
+
+def status_of(client_id: int, survivors: Collection[int], dropped: Collection[int],
+              excluded: Collection[int]) -> int:
+    """A member's status byte in the status tree (see :func:`status_leaf`)."""
+    if client_id in survivors:
+        return STATUS_SURVIVED
+    if client_id in dropped:
+        return STATUS_DROPPED
+    return STATUS_EXCLUDED if client_id in excluded else STATUS_ABSENT
 
 
 class KeyEntry(NamedTuple):

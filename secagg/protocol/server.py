@@ -44,7 +44,7 @@ from secagg.protocol.messages import (
     Stage,
     UnmaskRequest,
     UnmaskResponse,
-    member_leaf,
+    members_tree,
 )
 from secagg.protocol.session import (
     advertisement_message,
@@ -135,7 +135,7 @@ class Server:
         self._ids = np.asarray(params.client_ids, dtype=np.int64)
         # SecAgg+: the ring, O(n k) integers (no per-client sets: those would be O(n k) objects)
         self._table = None if params.full_graph else neighbour_table(params)
-        self._members = MerkleTree([member_leaf(u) for u in params.client_ids])
+        self._members = members_tree(params.client_ids)  # (built once, with params.members_root)
         self._advertisers: frozenset[int] = frozenset()
         self._entries: dict[int, KeyEntry] = {}
         self._status_root = b""
@@ -428,20 +428,19 @@ class Server:
         return [(u, self._request(u, ConsistencyRequest if self.params.malicious else UnmaskRequest))
                 for u in self.survivors]
 
-    def _local_sets(self, u: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The survivors and the dropped among ``u``'s neighbours and itself (the full graph: all)."""
-        if self._table is None:
-            return self.survivors, self.dropped
-        near = self.neighbours(u) | {u}
-        return (tuple(sorted(near & self._survivor_set)), tuple(sorted(near & self._dropped_set)))
-
     def _request(self, u: int, kind: type, signatures: tuple[tuple[int, bytes], ...] = ()) -> Message:
-        """``u``'s ConsistencyRequest or UnmaskRequest: about its neighbourhood only (O(k))."""
-        survivors, dropped = self._local_sets(u)
+        """``u``'s ConsistencyRequest or UnmaskRequest: the survivors and the dropped among its
+        neighbours and itself (on the full graph: all), O(k)."""
+        near = self.neighbours(u) | {u}
+        if self._table is None:
+            survivors, dropped = self.survivors, self.dropped
+        else:
+            survivors = tuple(sorted(near & self._survivor_set))
+            dropped = tuple(sorted(near & self._dropped_set))
         if kind is UnmaskRequest:
             return UnmaskRequest(self.session, survivors, dropped, signatures)
         assert self._status_tree is not None
-        indices = [self._index[v] for v in self.neighbours(u) | {u}]
+        indices = [self._index[v] for v in near]
         return ConsistencyRequest(self.session, survivors, dropped, self._status_root,
                                   self._status_tree.multiproof(indices))
 

@@ -7,14 +7,7 @@ from collections.abc import Collection, Sequence
 
 from secagg.crypto.kdf import MASK_LABEL, SHARE_KEY_LABEL, hkdf, pair_info
 from secagg.protocol.merkle import MerkleTree
-from secagg.protocol.messages import (
-    STATUS_ABSENT,
-    STATUS_DROPPED,
-    STATUS_EXCLUDED,
-    STATUS_SURVIVED,
-    SessionParams,
-    status_leaf,
-)
+from secagg.protocol.messages import SessionParams, status_leaf, status_of
 from secagg.protocol.wire import encode_params
 
 _SESSION_LABEL = b"secagg/v3/session-id"
@@ -85,9 +78,7 @@ def status_tree(client_ids: Sequence[int], survivors: Collection[int], dropped: 
     """The Merkle tree over every member's :func:`~secagg.protocol.messages.status_leaf`, in member
     order: survived (in ``survivors``), dropped (in ``dropped``), excluded by the share check (in
     ``excluded``), or none of these."""
-    return MerkleTree([status_leaf(u, STATUS_SURVIVED if u in survivors else STATUS_DROPPED if u in dropped
-                                   else STATUS_EXCLUDED if u in excluded else STATUS_ABSENT)
-                       for u in client_ids])
+    return MerkleTree([status_leaf(u, status_of(u, survivors, dropped, excluded)) for u in client_ids])
 
 
 def consistency_message(sid: bytes, status_root: bytes) -> bytes:

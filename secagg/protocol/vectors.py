@@ -58,6 +58,7 @@ from secagg.protocol.messages import (
     UnmaskRequest,
     UnmaskResponse,
     member_leaf,
+    members_tree,
     status_leaf,
 )
 from secagg.protocol.ring import ROUNDS, Ring, ring_seed
@@ -188,7 +189,7 @@ def secaggplus() -> dict[str, Any]:
     """The SecAgg+ graph's derivations for :func:`secaggplus_params`, hex-encoded."""
     params = secaggplus_params()
     ids = params.client_ids
-    tree = MerkleTree([member_leaf(u) for u in ids])
+    tree = members_tree(ids)
     seed = ring_seed(params.round, params.degree, params.members, params.members_root)
     ring = Ring(seed, params.members)
     positions = ring.positions(np.arange(len(ids))).tolist()
