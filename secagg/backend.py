@@ -24,6 +24,14 @@ and the public weight bound). ``secagg serve``/``secagg client`` speak the same 
 Errors: a peer's malformed or out-of-order message raises :class:`~secagg.errors.ProtocolError` or
 :class:`~secagg.errors.WireError` and leaves the receiving side unchanged (drop it, or the peer);
 misuse of this API by the caller raises :class:`~secagg.errors.ConfigError`.
+
+Stateless client workers (Flower's, a serverless function per message): after a secure round's first
+message, :meth:`ClientRound.suspend` turns the client's side into bytes for the worker's record
+store, and :meth:`Pipeline.resume_client` rebuilds it before the next message (the identity key
+again from the operator, never from the store)::
+
+    record = clients[u].suspend()                                # after start/handle
+    clients[u] = pipeline.resume_client(record, identity=key)    # in the next worker; then handle()
 """
 
 from __future__ import annotations
@@ -36,13 +44,14 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from secagg import codec
 from secagg.aggregation import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.crypto.keys import SigningKey
 from secagg.errors import AbortError, ConfigError, RemoteProtocolError
 from secagg.layout import ParamLayout
 from secagg.placement import Placement, place, released_batch
-from secagg.protocol.client import Client
-from secagg.protocol.messages import SessionParams, Setup, Stage
+from secagg.protocol.client import Client, open_record, seal_record
+from secagg.protocol.messages import MODEL_VERSION_MAX_BYTES, SessionParams, Setup, Stage
 from secagg.protocol.runner import REPLY_STAGE
 from secagg.protocol.server import Server
 from secagg.protocol.wire import decode, encode
@@ -138,6 +147,46 @@ class Pipeline:
         return ClientRound(self, check_int("client_id", client_id, minimum=0), u,
                            check_int("num_examples", num_examples, minimum=0), float(train_loss), identity,
                            model_version)
+
+    def resume_client(self, data: bytes, *, identity: SigningKey | None = None) -> ClientRound:
+        """The client round a :meth:`ClientRound.suspend` record was taken of, ready to
+        :meth:`~ClientRound.handle` the round's next message; ``identity``: the client's Ed25519 key,
+        as for :meth:`client` (the registry is this pipeline's). After a resume ``released`` is
+        ``None``: the released update is not kept, only the session input it was encoded into
+        (``session_input``). :class:`ConfigError` naming the field for a record that is not intact,
+        or for a pipeline without a secure sum."""
+        if self.placement.session is None:
+            raise ConfigError("resume_client: a plain pipeline has no secure session to resume")
+        raw = open_record(data, what="client round record", magic=_ROUND_MAGIC, version=_ROUND_VERSION,
+                          label=_ROUND_LABEL, limits=_ROUND_LIMITS, arity=len(_ROUND_FIELDS))
+        f = dict(zip(_ROUND_FIELDS, raw, strict=True))
+        for name in ("client_id", "num_examples", "reply_stage"):
+            if type(f[name]) is not int or f[name] < 0:
+                raise ConfigError(f"client round record.{name}: expected an integer >= 0")
+        if f["reply_stage"] not in {int(s) for s in Stage}:
+            raise ConfigError(f"client round record.reply_stage: expected a protocol stage, "
+                              f"got {f['reply_stage']}")
+        if type(f["train_loss"]) is not float:
+            raise ConfigError("client round record.train_loss: expected a float")
+        version = f["model_version"]
+        if version is not None and (type(version) is not bytes or len(version) > MODEL_VERSION_MAX_BYTES):
+            raise ConfigError(f"client round record.model_version: expected none or at most "
+                              f"{MODEL_VERSION_MAX_BYTES} bytes")
+        if type(f["session"]) is not bytes:
+            raise ConfigError("client round record.session: expected bytes")
+        session = Client.restore(f["session"], identity=identity,
+                                 registry=self.registry if identity is not None else None)
+        if session.id != f["client_id"]:
+            raise ConfigError(f"client round record.session: a snapshot of client {session.id}, not of "
+                              f"client {f['client_id']}")
+        if session.params is None:
+            raise ConfigError("client round record.session: the session never started")
+        # the update was released and encoded already: what is left of it is the session's input
+        out = ClientRound(self, f["client_id"], torch.zeros(0, dtype=torch.float64), f["num_examples"],
+                          f["train_loss"], identity, version)
+        out._session, out.session_input = session, session.value
+        out.reply_stage = f["reply_stage"]
+        return out
 
 
 def _check_distinct(client_ids: tuple[int, ...]) -> None:
@@ -400,6 +449,21 @@ class ClientRound:
         #: the stage its last reply answers (a protocol Stage value, or UPDATE_STAGE for a plain update)
         self.reply_stage: int | None = None
 
+    def suspend(self) -> bytes:
+        """This round's client side as bytes, for a worker that keeps no process between messages:
+        rebuild it with :meth:`Pipeline.resume_client` before the next one. It holds the session's
+        secrets (store it as such), not the identity key. :class:`ConfigError` before the round's
+        first message opened a session, or in plain mode (one message, nothing to suspend)."""
+        if self._session is None:
+            raise ConfigError(f"suspend: client {self.id} has no secure session to suspend (the round "
+                              f"{'sent its plain update' if self._sent_plain else 'has not started'})")
+        assert self.reply_stage is not None  # set by the reply that opened the session
+        fields = {"client_id": self.id, "num_examples": self.num_examples, "train_loss": self.train_loss,
+                  "reply_stage": self.reply_stage, "model_version": self.model_version,
+                  "session": self._session.snapshot()}
+        return seal_record(list(fields.values()), what="client round record", magic=_ROUND_MAGIC,
+                           version=_ROUND_VERSION, label=_ROUND_LABEL)
+
     def handle(self, data: bytes) -> bytes:
         """This client's reply to one server message; :class:`ProtocolError`/:class:`WireError` for a
         bad one (the session aborts: this client takes no further part in the round)."""
@@ -472,3 +536,13 @@ class ClientRound:
         self._session, self.session_input = session_client, value
         self.reply_stage = int(Stage.ADVERTISE_KEYS)
         return reply
+
+
+# ClientRound.suspend's record: the round's own fields, then the protocol client's snapshot (which
+# has its own caps and checks)
+_ROUND_MAGIC = 0x5EC9
+_ROUND_VERSION = 1
+_ROUND_LABEL = b"secagg/v1/client-round"
+_ROUND_FIELDS = ("client_id", "num_examples", "train_loss", "reply_stage", "model_version", "session")
+_ROUND_LIMITS = codec.Limits(max_bytes=1 << 31, max_bin=(1 << 31) - 1, max_str=0,
+                             max_array=len(_ROUND_FIELDS) + 2)

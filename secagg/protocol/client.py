@@ -5,26 +5,42 @@ the server's messages in order; send back what it returns. Any violation (a mess
 stage or session, a forged share, a low-order key, a server asking for both shares of one peer)
 raises :class:`ProtocolError` and moves the client to ``ABORTED`` for good: it then refuses every
 further message and has revealed nothing beyond what the protocol allows.
+
+Suspension: for a transport whose workers are stateless (Flower's, a serverless one), a client is
+:meth:`Client.snapshot`-ed to bytes after each message and :meth:`Client.restore`-d before the next.
+The snapshot is an explicit, versioned msgpack record (no pickle: nothing executes on load) holding
+every secret drawn so far and the per-peer record of the shares already revealed, so a restored
+client continues exactly where the original stopped and still never reveals both shares of a peer.
+It holds secrets (the mask keys, the self-mask seed, held shares): store it as such.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
+from secagg import codec
 from secagg.crypto import aead
-from secagg.crypto.keys import PRIVATE_KEY_BYTES, DHKeyPair, SigningKey, verify_signature
+from secagg.crypto.keys import PRIVATE_KEY_BYTES, PUBLIC_KEY_BYTES, DHKeyPair, SigningKey, verify_signature
 from secagg.crypto.prg import SEED_BYTES, accumulate_masks
 from secagg.crypto.shamir import SHARE_BYTES, Share, split
-from secagg.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from secagg.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError, WireError
 from secagg.protocol.graph import ring_neighbours
 from secagg.protocol.merkle import leaf_hash, verify_multiproof
 from secagg.protocol.messages import (
     COMMITMENT_BYTES,
+    MAX_CLIENTS,
+    MAX_ID,
+    MAX_VECTOR_LENGTH,
     NONCE_BYTES,
+    ROOT_BYTES,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -54,6 +70,7 @@ from secagg.protocol.session import (
     share_key,
     share_point,
 )
+from secagg.protocol.wire import SESSION_ID_BYTES, decode, encode
 
 
 class ClientPhase(Enum):
@@ -129,6 +146,8 @@ class Client:
         self._revealed: dict[int, str] = {}  # peer -> "b" or "s": the one share we showed
         #: neighbours whose forwarded shares did not decrypt or were malformed (reported, not fatal)
         self.refused: tuple[int, ...] = ()
+        # snapshot parts that never change once set ("setup", "directory"): encoded once, not per message
+        self._records: dict[str, bytes] = {}
 
     # -- the interface --------------------------------------------------------------------------
 
@@ -149,6 +168,237 @@ class Client:
         self._self_seed = b""
         self._own = (b"", b"")
         self._share_keys.clear()
+
+    @property
+    def value(self) -> np.ndarray:
+        """Its input: the ``d`` uint32 words it masks (the caller's array; a restored client's own)."""
+        return self._value
+
+    # -- suspension (stateless workers) ---------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Everything needed to continue this session exactly, as a versioned record (any phase).
+
+        Secrets drawn so far are in it (so a restored client never redraws them), and so is the record
+        of which share of each peer was revealed (so no restore lets a server get both). Not in it:
+        the identity key and the registry (the operator supplies them to :meth:`restore` each time;
+        only the identity's public key is recorded, to check that the same one comes back). On a
+        SecAgg+ graph the parameters are kept as the client's view (no member list: O(k) state).
+        """
+        p = self.params
+        if p is not None and "setup" not in self._records:
+            # the session parameters as the wire format's Setup (its schema and checks, not a second
+            # one); a SecAgg+ client keeps the view it was sent: count and root, not the member list
+            view = p if p.full_graph or not p.client_ids else dataclasses.replace(p, client_ids=())
+            self._records["setup"] = encode(Setup(view))
+        if self._directory and "directory" not in self._records:
+            self._records["directory"] = encode(KeyDirectory(tuple(
+                self._directory[u] for u in sorted(self._directory))))
+        held = sorted(self._held)
+        keys = sorted(self._share_keys)
+        fields = {
+            "client_id": self.id,
+            "phase": self.phase.value,
+            "identity": b"" if self._identity is None else self._identity.public,
+            "setup": self._records.get("setup", b""),  # (none before Setup)
+            "index": self._index,
+            "session": self.session,
+            "enc_key": self._enc.private_bytes(),
+            "mask_key": self._mask.private_bytes(),
+            "self_seed": self._self_seed,
+            "commitment": self._commitment,
+            "directory": self._records.get("directory", b""),
+            "neighbours": _pack_ids(self._neighbours),
+            "sharers": _pack_ids(self._sharers),
+            "excluded": _pack_ids(self._excluded),
+            "held_ids": _pack_ids(held),
+            "held_b": b"".join(self._held[u][0] for u in held),
+            "held_s": b"".join(self._held[u][1] for u in held),
+            "own_b": self._own[0],
+            "own_s": self._own[1],
+            "share_key_ids": _pack_ids(keys),
+            "share_keys": b"".join(self._share_keys[u] for u in keys),
+            "revealed_b": _pack_ids(u for u, kind in self._revealed.items() if kind == "b"),
+            "revealed_s": _pack_ids(u for u, kind in self._revealed.items() if kind == "s"),
+            "refused": _pack_ids(self.refused),
+            "signed": [] if self._signed is None else [_pack_ids(ids) for ids in self._signed],
+            "status_root": self._status_root,
+            "value": self._value.astype("<u4", copy=False).tobytes(),
+        }
+        assert tuple(fields) == SNAPSHOT_FIELDS
+        return seal_record(list(fields.values()), what="client snapshot", magic=SNAPSHOT_MAGIC,
+                           version=SNAPSHOT_VERSION, label=SNAPSHOT_LABEL)
+
+    @classmethod
+    def restore(cls, data: bytes, *, identity: SigningKey | None = None,
+                registry: Mapping[int, bytes] | None = None) -> Client:
+        """The client a :meth:`snapshot` was taken of, in the same phase with the same secrets: given
+        the same server messages it gives the same replies (up to randomness it had not drawn yet).
+
+        ``identity`` and ``registry``: as for the constructor (malicious mode); the identity must be
+        the one the snapshot's client had. :class:`ConfigError` naming the field for anything that is
+        not an intact snapshot of this version (truncated, corrupted, fields of the wrong type, length
+        or size, states that no session reaches): it is the caller's own storage, not a peer's message.
+        An aborted client restores aborted.
+        """
+        raw = open_record(data, what="client snapshot", magic=SNAPSHOT_MAGIC, version=SNAPSHOT_VERSION,
+                          label=SNAPSHOT_LABEL, limits=_SNAPSHOT_LIMITS, arity=len(SNAPSHOT_FIELDS))
+        f = _SnapshotReader(dict(zip(SNAPSHOT_FIELDS, raw, strict=True)))
+        client_id = f.uint("client_id", MAX_ID)
+        phase_name = f.get("phase")
+        phases = {ph.value: ph for ph in ClientPhase}
+        if type(phase_name) is not str or phase_name not in phases:
+            raise _bad("phase", f"expected one of {', '.join(phases)}")
+        phase = phases[phase_name]
+        public = f.bin("identity", sizes=(0, PUBLIC_KEY_BYTES))
+        if public and identity is None:
+            raise ConfigError(f"identity: the snapshot's client {client_id} runs in malicious-server mode: "
+                              f"restore it with its identity key (and the registry)")
+        if public and identity is not None and identity.public != public:
+            raise ConfigError(f"identity: not the key of the snapshot's client {client_id} (it signed with "
+                              f"another identity key)")
+        if not public and identity is not None:
+            raise ConfigError(f"identity: the snapshot's client {client_id} has no identity key; "
+                              f"restore it without one")
+        words = f.bin("value", maximum=4 * MAX_VECTOR_LENGTH)
+        if len(words) % 4:
+            raise _bad("value", f"{len(words)} bytes is not a whole number of uint32 words")
+        value = np.frombuffer(words, dtype="<u4").astype(np.uint32)  # a fresh, writable native array
+        client = cls(client_id, value, identity=identity, registry=registry)  # (checks the registry)
+
+        client.phase = phase
+        client.params = f.setup()
+        client._index = f.uint("index", MAX_CLIENTS - 1)
+        client.session = f.bin("session", sizes=(0, SESSION_ID_BYTES))
+        client._enc = f.dh_key("enc_key")
+        client._mask = f.dh_key("mask_key")
+        client._self_seed = f.bin("self_seed", sizes=(0, SEED_BYTES))
+        client._commitment = f.bin("commitment", sizes=(0, COMMITMENT_BYTES))
+        client._directory = f.directory()
+        client._neighbours = frozenset(f.ids("neighbours"))
+        client._sharers = frozenset(f.ids("sharers"))
+        client._excluded = frozenset(f.ids("excluded"))
+        held_ids = f.ids("held_ids")
+        point = share_point(client_id)
+        held_b = f.shares("held_b", len(held_ids), point)
+        held_s = f.shares("held_s", len(held_ids), point)
+        client._held = {u: (b, s) for u, b, s in zip(held_ids, held_b, held_s, strict=True)}
+        own_b, own_s = f.bin("own_b", sizes=(0, SHARE_BYTES)), f.bin("own_s", sizes=(0, SHARE_BYTES))
+        if len(own_b) != len(own_s):
+            raise _bad("own_s", "holds one of the two own shares without the other")
+        if own_b:
+            f.shares("own_b", 1, point)
+            f.shares("own_s", 1, point)
+        client._own = (own_b, own_s)
+        key_ids = f.ids("share_key_ids")
+        keys = f.bin("share_keys", sizes=(_SHARE_KEY_BYTES * len(key_ids),))
+        client._share_keys = {u: keys[_SHARE_KEY_BYTES * i : _SHARE_KEY_BYTES * (i + 1)]
+                              for i, u in enumerate(key_ids)}
+        shown_b, shown_s = f.ids("revealed_b"), f.ids("revealed_s")
+        if set(shown_b) & set(shown_s):
+            raise _bad("revealed_s", f"client(s) {sorted(set(shown_b) & set(shown_s))[:10]} are recorded "
+                                     f"with both shares revealed")
+        client._revealed = {**dict.fromkeys(shown_b, "b"), **dict.fromkeys(shown_s, "s")}
+        client.refused = f.ids("refused")
+        signed = f.get("signed")
+        if type(signed) is not list or len(signed) not in (0, 2):
+            raise _bad("signed", "expected [] or [survivors, dropped]")
+        client._signed = (f.ids("signed", signed[0]), f.ids("signed", signed[1])) if signed else None
+        client._status_root = f.bin("status_root", sizes=(0, ROOT_BYTES))
+        client._check_restored(f.get("setup"), f.get("directory"))
+        return client
+
+    def _check_restored(self, setup: bytes, directory: bytes) -> None:
+        """:class:`ConfigError` unless the restored fields are a state that the phase's steps reach.
+
+        Each phase has exactly the fields its steps have set (and nothing of the later ones), and the
+        derived values agree with what they were derived from (the commitment with the seed, the
+        session id with the parameters, our directory entry with our keys): a snapshot that passes
+        cannot make a later step fail with anything but the protocol's own errors.
+        """
+        if self.phase is ClientPhase.ABORTED:
+            if self._held or self._self_seed or any(self._own) or self._share_keys:
+                raise _bad("phase", "an aborted client holds no secrets (abort forgets them)")
+            return  # it refuses every message: how far it got before aborting changes nothing
+        rank = _RANK[self.phase]
+        p = self.params
+        if (p is None) != (rank < _RANK[ClientPhase.ADVERTISED]):
+            raise _bad("setup", f"a client in phase {self.phase.value} "
+                                f"{'has no' if rank else 'has'} session parameters")
+        later = [  # (reached from this phase on, field, is it set)
+            (ClientPhase.ADVERTISED, "self_seed", bool(self._self_seed)),
+            (ClientPhase.ADVERTISED, "commitment", bool(self._commitment)),
+            (ClientPhase.SHARED, "session", bool(self.session)),
+            (ClientPhase.SHARED, "directory", bool(self._directory)),
+            (ClientPhase.SHARED, "own_b", bool(self._own[0])),
+            (ClientPhase.CHECKED, "held_ids", bool(self._held)),
+        ]
+        for since, name, present in later:
+            if present != (rank >= _RANK[since]):
+                raise _bad(name, f"{'set' if present else 'missing'} in phase {self.phase.value}")
+        empty_until = [  # fields a step may leave empty, but never set before it
+            (ClientPhase.SHARED, "neighbours", self._neighbours),
+            (ClientPhase.SHARED, "share_key_ids", self._share_keys),
+            (ClientPhase.CHECKED, "sharers", self._sharers),
+            (ClientPhase.CHECKED, "refused", self.refused),
+            (ClientPhase.MASKED, "excluded", self._excluded),
+            (ClientPhase.DONE, "revealed_b", self._revealed),
+        ]
+        for since, name, value in empty_until:
+            if value and rank < _RANK[since]:
+                raise _bad(name, f"set in phase {self.phase.value}")
+        if p is None:
+            if self._index:
+                raise _bad("index", "set before the session's Setup")
+            return
+        if _RANK[ClientPhase.SIGNED] <= rank and p.malicious:
+            if self._signed is None or not self._status_root:
+                raise _bad("signed", f"missing: a malicious-mode client in phase {self.phase.value} "
+                                     f"has signed the survivor sets")
+        elif self._signed is not None or self._status_root:
+            raise _bad("signed", f"set in phase {self.phase.value}")
+        if self.phase is ClientPhase.SIGNED and not p.malicious:
+            raise _bad("phase", "signed is a malicious-mode phase")
+        if p.malicious != (self._identity is not None):
+            raise _bad("setup", "malicious-server mode and an identity key go together")
+        if self._value.size != p.vector_length:
+            raise _bad("value", f"{self._value.size} words, the session's vector_length is {p.vector_length}")
+        if p.bits < 32 and int(self._value.max(initial=0)) >> p.bits:
+            raise _bad("value", f"words >= 2^{p.bits} (the session's bits)")
+        if p.full_graph:
+            if self.id not in p.client_ids or p.client_ids.index(self.id) != self._index:
+                raise _bad("index", f"client {self.id} is not at index {self._index} of the member list")
+        elif self._index >= p.members:
+            raise _bad("index", f"{self._index} is beyond the {p.members} members")
+        if self._commitment != seed_commitment(p, self.id, self._self_seed):
+            raise _bad("commitment", "does not commit to the self-mask seed (corrupted seed or commitment)")
+        self._records["setup"] = setup  # canonical (the wire decoder checked): reuse it, re-encode nothing
+        if rank < _RANK[ClientPhase.SHARED]:
+            return
+        if self.session != session_id(p):
+            raise _bad("session", "is not the id of the session's parameters")
+        mine = self._directory.get(self.id)
+        if mine is None or (mine.enc_key, mine.mask_key, mine.commitment, mine.index) != (
+                self._enc.public, self._mask.public, self._commitment, self._index):
+            raise _bad("directory", f"does not carry client {self.id}'s own keys (corrupted keys?)")
+        if len({e.index for e in self._directory.values()}) != len(self._directory):
+            raise _bad("directory", "two entries at one index")
+        if self._neighbours != self._directory.keys() - {self.id}:
+            raise _bad("neighbours", "are not the directory's other clients")
+        if self._share_keys.keys() != self._neighbours:
+            raise _bad("share_key_ids", "are not the neighbours")
+        self._records["directory"] = directory
+        if rank < _RANK[ClientPhase.CHECKED]:
+            return
+        refused = set(self.refused)
+        if not self._sharers <= self._neighbours or not refused <= self._sharers:
+            raise _bad("sharers", "sharers must be neighbours, refused ones sharers")
+        if self._held.keys() != (self._sharers - refused) | {self.id} or self._held[self.id] != self._own:
+            raise _bad("held_ids", "the shares held are not the accepted sharers' and our own")
+        if not self._excluded <= self._sharers:
+            raise _bad("excluded", "names clients that never shared keys with us")
+        if not self._revealed.keys() <= self._held.keys():
+            raise _bad("revealed_b", "names clients whose shares we do not hold")
 
     # -- one method per step --------------------------------------------------------------------
 
@@ -445,6 +695,151 @@ class Client:
     def _check_session(self, sid: bytes) -> None:
         if sid != self.session:
             raise RemoteProtocolError(f"client {self.id}: message from another session (session id mismatch)")
+
+
+# -- snapshot records ----------------------------------------------------------------------------
+
+SNAPSHOT_MAGIC = 0x5EC8  # (the wire format is 0x5EC6, the transport envelopes 0x5EC7)
+SNAPSHOT_VERSION = 1
+SNAPSHOT_LABEL = b"secagg/v1/client-snapshot"
+#: the snapshot's fields, in order (ids lists are packed big-endian uint32, sorted; see snapshot())
+SNAPSHOT_FIELDS = (
+    "client_id", "phase", "identity", "setup", "index", "session", "enc_key", "mask_key", "self_seed",
+    "commitment", "directory", "neighbours", "sharers", "excluded", "held_ids", "held_b", "held_s",
+    "own_b", "own_s", "share_key_ids", "share_keys", "revealed_b", "revealed_s", "refused", "signed",
+    "status_root", "value")
+# caps: the vector, plus a full-graph directory, shares and keys for MAX_CLIENTS peers
+_PER_PEER_BYTES = 4 * 4 + 2 * PUBLIC_KEY_BYTES + 64 + COMMITMENT_BYTES + 4 * 5 + 2 * SHARE_BYTES + 32
+_SNAPSHOT_LIMITS = codec.Limits(max_bytes=4 * MAX_VECTOR_LENGTH + _PER_PEER_BYTES * MAX_CLIENTS + (1 << 20),
+                                max_bin=4 * MAX_VECTOR_LENGTH + (1 << 16), max_str=16,
+                                max_array=len(SNAPSHOT_FIELDS) + 2)
+_RANK = {phase: rank for rank, phase in enumerate(
+    (ClientPhase.NEW, ClientPhase.ADVERTISED, ClientPhase.SHARED, ClientPhase.CHECKED, ClientPhase.MASKED,
+     ClientPhase.SIGNED, ClientPhase.DONE))}
+_SHARE_KEY_BYTES = 32  # an AES-256-GCM key (session.share_key)
+
+
+def seal_record(fields: Sequence[Any], *, what: str, magic: int, version: int, label: bytes) -> bytes:
+    """A local record: ``[magic, version, body, SHA-256(label || body)]``, ``body`` the msgpack array
+    ``[magic, version, *fields]``. The digest catches a truncated or corrupted record (a flipped bit
+    in a stored key would otherwise mask with the wrong key: a silently wrong sum); it authenticates
+    nothing: whoever can write the store can read the secrets in it anyway."""
+    try:
+        body = codec.pack(magic, version, *fields)
+    except (OverflowError, TypeError, ValueError) as exc:  # a bug here, never the caller's data
+        raise LocalProtocolError(f"{what}: cannot encode: {type(exc).__name__}: {exc}") from exc
+    return codec.pack(magic, version, body, hashlib.sha256(label + body).digest())
+
+
+def open_record(data: bytes, *, what: str, magic: int, version: int, label: bytes, limits: codec.Limits,
+                arity: int) -> list[Any]:
+    """The ``arity`` fields of a :func:`seal_record` record; :class:`ConfigError` naming ``what`` for
+    bytes that are not one intact record of this ``magic`` and ``version``. The fields are msgpack
+    values still to check, one by one (nothing executes on load)."""
+    outer_limits = codec.Limits(max_bytes=limits.max_bytes + 64, max_bin=limits.max_bytes, max_str=0,
+                                max_array=4)
+    try:
+        outer = codec.unpack(data, what=what, magic=magic, version=version, limits=outer_limits,
+                             min_fields=2)
+        if len(outer) != 4 or type(outer[2]) is not bytes or type(outer[3]) is not bytes:
+            raise WireError(f"{what}: expected [magic, version, body, digest]")
+        if not hmac.compare_digest(outer[3], hashlib.sha256(label + outer[2]).digest()):
+            raise WireError(f"{what}: integrity check failed (the record is corrupted or truncated)")
+        fields = codec.unpack(outer[2], what=f"{what} body", magic=magic, version=version, limits=limits)
+    except WireError as exc:
+        raise ConfigError(str(exc)) from None
+    if len(fields) != 2 + arity:
+        raise ConfigError(f"{what}: expected {arity} fields, got {len(fields) - 2}")
+    return fields[2:]
+
+
+def _bad(field: str, why: str) -> ConfigError:
+    return ConfigError(f"client snapshot.{field}: {why}")
+
+
+def _pack_ids(ids: Any) -> bytes:
+    return np.asarray(sorted(ids), dtype=">u4").tobytes()
+
+
+_FIELD = object()  # (read the named field itself)
+
+
+class _SnapshotReader:
+    """Typed reads of a snapshot's raw fields; every failure is a :class:`ConfigError` naming one."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+
+    def get(self, name: str) -> Any:
+        return self.raw[name]
+
+    def uint(self, name: str, bound: int) -> int:
+        v = self.raw[name]
+        if type(v) is not int or not 0 <= v <= bound:
+            raise _bad(name, f"expected an integer in [0, {bound}]")
+        return v
+
+    def bin(self, name: str, *, sizes: tuple[int, ...] | None = None, maximum: int | None = None,
+            value: Any = _FIELD) -> bytes:
+        """Bytes of one of ``sizes`` or at most ``maximum``: field ``name``, or ``value`` read as it."""
+        v = self.raw[name] if value is _FIELD else value
+        if type(v) is not bytes:
+            raise _bad(name, "expected bytes")
+        if sizes is not None and len(v) not in sizes:
+            raise _bad(name, f"expected {' or '.join(map(str, sizes))} bytes, got {len(v)}")
+        if maximum is not None and len(v) > maximum:
+            raise _bad(name, f"expected at most {maximum} bytes, got {len(v)}")
+        return v
+
+    def ids(self, name: str, value: Any = _FIELD) -> tuple[int, ...]:
+        """A packed id list: big-endian uint32, strictly increasing, each <= MAX_ID."""
+        b = self.bin(name, maximum=4 * MAX_CLIENTS, value=value)
+        if len(b) % 4:
+            raise _bad(name, f"{len(b)} bytes is not a whole number of uint32 ids")
+        ids = np.frombuffer(b, dtype=">u4")
+        if ids.size and int(ids.max()) > MAX_ID:
+            raise _bad(name, f"expected ids in [0, {MAX_ID}]")
+        if ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            raise _bad(name, "ids must be sorted and unique")
+        return tuple(ids.tolist())
+
+    def shares(self, name: str, count: int, point: int) -> list[bytes]:
+        b = self.bin(name, sizes=(SHARE_BYTES * count,))
+        out = [b[i : i + SHARE_BYTES] for i in range(0, len(b), SHARE_BYTES)]
+        try:
+            for share in out:
+                Share.from_bytes(point, share)  # a field element below the prime
+        except ProtocolError as exc:
+            raise _bad(name, str(exc)) from None
+        return out
+
+    def dh_key(self, name: str) -> DHKeyPair:
+        try:
+            return DHKeyPair.from_private_bytes(self.bin(name, sizes=(PRIVATE_KEY_BYTES,)))
+        except (ProtocolError, ValueError) as exc:
+            raise _bad(name, str(exc)) from None
+
+    def _message(self, name: str) -> Any:
+        try:
+            return decode(self.bin(name, maximum=_SNAPSHOT_LIMITS.max_bin))
+        except WireError as exc:
+            raise _bad(name, str(exc)) from None
+
+    def setup(self) -> SessionParams | None:
+        if not self.raw["setup"]:
+            return None
+        setup = self._message("setup")
+        if not isinstance(setup, Setup) or setup.index or setup.proof:
+            raise _bad("setup", "expected the session parameters as a Setup without index and proof")
+        return setup.params
+
+    def directory(self) -> dict[int, KeyEntry]:
+        if not self.raw["directory"]:
+            return {}
+        directory = self._message("directory")
+        if not isinstance(directory, KeyDirectory) or directory.proof or not directory.entries:
+            raise _bad("directory", "expected the key directory's entries, without proof")
+        return {e.client_id: e for e in directory.entries}
 
 
 assert PRIVATE_KEY_BYTES == SEED_BYTES  # both secrets are 32 bytes: one Shamir field fits both

@@ -1,0 +1,55 @@
+"""The ClientApp: ordinary Flower training, with secagg's mod doing the aggregation side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flower_digits.task import from_run_config, task, train
+from secagg.fedavg.server import evaluate
+from secagg.integrations.flower import secagg_mod
+
+
+def make_app(overrides: dict[str, Any] | None = None) -> ClientApp:
+    """The ClientApp; ``overrides`` replace run-config values (``run_simulation`` takes no run config)."""
+    extra = dict(overrides or {})
+
+    def settings(context: Context) -> dict[str, Any]:
+        return {**context.run_config, **extra}
+
+    def variant_mod(msg: Message, context: Context, call_next):
+        # A node operator pins the variant (and so the client steps and DP it promises) with
+        # --node-config variant=...; the run config, which whoever submits the run sets, is a default.
+        pinned = {k: v for k, v in context.node_config.items() if k == "variant"}
+        _, config = from_run_config({**settings(context), **pinned})
+        return secagg_mod(config.fedavg.aggregator, seed=config.seed)(msg, context, call_next)
+
+    app = ClientApp(mods=[variant_mod])
+
+    @app.train()
+    def train_fn(msg: Message, context: Context) -> Message:
+        _, config = from_run_config(settings(context))
+        partition = int(context.node_config["partition-id"])
+        round_index = int(msg.content["config"]["server-round"])
+        trained, examples, loss = train(config, partition, round_index, msg.content["arrays"].to_torch_state_dict())
+        content = RecordDict({"arrays": ArrayRecord(trained),
+                              "metrics": MetricRecord({"num-examples": examples, "train_loss": loss})})
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_fn(msg: Message, context: Context) -> Message:
+        _, config = from_run_config(settings(context))
+        t = task(config.task.num_clients, config.seed)
+        part = t.data.client(int(context.node_config["partition-id"]))
+        with torch.no_grad():
+            out = evaluate(t.model, msg.content["arrays"].to_torch_state_dict(), part.x, part.y)
+        metrics = MetricRecord({"accuracy": out["accuracy"], "loss": out["loss"], "num-examples": len(part)})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+app = make_app()
