@@ -56,11 +56,12 @@ def stage_of(msg: Message) -> str | None:
 
 def make_client_app(aggregator: Aggregator, inputs: Path, drops: Mapping[int, Mapping[str, set[int]]], *,
                     registry: Mapping[int, bytes] | None = None,
-                    identities: Mapping[int, Path] | None = None, bad: Mapping[int, str] | None = None
-                    ) -> ClientApp:
+                    identities: Mapping[int, Path] | None = None, bad: Mapping[int, str] | None = None,
+                    mod: bool = True) -> ClientApp:
     """Clients with :func:`client_update`; ``drops[round][stage]``: the partitions failing there;
     ``bad[partition]``: a malformed training reply (plain mode: "nan", "shape", "pickle", "no-count");
-    every client's session input words are saved under ``inputs``; ``identities[partition]``: the
+    every client's session input words are saved under ``inputs``; ``mod=False``: plain Flower clients
+    (no secagg mod, nothing recorded); ``identities[partition]``: the
     PEM file of its Ed25519 key (malicious mode; keys are loaded on the node, never shipped)."""
 
     def identity_of(context: Context):
@@ -81,13 +82,13 @@ def make_client_app(aggregator: Aggregator, inputs: Path, drops: Mapping[int, Ma
             np.save(inputs / f"r{round_index}-c{partition}.npy", words)
         return reply
 
-    app = ClientApp(mods=[dropper, secagg_mod(aggregator, identity=identity_of if identities else None,
-                                              registry=registry)])
+    mods = [dropper, secagg_mod(aggregator, identity=identity_of if identities else None, registry=registry)]
+    app = ClientApp(mods=mods if mod else [])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         partition = int(context.node_config["partition-id"])
-        round_index = int(msg.content["config"]["server-round"])
+        round_index = int(msg.content["config"]["server-round"])  # (a KeyError for secagg's hello)
         w = msg.content["arrays"]["w"].numpy()
         trained = Array(w + client_update(partition, round_index))
         kind = (bad or {}).get(partition)

@@ -20,8 +20,9 @@ from flower_digits.task import VARIANTS
 
 
 def simulate(variant: str, *, num_clients: int = 10, rounds: int = 5, seed: int = 0, epochs: int = 2,
-             out: Path | None = None, verbose: bool = False) -> dict:
-    """One run of ``variant`` on Flower's simulation engine; its JSON record."""
+             out: Path | None = None, verbose: bool = False, **settings) -> dict:
+    """One run of ``variant`` on Flower's simulation engine; its JSON record. ``settings``: more
+    run-config values (``fraction``, ``aggregator`` as JSON, ``stage-timeout``; see the apps)."""
     from flwr.simulation import run_simulation
 
     if variant == "flower-secaggplus":
@@ -32,7 +33,7 @@ def simulate(variant: str, *, num_clients: int = 10, rounds: int = 5, seed: int 
     with tempfile.TemporaryDirectory() as tmp:
         path = out or Path(tmp) / "result.json"
         run_config = {"variant": variant, "num-clients": num_clients, "num-server-rounds": rounds,
-                      "seed": seed, "epochs": epochs, "result-path": str(path)}
+                      "seed": seed, "epochs": epochs, "result-path": str(path), **settings}
         server_app, client_app = make_server_app(run_config), make_client_app(run_config)
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

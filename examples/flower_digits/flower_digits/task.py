@@ -40,13 +40,13 @@ def aggregator(variant: str, num_clients: int) -> Aggregator:
 
 
 def experiment(variant: str, *, num_clients: int = 10, rounds: int = 5, seed: int = 0,
-               epochs: int = 2, rule: Aggregator | None = None) -> ExperimentConfig:
+               epochs: int = 2, fraction: float = 1.0, rule: Aggregator | None = None) -> ExperimentConfig:
     """The run ``variant`` stands for, as this library's configuration value (``rule``: another
     aggregator in its place)."""
     agg = rule or aggregator("robust" if variant == "flower-secaggplus" else variant, num_clients)
     return ExperimentConfig(
         task=TaskConfig(num_clients=num_clients, model="mlp"),
-        fedavg=FedAvgConfig(rounds=rounds, fraction=1.0, aggregator=agg,
+        fedavg=FedAvgConfig(rounds=rounds, fraction=fraction, aggregator=agg,
                             client=ClientConfig(epochs=epochs, batch_size=10, lr=0.1)),
         seed=seed)
 
@@ -60,6 +60,7 @@ def from_run_config(run_config: dict[str, Any]) -> tuple[str, ExperimentConfig]:
     return variant, experiment(variant, num_clients=int(run_config.get("num-clients", 10)),
                                rounds=int(run_config.get("num-server-rounds", 5)),
                                seed=int(run_config.get("seed", 0)), epochs=int(run_config.get("epochs", 2)),
+                               fraction=float(run_config.get("fraction", 1.0)),
                                rule=Aggregator.from_dict(json.loads(str(rule))) if rule else None)
 
 

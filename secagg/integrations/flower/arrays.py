@@ -76,7 +76,7 @@ class ArraysLayout:
             if not isinstance(value, np.ndarray) or (str(value.dtype), tuple(value.shape)) != want:
                 raise UpdateError(f"{what}[{spec.name!r}]: its bytes hold another dtype or shape than it "
                                   f"claims")
-            out[spec.name] = torch.from_numpy(np.ascontiguousarray(value))
+            out[spec.name] = torch.from_numpy(value.copy(order="C"))  # (ascontiguousarray makes 0-d 1-d)
         return out
 
     def flatten(self, record, *, what: str = "arrays") -> torch.Tensor:

@@ -307,12 +307,14 @@ class SecAggStrategy(FedAvg):
         unnamed = []
         for reply in self._send(grid, messages):
             node = int(reply.metadata.src_node_id)
-            if reply.has_error():  # asked again next round (a node that failed, or has no train function)
+            if reply.has_error() and self.mode == "secure":
+                # asked again next round: a node that failed now may join later (it needs the mod)
                 log(WARNING, "secagg: node %d did not say who it is: %s", node, reply.error.reason)
                 continue
             self._asked.add(node)
             try:
-                fields = unpack(reply.content, who=f"node {node}")
+                # plain mode: a plain Flower client's train function fails on (or ignores) the question
+                fields = None if reply.has_error() else unpack(reply.content, who=f"node {node}")
                 cid = None if fields is None else fields.get("client-id")
                 if cid is not None and (not isinstance(cid, int) or isinstance(cid, bool) or cid < 0
                                         or cid >= 2**31):
