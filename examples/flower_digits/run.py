@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    record = simulate(args.variant, num_clients=args.clients, rounds=args.rounds, seed=args.seed, out=args.out)
+    record = simulate(args.variant, num_clients=args.clients, rounds=args.rounds, seed=args.seed,
+                      out=args.out)
     print(f"{args.variant}: {args.clients} clients, {args.rounds} rounds in "
           f"{time.perf_counter() - started:.1f} s on Flower's simulation engine")
     for r, acc in sorted(record["accuracy"].items(), key=lambda kv: int(kv[0])):

@@ -34,7 +34,8 @@ def make_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         _, config = from_run_config(settings(context))
         partition = int(context.node_config["partition-id"])
         round_index = int(msg.content["config"]["server-round"])
-        trained, examples, loss = train(config, partition, round_index, msg.content["arrays"].to_torch_state_dict())
+        global_state = msg.content["arrays"].to_torch_state_dict()
+        trained, examples, loss = train(config, partition, round_index, global_state)
         content = RecordDict({"arrays": ArrayRecord(trained),
                               "metrics": MetricRecord({"num-examples": examples, "train_loss": loss})})
         return Message(content, reply_to=msg)

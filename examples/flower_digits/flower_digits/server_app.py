@@ -28,7 +28,8 @@ def make_app(overrides: dict[str, Any] | None = None) -> ServerApp:
             config.fedavg.aggregator, fraction_train=config.fedavg.fraction,
             fraction_evaluate=float(settings.get("fraction-evaluate", 0.0)),
             min_available_nodes=int(settings.get("min-nodes", config.task.num_clients)), min_train_nodes=2,
-            seed=config.seed, server_lr=config.fedavg.server_lr, server_momentum=config.fedavg.server_momentum,
+            seed=config.seed, server_lr=config.fedavg.server_lr,
+            server_momentum=config.fedavg.server_momentum,
             stage_timeout=float(settings.get("stage-timeout", 60.0)))
 
         def central(round_index: int, arrays: ArrayRecord) -> MetricRecord:
@@ -36,7 +37,8 @@ def make_app(overrides: dict[str, Any] | None = None) -> ServerApp:
             return MetricRecord({"accuracy": out["accuracy"], "loss": out["loss"]})
 
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(t.model.state_dict()),
-                                num_rounds=config.fedavg.rounds, timeout=float(settings.get("timeout", 3600.0)),
+                                num_rounds=config.fedavg.rounds,
+                                timeout=float(settings.get("timeout", 3600.0)),
                                 evaluate_fn=central)
         out = settings.get("result-path", "")
         if out:  # for tests and benchmarks: what happened, as JSON

@@ -76,7 +76,8 @@ def train(config: ExperimentConfig, partition: int, round_index: int,
     it (same data, same seed): (trained weights, example count, mean train loss)."""
     t = task(config.task.num_clients, config.seed)
     layout = ParamLayout.from_module(t.model, config.fedavg.buffers)
-    job = ClientJob(partition, t.data.client(partition), derive_seed(config.seed, "client", round_index, partition))
+    seed = derive_seed(config.seed, "client", round_index, partition)
+    job = ClientJob(partition, t.data.client(partition), seed)
     out = train_client(config.fedavg.trainer, t.model, global_state, config.fedavg.client, layout, job)
     if isinstance(out, TrainingRefused):
         raise RuntimeError(out.reason)

@@ -72,7 +72,8 @@ class ArraysLayout:
             try:
                 value = array.numpy()
             except Exception as exc:  # any decoding failure of a peer's bytes is a bad record
-                raise UpdateError(f"{what}[{spec.name!r}]: not a valid array ({type(exc).__name__})") from None
+                raise UpdateError(f"{what}[{spec.name!r}]: not a valid array "
+                                  f"({type(exc).__name__})") from None
             if not isinstance(value, np.ndarray) or (str(value.dtype), tuple(value.shape)) != want:
                 raise UpdateError(f"{what}[{spec.name!r}]: its bytes hold another dtype or shape than it "
                                   f"claims")

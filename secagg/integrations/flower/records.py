@@ -56,7 +56,8 @@ def unpack(content, *, who: str) -> dict[str, Any] | None:
     if fields.get("stage") not in STAGES:
         raise RemoteProtocolError(f"{who}: {RECORD}.stage is {fields.get('stage')!r}, expected one of "
                                   f"{STAGES}")
-    if not isinstance(fields.get("round"), int) or isinstance(fields.get("round"), bool) or fields["round"] < 0:
+    round_index = fields.get("round")
+    if not isinstance(round_index, int) or isinstance(round_index, bool) or round_index < 0:
         raise RemoteProtocolError(f"{who}: {RECORD}.round must be an int >= 0, got {fields.get('round')!r}")
     if not isinstance(fields.get("data"), bytes):
         raise RemoteProtocolError(f"{who}: {RECORD}.data must be bytes, got "

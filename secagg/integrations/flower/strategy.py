@@ -92,7 +92,7 @@ class RoundReport:
 
 @dataclass
 class _Pending:
-    """The round between :meth:`SecAggStrategy.configure_train` and :meth:`~SecAggStrategy.aggregate_train`."""
+    """A round between :meth:`SecAggStrategy.configure_train` and its ``aggregate_train``."""
 
     server: ServerRound
     arrays: ArrayRecord
@@ -149,7 +149,8 @@ class SecAggStrategy(FedAvg):
         probe = Pipeline(aggregator, 1, registry=registry, seed=seed)  # refuses an unplaceable rule now
         self.mode = probe.mode
         session = probe.placement.session
-        bound = weight_bound if weight_bound is not None else float(getattr(session, "weight_bound", 0.0) or 0.0)
+        own = float(getattr(session, "weight_bound", 0.0) or 0.0)
+        bound = weight_bound if weight_bound is not None else own
         if self.mode == "secure" and getattr(session, "weighted", False) and not bound:
             raise ConfigError("weight_bound: a weighted secure sum needs the public bound W on a client's "
                               "example count (pass weight_bound=, or set the SecureSum's)")
@@ -217,7 +218,8 @@ class SecAggStrategy(FedAvg):
         node_of = {c: roster[c] for c in sampled}
         self._pending = _Pending(server, arrays, layout, node_of, report, time.perf_counter())
         config["server-round"] = server_round
-        log(INFO, "configure_train: sampled %d clients (of %d), %s mode", len(sampled), len(roster), self.mode)
+        log(INFO, "configure_train: sampled %d clients (of %d), %s mode", len(sampled), len(roster),
+            self.mode)
         outgoing = server.start()
         arrays_bytes = sum(len(a.data) for a in arrays.values())
         messages = []
@@ -282,7 +284,8 @@ class SecAggStrategy(FedAvg):
         """The Flower messages carrying a secure stage's ``outgoing`` bytes (client id -> bytes) to
         their nodes. (A subclass may wrap this, e.g. a test playing a hostile server.)"""
         return [Message(content=RecordDict({RECORD: pack(PROTOCOL, server_round, data)}),
-                        message_type=MessageType.TRAIN, dst_node_id=node_of[c]) for c, data in outgoing.items()]
+                        message_type=MessageType.TRAIN, dst_node_id=node_of[c])
+                for c, data in outgoing.items()]
 
     # -- the round's parts ---------------------------------------------------------------------
 
@@ -318,7 +321,8 @@ class SecAggStrategy(FedAvg):
                 cid = None if fields is None else fields.get("client-id")
                 if cid is not None and (not isinstance(cid, int) or isinstance(cid, bool) or cid < 0
                                         or cid >= 2**31):
-                    raise RemoteProtocolError(f"node {node}: client-id must be an int in [0, 2^31), got {cid!r}")
+                    raise RemoteProtocolError(f"node {node}: client-id must be an int in [0, 2^31), "
+                                              f"got {cid!r}")
             except RemoteProtocolError as exc:
                 log(WARNING, "secagg: %s", exc)
                 continue
