@@ -5,16 +5,16 @@ This is a test helper, not a test. It starts one ``flower-superlink`` and ``num_
 directory with ``flwr run``, waits for the run to finish and reports Flower's own verdict on it::
 
     with FlowerDeployment(tmp_path, num_nodes=3) as dep:
-        res = dep.run(app_dir, {"result-path": str(tmp_path / "result.json")}, timeout=60)
+        res = dep.run(app_dir, {"result-path": tmp_path / "result.json"}, timeout=60)
         assert res.ok, dep.logs()
 
 Killing a node mid-round (the app under test writes a marker file from its ClientApp)::
 
     with FlowerDeployment(tmp_path, num_nodes=3) as dep:
-        handle = dep.run_async(app_dir, {"marker-dir": str(dep.markers)})
+        handle = dep.run_async(app_dir, {"marker-dir": dep.markers}, timeout=120)
         dep.wait_for_file(dep.markers / "marker-round2-node2", timeout=60, handle=handle)
         dep.kill_node(2)
-        res = handle.wait(timeout=90)
+        res = handle.wait()
 
 How flwr 1.42 is driven (read from its sources; the design follows from these facts):
 
@@ -42,21 +42,35 @@ How flwr 1.42 is driven (read from its sources; the design follows from these fa
   (``--disable-runtime-dependency-installation``); SuperNodes have it off unless
   ``--allow-runtime-dependency-installation``. So no network is needed: the app's dependencies must
   already be importable in this venv.
-* ``--stream`` makes ``flwr run`` block, printing the ServerApp's log, until the run is finished;
-  the verdict then comes from ``flwr ls CONNECTION --run-id ID --format json``:
-  ``finished:completed`` / ``finished:failed`` / ``finished:stopped``.
+* ``--stream`` makes ``flwr run`` block, printing the ServerApp's log (which is *not* in the
+  SuperLink's output), until the run is finished. The verdict (``finished:completed`` /
+  ``finished:failed`` with the exception in the details / ``finished:stopped``) is what
+  ``flwr ls CONNECTION --run-id ID --format json`` shows; :meth:`FlowerDeployment.run_status` reads
+  it straight from the Control API (``POST /v1/control/list-runs``, protobuf), which is ~100x faster
+  than starting the CLI.
 * Update check and telemetry would reach the internet: ``FLWR_DISABLE_UPDATE_CHECK=1``,
   ``FLWR_TELEMETRY_ENABLED=0``. ``FLWR_HOME`` (and ``HOME``) point under ``tmp``.
+  ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2`` (default 1 s) makes SuperExecs launch apps sooner.
 
-Liveness, as the ServerApp sees it (flwr 1.42): a SuperNode heartbeats every ~17.5-22.5 s
-(``HEARTBEAT_DEFAULT_INTERVAL = 30`` s, hard-coded, no CLI/env option) and the SuperLink treats it as
-offline ``HEARTBEAT_PATIENCE (2) x 30 s`` after its last heartbeat. A SIGKILLed node therefore looks
-alive for ~38-60 s; after that ``grid.send_and_receive`` returns, for each message still waiting on
-it, an error reply (``ErrorCode.NODE_UNAVAILABLE`` = 5, ``src_node_id`` = 1 = the SuperLink,
-``reply_to_message_id`` = the lost message) and ``grid.get_node_ids()`` stops listing it. A
-``timeout`` on ``send_and_receive`` (FedAvg's ``start(timeout=...)``) just returns the replies that
-came in, without any error reply for the missing ones. SuperNodes and the Grid both poll every 3 s,
-so one round trip costs ~3-6 s even for a trivial app.
+Liveness, as the ServerApp sees it (flwr 1.42; measured by ``test_flower_deploy_smoke.py``):
+
+* SIGKILLed SuperNode (:meth:`FlowerDeployment.kill_node`): it heartbeats every ~17.5-22.5 s
+  (``HEARTBEAT_DEFAULT_INTERVAL = 30`` s in ``flwr/common/constant.py``, hard-coded: no CLI or env
+  option on either side) and the SuperLink deems it offline ``HEARTBEAT_PATIENCE (2) x 30 s`` after
+  its last heartbeat, so it looks alive for ~38-60 s (47 s measured). Then
+  ``grid.send_and_receive`` returns, for each message still waiting on it, an error reply
+  ``ErrorCode.NODE_UNAVAILABLE`` (5) with ``src_node_id`` = 1 (the SuperLink, *not* the dead node)
+  and ``reply_to_message_id`` = the lost message's id (map it back to ``dst_node_id`` yourself), and
+  ``grid.get_node_ids()`` stops listing the node.
+* Graceful leave (SIGTERM, :meth:`FlowerDeployment.stop_node`): the SuperNode deactivates and
+  unregisters itself, so the same NODE_UNAVAILABLE reply comes at the next 3 s poll (~6 s measured).
+* Only the ClientApp process dies (:meth:`FlowerDeployment.kill_clientapps`): the SuperNode itself
+  replies ``ErrorCode.CLIENT_APP_CRASHED`` (8, "ClientApp stopped responding.", ``src_node_id`` =
+  that node) once the task heartbeat lapses, again 2 x 30 s (~62 s measured); the node stays in.
+* A ``timeout`` on ``send_and_receive`` (FedAvg's ``start(timeout=...)``) just returns the replies
+  that came in, with no error reply for the missing ones.
+* SuperNodes and the Grid both poll every 3 s (hard-coded), so one round trip costs ~6 s even for a
+  trivial app.
 
 Everything runs with timeouts; every process gets its own process group and is SIGKILLed on exit.
 """
@@ -254,7 +268,7 @@ class FlowerDeployment:
 
     Layout under ``tmp``: ``logs/*.log`` (one per process and per ``flwr`` command), ``flwr-home/``
     (``FLWR_HOME`` of each process; installed FABs land in ``flwr-home/<role>/apps``),
-    ``superlink.db``, ``apps/`` (copies of submitted app directories) and ``markers/`` (a directory
+    ``superlink-<attempt>.db``, ``apps/`` (copies of submitted app directories) and ``markers/`` (a directory
     the app under test may write marker files to; see :meth:`wait_for_file`).
     """
 
@@ -272,7 +286,6 @@ class FlowerDeployment:
         for d in (self.logs_dir, self.markers, self.tmp / "home", self.tmp / "apps"):
             d.mkdir(parents=True, exist_ok=True)
         bin_dir = _bin_dir()
-        self._bin = bin_dir
         base = dict(os.environ)
         no_proxy = ",".join(x for x in ("127.0.0.1,localhost", base.get("NO_PROXY", "")) if x)
         base.update({
@@ -296,7 +309,7 @@ class FlowerDeployment:
         self.node_ports: list[int] = [0] * num_nodes
         self.superlink: subprocess.Popen[bytes] | None = None
         self.nodes: list[subprocess.Popen[bytes] | None] = [None] * num_nodes
-        self.killed: dict[int, float] = {}  # node index -> time.time() of kill_node
+        self.killed: dict[int, float] = {}  # node index -> time.time() of kill_node/stop_node
         self._handles: list[RunHandle] = []
         self._files: list[IO[bytes]] = []
         self._n_cli = 0
@@ -389,7 +402,8 @@ class FlowerDeployment:
 
         The app directory (a folder with a pyproject.toml holding ``[tool.flwr.app]``) is copied
         under ``tmp/apps`` first: ``flwr run`` may rewrite a legacy pyproject in place.
-        ``run_config`` keys must exist in the app's ``[tool.flwr.app.config]``.
+        ``run_config`` keys should exist in the app's ``[tool.flwr.app.config]``; values may be
+        bool, int, float, str or Path (passed as a TOML file, so no quoting issues).
         """
         self._n_cli += 1
         n = self._n_cli
@@ -490,8 +504,9 @@ class FlowerDeployment:
     # ------------------------------------------------------------------ waiting and logs
 
     def wait_for_file(self, path: Path, timeout: float, handle: RunHandle | None = None) -> float:
-        """Wait until ``path`` exists; return how long that took. Raises ``TimeoutError`` (with all
-        logs) after ``timeout`` s, or at once if ``handle``'s run ends first."""
+        """Wait until ``path`` exists; return how long that took. Raises ``TimeoutError`` after
+        ``timeout`` s, and ``RuntimeError`` as soon as ``handle``'s ``flwr run`` exits first (both
+        with all logs)."""
         t0 = time.monotonic()
         while not Path(path).exists():
             if handle is not None and handle.done():

@@ -63,3 +63,21 @@ def test_no_code_executing_deserializers():
                 if _is_unsafe_torch_load(node):
                     offenders.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno} torch.load")
     assert not offenders, offenders
+
+
+def test_flower_is_imported_only_by_its_integration_and_the_example_has_no_pickle():
+    """``import secagg`` never needs flwr (an extra); nothing on the Flower path deserializes by
+    executing code (arrays load with ``allow_pickle=False``; secagg's bytes are msgpack)."""
+    offenders = []
+    for package in FORBIDDEN:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if "flwr" in _imports(path) and not rel.startswith("secagg/integrations/flower/"):
+                offenders.append(rel)
+    for path in sorted((ROOT / "examples").rglob("*.py")):
+        if {"pickle", "marshal", "dill", "cloudpickle"} & _imports(path):
+            offenders.append(path.relative_to(ROOT).as_posix())
+        text = path.read_text()
+        if "allow_pickle=True" in text:
+            offenders.append(f"{path.relative_to(ROOT).as_posix()}: allow_pickle=True")
+    assert not offenders, offenders

@@ -20,6 +20,9 @@ from typing import Any
 import pytest
 from flower_deploy import FlowerDeployment
 
+# the harness's own checks (about 2.5 minutes); CI runs the harness through test_flower_deployment.py
+pytestmark = pytest.mark.slow
+
 PYPROJECT = """\
 [build-system]
 requires = ["hatchling"]
@@ -150,7 +153,7 @@ def write_app(root: Path) -> Path:
 
 
 def _run_with_kill(tmp_path: Path, round_timeout: float, run_timeout: float
-                   ) -> tuple[FlowerDeployment, dict[str, Any], dict[str, float]]:
+                   ) -> tuple[dict[str, Any], dict[str, float]]:
     """Three nodes, three rounds; node 2 is SIGKILLed while it works on round 2."""
     app = write_app(tmp_path)
     result_path = tmp_path / "result.json"
@@ -179,7 +182,7 @@ def _run_with_kill(tmp_path: Path, round_timeout: float, run_timeout: float
           f"startup {times['startup_s']:.1f} s, run {times['run_s']:.1f} s, "
           f"total {times['total_s']:.1f} s; (round, s, sampled, ok, error codes): {summary}")
     out["logs"] = logs
-    return dep, out, times
+    return out, times
 
 
 def test_three_nodes_three_rounds(tmp_path: Path) -> None:
@@ -208,7 +211,7 @@ def test_three_nodes_three_rounds(tmp_path: Path) -> None:
 def test_node_killed_mid_round_run_still_finishes(tmp_path: Path) -> None:
     """With a per-round timeout FedAvg carries on with the replies it has: the dead node's message
     is simply never answered (no error reply within the ~38-60 s it takes the SuperLink to notice)."""
-    _, out, _ = _run_with_kill(tmp_path, round_timeout=15.0, run_timeout=120)
+    out, _ = _run_with_kill(tmp_path, round_timeout=15.0, run_timeout=120)
     ids = out["node_ids"]
     survivors = sorted(ids[:2])
     assert out["arrays"] == [[3.0] * 10], out["logs"]
@@ -225,7 +228,7 @@ def test_node_killed_mid_round_run_still_finishes(tmp_path: Path) -> None:
 def test_dead_node_reported_as_node_unavailable(tmp_path: Path) -> None:
     """Without a round timeout, ``send_and_receive`` returns once the SuperLink declares the node
     offline (2 x 30 s after its last heartbeat), with a NODE_UNAVAILABLE error reply for it."""
-    _, out, times = _run_with_kill(tmp_path, round_timeout=0.0, run_timeout=240)
+    out, times = _run_with_kill(tmp_path, round_timeout=0.0, run_timeout=240)
     ids = out["node_ids"]
     survivors = sorted(ids[:2])
     assert out["arrays"] == [[3.0] * 10], out["logs"]

@@ -177,6 +177,8 @@ def test_a_missing_or_unsupported_flower_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(metadata, "version", missing)
     with pytest.raises(ConfigError, match=r'Flower is not installed.*pip install "secagg\[flower\]"'):
         flwr_version()
+    with pytest.raises(ImportError):  # the usual guard around an optional integration catches it too
+        flwr_version()
     monkeypatch.setattr(metadata, "version", lambda name: "1.20.3")
     with pytest.raises(ConfigError, match=r"Flower 1\.20\.3 is installed; .* supports flwr 1\.42"):
         flwr_version()

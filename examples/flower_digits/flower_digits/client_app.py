@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flower_digits.task import from_run_config, task, train
+from secagg.backend import Pipeline
 from secagg.fedavg.server import evaluate
 from secagg.integrations.flower import secagg_mod
+from secagg.integrations.flower.records import RECORD, STATE
 
 
 def make_app(overrides: dict[str, Any] | None = None) -> ClientApp:
@@ -25,7 +29,11 @@ def make_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         # --node-config variant=...; the run config, which whoever submits the run sets, is a default.
         pinned = {k: v for k, v in context.node_config.items() if k == "variant"}
         _, config = from_run_config({**settings(context), **pinned})
-        return secagg_mod(config.fedavg.aggregator, seed=config.seed)(msg, context, call_next)
+        reply = secagg_mod(config.fedavg.aggregator, seed=config.seed)(msg, context, call_next)
+        audit = context.node_config.get("audit-dir")
+        if audit:  # the node operator's own record of what this node put into each secure sum
+            _audit(Path(str(audit)), context, config, msg, reply)
+        return reply
 
     app = ClientApp(mods=[variant_mod])
 
@@ -51,6 +59,19 @@ def make_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
     return app
+
+
+def _audit(folder: Path, context: Context, config, msg: Message, reply: Message) -> None:
+    """Write this node's session input (ring words) of the round it just joined to ``folder``."""
+    saved = context.state.get(STATE)
+    record = msg.content.get(RECORD)
+    if saved is None or record is None or record["stage"] != "task" or reply.has_error():
+        return
+    pipeline = Pipeline(config.fedavg.aggregator, int(saved["dim"]), seed=config.seed)
+    words = pipeline.resume_client(saved["client"]).session_input
+    partition = int(context.node_config["partition-id"])
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"input-r{int(record['round'])}-c{partition}.npy", words)
 
 
 app = make_app()

@@ -11,20 +11,25 @@ SUPPORTED = ((1, 42), (1, 43))
 INSTALL_HINT = 'pip install "secagg[flower]"'
 
 
+class FlowerUnavailable(ConfigError, ImportError):
+    """flwr is missing or not a supported release: a :class:`ConfigError` that ``except ImportError``
+    (the usual guard around an optional integration) catches too."""
+
+
 def flwr_version() -> tuple[int, int]:
-    """Flower's (major, minor); :class:`ConfigError` when flwr is not installed or not supported."""
+    """Flower's (major, minor); :class:`FlowerUnavailable` when flwr is not installed or not supported."""
     try:
         text = metadata.version("flwr")
     except metadata.PackageNotFoundError:
-        raise ConfigError(f"flwr: Flower is not installed; the Flower integration needs flwr "
+        raise FlowerUnavailable(f"flwr: Flower is not installed; the Flower integration needs flwr "
                           f"{_supported()} ({INSTALL_HINT})") from None
     parts = text.split(".")
     try:
         version = (int(parts[0]), int(parts[1]))
     except (IndexError, ValueError):
-        raise ConfigError(f"flwr: cannot read Flower's version {text!r}") from None
+        raise FlowerUnavailable(f"flwr: cannot read Flower's version {text!r}") from None
     if version not in SUPPORTED:
-        raise ConfigError(f"flwr: Flower {text} is installed; this integration supports flwr "
+        raise FlowerUnavailable(f"flwr: Flower {text} is installed; this integration supports flwr "
                           f"{_supported()} (its Message API) ({INSTALL_HINT})")
     return version
 

@@ -100,6 +100,7 @@ class _Pending:
     node_of: dict[int, int]
     report: RoundReport
     started: float
+    sent: dict[int, Message] = field(default_factory=dict)  # the stage's messages, by client id
 
 
 class SecAggStrategy(FedAvg):
@@ -216,7 +217,7 @@ class SecAggStrategy(FedAvg):
             log(WARNING, "secagg: round %d not run: %s", server_round, exc)
             return []
         node_of = {c: roster[c] for c in sampled}
-        self._pending = _Pending(server, arrays, layout, node_of, report, time.perf_counter())
+        pending = self._pending = _Pending(server, arrays, layout, node_of, report, time.perf_counter())
         config["server-round"] = server_round
         log(INFO, "configure_train: sampled %d clients (of %d), %s mode", len(sampled), len(roster),
             self.mode)
@@ -227,6 +228,7 @@ class SecAggStrategy(FedAvg):
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config,
                                   RECORD: pack(TASK, server_round, data, seed=self.seed)})
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_of[c]))
+            pending.sent[c] = messages[-1]
             report.bytes_to[c] = arrays_bytes + len(data)
         return messages
 
@@ -255,6 +257,9 @@ class SecAggStrategy(FedAvg):
                     break
                 assert self._grid is not None
                 messages = self.protocol_messages(server_round, outgoing, pending.node_of)
+                client_of = {n: c for c, n in pending.node_of.items()}
+                pending.sent = {client_of[m.metadata.dst_node_id]: m for m in messages
+                                if m.metadata.dst_node_id in client_of}
                 for c, data in outgoing.items():
                     report.bytes_to[c] = report.bytes_to.get(c, 0) + len(data)
                 stage, started = _stage_name(server.stage), time.perf_counter()
@@ -370,9 +375,18 @@ class SecAggStrategy(FedAvg):
         """Feed each reply to the round; errors and refusals are counted, never raised."""
         report, server = pending.report, pending.server
         client_of = {n: c for c, n in pending.node_of.items()}
+        # a lost node's error comes from the SuperLink (src_node_id 1): map it by the message it answers
+        asked = {}
+        for c, m in pending.sent.items():
+            try:
+                asked[m.metadata.message_id] = c
+            except KeyError:  # never pushed
+                continue
         for reply in replies:
             node = int(reply.metadata.src_node_id)
             c = client_of.get(node)
+            if c is None and reply.has_error():
+                c = asked.get(reply.metadata.reply_to_message_id)
             if c is None:
                 continue  # not this round's
             if reply.has_error():
