@@ -43,6 +43,8 @@ What is timed (``time.perf_counter``)
         (``secaggplus_mod`` + the NumPyClient conversion + ``fit``), summed over the round's four
         stages, averaged over the clients that finished the round. ``client_secagg_s`` subtracts the
         time spent in ``fit`` itself (generating the fixed update: the stand-in for training).
+        ``client_cpu_s``: the same span in CPU time of the thread running the ClientApp
+        (``time.thread_time``), which other load on the machine inflates far less than wall time.
     server stages: wall time of each of ``setup_stage``, ``share_keys_stage``,
         ``collect_masked_vectors_stage``, ``unmask_stage`` (a subclass of ``SecAggPlusWorkflow``).
         ``unmask_s`` is the whole unmask stage as Flower runs it: sending the survivor/dropped lists,
@@ -156,16 +158,17 @@ def _make_client_app(d: int, seed: int, dropped: frozenset[int], drop_stage: str
                                "partition": int(ctxt.node_config["partition-id"]),
                                "group": msg.metadata.group_id, "stage": stage,
                                "bytes_in": bytes_in, "model_bytes_in": model_in}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             if stage == drop_stage and row["partition"] in dropped:
                 raise RuntimeError(f"{DROP_MARK} (partition {row['partition']}, stage {stage})")
             out = call_next(msg, ctxt)
         except BaseException:
-            row |= {"client_s": time.perf_counter() - start, "error": True, "bytes_out": 0, "fit_s": 0.0}
+            row |= {"client_s": time.perf_counter() - start, "client_cpu_s": time.thread_time() - cpu,
+                    "error": True, "bytes_out": 0, "fit_s": 0.0}
             _append(record_dir, row)
             raise
-        row["client_s"] = time.perf_counter() - start
+        row["client_s"], row["client_cpu_s"] = time.perf_counter() - start, time.thread_time() - cpu
         fit_s = 0.0
         for rec in out.content.metric_records.values():  # take our timing out of the reply
             if "bench_fit_s" in rec:
@@ -403,6 +406,7 @@ def run_flower_secaggplus(n: int, d: int, dropout: float, seed: int = 0, *,
 
     ids = sorted(finished)
     client_s = [total(p, "client_s") for p in ids]
+    client_cpu_s = [total(p, "client_cpu_s") for p in ids]
     fit_s = [total(p, "fit_s") for p in ids]
     down = [total(p, "bytes_in") for p in ids]
     up = [total(p, "bytes_out") for p in ids]
@@ -425,7 +429,7 @@ def run_flower_secaggplus(n: int, d: int, dropout: float, seed: int = 0, *,
         "clients_finished": len(ids),
         "client_s": _mean(client_s), "client_s_max": float(max(client_s)),
         "client_secagg_s": _mean([c - f for c, f in zip(client_s, fit_s, strict=True)]),
-        "client_fit_s": _mean(fit_s),
+        "client_fit_s": _mean(fit_s), "client_cpu_s": _mean(client_cpu_s),
         "client_s_by_stage": {s: _mean([finished[p][s]["client_s"] for p in ids]) for s in STAGES},
         "bytes_per_client": _mean([a + b for a, b in zip(down, up, strict=True)]),
         "bytes_down_per_client": _mean(down), "bytes_up_per_client": _mean(up),

@@ -322,7 +322,7 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
         CSPRNG, here on the client (unweighted: ``num_examples`` is unused). :class:`ProtocolError` when
         the session could unmask a sum with less noise than planned (a threshold below the planned
         survivors, or more clients than gamma was planned for): the server's word is not taken."""
-        if params.degree < len(params.client_ids) - 1:
+        if params.degree < params.num_clients - 1:
             raise RemoteProtocolError(
                 "degree: over a sparse (SecAgg+) graph the threshold does not bound how few "
                 "clients an unmasked sum covers, so the planned noise is not guaranteed: "
@@ -331,9 +331,9 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
             raise RemoteProtocolError(
                 f"threshold: the session could unmask a sum of {params.threshold} clients, "
                 f"below the {self.planned_min} the noise is planned for: not taking part")
-        if len(params.client_ids) > self.expected_clients:
+        if params.num_clients > self.expected_clients:
             raise RemoteProtocolError(
-                f"client_ids: {len(params.client_ids)} clients, above expected_clients="
+                f"client_ids: {params.num_clients} clients, above expected_clients="
                 f"{self.expected_clients} that gamma was planned for: not taking part")
         need = self.plan(release.size).length
         if params.vector_length != need:
@@ -352,7 +352,7 @@ class DistributedDP(Aggregator, kind="distributed-dp"):
         total = self.decode_sum(result, dim, self.round_rotation(round_seed, params.round))
         denom = self.expected_clients if self.normalize == "expected" else survivors
         privacy = self.privacy_parameters(dim, survivors)
-        n = len(params.client_ids)
+        n = params.num_clients
         return Aggregate(torch.from_numpy(total / denom), {}, {
             "survivors": float(survivors),
             "dropped": float(n - survivors),

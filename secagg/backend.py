@@ -153,7 +153,8 @@ class Pipeline:
         :meth:`~ClientRound.handle` the round's next message; ``identity``: the client's Ed25519 key,
         as for :meth:`client` (the registry is this pipeline's). After a resume ``released`` is
         ``None``: the released update is not kept, only the session input it was encoded into
-        (``session_input``). :class:`ConfigError` naming the field for a record that is not intact,
+        (``session_input``), and that only until the masked input is sent (then it is empty).
+        :class:`ConfigError` naming the field for a record that is not intact,
         or for a pipeline without a secure sum."""
         if self.placement.session is None:
             raise ConfigError("resume_client: a plain pipeline has no secure session to resume")
@@ -507,19 +508,28 @@ class ClientRound:
         if not isinstance(setup, Setup):
             raise RemoteProtocolError(f"client {self.id}: expected a Setup, got {type(setup).__name__}")
         params = setup.params
-        placement.check_group(params.client_ids)
+        # a SecAgg+ client's view carries the member count, not the list (O(log n) Setup): what this
+        # pipeline would choose for a session of that many clients is the same for any ids
+        members = params.client_ids or tuple(range(params.members))
+        placement.check_group(members)
         if self.model_version is not None and params.model_version != self.model_version:
             raise RemoteProtocolError(
                 f"client {self.id}: the session's model version is not the expected one")
         try:
-            want = placement.session_params(params.client_ids, self.pipeline.dim, params.round).vector_length
+            want = placement.session_params(members, self.pipeline.dim, params.round)
         except (ConfigError, AbortError) as exc:  # the server's session does not fit this pipeline
             raise RemoteProtocolError(
                 f"client {self.id}: the session does not fit this pipeline: {exc}") from exc
-        if params.vector_length != want:
+        if params.vector_length != want.vector_length:
             raise RemoteProtocolError(
                 f"client {self.id}: the session sums {params.vector_length} words, this "
-                f"pipeline's updates need {want}")
+                f"pipeline's updates need {want.vector_length}")
+        if params.threshold < want.threshold or (want.malicious and not params.malicious):
+            # a server may ask for more (a higher threshold), never for less than this pipeline's
+            raise RemoteProtocolError(
+                f"client {self.id}: the session's threshold {params.threshold}"
+                f"{'' if params.malicious or not want.malicious else ' without malicious-server mode'} "
+                f"is below this pipeline's ({want.threshold}{', malicious mode' if want.malicious else ''})")
         self.released = placement.release(self._update.clone(), work.public)
         # every secret draw (dither, distributed DP's noise share) from the OS CSPRNG, here
         value = session.session_input(self.released.to(torch.float64).numpy(), float(self.num_examples),

@@ -204,8 +204,45 @@ def test_distributed_dp_clients_refuse_a_session_that_could_unmask_too_little_no
     assert params.threshold == 4  # the planned survivors (min_clients = expected_clients)
     lying = dataclasses.replace(params, threshold=2)
     first = encode_work(Work(WorkKind.TASK, 1, 0, b"", encode(Setup(lying)), 1.0))
-    with pytest.raises(ProtocolError, match="threshold: the session could unmask a sum of 2 clients"):
+    with pytest.raises(ProtocolError, match=r"the session's threshold 2 is below this pipeline's \(4\)"):
         pipeline.client(0, np.zeros(16), 1).handle(first)
+
+
+def test_a_sparse_secaggplus_round_over_bytes_sums_its_survivors():
+    """A SecAgg+ client's Setup carries only the member count and root (O(log n)), not the list: the
+    client checks the session against what its own pipeline would choose for that many members."""
+    rule = SecureSum(value_range=4.0, weighted=False, graph="secaggplus")
+    n, d = 60, 9
+    pipeline = Pipeline(rule, d)
+    updates = np.clip(_updates(n, d, 5), -4, 4)
+    server, _, _ = drive(pipeline, updates, [1] * n, silent_after={7: 2, 30: 3})
+    (session,) = server.sessions
+    assert not session.params.full_graph and session.params.degree < n - 1
+    keep = [u for u in range(n) if u in server.survivors]
+    assert 7 not in keep and len(keep) >= n - 2
+    got = server.finish({}).update.double().numpy()
+    assert np.allclose(got, updates[keep].mean(axis=0), atol=1e-4)
+
+
+def test_clients_refuse_a_session_below_their_own_threshold_or_security_mode():
+    import dataclasses
+
+    from secagg.protocol.messages import Setup
+    from secagg.protocol.wire import encode
+    from secagg.transport.envelope import Work, WorkKind, encode_work
+
+    for rule in (SecureSum(value_range=1.0, weighted=False),
+                 SecureSum(value_range=1.0, weighted=False, malicious=True)):
+        pipeline = Pipeline(rule, 8)
+        params = pipeline.placement.session_params((0, 1, 2, 3, 4), 8, 1)
+        lowered = ([dataclasses.replace(params, malicious=False)] if rule.malicious  # a downgrade
+                   else [dataclasses.replace(params, threshold=params.threshold - 1)])
+        for lying in lowered:
+            first = encode_work(Work(WorkKind.TASK, 1, 0, b"", encode(Setup(lying)), 1.0))
+            identity = SigningKey.generate() if rule.malicious else None
+            client = pipeline.client(0, np.zeros(8), 1, identity=identity)
+            with pytest.raises(ProtocolError, match="is below this pipeline's"):
+                client.handle(first)
 
 
 def test_a_plain_round_gives_seeded_rules_the_rounds_public_seed():

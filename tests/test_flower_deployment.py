@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from flower_deploy import FlowerDeployment
 
 from dp.distributed import DistributedDP
-from flower_deploy import FlowerDeployment
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower_digits"
 NODES, KILLED, KILL_ROUND, ROUNDS = 3, 2, 1, 2

@@ -190,13 +190,13 @@ class SecureSum(Aggregator, kind="secure-sum"):
         """One client's session input for its released update (float, d): ``[w x, w]`` quantized, the
         dither from the OS CSPRNG (``round_seed`` is unused here)."""
         weight = self.client_weight(float(num_examples), weight_bound)
-        value, _ = self.encode_client(release, weight, len(params.client_ids))
+        value, _ = self.encode_client(release, weight, params.num_clients)
         return value
 
     def session_result(self, result: np.ndarray, params: SessionParams, survivors: int, dim: int,
                        round_seed: int) -> Aggregate:
         """The server's reading of an unmasked session sum: the weighted mean of the survivors."""
-        n = len(params.client_ids)
+        n = params.num_clients
         mean, total_weight = self.decode_sum(result, n, survivors)
         return Aggregate(torch.from_numpy(mean), {}, {
             "survivors": float(survivors), "dropped": float(n - survivors),

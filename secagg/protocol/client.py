@@ -84,6 +84,8 @@ class ClientPhase(Enum):
     ABORTED = "aborted"
 
 
+#: phases after the masked input was sent: the client's input is not needed (nor kept in a snapshot)
+_INPUT_SENT = frozenset({ClientPhase.MASKED, ClientPhase.SIGNED, ClientPhase.DONE})
 _MODES = (False, True)  # honest-server mode, malicious-server mode
 #: Every transition of a client, in one table (as h11 keeps its ``EVENT_TRIGGERED_TRANSITIONS``):
 #: (phase, malicious mode) -> (the server message it waits for, the step that answers it, the phase
@@ -171,7 +173,8 @@ class Client:
 
     @property
     def value(self) -> np.ndarray:
-        """Its input: the ``d`` uint32 words it masks (the caller's array; a restored client's own)."""
+        """Its input: the ``d`` uint32 words it masks (the caller's array; a restored client's own, which
+        is empty once the masked input was sent: a snapshot does not keep it after its use)."""
         return self._value
 
     # -- suspension (stateless workers) ---------------------------------------------------------
@@ -223,7 +226,9 @@ class Client:
             "refused": _pack_ids(self.refused),
             "signed": [] if self._signed is None else [_pack_ids(ids) for ids in self._signed],
             "status_root": self._status_root,
-            "value": self._value.astype("<u4", copy=False).tobytes(),
+            # once masked and sent, the input is not needed again: not kept (a snapshot of a large
+            # model's client is then O(k), not O(d), for the remaining messages)
+            "value": b"" if self.phase in _INPUT_SENT else self._value.astype("<u4", copy=False).tobytes(),
         }
         assert tuple(fields) == SNAPSHOT_FIELDS
         return seal_record(list(fields.values()), what="client snapshot", magic=SNAPSHOT_MAGIC,
@@ -361,7 +366,10 @@ class Client:
             raise _bad("phase", "signed is a malicious-mode phase")
         if p.malicious != (self._identity is not None):
             raise _bad("setup", "malicious-server mode and an identity key go together")
-        if self._value.size != p.vector_length:
+        if self.phase in _INPUT_SENT:
+            if self._value.size:
+                raise _bad("value", f"kept in phase {self.phase.value}: the input was already masked and sent")
+        elif self._value.size != p.vector_length:
             raise _bad("value", f"{self._value.size} words, the session's vector_length is {p.vector_length}")
         if p.bits < 32 and int(self._value.max(initial=0)) >> p.bits:
             raise _bad("value", f"words >= 2^{p.bits} (the session's bits)")
