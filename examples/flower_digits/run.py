@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ def simulate(variant: str, *, num_clients: int = 10, rounds: int = 5, seed: int 
     else:
         from flower_digits.client_app import make_app as make_client_app
         from flower_digits.server_app import make_app as make_server_app
+    # opacus (imported through secagg's dp) calls logging.basicConfig: keep Flower's log printed once
+    logging.getLogger("flwr").propagate = False
     with tempfile.TemporaryDirectory() as tmp:
         path = out or Path(tmp) / "result.json"
         run_config = {"variant": variant, "num-clients": num_clients, "num-server-rounds": rounds,

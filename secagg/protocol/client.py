@@ -70,7 +70,7 @@ from secagg.protocol.session import (
     share_key,
     share_point,
 )
-from secagg.protocol.wire import SESSION_ID_BYTES, decode, encode
+from secagg.protocol.wire import SESSION_ID_BYTES, decode, encode, read_ids
 
 
 class ClientPhase(Enum):
@@ -368,7 +368,8 @@ class Client:
             raise _bad("setup", "malicious-server mode and an identity key go together")
         if self.phase in _INPUT_SENT:
             if self._value.size:
-                raise _bad("value", f"kept in phase {self.phase.value}: the input was already masked and sent")
+                raise _bad("value", f"kept in phase {self.phase.value}: the input was already masked and "
+                                    f"sent")
         elif self._value.size != p.vector_length:
             raise _bad("value", f"{self._value.size} words, the session's vector_length is {p.vector_length}")
         if p.bits < 32 and int(self._value.max(initial=0)) >> p.bits:
@@ -800,16 +801,11 @@ class _SnapshotReader:
         return v
 
     def ids(self, name: str, value: Any = _FIELD) -> tuple[int, ...]:
-        """A packed id list: big-endian uint32, strictly increasing, each <= MAX_ID."""
-        b = self.bin(name, maximum=4 * MAX_CLIENTS, value=value)
-        if len(b) % 4:
-            raise _bad(name, f"{len(b)} bytes is not a whole number of uint32 ids")
-        ids = np.frombuffer(b, dtype=">u4")
-        if ids.size and int(ids.max()) > MAX_ID:
-            raise _bad(name, f"expected ids in [0, {MAX_ID}]")
-        if ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1])):
-            raise _bad(name, "ids must be sorted and unique")
-        return tuple(ids.tolist())
+        """A packed id list, as the wire format packs them (big-endian uint32, strictly increasing)."""
+        try:
+            return read_ids(self.bin(name, maximum=4 * MAX_CLIENTS, value=value), name)
+        except WireError as exc:
+            raise ConfigError(f"client snapshot.{exc}") from None
 
     def shares(self, name: str, count: int, point: int) -> list[bytes]:
         b = self.bin(name, sizes=(SHARE_BYTES * count,))

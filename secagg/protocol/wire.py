@@ -111,7 +111,7 @@ def _list(v: Any, field: str, limit: int = MAX_CLIENTS) -> list | tuple:
     return v
 
 
-def _ids(v: Any, field: str) -> tuple[int, ...]:
+def read_ids(v: Any, field: str) -> tuple[int, ...]:
     """A packed id list: big-endian uint32 words, strictly increasing, each <= MAX_ID."""
     b = _bytes(maximum=4 * MAX_CLIENTS)(v, field)
     if len(b) % 4:
@@ -219,7 +219,7 @@ def _entries(v: Any, field: str) -> tuple[KeyEntry, ...]:
     64-byte signatures or none, 32-byte seed commitments or none."""
     if not isinstance(v, list) or len(v) != 6:
         raise _fail(field, "expected [ids, indices, enc_keys, mask_keys, signatures, commitments]")
-    ids = _ids(v[0], f"{field}.client_ids")
+    ids = read_ids(v[0], f"{field}.client_ids")
     n, k = len(ids), PUBLIC_KEY_BYTES
     packed = _bytes(4 * n)(v[1], f"{field}.indices")
     indices = np.frombuffer(packed, dtype=">u4").tolist()
@@ -269,7 +269,7 @@ _key = _bytes(PUBLIC_KEY_BYTES)
 
 # type code -> (class, [(field, reader)])
 _SCHEMAS: dict[int, tuple[type, list[tuple[str, Reader]]]] = {
-    1: (Setup, [("params", _params), ("client_ids", _ids), ("index", _uint(MAX_CLIENTS - 1)),
+    1: (Setup, [("params", _params), ("client_ids", read_ids), ("index", _uint(MAX_CLIENTS - 1)),
                 ("proof", _proof)]),
     2: (AdvertiseKeys, [("sender", _id), ("enc_key", _key), ("mask_key", _key),
                         ("signature", _signature), ("commitment", _commitment)]),
@@ -279,18 +279,18 @@ _SCHEMAS: dict[int, tuple[type, list[tuple[str, Reader]]]] = {
     5: (ForwardedShares, [("recipient", _id), ("session_id", _session),
                           ("shares", _pairs(SHARE_CIPHERTEXT_BYTES))]),
     6: (MaskedInput, [("sender", _id), ("session_id", _session), ("vector", _vector)]),
-    7: (UnmaskRequest, [("session_id", _session), ("survivors", _ids), ("dropped", _ids),
+    7: (UnmaskRequest, [("session_id", _session), ("survivors", read_ids), ("dropped", read_ids),
                         ("signatures", _pairs(SIGNATURE_BYTES))]),
     8: (UnmaskResponse, [("sender", _id), ("session_id", _session),
                          ("self_mask_shares", _pairs(SHARE_BYTES)),
                          ("mask_key_shares", _pairs(SHARE_BYTES))]),
 }
-_SCHEMAS[9] = (ConsistencyRequest, [("session_id", _session), ("survivors", _ids), ("dropped", _ids),
+_SCHEMAS[9] = (ConsistencyRequest, [("session_id", _session), ("survivors", read_ids), ("dropped", read_ids),
                                      ("status_root", _empty_or(ROOT_BYTES)), ("proof", _proof)])
 _SCHEMAS[10] = (ConsistencySignature, [("sender", _id), ("session_id", _session),
                                        ("signature", _bytes(SIGNATURE_BYTES))])
-_SCHEMAS[11] = (ShareCheck, [("sender", _id), ("session_id", _session), ("refused", _ids)])
-_SCHEMAS[12] = (MaskRequest, [("session_id", _session), ("excluded", _ids)])
+_SCHEMAS[11] = (ShareCheck, [("sender", _id), ("session_id", _session), ("refused", read_ids)])
+_SCHEMAS[12] = (MaskRequest, [("session_id", _session), ("excluded", read_ids)])
 _CODES = {cls: code for code, (cls, _) in _SCHEMAS.items()}
 
 
