@@ -250,7 +250,10 @@ class SecAggStrategy(FedAvg):
                 self._receive(pending, replies)
                 outgoing = server.advance()
                 if not outgoing:
-                    aggregate = server.finish(self.state or {}, pending.layout.layout)
+                    try:
+                        aggregate = server.finish(self.state or {}, pending.layout.layout)
+                    except UpdateError as exc:  # e.g. a robust rule left with too few rows by rejections
+                        raise AbortError(f"the aggregator refused the round's updates: {exc}") from None
                 report.timings.append({"stage": stage, "exchange_s": exchange_s,
                                        "server_s": time.perf_counter() - started})
                 if not outgoing:
