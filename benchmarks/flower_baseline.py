@@ -327,6 +327,40 @@ def _mean(xs: list[float]) -> float:
     return float(np.mean(xs)) if xs else float("nan")
 
 
+def client_figures(finished: dict[int, dict[str, dict[str, Any]]], ids: list[int], stages: tuple[str, ...],
+                   released: np.ndarray, seed: int, d: int, where: str) -> dict[str, Any]:
+    """One side's per-client figures of a round (means over the finishing clients ``ids`` of their
+    per-stage rows in ``finished``) and the error of its ``released`` mean against the mean of their
+    updates: :class:`RuntimeError` if that is not within the quantization error."""
+
+    def total(p: int, field: str) -> float:
+        return sum(finished[p][s][field] for s in stages)
+
+    client_s = [total(p, "client_s") for p in ids]
+    fit_s = [total(p, "fit_s") for p in ids]
+    down = [total(p, "bytes_in") for p in ids]
+    up = [total(p, "bytes_out") for p in ids]
+    model = [total(p, "model_bytes_in") for p in ids]
+    expected = np.mean([client_update(seed, p, d).astype(np.float64) for p in ids], axis=0)
+    err = float(np.max(np.abs(np.asarray(released, dtype=np.float64) - expected)))
+    if err > 1e-3:
+        raise RuntimeError(f"{where} released a wrong mean: max abs error {err}")
+    return {
+        "clients_finished": len(ids),
+        "client_s": _mean(client_s), "client_s_max": float(max(client_s)),
+        "client_secagg_s": _mean([c - f for c, f in zip(client_s, fit_s, strict=True)]),
+        "client_fit_s": _mean(fit_s), "client_cpu_s": _mean([total(p, "client_cpu_s") for p in ids]),
+        "client_s_by_stage": {s: _mean([finished[p][s]["client_s"] for p in ids]) for s in stages},
+        "bytes_per_client": _mean([a + b for a, b in zip(down, up, strict=True)]),
+        "bytes_down_per_client": _mean(down), "bytes_up_per_client": _mean(up),
+        "bytes_model_down": _mean(model),
+        "bytes_secagg_per_client": _mean([a + b - m for a, b, m in zip(down, up, model, strict=True)]),
+        "bytes_by_stage": {s: {"down": _mean([finished[p][s]["bytes_in"] for p in ids]),
+                               "up": _mean([finished[p][s]["bytes_out"] for p in ids])} for s in stages},
+        "max_abs_err": err,
+    }
+
+
 def run_flower_secaggplus(n: int, d: int, dropout: float, seed: int = 0, *,
                           corrupt_fraction: float = CORRUPT_FRACTION, design_dropout: float = DESIGN_DROPOUT,
                           rounds: int = 1, warmup: bool = True, cpus: int = 2,
@@ -401,21 +435,8 @@ def run_flower_secaggplus(n: int, d: int, dropout: float, seed: int = 0, *,
         raise RuntimeError(f"expected the {n - len(dropped)} non-dropped clients to finish every stage, "
                            f"{len(finished)} did")
 
-    def total(p: int, field: str) -> float:
-        return sum(finished[p][s][field] for s in STAGES)
-
     ids = sorted(finished)
-    client_s = [total(p, "client_s") for p in ids]
-    client_cpu_s = [total(p, "client_cpu_s") for p in ids]
-    fit_s = [total(p, "fit_s") for p in ids]
-    down = [total(p, "bytes_in") for p in ids]
-    up = [total(p, "bytes_out") for p in ids]
-    model = [total(p, "model_bytes_in") for p in ids]
-
-    expected = np.mean([client_update(seed, p, d).astype(np.float64) for p in ids], axis=0)
-    err = float(np.max(np.abs(sink["final"][0].astype(np.float64) - expected)))
-    if err > 1e-3:
-        raise RuntimeError(f"Flower's SecAgg+ released a wrong mean: max abs error {err}")
+    figures = client_figures(finished, ids, STAGES, sink["final"][0], seed, d, "Flower's SecAgg+")
 
     out: dict[str, Any] = {
         "system": "flower-secaggplus", "flwr_version": flwr.__version__,
@@ -426,17 +447,7 @@ def run_flower_secaggplus(n: int, d: int, dropout: float, seed: int = 0, *,
         "clipping_range": CLIPPING_RANGE, "quantization_range": QUANTIZATION_RANGE,
         "modulus_range": MODULUS_RANGE, "max_weight": MAX_WEIGHT,
         "backend": f"ray, {cpus} CPUs, 1 CPU per ClientApp actor", "rounds": rounds,
-        "clients_finished": len(ids),
-        "client_s": _mean(client_s), "client_s_max": float(max(client_s)),
-        "client_secagg_s": _mean([c - f for c, f in zip(client_s, fit_s, strict=True)]),
-        "client_fit_s": _mean(fit_s), "client_cpu_s": _mean(client_cpu_s),
-        "client_s_by_stage": {s: _mean([finished[p][s]["client_s"] for p in ids]) for s in STAGES},
-        "bytes_per_client": _mean([a + b for a, b in zip(down, up, strict=True)]),
-        "bytes_down_per_client": _mean(down), "bytes_up_per_client": _mean(up),
-        "bytes_model_down": _mean(model),
-        "bytes_secagg_per_client": _mean([a + b - m for a, b, m in zip(down, up, model, strict=True)]),
-        "bytes_by_stage": {s: {"down": _mean([finished[p][s]["bytes_in"] for p in ids]),
-                               "up": _mean([finished[p][s]["bytes_out"] for p in ids])} for s in STAGES},
+        **figures,
         "round_s": server["round_s"], "sim_wall_s": sim_wall,
         "server_stage_s": {s: server[f"{s}_s"] for s in STAGES},
         "server_wait_s": {s: server.get(f"{s}_wait_s", 0.0) for s in STAGES},
@@ -444,7 +455,7 @@ def run_flower_secaggplus(n: int, d: int, dropout: float, seed: int = 0, *,
         "unmask_shamir_s": server.get("unmask_shamir_s", 0.0),
         "unmask_prg_s": server.get("unmask_prg_s", 0.0),
         "unmask_aggregate_fit_s": server.get("unmask_aggregate_fit_s", 0.0),
-        "unmask_dead": server["unmask_dead"], "max_abs_err": err,
+        "unmask_dead": server["unmask_dead"],
     }
     out["unmask_compute_s"] = out["unmask_s"] - out["unmask_wait_s"]
     return out

@@ -114,6 +114,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # flower_baseline, bes
 from flower_baseline import (
     CORRUPT_FRACTION,
     DESIGN_DROPOUT,
+    client_figures,
     client_update,
     dropped_partitions,
     flower_parameters,
@@ -407,34 +408,11 @@ def _round_figures(report: Any, rows: list[dict[str, Any]], parts: dict[str, flo
         raise RuntimeError(f"{where}: expected the {len(want)} non-dropped clients to finish every stage, "
                            f"{len(finished)} did")
 
-    def total(p: int, field: str) -> float:
-        return sum(finished[p][s][field] for s in STAGES)
-
     ids = list(want)
-    client_s = [total(p, "client_s") for p in ids]
-    client_cpu_s = [total(p, "client_cpu_s") for p in ids]
-    fit_s = [total(p, "fit_s") for p in ids]
-    down = [total(p, "bytes_in") for p in ids]
-    up = [total(p, "bytes_out") for p in ids]
-    model = [total(p, "model_bytes_in") for p in ids]
-
-    expected = np.mean([client_update(seed, p, d).astype(np.float64) for p in ids], axis=0)
-    err = float(np.max(np.abs(report.update.double().numpy() - expected)))
-    if err > 1e-3:
-        raise RuntimeError(f"{where} released a wrong mean: max abs error {err}")
+    figures = client_figures(finished, ids, STAGES, report.update.double().numpy(), seed, d, where)
     out: dict[str, Any] = {
         "system": "ours-secaggplus", "flwr_version": flwr.__version__, "round": report.round,
-        "dropped": len(dropped), "clients_finished": len(ids),
-        "client_s": _mean(client_s), "client_s_max": float(max(client_s)),
-        "client_secagg_s": _mean([c - f for c, f in zip(client_s, fit_s, strict=True)]),
-        "client_fit_s": _mean(fit_s), "client_cpu_s": _mean(client_cpu_s),
-        "client_s_by_stage": {s: _mean([finished[p][s]["client_s"] for p in ids]) for s in STAGES},
-        "bytes_per_client": _mean([a + b for a, b in zip(down, up, strict=True)]),
-        "bytes_down_per_client": _mean(down), "bytes_up_per_client": _mean(up),
-        "bytes_model_down": _mean(model),
-        "bytes_secagg_per_client": _mean([a + b - m for a, b, m in zip(down, up, model, strict=True)]),
-        "bytes_by_stage": {s: {"down": _mean([finished[p][s]["bytes_in"] for p in ids]),
-                               "up": _mean([finished[p][s]["bytes_out"] for p in ids])} for s in STAGES},
+        "dropped": len(dropped), **figures,
         "context_state_bytes": _mean([max(finished[p][s]["state_bytes"] for s in STAGES) for p in ids]),
         "payload_bytes_per_client": _mean([report.bytes_to.get(p, 0) + report.bytes_from.get(p, 0)
                                            for p in ids]),
@@ -445,7 +423,7 @@ def _round_figures(report: Any, rows: list[dict[str, Any]], parts: dict[str, flo
         "unmask_wait_s": timing["unmasking"]["exchange_s"],
         "unmask_shamir_s": parts.get("unmask_shamir_s", 0.0),
         "unmask_prg_s": parts.get("unmask_prg_s", 0.0),
-        "unmask_dead": len(set(report.dropped) | set(report.failed)), "max_abs_err": err,
+        "unmask_dead": len(set(report.dropped) | set(report.failed)),
     }
     out["unmask_compute_s"] = out["unmask_s"] - out["unmask_wait_s"]
     return out
