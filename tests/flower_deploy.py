@@ -52,7 +52,7 @@ How flwr 1.42 is driven (read from its sources; the design follows from these fa
   ``FLWR_TELEMETRY_ENABLED=0``. ``FLWR_HOME`` (and ``HOME``) point under ``tmp``.
   ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2`` (default 1 s) makes SuperExecs launch apps sooner.
 
-Liveness, as the ServerApp sees it (flwr 1.42; measured by ``test_flower_deploy_smoke.py``):
+Liveness, as the ServerApp sees it (flwr 1.42; measured with this harness on loopback, 2 cores):
 
 * SIGKILLed SuperNode (:meth:`FlowerDeployment.kill_node`): it heartbeats every ~17.5-22.5 s
   (``HEARTBEAT_DEFAULT_INTERVAL = 30`` s in ``flwr/common/constant.py``, hard-coded: no CLI or env
