@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-from opacus.accountants import PRVAccountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from dp.rdp import rdp_distributed_discrete_gaussian, rdp_poisson_subsampled, rdp_skellam
 from secagg.errors import ConfigError
@@ -78,6 +76,8 @@ def _check_delta(delta: float) -> float:
 
 
 def _rdp_gaussian_epsilon(noise_multiplier: float, q: float, steps: int, delta: float) -> float:
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent  # (opacus: 1.5 s to import)
+
     rdp = compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=list(RDP_ORDERS))
     eps, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
     return float(eps)
@@ -117,6 +117,8 @@ class GaussianAccountant:
         z, q = float(self.noise_multiplier), self.effective_sample_rate
         if self.accountant == "rdp":
             return _rdp_gaussian_epsilon(z, q, rounds, delta)
+        from opacus.accountants import PRVAccountant
+
         acc = PRVAccountant()
         acc.history = [(z, q, rounds)]
         # Opacus's PRV evaluates log(1 - q) at q = 1 and log(0) in far tails; both are handled (-> inf).
@@ -264,6 +266,8 @@ class DiscreteMechanismAccountant:
         delta = _check_delta(delta)
         if rounds == 0:
             return 0.0
+        from opacus.accountants.analysis.rdp import get_privacy_spent
+
         rdp = rounds * np.asarray(self.rdp_curve(), dtype=float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "optimal order is the smallest/largest alpha"

@@ -29,9 +29,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from opacus import PrivacyEngine
-from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -44,6 +41,8 @@ from secagg.seeding import derive_seed
 from secagg.validation import check_choice, check_int, check_real
 
 if TYPE_CHECKING:
+    from opacus.accountants import IAccountant  # opacus itself is imported where it is used (slow import)
+
     from secagg.fedavg.config import ClientConfig
 
 __all__ = ["DPSGD_ACCOUNTANTS", "SECURE_MODE_UNAVAILABLE", "DPSGDTrainer", "dpsgd_epsilon",
@@ -78,6 +77,8 @@ def poisson_schedule(num_examples: int, batch_size: int) -> tuple[float, int, fl
 
 
 def _accountant(kind: str) -> IAccountant:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
     return RDPAccountant() if kind == "rdp" else PRVAccountant()
 
 
@@ -123,6 +124,8 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def _opacus_compatible(model: nn.Module) -> nn.Module:
     """``model`` itself if Opacus can compute its per-example gradients, else a fixed copy with the
     same state-dict layout; a :class:`ConfigError` naming the modules otherwise."""
+    from opacus.validators import ModuleValidator
+
     problems = ModuleValidator.validate(model, strict=False)
     if not problems:
         return model
@@ -232,6 +235,8 @@ class DPSGDTrainer(ClientTrainer, kind="dpsgd"):
             torch.manual_seed(seed)
             warnings.filterwarnings("ignore", message="Secure RNG turned off")  # documented above
             warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus's hooks
+            from opacus import PrivacyEngine
+
             engine = PrivacyEngine(accountant=self.accountant, secure_mode=False)
             private, dp_opt, dp_loader = engine.make_private(
                 module=local, optimizer=opt, data_loader=loader, noise_multiplier=self.noise_multiplier,
