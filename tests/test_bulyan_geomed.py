@@ -232,7 +232,11 @@ def test_no_input_mutation(agg):
        scale=st.sampled_from([1e3, 1e6]))
 def test_iterated_krum_never_selects_spread_out_far_attackers(f, extra, d, seed, scale):
     n = 4 * f + 3 + extra
-    u = torch.cat([randn(seed + 1, f, d) * scale, randn(seed, n - f, d)])  # attackers are rows < f
+    a = randn(seed + 1, f, d)
+    # far by construction: every attacker coordinate has magnitude >= scale (a plain randn * scale drew
+    # a coordinate of 0.0005 * 1000 once, inside the honest cloud, and the attacker was rightly chosen)
+    attackers = scale * (1 + a.abs()) * torch.where(a < 0, -1.0, 1.0)
+    u = torch.cat([attackers, randn(seed, n - f, d)])  # attackers are rows < f
     chosen = iterated_krum(u, f, n - 2 * f)
     assert len(set(chosen)) == n - 2 * f and min(chosen) >= f
 
