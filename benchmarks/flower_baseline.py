@@ -318,12 +318,19 @@ def _make_server_app(n: int, d: int, num_shares: int, threshold: int, rounds: in
 # One measurement
 
 
-class _DropFilter(logging.Filter):
+class DropFilter(logging.Filter):
+    """Hides the log lines of the simulated dropouts (the messages carrying ``mark``)."""
+
+    def __init__(self, mark: str = DROP_MARK) -> None:
+        super().__init__()
+        self.mark = mark
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return DROP_MARK not in record.getMessage()
+        return self.mark not in record.getMessage()
 
 
-def _mean(xs: list[float]) -> float:
+def mean(xs: list[float]) -> float:
+    """The mean of ``xs`` (NaN when empty)."""
     return float(np.mean(xs)) if xs else float("nan")
 
 
@@ -347,16 +354,16 @@ def client_figures(finished: dict[int, dict[str, dict[str, Any]]], ids: list[int
         raise RuntimeError(f"{where} released a wrong mean: max abs error {err}")
     return {
         "clients_finished": len(ids),
-        "client_s": _mean(client_s), "client_s_max": float(max(client_s)),
-        "client_secagg_s": _mean([c - f for c, f in zip(client_s, fit_s, strict=True)]),
-        "client_fit_s": _mean(fit_s), "client_cpu_s": _mean([total(p, "client_cpu_s") for p in ids]),
-        "client_s_by_stage": {s: _mean([finished[p][s]["client_s"] for p in ids]) for s in stages},
-        "bytes_per_client": _mean([a + b for a, b in zip(down, up, strict=True)]),
-        "bytes_down_per_client": _mean(down), "bytes_up_per_client": _mean(up),
-        "bytes_model_down": _mean(model),
-        "bytes_secagg_per_client": _mean([a + b - m for a, b, m in zip(down, up, model, strict=True)]),
-        "bytes_by_stage": {s: {"down": _mean([finished[p][s]["bytes_in"] for p in ids]),
-                               "up": _mean([finished[p][s]["bytes_out"] for p in ids])} for s in stages},
+        "client_s": mean(client_s), "client_s_max": float(max(client_s)),
+        "client_secagg_s": mean([c - f for c, f in zip(client_s, fit_s, strict=True)]),
+        "client_fit_s": mean(fit_s), "client_cpu_s": mean([total(p, "client_cpu_s") for p in ids]),
+        "client_s_by_stage": {s: mean([finished[p][s]["client_s"] for p in ids]) for s in stages},
+        "bytes_per_client": mean([a + b for a, b in zip(down, up, strict=True)]),
+        "bytes_down_per_client": mean(down), "bytes_up_per_client": mean(up),
+        "bytes_model_down": mean(model),
+        "bytes_secagg_per_client": mean([a + b - m for a, b, m in zip(down, up, model, strict=True)]),
+        "bytes_by_stage": {s: {"down": mean([finished[p][s]["bytes_in"] for p in ids]),
+                               "up": mean([finished[p][s]["bytes_out"] for p in ids])} for s in stages},
         "max_abs_err": err,
     }
 
@@ -395,7 +402,7 @@ def run_flower_secaggplus(n: int, d: int, dropout: float, seed: int = 0, *,
     record_dir = tempfile.mkdtemp(prefix="flower_baseline_")
     sink: dict[str, Any] = {"rounds": []}
     flwr_logger = logging.getLogger("flwr")
-    drop_filter = _DropFilter()
+    drop_filter = DropFilter()
     flwr_logger.addFilter(drop_filter)
     if not verbose:
         level = flwr_logger.level

@@ -114,10 +114,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # flower_baseline, bes
 from flower_baseline import (
     CORRUPT_FRACTION,
     DESIGN_DROPOUT,
+    DropFilter,
     client_figures,
     client_update,
     dropped_partitions,
     flower_parameters,
+    mean,
     run_flower_secaggplus,
 )
 
@@ -298,15 +300,6 @@ def _make_our_server_app(aggregator: Any, n: int, d: int, rounds: int, sink: dic
 # One measurement of ours
 
 
-class _DropFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return DROP_MARK not in record.getMessage()
-
-
-def _mean(xs: list[float]) -> float:
-    return float(np.mean(xs)) if xs else float("nan")
-
-
 def _backend_config(cpus: int, verbose: bool) -> dict[str, Any]:
     """The Ray backend of ``flower_baseline.run_flower_secaggplus`` (the same on both sides)."""
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -338,7 +331,7 @@ def run_ours_through_flower(n: int, d: int, dropout: float, seed: int = 0, *,
     record_dir = tempfile.mkdtemp(prefix="flower_secaggplus_")
     sink: dict[str, Any] = {"parts": {}, "by_round": {}}
     flwr_logger = logging.getLogger("flwr")
-    drop_filter = _DropFilter()
+    drop_filter = DropFilter(DROP_MARK)
     flwr_logger.addFilter(drop_filter)
     level = flwr_logger.level
     if not verbose:
@@ -413,8 +406,8 @@ def _round_figures(report: Any, rows: list[dict[str, Any]], parts: dict[str, flo
     out: dict[str, Any] = {
         "system": "ours-secaggplus", "flwr_version": flwr.__version__, "round": report.round,
         "dropped": len(dropped), **figures,
-        "context_state_bytes": _mean([max(finished[p][s]["state_bytes"] for s in STAGES) for p in ids]),
-        "payload_bytes_per_client": _mean([report.bytes_to.get(p, 0) + report.bytes_from.get(p, 0)
+        "context_state_bytes": mean([max(finished[p][s]["state_bytes"] for s in STAGES) for p in ids]),
+        "payload_bytes_per_client": mean([report.bytes_to.get(p, 0) + report.bytes_from.get(p, 0)
                                            for p in ids]),
         "round_s": float(sum(r["exchange_s"] + r["server_s"] for r in report.timings)),
         "server_stage_s": {s: timing[s]["exchange_s"] + timing[s]["server_s"] for s in STAGES},

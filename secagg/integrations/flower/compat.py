@@ -7,7 +7,7 @@ from importlib import metadata
 from secagg.errors import ConfigError
 
 #: the Flower releases this integration is tested against (the Message API of flwr 1.42)
-SUPPORTED = ((1, 42), (1, 43))
+SUPPORTED = ((1, 42),)
 INSTALL_HINT = 'pip install "secagg[flower]"'
 
 
