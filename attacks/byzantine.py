@@ -46,11 +46,12 @@ class ByzantineClients(Adversary, kind="byzantine"):
         chosen = rng.choice(num_clients, size=count, replace=False)
         return frozenset(int(c) for c in chosen)
 
-    def poison_data(self, data: ClientData, num_classes: int, seed: int) -> ClientData:
+    def poison_data(self, data: ClientData, num_classes: int, seed: int, *, attacker: int = 0) -> ClientData:
         return data if self.data_attack is None else self.data_attack.poison(data, num_classes, seed)
 
     def craft(self, honest: torch.Tensor, own: torch.Tensor, defence: Defence | None,
-              seed: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+              seed: int, weights: torch.Tensor | None = None, *,
+              global_update: torch.Tensor | None = None) -> torch.Tensor:
         if self.update_attack is None or own.shape[0] == 0:
             return own
         ctx = AttackContext(honest, own, honest.shape[0] + own.shape[0], defence, seed, weights)

@@ -416,13 +416,19 @@ class ServerRound:
             self._released = (layout, batch)
         return self._released[1]
 
-    def finish(self, state: AggState, layout: ParamLayout | None = None) -> Aggregate:
+    def finish(self, state: AggState, layout: ParamLayout | None = None, *,
+               reference: torch.Tensor | None = None) -> Aggregate:
         """The round's aggregate (the server's part of the pipeline, on the sums or the released rows),
         from the aggregator's ``state``; ``layout``: the model's (its dtype, and the layout seeded rules
-        see; default float32 rows). :class:`ConfigError` before the round is done; :class:`AbortError`
-        when the session refuses its sum (distributed DP with fewer survivors than its noise needs)."""
+        see; default float32 rows); ``reference``: the server's own root-data update, for a rule that
+        needs one (:meth:`~secagg.aggregation.Aggregator.root_examples`; :class:`ConfigError` when such
+        a rule gets none). :class:`ConfigError` before the round is done; :class:`AbortError` when the
+        session refuses its sum (distributed DP with fewer survivors than its noise needs)."""
         if not self.done:
             raise ConfigError("finish: the round is not done (advance until it returns {})")
+        if reference is None and self.pipeline.aggregator.root_examples() > 0:
+            raise ConfigError(f"reference: {self.pipeline.aggregator.kind!r} weighs the clients against "
+                              f"the server's own update on its root dataset; pass it to finish()")
         placement, pipeline = self.pipeline.placement, self.pipeline
         seed = pipeline.round_seed(self.round)
         if self._servers:
@@ -430,7 +436,10 @@ class ServerRound:
             dtype = torch.float32 if layout is None else layout.dtype
             return placement.aggregate_groups(sums, pipeline.dim, self.round, seed, state, dtype, layout)
         # the round's public seed, as in a deployment (seeded rules such as bucketing agree with it)
-        return pipeline.aggregator.aggregate_released(self.released(layout), state)
+        batch = self.released(layout)
+        if reference is not None:
+            batch = batch.replace(reference=reference.to(batch.updates.dtype))
+        return pipeline.aggregator.aggregate_released(batch, state)
 
 
 class ClientRound:

@@ -55,6 +55,9 @@ class UpdateBatch:
     ``round``: the round index; ``seed``: root seed for any non-secret randomness the rule needs.
     ``layout``: how to unflatten a row into named tensors (for per-layer rules); ``None`` when the
     updates are plain vectors.
+    ``reference``: (d,) the server's own update this round, trained from the same global model on the
+    small root dataset the server holds (for rules that trust it, such as FLTrust: see
+    :meth:`Aggregator.root_examples`); ``None`` when the rule needs none.
     """
 
     updates: torch.Tensor
@@ -63,6 +66,7 @@ class UpdateBatch:
     round: int = 0
     seed: int = 0
     layout: ParamLayout | None = None
+    reference: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         u, w = self.updates, self.weights
@@ -87,6 +91,13 @@ class UpdateBatch:
         if bad:
             ids = [self.client_ids[i] for i in bad]
             raise UpdateError(f"updates: non-finite values (NaN/Inf) from client(s) {ids}")
+        ref = self.reference
+        if ref is not None:
+            if not isinstance(ref, torch.Tensor) or tuple(ref.shape) != (u.shape[1],):
+                shape = tuple(ref.shape) if isinstance(ref, torch.Tensor) else type(ref).__name__
+                raise UpdateError(f"reference: expected shape ({u.shape[1]},), got {shape}")
+            if not bool(torch.isfinite(ref).all()):
+                raise UpdateError("reference: the server's root-data update has non-finite values")
 
     @property
     def num_clients(self) -> int:
@@ -206,6 +217,11 @@ class Aggregator(Registered, ABC, family="aggregator"):
         must then sample each client independently with probability q), or ``None`` (the default)."""
         return None
 
+    def root_examples(self) -> int:
+        """How many examples of a clean root dataset the server must hold to train the batch's
+        :attr:`UpdateBatch.reference` each round (FLTrust); 0 (the default) when the rule needs none."""
+        return 0
+
 
 class Wrapper(Aggregator):
     """An aggregator that transforms the batch and hands it to an ``inner`` aggregator.
@@ -253,6 +269,9 @@ class Wrapper(Aggregator):
 
     def poisson_sample_rate(self) -> float | None:
         return self.inner.poisson_sample_rate()
+
+    def root_examples(self) -> int:
+        return self.inner.root_examples()
 
     def after_sum(self, inner: Aggregate, state: AggState, *, num_clients: int, dtype: torch.dtype
                   ) -> Aggregate:

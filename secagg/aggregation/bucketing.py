@@ -44,5 +44,5 @@ class Bucketing(Wrapper, kind="bucketing"):
         means = torch.stack([batch.updates[idx].mean(dim=0) for idx in groups])
         weights = torch.stack([batch.weights[idx].sum() for idx in groups])
         inner_batch = UpdateBatch(means, weights, tuple(range(len(groups))), batch.round, batch.seed,
-                                  batch.layout)
+                                  batch.layout, batch.reference)
         return self.run_inner(inner_batch, state, buckets=float(len(groups)))

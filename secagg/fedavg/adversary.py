@@ -28,16 +28,25 @@ class Adversary(Registered, ABC, family="adversary"):
     def malicious(self, num_clients: int, seed: int) -> frozenset[int]:
         """The Byzantine client ids among ``range(num_clients)``, fixed for the whole run."""
 
-    def poison_data(self, data: ClientData, num_classes: int, seed: int) -> ClientData:
-        """What a malicious client trains on (default: its own data, unchanged)."""
+    def active(self, round_index: int) -> bool:
+        """Whether the malicious clients attack in round ``round_index`` (1-based); outside their
+        window they train and send like honest clients. Default: every round."""
+        return True
+
+    def poison_data(self, data: ClientData, num_classes: int, seed: int, *, attacker: int = 0) -> ClientData:
+        """What a malicious client trains on (default: its own data, unchanged); ``attacker``: its rank
+        among the run's malicious clients (attacks that split their work among them use it)."""
         return data
 
     def craft(self, honest: torch.Tensor, own: torch.Tensor, defence: Defence | None,
-              seed: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+              seed: int, weights: torch.Tensor | None = None, *,
+              global_update: torch.Tensor | None = None) -> torch.Tensor:
         """The (f, d) updates the round's f malicious clients send, given the (h, d) honest updates
         and their own trained updates; ``defence`` aggregates a full (h + f, d) stack, honest rows
-        first, with the deployed rule; ``weights``: the (h + f,) example counts in that order
-        (default: send the trained updates)."""
+        first, with the deployed rule; ``weights``: the (h + f,) example counts in that order;
+        ``global_update``: the previous round's global model change over the parameters (the first
+        ``global_update.numel()`` coordinates of a row), or ``None`` when unknown (default: send the
+        trained updates)."""
         return own
 
     def metrics(self, predict: Predict, test_x: torch.Tensor, test_y: torch.Tensor) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import secrets
 import time
 from collections.abc import Mapping
@@ -13,8 +14,9 @@ import torch
 from torch import nn
 
 from secagg.aggregation import AggState, UpdateBatch
-from secagg.data.federated import FederatedDataset
+from secagg.data.federated import ClientData, FederatedDataset
 from secagg.errors import ConfigError, UpdateError
+from secagg.fedavg.client import client_update
 from secagg.fedavg.config import FedAvgConfig
 from secagg.fedavg.source import LocalSource, UpdateSource
 from secagg.layout import ParamLayout
@@ -70,6 +72,21 @@ def evaluate(model: nn.Module, state_dict: Mapping[str, torch.Tensor], x: torch.
     return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
+def root_data(data: FederatedDataset, count: int, seed: int) -> ClientData | None:
+    """The server's clean root dataset: ``count`` training examples drawn without replacement from the
+    union of the clients' data (as FLTrust's evaluation draws it; the server collected them itself, so
+    they are trusted), from ``seed`` (public: which examples the server holds is not a secret);
+    ``None`` for ``count = 0``. :class:`ConfigError` when the training set is smaller than ``count``."""
+    if count == 0:
+        return None
+    n = int(data.train_y.shape[0])
+    if count > n:
+        raise ConfigError(f"root_examples: the rule asks the server for {count} root examples, the "
+                          f"training set has {n}")
+    idx = torch.from_numpy(numpy_rng(seed, "root-data").choice(n, size=count, replace=False))
+    return ClientData(data.train_x[idx], data.train_y[idx])
+
+
 class FedAvg:
     """Runs FedAvg rounds for ``model`` over ``data``; every round is a function of ``seed``.
 
@@ -103,6 +120,10 @@ class FedAvg:
         self.examples = {i: len(part) for i, part in enumerate(data.partition)}
         self.malicious = (config.adversary.malicious(data.num_clients, derive_seed(seed, "adversary"))
                           if config.adversary is not None else frozenset())
+        self.root = root_data(data, config.aggregator.root_examples(), seed)
+        # the last global update (flat, over the parameters), as every client can compute it from two
+        # consecutive global models: what attackers that track the training (Neurotoxin) read
+        self._last_global: tuple[int, torch.Tensor] | None = None
         self.secret_sampling = bool(secret_sampling)
         self._secret_samples: dict[int, list[int]] = {}  # round -> its CSPRNG sample, drawn once
         self._agg_epsilon: dict[int, float | None] = {}
@@ -221,6 +242,9 @@ class FedAvg:
                               f"shape {tuple(agg.update.shape)} (expected ({self.layout.dim},), "
                               f"finite)")
         weights, momentum = self.server_step(state, agg.update.to(self.layout.dtype))
+        if self.config.adversary is not None:
+            p = self.layout.num_parameters
+            self._last_global = (r, (self.layout.flatten(weights)[:p] - self.layout.flatten(state.model)[:p]))
         record: dict[str, Any] = {
             "round": r,
             "clients": got.clients,
@@ -237,13 +261,38 @@ class FedAvg:
         }
         return RoundResult(ServerState(r, weights, agg.state, momentum, participations), record)
 
+    def root_update(self, state: ServerState, round_index: int) -> torch.Tensor | None:
+        """The server's own update for round ``round_index``: plain local SGD (the clients' local
+        configuration) from the global model on :attr:`root`, for rules that trust a root dataset
+        (:meth:`~secagg.aggregation.Aggregator.root_examples`); ``None`` when the rule needs none."""
+        if self.root is None:
+            return None
+        # the server trains like an honest client
+        update = client_update(self.model, state.model, self.root, self.config.client, self.layout,
+                               seed=derive_seed(self.seed, "root", round_index), client_id=-1)
+        return update.delta
+
+    def attacker_index(self, client_id: int) -> int:
+        """The rank of malicious ``client_id`` among the run's malicious clients (0-based, by id): how
+        attacks that split a task among the attackers (a distributed backdoor) tell them apart."""
+        return sorted(self.malicious).index(client_id)
+
+    def last_global_update(self, round_index: int) -> torch.Tensor | None:
+        """The global model's change over the parameters in the round before ``round_index`` (what
+        every client can compute from the two global models it received), or ``None`` in the first
+        round and after a resume (this is simulation memory, not checkpointed state)."""
+        if self._last_global is None or self._last_global[0] != round_index - 1:
+            return None
+        return self._last_global[1]
+
     def attack(self, batch: UpdateBatch, state: ServerState) -> UpdateBatch:
         """The batch with the malicious clients' rows replaced by what the adversary crafts from the
         honest rows and their own; the deployed aggregator is offered as the defence to tune against
-        (on the round's state, honest rows first)."""
+        (on the round's state, honest rows first). Outside the adversary's attack window
+        (:meth:`~secagg.fedavg.adversary.Adversary.active`) the malicious clients behave honestly."""
         adversary = self.config.adversary
         bad = [i for i, c in enumerate(batch.client_ids) if c in self.malicious]
-        if adversary is None or not bad:
+        if adversary is None or not bad or not adversary.active(batch.round):
             return batch
         good = [i for i in range(batch.num_clients) if i not in set(bad)]
         order = good + bad
@@ -252,11 +301,15 @@ class FedAvg:
 
         def defence(stack: torch.Tensor) -> torch.Tensor:
             trial = UpdateBatch(stack.to(batch.updates.dtype), weights, ids, batch.round, batch.seed,
-                                batch.layout)
+                                batch.layout, batch.reference)
             return self.config.aggregator.aggregate(trial, state.aggregator_state).update
 
+        # adversaries written before global_update existed keep working: it is passed only to those
+        # whose craft() takes it
+        extra = ({"global_update": self.last_global_update(batch.round)}
+                 if "global_update" in inspect.signature(adversary.craft).parameters else {})
         crafted = adversary.craft(batch.updates[good], batch.updates[bad], defence,
-                                  derive_seed(self.seed, "craft", batch.round), weights)
+                                  derive_seed(self.seed, "craft", batch.round), weights, **extra)
         if tuple(crafted.shape) != (len(bad), batch.dim):
             raise UpdateError(f"adversary {adversary.kind!r}: crafted updates of shape "
                               f"{tuple(crafted.shape)}, expected ({len(bad)}, {batch.dim})")

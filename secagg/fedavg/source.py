@@ -14,6 +14,7 @@ same way whatever the source is. Two sources exist:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -124,10 +125,13 @@ class LocalSource:
         jobs: list[ClientJob] = []
         for c in sampled:
             data = fedavg.data.client(c)
-            if c in fedavg.malicious:  # poisoned in this process: executors only ever train
-                assert fedavg.config.adversary is not None
-                data = fedavg.config.adversary.poison_data(data, fedavg.data.num_classes,
-                                                           derive_seed(fedavg.seed, "poison", r, c))
+            adversary = fedavg.config.adversary
+            if c in fedavg.malicious and adversary is not None and adversary.active(r):
+                # poisoned in this process: executors only ever train
+                extra = ({"attacker": fedavg.attacker_index(c)}
+                         if "attacker" in inspect.signature(adversary.poison_data).parameters else {})
+                data = adversary.poison_data(data, fedavg.data.num_classes,
+                                             derive_seed(fedavg.seed, "poison", r, c), **extra)
             jobs.append(ClientJob(c, data, derive_seed(fedavg.seed, "client", r, c)))
         results = self.executor.map(train_client, jobs, fedavg.config.trainer, fedavg.model, state.model,
                                     fedavg.config.client, fedavg.layout)
@@ -140,7 +144,8 @@ class LocalSource:
             updates=torch.stack([u.delta for u in updates]),
             weights=torch.tensor([u.num_examples for u in updates], dtype=torch.float64),
             client_ids=tuple(u.client_id for u in updates),
-            round=r, seed=round_seed(fedavg.seed, r), layout=fedavg.layout)
+            round=r, seed=round_seed(fedavg.seed, r), layout=fedavg.layout,
+            reference=fedavg.root_update(state, r))
         batch = fedavg.attack(batch, state)
         try:
             agg = fedavg.config.aggregator.aggregate(batch, state.aggregator_state)

@@ -154,8 +154,10 @@ class NetworkSource:
         updates = outcome.updates
         batch = outcome.server.released(layout)  # the rows finish() aggregates, stacked once
         self._audit_plain(outcome.round, batch)
-        # the clients ran their steps already: the server runs only its part
-        agg = outcome.server.finish(state.aggregator_state, layout)
+        # the clients ran their steps already: the server runs only its part (with its own root-data
+        # update, for a rule that trusts one)
+        agg = outcome.server.finish(state.aggregator_state, layout,
+                                    reference=fedavg.root_update(state, outcome.round))
         self._audit_aggregate(outcome.round, agg.update)
         loss = weighted_loss([updates[u].train_loss for u in batch.client_ids], batch.weights)
         return Collected(agg, len(batch.client_ids), rejected, loss, metrics=net)

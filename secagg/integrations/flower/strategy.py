@@ -137,6 +137,10 @@ class SecAggStrategy(FedAvg):
         if not isinstance(aggregator, Aggregator):
             raise ConfigError(f"aggregator: expected one of this library's Aggregators, got "
                               f"{type(aggregator).__name__}")
+        if aggregator.root_examples() > 0:
+            raise ConfigError(f"aggregator: {aggregator.kind!r} needs the server's own update on a root "
+                              f"dataset each round, which this strategy does not train (the ServerApp "
+                              f"holds no data); use another rule, or secagg train / secagg serve")
         check_real("fraction_train", fraction_train, gt=0.0, le=1.0)
         self.sampling = check_choice("sampling", sampling, ("fixed", "poisson"))
         self.seed = check_int("seed", seed, minimum=0)
