@@ -12,9 +12,10 @@ from grids import TINY
 
 from attacks.bench import load, run, run_grid, write_reports
 from attacks.bench.config import parse
-from attacks.bench.runner import cells
+from attacks.bench.runner import cells, experiment_config
 from secagg.cli import main
 from secagg.errors import ConfigError
+from secagg.task import make_task
 
 
 def tiny(tmp_path):
@@ -35,23 +36,51 @@ def test_grid_has_one_baseline_per_defence_and_every_attacked_cell(tmp_path):
 
 def test_an_interrupted_grid_resumes_to_the_same_table(tmp_path):
     config = tiny(tmp_path)
-    first = run_grid(config, tmp_path / "a", progress=False, limit=2)
+    first = run_grid(config, tmp_path / "a", progress=False, jobs=1, limit=2)
     assert len(first) == 2 and len(json.loads((tmp_path / "a" / "results.json").read_text())["cells"]) == 2
-    resumed = run_grid(config, tmp_path / "a", progress=False)
-    straight = run_grid(config, tmp_path / "b", progress=False)
-    assert without_time(resumed) == without_time(straight) and len(straight) == 4
+    resumed = run_grid(config, tmp_path / "a", progress=False, jobs=1)
+    straight = run_grid(config, tmp_path / "b", progress=False, jobs=1)
+    assert without_time(resumed) == without_time(straight) and len(straight) == 4 + 1  # + the baseline
     assert without_time(resumed[:2]) == without_time(first), "finished cells are kept, not rerun"
+    central = straight[-1]
+    assert central["section"] == "baseline" and central["epochs"] == config.rounds * config.local_epochs
+    assert central["examples"] == sum(len(p) for p in make_task(
+        experiment_config(config, cells(config)[0]).task, seed=0).data.partition)
+
+
+def test_without_a_terminal_every_finished_cell_is_one_line_on_stdout(tmp_path, capsys):
+    config = tiny(tmp_path)
+    run_grid(config, tmp_path, progress=True, jobs=1)
+    lines = capsys.readouterr().out.strip().splitlines()
+    total = len(cells(config)) + len(config.seeds)
+    assert lines[0].startswith(f"bench {config.name}: {total} of {total} cells to run")
+    assert [line.split("]")[0] for line in lines[1:]] == [f"[{k}/{total}" for k in range(1, total + 1)]
+    assert "ipm vs median (0.2 attackers, iid, seed 0): accuracy 0." in "\n".join(lines)
+    assert "centralized baseline (seed 0): accuracy 0." in lines[-1]
+    assert run_grid(config, tmp_path, progress=True, jobs=1) and capsys.readouterr().out == "", \
+        "a finished grid prints nothing"
+
+
+def test_the_summary_compares_clean_fedavg_with_centralized_training(tmp_path):
+    config = tiny(tmp_path)
+    rows = run_grid(config, tmp_path, progress=False, jobs=1)
+    summary = write_reports(tmp_path, config, rows)["summary"].read_text()
+    central = next(r for r in rows if r.get("section") == "baseline")
+    clean = next(r for r in rows if r.get("attack") == "none" and r.get("defence") == "mean")
+    assert f"accuracy {central['accuracy']:.3f}" in summary
+    gap = 100 * (central["accuracy"] - clean["accuracy"])
+    assert f"| iid | {clean['accuracy']:.3f} | {gap:+.1f} |" in summary
 
 
 def test_reports_have_the_promised_columns_and_files(tmp_path):
     config = tiny(tmp_path)
-    rows = run_grid(config, tmp_path, progress=False)
+    rows = run_grid(config, tmp_path, progress=False, jobs=1)
     paths = write_reports(tmp_path, config, rows)
     with paths["csv"].open() as fh:
         table = list(csv.DictReader(fh))
     promised = {"attack", "defence", "attackers", "partition", "seed", "accuracy", "attack_success"}
     assert promised <= set(table[0])
-    assert len(table) == 4 and all(r["attack_success"] == "" for r in table)
+    assert len(table) == 4 and all(r["attack_success"] == "" for r in table), "baselines stay out of the csv"
     ipm_mean = next(r for r in table if r["attack"] == "ipm" and r["defence"] == "mean")
     assert float(ipm_mean["accuracy"]) == pytest.approx(rows[1]["accuracy"])
     summary = paths["summary"].read_text()
@@ -60,10 +89,10 @@ def test_reports_have_the_promised_columns_and_files(tmp_path):
 
 
 def test_a_results_file_from_another_grid_is_not_mixed_in(tmp_path):
-    run_grid(tiny(tmp_path), tmp_path, progress=False, limit=1)
+    run_grid(tiny(tmp_path), tmp_path, progress=False, jobs=1, limit=1)
     other = parse(tomllib.loads(TINY.replace("rounds = 2", "rounds = 3")))
     with pytest.raises(ConfigError, match="written by another benchmark configuration"):
-        run_grid(other, tmp_path, progress=False)
+        run_grid(other, tmp_path, progress=False, jobs=1)
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -173,7 +202,7 @@ def test_quick_preset_model_replacement_backdoor_and_what_reduces_it(quick):
 def test_a_cell_driven_to_nan_is_a_result_not_a_crash(tmp_path):
     text = TINY.replace('ipm = { update = { kind = "ipm", epsilon = 10.0 } }',
                         'boom = { update = { kind = "scaling", factor = 1e30 } }')
-    rows = run_grid(parse(tomllib.loads(text)), tmp_path, progress=False)
+    rows = run_grid(parse(tomllib.loads(text)), tmp_path, progress=False, jobs=1)
     boom = next(r for r in rows if r["attack"] == "boom" and r["defence"] == "mean")
     assert boom["stopped"].startswith("diverged in round"), boom["stopped"]
     assert boom["rounds"] == 1 and boom["accuracy"] == pytest.approx(0.1, abs=0.05), "the last finite model"
@@ -218,9 +247,9 @@ def test_a_malformed_privacy_cell_names_the_key(table, message):
 def test_privacy_cells_are_resumed_like_the_others(tmp_path):
     text = TINY + '\n[[privacy]]\nattack = "dlg"\nexamples = 1\n'
     config = parse(tomllib.loads(text))
-    first = run_grid(config, tmp_path, progress=False, limit=4)
+    first = run_grid(config, tmp_path, progress=False, jobs=1, limit=4)
     assert all(r.get("section") != "privacy" for r in first)
-    rows = run_grid(config, tmp_path, progress=False)
+    rows = run_grid(config, tmp_path, progress=False, jobs=1)
     privacy = [r for r in rows if r.get("section") == "privacy"]
     assert len(privacy) == 1 and privacy[0]["defence"] == "none" and privacy[0]["psnr"] > 80
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -249,7 +278,7 @@ def test_every_quick_preset_cell_kind_on_a_local_ray_gives_identical_tables(tmp_
     data["run"] |= {"rounds": 1, "partitions": ["iid"]}
     data["privacy"] = [{"attack": "dlg", "defence": "none", "examples": 1}]
     config = parse(data)
-    local = run_grid(config, tmp_path / "local", progress=False)
+    local = run_grid(config, tmp_path / "local", progress=False, jobs=1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         on_ray = run_grid(config, tmp_path / "ray", progress=False, backend="ray")

@@ -365,11 +365,11 @@ def test_bench_audits_the_dp_defences(tmp_path):
     import tomllib
 
     grid = parse(tomllib.loads(toml))
-    rows = run_grid(grid, tmp_path, progress=False, audit=Audit(10))
+    rows = run_grid(grid, tmp_path, progress=False, jobs=1, audit=Audit(10))
     by = {r["defence"]: r for r in rows}
     assert "audit_empirical_epsilon" not in by["mean"]
     assert by["dp"]["audit_canaries"] == 10 and by["dp"]["audit_empirical_epsilon"] is not None
     summary = write_reports(tmp_path, grid, rows)["summary"].read_text()
     assert "## Privacy audit" in summary and "| dp | iid | none |" in summary
     with pytest.raises(ConfigError, match="another benchmark configuration"):
-        run_grid(grid, tmp_path, progress=False, audit=Audit(12))
+        run_grid(grid, tmp_path, progress=False, jobs=1, audit=Audit(12))

@@ -14,11 +14,12 @@ from attacks.bench.runner import cells, run_grid
 
 
 def run(out_dir: str | Path, *, preset: str | None = None, config_file: str | Path | None = None,
-        jobs: int = 1, progress: bool = True, backend: str = "local",
+        jobs: int | None = None, progress: bool = True, backend: str = "local",
         ray_address: str | None = None, ray_threads: int | None = None) -> dict[str, Path]:
     """Run (or resume) the grid of ``config_file`` or of ``preset`` (default: ``"default"``) into
-    ``out_dir`` and write its reports; returns their paths (results.json included). ``jobs``,
-    ``backend``, ``ray_address`` and ``ray_threads``: where the cells run, as in :func:`run_grid`."""
+    ``out_dir`` and write its reports; returns their paths (results.json included). ``jobs`` (default:
+    one process per available core), ``backend``, ``ray_address`` and ``ray_threads``: where the cells
+    run, as in :func:`run_grid`."""
     config = load(config_file, None) if config_file is not None else load(None, preset or "default")
     rows = run_grid(config, out_dir, jobs=jobs, progress=progress, backend=backend, ray_address=ray_address,
                     ray_threads=ray_threads)

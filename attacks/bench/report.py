@@ -53,9 +53,35 @@ def threat_markdown(config: BenchConfig) -> list[str]:
 
 
 def split(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(poisoning rows, privacy rows)."""
-    return ([r for r in rows if r.get("section") != "privacy"],
+    """(poisoning rows, privacy rows); the centralized baselines are in neither (:func:`baselines`)."""
+    return ([r for r in rows if r.get("section") not in ("privacy", "baseline")],
             [r for r in rows if r.get("section") == "privacy"])
+
+
+def baselines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The centralized-training baseline rows (one per seed)."""
+    return [r for r in rows if r.get("section") == "baseline"]
+
+
+def fidelity_markdown(rows: list[dict[str, Any]], central: list[dict[str, Any]]) -> list[str]:
+    """How close clean FedAvg (the mean, no attackers) comes to centralized training of the same model
+    on the same examples: the reference an attack's damage is read against."""
+    if not central:
+        return []
+    target = _mean([float(r["accuracy"]) for r in central])
+    lines = ["## Fidelity: clean FedAvg against centralized training", "",
+             f"Centralized training of the same model on the pooled training data ({central[0]['epochs']} "
+             f"epochs, {central[0]['examples']} examples): accuracy {target:.3f} (mean over "
+             f"{len(central)} seed(s)).", ""]
+    clean = [r for r in rows
+             if r["attack"] == "none" and r["defence"] == "mean" and r.get("accuracy") is not None]
+    if clean:
+        lines += ["| partition | clean FedAvg (mean) | gap to centralized (points) |", "|---|---|---|"]
+        for partition in dict.fromkeys(r["partition"] for r in clean):
+            acc = _mean([float(r["accuracy"]) for r in clean if r["partition"] == partition])
+            lines.append(f"| {partition} | {acc:.3f} | {100 * (target - acc):+.1f} |")
+        lines.append("")
+    return lines
 
 
 def privacy_markdown(rows: list[dict[str, Any]]) -> list[str]:
@@ -79,27 +105,53 @@ def privacy_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _privacy_label(r: dict[str, Any]) -> str:
+    """``attack vs defence`` plus what sets the cell apart (clients summed, noise, epsilon)."""
+    extra = [f"{k} {r[k]:g}" for k in ("clients", "noise_multiplier") if r.get(k) is not None]
+    if r.get("epsilon") is not None:
+        extra.append(f"eps {r['epsilon']:.3g}")
+    return f"{r['attack']} vs {r['defence']}" + (f" ({', '.join(extra)})" if extra else "")
+
+
 def plot_privacy(out: Path, rows: list[dict[str, Any]]) -> Path:
-    """Bars: reconstruction PSNR per (attack, defence), and membership AUC / TPR@1% per (attack, defence)."""
+    """``privacy.png``: reconstruction PSNR per cell as horizontal bars (one labelled row per cell, so
+    labels never overlap) and, where the rows carry ROC points, membership inference as log-log ROC
+    curves (Carlini et al. 2022) with each DP cell's bound ``TPR <= e^eps FPR + delta`` dashed in the
+    same colour."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from attacks.membership import dp_tpr_bound
+
     recon = [r for r in rows if r.get("psnr") is not None]
-    member = [r for r in rows if r.get("auc") is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    labels = [f"{r['attack']}\n{r['defence']}" for r in recon]
-    axes[0].bar(range(len(recon)), [min(r["psnr"], 150.0) for r in recon], color="tab:red")
-    axes[0].set_xticks(range(len(recon)), labels, fontsize=7)
-    axes[0].set(ylabel="PSNR (dB, capped at 150)", title="gradient inversion")
-    labels = [f"{r['attack']}\n{r['defence']}" for r in member]
-    pos = np.arange(len(member))
-    axes[1].bar(pos - 0.2, [r["auc"] for r in member], width=0.4, label="AUC")
-    axes[1].bar(pos + 0.2, [r["tpr_at_1pct_fpr"] for r in member], width=0.4, label="TPR @ 1% FPR")
-    axes[1].axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    axes[1].set_xticks(pos, labels, fontsize=7)
-    axes[1].set(ylim=(0, 1), title="membership inference")
-    axes[1].legend(fontsize=7)
+    member = [r for r in rows if r.get("roc_fpr") and r.get("roc_tpr")]
+    panels = [p for p, rs in (("recon", recon), ("member", member)) if rs] or ["recon"]
+    height = max(3.8, 0.32 * len(recon) + 1.2)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), height), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        if panel == "recon":
+            pos = np.arange(len(recon))[::-1]
+            ax.barh(pos, [min(r["psnr"], 150.0) for r in recon], color="tab:red")
+            ax.set_yticks(pos, [_privacy_label(r) for r in recon], fontsize=7)
+            ax.axvline(20.0, color="grey", linewidth=0.8, linestyle="--")
+            ax.set(xlabel="PSNR of the best-matching true image (dB, capped at 150; 20 dB dashed)",
+                   title="reconstruction from what the server sees")
+            continue
+        grid = np.logspace(-3, 0, 200)
+        ax.plot(grid, grid, color="0.6", lw=1, ls=":", label="chance")
+        for k, r in enumerate(member):
+            color = f"C{k % 10}"
+            fpr, tpr = np.asarray(r["roc_fpr"], float), np.asarray(r["roc_tpr"], float)
+            ax.plot(np.maximum(fpr, 5e-4), np.maximum(tpr, 5e-4), color=color, lw=1.5,
+                    label=f"{_privacy_label(r)}: AUC {r['auc']:.2f}")
+            if r.get("epsilon") is not None:
+                eps, delta = float(r["epsilon"]), float(r.get("delta") or 1e-5)
+                bound = [dp_tpr_bound(float(g), eps, delta) for g in grid]
+                ax.plot(grid, bound, color=color, lw=1, ls="--")
+        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false positive rate",
+               ylabel="true positive rate", title="membership inference (dashed: the DP bound)")
+        ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     path = out / "privacy.png"
     fig.savefig(path, dpi=110)
@@ -257,12 +309,14 @@ def audit_markdown(rows: list[dict[str, Any]]) -> list[str]:
 def write_reports(out_dir: str | Path, config: BenchConfig, rows: list[dict[str, Any]]) -> dict[str, Path]:
     """results.csv, summary.md and the PNG plots next to results.json; returns their paths."""
     out = Path(out_dir)
+    all_rows = rows
     rows, privacy = split(rows)
     paths = {"csv": out / "results.csv", "summary": out / "summary.md"}
     models = threat_models(config)
     write_csv(paths["csv"], [{**r, "threat_model": models.get(r["defence"])} for r in rows])
     summary = summary_markdown(config, rows) if rows else f"# Attack benchmark: preset `{config.name}`\n\n"
-    paths["summary"].write_text(summary + "\n".join(privacy_markdown(privacy))
+    paths["summary"].write_text(summary + "\n".join(fidelity_markdown(rows, baselines(all_rows)))
+                                + "\n".join(privacy_markdown(privacy))
                                 + "\n".join(audit_markdown(rows)))
     if rows:
         paths["heatmap"] = plot_heatmap(out, rows)

@@ -11,6 +11,7 @@ one (except the ``seconds`` column). The same holds across backends: ``jobs=1``,
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -23,12 +24,17 @@ from attacks.bench.config import BenchConfig, partition_config
 from attacks.bench.privacy import run_privacy_cell
 from attacks.byzantine import ByzantineClients
 from dp.audit import CanaryAudit
+from secagg.data.federated import ClientData
 from secagg.errors import ConfigError, UpdateError
 from secagg.experiment import ExperimentConfig, run_experiment
 from secagg.fedavg import ClientConfig, FedAvgConfig
+from secagg.fedavg.client import client_update
+from secagg.fedavg.server import evaluate
+from secagg.layout import ParamLayout
 from secagg.parallel import RAY_MISSING, RayExecutor, ray_available
 from secagg.results import audit_entry
-from secagg.task import TaskConfig
+from secagg.seeding import derive_seed
+from secagg.task import TaskConfig, make_task
 
 RESULTS = "results.json"
 BACKENDS = ("local", "ray")
@@ -85,9 +91,11 @@ def experiment_config(config: BenchConfig, cell: Cell, audit: Audit | None = Non
     adversary = None
     if not spec.is_none:
         update, data = spec.build()
-        adversary = ByzantineClients(cell.attackers, update, data)
+        adversary = ByzantineClients(cell.attackers, update, data, start_round=spec.start_round,
+                                     stop_round=spec.stop_round)
     task = TaskConfig(num_clients=config.clients, partition=partition_config(cell.partition),
-                      model=config.model)
+                      model=config.model, dataset=config.dataset, data=config.data,
+                      train_size=config.train_size, test_size=config.test_size)
     fedavg = FedAvgConfig(rounds=config.rounds, fraction=1.0,
                           client=ClientConfig(epochs=config.local_epochs, batch_size=config.batch_size,
                                               lr=config.lr),
@@ -130,8 +138,87 @@ def run_cell(config: BenchConfig, cell: Cell,
         "seconds": time.perf_counter() - started,
         "curve": accuracies,
         "attack_success_curve": [r.get("attack_success") for r in history],
+        **durability(
+            [r.get("attack_success") for r in history],
+            next(a for a in config.attacks if a.name == cell.attack).stop_round),
         **audit_row,
     }
+
+
+def durability(curve: list[float | None], stop_round: int | None) -> dict[str, Any]:
+    """A backdoor's durability figures from its per-round ``attack_success`` curve (round 1 first) and
+    the attack window's ``stop_round`` (``None``: the attackers never stop).
+
+    ``attack_success_at_stop``: the success after the last attacked round (``stop_round``, or the last
+    round run when the run ends first or the attack never stops); ``attack_success_final``: after the
+    last round that measured it; ``durability``: the backdoor's lifespan after the stop, the number of
+    consecutive rounds after ``stop_round`` whose success stays >= half its value at the stop (0 when
+    it was 0 at the stop), ``None`` when no round ran after the stop. All ``None`` without a success
+    curve (no backdoor)."""
+    measured = [v for v in curve if v is not None]
+    if not measured:
+        return {"attack_success_at_stop": None, "attack_success_final": None, "durability": None}
+    last = len(curve) if stop_round is None else min(stop_round, len(curve))
+    at_stop, lifespan = curve[last - 1], None
+    if at_stop is not None and last < len(curve):
+        lifespan = 0
+        for value in curve[last:]:
+            if at_stop <= 0.0 or value is None or value < 0.5 * at_stop:
+                break
+            lifespan += 1
+    return {"attack_success_at_stop": at_stop, "attack_success_final": measured[-1], "durability": lifespan}
+
+
+def run_centralized(config: BenchConfig, seed: int) -> dict[str, Any]:
+    """The fidelity baseline of seed ``seed``: the grid's model trained centrally on the union of the
+    clients' training data (the same examples FedAvg sees, pooled), with the clients' learning rate and
+    batch size for ``rounds x local_epochs`` epochs (FedAvg's budget of passes over the data), then
+    evaluated on the same test set. Its row (``"section": "baseline"``) says how far the clean FedAvg
+    cells are from what the model and data allow, so an attack's damage is not read against an
+    undertrained baseline."""
+    started = time.perf_counter()
+    exp = experiment_config(config, Cell("none", config.defences[0][0], 0.0, config.partitions[0], seed))
+    task = make_task(exp.task, seed=seed)
+    data = task.data
+    pooled = ClientData(data.train_x, data.train_y)
+    layout = ParamLayout.from_module(task.model)
+    initial = task.model.state_dict()
+    epochs = config.rounds * config.local_epochs
+    update = client_update(task.model, initial, pooled,
+                           ClientConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr), layout,
+                           seed=derive_seed(seed, "centralized"))
+    weights = {k: v.clone() for k, v in initial.items()}
+    weights.update(layout.unflatten(layout.flatten(initial) + update.delta))
+    return {"section": "baseline", "seed": seed, "epochs": epochs, "examples": len(pooled),
+            **evaluate(task.model, weights, data.test_x, data.test_y),
+            "seconds": time.perf_counter() - started}
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity set where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity sets (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def cell_line(done: int, total: int, row: dict[str, Any]) -> str:
+    """One log line for a finished cell (``secagg bench`` prints these when stdout is not a terminal)."""
+    if row.get("section") == "baseline":
+        return (f"[{done}/{total}] centralized baseline (seed {row['seed']}): accuracy "
+                f"{row['accuracy']:.3f} after {row['epochs']} epochs, {row['seconds']:.1f} s")
+    if row.get("section") == "privacy":
+        metrics = [f"{k} {row[k]:.3g}" for k in ("psnr", "auc", "tpr_at_1pct_fpr") if row.get(k) is not None]
+        return (f"[{done}/{total}] privacy {row['attack']} vs {row['defence']} (seed {row['seed']}): "
+                + (", ".join(metrics) or "done"))
+    acc = row.get("accuracy")
+    line = (f"[{done}/{total}] {row['attack']} vs {row['defence']} ({row['attackers']:g} attackers, "
+            f"{row['partition']}, seed {row['seed']}): accuracy {'n/a' if acc is None else f'{acc:.3f}'}")
+    if row.get("attack_success") is not None:
+        line += f", attack success {row['attack_success']:.3f}"
+    if row.get("stopped"):
+        line += f" (stopped: {row['stopped']})"
+    return line + f", {row.get('seconds', 0.0):.1f} s"
 
 
 def _run_audited_cell(config: BenchConfig, audit: Audit | None, cell: Cell) -> dict[str, Any]:
@@ -163,7 +250,13 @@ def _load_done(path: Path, config: BenchConfig, audit: Audit | None = None) -> d
     done = {Cell(r["attack"], r["defence"], r["attackers"], r["partition"], r["seed"]).key: r for r in rows}
     for r in saved.get("privacy", []):
         done[_privacy_key(r["attack"], r["defence"], r["seed"])] = r
+    for r in saved.get("baseline", []):
+        done[_baseline_key(r["seed"])] = r
     return done
+
+
+def _baseline_key(seed: int) -> str:
+    return f"baseline|{seed}"
 
 
 def _privacy_key(attack: str, defence: str, seed: int) -> str:
@@ -180,45 +273,52 @@ def _audit_dict(audit: Audit | None) -> dict[str, Any] | None:
 
 def _save(path: Path, config: BenchConfig, rows: list[dict[str, Any]], audit: Audit | None = None) -> None:
     tmp = path.with_suffix(".tmp")
-    cells_ = [r for r in rows if r.get("section") != "privacy"]
+    cells_ = [r for r in rows if r.get("section") not in ("privacy", "baseline")]
     privacy = [r for r in rows if r.get("section") == "privacy"]
-    doc = {"config": config_dict(config), "cells": cells_, "privacy": privacy,
+    baseline = [r for r in rows if r.get("section") == "baseline"]
+    doc = {"config": config_dict(config), "cells": cells_, "privacy": privacy, "baseline": baseline,
            **({"audit": _audit_dict(audit)} if audit is not None else {})}
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(path)
 
 
-def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progress: bool = True,
+def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int | None = None, progress: bool = True,
              limit: int | None = None, backend: str = "local", ray_address: str | None = None,
              ray_threads: int | None = None, audit: Audit | None = None) -> list[dict[str, Any]]:
     """Run every cell not already in ``out_dir/results.json`` and return all rows in grid order
-    (poisoning cells, then the privacy cells, whose rows carry ``"section": "privacy"``).
+    (poisoning cells, then the privacy cells, whose rows carry ``"section": "privacy"``, then one
+    centralized baseline per seed, ``"section": "baseline"``: :func:`run_centralized`).
 
-    ``backend="local"``: ``jobs > 1`` runs cells in that many processes. ``backend="ray"``: every
-    poisoning cell is one Ray task on the cluster at ``ray_address`` (``None``: the Ray this process
-    already started, else a new local one using every core, shut down at the end); the cluster's CPUs
-    set the parallelism, so ``jobs`` must stay 1. Each task uses ``ray_threads`` torch threads and
-    reserves as many CPUs (default: this process's thread count, which makes every row bit-identical
-    to ``jobs=1``; ``1`` runs more cells at once but, like ``jobs > 1``, computes with one thread, which
-    can change the last bits of the floats behind a row). Either way the privacy cells run in this
-    process. Rows never depend on the backend except ``seconds`` and the cells of defences that add
-    DP noise: that noise comes from ``os.urandom`` (it must stay secret), so those cells differ between
-    any two runs. ``limit`` stops after that many new cells (for tests of resumption). ``audit``: run
-    every DP defence inside a canary audit (:class:`Audit`; the grid's results file records it and
-    resumes only the same audit). The caller writes the reports
+    ``backend="local"``: cells run in ``jobs`` processes (default: one per available core; ``jobs=1``
+    runs them one after the other in this process). ``backend="ray"``: every poisoning cell is one Ray
+    task on the cluster at ``ray_address`` (``None``: the Ray this process already started, else a new
+    local one using every core, shut down at the end); the cluster's CPUs set the parallelism, so
+    ``jobs`` must be left unset (or 1). Each task uses ``ray_threads`` torch threads and reserves as
+    many CPUs (default: this process's thread count, which makes every row bit-identical to ``jobs=1``;
+    ``1`` runs more cells at once but, like ``jobs > 1``, computes with one thread, which can change
+    the last bits of the floats behind a row). Either way the privacy cells and the baselines run in
+    this process. Rows never depend on the backend except ``seconds`` and the cells of defences that
+    add DP noise: that noise comes from ``os.urandom`` (it must stay secret), so those cells differ
+    between any two runs. ``limit`` stops after that many new cells (for tests of resumption).
+    ``audit``: run every DP defence inside a canary audit (:class:`Audit`; the grid's results file
+    records it and resumes only the same audit).
+
+    ``progress``: a progress bar when stdout is a terminal, else one line per finished cell on stdout
+    (a log of a long grid shows where it is). The caller writes the reports
     (:func:`attacks.bench.report.write_reports`).
     """
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    if jobs < 1:
-        raise ConfigError(f"jobs: must be >= 1, got {jobs}")
     if backend not in BACKENDS:
         raise ConfigError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise ConfigError(f"jobs: must be an integer >= 1 (or unset: one per core), got {jobs!r}")
     if backend == "ray" and not ray_available():
         raise ConfigError(RAY_MISSING)
-    if backend == "ray" and jobs != 1:
+    if backend == "ray" and jobs not in (None, 1):
         raise ConfigError(f"jobs: the ray backend schedules one cell per free CPU of the cluster; "
-                          f"leave jobs at 1 (got {jobs})")
+                          f"leave jobs unset (got {jobs})")
     if backend == "local" and (ray_address is not None or ray_threads is not None):
         raise ConfigError("ray_address, ray_threads: only used with backend 'ray'")
     out = Path(out_dir)
@@ -229,45 +329,59 @@ def run_grid(config: BenchConfig, out_dir: str | Path, *, jobs: int = 1, progres
     todo = [c for c in grid if c.key not in done][:limit]
     privacy = [(p, s) for s in config.seeds for p in config.privacy]
     privacy_todo = [(p, s) for p, s in privacy if _privacy_key(p.attack, p.defence_name, s) not in done]
+    baselines_todo = [s for s in config.seeds if _baseline_key(s) not in done]
     if limit is not None:
         privacy_todo = privacy_todo[:max(0, limit - len(todo))]
+        baselines_todo = baselines_todo[:max(0, limit - len(todo) - len(privacy_todo))]
+    workers = 1 if backend == "ray" else (jobs if jobs is not None
+                                          else min(available_cores(), max(len(todo), 1)))
+    total = len(grid) + len(privacy) + len(config.seeds)
+    finished = total - len(todo) - len(privacy_todo) - len(baselines_todo)
 
     def ordered() -> list[dict[str, Any]]:
-        keys = [c.key for c in grid] + [_privacy_key(p.attack, p.defence_name, s) for p, s in privacy]
+        keys = ([c.key for c in grid] + [_privacy_key(p.attack, p.defence_name, s) for p, s in privacy]
+                + [_baseline_key(s) for s in config.seeds])
         return [done[k] for k in keys if k in done]
 
+    terminal = Console().is_terminal
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress) as bar:
-        total = len(grid) + len(privacy)
-        cells_task = bar.add_task("cells", total=total, completed=total - len(todo) - len(privacy_todo))
-        serial = backend == "local" and jobs == 1
+                  disable=not (progress and terminal)) as bar:
+        cells_task = bar.add_task("cells", total=total, completed=finished)
+        serial = backend == "local" and workers == 1
         rounds_task = bar.add_task("rounds", total=config.rounds, visible=serial)
+
+        def record(key: str, row: dict[str, Any]) -> None:
+            nonlocal finished
+            done[key] = row
+            _save(path, config, ordered(), audit)
+            finished += 1
+            bar.advance(cells_task)
+            if progress and not terminal:
+                print(cell_line(finished, total, row), flush=True)
+
+        if progress and not terminal and (todo or privacy_todo or baselines_todo):
+            where = f"{workers} process(es)" if backend == "local" else "ray"
+            print(f"bench {config.name}: {total - finished} of {total} cells to run on {where}, results in "
+                  f"{path}", flush=True)
         if backend == "ray" and todo:
             with RayExecutor(ray_address, threads=ray_threads) as executor:
                 # results as they complete, each saved at once: an interrupted grid resumes as usual
                 # run_cell, not _run_cell_in_worker: RayExecutor sets each task's torch thread count
                 for i, row in executor.as_completed(_run_audited_cell, todo, config, audit):
-                    done[todo[i].key] = row
-                    _save(path, config, ordered(), audit)
-                    bar.advance(cells_task)
+                    record(todo[i].key, row)
         elif serial:
             for cell in todo:
                 bar.update(rounds_task, completed=0, description=f"{cell.attack} vs {cell.defence}")
                 row = run_cell(config, cell, on_round=lambda _: bar.advance(rounds_task), audit=audit)
-                done[cell.key] = row
-                _save(path, config, ordered(), audit)
-                bar.advance(cells_task)
+                record(cell.key, row)
         elif todo:
-            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
                 futures = {pool.submit(_run_cell_in_worker, config, c, audit): c for c in todo}
                 for future in as_completed(futures):
-                    done[futures[future].key] = future.result()
-                    _save(path, config, ordered(), audit)
-                    bar.advance(cells_task)
+                    record(futures[future].key, future.result())
+        bar.update(rounds_task, visible=False)
         for cell, seed in privacy_todo:  # in this process: each cell is a few seconds
-            bar.update(rounds_task, visible=False)
-            row = run_privacy_cell(cell, seed, out)
-            done[_privacy_key(cell.attack, cell.defence_name, seed)] = row
-            _save(path, config, ordered(), audit)
-            bar.advance(cells_task)
+            record(_privacy_key(cell.attack, cell.defence_name, seed), run_privacy_cell(cell, seed, out))
+        for seed in baselines_todo:
+            record(_baseline_key(seed), run_centralized(config, seed))
     return ordered()

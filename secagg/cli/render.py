@@ -51,7 +51,7 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
                 executor.close()
 
     secure = any(key.endswith("client_bytes_mean") for row in result.history for key in row)
-    table = Table(title="FedAvg on digits: test metrics per round"
+    table = Table(title=f"FedAvg on {config.task.dataset}: test metrics per round"
                   + (" (KiB: mean traffic per client)" if secure else ""))
     private = any(row.get("epsilon") is not None for row in result.history)
     audited = any(audit_entry(row) for row in result.history)
@@ -115,32 +115,32 @@ def _audit_line(audit: dict[str, Any], accountant: float | None) -> str:
 def _bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from attacks.bench import run
+    from attacks.bench import load, run_grid, write_reports
+    from attacks.bench.config import with_data
+    from attacks.bench.runner import Audit
 
     if args.preset is not None and args.bench_config is not None:
         raise ConfigError("--preset, --config: give one of them")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
     ray = bool(args.ray or args.ray_address)
     if not ray and args.ray_threads is not None:
         raise ConfigError("--ray-threads: needs --ray")
     options = dict(jobs=args.jobs, progress=not args.no_progress, backend="ray" if ray else "local",
                    ray_address=args.ray_address, ray_threads=args.ray_threads)
+    audit = None
     if args.audit_canaries is None:
         if args.audit_inclusion is not None:
             raise ConfigError("--audit-inclusion: needs --audit-canaries")
-        paths = run(args.out, preset=args.preset, config_file=args.bench_config, **options)
     else:  # every DP defence of the grid inside a canary audit
-        from attacks.bench import load, run_grid, write_reports
-        from attacks.bench.runner import Audit
-
         if args.audit_canaries < 4:
             raise ConfigError(f"--audit-canaries: must be >= 4, got {args.audit_canaries}")
-        grid = load(args.bench_config, None) if args.bench_config is not None else load(
-            None, args.preset or "default")
-        rows = run_grid(grid, args.out, audit=Audit(args.audit_canaries, args.audit_inclusion or "half"),
-                        **options)
-        paths = {"json": args.out / "results.json", **write_reports(args.out, grid, rows)}
+        audit = Audit(args.audit_canaries, args.audit_inclusion or "half")
+    grid = load(args.bench_config, None) if args.bench_config is not None else load(
+        None, args.preset or "default")
+    grid = with_data(grid, args.dataset, args.data)  # checks the data set's files before any cell
+    rows = run_grid(grid, args.out, audit=audit, **options)
+    paths = {"json": args.out / "results.json", **write_reports(args.out, grid, rows)}
     console = Console()
     console.print(paths["summary"].read_text())
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
