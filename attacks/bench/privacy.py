@@ -3,9 +3,12 @@
 A grid file lists privacy cells as an array of tables::
 
     [[privacy]]
-    attack = "dlg"              # dlg | inverting_gradients (reconstruction); loss_threshold | lira
+    attack = "dlg"              # dlg | inverting_gradients (reconstruction); loss_threshold | lira;
+                                # imprint | imprint_inplace | trap_weights (malicious model)
     defence = "secure_sum"      # none | secure_sum (k clients summed) | dp (clip + noise) | dpsgd
-    clients = 8                 # secure_sum: k
+    clients = 8                 # secure_sum: k; malicious model: clients in the round
+    batch_size = 8              # malicious model: examples per client
+    bins = 512                  # imprint: bins of the inserted imprint layer
     noise_multiplier = 0.1      # dp: z (noise std z * clip on the single-example gradient)
     clip = 1.0                  # dp: C
     epsilon = 4.0               # dpsgd: the record-level target epsilon of the trained model
@@ -25,6 +28,17 @@ for. DP-SGD cells: add/remove one record. DP-FedAvg cells (client-level DP) are 
 record by :func:`record_level_epsilon` (removing a record replaces its client's update: noise
 multiplier z/2), with records split to clients by :func:`client_of` so that no other record moves;
 their client-level (add/remove one client) figure is ``epsilon_client``.
+
+Malicious-model cells (:mod:`attacks.imprint`) send one imprint or trap-weights model to every client
+of a FedSGD round (``clients`` x ``batch_size`` digits) and recover examples from the aggregate, under
+``none`` (plain mean), ``secure_sum`` / ``secaggplus`` (``_malicious``: the malicious-server mode),
+``dp_fedavg`` or ``distributed_dp`` (``noise_multiplier``; the clip is the norm of one public client
+step, ``clip`` is not used: clipping cancels in the recovery). Their defence names carry the client
+count (``secure_sum_8``, ``dp_fedavg_z1_8``). They report ``psnr_mean`` / ``psnr_median`` /
+``psnr_max`` over the recovered images (best-matching true example, dB, capped at 150; ``psnr`` is
+the mean), ``fraction_recovered`` (examples recovered at >= 20 dB), ``candidates``, ``examples`` and
+``epsilon`` (DP: client-level, one round), and save the grid ``imprint_<attack>_<defence>_<seed>.png``
+(true over recovered).
 """
 
 from __future__ import annotations
@@ -40,6 +54,9 @@ import numpy as np
 import torch
 
 from attacks.image_metrics import ssim
+from attacks.imprint import ATTACKS as IMPRINT_ATTACKS
+from attacks.imprint import DEFENCES as IMPRINT_DEFENCES
+from attacks.imprint import DP_DEFENCES as IMPRINT_DP_DEFENCES
 from attacks.inversion import (
     best_match_psnr,
     clip_and_noise,
@@ -56,9 +73,11 @@ from attacks.membership import (
     lira_scores,
     loss_threshold_scores,
     model_confidences,
+    roc_curve,
     tpr_at_fpr,
     train_model,
 )
+from secagg.data.digits import load_digits_split
 from secagg.errors import ConfigError
 from secagg.fedavg.config import ClientConfig
 from secagg.seeding import derive_seed, numpy_rng
@@ -66,10 +85,12 @@ from secagg.task import TaskConfig, build_task
 
 RECONSTRUCTION = ("dlg", "inverting_gradients")
 MEMBERSHIP = ("loss_threshold", "lira")
+MALICIOUS_MODEL = IMPRINT_ATTACKS
 DEFENCES = {"dlg": ("none", "secure_sum", "dp"), "inverting_gradients": ("none", "secure_sum", "dp"),
-            "loss_threshold": ("none", "dpsgd", "dp_fedavg"), "lira": ("none", "dpsgd", "dp_fedavg")}
+            "loss_threshold": ("none", "dpsgd", "dp_fedavg"), "lira": ("none", "dpsgd", "dp_fedavg"),
+            **dict.fromkeys(IMPRINT_ATTACKS, IMPRINT_DEFENCES)}
 KEYS = ("attack", "defence", "clients", "noise_multiplier", "clip", "epsilon", "examples", "shadows",
-        "targets", "pool")
+        "targets", "pool", "batch_size", "bins")
 DELTA = 1e-5
 MEMBERSHIP_TRAINING = ClientConfig(epochs=60, batch_size=0, lr=1.0, momentum=0.9)
 MAX_GRAD_NORM = 1.0
@@ -87,9 +108,14 @@ class PrivacyCell:
     shadows: int = 8
     targets: int = 2
     pool: int = 600
+    batch_size: int = 8
+    bins: int = 512
 
     @property
     def defence_name(self) -> str:
+        if self.attack in MALICIOUS_MODEL:  # the client count is part of what these cells compare
+            z = f"_z{self.noise_multiplier:g}" if self.defence in IMPRINT_DP_DEFENCES else ""
+            return f"{self.defence}{z}_{self.clients}"
         if self.defence == "secure_sum":
             return f"secure_sum_{self.clients}"
         if self.defence == "dp":
@@ -143,10 +169,20 @@ def _check(cell: PrivacyCell, where: str) -> None:
     positive_int("shadows", cell.shadows, 2)
     positive_int("targets", cell.targets, 1)
     positive_int("pool", cell.pool, 20)
+    positive_int("batch_size", cell.batch_size, 1)
+    positive_int("bins", cell.bins, 2)
+    if cell.attack in MALICIOUS_MODEL:
+        if cell.clients < 2:
+            raise ConfigError(f"{where}.clients: {cell.attack} needs >= 2 clients in the round, got "
+                              f"{cell.clients}")
+        available = len(load_digits_split()[0])
+        if cell.clients * cell.batch_size > available:
+            raise ConfigError(f"{where}.batch_size: {cell.clients} clients x {cell.batch_size} examples "
+                              f"exceed the {available} digits training examples")
     if cell.defence == "secure_sum" and cell.clients < 2:
         raise ConfigError(f"{where}.clients: secure_sum needs >= 2 clients, got {cell.clients}")
     z = cell.noise_multiplier
-    if cell.defence in ("dp", "dp_fedavg") and not (isinstance(z, int | float) and z > 0):
+    if cell.defence in ("dp", "dp_fedavg", "distributed_dp") and not (isinstance(z, int | float) and z > 0):
         raise ConfigError(f"{where}.noise_multiplier: {cell.defence} needs a value > 0, got {z!r}")
     if not (isinstance(cell.clip, int | float) and cell.clip > 0):
         raise ConfigError(f"{where}.clip: must be > 0, got {cell.clip!r}")
@@ -165,6 +201,8 @@ def run_privacy_cell(cell: PrivacyCell, seed: int, out_dir: Path | None = None) 
     started = time.perf_counter()
     if cell.attack in RECONSTRUCTION:
         metrics = _reconstruction(cell, seed, out_dir)
+    elif cell.attack in MALICIOUS_MODEL:
+        metrics = _malicious_model(cell, seed, out_dir)
     else:
         metrics = _membership(cell, seed)
     return {"section": "privacy", "attack": cell.attack, "defence": cell.defence_name, "seed": seed,
@@ -211,6 +249,26 @@ def _reconstruction(cell: PrivacyCell, seed: int, out_dir: Path | None) -> dict[
                         else None),
             "psnr": float(np.median(finite)) if finite else math.inf, "ssim": float(np.median(ssims)),
             "label_accuracy": float(np.mean(labels))}
+
+
+def _malicious_model(cell: PrivacyCell, seed: int, out_dir: Path | None) -> dict[str, Any]:
+    """An imprint / trap-weights cell (:func:`attacks.imprint.run_attack`): its row's metrics, and the
+    grid of the 8 best-recovered examples (true over recovered) in ``out_dir``."""
+    from attacks.imprint import run_attack, save_comparison
+
+    result = run_attack(cell.attack, cell.defence, clients=cell.clients, batch_size=cell.batch_size,
+                        bins=cell.bins, noise_multiplier=cell.noise_multiplier, seed=seed)
+    row = result.summary()
+    if out_dir is not None:
+        order = torch.argsort(result.truth_psnr, descending=True)[:8]
+        save_comparison(Path(out_dir) / f"imprint_{cell.attack}_{cell.defence_name}_{seed}.png",
+                        result.truth[order], [("recovered", result.recovered)],
+                        f"{cell.attack} vs {cell.defence_name}: {result.fraction_recovered:.0%} of "
+                        f"{len(result.truth)} examples at >= {result.threshold_db:g} dB")
+    keep = ("examples", "candidates", "psnr_mean", "psnr_median", "psnr_max", "fraction_recovered",
+            "threshold_db", "baseline_psnr", "pixel_error_bound", "clipped_fraction", "epsilon")
+    return {"psnr": row["psnr_mean"], "clients": cell.clients, "batch_size": cell.batch_size,
+            **{k: row.get(k) for k in keep}}
 
 
 def save_grid(pairs: list[tuple[torch.Tensor, torch.Tensor]], path: Path, title: str) -> None:
@@ -279,7 +337,19 @@ def _membership(cell: PrivacyCell, seed: int) -> dict[str, Any]:
     return {"epsilon": record_eps, "epsilon_record": record_eps, "epsilon_relation": RELATIONS[cell.defence],
             "epsilon_client": max(client_epsilons) if client_epsilons else None,
             "auc": auc(scores, member), "tpr_at_1pct_fpr": tpr_at_fpr(scores, member, 0.01),
-            "tpr_at_0_1pct_fpr": tpr_at_fpr(scores, member, 0.001)}
+            "tpr_at_0_1pct_fpr": tpr_at_fpr(scores, member, 0.001), "delta": DELTA,
+            **roc_points(scores, member)}
+
+
+def roc_points(scores: np.ndarray, member: np.ndarray, points: int = 60) -> dict[str, list[float]]:
+    """The attack's ROC curve, thinned for the results file: at most ``points`` + 2 points, spaced
+    evenly in log FPR from ``1 / #non-members`` to 1 (the low-FPR end is what a log-log plot shows),
+    each the largest TPR at an FPR <= that value. ``{"roc_fpr": [...], "roc_tpr": [...]}``."""
+    fpr, tpr, _ = roc_curve(scores, member)
+    negatives = max(int((~np.asarray(member, dtype=bool)).sum()), 1)
+    grid = np.unique(np.concatenate([[0.0], np.logspace(np.log10(1.0 / negatives), 0.0, points)]))
+    best = [float(tpr[fpr <= g + 1e-12].max()) for g in grid]
+    return {"roc_fpr": [float(g) for g in grid], "roc_tpr": best}
 
 
 #: The neighbouring relation each membership row's record-level ``epsilon`` holds for.
