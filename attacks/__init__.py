@@ -5,9 +5,11 @@ attack kind (the names benchmark config files use).
 """
 
 from attacks.adaptive import AdaptiveALIE, AdaptiveIPM
+from attacks.backdoors import DistributedBackdoor, Neurotoxin
 from attacks.base import AttackContext, UpdateAttack
 from attacks.byzantine import ByzantineClients
 from attacks.data_poisoning import Backdoor, DataAttack, LabelFlip, ModelReplacement
+from attacks.fang import FangKrum, FangTrim
 from attacks.model_poisoning import ALIE, IPM, GaussianNoise, Mimic, MinMax, MinSum, Scaling, SignFlip, alie_z
 
 __all__ = [
@@ -19,12 +21,16 @@ __all__ = [
     "Backdoor",
     "ByzantineClients",
     "DataAttack",
+    "DistributedBackdoor",
+    "FangKrum",
+    "FangTrim",
     "GaussianNoise",
     "LabelFlip",
     "Mimic",
     "MinMax",
     "MinSum",
     "ModelReplacement",
+    "Neurotoxin",
     "Scaling",
     "SignFlip",
     "UpdateAttack",

@@ -32,6 +32,9 @@ class AttackContext:
     ``seed``: for attacks that draw random values (simulation randomness, not secret).
     ``weights``: (n,) the clients' example counts, honest rows first (what FedAvg's example-weighted
     mean weights each update by); ``None`` when unknown, read as all equal.
+    ``global_update``: (p,) the previous round's change of the global model over the parameters (the
+    first p <= d coordinates of a row; what every client can compute from two consecutive global
+    models), for attacks that track the training (Neurotoxin); ``None`` when unknown (round 1).
     """
 
     honest: torch.Tensor
@@ -40,6 +43,7 @@ class AttackContext:
     defence: Defence | None = None
     seed: int = 0
     weights: torch.Tensor | None = None
+    global_update: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.honest.dim() != 2 or self.own.dim() != 2 or self.honest.shape[1] != self.own.shape[1]:
@@ -53,6 +57,10 @@ class AttackContext:
                               or not bool(torch.isfinite(w).all()) or bool((w < 0).any())):
             shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
             raise ConfigError(f"weights: expected ({self.num_clients},) finite values >= 0, got {shape}")
+        g = self.global_update
+        if g is not None and (not isinstance(g, torch.Tensor) or g.dim() != 1 or g.numel() > self.dim):
+            shape = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
+            raise ConfigError(f"global_update: expected a (p,) tensor with p <= d = {self.dim}, got {shape}")
 
     @property
     def num_attackers(self) -> int:

@@ -1,15 +1,19 @@
 """Data-poisoning attacks: malicious clients train on poisoned data and otherwise follow the protocol.
 
 A data attack is a registered plug-in value (family ``"data-attack"``) that rewrites a malicious
-client's local examples before it trains. :class:`Backdoor` also knows how to measure its success on
-the test set (the fraction of triggered inputs, not already of the target class, that the model
-classifies as the target). Model replacement (Bagdasaryan et al. 2020) is the backdoor plus the
-update boost of :class:`ModelReplacement`, an update attack applied to the backdoored update.
+client's local examples before it trains (told the client's rank among the attackers, for attacks
+that split the work: :class:`~attacks.backdoors.DistributedBackdoor`), and may report per-round
+metrics. :class:`Backdoor` measures its success on the test set (the fraction of triggered inputs,
+not already of the target class, that the model classifies as the target). Model replacement
+(Bagdasaryan et al. 2020) is the backdoor plus the update boost of :class:`ModelReplacement`, an update
+attack applied to the backdoored update.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +21,7 @@ import torch
 from attacks.base import AttackContext, UpdateAttack
 from secagg.data.federated import ClientData
 from secagg.errors import ConfigError
+from secagg.fedavg.adversary import Predict
 from secagg.registry import Registered
 from secagg.seeding import torch_generator
 from secagg.validation import check_choice, check_int, check_real
@@ -26,8 +31,22 @@ class DataAttack(Registered, ABC, family="data-attack"):
     """Base class of data-poisoning attacks (frozen dataclasses declared with ``kind="..."``)."""
 
     @abstractmethod
-    def poison(self, data: ClientData, num_classes: int, seed: int) -> ClientData:
-        """The malicious client's poisoned examples (new tensors; ``data`` is not modified)."""
+    def poison(self, data: ClientData, num_classes: int, seed: int, *, attacker: int = 0) -> ClientData:
+        """The malicious client's poisoned examples (new tensors; ``data`` is not modified).
+        ``attacker``: the client's rank among the run's malicious clients (0-based), for attacks that
+        split their work among the attackers (:class:`~attacks.backdoors.DistributedBackdoor`); the
+        others ignore it. Subclasses written before it existed (``poison(data, num_classes, seed)``)
+        keep working: :class:`~attacks.byzantine.ByzantineClients` passes it only to those that take it."""
+
+    def metrics(self, predict: Predict, test_x: torch.Tensor, test_y: torch.Tensor) -> dict[str, float]:
+        """Per-round measurements on the test set with the new global model (``predict`` maps inputs to
+        labels); default none. Backdoors log ``attack_success``."""
+        return {}
+
+
+def takes_attacker(poison: Callable[..., ClientData]) -> bool:
+    """Whether a ``poison`` method accepts the ``attacker`` keyword (older data attacks do not)."""
+    return "attacker" in inspect.signature(poison).parameters
 
 
 @dataclass(frozen=True)
@@ -49,7 +68,7 @@ class LabelFlip(DataAttack, kind="label-flip"):
         if self.mode == "targeted" and self.source == self.target:
             raise ConfigError(f"target: must differ from source, both are {self.source}")
 
-    def poison(self, data: ClientData, num_classes: int, seed: int) -> ClientData:
+    def poison(self, data: ClientData, num_classes: int, seed: int, *, attacker: int = 0) -> ClientData:
         if self.mode == "permutation":
             return ClientData(data.x.clone(), num_classes - 1 - data.y)
         if max(self.source, self.target) >= num_classes:
@@ -90,24 +109,41 @@ class Backdoor(DataAttack, kind="backdoor"):
         out[..., -self.size:, -self.size:] = self.value
         return out
 
-    def poison(self, data: ClientData, num_classes: int, seed: int) -> ClientData:
-        if self.target >= num_classes:
-            raise ConfigError(f"target: must be < num_classes = {num_classes}, got {self.target}")
-        n = len(data)
-        count = max(1, round(self.fraction * n))
-        idx = torch.randint(n, (count,), generator=torch_generator(seed, "backdoor-copies"))
-        x = torch.cat([data.x, self.apply_trigger(data.x[idx])])
-        y = torch.cat([data.y, torch.full((count,), self.target, dtype=data.y.dtype)])
-        return ClientData(x, y)
+    def poison(self, data: ClientData, num_classes: int, seed: int, *, attacker: int = 0) -> ClientData:
+        return add_triggered_copies(data, self.apply_trigger, self.target, self.fraction, num_classes, seed)
 
     def success_rate(self, predict: torch.Tensor, test_y: torch.Tensor) -> float:
         """Attack success: among test examples whose true class is not ``target``, the fraction whose
         triggered version is predicted as ``target``. ``predict``: predicted labels of the triggered
         test inputs (see :meth:`apply_trigger`)."""
-        keep = test_y != self.target
-        if not bool(keep.any()):
-            raise ConfigError(f"target: every test example is of class {self.target}")
-        return float((predict[keep] == self.target).double().mean())
+        return targeted_success(predict, test_y, self.target)
+
+    def metrics(self, predict: Predict, test_x: torch.Tensor, test_y: torch.Tensor) -> dict[str, float]:
+        """``attack_success``: :meth:`success_rate` of the model on the triggered test set."""
+        return {"attack_success": self.success_rate(predict(self.apply_trigger(test_x)), test_y)}
+
+
+def targeted_success(predict: torch.Tensor, test_y: torch.Tensor, target: int) -> float:
+    """Among test examples whose true class is not ``target``, the fraction predicted as ``target``
+    (``predict``: the labels predicted for their triggered versions)."""
+    keep = test_y != target
+    if not bool(keep.any()):
+        raise ConfigError(f"target: every test example is of class {target}")
+    return float((predict[keep] == target).double().mean())
+
+
+def add_triggered_copies(data: ClientData, stamp: Callable[[torch.Tensor], torch.Tensor], target: int,
+                         fraction: float, num_classes: int, seed: int) -> ClientData:
+    """``data`` plus ``max(1, round(fraction * n))`` of its examples, drawn with replacement from
+    ``seed`` (simulation randomness), stamped by ``stamp`` and relabelled ``target``."""
+    if target >= num_classes:
+        raise ConfigError(f"target: must be < num_classes = {num_classes}, got {target}")
+    n = len(data)
+    count = max(1, round(fraction * n))
+    idx = torch.randint(n, (count,), generator=torch_generator(seed, "backdoor-copies"))
+    x = torch.cat([data.x, stamp(data.x[idx])])
+    y = torch.cat([data.y, torch.full((count,), target, dtype=data.y.dtype)])
+    return ClientData(x, y)
 
 
 @dataclass(frozen=True)

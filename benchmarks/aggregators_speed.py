@@ -1,7 +1,8 @@
 """Aggregation-rule speed and peak memory against in-run baselines.
 
-For each size (n clients, d coordinates; float32 stack drawn from a standard normal), every rule
-registered in :mod:`secagg.aggregation` (plus :class:`CenteredClipping`) is timed on the same stack
+For each size (n clients, d coordinates; float32 stack drawn from a standard normal), the robust rules
+of :mod:`secagg.aggregation` (Meamed, MoNNA, ARC and MDA included; the geometric median both with its
+defaults and as ByzFL runs it, 3 steps from 0) are timed on the same stack
 (median of --repeats calls of ``aggregate``; the ``UpdateBatch`` is built, and validated, outside the
 timing) and its peak memory measured as
 the growth of the process's peak RSS (``resource.getrusage(...).ru_maxrss``) over its value right
@@ -49,10 +50,14 @@ BASELINES = ("mean", "np.median", "np.sort", "mean+gram")
 def _rules(n: int) -> dict[str, tuple[Any, str]]:
     """name -> (aggregator, baseline it is compared with)."""
     from secagg.aggregation import (
+        AdaptiveRobustClipping,
         Bucketing,
         CoordinateMedian,
         Krum,
+        Meamed,
         Mean,
+        MinimumDiameterAveraging,
+        MoNNA,
         MultiKrum,
         NearestNeighbourMixing,
         TrimmedMean,
@@ -69,6 +74,11 @@ def _rules(n: int) -> dict[str, tuple[Any, str]]:
         f"NNM(f={f}, Mean)": (NearestNeighbourMixing(f=f, inner=Mean()), "mean+gram"),
         "Bucketing(2, Median)": (Bucketing(bucket_size=2, inner=CoordinateMedian()), "np.median"),
         "CenteredClipping(L=1)": (CenteredClipping(tau=1.0, iterations=1), "mean"),
+        f"Meamed(f={f})": (Meamed(f=f), "np.sort"),
+        f"MoNNA(f={f})": (MoNNA(f=f), "mean"),
+        f"ARC(f={f}, Mean)": (AdaptiveRobustClipping(f=f, inner=Mean()), "mean"),
+        f"ARC(f={f}, Median)": (AdaptiveRobustClipping(f=f, inner=CoordinateMedian()), "np.median"),
+        f"MDA(f={f})": (MinimumDiameterAveraging(f=f), "mean+gram"),
     }
     try:
         from secagg.aggregation.bulyan import Bulyan
@@ -79,6 +89,8 @@ def _rules(n: int) -> dict[str, tuple[Any, str]]:
     try:
         from secagg.aggregation.geomed import GeometricMedian
         rules["GeometricMedian"] = (GeometricMedian(), "mean")
+        rules["GeoMed(T=3, from 0)"] = (
+            GeometricMedian(eps=0.1, max_iter=3, tol=1e-300, weighted=False, init="zero"), "mean")
     except ImportError:
         pass
     return rules

@@ -1,7 +1,8 @@
 """Small models for the bundled federated tasks, and a registry to build them by name.
 
 Any ``torch.nn.Module`` works with the FedAvg core; these are the defaults for digits (8x8 images,
-10 classes). Register your own with :func:`register_model`.
+10 classes) and work on any (channels, height, width) input: MNIST-like 28x28x1, CIFAR-10's 32x32x3,
+MedMNIST's colour sets. Register your own with :func:`register_model`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class MLP(nn.Module):
 class CNN(nn.Module):
     """Two 3x3 conv layers (16, 32 channels), 2x2 max-pool, then a linear classifier.
 
+    Inputs larger than 16x16 are max-pooled further (2x2 at a time) until the feature map is at most
+    8x8 (28x28 -> 7x7, 32x32 -> 8x8), which keeps the classifier, and so the update every client
+    sends, small; digits (8x8) gets the single pool and the parameter count it always had.
     ``batchnorm=True`` adds BatchNorm after each conv: its running statistics are buffers, handled by
     the policy in :mod:`secagg.layout`.
     """
@@ -67,12 +71,17 @@ class CNN(nn.Module):
         def norm(c: int) -> nn.Module:
             return nn.BatchNorm2d(c) if batchnorm else nn.Identity()
 
+        height, width = height // 2, width // 2
+        pools: list[nn.Module] = []
+        while min(height, width) > 8:
+            pools.append(nn.MaxPool2d(2))
+            height, width = height // 2, width // 2
         self.features = nn.Sequential(
             nn.Conv2d(channels, 16, 3, padding=1), norm(16), nn.ReLU(),
             nn.Conv2d(16, 32, 3, padding=1), norm(32), nn.ReLU(),
-            nn.MaxPool2d(2),
+            nn.MaxPool2d(2), *pools,
         )
-        self.classifier = nn.Linear(32 * (height // 2) * (width // 2), num_classes)
+        self.classifier = nn.Linear(32 * height * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))

@@ -1,6 +1,15 @@
 """The federated task: which dataset, how it is split across clients, and which model learns it.
 
-The bundled task is digits (:func:`build_task`). A user's own model and data come from a *task
+The built-in task (:func:`build_task`) trains on digits (bundled with scikit-learn, the default) or on
+a real data set read from local files in its standard format: ``mnist``, ``fashion-mnist``,
+``cifar10``, ``femnist`` (LEAF, with its natural by-writer partition) or ``medmnist:<name>``
+(:mod:`secagg.data.datasets` lists the files each expects under ``data``). Nothing is downloaded. The
+test set is the data set's own test split; digits, which has none, keeps its seeded stratified split
+(``test_fraction``). In a deployment every process must load the same data, but the data path is this
+machine's: a client never reads the path in the server's configuration
+(:func:`local_data_factory`).
+
+A user's own model and data come from a *task
 factory*, named ``"module:function"`` (``secagg train/serve/client --task``): ``function(config,
 seed)`` gets the run's :class:`TaskConfig` (``num_clients``...) and root seed and returns a
 :class:`Task` (a :class:`~secagg.data.federated.FederatedDataset` partitioned into
@@ -12,16 +21,27 @@ server must not make a client import code).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from secagg.config_io import from_plain, to_plain
-from secagg.data.digits import load_digits_split
+from secagg.data.datasets import (
+    NAMES,
+    check_dataset,
+    expected_files,
+    federate,
+    has_writers,
+    load_dataset,
+    subsample,
+)
 from secagg.data.federated import FederatedDataset
 from secagg.data.partition import PartitionConfig
 from secagg.errors import ConfigError
@@ -29,27 +49,57 @@ from secagg.models import build_model, model_names
 from secagg.seeding import derive_seed
 from secagg.validation import check_choice, check_int, check_real
 
-DATASETS = ("digits",)
+DATASETS = NAMES
 
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Dataset, client count, partition scheme and model of a federated task."""
+    """Dataset, client count, partition scheme and model of a federated task.
+
+    ``dataset``: one of :data:`DATASETS` (``medmnist:<name>``, e.g. ``medmnist:pathmnist``). ``data``:
+    the folder holding its files (``None`` for digits, required for the others; its existence is
+    checked when the task is built). ``test_fraction`` splits digits only. ``train_size`` and
+    ``test_size`` (``None``: all) train and test on a seeded random subset of that many examples
+    (small runs of the large data sets). The ``"natural"`` partition needs a data set with writers
+    (femnist) and keeps whole writers, so it takes no ``train_size``: ``num_clients`` sets how many.
+    """
 
     dataset: str = "digits"
     num_clients: int = 20
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: str = "mlp"
     test_fraction: float = 0.2
+    data: str | None = None
+    train_size: int | None = None
+    test_size: int | None = None
 
     def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, DATASETS)
+        check_dataset(self.dataset)
         check_int("num_clients", self.num_clients, minimum=1)
         check_choice("model", self.model, model_names())
         check_real("test_fraction", self.test_fraction, gt=0.0, lt=1.0)
         if not isinstance(self.partition, PartitionConfig):
             raise ConfigError(f"partition: expected a PartitionConfig, got "
                               f"{type(self.partition).__name__}")
+        if isinstance(self.data, os.PathLike):
+            object.__setattr__(self, "data", os.fspath(self.data))
+        if self.data is not None and (not isinstance(self.data, str) or not self.data):
+            raise ConfigError(f"data: must be a folder path, got {self.data!r}")
+        if self.dataset == "digits" and self.data is not None:
+            raise ConfigError(f"data: digits ships with scikit-learn and reads no files, got "
+                              f"data={self.data!r}")
+        if self.dataset != "digits" and self.data is None:
+            raise ConfigError(f"data: {self.dataset} loads from local files: give the folder holding "
+                              f"{'; '.join(expected_files(self.dataset, '<data>'))}; nothing is downloaded")
+        if self.partition.kind == "natural" and not has_writers(self.dataset):
+            raise ConfigError(f"partition.kind: 'natural' gives each client one writer, and "
+                              f"{self.dataset} has no writers (only femnist has)")
+        for name in ("train_size", "test_size"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=1)
+        if self.partition.kind == "natural" and self.train_size is not None:
+            raise ConfigError("train_size: the natural partition keeps whole writers; num_clients sets "
+                              "how many writers train")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -103,14 +153,48 @@ def make_task(config: TaskConfig, *, seed: int, factory: TaskFactory | None = No
     return task
 
 
+def local_data_factory(factory: TaskFactory | None, *, dataset: str | None = None,
+                       data: str | Path | None = None) -> TaskFactory:
+    """The task factory of a deployment's client: the server's task, built on this machine's data.
+
+    The server's configuration names the data set and the server's own path; that path is never read
+    here: ``data`` (this machine's ``--data``) replaces it. ``dataset`` (``--dataset``), when given,
+    must be the server's. Then ``factory`` (or :func:`build_task`) builds the task. Raises
+    :class:`ConfigError` naming ``--dataset`` or ``--data``.
+    """
+    local = None if data is None else os.fspath(data)
+
+    def build(config: TaskConfig, seed: int) -> Task:
+        if dataset is not None and dataset != config.dataset:
+            raise ConfigError(f"--dataset: this client names {dataset}, the server's run trains on "
+                              f"{config.dataset}: every process of a deployment must load the same data")
+        try:
+            mine = dataclasses.replace(config, data=local)
+        except ConfigError as exc:
+            if config.dataset == "digits":
+                raise ConfigError(f"--data: the server's run trains on digits, which reads no files; "
+                                  f"drop --data (got {local!r})") from exc
+            raise ConfigError(f"--data: the server's run trains on {config.dataset}: give this machine's "
+                              f"copy of its files with --data PATH (expected: "
+                              f"{'; '.join(expected_files(config.dataset, 'PATH'))}); the server's path is "
+                              f"never used") from exc
+        return make_task(mine, seed=seed, factory=factory)
+
+    return build
+
+
 def build_task(config: TaskConfig, *, seed: int) -> Task:
-    """Load and split the data, partition it, and build the initial model, all from ``seed``."""
-    train_x, train_y, test_x, test_y = load_digits_split(config.test_fraction,
-                                                         seed=derive_seed(seed, "split") % 2**32)
-    partition = config.partition.split(train_y.numpy(), config.num_clients,
-                                       seed=derive_seed(seed, "partition"))
-    num_classes = int(torch.cat([train_y, test_y]).max()) + 1
-    data = FederatedDataset(train_x, train_y, test_x, test_y, partition, num_classes)
+    """Load the data (digits: split it; the others: their own test split), partition it, and build
+    the initial model, all from ``seed``. :class:`DataError` names a missing or malformed file."""
+    split = load_dataset(config.dataset, config.data, test_fraction=config.test_fraction,
+                         seed=derive_seed(seed, "split") % 2**32)
+    split = subsample(split, train_size=config.train_size, seed=derive_seed(seed, "subsample"))
+    split, partition = federate(split, config.partition, config.num_clients,
+                                seed=derive_seed(seed, "partition"))
+    split = subsample(split, test_size=config.test_size, seed=derive_seed(seed, "subsample"))
+    num_classes = split.num_classes
+    data = FederatedDataset(split.train_x, split.train_y, split.test_x, split.test_y, partition,
+                            num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))
         model = build_model(config.model, data.input_shape, num_classes)

@@ -284,8 +284,23 @@ def test_every_quick_preset_cell_kind_on_a_local_ray_gives_identical_tables(tmp_
         on_ray = run_grid(config, tmp_path / "ray", progress=False, backend="ray")
     finally:
         ray.shutdown()
-    assert len([r for r in local if r.get("section") != "privacy"]) == len(data["attacks"]) * len(
-        data["defences"])
+    poisoning = [r for r in local if r.get("section") not in ("privacy", "baseline")]
+    assert len(poisoning) == len(data["attacks"]) * len(data["defences"])
     for name in ("local", "ray"):
         write_reports(tmp_path / name, config, local if name == "local" else on_ray)
     assert _tables(tmp_path / "ray") == _tables(tmp_path / "local")
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet:0.3"])
+def test_the_default_preset_trains_clean_fedavg_within_3_points_of_centralized(partition):
+    """The issue's fidelity bar: an attack's damage must not hide under an undertrained baseline."""
+    import torch
+
+    from attacks.bench.runner import Cell, run_cell, run_centralized
+
+    torch.set_num_threads(1)
+    config = load(preset="default")
+    assert partition in config.partitions
+    clean = run_cell(config, Cell("none", "mean", 0.0, partition, config.seeds[0]))["accuracy"]
+    central = run_centralized(config, config.seeds[0])["accuracy"]
+    assert central > 0.95 and clean >= central - 0.03, (clean, central)

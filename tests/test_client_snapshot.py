@@ -432,8 +432,8 @@ def _round(pipeline: Pipeline, updates, examples, *, suspend: bool, silent_after
             answered[u] += 1
             assert client.session_input is not None
             inputs.setdefault(u, client.session_input.copy())
-            if client.session_input.size or client.reply_stage in (int(Stage.ADVERTISE_KEYS),
-                                                                   int(Stage.SHARE_KEYS), int(Stage.SHARE_CHECK)):
+            early = (int(Stage.ADVERTISE_KEYS), int(Stage.SHARE_KEYS), int(Stage.SHARE_CHECK))
+            if client.session_input.size or client.reply_stage in early:
                 # the restored input words, until the masked input is sent (then they are not kept)
                 assert np.array_equal(client.session_input, inputs[u])
             if suspend:

@@ -101,7 +101,7 @@ def test_grid_on_ray_writes_the_same_tables_and_resumes(local_ray, tmp_path):
     assert len(first) == 2
     on_ray = run_grid(config, tmp_path / "ray", progress=False, backend="ray")  # resumes the other two
     local = run_grid(config, tmp_path / "local", progress=False, jobs=1)
-    assert _metrics(on_ray) == _metrics(local) and len(local) == 4
+    assert _metrics(on_ray) == _metrics(local) and len(local) == 4 + 1  # + the centralized baseline
     assert _metrics(on_ray[:2]) == _metrics(first), "finished cells are kept, not rerun"
     paths = {d: write_reports(tmp_path / d, config, rows) for d, rows in (("ray", on_ray), ("local", local))}
     assert _table(paths["ray"]["csv"]) == _table(paths["local"]["csv"])

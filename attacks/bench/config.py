@@ -12,16 +12,27 @@ allowed ones::
     model = "mlp"              # mlp | cnn | cnn-bn
     seeds = [0]
     attackers = [0.2]          # fractions of Byzantine clients
-    partitions = ["iid", "dirichlet:0.3"]   # iid | dirichlet:<alpha> | shards:<per client>
+    partitions = ["iid", "dirichlet:0.3"]   # iid | dirichlet:<alpha> | shards:<per client> | natural
+    dataset = "digits"         # or mnist | fashion-mnist | cifar10 | femnist | medmnist:<name>, read from
+    # data = "/srv/mnist"      # the folder holding its files (not for digits; secagg bench --data overrides)
+    # train_size = 12000       # a seeded random subset of the train / test examples (default: all)
+    # test_size = 2000
 
     [attacks]                  # name -> what the Byzantine clients do; "none" = no attackers
     none = {}
     sign-flip = { update = { kind = "sign-flip" } }
     backdoor = { data = { kind = "backdoor" }, update = { kind = "model-replacement" } }
+    durable = { data = { kind = "backdoor" }, update = { kind = "neurotoxin" }, stop_round = 5 }
+    # start_round / stop_round: the attack window (1-based, both included; default: every round)
 
     [defences]                 # name -> an aggregator (secagg.aggregation kinds, dp kinds)
     mean = { kind = "mean" }
     trimmed_mean = { kind = "trimmed-mean", f = "auto" }   # "auto": f = the cell's attacker count
+
+``dataset`` other than digits reads local files under ``data`` (see :mod:`secagg.data.datasets`;
+nothing is downloaded); the presets ``mnist``, ``fashion-mnist``, ``cifar10``, ``femnist`` and
+``medmnist`` name their data set but no path: give it with ``secagg bench --preset mnist --data PATH``
+(:func:`with_data`). ``natural`` (one writer per client) needs a data set with writers (femnist).
 
 An optional ``[[privacy]]`` array adds gradient-inversion and membership-inference cells (see
 :mod:`attacks.bench.privacy`). Named presets ship with the package (``quick``, ``default``, ``full``).
@@ -34,8 +45,9 @@ the reports say which model each such cell assumed (:meth:`BenchConfig.threat_mo
 
 from __future__ import annotations
 
+import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,23 +58,29 @@ from attacks.base import UpdateAttack
 from attacks.bench.privacy import PrivacyCell, parse_cells
 from attacks.data_poisoning import DataAttack
 from secagg.aggregation import Aggregator, SecureBucketing
+from secagg.data.datasets import check_dataset, check_files, has_writers
 from secagg.data.partition import PartitionConfig
 from secagg.errors import ConfigError
 from secagg.models import model_names
 
-PRESETS = ("quick", "default", "full")
+PRESETS = ("quick", "default", "full", "mnist", "fashion-mnist", "cifar10", "femnist", "medmnist")
 RUN_KEYS = {"rounds": 10, "clients": 20, "local_epochs": 1, "batch_size": 16, "lr": 0.1, "model": "mlp",
-            "seeds": [0], "attackers": [0.2], "partitions": ["iid"]}
+            "seeds": [0], "attackers": [0.2], "partitions": ["iid"], "dataset": "digits", "data": None,
+            "train_size": None, "test_size": None}
 NO_ATTACK = "none"
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One named attack: an optional update attack and an optional data attack (both None: honest)."""
+    """One named attack: an optional update attack and an optional data attack (both None: honest),
+    made in rounds ``start_round..stop_round`` (1-based, both included; ``stop_round=None``: to the
+    end of the run); outside that window the Byzantine clients behave honestly."""
 
     name: str
     update: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
+    start_round: int = 1
+    stop_round: int | None = None
 
     @property
     def is_none(self) -> bool:
@@ -91,6 +109,10 @@ class BenchConfig:
     defences: tuple[tuple[str, dict[str, Any]], ...]
     name: str = "custom"
     privacy: tuple[PrivacyCell, ...] = ()
+    dataset: str = "digits"
+    data: str | None = None
+    train_size: int | None = None
+    test_size: int | None = None
 
     def defence(self, name: str, attackers: int) -> Aggregator:
         """The named defence assuming ``attackers`` Byzantine clients (``f = "auto"`` becomes that)."""
@@ -144,11 +166,12 @@ def _resolve_auto(spec: Any, attackers: int) -> Any:
 
 
 def partition_config(text: str) -> PartitionConfig:
-    """``"iid"``, ``"dirichlet:<alpha>"`` or ``"shards:<per client>"`` as a :class:`PartitionConfig`."""
+    """``"iid"``, ``"dirichlet:<alpha>"``, ``"shards:<per client>"`` or ``"natural"`` as a
+    :class:`PartitionConfig`."""
     kind, _, arg = text.partition(":")
     try:
-        if kind == "iid" and not arg:
-            return PartitionConfig("iid")
+        if kind in ("iid", "natural") and not arg:
+            return PartitionConfig(kind)
         if kind == "dirichlet" and arg:
             return PartitionConfig("dirichlet", alpha=float(arg))
         if kind == "shards" and arg:
@@ -156,7 +179,51 @@ def partition_config(text: str) -> PartitionConfig:
     except ValueError:
         pass
     raise ConfigError(f"run.partitions: {text!r} is not one of 'iid', 'dirichlet:<alpha>', "
-                      f"'shards:<per client>'")
+                      f"'shards:<per client>', 'natural'")
+
+
+def _check_data(dataset: Any, data: Any, partitions: tuple[str, ...], where: str = "run.") -> None:
+    """The grid's data set, its path and its partitions agree (the files are checked by :func:`with_data`)."""
+    try:
+        check_dataset(dataset)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    if data is not None and (not isinstance(data, str) or not data):
+        raise ConfigError(f"{where}data: expected a folder path (a string), got {data!r}")
+    if dataset == "digits" and data is not None:
+        raise ConfigError(f"{where}data: digits ships with scikit-learn and reads no files, got {data!r}")
+    if "natural" in partitions and not has_writers(dataset):
+        raise ConfigError(f"{where}partitions: 'natural' gives each client one writer, and {dataset} has no "
+                          f"writers (only femnist has)")
+
+
+def with_data(config: BenchConfig, dataset: str | None = None, data: str | Path | None = None
+              ) -> BenchConfig:
+    """``config`` on ``dataset`` read from ``data`` (each replacing the grid's ``[run]`` value when
+    given), checked before any cell runs: :class:`ConfigError` when a data set other than digits has
+    no path, :class:`DataError` listing every expected file that is missing (nothing is downloaded)."""
+    dataset = config.dataset if dataset is None else dataset
+    path = (None if dataset == "digits" else config.data) if data is None else os.fspath(data)
+    _check_data(dataset, path, config.partitions, where="")
+    if dataset != "digits":
+        if path is None:
+            raise ConfigError(f"data: the {config.name} grid trains on {dataset}, read from local files: "
+                              f"give the folder holding them with --data PATH (or data = \"...\" in [run]); "
+                              f"nothing is downloaded")
+        check_files(dataset, path)
+    return replace(config, dataset=dataset, data=path)
+
+
+def _check_window(where: str, attack: AttackSpec) -> None:
+    """An attack's window: integers ``1 <= start_round <= stop_round``, only on a real attack."""
+    if attack.is_none and (attack.start_round != 1 or attack.stop_round is not None):
+        raise ConfigError(f"{where}: start_round, stop_round: an attack window needs an update or a data "
+                          f"attack")
+    start, stop = attack.start_round, attack.stop_round
+    if not isinstance(start, int) or isinstance(start, bool) or start < 1:
+        raise ConfigError(f"{where}.start_round: expected an integer >= 1, got {start!r}")
+    if stop is not None and (not isinstance(stop, int) or isinstance(stop, bool) or stop < start):
+        raise ConfigError(f"{where}.stop_round: expected an integer >= start_round = {start}, got {stop!r}")
 
 
 def _check_keys(where: str, table: Any, allowed: list[str]) -> None:
@@ -201,6 +268,14 @@ def parse(data: dict[str, Any], name: str = "custom") -> BenchConfig:
     partitions = _list("run.partitions", run["partitions"], str)
     for p in partitions:
         partition_config(p)
+    _check_data(run["dataset"], run["data"], partitions)
+    for key in ("train_size", "test_size"):
+        if run[key] is not None and (not isinstance(run[key], int) or isinstance(run[key], bool)
+                                     or run[key] < 1):
+            raise ConfigError(f"run.{key}: expected an integer >= 1, got {run[key]!r}")
+    if run["train_size"] is not None and "natural" in partitions:
+        raise ConfigError("run.train_size: the natural partition keeps whole writers; run.clients sets how "
+                          "many writers train")
 
     specs = []
     attacks_table = data["attacks"]
@@ -208,8 +283,10 @@ def parse(data: dict[str, Any], name: str = "custom") -> BenchConfig:
     if not attacks_table:
         raise ConfigError("attacks: empty; name at least one attack (or none = {})")
     for key, spec in attacks_table.items():
-        _check_keys(f"attacks.{key}", spec, ["update", "data"])
-        attack = AttackSpec(key, spec.get("update"), spec.get("data"))
+        _check_keys(f"attacks.{key}", spec, ["update", "data", "start_round", "stop_round"])
+        attack = AttackSpec(key, spec.get("update"), spec.get("data"), spec.get("start_round", 1),
+                            spec.get("stop_round"))
+        _check_window(f"attacks.{key}", attack)
         try:
             attack.build()
         except ConfigError as exc:
@@ -234,11 +311,13 @@ def parse(data: dict[str, Any], name: str = "custom") -> BenchConfig:
                        batch_size=run["batch_size"], lr=float(run["lr"]), model=run["model"], seeds=seeds,
                        attackers=fractions, partitions=partitions, attacks=tuple(specs),
                        defences=tuple(defences), name=name,
-                       privacy=parse_cells(data["privacy"]) if "privacy" in data else ())
+                       privacy=parse_cells(data["privacy"]) if "privacy" in data else (),
+                       dataset=run["dataset"], data=run["data"], train_size=run["train_size"],
+                       test_size=run["test_size"])
 
 
 def load(path: str | Path | None = None, preset: str | None = None) -> BenchConfig:
-    """Read a config file, or a named preset (``quick``, ``default``, ``full``)."""
+    """Read a config file, or a named preset (:data:`PRESETS`)."""
     if (path is None) == (preset is None):
         raise ConfigError("config: give exactly one of a config file and a preset")
     if preset is not None:

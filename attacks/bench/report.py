@@ -12,8 +12,8 @@ import numpy as np
 
 from attacks.bench.config import NO_ATTACK, BenchConfig
 
-PRIVACY_COLUMNS = ("attack", "defence", "seed", "epsilon", "psnr", "ssim", "label_accuracy", "auc",
-                   "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "seconds")
+PRIVACY_COLUMNS = ("attack", "defence", "seed", "epsilon", "psnr", "ssim", "label_accuracy",
+                   "fraction_recovered", "auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "seconds")
 CSV_COLUMNS = ("attack", "defence", "attackers", "partition", "seed", "accuracy", "best_accuracy",
                "attack_success", "epsilon", "rounds", "stopped", "seconds", "threat_model")
 
@@ -89,10 +89,12 @@ def privacy_markdown(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     lines = ["## Privacy: what updates and models leak", "",
-             "Reconstruction: PSNR (dB) / SSIM of the best-matching true image and iDLG label accuracy. "
-             "Membership: AUC and TPR at 1% / 0.1% FPR. Epsilon at delta 1e-5 where DP is on.", "",
-             "| attack | defence | epsilon | psnr | ssim | label acc. | auc | tpr@1% | tpr@0.1% |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Reconstruction: PSNR (dB) / SSIM of the best-matching true image and iDLG label accuracy; "
+             "for a malicious model (imprint, trap weights) the fraction of the round's examples "
+             "recovered at >= 20 dB. Membership: AUC and TPR at 1% / 0.1% FPR. Epsilon at delta 1e-5 "
+             "where DP is on.", "",
+             "| attack | defence | epsilon | psnr | ssim | label acc. | recovered | auc | tpr@1% | tpr@0.1% |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["attack"], r["defence"])].append(r)
@@ -100,7 +102,8 @@ def privacy_markdown(rows: list[dict[str, Any]]) -> list[str]:
         def mean(key: str, rs: list[dict[str, Any]] = rs) -> float | None:
             vals = [float(r[key]) for r in rs if r.get(key) is not None]
             return _mean(vals) if vals else None
-        cols = ["epsilon", "psnr", "ssim", "label_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr"]
+        cols = ["epsilon", "psnr", "ssim", "label_accuracy", "fraction_recovered", "auc", "tpr_at_1pct_fpr",
+                "tpr_at_0_1pct_fpr"]
         lines.append(f"| {attack} | {defence} | " + " | ".join(_fmt(mean(c)) for c in cols) + " |")
     return [*lines, ""]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Any
 
 from dp.accounting import noise_multiplier_for
@@ -90,6 +91,40 @@ def with_audit(args: argparse.Namespace, config: ExperimentConfig) -> Experiment
     return _with(config, ("fedavg", "aggregator"), audit)
 
 
+_DATA_FLAGS = (("data: ", "--data: "), ("dataset: ", "--dataset: "), ("partition.kind: ", "--partition: "),
+               ("train_size: ", "--train-size: "), ("test_size: ", "--test-size: "))
+
+
+def _data_flag_error(exc: ConfigError) -> str:
+    """A :class:`TaskConfig` error, with the field it names read as the flag that sets it."""
+    text = str(exc)
+    for field_, flag in _DATA_FLAGS:
+        if text.startswith(field_):
+            return flag + text.removeprefix(field_)
+    return f"--dataset: {text}"
+
+
+def with_data(args: argparse.Namespace, config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with ``--dataset``, ``--data``, ``--train-size`` and ``--test-size`` applied
+    (``--dataset digits`` alone drops a data path from ``--config``). Raises :class:`FlagError`
+    naming the flag."""
+    dataset, data = getattr(args, "dataset", None), getattr(args, "data", None)
+    changes: dict[str, Any] = {name: getattr(args, name) for name in ("train_size", "test_size")
+                               if getattr(args, name, None) is not None}
+    if dataset is not None:
+        changes["dataset"] = dataset
+        if dataset == "digits" and data is None:
+            changes["data"] = None
+    if data is not None:
+        changes["data"] = os.fspath(data)
+    if not changes:
+        return config
+    try:
+        return _with(config, ("task",), dataclasses.replace(config.task, **changes))
+    except ConfigError as exc:
+        raise FlagError(_data_flag_error(exc)) from exc
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The run configuration: ``--config`` (or the defaults) with the given flags applied."""
     return with_audit(args, _base_config(args))
@@ -99,10 +134,16 @@ def _base_config(args: argparse.Namespace) -> ExperimentConfig:
     """:func:`config_from_args` before ``--audit-canaries``."""
     config = (ExperimentConfig.from_json(args.config.read_text()) if args.config is not None
               else ExperimentConfig())
+    config = with_data(args, config)  # first: --partition natural needs the data set's writers
     for dest, path in _FIELDS.items():
         value = getattr(args, dest)
         if value is not None:
-            config = _with(config, path, value)
+            try:
+                config = _with(config, path, value)
+            except ConfigError as exc:
+                if dest != "partition" or not str(exc).startswith(tuple(f for f, _ in _DATA_FLAGS)):
+                    raise
+                raise FlagError(_data_flag_error(exc)) from exc
     if args.sample_rate is not None:
         if args.fraction is not None:
             raise FlagError("--sample-rate: replaces --fraction (Poisson sampling at that rate); give one")

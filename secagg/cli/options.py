@@ -107,12 +107,13 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser.add_argument("--version", action="version", version=f"secagg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
-        "train", help="federated training on the bundled digits task",
-        description="FedAvg on scikit-learn's digits, split across simulated clients. Writes "
+        "train", help="federated training (bundled digits, or a real data set from local files)",
+        description="FedAvg on scikit-learn's digits (or --dataset with --data: MNIST, Fashion-MNIST, "
+                    "CIFAR-10, FEMNIST, MedMNIST from local files), split across simulated clients. Writes "
                     "results.json, results.csv, accuracy.png and a checkpoint to --out.")
 
     train.set_defaults(parser=train)
-    _add_training_options(train)
+    _add_training_options(train, "train")
     _add_ray_options(train, "the simulated clients of each round")
     train.add_argument("--out", type=Path, default=Path("runs/train"),
                        help="output directory (default: runs/train)")
@@ -121,16 +122,21 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench = sub.add_parser(
         "bench", help="attack benchmark: attacks x defences x attackers x heterogeneity",
-        description="Trains one FedAvg run per cell of an attack grid (bundled digits) and writes "
-                    "results.csv, results.json, summary.md and PNG plots to --out. Resumes a grid "
-                    "already partly in --out.")
-    bench.add_argument("--preset", choices=("quick", "default", "full"), default=None,
-                       help="a named grid (default: default; quick runs in minutes, used by CI)")
+        description="Trains one FedAvg run per cell of an attack grid (bundled digits, or the grid's "
+                    "--dataset read from --data) and writes results.csv, results.json, summary.md and PNG "
+                    "plots to --out. Resumes a grid already partly in --out.")
+    bench.add_argument("--preset", choices=BENCH_PRESETS, default=None,
+                       help="a named grid (default: default; quick runs in minutes, used by CI; mnist, "
+                            "fashion-mnist, cifar10, femnist and medmnist train on that data set: give "
+                            "--data)")
     bench.add_argument("--config", dest="bench_config", type=Path, default=None,
                        help="a grid file (TOML) instead of a preset")
     bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory")
-    bench.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    bench.add_argument("--jobs", type=int, default=None,
+                       help="cells run in parallel processes (default: one per available core; 1: one "
+                            "after the other in this process)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_data_options(bench, "bench")
     _add_ray_options(bench, "the grid's cells")
     _add_audit_options(bench)
     serve = sub.add_parser(
@@ -140,14 +146,53 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                     "aggregation, DP and robust rules run as configured; checkpoints after every round "
                     "(--resume continues).")
     serve.set_defaults(parser=serve)
-    _add_training_options(serve)
+    _add_training_options(serve, "serve")
     serve.add_argument("--out", type=Path, default=Path("runs/serve"),
                        help="output directory (default: runs/serve)")
     serve.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     add_serve_options(serve)
-    add_client_parser(sub)
+    _add_data_options(add_client_parser(sub), "client")
     add_keys_parser(sub)
     return parser, train
+
+
+# the bench presets (attacks.bench.config.PRESETS, spelled here: the parser does not import attacks)
+BENCH_PRESETS = ("quick", "default", "full", "mnist", "fashion-mnist", "cifar10", "femnist", "medmnist")
+
+_DATA_FILES = ("MNIST/raw/ and FashionMNIST/raw/ (torchvision's IDX files, plain or .gz), "
+               "cifar-10-batches-bin/ (preferred) or cifar-10-batches-py/, LEAF's train/*.json and "
+               "test/*.json (femnist), <name>.npz (MedMNIST)")
+
+
+def _add_data_options(p: argparse.ArgumentParser, command: str) -> None:
+    """``--dataset`` and ``--data``: which data set, and this machine's folder of its files."""
+    group = p.add_argument_group(
+        "data", "Digits ships with scikit-learn; the other data sets load from local files in their "
+                "standard formats, under --data. Nothing is downloaded.")
+    names = ("digits (bundled), mnist, fashion-mnist, cifar10, femnist or medmnist:<name> "
+             "(e.g. medmnist:pathmnist)")
+    if command == "client":
+        group.add_argument("--dataset", default=None, metavar="NAME",
+                           help=f"check that the server's run trains on NAME: {names} (default: take the "
+                                f"server's)")
+        group.add_argument("--data", type=Path, default=None, metavar="PATH",
+                           help=f"this machine's copy of the server's data set: the folder holding "
+                                f"{_DATA_FILES}. Needed unless the run trains on digits; the path in the "
+                                f"server's configuration is never read")
+        return
+    default = "the grid's [run] dataset" if command == "bench" else "digits"
+    group.add_argument("--dataset", default=None, metavar="NAME",
+                       help=f"the data set: {names} (default: {default})")
+    where = (" (replaces the grid's [run] data)" if command == "bench" else
+             "; every secagg client names its own copy with its --data" if command == "serve" else "")
+    group.add_argument("--data", type=Path, default=None, metavar="PATH",
+                       help=f"the folder holding the data set's files: {_DATA_FILES}{where}")
+    if command == "bench":
+        return
+    group.add_argument("--train-size", dest="train_size", type=int, default=None, metavar="N",
+                       help="train on a seeded random subset of N training examples (default: all)")
+    group.add_argument("--test-size", dest="test_size", type=int, default=None, metavar="N",
+                       help="evaluate on a seeded random subset of N test examples (default: all)")
 
 
 def _add_ray_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -162,7 +207,7 @@ def _add_ray_options(p: argparse.ArgumentParser, what: str) -> None:
                             "1 runs the most tasks at once)")
 
 
-def _add_training_options(train: argparse.ArgumentParser) -> None:
+def _add_training_options(train: argparse.ArgumentParser, command: str = "train") -> None:
     """The flags that set an ExperimentConfig (shared by ``train`` and ``serve``)."""
     def opt(flag: str, dest: str, help_: str, **kw: Any) -> None:
         kw.setdefault("type", type(_default(_FIELDS[dest])))
@@ -177,7 +222,8 @@ def _add_training_options(train: argparse.ArgumentParser) -> None:
     opt("--lr", "lr", "client learning rate")
     opt("--server-lr", "server_lr", "server learning rate (1 = plain FedAvg)")
     opt("--server-momentum", "server_momentum", "server momentum (FedAvgM); 0 = off")
-    opt("--partition", "partition", "how data is split", choices=PARTITION_KINDS)
+    opt("--partition", "partition", "how data is split (natural: one writer per client, femnist only)",
+        choices=PARTITION_KINDS)
     opt("--alpha", "alpha", "Dirichlet concentration for --partition dirichlet (smaller = more skew)")
     opt("--shards-per-client", "shards_per_client", "label shards per client for --partition shards")
     opt("--model", "model", "model architecture", choices=model_names())
@@ -252,6 +298,7 @@ def _add_training_options(train: argparse.ArgumentParser) -> None:
                      help="privacy accountant (default: rdp)")
     dpg.add_argument("--dp-mechanism", dest="dp_mechanism", choices=MECHANISMS, default=None,
                      help="integer noise for --dp distributed (default: ddg)")
+    _add_data_options(train, command)
     _add_audit_options(train)
     train.add_argument("--task", default="digits", metavar="SPEC",
                        help="the model and data: 'digits' (default) or 'module:function', your own task "

@@ -1,8 +1,8 @@
 """Split a dataset's sample indices across federated clients.
 
-Three schemes, all deterministic given ``seed`` and all returning a :data:`Partition` (one sorted
-``int64`` array of sample indices per client, every index in ``0 .. n-1`` used exactly once, no
-client empty):
+Four schemes, all deterministic given ``seed`` and all returning a :data:`Partition` (one sorted
+``int64`` array of sample indices per client, no client empty; every index in ``0 .. n-1`` used exactly
+once, except by the natural split, which uses only its chosen writers'):
 
 * **IID** (:func:`iid_partition`): a uniform random permutation cut into ``num_clients`` parts whose
   sizes differ by at most one.
@@ -16,6 +16,11 @@ client empty):
   ``num_clients * shards_per_client`` contiguous shards and deal each client ``shards_per_client``
   random shards, so each client sees at most about ``shards_per_client`` labels. McMahan et al.,
   "Communication-Efficient Learning of Deep Networks from Decentralized Data", AISTATS 2017.
+* **Natural** (:func:`natural_partition`): for data sets with writers (LEAF's FEMNIST), each client is
+  one writer: ``num_clients`` writers drawn at random (seeded, without replacement) from those in the
+  data, client ``i`` the ``i``-th of them in writer order, holding all that writer's examples. The
+  other writers' examples are in no part. Caldas et al., "LEAF: A Benchmark for Federated Settings",
+  2018.
 
 :func:`label_skew` measures how non-IID a partition is, and :class:`PartitionConfig` is the
 serialisable choice of scheme. Randomness here comes from a seeded NumPy generator: data
@@ -31,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from secagg.errors import ConfigError, DataError
+from secagg.seeding import numpy_rng
 from secagg.validation import check_choice, check_int, check_keys, check_real
 
 __all__ = [
@@ -39,13 +45,14 @@ __all__ = [
     "dirichlet_partition",
     "iid_partition",
     "label_skew",
+    "natural_partition",
     "shard_partition",
 ]
 
 Partition = tuple[np.ndarray, ...]
 """One ``int64`` array of sample indices per client, each sorted ascending."""
 
-KINDS = ("iid", "dirichlet", "shards")
+KINDS = ("iid", "dirichlet", "shards", "natural")
 
 
 def _int(field: str, value: Any, *, minimum: int | None = None) -> int:
@@ -167,6 +174,25 @@ def shard_partition(labels: np.ndarray, num_clients: int, shards_per_client: int
     return tuple(np.sort(np.concatenate([shards[s] for s in row])) for row in deal)
 
 
+def natural_partition(writers: np.ndarray, num_clients: int, *, seed: int) -> Partition:
+    """One writer per client: ``writers[i]`` is the writer (an integer id) of sample ``i``.
+
+    ``num_clients`` distinct writers are drawn uniformly without replacement (seeded), sorted by id,
+    and client ``j`` gets every sample of the ``j``-th. Raises :class:`DataError` when the data has
+    fewer writers than ``num_clients``.
+    """
+    writers = _check_labels(writers)
+    num_clients = _int("num_clients", num_clients, minimum=1)
+    seed = _int("seed", seed, minimum=0)
+    ids, inverse = np.unique(writers, return_inverse=True)
+    if ids.size < num_clients:
+        raise DataError(f"num_clients: the natural partition gives each client one writer; the data has "
+                        f"{ids.size} writers, asked for {num_clients} clients")
+    chosen = np.sort(numpy_rng(seed, "natural").choice(ids.size, size=num_clients, replace=False))
+    parts = _split_by_owner(inverse.reshape(-1).astype(np.int64), ids.size)
+    return tuple(parts[int(w)] for w in chosen)
+
+
 def label_skew(partition: Partition, labels: np.ndarray) -> float:
     """Mean over clients of the total-variation distance to the global label distribution.
 
@@ -200,7 +226,8 @@ def label_skew(partition: Partition, labels: np.ndarray) -> float:
 class PartitionConfig:
     """Which partition scheme to use, and its parameters (validated on construction).
 
-    ``kind`` is one of ``"iid"``, ``"dirichlet"``, ``"shards"``; ``alpha`` (finite, > 0) is the
+    ``kind`` is one of ``"iid"``, ``"dirichlet"``, ``"shards"``, ``"natural"`` (one writer per
+    client: only for data sets with writers, see :meth:`split`); ``alpha`` (finite, > 0) is the
     Dirichlet concentration, used only by ``"dirichlet"``; ``shards_per_client`` (>= 1) is used
     only by ``"shards"``. Every field is validated whatever the kind. Raises :class:`ConfigError`.
     """
@@ -225,9 +252,20 @@ class PartitionConfig:
         allowed = [f.name for f in dataclasses.fields(cls)]
         return cls(**check_keys("partition", data, allowed))
 
-    def split(self, labels: np.ndarray, num_clients: int, *, seed: int) -> Partition:
-        """Partition ``range(len(labels))`` across ``num_clients`` with this scheme."""
+    def split(self, labels: np.ndarray, num_clients: int, *, seed: int,
+              writers: np.ndarray | None = None) -> Partition:
+        """Partition ``range(len(labels))`` across ``num_clients`` with this scheme. ``writers``: each
+        sample's writer, for ``"natural"`` (which raises :class:`DataError` without them); the other
+        schemes ignore it."""
         labels = _check_labels(labels)
+        if self.kind == "natural":
+            if writers is None:
+                raise DataError("partition.kind: 'natural' gives each client one writer, and this data "
+                                "set has no writers (only femnist has)")
+            if np.shape(writers) != labels.shape:
+                raise DataError(f"writers: must give one writer per sample ({labels.size}), got shape "
+                                f"{np.shape(writers)}")
+            return natural_partition(writers, num_clients, seed=seed)
         if self.kind == "iid":
             return iid_partition(labels.size, num_clients, seed=seed)
         if self.kind == "dirichlet":

@@ -14,7 +14,7 @@ from typing import Any
 from secagg.crypto.keys import SigningKey
 from secagg.errors import ConfigError
 from secagg.experiment import ExperimentConfig, config_summary
-from secagg.task import load_task_factory
+from secagg.task import load_task_factory, local_data_factory
 from secagg.transport.auth import load_identity, load_registry, save_identity, save_registry
 from secagg.transport.node import ClientFault, NetworkClient
 from secagg.transport.serve import NetworkServer, ServeOptions
@@ -167,7 +167,8 @@ def run_client(args: argparse.Namespace) -> int:
         shard=args.shard, audit_dir=args.audit_dir,
         fault=ClientFault.parse(args.fault) if args.fault else None, give_up_seconds=args.give_up,
         server_name=args.server_name, min_local_noise=args.min_local_noise,
-        task_factory=load_task_factory(args.task))
+        task_factory=local_data_factory(load_task_factory(args.task), dataset=getattr(args, "dataset", None),
+                                        data=getattr(args, "data", None)))
     rounds = client.run()
     print(f"client {args.client_id}: done, took part in {rounds} rounds", flush=True)
     return 0
