@@ -15,11 +15,17 @@ from attacks.bench.config import NO_ATTACK, BenchConfig
 PRIVACY_COLUMNS = ("attack", "defence", "seed", "epsilon", "psnr", "ssim", "label_accuracy",
                    "fraction_recovered", "auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "seconds")
 CSV_COLUMNS = ("attack", "defence", "attackers", "partition", "seed", "accuracy", "best_accuracy",
-               "attack_success", "epsilon", "rounds", "stopped", "seconds", "threat_model")
+               "attack_success", "attack_success_at_stop", "attack_success_final", "durability", "epsilon",
+               "rounds", "stopped", "seconds", "threat_model")
 
 
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+def _rounds(value: float | None) -> str:
+    """A mean round count (over seeds) for the durability table."""
+    return "-" if value is None else f"{value:g} round(s)"
 
 
 def _fmt(value: Any) -> str:
@@ -93,7 +99,8 @@ def privacy_markdown(rows: list[dict[str, Any]]) -> list[str]:
              "for a malicious model (imprint, trap weights) the fraction of the round's examples "
              "recovered at >= 20 dB. Membership: AUC and TPR at 1% / 0.1% FPR. Epsilon at delta 1e-5 "
              "where DP is on.", "",
-             "| attack | defence | epsilon | psnr | ssim | label acc. | recovered | auc | tpr@1% | tpr@0.1% |",
+             "| attack | defence | epsilon | psnr | ssim | label acc. | recovered | auc | tpr@1% "
+             "| tpr@0.1% |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -221,6 +228,17 @@ def summary_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> str:
                       "| defence | " + " | ".join(backdoors) + " |", "|---" * (len(backdoors) + 1) + "|"]
             lines += [f"| {label(d)} | " + " | ".join(_fmt(asr.get((d, a))) for a in backdoors) + " |"
                       for d in defences]
+        stopping = [a for a in backdoors if any(r["attack"] == a and r.get("durability") is not None
+                                                for r in rows if r["partition"] == p)]
+        if stopping:
+            _, _, at_stop = table(rows, p, metric="attack_success_at_stop")
+            _, _, lifespan = table(rows, p, metric="durability")
+            lines += ["", "Durability of the backdoors whose attackers stop (success when they stop -> at "
+                      "the end; rounds after the stop with at least half the success at the stop):", "",
+                      "| defence | " + " | ".join(stopping) + " |", "|---" * (len(stopping) + 1) + "|"]
+            lines += [f"| {label(d)} | " + " | ".join(
+                f"{_fmt(at_stop.get((d, a)))} -> {_fmt(asr.get((d, a)))}, {_rounds(lifespan.get((d, a)))}"
+                for a in stopping) + " |" for d in defences]
         lines.append("")
     diverged = [r for r in rows if (r.get("stopped") or "").startswith("diverged")]
     budget = [r for r in rows if (r.get("stopped") or "").startswith("privacy budget")]
@@ -318,9 +336,8 @@ def write_reports(out_dir: str | Path, config: BenchConfig, rows: list[dict[str,
     models = threat_models(config)
     write_csv(paths["csv"], [{**r, "threat_model": models.get(r["defence"])} for r in rows])
     summary = summary_markdown(config, rows) if rows else f"# Attack benchmark: preset `{config.name}`\n\n"
-    paths["summary"].write_text(summary + "\n".join(fidelity_markdown(rows, baselines(all_rows)))
-                                + "\n".join(privacy_markdown(privacy))
-                                + "\n".join(audit_markdown(rows)))
+    sections = [fidelity_markdown(rows, baselines(all_rows)), privacy_markdown(privacy), audit_markdown(rows)]
+    paths["summary"].write_text(summary + "".join("\n" + "\n".join(lines) for lines in sections if lines))
     if rows:
         paths["heatmap"] = plot_heatmap(out, rows)
         for p in plot_curves(out, rows):
