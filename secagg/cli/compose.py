@@ -33,6 +33,7 @@ from secagg.cli.options import (
     DEFAULT_SECURE_BITS,
     DEFAULT_SECURE_RANGE,
     DP_MODES,
+    NOT_ON_SECURE_BUCKETS,
     ROBUST_RULES,
 )
 from secagg.errors import ConfigError
@@ -343,6 +344,11 @@ def robust_aggregator(rule: str, *, f: int | None = None, bucketing: int | None 
                "honest-but-curious-server to assume no client colludes")
         raise FlagError(f"--bucketing: must be >= {min_bucket}{why}, got {bucketing}")
     size = bucketing if bucketing is not None or secure is None else SecureBucketing().bucket_size
+    if secure is not None and rule in NOT_ON_SECURE_BUCKETS:
+        raise FlagError(f"--secure: --aggregator {rule} cannot run on secure bucket sums ("
+                        + ("it weighs each client's own update against the server's root-data update"
+                           if rule == "fltrust" else "it keeps a history per client, and a bucket is not "
+                           "a client") + "); drop --secure or pick another rule")
 
     if clients_per_round is not None:
         n = clients_per_round

@@ -11,15 +11,25 @@ from dp.audit import INCLUSION
 from dp.distributed import MECHANISMS, DistributedDP
 from secagg import __version__
 from secagg.aggregation import (
+    FLAME,
+    AdaptiveRobustClipping,
     Aggregator,
     Bulyan,
     CenteredClipping,
     CoordinateMedian,
+    DnC,
+    FLTrust,
+    FoolsGold,
     GeometricMedian,
     Krum,
+    Meamed,
     Mean,
+    MinimumDiameterAveraging,
+    MoNNA,
     MultiKrum,
+    RobustLearningRate,
     SecureBucketing,
+    SignGuard,
     TrimmedMean,
 )
 from secagg.aggregation.secure import GRAPHS
@@ -59,7 +69,13 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 # --aggregator NAME -> rule class; the names are the registry kinds
 ROBUST_RULES: dict[str, type[Aggregator]] = {
     cls.kind: cls for cls in (Mean, CoordinateMedian, TrimmedMean, Krum, MultiKrum, Bulyan,
-                              GeometricMedian, CenteredClipping)}
+                              GeometricMedian, CenteredClipping, Meamed, MoNNA, MinimumDiameterAveraging,
+                              AdaptiveRobustClipping, FLTrust, FLAME, FoolsGold, DnC, SignGuard,
+                              RobustLearningRate)}
+#: rules that cannot run on secure buckets: FLTrust weighs each row against the server's root-data
+#: update (a bucket sum has none of its own), FoolsGold keeps a history per client id (a bucket is
+#: not a client)
+NOT_ON_SECURE_BUCKETS = (FLTrust.kind, FoolsGold.kind)
 
 
 # the fewest updates per round each rule accepts, as a function of f, and that bound in words
@@ -68,6 +84,9 @@ _MIN_UPDATES: dict[str, tuple[Any, str]] = {
     Krum.kind: (lambda f: f + 3, "n >= f + 3"),
     MultiKrum.kind: (lambda f: f + 3, "n >= f + 3"),
     Bulyan.kind: (lambda f: 4 * f + 3, "n >= 4f + 3"),
+    Meamed.kind: (lambda f: f + 1, "f < n"),
+    MoNNA.kind: (lambda f: f + 1, "f < n"),
+    MinimumDiameterAveraging.kind: (lambda f: f + 1, "f < n"),
 }
 
 
