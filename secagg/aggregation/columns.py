@@ -1,15 +1,17 @@
 """Column-blocked, multi-threaded kernels over an (n, d) update stack.
 
-Coordinate-wise rules (median, trimmed mean, Bulyan) and the Gram matrix behind pairwise distances
-all treat the d columns independently, so the stack is cut into contiguous column blocks and the
-blocks are processed by a thread pool: numpy's sort and torch's matrix product release the GIL, so
-the blocks run in parallel, and each block's temporaries (a sorted copy, a float64 copy) are a small
-slice of the stack instead of a second full copy. Results do not depend on the number of threads:
-each column is computed by the same code whatever block it falls in, and block results are combined
-in block order.
+Coordinate-wise rules (median, trimmed mean, Meamed, Bulyan), the Gram matrix behind pairwise
+distances and the one-pass distance and combination kernels all treat the d columns independently, so
+the stack is cut into contiguous column blocks and the blocks are processed by a thread pool: numpy's
+sort and torch's matrix products release the GIL, so the blocks run in parallel. Inside a block the
+work goes chunk by chunk through per-thread scratch buffers, so the temporaries (a transposed sorted
+chunk, a centred float32 or float64 chunk) stay in cache and are never a second copy of the stack.
+Results do not depend on the number of threads: each column is computed by the same code whatever
+block it falls in, and block results are combined in block order.
 
 The worker count is ``torch.get_num_threads()`` (so ``torch.set_num_threads`` and
-``OMP_NUM_THREADS`` bound it, as for every other kernel of the library).
+``OMP_NUM_THREADS`` bound it, as for every other kernel of the library). The workers themselves run
+torch single-threaded (see :func:`_single_threaded_worker`).
 """
 
 from __future__ import annotations
@@ -111,6 +113,13 @@ def row_mean(rows: np.ndarray) -> np.ndarray:
 
 
 SORT_CHUNK = 2048  # columns per transposed sort: the (w, n) copy and its sort stay in L2
+SCRATCH_BYTES = 8 << 20  # cap on one chunk buffer: with many clients, chunks get narrower
+
+
+def chunk_width(rows: int, step: int, itemsize: int) -> int:
+    """Columns per chunk: ``step``, narrowed so that a (rows, width) buffer stays under
+    :data:`SCRATCH_BYTES` (at least 64 columns)."""
+    return max(1, min(step, max(64, SCRATCH_BYTES // (itemsize * max(rows, 1)))))
 
 
 def sorted_rows(block: np.ndarray) -> np.ndarray:
@@ -126,22 +135,41 @@ def sorted_rows(block: np.ndarray) -> np.ndarray:
     return t
 
 
+def _sorted_rows_scratch(block: np.ndarray) -> np.ndarray:
+    """:func:`sorted_rows` into the calling thread's scratch buffer (no allocation, so no page faults
+    per chunk): valid only until this thread's next call."""
+    n, w = block.shape
+    key = ("T", n, block.dtype.str)
+    bufs = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = {}
+    buf = bufs.get(key)
+    if buf is None or buf.shape[0] < w:
+        buf = bufs[key] = np.empty((w, n), dtype=block.dtype)
+    t = buf[:w]
+    np.copyto(t, block.T)
+    t.sort(axis=1)
+    return t
+
+
 def sorted_row_reduce(u: torch.Tensor, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """``reduce(rows)`` for each chunk of coordinates of ``u``, concatenated: a (d,) array.
 
     ``rows`` is a (w, n) array whose row ``j`` holds the n clients' values of one coordinate, sorted
     ascending (:func:`sorted_rows`); ``reduce`` maps it to w values, one per coordinate, each from its
     own row only (so the result does not depend on the chunking, bit for bit, nor on the clients'
-    order). Chunks of :data:`SORT_CHUNK` columns run on the column-block thread pool.
+    order). Chunks of :data:`SORT_CHUNK` columns (fewer with many clients: :func:`chunk_width`) run on
+    the column-block thread pool.
     """
     a = work_array(u)
     n, d = a.shape
+    step = chunk_width(n, SORT_CHUNK, 8)
     out = np.empty(d, dtype=a.dtype)
 
     def run(b: slice) -> None:
-        for j in range(b.start, b.stop, SORT_CHUNK):
-            c = slice(j, min(j + SORT_CHUNK, b.stop))
-            out[c] = reduce(sorted_rows(a[:, c]))
+        for j in range(b.start, b.stop, step):
+            c = slice(j, min(j + step, b.stop))
+            out[c] = reduce(_sorted_rows_scratch(a[:, c]))  # copied out before the next chunk
 
     map_column_blocks(run, n, d)
     return out
@@ -187,12 +215,13 @@ def row_distances(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """
     a = work_array(u)
     n, d = a.shape
+    step = chunk_width(n, SORT_CHUNK, 8)
     zz = z.detach().to(device="cpu", dtype=torch.float64).numpy()
 
     def block(b: slice) -> np.ndarray:
         acc = np.zeros(n, dtype=np.float64)
-        for j in range(b.start, b.stop, SORT_CHUNK):
-            c = slice(j, min(j + SORT_CHUNK, b.stop))
+        for j in range(b.start, b.stop, step):
+            c = slice(j, min(j + step, b.stop))
             x = _buffer((n, c.stop - c.start), np.float64)
             np.subtract(a[:, c], zz[c], out=x, dtype=np.float64)
             np.multiply(x, x, out=x)
@@ -210,12 +239,13 @@ def combine_rows(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     per-thread buffer: no float64 copy of the stack, no page faults per chunk)."""
     a = work_array(u)
     n, d = a.shape
+    step = chunk_width(n, SORT_CHUNK, 8)
     w = weights.detach().to(device="cpu", dtype=torch.float64)
     out = torch.empty(d, dtype=torch.float64)
 
     def run(b: slice) -> None:
-        for j in range(b.start, b.stop, SORT_CHUNK):
-            c = slice(j, min(j + SORT_CHUNK, b.stop))
+        for j in range(b.start, b.stop, step):
+            c = slice(j, min(j + step, b.stop))
             x = _buffer((n, c.stop - c.start), np.float64)
             np.copyto(x, a[:, c])
             torch.mv(torch.from_numpy(x).mT, w, out=out[c])
@@ -225,6 +255,7 @@ def combine_rows(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 GRAM_PIECE = 1024  # float32 products are summed over at most this many coordinates before float64
+GRAM_CHUNK = 8192  # columns centred per step of the float32 Gram pass (a few pieces each)
 CENTRE_SAMPLE = 5  # rows (evenly spaced) whose coordinate-wise median centres the float32 Gram
 _UNIT32 = 2.0**-24  # float32 unit roundoff (round to nearest)
 _UNIT64 = 2.0**-53
@@ -239,7 +270,7 @@ def _buffer(shape: tuple[int, int], dtype: type) -> np.ndarray:
         bufs = _scratch.bufs = {}
     buf = bufs.get(key)
     if buf is None or buf.shape[1] < shape[1]:
-        buf = bufs[key] = np.empty((shape[0], max(shape[1], SORT_CHUNK)), dtype=dtype)
+        buf = bufs[key] = np.empty(shape, dtype=dtype)
     return buf[:, :shape[1]]
 
 
@@ -317,11 +348,11 @@ def median_centred_gram(u: torch.Tensor, *, exact: bool, sample: int | None = No
     def chunk_gram(c: slice) -> torch.Tensor:
         blk = a[:, c]
         if all_rows:
-            med = sorted_rows(blk)[:, mid]
+            med = _sorted_rows_scratch(blk)[:, mid].copy()
         elif len(sampled) == 5:
             med = _median5([a[i, c] for i in sampled])
         else:
-            med = sorted_rows(a[sampled, c])[:, mid]
+            med = _sorted_rows_scratch(a[sampled, c])[:, mid].copy()
         centre[c] = med
         w = c.stop - c.start
         if exact:
@@ -340,10 +371,14 @@ def median_centred_gram(u: torch.Tensor, *, exact: bool, sample: int | None = No
             acc += y @ y.mT
         return acc
 
+    # chunks: L2-sized where a full sort finds the centre; larger (fewer, longer products) otherwise
+    step = chunk_width(n + 1, SORT_CHUNK if all_rows or len(sampled) != 5 else GRAM_CHUNK,
+                       8 if exact else 4)
+
     def block(b: slice) -> torch.Tensor:
         acc = torch.zeros(n + 1, n + 1, dtype=torch.float64)
-        for j in range(b.start, b.stop, SORT_CHUNK):
-            acc += chunk_gram(slice(j, min(j + SORT_CHUNK, b.stop)))
+        for j in range(b.start, b.stop, step):
+            acc += chunk_gram(slice(j, min(j + step, b.stop)))
         return acc
 
     gram = torch.zeros(n + 1, n + 1, dtype=torch.float64)
@@ -356,7 +391,7 @@ def median_centred_gram(u: torch.Tensor, *, exact: bool, sample: int | None = No
         return median_centred_gram(u, exact=True, sample=sample)
     piece = min(GRAM_PIECE, max(d, 1))
     gamma = piece * _UNIT32 / (1.0 - piece * _UNIT32)
-    pieces = -(-d // GRAM_PIECE) + 2 * -(-d // SORT_CHUNK) + 2
+    pieces = -(-d // GRAM_PIECE) + 2 * -(-d // step) + 2
     return CentredGram(gram, centre, False, gamma + pieces * _UNIT64, d * 2.0**-148)
 
 
@@ -367,18 +402,19 @@ def centred_gram_rows(u: torch.Tensor, centre: np.ndarray, rows: list[int]
     for checking a few rows of a :class:`CentredGram` computed in float32."""
     a = work_array(u)
     n, d = a.shape
+    step = chunk_width(n, SORT_CHUNK, 8)
     idx = np.asarray(rows, dtype=np.intp)
     c64 = centre.astype(np.float64)
 
     def block(b: slice) -> tuple[torch.Tensor, torch.Tensor]:
         rows_acc = torch.zeros(len(idx), n, dtype=torch.float64)
         diag_acc = np.zeros(n, dtype=np.float64)
-        for j in range(b.start, b.stop, SORT_CHUNK):
-            c = slice(j, min(j + SORT_CHUNK, b.stop))
-            x = _buffer((n, c.stop - c.start), np.float64)
-            np.subtract(a[:, c], c64[c], out=x, dtype=np.float64)
-            diag_acc += np.einsum("ij,ij->i", x, x)
-            xt = torch.from_numpy(x)
+        for j in range(b.start, b.stop, step):
+            c = slice(j, min(j + step, b.stop))
+            xt = torch.from_numpy(_buffer((n, c.stop - c.start), np.float64))
+            xt.copy_(torch.from_numpy(a[:, c]))  # exact widening (torch's cast beats numpy's)
+            xt.sub_(torch.from_numpy(c64[c]))
+            diag_acc += np.einsum("ij,ij->i", xt.numpy(), xt.numpy())
             rows_acc += xt[idx] @ xt.mT
         return rows_acc, torch.from_numpy(diag_acc)
 
@@ -403,14 +439,15 @@ def combine_and_measure(u: torch.Tensor, coef: torch.Tensor | None, prev: np.nda
     """
     a = work_array(u)
     n, d = a.shape
+    step = chunk_width(n, SORT_CHUNK, 8)
     z = None if coef is None else np.empty(d, dtype=a.dtype)
     work = torch.float32 if a.dtype == np.float32 else torch.float64
     c_t = None if coef is None else coef.detach().to(device="cpu", dtype=work)
 
     def block(b: slice) -> np.ndarray:
         acc = np.zeros(n + 2, dtype=np.float64)  # n distances, moved, prev
-        for j in range(b.start, b.stop, SORT_CHUNK):
-            c = slice(j, min(j + SORT_CHUNK, b.stop))
+        for j in range(b.start, b.stop, step):
+            c = slice(j, min(j + step, b.stop))
             blk = a[:, c]
             zc = None
             if z is not None:
@@ -438,26 +475,6 @@ def combine_and_measure(u: torch.Tensor, coef: torch.Tensor | None, prev: np.nda
     return z, total[:n], float(total[n]), float(total[n + 1])
 
 
-def row_sq_norms(u: torch.Tensor) -> torch.Tensor:
-    """(n,) float64 squared L2 norms of the rows: float32 (work dtype) dot products over column chunks
-    of :data:`SORT_CHUNK`, summed in float64, on the thread pool (a memory-bound pass: the two
-    threads read it twice as fast as one)."""
-    a = work_array(u)
-    n, d = a.shape
-
-    def block(b: slice) -> np.ndarray:
-        acc = np.zeros(n, dtype=np.float64)
-        for j in range(b.start, b.stop, SORT_CHUNK):
-            x = a[:, j:min(j + SORT_CHUNK, b.stop)]
-            acc += np.einsum("ij,ij->i", x, x)
-        return acc
-
-    total = np.zeros(n, dtype=np.float64)
-    for part in map_column_blocks(block, n, d):
-        total += part
-    return torch.from_numpy(total)
-
-
 def weighted_row_sum(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """(d,) ``sum_i weights_i u_i`` in the work dtype (float32 for float32 stacks), one matrix-vector
     product per column block on the thread pool: no float64 copy, one read of the stack."""
@@ -472,3 +489,28 @@ def weighted_row_sum(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
     map_column_blocks(run, n, d)
     return out
+
+
+def sq_distances_to(u: torch.Tensor, z: np.ndarray) -> np.ndarray:
+    """(n,) float64 squared distances ``||u_i - z||^2`` in the direct form (no cancellation), the
+    differences and squares in the work dtype (float32 for float32 stacks: about 1e-7 relative per
+    distance, like ByzFL's), each chunk's row sums accumulated in float64; one read of the stack, by
+    column chunk on the thread pool."""
+    a = work_array(u)
+    n, d = a.shape
+    step = chunk_width(n, SORT_CHUNK, 8)
+    zz = np.asarray(z, dtype=a.dtype)
+
+    def block(b: slice) -> np.ndarray:
+        acc = np.zeros(n, dtype=np.float64)
+        for j in range(b.start, b.stop, step):
+            c = slice(j, min(j + step, b.stop))
+            x = _buffer((n, c.stop - c.start), a.dtype)
+            np.subtract(a[:, c], zz[c], out=x)
+            acc += np.einsum("ij,ij->i", x, x)
+        return acc
+
+    total = np.zeros(n, dtype=np.float64)
+    for part in map_column_blocks(block, n, d):
+        total += part
+    return total

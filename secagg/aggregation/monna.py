@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
-from secagg.aggregation.columns import row_distances
+from secagg.aggregation.columns import sq_distances_to, weighted_row_sum, work_array
 from secagg.errors import UpdateError
 from secagg.validation import check_int
 
@@ -27,10 +27,11 @@ class MoNNA(Aggregator, kind="monna"):
     clients assumed; ``f = 0`` is the plain mean. Unweighted. With an honest pivot and the ``f``
     attackers further from it than every honest update, the result is the honest updates' mean.
 
-    Computation: one pass over the stack for the n distances to the pivot, formed directly in float64
-    (:func:`~secagg.aggregation.columns.row_distances`: no cancellation, no (n, d) temporary), then one
-    (1, n) x (n, d) product in the updates' dtype for the mean (no copy of the chosen rows). Logs
-    ``radius`` (the distance to the furthest kept row).
+    Computation: one pass over the stack for the n squared distances to the pivot, in the direct form
+    ``sum_k (u_ik - u_pk)^2`` (no cancellation), in the updates' working dtype with float64 row sums
+    (:func:`~secagg.aggregation.columns.sq_distances_to`: float32 for float32 stacks, as ByzFL), then one
+    weighted sum of the rows for the mean (no copy of the chosen rows). Logs ``radius`` (the distance
+    to the furthest kept row).
     """
 
     f: int = 1
@@ -46,10 +47,10 @@ class MoNNA(Aggregator, kind="monna"):
             raise UpdateError(f"f: MoNNA needs 2f < n, got f={f}, n={n}")
         if self.pivot >= n:
             raise UpdateError(f"pivot: must be < n = {n}, got {self.pivot}")
-        dist = row_distances(u, u[self.pivot])
+        sq = torch.from_numpy(sq_distances_to(u, work_array(u)[self.pivot].copy()))
         keep = n - f
-        nearest = torch.sort(dist, stable=True).indices[:keep]
-        w = torch.zeros(n, dtype=u.dtype, device=u.device)
-        w[nearest.to(u.device)] = 1.0 / keep
-        return Aggregate(update=w @ u, state=dict(state),
-                         metrics={"radius": float(dist[nearest[-1]])})
+        nearest = torch.sort(sq, stable=True).indices[:keep]
+        w = torch.zeros(n, dtype=torch.float64)
+        w[nearest] = 1.0 / keep
+        mean = weighted_row_sum(w, u).to(device=u.device, dtype=u.dtype)
+        return Aggregate(update=mean, state=dict(state), metrics={"radius": float(sq[nearest[-1]]) ** 0.5})
