@@ -123,3 +123,33 @@ def test_state_is_checkpointable(tmp_path) -> None:
     torch.save(state, path)
     loaded = torch.load(path)
     assert set(loaded) == {"center"} and torch.equal(loaded["center"], state["center"])
+
+
+def _batched_reference(u: torch.Tensor, center: torch.Tensor, tau: float, iterations: int) -> torch.Tensor:
+    """The docstring's iteration, batched in float64 (one (n, d) difference stack per iteration)."""
+    u64, v = u.to(torch.float64), center.to(torch.float64).clone()
+    for _ in range(iterations):
+        diff = u64 - v
+        scale = torch.clamp(tau / torch.linalg.vector_norm(diff, dim=1).clamp_min(1e-300), max=1.0)
+        v = v + (scale / u.shape[0]) @ diff
+    return v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_column_kernel_matches_batched_formula(dtype: torch.dtype, iterations: int) -> None:
+    """The CPU path (distances by column chunk, then ``v (1 - sum s / n) + sum (s / n) u``) on a stack wide
+    enough for several column blocks, far from and near to the center, with a non-zero center."""
+    g = torch.Generator().manual_seed(7)
+    n, d = 13, 70_001
+    u = (torch.randn(n, d, generator=g, dtype=torch.float64) + 5.0).to(dtype)
+    u[0] += 100.0  # one far row: always clipped
+    center = (torch.randn(d, generator=g, dtype=torch.float64) * 0.1 + 5.0).to(dtype)
+    c0 = center.clone()
+    for tau in (1.0, 300.0, 1e9):
+        out = CenteredClipping(tau=tau, iterations=iterations).aggregate(make_batch(u), {"center": center})
+        assert out.update.dtype == dtype and torch.equal(center, c0)
+        ref = _batched_reference(u, center, tau, iterations)
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(out.update.to(torch.float64), ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(out.state["center"], out.update, rtol=0, atol=0)

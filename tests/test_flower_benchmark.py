@@ -27,7 +27,7 @@ def _sane(f: dict, n: int, dropped: int) -> None:
     assert f["clients_finished"] == n - dropped
     assert f["client_s_max"] >= f["client_s"] > 0 and f["client_secagg_s"] > 0 and f["client_cpu_s"] > 0
     assert f["unmask_s"] >= f["unmask_wait_s"] > 0 and f["round_s"] >= f["unmask_s"]
-    assert f["bytes_per_client"] == f["bytes_down_per_client"] + f["bytes_up_per_client"]
+    assert f["bytes_per_client"] == pytest.approx(f["bytes_down_per_client"] + f["bytes_up_per_client"])
     assert f["bytes_per_client"] > f["bytes_model_down"] >= 4 * D  # the model went down, in float32
     assert f["bytes_secagg_per_client"] == pytest.approx(f["bytes_per_client"] - f["bytes_model_down"])
     assert 0 <= f["max_abs_err"] < 1e-4  # the released mean is the survivors' (quantization error only)

@@ -63,7 +63,7 @@ def test_flower_rounds_sum_exactly_their_survivors_or_abort(tmp_path, malicious)
         save_identity(identities[p], key)
     registry = {p: k.public for p, k in keys.items()} or None
     strategy = BothSharesServer(rule, fraction_evaluate=0.0, min_available_nodes=N, registry=registry,
-                                stage_timeout=30.0)
+                                stage_timeout=90.0)
     result: dict = {}
     simulate(make_server_app(strategy, rounds, result),
              make_client_app(rule, tmp_path, plan, registry=registry, identities=identities or None), N)

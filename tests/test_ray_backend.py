@@ -106,7 +106,7 @@ def test_grid_on_ray_writes_the_same_tables_and_resumes(local_ray, tmp_path):
     paths = {d: write_reports(tmp_path / d, config, rows) for d, rows in (("ray", on_ray), ("local", local))}
     assert _table(paths["ray"]["csv"]) == _table(paths["local"]["csv"])
     assert _summary(paths["ray"]["summary"]) == _summary(paths["local"]["summary"])
-    with pytest.raises(ConfigError, match="leave jobs at 1"):
+    with pytest.raises(ConfigError, match="leave jobs unset"):
         run_grid(config, tmp_path / "x", jobs=2, backend="ray")
     with pytest.raises(ConfigError, match="backend: 'dask' is not one of local, ray"):
         run_grid(config, tmp_path / "x", backend="dask")
