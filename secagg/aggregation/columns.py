@@ -254,7 +254,7 @@ def combine_rows(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return out
 
 
-GRAM_PIECE = 1024  # float32 products are summed over at most this many coordinates before float64
+GRAM_PIECE = 256  # float32 products are summed over at most this many coordinates before float64
 GRAM_CHUNK = 8192  # columns centred per step of the float32 Gram pass (a few pieces each)
 CENTRE_SAMPLE = 5  # rows (evenly spaced) whose coordinate-wise median centres the float32 Gram
 _UNIT32 = 2.0**-24  # float32 unit roundoff (round to nearest)
