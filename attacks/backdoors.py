@@ -22,7 +22,10 @@ from attacks.data_poisoning import DataAttack, add_triggered_copies, targeted_su
 from secagg.data.federated import ClientData
 from secagg.errors import ConfigError
 from secagg.fedavg.adversary import Predict
-from secagg.validation import check_int, check_real
+from secagg.fedavg.trainer import ClientTrainer, FrozenSGDTrainer
+from secagg.validation import check_choice, check_int, check_real
+
+PROJECTIONS = ("step", "update")
 
 #: the corners, in the order of the local patterns: top-left, top-right, bottom-left, bottom-right
 CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))
@@ -109,7 +112,7 @@ class DistributedBackdoor(DataAttack, kind="dba"):
 
 @dataclass(frozen=True)
 class Neurotoxin(UpdateAttack, kind="neurotoxin"):
-    """Neurotoxin (Zhang et al., ICML 2022): the attackers' (backdoored) updates confined to the
+    """Neurotoxin (Zhang et al., ICML 2022): the attackers' (backdoored) training confined to the
     coordinates the benign clients change least, so that later benign rounds rarely overwrite them.
 
     The benign direction is estimated by the previous round's global update (``ctx.global_update``,
@@ -117,43 +120,65 @@ class Neurotoxin(UpdateAttack, kind="neurotoxin"):
     algorithm does (the attacker compares the last two global models it received); the official code
     (``grad_mask_cv`` in jhcknzzm/Federated-Learning-Backdoor) instead accumulates the gradient of the
     attacker's own clean data. The ``ceil(ratio * p)`` parameter coordinates of largest magnitude in
-    that estimate (ties to the lower index) are set to 0 in every attacker's update; other coordinates
-    (and buffers, beyond p) are kept. ``ratio``: the masked fraction, top 1% by default (the official
-    CIFAR-10 runs keep 99%, ``--gradmask_ratio 0.99``; its language tasks keep 95%). Without a global
-    update (round 1, or after a resume) each attacker masks the top ``ratio`` of its own update's
-    coordinates instead (all d of them: without a global update the parameter count is unknown).
-    ``norm_bound``: then scale each update to L2 norm at most that (the paper's PGD projection onto a
-    ball around the global model); ``None``: no bound.
+    that estimate (ties to the lower index) are the mask. ``ratio``: the masked fraction, top 1% by
+    default (the official CIFAR-10 runs keep 99%, ``--gradmask_ratio 0.99``; its language tasks keep
+    95%).
 
-    The paper projects the gradient of every local SGD step (and the model after it) onto the
-    unmasked coordinates, so local training adapts to the mask; here the finished update is
-    projected once, which removes the masked part of the attacker's training without letting the
-    other coordinates compensate. Not omniscient.
+    ``projection``: ``"step"`` (default, the paper's algorithm): the attackers train with projected
+    SGD (:class:`~secagg.fedavg.trainer.FrozenSGDTrainer`): every local step's gradient is zeroed on
+    the mask and the masked weights stay at the global model's, so the rest of the model adapts to
+    carry the backdoor without them. ``"update"``: they train normally and the finished update is
+    projected once (the masked coordinates zeroed), which removes part of the backdoor without
+    letting the other coordinates compensate. Either way :meth:`craft` zeroes the mask in the update
+    sent (a no-op after ``"step"`` training) and keeps the buffers (beyond p). Without a global
+    update (round 1, or after a resume) the attackers train normally and each masks the top
+    ``ratio`` of its own update's coordinates (all d of them: without a global update the parameter
+    count is unknown).
+
+    ``norm_bound``: then scale each update to L2 norm at most that (the paper's PGD projection onto a
+    ball around the global model, applied once to the finished update); ``None``: no bound. Not
+    omniscient.
     """
 
     ratio: float = 0.01
     norm_bound: float | None = None
+    projection: str = "step"
     omniscient = False
 
     def __post_init__(self) -> None:
         check_real("ratio", self.ratio, ge=0.0, lt=1.0)
         if self.norm_bound is not None:
             check_real("norm_bound", self.norm_bound, gt=0.0)
+        check_choice("projection", self.projection, PROJECTIONS)
+
+    def top(self, global_update: torch.Tensor) -> torch.Tensor:
+        """(p,) bool: the ``ceil(ratio * p)`` coordinates of largest magnitude in ``global_update``."""
+        p = global_update.numel()
+        k = min(p, math.ceil(round(self.ratio * p, 9)))  # rounded: 0.05 * 120 is 6, not 7
+        mask = torch.zeros(p, dtype=torch.bool)
+        if k > 0:
+            mask[torch.sort(global_update.double().abs(), descending=True, stable=True).indices[:k]] = True
+        return mask
+
+    def local_trainer(self, trainer: ClientTrainer, global_update: torch.Tensor | None) -> ClientTrainer:
+        """Projected SGD off the mask (``projection="step"`` with a global update), else ``trainer``."""
+        if self.projection != "step" or global_update is None:
+            return trainer
+        mask = self.top(global_update.reshape(-1))
+        return FrozenSGDTrainer(mask) if bool(mask.any()) else trainer
 
     def masked(self, ctx: AttackContext) -> torch.Tensor:
         """(f, d) bool: the coordinates each attacker zeroes (``True``)."""
         f, d = ctx.num_attackers, ctx.dim
         g = ctx.global_update
-        p = d if g is None else g.numel()
-        k = min(p, math.ceil(round(self.ratio * p, 9)))  # rounded: 0.05 * 120 is 6, not 7
         mask = torch.zeros(f, d, dtype=torch.bool)
+        if g is not None:
+            mask[:, :g.numel()] = self.top(g.reshape(-1))
+            return mask
+        k = min(d, math.ceil(round(self.ratio * d, 9)))
         if k == 0:
             return mask
-        if g is not None:
-            top = torch.sort(g.double().abs(), descending=True, stable=True).indices[:k]
-            mask[:, top] = True
-            return mask
-        top = torch.sort(ctx.own[:, :p].double().abs(), dim=1, descending=True, stable=True).indices[:, :k]
+        top = torch.sort(ctx.own.double().abs(), dim=1, descending=True, stable=True).indices[:, :k]
         return mask.scatter_(1, top, True)
 
     def craft(self, ctx: AttackContext) -> torch.Tensor:

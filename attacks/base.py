@@ -16,6 +16,7 @@ import torch
 
 from secagg.errors import ConfigError
 from secagg.fedavg.adversary import Defence
+from secagg.fedavg.trainer import ClientTrainer
 from secagg.registry import Registered
 
 
@@ -89,6 +90,11 @@ class UpdateAttack(Registered, ABC, family="attack"):
     @abstractmethod
     def craft(self, ctx: AttackContext) -> torch.Tensor:
         """The (f, d) updates the attackers send (same dtype as ``ctx.own``); inputs are not modified."""
+
+    def local_trainer(self, trainer: ClientTrainer, global_update: torch.Tensor | None) -> ClientTrainer:
+        """How the attackers train their own updates before :meth:`craft` (default: ``trainer``, the
+        run's); ``global_update`` as in :class:`AttackContext`."""
+        return trainer
 
 
 def repeat(row: torch.Tensor, ctx: AttackContext) -> torch.Tensor:

@@ -12,6 +12,7 @@ from attacks.data_poisoning import DataAttack, takes_attacker
 from secagg.data.federated import ClientData
 from secagg.errors import ConfigError
 from secagg.fedavg.adversary import Adversary, Defence, Predict
+from secagg.fedavg.trainer import ClientTrainer
 from secagg.seeding import numpy_rng
 from secagg.validation import check_int, check_real
 
@@ -66,6 +67,13 @@ class ByzantineClients(Adversary, kind="byzantine"):
             return data
         extra = {"attacker": attacker} if takes_attacker(self.data_attack.poison) else {}
         return self.data_attack.poison(data, num_classes, seed, **extra)
+
+    def trainer(self, trainer: ClientTrainer, *, global_update: torch.Tensor | None = None) -> ClientTrainer:
+        """The update attack's :meth:`~attacks.base.UpdateAttack.local_trainer` (the run's trainer
+        without one)."""
+        if self.update_attack is None:
+            return trainer
+        return self.update_attack.local_trainer(trainer, global_update)
 
     def craft(self, honest: torch.Tensor, own: torch.Tensor, defence: Defence | None,
               seed: int, weights: torch.Tensor | None = None, *,

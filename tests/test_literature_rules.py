@@ -7,6 +7,7 @@ import math
 import re
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -25,10 +26,11 @@ from secagg.aggregation import (
     SignGuard,
     UpdateBatch,
 )
-from secagg.aggregation.flame import majority_cluster, secret_normal
+from secagg.aggregation.flame import majority_cluster
 from secagg.aggregation.foolsgold import foolsgold_weights
 from secagg.aggregation.similarity import cosine_similarities
 from secagg.checkpoint import load_checkpoint, save_checkpoint
+from secagg.crypto.normal import box_muller, secret_normal
 from secagg.data.partition import PartitionConfig
 from secagg.errors import ConfigError, UpdateError
 from secagg.experiment import ExperimentConfig, run_experiment
@@ -190,10 +192,21 @@ def test_flame_noise_is_secret_by_default_and_sized_lambda_times_the_clip_norm()
 
 
 def test_secret_normal_moments():
-    z = secret_normal(200_001, torch.float64)
-    assert z.shape == (200_001,) and z.dtype == torch.float64
+    z = secret_normal(200_001)
+    assert z.shape == (200_001,) and z.dtype == np.float64
     assert abs(float(z.mean())) < 0.01 and float(z.std()) == pytest.approx(1.0, abs=0.01)
-    assert float((z.abs() > 1.96).double().mean()) == pytest.approx(0.05, abs=0.003)
+    assert float((np.abs(z) > 1.96).mean()) == pytest.approx(0.05, abs=0.003)
+    assert not np.array_equal(secret_normal(8), secret_normal(8)), "a fresh key per call"
+
+
+def test_box_muller_known_answer_and_extremes():
+    # u1 = 0.75, u2 = 0.25: radius sqrt(-2 ln 0.25), angle pi / 2 -> (0, radius); u1 = 0 is finite
+    z = box_muller(np.array([0.75, 0.0, 0.25, 0.5]), 4)
+    r = np.sqrt(-2.0 * np.log(0.25))
+    np.testing.assert_allclose(z, [0.0, 0.0, r, 0.0], atol=1e-15)
+    assert box_muller(np.array([0.3, 0.6]), 1).shape == (1,)
+    with pytest.raises(ValueError, match="uniforms: expected 2 values for 1 normals"):
+        box_muller(np.zeros(4), 1)
 
 
 # -- FoolsGold ---------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ from secagg.aggregation import CoordinateMedian, Krum, Mean, TrimmedMean, Update
 from secagg.data.federated import ClientData
 from secagg.errors import ConfigError
 from secagg.fedavg import ClientConfig, FedAvg, FedAvgConfig
+from secagg.fedavg.trainer import FrozenSGDTrainer, SGDTrainer
+from secagg.layout import ParamLayout
 from secagg.seeding import torch_generator
 from secagg.task import TaskConfig, build_task
 
@@ -358,7 +360,7 @@ class Recording(ByzantineClients, kind="test-recording-window"):
 
     def craft(self, honest, own, defence, seed, weights=None, *, global_update=None):
         sent = super().craft(honest, own, defence, seed, weights, global_update=global_update)
-        LOG.append({"global_update": global_update, "sent": sent})
+        LOG.append({"global_update": global_update, "own": own.clone(), "sent": sent})
         return sent
 
 
@@ -404,6 +406,60 @@ def test_neurotoxin_in_a_run_masks_by_the_previous_global_update(task):
     torch.testing.assert_close(LOG[1]["global_update"], moved)
     top = moved.abs().topk(math.ceil(0.1 * p)).indices
     assert bool((LOG[1]["sent"][:, top] == 0).all())
+
+
+def test_neurotoxin_step_projection_trains_off_the_mask_and_the_rest_adapts(task):
+    # the attackers' own trained rows (LOG "own") are 0 on the mask after projected SGD, while
+    # projection="update" trains normally (nonzero there) and only zeroes the mask when sending; the
+    # unmasked coordinates differ between the two, because training adapted to the frozen weights
+    own_rows = {}
+    for projection in ("step", "update"):
+        LOG.clear()
+        adversary = Recording(0.25, data_attack=DistributedBackdoor(),
+                              update_attack=Neurotoxin(ratio=0.1, projection=projection))
+        trainer = FedAvg(FedAvgConfig(rounds=2, client=CLIENT, adversary=adversary), task.model, task.data,
+                         seed=0)
+        state = trainer.run_round(trainer.initial_state()).state
+        trainer.run_round(state)
+        mask = Neurotoxin(ratio=0.1).top(LOG[1]["global_update"])
+        own_rows[projection] = LOG[1]["own"][:, :mask.numel()]
+        assert bool((LOG[1]["sent"][:, :mask.numel()][:, mask] == 0).all())
+    assert bool((own_rows["step"][:, mask] == 0).all())
+    assert bool((own_rows["update"][:, mask] != 0).any())
+    assert not torch.equal(own_rows["step"][:, ~mask], own_rows["update"][:, ~mask])
+    with pytest.raises(ConfigError, match="projection: must be one of"):
+        Neurotoxin(projection="grad")
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), density=st.sampled_from([0.0, 0.01, 0.3, 1.0]))
+def test_frozen_coordinates_stay_at_the_global_value_through_momentum_and_weight_decay(task, seed, density):
+    config = ClientConfig(epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=0.01)
+    p = task_layout(task).num_parameters
+    frozen = torch.rand(p, generator=torch_generator(seed, "frozen")) < density
+    data = task.data.client(0)
+    update = FrozenSGDTrainer(frozen).train(task.model, task.model.state_dict(), data, config,
+                                            task_layout(task), seed=seed, client_id=0)
+    assert bool((update.delta[:p][frozen] == 0).all())
+    if not bool(frozen.any()):  # no mask: exactly plain local SGD
+        plain = SGDTrainer().train(task.model, task.model.state_dict(), data, config, task_layout(task),
+                                   seed=seed, client_id=0)
+        assert torch.equal(update.delta, plain.delta)
+    elif not bool(frozen.all()):
+        assert bool((update.delta[:p][~frozen] != 0).any())
+
+
+def test_a_frozen_mask_of_the_wrong_shape_or_dtype_is_refused(task):
+    p = task_layout(task).num_parameters
+    for bad, got in ((torch.zeros(p + 1, dtype=torch.bool), f"shape \\({p + 1},\\)"),
+                     (torch.zeros(p), "torch.float32"), ([False] * p, "list")):
+        with pytest.raises(ConfigError, match=f"frozen: expected a bool tensor of shape \\({p},\\).*{got}"):
+            FrozenSGDTrainer(bad).train(task.model, task.model.state_dict(), task.data.client(0), CLIENT,
+                                        task_layout(task), seed=0, client_id=0)
+
+
+def task_layout(task) -> ParamLayout:
+    return ParamLayout.from_module(task.model)
 
 
 # ---------------------------------------------------------------- attack window and durability

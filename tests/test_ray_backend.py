@@ -14,9 +14,12 @@ ray = pytest.importorskip("ray")
 
 from test_bench import TINY  # noqa: E402  (the same tiny grid the bench tests use)
 
+from attacks.backdoors import Neurotoxin  # noqa: E402
 from attacks.bench import write_reports  # noqa: E402
 from attacks.bench.config import parse  # noqa: E402
 from attacks.bench.runner import run_grid  # noqa: E402
+from attacks.byzantine import ByzantineClients  # noqa: E402
+from attacks.data_poisoning import Backdoor  # noqa: E402
 from secagg.data.federated import ClientData  # noqa: E402
 from secagg.data.partition import PartitionConfig  # noqa: E402
 from secagg.errors import ConfigError  # noqa: E402
@@ -60,6 +63,10 @@ class InfiniteData(Adversary, kind="test-infinite-data"):
         return ClientData(torch.full_like(data.x, float("inf")), data.y)
 
 
+# the attackers' own trainer (projected SGD off a mask) travels with their jobs to the workers
+NEUROTOXIN = ByzantineClients(0.5, Neurotoxin(ratio=0.2), Backdoor())
+
+
 def _config(adversary: Adversary | None) -> ExperimentConfig:
     return ExperimentConfig(
         task=TaskConfig(num_clients=4, partition=PartitionConfig(kind="dirichlet", alpha=0.5)),
@@ -72,7 +79,8 @@ def _metrics(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
-@pytest.mark.parametrize("adversary", [None, InfiniteData()], ids=["honest", "rejected-client"])
+@pytest.mark.parametrize("adversary", [None, InfiniteData(), NEUROTOXIN],
+                         ids=["honest", "rejected-client", "neurotoxin-projected-sgd"])
 def test_fedavg_on_ray_is_bit_identical_to_the_local_loop(local_ray, adversary):
     local = run_experiment(_config(adversary))
     with RayExecutor() as executor:
@@ -80,7 +88,7 @@ def test_fedavg_on_ray_is_bit_identical_to_the_local_loop(local_ray, adversary):
     assert _metrics(remote.history) == _metrics(local.history)
     a, b = local.state.model, remote.state.model
     assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
-    if adversary is not None:
+    if isinstance(adversary, InfiniteData):
         assert [r["rejected"] for r in remote.history] == [[1], [1]]
         assert [r["clients"] for r in remote.history] == [3, 3]
 

@@ -19,8 +19,6 @@ filter and the clipping is washed out); it is not differential privacy and claim
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,30 +26,10 @@ import torch
 
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.aggregation.similarity import cosine_similarities
-from secagg.crypto.prg import SEED_BYTES, expand
+from secagg.crypto.normal import secret_normal
 from secagg.errors import ConfigError
 from secagg.seeding import torch_generator
 from secagg.validation import check_real
-
-
-def secret_normal(size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``size`` independent N(0, 1) draws from the OS CSPRNG: the AES-128-CTR keystream of
-    :mod:`secagg.crypto.prg` under a fresh key from ``os.urandom``, read as 32-bit uniforms and
-    turned into normals by Box-Muller (in float64, then cast to ``dtype``).
-
-    Uniforms are ``(w + 1/2) / 2^32`` for 32-bit words ``w``, so ``log`` is finite and the normals
-    are truncated at about 6.8 standard deviations: harmless for smoothing noise (this sampler
-    makes no differential-privacy claim; :mod:`dp` has the sampler for that).
-    """
-    if size <= 0:
-        return torch.zeros(max(size, 0), dtype=dtype)
-    pairs = (size + 1) // 2
-    words = expand(os.urandom(SEED_BYTES), 2 * pairs).astype(np.float64)
-    uniforms = torch.from_numpy((words + 0.5) * 2.0 ** -32)
-    radius = torch.sqrt(-2.0 * torch.log(uniforms[:pairs]))
-    angle = (2.0 * math.pi) * uniforms[pairs:]
-    z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])[:size]
-    return z.to(dtype)
 
 
 def majority_cluster(cosine: torch.Tensor, resolution: float = 0.0) -> torch.Tensor:
@@ -93,11 +71,12 @@ class FLAME(Aggregator, kind="flame"):
     ``noise_lambda`` (>= 0, default 0.001, the paper's value for image classification; 0 turns the
     smoothing off): the noise's standard deviation per coordinate relative to ``S``.
 
-    ``secret_noise`` (default True): draw the noise from the OS CSPRNG (:func:`secret_normal`), so
-    that no one, the attacker included, can predict the smoothing and pre-compensate it. The
-    noise's purpose is defence, so it must not be predictable in a deployment
-    (:meth:`check_deployable` refuses ``False``). ``False`` draws it from the batch's public seed
-    (:mod:`secagg.seeding`), for simulations that must reproduce to the last digit.
+    ``secret_noise`` (default True): draw the noise from the OS CSPRNG
+    (:func:`~secagg.crypto.normal.secret_normal`), so that no one, the attacker included, can predict
+    the smoothing and pre-compensate it. The noise's purpose is defence, so it must not be
+    predictable in a deployment (:meth:`check_deployable` refuses ``False``). ``False`` draws it
+    from the batch's public seed (:mod:`secagg.seeding`), for simulations that must
+    reproduce to the last digit.
 
     Differences between references: the paper clusters the local *models* ``W_i``; with only the
     updates at hand this clusters the updates ``W_i - G_{t-1}`` (the cosine of updates is the more
@@ -130,7 +109,7 @@ class FLAME(Aggregator, kind="flame"):
         if std == 0.0:
             return torch.zeros(batch.dim, dtype=dtype)
         if self.secret_noise:
-            z = secret_normal(batch.dim, torch.float32 if dtype != torch.float64 else dtype)
+            z = torch.from_numpy(secret_normal(batch.dim))
         else:  # not secret: public simulation randomness (secret_noise=False)
             z = torch.randn(batch.dim, generator=torch_generator(batch.seed, "flame-noise"),
                             dtype=torch.float64)

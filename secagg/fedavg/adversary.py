@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from secagg.data.federated import ClientData
+from secagg.fedavg.trainer import ClientTrainer
 from secagg.registry import Registered
 
 Defence = Callable[[torch.Tensor], torch.Tensor]
@@ -37,6 +38,12 @@ class Adversary(Registered, ABC, family="adversary"):
         """What a malicious client trains on (default: its own data, unchanged); ``attacker``: its rank
         among the run's malicious clients (attacks that split their work among them use it)."""
         return data
+
+    def trainer(self, trainer: ClientTrainer, *, global_update: torch.Tensor | None = None) -> ClientTrainer:
+        """How a malicious client trains in an attacking round (default: ``trainer``, the run's);
+        ``global_update`` as in :meth:`craft`. An attacker owns its machine, so it may train any way
+        it likes (e.g. Neurotoxin's projected SGD)."""
+        return trainer
 
     def craft(self, honest: torch.Tensor, own: torch.Tensor, defence: Defence | None,
               seed: int, weights: torch.Tensor | None = None, *,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from secagg.data.federated import ClientData
-from secagg.errors import DataError, UpdateError
+from secagg.errors import ConfigError, DataError, UpdateError
 from secagg.layout import ParamLayout
 
 if TYPE_CHECKING:  # config.py imports the trainers, which import this module
@@ -36,12 +36,17 @@ class ClientUpdate:
 
 def client_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData,
                   config: ClientConfig, layout: ParamLayout, *, seed: int,
-                  client_id: int = 0) -> ClientUpdate:
+                  client_id: int = 0, frozen: torch.Tensor | None = None) -> ClientUpdate:
     """Train a copy of ``model`` loaded with ``global_state`` on ``data`` and return its delta.
 
     ``model`` supplies the architecture only; neither it nor ``global_state`` is modified. The data
     order of each epoch and any randomness inside the model (dropout) come from ``seed``. Raises
     :class:`UpdateError` if training produced NaN/Inf, before anything leaves the client.
+
+    ``frozen``: a bool tensor over the layout's ``num_parameters`` flat parameter coordinates; those
+    set stay at their global value through every local step (projected gradient descent onto the
+    other coordinates: the gradient is zeroed there before each step and the values are restored
+    after it, so momentum and weight decay cannot move them either), and their delta is exactly 0.
     """
     n = len(data)
     if n == 0:
@@ -49,6 +54,7 @@ def client_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], da
     local = copy.deepcopy(model)
     local.load_state_dict(global_state, strict=True)
     local.train()
+    masks = frozen_masks(local, layout, frozen)
     opt = torch.optim.SGD(local.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)
     order = torch.Generator().manual_seed(seed)
@@ -61,10 +67,40 @@ def client_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], da
                 loss = nn.functional.cross_entropy(local(data.x[idx]), data.y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for param, mask, _ in masks:
+                    if param.grad is not None:
+                        param.grad.masked_fill_(mask, 0.0)
                 opt.step()
+                with torch.no_grad():
+                    for param, mask, start in masks:
+                        param.copy_(torch.where(mask, start, param))
                 losses.append(loss.detach())
     delta = layout.flatten(local.state_dict()) - layout.flatten(global_state)
     if not torch.isfinite(delta).all():
         raise UpdateError(f"client {client_id}: local training produced NaN/Inf "
                           f"(lower client.lr, currently {config.lr})")
     return ClientUpdate(client_id, delta, n, float(torch.stack(losses).mean()))
+
+
+def frozen_masks(model: nn.Module, layout: ParamLayout, frozen: torch.Tensor | None,
+                 ) -> list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
+    """``(parameter, mask, value)`` for each of ``model``'s parameters with a coordinate set in the flat
+    ``frozen`` mask (see :func:`client_update`); ``value`` is a copy of the parameter now."""
+    if frozen is None:
+        return []
+    p = layout.num_parameters
+    if not isinstance(frozen, torch.Tensor) or frozen.dtype != torch.bool or tuple(frozen.shape) != (p,):
+        got = (f"{frozen.dtype} of shape {tuple(frozen.shape)}" if isinstance(frozen, torch.Tensor)
+               else type(frozen).__name__)
+        raise ConfigError(f"frozen: expected a bool tensor of shape ({p},) (the layout's parameter "
+                          f"coordinates), got {got}")
+    params = dict(model.named_parameters())
+    out = []
+    for spec in layout.specs:
+        if spec.kind != "parameter":
+            continue
+        mask = frozen[spec.offset:spec.offset + spec.numel].reshape(spec.shape)
+        if bool(mask.any()):
+            param = params[spec.name]
+            out.append((param, mask.to(param.device), param.detach().clone()))
+    return out

@@ -73,12 +73,13 @@ class UpdateSource(Protocol):
 
 @dataclass(frozen=True)
 class ClientJob:
-    """One sampled client's share of a round: its id, the (possibly poisoned) data it trains on and
-    its training seed."""
+    """One sampled client's share of a round: its id, the (possibly poisoned) data it trains on, its
+    training seed, and the trainer it uses when not the run's (a malicious client's own)."""
 
     client_id: int
     data: ClientData
     seed: int
+    trainer: ClientTrainer | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def train_client(trainer: ClientTrainer, model: nn.Module, global_state: Mapping
     Module-level (picklable) so that a :class:`~secagg.parallel.ClientExecutor` can run it in another
     process.
     """
+    trainer = trainer if job.trainer is None else job.trainer
     try:
         return trainer.train(model, global_state, job.data, config, layout, seed=job.seed,
                              client_id=job.client_id)
@@ -126,13 +128,16 @@ class LocalSource:
         for c in sampled:
             data = fedavg.data.client(c)
             adversary = fedavg.config.adversary
+            trainer = None
             if c in fedavg.malicious and adversary is not None and adversary.active(r):
                 # poisoned in this process: executors only ever train
                 extra = ({"attacker": fedavg.attacker_index(c)}
                          if "attacker" in inspect.signature(adversary.poison_data).parameters else {})
                 data = adversary.poison_data(data, fedavg.data.num_classes,
                                              derive_seed(fedavg.seed, "poison", r, c), **extra)
-            jobs.append(ClientJob(c, data, derive_seed(fedavg.seed, "client", r, c)))
+                own = adversary.trainer(fedavg.config.trainer, global_update=fedavg.last_global_update(r))
+                trainer = None if own is fedavg.config.trainer else own
+            jobs.append(ClientJob(c, data, derive_seed(fedavg.seed, "client", r, c), trainer))
         results = self.executor.map(train_client, jobs, fedavg.config.trainer, fedavg.model, state.model,
                                     fedavg.config.client, fedavg.layout)
         updates = [u for u in results if isinstance(u, ClientUpdate)]

@@ -49,3 +49,20 @@ class SGDTrainer(ClientTrainer, kind="sgd"):
     def train(self, model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData,
               config: ClientConfig, layout: ParamLayout, *, seed: int, client_id: int) -> ClientUpdate:
         return client_update(model, global_state, data, config, layout, seed=seed, client_id=client_id)
+
+
+@dataclass(frozen=True, eq=False)
+class FrozenSGDTrainer(ClientTrainer):
+    """Local SGD that keeps the ``frozen`` parameter coordinates at their global value through every
+    step (:func:`~secagg.fedavg.client.client_update`'s ``frozen``: a (num_parameters,) bool tensor).
+
+    Built at run time, not from configuration (it is not a registered kind): e.g. by an adversary
+    whose clients train only outside a mask (Neurotoxin). Compared by identity.
+    """
+
+    frozen: torch.Tensor
+
+    def train(self, model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData,
+              config: ClientConfig, layout: ParamLayout, *, seed: int, client_id: int) -> ClientUpdate:
+        return client_update(model, global_state, data, config, layout, seed=seed, client_id=client_id,
+                             frozen=self.frozen)
