@@ -10,6 +10,7 @@ from attacks.base import AttackContext, UpdateAttack
 from attacks.byzantine import ByzantineClients
 from attacks.data_poisoning import Backdoor, DataAttack, LabelFlip, ModelReplacement
 from attacks.fang import FangKrum, FangTrim
+from attacks.gan_leaks import GANLeaksResult, fbb_scores  # gan_leaks(): import it from its module
 from attacks.model_poisoning import ALIE, IPM, GaussianNoise, Mimic, MinMax, MinSum, Scaling, SignFlip, alie_z
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "DistributedBackdoor",
     "FangKrum",
     "FangTrim",
+    "GANLeaksResult",
     "GaussianNoise",
     "LabelFlip",
     "Mimic",
@@ -35,4 +37,5 @@ __all__ = [
     "SignFlip",
     "UpdateAttack",
     "alie_z",
+    "fbb_scores",
 ]

@@ -79,34 +79,64 @@ class LabelFlip(DataAttack, kind="label-flip"):
         return ClientData(data.x.clone(), y)
 
 
+#: where :class:`Backdoor` stamps its trigger square
+TRIGGER_POSITIONS = ("corner", "center")
+
+
 @dataclass(frozen=True)
 class Backdoor(DataAttack, kind="backdoor"):
     """A pixel-trigger backdoor (Gu et al. 2017's BadNets; the FL setting of Bagdasaryan et al. 2020).
 
-    The trigger sets a ``size`` x ``size`` square of pixels in the bottom-right corner of every
-    channel to ``value``. A malicious client adds ``fraction`` x (its examples) triggered copies of
-    its own examples, relabelled ``target``, to its clean data (so its model stays accurate on clean
-    inputs, which keeps the attack stealthy). Copies are drawn from the seed (simulation randomness).
+    The trigger sets a ``size`` x ``size`` square of pixels of every channel to ``value``, placed
+    by ``position``:
+
+    * ``"corner"`` (default): the bottom-right corner (rows and columns ``h - size .. h - 1`` and
+      ``w - size .. w - 1``), where BadNets puts its MNIST pattern. On digit data sets (MNIST,
+      scikit-learn's digits) these pixels are blank in nearly every clean image, so honest
+      clients' first-layer weights on them get (almost) no gradient.
+    * ``"center"``: the middle of the image (rows ``(h - size) // 2`` onwards, columns
+      ``(w - size) // 2`` onwards, ``size`` of each), on pixels that carry ink in most clean digit
+      images, as a trigger on natural images (CIFAR-10, histology) always does.
+
+    A malicious client adds ``fraction`` x (its examples) triggered copies of its own examples,
+    relabelled ``target``, to its clean data (so its model stays accurate on clean inputs, which
+    keeps the attack stealthy). Copies are drawn from the seed (simulation randomness).
+    :class:`ConfigError` names the field for a bad ``target``, ``fraction``, ``size``, ``value`` or
+    ``position``, and ``size`` for images smaller than the trigger.
     """
 
     target: int = 0
     fraction: float = 0.5
     size: int = 2
     value: float = 1.0
+    position: str = "corner"
 
     def __post_init__(self) -> None:
         check_int("target", self.target, minimum=0)
         check_real("fraction", self.fraction, gt=0.0, le=10.0)
         check_int("size", self.size, minimum=1)
         check_real("value", self.value)
+        check_choice("position", self.position, TRIGGER_POSITIONS)
+
+    def trigger_window(self, height: int, width: int) -> tuple[slice, slice]:
+        """The (rows, columns) slices of the trigger square in a ``height`` x ``width`` image (see
+        ``position``); the image must be at least ``size`` x ``size``."""
+        if self.position == "corner":
+            return slice(height - self.size, height), slice(width - self.size, width)
+        top, left = (height - self.size) // 2, (width - self.size) // 2
+        return slice(top, top + self.size), slice(left, left + self.size)
 
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (n, channels, height, width) with the trigger stamped on (a new tensor)."""
-        if x.dim() != 4 or x.shape[-1] < self.size or x.shape[-2] < self.size:
+        if x.dim() != 4:
+            raise ConfigError(f"backdoor: the pixel trigger needs images (n, c, h, w), got shape "
+                              f"{tuple(x.shape)} (a table's rows have no pixels to stamp)")
+        if x.shape[-1] < self.size or x.shape[-2] < self.size:
             raise ConfigError(f"size: the {self.size}x{self.size} trigger needs images (n, c, h, w) with "
                               f"h, w >= {self.size}, got shape {tuple(x.shape)}")
+        rows, cols = self.trigger_window(x.shape[-2], x.shape[-1])
         out = x.clone()
-        out[..., -self.size:, -self.size:] = self.value
+        out[..., rows, cols] = self.value
         return out
 
     def poison(self, data: ClientData, num_classes: int, seed: int, *, attacker: int = 0) -> ClientData:

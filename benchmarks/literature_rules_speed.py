@@ -34,12 +34,14 @@ from secagg.seeding import torch_generator
 
 
 def make_batch(n: int, d: int) -> UpdateBatch:
-    """A reproducible float32 (n, d) stack with a root update near its mean."""
+    """A reproducible float32 (n, d) stack with a root update near its mean, and global weights (ten
+    times the updates' scale) for the rules that compare the clients' models."""
     gen = torch_generator(0, "literature-bench")  # not secret: benchmark data
     updates = torch.randn(n, d, generator=gen)
     reference = updates.mean(dim=0) + 0.1 * torch.randn(d, generator=gen)
+    model = 10.0 * torch.randn(d, generator=gen)
     return UpdateBatch(updates, torch.ones(n, dtype=torch.float64), tuple(range(n)), round=1, seed=1,
-                       reference=reference)
+                       reference=reference, global_model=model)
 
 
 def time_rule(rule: Aggregator, batch: UpdateBatch, repeats: int) -> tuple[float, float]:
@@ -63,6 +65,7 @@ def rules(n: int) -> dict[str, Callable[[], Aggregator]]:
         "mean": Mean,
         "fltrust": FLTrust,
         "flame": FLAME,
+        "flame-updates": lambda: FLAME(cluster_on="updates"),
         "foolsgold": FoolsGold,
         "dnc": lambda: DnC(f=f),
         "signguard": SignGuard,

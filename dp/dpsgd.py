@@ -15,6 +15,13 @@ keeps no Opacus objects: :meth:`DPSGDTrainer.epsilon_after` rebuilds one account
 ``(noise_multiplier, 1 / steps, participations * epochs * steps)``, a pure function of the run's
 configuration and participation counts, so it survives checkpoint/resume.
 
+FedProx (``client.proximal_mu`` = mu > 0) composes with DP-SGD: the proximal term's gradient
+``mu (w - w_global)`` depends only on the current local weights and the global model, never on a
+record, so it is added after Opacus has clipped the per-example gradients and noised their sum (between
+``DPOptimizer.pre_step`` and the inner optimizer's step, where weight decay is applied too). Adding a
+data-independent term to the privatized gradient is post-processing: the noise multiplier, the sampling
+and so the accountant's epsilon are exactly those without it.
+
 Only the update vector is covered by the guarantee. ``ClientUpdate.train_loss`` (the mean loss of the
 local DP steps, a diagnostic) is computed from the client's data without noise.
 """
@@ -34,7 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from secagg.data.federated import ClientData
 from secagg.errors import ConfigError, DataError, UpdateError
-from secagg.fedavg.client import ClientUpdate
+from secagg.fedavg.client import ClientUpdate, add_proximal_gradient, proximal_anchors
 from secagg.fedavg.trainer import ClientTrainer
 from secagg.layout import ParamLayout
 from secagg.seeding import derive_seed
@@ -156,6 +163,9 @@ class DPSGDTrainer(ClientTrainer, kind="dpsgd"):
     ``epochs`` must equal ``client.batch_size`` and ``client.epochs``: the server accounts privacy
     from them alone (:meth:`epsilon_after`), so :meth:`train` refuses a mismatch.
 
+    FedProx (``client.proximal_mu > 0``) is supported: its gradient is added after clipping and noise
+    (see the module docstring), so the accounting is the same as without it.
+
     Models: Opacus needs per-example gradients. A model Opacus can only support by swapping modules
     (BatchNorm -> GroupNorm) is refused, because the swap changes the state-dict layout the server
     aggregates and evaluates: use a model without BatchNorm (``cnn`` instead of ``cnn-bn``).
@@ -224,6 +234,7 @@ class DPSGDTrainer(ClientTrainer, kind="dpsgd"):
         local.load_state_dict(global_state, strict=True)
         local = _opacus_compatible(local)
         local.train()
+        anchors = proximal_anchors(local, config.proximal_mu)  # w_global, before any step
         opt = torch.optim.SGD(local.parameters(), lr=config.lr, momentum=config.momentum,
                               weight_decay=config.weight_decay)
         loader = DataLoader(TensorDataset(data.x, data.y), batch_size=n if config.batch_size == 0
@@ -253,7 +264,11 @@ class DPSGDTrainer(ClientTrainer, kind="dpsgd"):
                         losses.append(loss.detach())
                     else:
                         private(xb).sum().backward()
-                    dp_opt.step()
+                    if not anchors:
+                        dp_opt.step()
+                    elif dp_opt.pre_step():  # clipped, noised, averaged, accounted: now p.grad is private
+                        add_proximal_gradient(anchors, config.proximal_mu)  # data-independent
+                        dp_opt.original_optimizer.step()
         charged = [(self.noise_multiplier, charged_rate, config.epochs * steps)]
         if engine.accountant.history != charged:  # what the server will account, step for step
             raise RuntimeError(f"Opacus charged {engine.accountant.history}; accounting assumes {charged}")

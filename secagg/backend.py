@@ -417,7 +417,7 @@ class ServerRound:
         return self._released[1]
 
     def finish(self, state: AggState, layout: ParamLayout | None = None, *,
-               reference: torch.Tensor | None = None) -> Aggregate:
+               reference: torch.Tensor | None = None, global_model: torch.Tensor | None = None) -> Aggregate:
         """The round's aggregate (the server's part of the pipeline, on the sums or the released rows),
         from the aggregator's ``state``; ``layout``: the model's (its dtype, and the layout seeded rules
         see; default float32 rows); ``reference``: the server's own root-data update, for a rule that
@@ -429,6 +429,9 @@ class ServerRound:
         if reference is None and self.pipeline.aggregator.root_examples() > 0:
             raise ConfigError(f"reference: {self.pipeline.aggregator.kind!r} weighs the clients against "
                               f"the server's own update on its root dataset; pass it to finish()")
+        if global_model is None and self.pipeline.aggregator.needs_global_model():
+            raise ConfigError(f"global_model: {self.pipeline.aggregator.kind!r} compares the clients' "
+                              f"models (global weights + update); pass the flat global weights to finish()")
         placement, pipeline = self.pipeline.placement, self.pipeline
         seed = pipeline.round_seed(self.round)
         if self._servers:
@@ -439,6 +442,8 @@ class ServerRound:
         batch = self.released(layout)
         if reference is not None:
             batch = batch.replace(reference=reference.to(batch.updates.dtype))
+        if global_model is not None:
+            batch = batch.replace(global_model=global_model.to(batch.updates.dtype))
         return pipeline.aggregator.aggregate_released(batch, state)
 
 

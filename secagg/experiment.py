@@ -8,6 +8,7 @@ privacy budget stops before the first round whose epsilon would exceed it; ``sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,9 +20,9 @@ import torch
 from secagg.checkpoint import load_checkpoint, save_checkpoint
 from secagg.config_io import from_plain, to_plain
 from secagg.errors import CheckpointError, ConfigError
-from secagg.fedavg import FedAvg, FedAvgConfig, ServerState
+from secagg.fedavg import FedAvg, FedAvgConfig, ServerSGD, ServerState
 from secagg.parallel import ClientExecutor
-from secagg.task import TaskConfig, TaskFactory, make_task
+from secagg.task import TaskConfig, TaskFactory, heterogeneity_report, make_task
 from secagg.validation import check_int
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -107,24 +108,31 @@ def run_rounds(fedavg: FedAvg, config: ExperimentConfig, state: ServerState, his
                out_dir: Path | None, on_round: RoundCallback | None = None) -> tuple[ServerState, str | None]:
     """The run loop every driver shares (simulation and ``secagg serve``): rounds from ``state`` to
     ``config.fedavg.rounds``, each through ``fedavg.run_round`` (its source decides where the clients
-    are), its record appended to ``history``, checkpoint and results written to ``out_dir`` after it.
-    Before each round, a round that would exceed a privacy budget ends the run; returns the last state
-    and that reason (``None`` when every round ran)."""
+    are), its record appended to ``history``, checkpoint and results written to ``out_dir`` after it,
+    and, for a model with a method ``write_artifacts(state_dict, out_dir, round, history, *, final)``,
+    that model's own files (a GAN's image grids: :class:`secagg.gan.GANPair`). Before each round, a
+    round that would exceed a privacy budget ends the run; returns the last state and that reason
+    (``None`` when every round ran)."""
     from secagg.results import write_results  # matplotlib import stays off the library path
 
     ckpt = out_dir / CHECKPOINT if out_dir is not None else None
+    data = heterogeneity_report(fedavg.data, config.task, config.seed) if out_dir is not None else None
     while state.round < config.fedavg.rounds:
         stopped = fedavg.privacy_stop(state)
         if stopped is not None:
             if out_dir is not None:
-                write_results(out_dir, config, history, stopped=stopped)
+                write_results(out_dir, config, history, stopped=stopped, data=data)
             return state, stopped
         result = fedavg.run_round(state)
         state = result.state
         history.append(result.record)
         if ckpt is not None:
             save_run(ckpt, config, state, history)
-            write_results(ckpt.parent, config, history)
+            write_results(ckpt.parent, config, history, data=data)
+            artifacts = getattr(fedavg.model, "write_artifacts", None)
+            if callable(artifacts):  # a model's own files for the run folder (a GAN's image grids)
+                artifacts(state.model, ckpt.parent, state.round, history,
+                          final=state.round >= config.fedavg.rounds)
         if on_round is not None:
             on_round(result.record)
     return state, None
@@ -135,8 +143,10 @@ def save_run(path: Path, config: ExperimentConfig, state: ServerState,
     """Checkpoint a run (state + configuration + history) atomically at ``path``."""
     tensors = {f"weights/{k}": v for k, v in state.model.items()}
     tensors |= {f"aggregator/{k}": v for k, v in state.aggregator_state.items()}
-    if state.momentum is not None:
-        tensors["server/momentum"] = state.momentum
+    # the "sgd" kind's momentum keeps the name it had before other server optimizers existed, so such
+    # a run writes the same checkpoint as then
+    tensors |= {("server/momentum" if k == "momentum" else f"server/optimizer/{k}"): v
+                for k, v in state.optimizer_state.items()}
     if state.participations is not None:
         tensors["server/participations"] = state.participations
     save_checkpoint(path, tensors, {"config": config.to_dict(), "round": state.round,
@@ -145,6 +155,10 @@ def save_run(path: Path, config: ExperimentConfig, state: ServerState,
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(config_dict))
+    # an older checkpoint lacks fields added since (e.g. server_optimizer): read them as defaults; one
+    # that no longer loads is compared as written (it differs from any configuration that loads today)
+    with contextlib.suppress(ConfigError):
+        out = json.loads(json.dumps(ExperimentConfig.from_dict(out).to_dict()))
     out["fedavg"].pop("rounds", None)
     return out
 
@@ -171,16 +185,24 @@ def load_run(path: Path, config: ExperimentConfig, fedavg: FedAvg
         raise CheckpointError(f"{path}: model weights do not match the configured model")
     agg = {k.removeprefix("aggregator/"): v for k, v in tensors.items()
            if k.startswith("aggregator/")}
-    momentum = tensors.get("server/momentum")
+    optimizer_state = {k.removeprefix("server/optimizer/"): v for k, v in tensors.items()
+                       if k.startswith("server/optimizer/")}
+    if "server/momentum" in tensors:
+        optimizer_state["momentum"] = tensors["server/momentum"]
+    try:
+        fedavg.server_optimizer.check_state(optimizer_state, fedavg.layout.num_parameters,
+                                            fedavg.layout.dtype, where="server optimizer state")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: inconsistent server state for round {round_index}: {exc}") from None
     participations = tensors.get("server/participations")
-    if (momentum is None) != (config.fedavg.server_momentum == 0) or len(history) != round_index or (
+    if len(history) != round_index or (
             participations is not None and (participations.dtype != torch.int64
                                             or tuple(participations.shape) != (fedavg.data.num_clients,))):
         raise CheckpointError(f"{path}: inconsistent server state for round {round_index}")
     if participations is None and round_index > 0:
         raise CheckpointError(f"{path}: lacks the per-client participation counts privacy accounting "
                               f"needs (written by an older version); start a new run")
-    return ServerState(round_index, weights, agg, momentum, participations), history
+    return ServerState(round_index, weights, agg, optimizer_state, participations), history
 
 
 def _first_difference(a: Any, b: Any, where: str = "config") -> str:
@@ -197,9 +219,16 @@ def config_summary(config: ExperimentConfig) -> str:
     part = t.partition.kind + (f"(alpha={t.partition.alpha})" if t.partition.kind == "dirichlet"
                                else f"({t.partition.shards_per_client})"
                                if t.partition.kind == "shards" else "")
+    if t.partition.quantity != "equal":
+        part += f" + {t.partition.quantity} sizes (a={t.partition.quantity_alpha})"
+    if t.shift is not None:
+        part += " + feature shift"
     sampling = "Poisson rate" if f.sampling == "poisson" else "fraction"
     trainer = "" if f.trainer.kind == "sgd" else f", trainer {f.trainer}"
+    server = f.resolved_server_optimizer
+    server_text = "" if server == ServerSGD() else f", server {server.describe()}"
+    prox = f" mu={f.client.proximal_mu}" if f.client.proximal_mu > 0 else ""
     return (f"{t.dataset}/{t.model}, {t.num_clients} clients, {part}, {sampling} {f.fraction}, "
-            f"E={f.client.epochs} B={f.client.batch_size} lr={f.client.lr}, "
-            f"{f.rounds} rounds, seed {config.seed}, aggregator {f.aggregator}{trainer}")
+            f"E={f.client.epochs} B={f.client.batch_size} lr={f.client.lr}{prox}, "
+            f"{f.rounds} rounds, seed {config.seed}, aggregator {f.aggregator}{trainer}{server_text}")
 

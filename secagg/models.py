@@ -2,7 +2,9 @@
 
 Any ``torch.nn.Module`` works with the FedAvg core; these are the defaults for digits (8x8 images,
 10 classes) and work on any (channels, height, width) input: MNIST-like 28x28x1, CIFAR-10's 32x32x3,
-MedMNIST's colour sets. Register your own with :func:`register_model`.
+MedMNIST's colour sets. ``tabular`` and ``logistic`` are the small models for tables such as
+breast-cancer's (n, 30) rows (they flatten any input, as ``mlp`` does; ``cnn`` needs images).
+Register your own with :func:`register_model`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,39 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class Tabular(nn.Module):
+    """A small MLP for tabular rows: Flatten -> Linear(features, hidden) -> ReLU -> Linear(num_classes).
+
+    With breast-cancer's 30 features and the default ``hidden=16``: 30 -> 16 -> 2, 530 parameters.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 16) -> None:
+        super().__init__()
+        features = 1
+        for s in input_shape:
+            features *= s
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Logistic(nn.Module):
+    """Multinomial logistic regression: Flatten -> Linear(features, num_classes) (logits; the training
+    loss applies the softmax). Breast-cancer: 30 -> 2, 62 parameters."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        features = 1
+        for s in input_shape:
+            features *= s
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class CNN(nn.Module):
     """Two 3x3 conv layers (16, 32 channels), 2x2 max-pool, then a linear classifier.
 
@@ -90,3 +125,5 @@ class CNN(nn.Module):
 register_model("mlp", lambda shape, k: MLP(shape, k))
 register_model("cnn", lambda shape, k: CNN(shape, k))
 register_model("cnn-bn", lambda shape, k: CNN(shape, k, batchnorm=True))
+register_model("tabular", lambda shape, k: Tabular(shape, k))
+register_model("logistic", lambda shape, k: Logistic(shape, k))

@@ -57,12 +57,16 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_results(out_dir: str | Path, config: ExperimentConfig,
-                  history: list[dict[str, Any]], *, stopped: str | None = None) -> None:
-    """Write ``results.json`` (config, rounds, summary, and ``stopped``: why training ended early, when
-    it did) and ``results.csv`` (one row per round)."""
+                  history: list[dict[str, Any]], *, stopped: str | None = None,
+                  data: dict[str, Any] | None = None) -> None:
+    """Write ``results.json`` (config, rounds, summary, ``data``: how non-IID the federation is, when
+    given, see :func:`secagg.task.heterogeneity_report`, and ``stopped``: why training ended early,
+    when it did) and ``results.csv`` (one row per round)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"config": config.to_dict(), "rounds": history, "summary": summarize(history)}
+    if data is not None:
+        doc["data"] = data
     if stopped is not None:
         doc["stopped"] = stopped
     _atomic_write(out / "results.json", (json.dumps(doc, indent=2) + "\n").encode())

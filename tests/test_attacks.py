@@ -331,3 +331,46 @@ def test_bad_settings_name_the_field():
         UpdateAttack.from_dict({"kind": "nope"})
     with pytest.raises(ConfigError, match="f: "):
         alie_z(10, 0)
+
+
+def test_backdoor_position_places_the_trigger_and_the_corner_stays_the_default():
+    x = torch.rand(3, 2, 8, 7)
+    corner = x.clone()
+    corner[..., -2:, -2:] = 1.0
+    assert Backdoor().position == "corner"
+    assert torch.equal(Backdoor().apply_trigger(x), corner), "default: the bottom-right square, as before"
+    assert torch.equal(Backdoor(position="corner").apply_trigger(x), corner)
+    center = Backdoor(size=2, value=5.0, position="center").apply_trigger(torch.zeros(1, 2, 8, 8))
+    for channel in center[0]:  # every channel, the middle 2x2 of the 8x8 image
+        assert channel.nonzero().tolist() == [[3, 3], [3, 4], [4, 3], [4, 4]]
+        assert float(channel.sum()) == 20.0
+    odd = Backdoor(size=3, position="center").apply_trigger(torch.zeros(1, 1, 8, 7))[0, 0]
+    assert odd.nonzero().tolist() == [[r, c] for r in (2, 3, 4) for c in (2, 3, 4)]
+    assert torch.equal(Backdoor(size=8, position="center").apply_trigger(torch.zeros(1, 1, 8, 8)),
+                       torch.ones(1, 1, 8, 8)), "a trigger as large as the image covers all of it"
+    data = ClientData(torch.zeros(4, 1, 8, 8), torch.tensor([1, 2, 3, 4]))
+    poisoned = Backdoor(target=0, fraction=0.5, position="center").poison(data, 10, seed=0)
+    assert torch.all(poisoned.x[4:, :, 3:5, 3:5] == 1.0) and float(poisoned.x[4:].sum()) == 2 * 4
+    assert float(data.x.sum()) == 0.0, "input untouched"
+
+
+def test_backdoor_position_is_validated_and_bench_specs_set_it_by_name():
+    with pytest.raises(ConfigError, match="position: must be one of 'corner', 'center', got 'middle'"):
+        Backdoor(position="middle")
+    with pytest.raises(ConfigError, match="position: "):
+        Backdoor(position=1)
+    with pytest.raises(ConfigError, match="size: the 3x3 trigger needs images"):
+        Backdoor(size=3, position="center").apply_trigger(torch.zeros(1, 1, 2, 8))
+    assert DataAttack.from_dict({"kind": "backdoor", "position": "center", "size": 3}) == Backdoor(
+        position="center", size=3)
+
+    from attacks.bench.config import parse
+
+    def bench(data: dict) -> object:
+        return parse({"attacks": {"bd": {"data": data, "update": {"kind": "model-replacement"}}},
+                      "defences": {"mean": {"kind": "mean"}}})
+
+    built = bench({"kind": "backdoor", "position": "center"}).attacks[0].build()
+    assert built[1] == Backdoor(position="center")
+    with pytest.raises(ConfigError, match=r"attacks\.bd: position: must be one of"):
+        bench({"kind": "backdoor", "position": "middle"})

@@ -39,6 +39,7 @@ from secagg.aggregation import (
     TrimmedMean,
     UpdateBatch,
 )
+from secagg.aggregation import columns as columns_module
 from secagg.aggregation import distances as distances_module
 from secagg.aggregation import geomed as geomed_module
 from secagg.aggregation.arc import arc_clip_count
@@ -366,6 +367,31 @@ def test_arc_never_increases_a_norm_and_clips_exactly_k_rows(u, data):
         torch.testing.assert_close(after[top], torch.full((k,), tau, dtype=torch.float64), rtol=1e-5, atol=0)
     out = rule.aggregate(batch_of(u), {})
     assert out.metrics["clipped_count"] == changed and out.metrics["clip_threshold"] == tau
+
+
+@SETTINGS
+@given(st.integers(1, 12), st.integers(1, 70), st.integers(0, 2**31), st.sampled_from([1.0, 4.0, 1e3, 1e8]),
+       st.booleans(), st.data())
+def test_arcs_mean_matches_the_definition_in_float64(n, d, seed, blowup, weighted, data):
+    # the scales folded into the mean's weights, against ARC's definition, in many column blocks
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(n, d, generator=g)
+    u[0] *= blowup
+    f = data.draw(st.integers(0, n - 1))
+    weights = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    rule = AdaptiveRobustClipping(f=f, inner=Mean(weighted=weighted))
+    with patched((columns_module, "MIN_BLOCK", 16)):
+        out = rule.aggregate(batch_of(u, weights), {})
+    norms = torch.linalg.vector_norm(u.double(), dim=1)
+    k = arc_clip_count(n, f)
+    tau = torch.sort(norms).values[n - k - 1]
+    scale = torch.clamp(tau / norms, max=1.0)
+    w = weights if weighted else torch.ones(n, dtype=torch.float64)
+    expected = (w * scale) @ u.double() / w.sum()
+    size = float((scale[:, None] * u.double()).abs().max())
+    torch.testing.assert_close(out.update.double(), expected, rtol=1e-5, atol=1e-5 * max(size, 1e-30))
+    assert out.metrics["clipped_count"] == int((norms > tau).sum())  # continuous draws: no ties
+    assert out.metrics["clip_threshold"] == pytest.approx(float(tau), rel=1e-6)
 
 
 @SETTINGS

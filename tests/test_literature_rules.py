@@ -50,11 +50,11 @@ def gen(seed: int) -> torch.Generator:
 
 def make_batch(u: torch.Tensor, *, ids: tuple[int, ...] | None = None, weights: torch.Tensor | None = None,
                reference: torch.Tensor | None = None, seed: int = 0,
-               layout: ParamLayout | None = None) -> UpdateBatch:
+               layout: ParamLayout | None = None, model: torch.Tensor | None = None) -> UpdateBatch:
     n = u.shape[0]
     return UpdateBatch(u, torch.ones(n, dtype=torch.float64) if weights is None else weights,
                        tuple(range(n)) if ids is None else ids, round=1, seed=seed, layout=layout,
-                       reference=reference)
+                       reference=reference, global_model=model)
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-9) -> bool:
@@ -153,7 +153,7 @@ def test_flame_drops_a_minority_of_colluding_identical_updates(seed, honest, bad
     keep = majority_cluster(cosine_similarities(u))
     assert not bool(keep[:bad].any())  # no backdoor row in the cluster
     assert int(keep.sum()) >= (honest + bad) // 2 + 1  # a strict majority, all honest
-    out = FLAME(noise_lambda=0.0).aggregate(make_batch(u), {})
+    out = FLAME(noise_lambda=0.0, cluster_on="updates").aggregate(make_batch(u), {})
     assert out.metrics["kept_count"] == float(keep.sum()) and out.metrics["dropped_count"] >= bad
     norms = torch.linalg.vector_norm(u, dim=1)
     clipped = u * torch.clamp(torch.quantile(norms, 0.5) / norms, max=1.0)[:, None]
@@ -166,7 +166,8 @@ def test_flame_never_lets_more_than_the_median_norm_through_before_noise(seed, n
     g = gen(seed)
     u = torch.randn(n, d, generator=g, dtype=torch.float64) * (
         spread ** torch.rand(n, 1, generator=g, dtype=torch.float64))
-    out = FLAME(noise_lambda=0.0).aggregate(make_batch(u), {})
+    model = 10.0 * torch.randn(d, generator=g, dtype=torch.float64)
+    out = FLAME(noise_lambda=0.0).aggregate(make_batch(u, model=model), {})
     median = float(torch.quantile(torch.linalg.vector_norm(u, dim=1), 0.5))
     assert out.metrics["clip_norm"] == pytest.approx(median)
     assert float(torch.linalg.vector_norm(out.update)) <= median * (1 + 1e-9)
@@ -175,20 +176,44 @@ def test_flame_never_lets_more_than_the_median_norm_through_before_noise(seed, n
 def test_flame_noise_is_secret_by_default_and_sized_lambda_times_the_clip_norm():
     g = gen(3)
     u = torch.randn(8, 20000, generator=g)
-    quiet = FLAME(noise_lambda=0.0).aggregate(make_batch(u), {})
-    a = FLAME(noise_lambda=0.01).aggregate(make_batch(u), {})
-    b = FLAME(noise_lambda=0.01).aggregate(make_batch(u), {})
+    model = torch.randn(20000, generator=g)
+    quiet = FLAME(noise_lambda=0.0).aggregate(make_batch(u, model=model), {})
+    a = FLAME(noise_lambda=0.01).aggregate(make_batch(u, model=model), {})
+    b = FLAME(noise_lambda=0.01).aggregate(make_batch(u, model=model), {})
     assert not torch.equal(a.update, b.update)  # fresh CSPRNG noise each call
     noise = (a.update - quiet.update).double()
     assert float(noise.std()) == pytest.approx(0.01 * a.metrics["clip_norm"], rel=0.03)
     assert abs(float(noise.mean())) < 0.05 * float(noise.std())
     public = FLAME(noise_lambda=0.01, secret_noise=False)
-    c, d = public.aggregate(make_batch(u, seed=5), {}), public.aggregate(make_batch(u, seed=5), {})
+    c, d = (public.aggregate(make_batch(u, seed=5, model=model), {}),
+            public.aggregate(make_batch(u, seed=5, model=model), {}))
     assert torch.equal(c.update, d.update)  # reproducible from the public seed
     with pytest.raises(ConfigError, match=r"secret_noise: .*a deployment needs secret_noise=true"):
         public.check_deployable()
     FLAME().check_deployable()
     assert not FLAME().claims_dp() and FLAME().epsilon_after(10, 100) is None
+
+
+@SKLEARN
+@given(seed=seeds, n=st.integers(3, 9), d=st.integers(2, 40), scale=st.sampled_from([1e-3, 1.0, 1e3]))
+def test_flame_clusters_the_clients_models_from_a_float64_gram(seed, n, d, scale):
+    # the clients' models G + u_i sit close together: their cosines come from a float64 Gram, and
+    # the cluster is HDBSCAN's on exactly those (computed here directly in float64)
+    g = gen(seed)
+    model = scale * torch.randn(d, generator=g)
+    u = 1e-2 * scale * torch.randn(n, d, generator=g)
+    u[0] *= 30.0  # one update far larger than the rest
+    w = (model.double() + u.double())
+    direct = (w @ w.T) / (w.norm(dim=1)[:, None] * w.norm(dim=1)[None, :])
+    keep = majority_cluster(direct.clamp(-1.0, 1.0), 256 * torch.finfo(torch.float64).eps)
+    out = FLAME(noise_lambda=0.0).aggregate(make_batch(u, model=model), {})
+    assert out.metrics["kept_count"] == float(keep.sum())
+    cos, _ = FLAME().cosines(make_batch(u, model=model))
+    torch.testing.assert_close(cos, direct.clamp(-1.0, 1.0), rtol=0, atol=1e-12)
+    assert FLAME().needs_global_model() and not FLAME(cluster_on="updates").needs_global_model()
+    assert RobustLearningRate(inner=FLAME()).needs_global_model()
+    with pytest.raises(ConfigError, match="global_model: FLAME with cluster_on='models'"):
+        FLAME().aggregate(make_batch(u), {})
 
 
 def test_secret_normal_moments():
@@ -408,7 +433,7 @@ def test_rlr_keeps_buffers_and_refuses_a_dp_inner():
 
 
 @pytest.mark.parametrize("rule,kwargs", [
-    (FoolsGold(), {}), (RobustLearningRate(theta=2), {}), (FLAME(noise_lambda=0.0), {}),
+    (FoolsGold(), {}), (RobustLearningRate(theta=2), {}), (FLAME(noise_lambda=0.0, cluster_on="updates"), {}),
     (DnC(f=1, b=3), {"min_clients": 2, "permutation": False}),
 ])
 def test_conforms_to_the_aggregator_contract(rule, kwargs):
@@ -420,6 +445,7 @@ def test_conforms_to_the_aggregator_contract(rule, kwargs):
     (FLTrust, {"zero_trust": "uniform"}, "zero_trust: must be one of 'zero', 'mean'"),
     (FLAME, {"noise_lambda": -1.0}, "noise_lambda: must be >= 0.0, got -1.0"),
     (FLAME, {"secret_noise": "yes"}, "secret_noise: must be true or false"),
+    (FLAME, {"cluster_on": "weights"}, "cluster_on: must be one of 'models', 'updates'"),
     (FoolsGold, {"kappa": 0.0}, "kappa: must be > 0.0, got 0.0"),
     (FoolsGold, {"topk_fraction": 1.5}, "topk_fraction: must be <= 1.0, got 1.5"),
     (FoolsGold, {"history_norm": -2.0}, "history_norm: must be > 0.0"),
@@ -443,7 +469,7 @@ def test_validation_names_field_and_bound(cls, kwargs, message):
 
 @pytest.mark.parametrize("rule", [
     FLTrust(), FLTrust(root_size=50, zero_trust="mean"),
-    FLAME(), FLAME(noise_lambda=0.01, secret_noise=False),
+    FLAME(), FLAME(noise_lambda=0.01, secret_noise=False, cluster_on="updates"),
     FoolsGold(), FoolsGold(kappa=2.0, normalize=False, history_norm=1.0, important_features=True,
                            topk_fraction=0.2, max_clients=50),
     DnC(), DnC(f=3, niters=5, c=1.5, b_fraction=0.2), SignGuard(),

@@ -329,3 +329,42 @@ def test_partitioners_scale_to_100k_samples_and_1000_clients():
         elapsed = time.perf_counter() - start
         assert_valid_partition(partition, labels.size, 1000)
         assert elapsed < 2.0, elapsed
+
+
+# --- backward compatibility: the new quantity-skew fields at their defaults change nothing ----
+
+# sha256 (first 16 hex digits) of each part's size and indices, recorded with the partitioners as they
+# were before quantity skew and min_size existed (labels and writers below, same seeds)
+GOLDEN = {
+    ("iid", 0, 7): "639240bb97da13bc", ("iid", 3, 20): "6e560d9d8544450b",
+    ("dirichlet:0.5", 0, 7): "ff785d3cc41ace32", ("dirichlet:0.5", 3, 20): "3405f9cec9dbe04e",
+    ("dirichlet:0.01", 0, 7): "d03420230b9ba70c", ("dirichlet:0.01", 3, 20): "8de0020cef6a6f52",
+    ("shards", 0, 7): "5ca447c13aabff2e", ("shards", 3, 20): "aedf3fcdecc2ce42",
+    ("natural", 0, 7): "f3f27171f1cbdf55", ("natural", 3, 20): "e40912e5eeacd8d0",
+}
+
+
+def _digest(partition) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in partition:
+        digest.update(np.int64(part.size).tobytes())
+        digest.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("spec", "seed", "clients"), list(GOLDEN))
+@pytest.mark.parametrize("explicit", [False, True])
+def test_existing_kinds_give_bit_identical_partitions(spec, seed, clients, explicit):
+    rng = np.random.default_rng(12345)
+    labels = rng.integers(0, 10, size=1000).astype(np.int64)
+    writers = rng.integers(0, 40, size=1000).astype(np.int64)
+    kind, _, alpha = spec.partition(":")
+    fields = {"alpha": float(alpha)} if alpha else {}
+    if explicit:  # the new fields spelled out at their defaults (quantity_alpha is unused by "equal")
+        fields |= {"quantity": "equal", "quantity_alpha": 2.5, "min_size": 1}
+    config = PartitionConfig(kind, **fields)
+    assert _digest(config.split(labels, clients, seed=seed, writers=writers)) == GOLDEN[spec, seed, clients]
+    assert PartitionConfig.from_dict(json.loads(json.dumps(PartitionConfig(kind).to_dict()))) == \
+        PartitionConfig(kind)

@@ -9,12 +9,16 @@ allowed ones::
     local_epochs = 1
     batch_size = 16
     lr = 0.1                   # client learning rate
-    model = "mlp"              # mlp | cnn | cnn-bn
+    model = "mlp"              # mlp | cnn | cnn-bn | tabular | logistic
     seeds = [0]
     attackers = [0.2]          # fractions of Byzantine clients
-    partitions = ["iid", "dirichlet:0.3"]   # iid | dirichlet:<alpha> | shards:<per client> | natural
-    dataset = "digits"         # or mnist | fashion-mnist | cifar10 | femnist | medmnist:<name>, read from
-    # data = "/srv/mnist"      # the folder holding its files (not for digits; secagg bench --data overrides)
+    partitions = ["iid", "dirichlet:0.3"]   # iid | dirichlet:<alpha> | shards:<per client> | natural,
+                               # then +power:<a> or +quantity-dirichlet:<beta> (quantity skew) and/or
+                               # +shift (feature shift), e.g. "dirichlet:0.5+power:1.5+shift"
+    dataset = "digits"         # or breast-cancer (bundled too), or mnist | fashion-mnist | cifar10 |
+                               # femnist | medmnist:<name>, read from
+    # data = "/srv/mnist"      # the folder holding its files (not for the bundled digits and breast-cancer;
+                               # secagg bench --data overrides)
     # train_size = 12000       # a seeded random subset of the train / test examples (default: all)
     # test_size = 2000
 
@@ -32,7 +36,9 @@ allowed ones::
 ``dataset`` other than digits reads local files under ``data`` (see :mod:`secagg.data.datasets`;
 nothing is downloaded); the presets ``mnist``, ``fashion-mnist``, ``cifar10``, ``femnist`` and
 ``medmnist`` name their data set but no path: give it with ``secagg bench --preset mnist --data PATH``
-(:func:`with_data`). ``natural`` (one writer per client) needs a data set with writers (femnist).
+(:func:`with_data`). ``natural`` needs a data set with its own parties: femnist (one writer per
+client) or breast-cancer (one site per client, sites differing in case mix); the ``breast-cancer``
+preset trains the bundled breast-cancer table and reads no files.
 
 An optional ``[[privacy]]`` array adds gradient-inversion and membership-inference cells (see
 :mod:`attacks.bench.privacy`). Named presets ship with the package (``quick``, ``default``, ``full``).
@@ -58,16 +64,27 @@ from attacks.base import UpdateAttack
 from attacks.bench.privacy import PrivacyCell, parse_cells
 from attacks.data_poisoning import DataAttack
 from secagg.aggregation import Aggregator, SecureBucketing
-from secagg.data.datasets import check_dataset, check_files, has_writers
+from secagg.data.datasets import (
+    check_dataset,
+    check_files,
+    has_natural_partition,
+    has_writers,
+    is_bundled,
+    is_tabular,
+)
 from secagg.data.partition import PartitionConfig
+from secagg.data.shift import FeatureShift
 from secagg.errors import ConfigError
 from secagg.models import model_names
 
-PRESETS = ("quick", "default", "full", "mnist", "fashion-mnist", "cifar10", "femnist", "medmnist")
+PRESETS = ("quick", "default", "full", "mnist", "fashion-mnist", "cifar10", "femnist", "medmnist",
+           "breast-cancer")
 RUN_KEYS = {"rounds": 10, "clients": 20, "local_epochs": 1, "batch_size": 16, "lr": 0.1, "model": "mlp",
             "seeds": [0], "attackers": [0.2], "partitions": ["iid"], "dataset": "digits", "data": None,
             "train_size": None, "test_size": None}
 NO_ATTACK = "none"
+#: data attacks that stamp a pixel trigger on images (n, c, h, w): refused on a tabular data set
+IMAGE_DATA_ATTACKS = ("backdoor", "dba")
 
 
 @dataclass(frozen=True)
@@ -165,21 +182,53 @@ def _resolve_auto(spec: Any, attackers: int) -> Any:
     return spec
 
 
+_PARTITION_SPELLING = ("one of 'iid', 'dirichlet:<alpha>', 'shards:<per client>', 'natural', optionally "
+                       "followed by '+power:<a>' or '+quantity-dirichlet:<beta>' (quantity skew) and then "
+                       "'+shift' (feature shift), e.g. 'dirichlet:0.5+power:1.5', 'iid+shift'")
+
+
 def partition_config(text: str) -> PartitionConfig:
-    """``"iid"``, ``"dirichlet:<alpha>"``, ``"shards:<per client>"`` or ``"natural"`` as a
-    :class:`PartitionConfig`."""
-    kind, _, arg = text.partition(":")
+    """The :class:`PartitionConfig` of a ``run.partitions`` entry (see :func:`partition_spec`)."""
+    return partition_spec(text)[0]
+
+
+def partition_spec(text: str) -> tuple[PartitionConfig, FeatureShift | None]:
+    """A ``run.partitions`` entry as its partition and feature shift.
+
+    ``"iid"``, ``"dirichlet:<alpha>"``, ``"shards:<per client>"`` or ``"natural"`` (the label split),
+    then optionally quantity skew, ``"+power:<a>"`` (power-law client sizes, exponent ``a``) or
+    ``"+quantity-dirichlet:<beta>"`` (NIID-Bench's ``Dir(beta)`` shares), and optionally ``"+shift"``
+    (:class:`~secagg.data.shift.FeatureShift` at its default strengths), in that order: e.g.
+    ``"dirichlet:0.5+power:1.5"``, ``"iid+shift"``. :class:`ConfigError` naming ``run.partitions``."""
+    kind, *extras = text.split("+") if isinstance(text, str) else ("",)
+    kind, _, arg = kind.partition(":")
+    fields: dict[str, Any] = {}
+    shift = None
     try:
-        if kind in ("iid", "natural") and not arg:
-            return PartitionConfig(kind)
-        if kind == "dirichlet" and arg:
-            return PartitionConfig("dirichlet", alpha=float(arg))
-        if kind == "shards" and arg:
-            return PartitionConfig("shards", shards_per_client=int(arg))
+        if extras and extras[0].startswith(("power:", "quantity-dirichlet:")):
+            law, _, value = extras.pop(0).partition(":")
+            fields.update(quantity="power-law" if law == "power" else "dirichlet",
+                          quantity_alpha=float(value))
+        if extras and extras[0] == "shift":
+            extras.pop(0)
+            shift = FeatureShift()
+        if not extras:
+            if kind in ("iid", "natural") and not arg:
+                return PartitionConfig(kind, **fields), shift
+            if kind == "dirichlet" and arg:
+                return PartitionConfig("dirichlet", alpha=float(arg), **fields), shift
+            if kind == "shards" and arg:
+                return PartitionConfig("shards", shards_per_client=int(arg), **fields), shift
+    except ConfigError as exc:
+        raise ConfigError(f"run.partitions: {text!r}: {exc}") from None
     except ValueError:
         pass
-    raise ConfigError(f"run.partitions: {text!r} is not one of 'iid', 'dirichlet:<alpha>', "
-                      f"'shards:<per client>', 'natural'")
+    raise ConfigError(f"run.partitions: {text!r} is not {_PARTITION_SPELLING}")
+
+
+def _natural(partitions: tuple[str, ...]) -> bool:
+    """Whether some entry of ``run.partitions`` is the natural split (with or without ``+...``)."""
+    return any(p.split("+")[0] == "natural" for p in partitions)
 
 
 def _check_data(dataset: Any, data: Any, partitions: tuple[str, ...], where: str = "run.") -> None:
@@ -190,11 +239,24 @@ def _check_data(dataset: Any, data: Any, partitions: tuple[str, ...], where: str
         raise ConfigError(f"{where}{exc}") from None
     if data is not None and (not isinstance(data, str) or not data):
         raise ConfigError(f"{where}data: expected a folder path (a string), got {data!r}")
-    if dataset == "digits" and data is not None:
-        raise ConfigError(f"{where}data: digits ships with scikit-learn and reads no files, got {data!r}")
-    if "natural" in partitions and not has_writers(dataset):
+    if is_bundled(dataset) and data is not None:
+        raise ConfigError(f"{where}data: {dataset} ships with scikit-learn and reads no files, got {data!r}")
+    if _natural(partitions) and not has_natural_partition(dataset):
         raise ConfigError(f"{where}partitions: 'natural' gives each client one writer, and {dataset} has no "
-                          f"writers (only femnist has)")
+                          f"writers (femnist has) nor sites (breast-cancer has: one site per client)")
+
+
+def _check_inputs(dataset: str, specs: tuple[AttackSpec, ...]) -> None:
+    """Refuse, before any cell runs, an image-only data attack (a pixel-trigger backdoor) on a data set
+    of table rows (breast-cancer): :class:`ConfigError` naming the attack."""
+    if not is_tabular(dataset):
+        return
+    for attack in specs:
+        kind = (attack.data or {}).get("kind")
+        if kind in IMAGE_DATA_ATTACKS:
+            raise ConfigError(f"attacks.{attack.name}: the {kind} attack stamps a pixel trigger on images "
+                              f"(n, c, h, w), and {dataset}'s inputs are table rows (n, features): drop it "
+                              f"from a {dataset} grid (label-flip and the update attacks work on tables)")
 
 
 def with_data(config: BenchConfig, dataset: str | None = None, data: str | Path | None = None
@@ -203,9 +265,10 @@ def with_data(config: BenchConfig, dataset: str | None = None, data: str | Path 
     given), checked before any cell runs: :class:`ConfigError` when a data set other than digits has
     no path, :class:`DataError` listing every expected file that is missing (nothing is downloaded)."""
     dataset = config.dataset if dataset is None else dataset
-    path = (None if dataset == "digits" else config.data) if data is None else os.fspath(data)
+    path = (None if is_bundled(dataset) else config.data) if data is None else os.fspath(data)
     _check_data(dataset, path, config.partitions, where="")
-    if dataset != "digits":
+    _check_inputs(dataset, config.attacks)
+    if not is_bundled(dataset):
         if path is None:
             raise ConfigError(f"data: the {config.name} grid trains on {dataset}, read from local files: "
                               f"give the folder holding them with --data PATH (or data = \"...\" in [run]); "
@@ -273,7 +336,7 @@ def parse(data: dict[str, Any], name: str = "custom") -> BenchConfig:
         if run[key] is not None and (not isinstance(run[key], int) or isinstance(run[key], bool)
                                      or run[key] < 1):
             raise ConfigError(f"run.{key}: expected an integer >= 1, got {run[key]!r}")
-    if run["train_size"] is not None and "natural" in partitions:
+    if run["train_size"] is not None and _natural(partitions) and has_writers(run["dataset"]):
         raise ConfigError("run.train_size: the natural partition keeps whole writers; run.clients sets how "
                           "many writers train")
 
@@ -293,6 +356,7 @@ def parse(data: dict[str, Any], name: str = "custom") -> BenchConfig:
             raise ConfigError(f"attacks.{key}: {exc} (update kinds: {', '.join(UpdateAttack.kinds())}; "
                               f"data kinds: {', '.join(DataAttack.kinds())})") from exc
         specs.append(attack)
+    _check_inputs(run["dataset"], tuple(specs))
 
     defences = []
     defences_table = data["defences"]

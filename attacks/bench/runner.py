@@ -20,7 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from attacks.bench.config import BenchConfig, partition_config
+from attacks.bench.config import BenchConfig, partition_spec
 from attacks.bench.privacy import run_privacy_cell
 from attacks.byzantine import ByzantineClients
 from dp.audit import CanaryAudit
@@ -93,7 +93,8 @@ def experiment_config(config: BenchConfig, cell: Cell, audit: Audit | None = Non
         update, data = spec.build()
         adversary = ByzantineClients(cell.attackers, update, data, start_round=spec.start_round,
                                      stop_round=spec.stop_round)
-    task = TaskConfig(num_clients=config.clients, partition=partition_config(cell.partition),
+    partition, shift = partition_spec(cell.partition)
+    task = TaskConfig(num_clients=config.clients, partition=partition, shift=shift,
                       model=config.model, dataset=config.dataset, data=config.data,
                       train_size=config.train_size, test_size=config.test_size)
     fedavg = FedAvgConfig(rounds=config.rounds, fraction=1.0,

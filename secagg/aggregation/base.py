@@ -58,6 +58,9 @@ class UpdateBatch:
     ``reference``: (d,) the server's own update this round, trained from the same global model on the
     small root dataset the server holds (for rules that trust it, such as FLTrust: see
     :meth:`Aggregator.root_examples`); ``None`` when the rule needs none.
+    ``global_model``: (d,) the flat global weights (layout order) every update was trained from, so
+    that ``global_model + updates[i]`` is client i's model (for rules that compare the clients'
+    models, such as FLAME: see :meth:`Aggregator.needs_global_model`); ``None`` when not given.
     """
 
     updates: torch.Tensor
@@ -67,6 +70,7 @@ class UpdateBatch:
     seed: int = 0
     layout: ParamLayout | None = None
     reference: torch.Tensor | None = None
+    global_model: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         u, w = self.updates, self.weights
@@ -98,6 +102,13 @@ class UpdateBatch:
                 raise UpdateError(f"reference: expected shape ({u.shape[1]},), got {shape}")
             if not bool(torch.isfinite(ref).all()):
                 raise UpdateError("reference: the server's root-data update has non-finite values")
+        model = self.global_model
+        if model is not None:
+            if not isinstance(model, torch.Tensor) or tuple(model.shape) != (u.shape[1],):
+                shape = tuple(model.shape) if isinstance(model, torch.Tensor) else type(model).__name__
+                raise UpdateError(f"global_model: expected shape ({u.shape[1]},), got {shape}")
+            if not bool(torch.isfinite(model).all()):
+                raise UpdateError("global_model: the global weights have non-finite values")
 
     @property
     def num_clients(self) -> int:
@@ -108,7 +119,13 @@ class UpdateBatch:
         return int(self.updates.shape[1])
 
     def replace(self, **changes: Any) -> UpdateBatch:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). Rows of another width (a client step
+        that appends coordinates, such as adaptive clipping's bit) no longer line up with the global
+        weights: unless given too, :attr:`global_model` is then dropped."""
+        u = changes.get("updates")
+        if (isinstance(u, torch.Tensor) and u.dim() == 2 and u.shape[1] != self.dim
+                and "global_model" not in changes):
+            changes["global_model"] = None
         return dataclasses.replace(self, **changes)
 
 
@@ -222,6 +239,11 @@ class Aggregator(Registered, ABC, family="aggregator"):
         :attr:`UpdateBatch.reference` each round (FLTrust); 0 (the default) when the rule needs none."""
         return 0
 
+    def needs_global_model(self) -> bool:
+        """Whether the rule reads :attr:`UpdateBatch.global_model` (it compares the clients' models,
+        not only their updates: FLAME); False by default."""
+        return False
+
 
 class Wrapper(Aggregator):
     """An aggregator that transforms the batch and hands it to an ``inner`` aggregator.
@@ -272,6 +294,9 @@ class Wrapper(Aggregator):
 
     def root_examples(self) -> int:
         return self.inner.root_examples()
+
+    def needs_global_model(self) -> bool:
+        return self.inner.needs_global_model()
 
     def after_sum(self, inner: Aggregate, state: AggState, *, num_clients: int, dtype: torch.dtype
                   ) -> Aggregate:

@@ -25,11 +25,14 @@ import numpy as np
 import torch
 
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
-from secagg.aggregation.similarity import cosine_similarities
+from secagg.aggregation.columns import centred_gram
+from secagg.aggregation.similarity import cosine_from_gram, cosine_similarities
 from secagg.crypto.normal import secret_normal
 from secagg.errors import ConfigError
 from secagg.seeding import torch_generator
-from secagg.validation import check_real
+from secagg.validation import check_choice, check_real
+
+CLUSTER_ON = ("models", "updates")
 
 
 def majority_cluster(cosine: torch.Tensor, resolution: float = 0.0) -> torch.Tensor:
@@ -60,8 +63,9 @@ def majority_cluster(cosine: torch.Tensor, resolution: float = 0.0) -> torch.Ten
 class FLAME(Aggregator, kind="flame"):
     """FLAME: HDBSCAN cosine filtering, clipping to the median norm, mean, Gaussian smoothing.
 
-    Rule, for updates ``u_1..u_n`` (unweighted by example counts, as the paper averages models):
-    ``K`` = the HDBSCAN majority cluster on ``1 - cos(u_i, u_j)`` (:func:`majority_cluster`);
+    Rule, for updates ``u_1..u_n`` from the global model ``G`` (unweighted by example counts, as the
+    paper averages models): ``K`` = the HDBSCAN majority cluster on ``1 - cos(W_i, W_j)`` between the
+    clients' models ``W_i = G + u_i`` (:func:`majority_cluster`);
     ``S = median_i ||u_i||`` over all ``n`` (the mean of the two middle norms for even ``n``, as
     numpy's median in FLPoison); ``G = mean_{i in K} u_i min(1, S / ||u_i||) + N(0, (lambda S)^2 I)``.
     An empty cluster (HDBSCAN calls every update noise) leaves ``G`` the noise alone: no client
@@ -78,11 +82,20 @@ class FLAME(Aggregator, kind="flame"):
     from the batch's public seed (:mod:`secagg.seeding`), for simulations that must
     reproduce to the last digit.
 
-    Differences between references: the paper clusters the local *models* ``W_i``; with only the
-    updates at hand this clusters the updates ``W_i - G_{t-1}`` (the cosine of updates is the more
-    sensitive of the two; several re-implementations do the same). FLPoison scales its noise by
-    each layer's parameter standard deviation (``gamma = 1.2e-5``); the paper and this rule use
-    ``lambda * S`` for every coordinate.
+    ``cluster_on``: ``"models"`` (default: the paper's Algorithm 1 and FLPoison cluster the local
+    models ``W_i``; the batch must carry :attr:`~secagg.aggregation.UpdateBatch.global_model`, which
+    the FedAvg driver, ``secagg serve`` and the Flower strategy pass) or ``"updates"`` (the cosines of
+    the updates ``W_i - G``, as some re-implementations do). They differ in what they see:
+    ``1 - cos(W_i, W_j)`` is about ``||u_i - u_j||^2 / (2 ||G||^2)`` (less the part along ``G``), so
+    the models' clustering separates updates by their size and their direction together, and a
+    boosted or simply larger poisoned update stands out; the cosines of updates see directions only,
+    and with diverse honest updates (non-IID data) they left the attackers in the majority cluster
+    (measured: digits, Dirichlet 0.3, 4 of 20 clients running a scaled backdoor: success 0.66 at
+    round 12 clustering updates, 0.0 clustering models). The models' Gram matrix is accumulated in
+    float64 (:func:`~secagg.aggregation.columns.centred_gram`): their cosines are all close to 1 and
+    float32 products would lose the differences. FLPoison scales its noise by each layer's parameter
+    standard deviation (``gamma = 1.2e-5``); the paper and this rule use ``lambda * S`` for every
+    coordinate.
 
     No differential privacy: :meth:`claims_dp` is False and :meth:`epsilon_after` None.
     Logs ``kept_count``, ``dropped_count``, ``clip_norm`` (``S``), ``clipped_count`` (kept updates
@@ -91,11 +104,31 @@ class FLAME(Aggregator, kind="flame"):
 
     noise_lambda: float = 0.001
     secret_noise: bool = True
+    cluster_on: str = "models"
 
     def __post_init__(self) -> None:
         check_real("noise_lambda", self.noise_lambda, ge=0.0)
+        check_choice("cluster_on", self.cluster_on, CLUSTER_ON)
         if not isinstance(self.secret_noise, bool):
             raise ConfigError(f"secret_noise: must be true or false, got {self.secret_noise!r}")
+
+    def needs_global_model(self) -> bool:
+        return self.cluster_on == "models"
+
+    def cosines(self, batch: UpdateBatch) -> tuple[torch.Tensor, float]:
+        """(n, n) float64 cosines of what is clustered, and the rounding error to treat as 0."""
+        u = batch.updates.detach()
+        if self.cluster_on == "updates":
+            # the cosines are good to a few hundred ulps of the product's dtype (see cosine_similarities)
+            ulp = torch.finfo(torch.float64 if u.dtype == torch.float64 else torch.float32).eps
+            return cosine_similarities(u), 256 * ulp
+        if batch.global_model is None:
+            raise ConfigError("global_model: FLAME with cluster_on='models' compares the clients' models "
+                              "(global weights + update) and the batch carries no global weights; the "
+                              "FedAvg driver passes them (UpdateBatch.global_model), or use "
+                              "cluster_on='updates'")
+        centre = -batch.global_model.detach().to(device="cpu", dtype=torch.float64).numpy()
+        return cosine_from_gram(centred_gram(u, centre)), 256 * torch.finfo(torch.float64).eps
 
     def check_deployable(self) -> None:
         if not self.secret_noise and self.noise_lambda > 0:
@@ -118,9 +151,7 @@ class FLAME(Aggregator, kind="flame"):
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         u = batch.updates.detach()
         n = batch.num_clients
-        # the cosines are good to a few hundred ulps of the product's dtype (see cosine_similarities)
-        ulp = torch.finfo(torch.float64 if u.dtype == torch.float64 else torch.float32).eps
-        keep = majority_cluster(cosine_similarities(u), 256 * ulp)
+        keep = majority_cluster(*self.cosines(batch))
         norms = torch.linalg.vector_norm(u, dim=1).to(torch.float64)
         clip = float(torch.quantile(norms, 0.5))  # the mean of the two middle norms for even n
         scale = torch.clamp(clip / norms.clamp_min(torch.finfo(torch.float64).tiny), max=1.0)

@@ -35,9 +35,14 @@ from secagg.cli.options import (
     DP_MODES,
     NOT_ON_SECURE_BUCKETS,
     ROBUST_RULES,
+    SHIFT_FLAGS,
 )
+from secagg.data.datasets import is_bundled
+from secagg.data.shift import FeatureShift
 from secagg.errors import ConfigError
 from secagg.experiment import ExperimentConfig
+from secagg.fedavg.optimizers import ServerOptimizer, ServerSGD
+from secagg.task import task_dataset, task_defaults
 
 
 class FlagError(ConfigError):
@@ -107,14 +112,14 @@ def _data_flag_error(exc: ConfigError) -> str:
 
 def with_data(args: argparse.Namespace, config: ExperimentConfig) -> ExperimentConfig:
     """``config`` with ``--dataset``, ``--data``, ``--train-size`` and ``--test-size`` applied
-    (``--dataset digits`` alone drops a data path from ``--config``). Raises :class:`FlagError`
-    naming the flag."""
+    (``--dataset digits`` or ``breast-cancer`` alone drops a data path from ``--config``). Raises
+    :class:`FlagError` naming the flag."""
     dataset, data = getattr(args, "dataset", None), getattr(args, "data", None)
     changes: dict[str, Any] = {name: getattr(args, name) for name in ("train_size", "test_size")
                                if getattr(args, name, None) is not None}
     if dataset is not None:
         changes["dataset"] = dataset
-        if dataset == "digits" and data is None:
+        if is_bundled(dataset) and data is None:
             changes["data"] = None
     if data is not None:
         changes["data"] = os.fspath(data)
@@ -126,6 +131,137 @@ def with_data(args: argparse.Namespace, config: ExperimentConfig) -> ExperimentC
         raise FlagError(_data_flag_error(exc)) from exc
 
 
+def with_task(args: argparse.Namespace, config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with the data set and model a built-in ``--task`` implies (:data:`secagg.task.TASKS`;
+    unchanged for ``digits`` and a user's ``module:function``): ``--task breast-cancer`` sets
+    ``dataset="breast-cancer"`` (dropping a data path from ``--config``; ``--dataset`` may only repeat
+    it) and ``model="tabular"``, unless ``--model`` is given (applied later, it wins) or ``--config``
+    already trains on breast-cancer (its model is kept). Raises :class:`FlagError` naming the flag."""
+    spec = getattr(args, "task", None)
+    implied = task_defaults(spec) if isinstance(spec, str) else None
+    if implied is None:
+        return config
+    dataset, model = implied
+    try:
+        task_dataset(spec, getattr(args, "dataset", None))
+    except ConfigError as exc:
+        raise FlagError(str(exc)) from exc
+    changes: dict[str, Any] = {"dataset": dataset, "data": None}
+    if getattr(args, "model", None) is None and config.task.dataset != dataset:
+        changes["model"] = model
+    try:
+        return _with(config, ("task",), dataclasses.replace(config.task, **changes))
+    except ConfigError as exc:
+        raise FlagError(f"--task: {exc}") from exc
+
+
+_OPTIMIZER_FLAGS = ("lr", "momentum", "beta1", "beta2", "tau")  # --server-NAME -> server_optimizer.NAME
+
+
+GAN_TASK = "gan"
+
+
+def _gan_module(args: argparse.Namespace) -> Any:
+    """:mod:`secagg.gan` for ``--task gan``, else ``None``. The module is imported either way: it
+    registers the ``"gan"`` trainer kind, which a ``--config`` may name (without ``--task gan`` the
+    trainer then refuses the task's model, naming the flag)."""
+    import secagg.gan
+
+    return secagg.gan if getattr(args, "task", None) == GAN_TASK else None
+
+
+def with_gan(args: argparse.Namespace, config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with the GAN trainer of ``--task gan`` and its flags (``--gan-steps``,
+    ``--gan-target``) applied: a ``--config`` that trains with plain SGD gets the GAN trainer. Refuses
+    the GAN flags without ``--task gan``, and with it ``--local-epochs`` (the GAN counts steps) and
+    ``--dp dpsgd`` (record-level DP-SGD is not implemented for the GAN trainer). Raises
+    :class:`FlagError` naming the flag."""
+    gan = _gan_module(args)
+    flags = (("--gan-steps", "steps", getattr(args, "gan_steps", None)),
+             ("--gan-target", "generator_target", getattr(args, "gan_target", None)))
+    if gan is None:
+        for flag, _, value in flags:
+            if value is not None:
+                raise FlagError(f"{flag}: needs --task gan")
+        return config
+    if args.local_epochs is not None:
+        raise FlagError("--local-epochs: the gan trainer counts local work in steps (each a discriminator "
+                        "and a generator step); use --gan-steps")
+    if args.dp == "dpsgd":
+        raise FlagError("--dp dpsgd: record-level DP-SGD is not implemented for the 'gan' trainer "
+                        "(secagg.gan.GANTrainer); use client-level DP: --dp central, adaptive, local or "
+                        "distributed")
+    trainer = config.fedavg.trainer
+    if not isinstance(trainer, gan.GANTrainer):
+        if trainer.kind != "sgd":
+            raise FlagError(f"--task gan: trains with the 'gan' trainer, --config names trainer "
+                            f"{trainer.kind!r}")
+        trainer = gan.GANTrainer()
+    changes = {name: value for _, name, value in flags if value is not None}
+    try:
+        trainer = dataclasses.replace(trainer, **changes)
+    except ConfigError as exc:
+        raise FlagError(f"--gan-steps: {exc}") from exc
+    return _with(config, ("fedavg", "trainer"), trainer)
+
+
+def with_server_optimizer(args: argparse.Namespace, config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with ``--server-optimizer``, ``--server-lr``, ``--server-momentum``,
+    ``--server-beta1``, ``--server-beta2`` and ``--server-tau`` applied.
+
+    Without ``--server-optimizer`` the flags change the configuration's own optimizer (``--config``'s
+    ``server_optimizer``, else the ``"sgd"`` shorthands ``server_lr``/``server_momentum``). A named
+    kind starts from ``--config``'s optimizer when it is of that kind, else from the kind's defaults.
+    The ``"sgd"`` kind is always written as the shorthands (``server_optimizer`` unset), so
+    ``--server-optimizer sgd`` and no flag give the same configuration. Raises :class:`FlagError`
+    naming the flag (a parameter the kind does not have, or out of its bounds)."""
+    given = {name: getattr(args, f"server_{name}", None) for name in _OPTIMIZER_FLAGS}
+    given = {name: value for name, value in given.items() if value is not None}
+    kind = getattr(args, "server_optimizer", None)
+    f = config.fedavg
+    if kind is None and not given:
+        return config
+    current = f.resolved_server_optimizer
+    kind = kind if kind is not None else current.kind
+    fields = ({k: v for k, v in current.to_dict().items() if k != "kind"} if current.kind == kind else {})
+    known = {fl.name for fl in dataclasses.fields(ServerOptimizer._registry[kind])}  # type: ignore[arg-type]
+    for name, value in given.items():
+        if name not in known:
+            has = ", ".join(f"--server-{n}" for n in _OPTIMIZER_FLAGS if n in known)
+            raise FlagError(f"--server-{name}: not a parameter of --server-optimizer {kind} (it takes {has})")
+        fields[name] = value
+    try:
+        optimizer = ServerOptimizer.from_dict({"kind": kind, **fields})
+    except ConfigError as exc:
+        text = str(exc)
+        for name in _OPTIMIZER_FLAGS:
+            text = text.replace(f"server_optimizer.{name}:", f"--server-{name}:")
+        raise FlagError(text) from exc
+    if isinstance(optimizer, ServerSGD):
+        step = {"server_optimizer": None, "server_lr": optimizer.lr, "server_momentum": optimizer.momentum}
+    else:
+        step = {"server_optimizer": optimizer, "server_lr": 1.0, "server_momentum": 0.0}
+    return _with(config, ("fedavg",), dataclasses.replace(f, **step))
+
+
+def with_shift(args: argparse.Namespace, config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with ``--feature-shift`` and the ``--shift-*`` flags applied (each on top of
+    ``--config``'s feature shift, else the defaults; any of them turns it on). Raises
+    :class:`FlagError` naming the flag."""
+    given = {field_: getattr(args, dest) for dest, field_ in SHIFT_FLAGS.items()
+             if getattr(args, dest, None) is not None}
+    if not getattr(args, "feature_shift", False) and not given:
+        return config
+    try:
+        shift = dataclasses.replace(config.task.shift or FeatureShift(), **given)
+    except ConfigError as exc:
+        text = str(exc)
+        flag = next((f"--shift-{field_}" for field_ in SHIFT_FLAGS.values()
+                     if text.startswith(f"shift.{field_}: ")), "--feature-shift")
+        raise FlagError(f"{flag}: {text.split(': ', 1)[1]}") from exc
+    return _with(config, ("task", "shift"), shift)
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The run configuration: ``--config`` (or the defaults) with the given flags applied."""
     return with_audit(args, _base_config(args))
@@ -133,18 +269,23 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def _base_config(args: argparse.Namespace) -> ExperimentConfig:
     """:func:`config_from_args` before ``--audit-canaries``."""
+    gan = _gan_module(args)  # imported before --config is read: it registers the "gan" trainer
     config = (ExperimentConfig.from_json(args.config.read_text()) if args.config is not None
-              else ExperimentConfig())
-    config = with_data(args, config)  # first: --partition natural needs the data set's writers
+              else gan.gan_experiment() if gan is not None else ExperimentConfig())
+    # first: --partition natural needs the data set's writers or sites
+    config = with_data(args, with_task(args, config))
     for dest, path in _FIELDS.items():
         value = getattr(args, dest)
-        if value is not None:
+        if value is not None and dest not in ("server_lr", "server_momentum"):  # with_server_optimizer
             try:
                 config = _with(config, path, value)
             except ConfigError as exc:
                 if dest != "partition" or not str(exc).startswith(tuple(f for f, _ in _DATA_FLAGS)):
                     raise
                 raise FlagError(_data_flag_error(exc)) from exc
+    config = with_shift(args, config)
+    config = with_server_optimizer(args, config)
+    config = with_gan(args, config)
     if args.sample_rate is not None:
         if args.fraction is not None:
             raise FlagError("--sample-rate: replaces --fraction (Poisson sampling at that rate); give one")

@@ -35,7 +35,11 @@ from secagg.aggregation import (
 from secagg.aggregation.secure import GRAPHS
 from secagg.aggregation.secure_bucketing import THREAT_MODELS
 from secagg.data.partition import KINDS as PARTITION_KINDS
+from secagg.data.partition import QUANTITIES
+from secagg.data.shift import TEST_SETS as SHIFT_TEST_SETS
+from secagg.data.shift import FeatureShift
 from secagg.experiment import ExperimentConfig
+from secagg.fedavg.optimizers import ServerOptimizer
 from secagg.layout import BUFFER_POLICIES
 from secagg.models import model_names
 from secagg.transport.commands import (
@@ -54,6 +58,9 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "partition": ("task", "partition", "kind"),
     "alpha": ("task", "partition", "alpha"),
     "shards_per_client": ("task", "partition", "shards_per_client"),
+    "quantity": ("task", "partition", "quantity"),
+    "quantity_alpha": ("task", "partition", "quantity_alpha"),
+    "min_size": ("task", "partition", "min_size"),
     "rounds": ("fedavg", "rounds"),
     "fraction": ("fedavg", "fraction"),
     "local_epochs": ("fedavg", "client", "epochs"),
@@ -61,6 +68,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "lr": ("fedavg", "client", "lr"),
     "server_lr": ("fedavg", "server_lr"),
     "server_momentum": ("fedavg", "server_momentum"),
+    "proximal_mu": ("fedavg", "client", "proximal_mu"),
     "buffers": ("fedavg", "buffers"),
     "seed": ("seed",),
 }
@@ -147,7 +155,8 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     bench.add_argument("--preset", choices=BENCH_PRESETS, default=None,
                        help="a named grid (default: default; quick runs in minutes, used by CI; mnist, "
                             "fashion-mnist, cifar10, femnist and medmnist train on that data set: give "
-                            "--data)")
+                            "--data; breast-cancer trains the tabular model on the bundled breast-cancer "
+                            "table)")
     bench.add_argument("--config", dest="bench_config", type=Path, default=None,
                        help="a grid file (TOML) instead of a preset")
     bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory")
@@ -176,7 +185,8 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 
 # the bench presets (attacks.bench.config.PRESETS, spelled here: the parser does not import attacks)
-BENCH_PRESETS = ("quick", "default", "full", "mnist", "fashion-mnist", "cifar10", "femnist", "medmnist")
+BENCH_PRESETS = ("quick", "default", "full", "mnist", "fashion-mnist", "cifar10", "femnist", "medmnist",
+                 "breast-cancer")
 
 _DATA_FILES = ("MNIST/raw/ and FashionMNIST/raw/ (torchvision's IDX files, plain or .gz), "
                "cifar-10-batches-bin/ (preferred) or cifar-10-batches-py/, LEAF's train/*.json and "
@@ -186,18 +196,18 @@ _DATA_FILES = ("MNIST/raw/ and FashionMNIST/raw/ (torchvision's IDX files, plain
 def _add_data_options(p: argparse.ArgumentParser, command: str) -> None:
     """``--dataset`` and ``--data``: which data set, and this machine's folder of its files."""
     group = p.add_argument_group(
-        "data", "Digits ships with scikit-learn; the other data sets load from local files in their "
-                "standard formats, under --data. Nothing is downloaded.")
-    names = ("digits (bundled), mnist, fashion-mnist, cifar10, femnist or medmnist:<name> "
-             "(e.g. medmnist:pathmnist)")
+        "data", "Digits and breast-cancer ship with scikit-learn; the other data sets load from local "
+                "files in their standard formats, under --data. Nothing is downloaded.")
+    names = ("digits (bundled), breast-cancer (bundled), mnist, fashion-mnist, cifar10, femnist or "
+             "medmnist:<name> (e.g. medmnist:pathmnist)")
     if command == "client":
         group.add_argument("--dataset", default=None, metavar="NAME",
                            help=f"check that the server's run trains on NAME: {names} (default: take the "
                                 f"server's)")
         group.add_argument("--data", type=Path, default=None, metavar="PATH",
                            help=f"this machine's copy of the server's data set: the folder holding "
-                                f"{_DATA_FILES}. Needed unless the run trains on digits; the path in the "
-                                f"server's configuration is never read")
+                                f"{_DATA_FILES}. Needed unless the run trains on digits or breast-cancer; "
+                                f"the path in the server's configuration is never read")
         return
     default = "the grid's [run] dataset" if command == "bench" else "digits"
     group.add_argument("--dataset", default=None, metavar="NAME",
@@ -239,12 +249,33 @@ def _add_training_options(train: argparse.ArgumentParser, command: str = "train"
     opt("--local-epochs", "local_epochs", "local epochs per round (E)")
     opt("--batch-size", "batch_size", "local batch size (B); 0 = full batch")
     opt("--lr", "lr", "client learning rate")
-    opt("--server-lr", "server_lr", "server learning rate (1 = plain FedAvg)")
-    opt("--server-momentum", "server_momentum", "server momentum (FedAvgM); 0 = off")
-    opt("--partition", "partition", "how data is split (natural: one writer per client, femnist only)",
+    opt("--proximal-mu", "proximal_mu", "FedProx: each client adds (mu/2) ||w - w_global||^2 to its "
+        "local loss; 0 = off")
+    train.add_argument("--server-optimizer", dest="server_optimizer", choices=ServerOptimizer.kinds(),
+                       default=None,
+                       help="server optimizer, the aggregate as its pseudo-gradient: sgd (FedAvg; FedAvgM "
+                            "with --server-momentum) or adam, yogi, adagrad (FedAdam, FedYogi, FedAdagrad, "
+                            "Reddi et al. 2021) (default: --config's, else sgd)")
+    opt("--server-lr", "server_lr", "server learning rate eta (1 = plain FedAvg; with --server-optimizer "
+        "adam/yogi/adagrad the default is that kind's: 0.1/0.01/0.1)")
+    opt("--server-momentum", "server_momentum", "server momentum (FedAvgM, --server-optimizer sgd); 0 = off")
+    for name, what, default in (("beta1", "first-moment decay", "0.9; adagrad 0"),
+                                ("beta2", "second-moment decay (adam, yogi)", "0.99"),
+                                ("tau", "adaptivity tau added to sqrt(v)", "0.001")):
+        train.add_argument(f"--server-{name}", dest=f"server_{name}", type=float, default=None,
+                           help=f"--server-optimizer adam/yogi/adagrad: {what} (default: {default})")
+    opt("--partition", "partition", "how data is split (natural: one writer per client for femnist, one "
+        "site per client for breast-cancer, sites differing in case mix)",
         choices=PARTITION_KINDS)
     opt("--alpha", "alpha", "Dirichlet concentration for --partition dirichlet (smaller = more skew)")
     opt("--shards-per-client", "shards_per_client", "label shards per client for --partition shards")
+    opt("--quantity", "quantity", "client sizes (quantity skew, composes with --partition iid, dirichlet, "
+        "shards): equal; power-law, a few large sites and many small ones, size of the rank-r client ~ "
+        "(r+1)^-A; dirichlet, shares ~ Dir(A) (NIID-Bench)", choices=QUANTITIES)
+    opt("--quantity-alpha", "quantity_alpha", "A: the power-law exponent or the Dirichlet concentration of "
+        "--quantity", metavar="A")
+    opt("--min-size", "min_size", "fewest examples any client holds", metavar="N")
+    _add_shift_options(train)
     opt("--model", "model", "model architecture", choices=model_names())
     opt("--buffers", "buffers", "BatchNorm-style buffers: aggregate with the update, or keep frozen",
         choices=BUFFER_POLICIES)
@@ -320,12 +351,56 @@ def _add_training_options(train: argparse.ArgumentParser, command: str = "train"
     _add_data_options(train, command)
     _add_audit_options(train)
     train.add_argument("--task", default="digits", metavar="SPEC",
-                       help="the model and data: 'digits' (default) or 'module:function', your own task "
-                            "factory: function(task_config, seed) -> secagg.task.Task (see the README); "
-                            "every client of a deployment names the same one")
+                       help="the model and data: 'digits' (default: the built-in task on --dataset), "
+                            "'breast-cancer' (scikit-learn's Wisconsin diagnostic table, bundled; implies "
+                            "--dataset breast-cancer and, unless --model is given, --model tabular), 'gan' "
+                            "(a federated GAN on digits: starts from its own tuned configuration, "
+                            "records mode coverage and a Frechet distance, writes image grids) or "
+                            "'module:function', your own task factory: function(task_config, seed) -> "
+                            "secagg.task.Task (see the README); every client of a deployment names the "
+                            "same one")
+    gan = train.add_argument_group(
+        "federated GAN (--task gan)",
+        "Each client trains the discriminator on its data and the generator against it; both travel in "
+        "one update through the configured aggregation (--secure, --dp, --aggregator). Without --config "
+        "the run starts from secagg.gan.gan_experiment() (10 clients, 200 rounds, batch 32, lr 2e-3).")
+    gan.add_argument("--gan-steps", dest="gan_steps", type=int, default=None, metavar="N",
+                     help="local steps per round, each a discriminator then a generator step (replaces "
+                          "--local-epochs for the GAN) (default: 10)")
+    gan.add_argument("--gan-target", dest="gan_target", choices=("local", "global"), default=None,
+                     help="the discriminator the generator trains against: the client's updated one "
+                          "(local, default) or the round's global one, frozen (global: the generator's "
+                          "half never depends on client data)")
     train.add_argument("--config", type=Path, default=None,
                        help="JSON configuration to start from (as in results.json's 'config'); "
                             "flags given on the command line override it")
+
+
+_SHIFT = FeatureShift()
+#: --shift-* flag dest -> FeatureShift field
+SHIFT_FLAGS = {"shift_intensity": "intensity", "shift_contrast": "contrast", "shift_blur": "blur",
+               "shift_rotation": "rotation", "shift_test": "test"}
+
+
+def _add_shift_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "feature shift (each client sees its data through its own seeded acquisition)",
+        "Per client: rotation, Gaussian blur, then gain * x + offset, each drawn uniformly within the "
+        "strengths below (secagg.data.shift). Tabular data (breast-cancer) gets only gain and offset. Any "
+        "--shift-* flag implies --feature-shift.")
+    group.add_argument("--feature-shift", dest="feature_shift", action="store_true",
+                       help="turn feature shift on (default strengths unless --config sets its own)")
+    group.add_argument("--shift-intensity", dest="shift_intensity", type=float, default=None, metavar="D",
+                       help=f"brightness offsets in [-D, D], D in [0, 1] (default: {_SHIFT.intensity})")
+    group.add_argument("--shift-contrast", dest="shift_contrast", type=float, default=None, metavar="C",
+                       help=f"gains in [1-C, 1+C], C in [0, 1) (default: {_SHIFT.contrast})")
+    group.add_argument("--shift-blur", dest="shift_blur", type=float, default=None, metavar="S",
+                       help=f"Gaussian blur sigma in [0, S] pixels, S <= 10 (default: {_SHIFT.blur})")
+    group.add_argument("--shift-rotation", dest="shift_rotation", type=float, default=None, metavar="DEG",
+                       help=f"rotation in [-DEG, DEG] degrees, DEG <= 180 (default: {_SHIFT.rotation})")
+    group.add_argument("--shift-test", dest="shift_test", choices=SHIFT_TEST_SETS, default=None,
+                       help="the test set: clean (as loaded) or sites (each test example through a seeded "
+                            f"site's acquisition) (default: {_SHIFT.test})")
 
 
 def _add_audit_options(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,9 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
             progress.update(bar, completed=row["round"],
                             description=f"round {row['round']}  acc {100 * row['accuracy']:.1f}%"
                                         + ("" if eps is None else f"  eps {eps:.2f}")
-                                        + ("" if audit is None else f"  audit eps {audit:.2f}"))
+                                        + ("" if audit is None else f"  audit eps {audit:.2f}")
+                                        + ("" if "frechet" not in row else  # a GAN's own metrics
+                                           f"  modes {row['modes_covered']:.0f}  FD {row['frechet']:.1f}"))
 
         executor = _executor(args)
         try:
@@ -55,9 +57,12 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
                   + (" (KiB: mean traffic per client)" if secure else ""))
     private = any(row.get("epsilon") is not None for row in result.history)
     audited = any(audit_entry(row) for row in result.history)
+    gan = any("frechet" in row for row in result.history)  # --task gan: loss/accuracy are D's
+    if gan:
+        table.title += " (loss, accuracy: the discriminator's, held-out real vs generated)"
     columns = ["round", "clients", "train loss", "test loss", "accuracy", "seconds"]
     for col in (columns + (["epsilon"] if private else []) + (["audit eps"] if audited else [])
-                + (["KiB", "dropped"] if secure else [])):
+                + (["KiB", "dropped"] if secure else []) + (["modes", "mode KL", "frechet"] if gan else [])):
         table.add_column(col, justify="right")
     for row in result.history:
         loss = ("aborted" if row.get("aborted") else "skipped" if row["train_loss"] is None
@@ -72,6 +77,8 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
             kib = next((v for k, v in row.items() if k.endswith("client_bytes_mean")), 0.0)
             dropped = next((v for k, v in row.items() if k.endswith("/dropped")), 0.0)
             cells += [f"{kib / 1024:.1f}", f"{dropped:.0f}"]
+        if gan:
+            cells += [f"{row['modes_covered']:.0f}", f"{row['mode_kl']:.3f}", f"{row['frechet']:.2f}"]
         table.add_row(*cells)
     console.print(table)
     if result.stopped is not None:
@@ -89,6 +96,12 @@ def _train(args: argparse.Namespace, config: ExperimentConfig) -> int:
                   + ("" if eps is None else f", epsilon {eps:.3f}{delta}"))
     if "audit" in summary:
         console.print(_audit_line(summary["audit"], eps))
+    if gan:
+        last = result.history[-1]
+        console.print(f"GAN after round {last['round']}: {last['modes_covered']:.0f} modes covered, mode KL "
+                      f"{last['mode_kl']:.3f} nats, Frechet distance {last['frechet']:.2f} (evaluator "
+                      f"accuracy on the training split {100 * last['evaluator_train_accuracy']:.1f}%); "
+                      f"image grids and gan_metrics.png in {args.out}")
     console.print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {plot}")
     return 0
 

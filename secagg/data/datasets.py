@@ -4,6 +4,7 @@
 name                files under ``data``       loader
 =================== ========================== ===============================================
 ``digits``          none (ships with sklearn)  :func:`secagg.data.digits.load_digits_split`
+``breast-cancer``   none (ships with sklearn)  :func:`secagg.data.breast_cancer.load_breast_cancer_split`
 ``mnist``           ``MNIST/raw/*-ubyte[.gz]`` :func:`secagg.data.idx.load_idx_dataset`
 ``fashion-mnist``   ``FashionMNIST/raw/...``   :func:`secagg.data.idx.load_idx_dataset`
 ``cifar10``         ``cifar-10-batches-bin/``  :func:`secagg.data.cifar.load_cifar10`
@@ -13,10 +14,14 @@ name                files under ``data``       loader
 ``medmnist:<name>`` ``<name>.npz``             :func:`secagg.data.medmnist.load_medmnist`
 =================== ========================== ===============================================
 
-Every loader gives float32 images (n, c, h, w) in [0, 1] and int64 labels. The test set is the data
-set's own test split; only digits, which has none, is split here (stratified, ``test_fraction``,
-seeded). Only ``femnist`` has writers, so only it accepts the ``"natural"`` partition. Nothing is
-ever downloaded: a missing file is a :class:`DataError` naming the file expected and where.
+Every image loader gives float32 images (n, c, h, w) in [0, 1] and int64 labels; ``breast-cancer`` is a
+table: float32 rows (n, 30), standardized with the training split's statistics (see
+:mod:`secagg.data.breast_cancer`). The test set is the data set's own test split; only the bundled
+sets (:data:`BUNDLED_SETS`), which have none, are split here (stratified, ``test_fraction``, seeded).
+The ``"natural"`` partition is the data set's own division into parties: ``femnist``'s writers, and
+``breast-cancer``'s simulated sites (:func:`secagg.data.breast_cancer.site_partition`, sites that
+differ in case mix); the others refuse it. Nothing is ever downloaded: a missing file is a
+:class:`DataError` naming the file expected and where.
 """
 
 from __future__ import annotations
@@ -27,25 +32,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from secagg.data import cifar, femnist, idx, medmnist
+from secagg.data import breast_cancer, cifar, femnist, idx, medmnist
 from secagg.data.digits import load_digits_split
 from secagg.data.partition import Partition, PartitionConfig
 from secagg.errors import ConfigError, DataError
 from secagg.seeding import numpy_rng
 
 BUNDLED = "digits"
-NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "femnist", "medmnist:<name>")
+#: the data sets that ship with scikit-learn and read no files (``data`` must be ``None``)
+BUNDLED_SETS = ("digits", "breast-cancer")
+NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "femnist", "medmnist:<name>", "breast-cancer")
 WRITER_DATASETS = ("femnist",)
-CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "femnist": femnist.CLASSES}
+#: the data sets whose ``"natural"`` partition splits them into simulated sites (see :func:`federate`)
+SITE_DATASETS = ("breast-cancer",)
+#: the data sets whose inputs are table rows (n, features), not images: image-only steps (pixel
+#: triggers, CNNs, image reconstruction) refuse them
+TABULAR_SETS = ("breast-cancer",)
+CLASSES = {"digits": 10, "breast-cancer": breast_cancer.CLASSES, "mnist": 10, "fashion-mnist": 10,
+           "cifar10": 10, "femnist": femnist.CLASSES}
 
-__all__ = ["NAMES", "DataSplit", "check_dataset", "check_files", "expected_files", "federate",
-           "has_writers", "load_dataset", "missing_files", "subsample"]
+__all__ = ["BUNDLED_SETS", "NAMES", "DataSplit", "check_dataset", "check_files", "expected_files", "federate",
+           "has_natural_partition", "has_writers", "is_bundled", "is_tabular", "load_dataset",
+           "missing_files", "subsample"]
 
 
 @dataclass(frozen=True)
 class DataSplit:
-    """A data set's train and test examples (``x`` float32 (n, c, h, w) in [0, 1], ``y`` int64 in
-    ``0 .. num_classes - 1``) and, for data sets with writers, each example's writer index."""
+    """A data set's train and test examples (``x`` float32 (n, c, h, w) in [0, 1], or (n, features) for a
+    table; ``y`` int64 in ``0 .. num_classes - 1``) and, for data sets with writers, each example's
+    writer index; for data sets split into sites (:data:`SITE_DATASETS`), ``train_site_key``: each
+    training example's score the site split sorts by (breast-cancer: the mean radius, mm)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -54,6 +70,7 @@ class DataSplit:
     num_classes: int
     train_writers: np.ndarray | None = None
     test_writers: np.ndarray | None = None
+    train_site_key: np.ndarray | None = None
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(train_x, train_y, test_x, test_y)``, as :func:`load_digits_split` returns them."""
@@ -74,6 +91,22 @@ def check_dataset(name: str) -> str:
 def has_writers(name: str) -> bool:
     """Whether the data set records who wrote each example (so the ``"natural"`` partition applies)."""
     return name in WRITER_DATASETS
+
+
+def has_natural_partition(name: str) -> bool:
+    """Whether the ``"natural"`` partition applies: femnist (one writer per client) or breast-cancer
+    (one simulated site per client)."""
+    return name in WRITER_DATASETS or name in SITE_DATASETS
+
+
+def is_tabular(name: str) -> bool:
+    """Whether data set ``name``'s inputs are table rows (n, features) rather than images."""
+    return name in TABULAR_SETS
+
+
+def is_bundled(name: str) -> bool:
+    """Whether data set ``name`` ships with scikit-learn (reads no files: ``data`` must be ``None``)."""
+    return name in BUNDLED_SETS
 
 
 def expected_files(name: str, data: str | Path) -> list[str]:
@@ -127,14 +160,18 @@ def check_files(name: str, data: str | Path) -> None:
 
 def load_dataset(name: str, data: str | Path | None = None, *, test_fraction: float = 0.2,
                  seed: int = 0) -> DataSplit:
-    """Data set ``name`` from the folder ``data`` (``None`` for digits). ``test_fraction`` and ``seed``
-    split digits only; the others come with their own test split. :class:`ConfigError` for an unknown
-    name or a missing/superfluous ``data``, :class:`DataError` naming a missing or malformed file."""
+    """Data set ``name`` from the folder ``data`` (``None`` for digits and breast-cancer).
+    ``test_fraction`` and ``seed`` split the bundled sets only; the others come with their own test
+    split. :class:`ConfigError` for an unknown name or a missing/superfluous ``data``,
+    :class:`DataError` naming a missing or malformed file."""
     check_dataset(name)
+    if is_bundled(name) and data is not None:
+        raise ConfigError(f"data: {name} ships with scikit-learn and reads no files, got data={data!r}")
     if name == BUNDLED:
-        if data is not None:
-            raise ConfigError(f"data: digits ships with scikit-learn and reads no files, got data={data!r}")
         return DataSplit(*load_digits_split(test_fraction, seed=seed), num_classes=CLASSES[name])
+    if name == "breast-cancer":
+        *tensors, radius = breast_cancer.load_breast_cancer_split(test_fraction, seed=seed)
+        return DataSplit(*tensors, num_classes=CLASSES[name], train_site_key=radius)
     if data is None:
         raise ConfigError(f"data: {name} loads from local files: give the folder holding "
                           f"{'; '.join(expected_files(name, '<data>'))}; nothing is downloaded")
@@ -181,17 +218,21 @@ def subsample(split: DataSplit, *, train_size: int | None = None, test_size: int
 
     return DataSplit(rows(split.train_x, train), rows(split.train_y, train), rows(split.test_x, test),
                      rows(split.test_y, test), split.num_classes, writers(split.train_writers, train),
-                     writers(split.test_writers, test))
+                     writers(split.test_writers, test), writers(split.train_site_key, train))
 
 
 def federate(split: DataSplit, partition: PartitionConfig, num_clients: int, *, seed: int
              ) -> tuple[DataSplit, Partition]:
     """``split`` partitioned across ``num_clients`` clients by ``partition`` (seeded).
 
-    With the ``"natural"`` partition only the chosen writers' examples are kept (the partition is
-    re-indexed to them), and the test set is the chosen writers' test examples, or every test example
-    when none of them has any (LEAF's split by user, whose test writers are others).
+    With the ``"natural"`` partition, a data set split into sites (``train_site_key`` set:
+    breast-cancer) gets :func:`secagg.data.breast_cancer.site_partition` (one site per client, every
+    example kept, the test set unchanged). Otherwise only the chosen writers' examples are kept (the
+    partition is re-indexed to them), and the test set is the chosen writers' test examples, or every
+    test example when none of them has any (LEAF's split by user, whose test writers are others).
     """
+    if partition.kind == "natural" and split.train_site_key is not None:
+        return split, breast_cancer.site_partition(split.train_site_key, num_clients, seed=seed)
     parts = partition.split(split.train_y.numpy(), num_clients, seed=seed, writers=split.train_writers)
     if partition.kind != "natural":
         return split, parts

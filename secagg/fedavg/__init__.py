@@ -2,6 +2,7 @@
 
 from secagg.fedavg.client import ClientUpdate, client_update
 from secagg.fedavg.config import ClientConfig, FedAvgConfig
+from secagg.fedavg.optimizers import ServerAdagrad, ServerAdam, ServerOptimizer, ServerSGD, ServerYogi
 from secagg.fedavg.server import FedAvg, RoundResult, ServerState, evaluate
 from secagg.fedavg.trainer import ClientTrainer, SGDTrainer
 
@@ -13,7 +14,12 @@ __all__ = [
     "FedAvgConfig",
     "RoundResult",
     "SGDTrainer",
+    "ServerAdagrad",
+    "ServerAdam",
+    "ServerOptimizer",
+    "ServerSGD",
     "ServerState",
+    "ServerYogi",
     "client_update",
     "evaluate",
 ]

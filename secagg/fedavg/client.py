@@ -47,6 +47,12 @@ def client_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], da
     set stay at their global value through every local step (projected gradient descent onto the
     other coordinates: the gradient is zeroed there before each step and the values are restored
     after it, so momentum and weight decay cannot move them either), and their delta is exactly 0.
+
+    ``config.proximal_mu`` = mu > 0: FedProx (Li et al., MLSys 2020). The local objective is the data
+    loss plus ``(mu / 2) ||w - w_global||^2`` over the trainable parameters, applied as its exact
+    gradient ``mu (w - w_global)`` added to each step's data gradient (before momentum and weight
+    decay, which act on the total gradient as on any loss term). The reported ``train_loss`` stays the
+    data loss alone. ``mu = 0`` skips the term: the same update, bit for bit, as without FedProx.
     """
     n = len(data)
     if n == 0:
@@ -55,6 +61,7 @@ def client_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], da
     local.load_state_dict(global_state, strict=True)
     local.train()
     masks = frozen_masks(local, layout, frozen)
+    anchors = proximal_anchors(local, config.proximal_mu)
     opt = torch.optim.SGD(local.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)
     order = torch.Generator().manual_seed(seed)
@@ -67,6 +74,7 @@ def client_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], da
                 loss = nn.functional.cross_entropy(local(data.x[idx]), data.y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                add_proximal_gradient(anchors, config.proximal_mu)
                 for param, mask, _ in masks:
                     if param.grad is not None:
                         param.grad.masked_fill_(mask, 0.0)
@@ -80,6 +88,27 @@ def client_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], da
         raise UpdateError(f"client {client_id}: local training produced NaN/Inf "
                           f"(lower client.lr, currently {config.lr})")
     return ClientUpdate(client_id, delta, n, float(torch.stack(losses).mean()))
+
+
+def proximal_anchors(model: nn.Module, mu: float) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """``(parameter, its value now)`` for each trainable parameter of ``model`` when FedProx's
+    ``mu > 0`` (the anchors ``w_global`` of :func:`add_proximal_gradient`), else ``[]``."""
+    if mu == 0:
+        return []
+    return [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+
+def add_proximal_gradient(anchors: list[tuple[nn.Parameter, torch.Tensor]], mu: float) -> None:
+    """Add FedProx's proximal gradient ``mu (w - w_global)`` (the gradient of ``(mu / 2) ||w -
+    w_global||^2``) to each anchored parameter's ``.grad`` in place (a missing ``.grad`` counts as 0).
+    A no-op without anchors (``mu = 0``)."""
+    with torch.no_grad():
+        for param, anchor in anchors:
+            pull = mu * (param - anchor)
+            if param.grad is None:
+                param.grad = pull
+            else:
+                param.grad.add_(pull)
 
 
 def frozen_masks(model: nn.Module, layout: ParamLayout, frozen: torch.Tensor | None,

@@ -9,6 +9,7 @@ from secagg.aggregation import Aggregator, Mean
 from secagg.config_io import from_plain, to_plain
 from secagg.errors import ConfigError
 from secagg.fedavg.adversary import Adversary
+from secagg.fedavg.optimizers import ServerOptimizer, resolve_server_optimizer
 from secagg.fedavg.trainer import ClientTrainer, SGDTrainer
 from secagg.layout import BUFFER_POLICIES
 from secagg.validation import check_choice, check_int, check_real
@@ -21,6 +22,12 @@ class ClientConfig:
     """Local training: ``epochs`` passes of SGD over the client's data in batches of ``batch_size``.
 
     ``batch_size=0`` means full batch (one step per epoch). ``lr`` is the client learning rate.
+
+    ``proximal_mu`` (mu >= 0, per unit of squared L2 distance in parameter space): FedProx (Li et al.,
+    MLSys 2020). Each client minimizes its loss plus ``(mu / 2) ||w - w_global||^2`` over the model's
+    parameters, where ``w_global`` is the round's global model; every local step adds that term's
+    gradient ``mu (w - w_global)`` to the data gradient. It pulls the local model towards the global
+    one (a smaller update under heterogeneous data). ``0`` (default) is plain FedAvg, bit for bit.
     """
 
     epochs: int = 5
@@ -28,6 +35,7 @@ class ClientConfig:
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         check_int("client.epochs", self.epochs, minimum=1)
@@ -35,6 +43,7 @@ class ClientConfig:
         check_real("client.lr", self.lr, gt=0.0)
         check_real("client.momentum", self.momentum, ge=0.0, lt=1.0)
         check_real("client.weight_decay", self.weight_decay, ge=0.0)
+        check_real("client.proximal_mu", self.proximal_mu, ge=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -53,11 +62,21 @@ class FedAvgConfig:
     ``fraction`` (so a round may have no client: it is then skipped and recorded with ``clients: 0``),
     the sampling that privacy amplification by subsampling assumes. It then trains
     them from the global weights with ``trainer`` (plain local SGD by default), combines their deltas
-    with ``aggregator`` and applies
-    ``global += server_lr * step`` where ``step`` is the aggregate, or its momentum
-    ``v = server_momentum * v + aggregate`` (FedAvgM, Hsu et al. 2019) when momentum > 0. Plain FedAvg
-    is ``server_lr=1, server_momentum=0``. Aggregated buffers (see :mod:`secagg.layout`) are always
-    applied with step 1 and no momentum, so they become the aggregate of the clients' statistics.
+    with ``aggregator`` and moves the global parameters by the server optimizer
+    (:mod:`secagg.fedavg.optimizers`), which treats the aggregate as a pseudo-gradient.
+
+    ``server_optimizer``: a :class:`~secagg.fedavg.optimizers.ServerOptimizer` (``"sgd"``, ``"adam"``,
+    ``"yogi"``, ``"adagrad"``: FedAvg/FedAvgM and Reddi et al.'s FedAdam/FedYogi/FedAdagrad), or
+    ``None`` (default) for the ``"sgd"`` kind given by the shorthands ``server_lr`` and
+    ``server_momentum``: ``global += server_lr * step`` where ``step`` is the aggregate, or its
+    momentum ``v = server_momentum * v + aggregate`` (FedAvgM, Hsu et al. 2019) when momentum > 0.
+    Plain FedAvg is ``server_lr=1, server_momentum=0``. With ``server_optimizer`` set, the shorthands
+    stay at their defaults or agree with it (else :class:`ConfigError` naming both);
+    :attr:`resolved_server_optimizer` is the optimizer either way. Every kind reads only the aggregate
+    (what a secure sum releases) and is post-processing of it: privacy accounting does not depend on
+    the choice. Aggregated buffers (see
+    :mod:`secagg.layout`) are always applied with step 1 and no optimizer state, so they become the
+    aggregate of the clients' statistics.
     """
 
     rounds: int = 30
@@ -70,12 +89,14 @@ class FedAvgConfig:
     trainer: ClientTrainer = field(default_factory=SGDTrainer)
     adversary: Adversary | None = None
     sampling: str = "fixed"
+    server_optimizer: ServerOptimizer | None = None
 
     def __post_init__(self) -> None:
         check_int("rounds", self.rounds, minimum=1)
         check_real("fraction", self.fraction, gt=0.0, le=1.0)
         check_real("server_lr", self.server_lr, gt=0.0)
         check_real("server_momentum", self.server_momentum, ge=0.0, lt=1.0)
+        resolve_server_optimizer(self.server_lr, self.server_momentum, self.server_optimizer)
         check_choice("buffers", self.buffers, BUFFER_POLICIES)
         if not isinstance(self.client, ClientConfig):
             raise ConfigError(f"client: expected a ClientConfig, got {type(self.client).__name__}")
@@ -98,6 +119,12 @@ class FedAvgConfig:
             if abs(rate - self.fraction) > 1e-12 * max(1.0, rate):
                 raise ConfigError(f"fraction: must equal the sample rate {rate:g} the aggregator's "
                                   f"privacy accounting assumes, got {self.fraction:g}")
+
+    @property
+    def resolved_server_optimizer(self) -> ServerOptimizer:
+        """The server optimizer this configuration runs: ``server_optimizer``, or the ``"sgd"`` kind
+        with ``server_lr`` and ``server_momentum`` when it is ``None``."""
+        return resolve_server_optimizer(self.server_lr, self.server_momentum, self.server_optimizer)
 
     def clients_per_round(self, num_clients: int) -> int:
         """How many of ``num_clients`` take part in each round."""

@@ -29,18 +29,33 @@ class ServerState:
     """Everything that changes between rounds; a checkpoint saves exactly this.
 
     ``round`` counts completed rounds; ``model`` is the global model's full state dict (integer buffers
-    included); ``momentum`` is the server-momentum buffer over the parameter slice (``None`` when
-    server momentum is off). ``participations`` (int64, one entry per client) counts the rounds each
-    client was sampled in, for record-level privacy accounting (``None``: all zero). There is no
-    generator state: all randomness is derived from the run's seed and the round index (see
-    :mod:`secagg.seeding`).
+    included); ``optimizer_state`` is the server optimizer's state over the parameter slice (see
+    :meth:`~secagg.fedavg.optimizers.ServerOptimizer.state_keys`; empty for plain FedAvg).
+    ``participations`` (int64, one entry per client) counts the rounds each client was sampled in, for
+    record-level privacy accounting (``None``: all zero). There is no generator state: all randomness
+    is derived from the run's seed and the round index (see :mod:`secagg.seeding`).
+
+    Older code passed the server-momentum buffer (a tensor, or ``None``) as the fourth positional
+    argument; that still works and means ``{"momentum": tensor}`` (or ``{}``), and :attr:`momentum`
+    reads it back.
     """
 
     round: int
     model: dict[str, torch.Tensor]
     aggregator_state: AggState = field(default_factory=dict)
-    momentum: torch.Tensor | None = None
+    optimizer_state: dict[str, torch.Tensor] = field(default_factory=dict)
     participations: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer_state is None:
+            self.optimizer_state = {}
+        elif isinstance(self.optimizer_state, torch.Tensor):  # the old positional momentum buffer
+            self.optimizer_state = {"momentum": self.optimizer_state}
+
+    @property
+    def momentum(self) -> torch.Tensor | None:
+        """The ``"sgd"`` server optimizer's momentum buffer (FedAvgM), ``None`` when there is none."""
+        return self.optimizer_state.get("momentum")
 
     @property
     def weights(self) -> dict[str, torch.Tensor]:
@@ -58,7 +73,21 @@ class RoundResult:
 def evaluate(model: nn.Module, state_dict: Mapping[str, torch.Tensor], x: torch.Tensor,
              y: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
     """Accuracy (fraction in [0, 1]) and mean cross-entropy loss of ``model`` loaded with ``state_dict``
-    on ``(x, y)``."""
+    on ``(x, y)``.
+
+    A model that is not a classifier brings its own evaluation: if it has a method
+    ``evaluate_state(state_dict, x, y) -> dict[str, float]``, its result is returned instead (every
+    entry goes into the round record). It must contain ``"accuracy"`` and ``"loss"`` (the figures the
+    run's tables and summaries show; e.g. a GAN's discriminator accuracy and loss, see
+    :class:`secagg.gan.GANPair`)."""
+    custom = getattr(model, "evaluate_state", None)
+    if callable(custom):
+        metrics = dict(custom(state_dict, x, y))
+        missing = {"accuracy", "loss"} - set(metrics)
+        if missing:
+            raise ConfigError(f"evaluate_state: {type(model).__name__}'s evaluation must report "
+                              f"'accuracy' and 'loss', lacks {sorted(missing)}")
+        return metrics
     net = copy.deepcopy(model)
     net.load_state_dict(state_dict, strict=True)
     net.train(False)  # evaluation mode (BatchNorm uses running statistics)
@@ -117,6 +146,8 @@ class FedAvg:
         self.executor = executor if executor is not None else LocalExecutor()
         self.source: UpdateSource = source if source is not None else LocalSource(self.executor)
         self.layout = ParamLayout.from_module(model, config.buffers)
+        #: the server optimizer stepping the global parameters (FedAvgConfig.resolved_server_optimizer)
+        self.server_optimizer = config.resolved_server_optimizer
         self.examples = {i: len(part) for i, part in enumerate(data.partition)}
         self.malicious = (config.adversary.malicious(data.num_clients, derive_seed(seed, "adversary"))
                           if config.adversary is not None else frozenset())
@@ -131,10 +162,9 @@ class FedAvg:
 
     def initial_state(self) -> ServerState:
         weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        momentum = (torch.zeros(self.layout.num_parameters, dtype=self.layout.dtype)
-                    if self.config.server_momentum > 0 else None)
-        return ServerState(0, weights, self.config.aggregator.init_state(self.layout.dim), momentum,
-                           torch.zeros(self.data.num_clients, dtype=torch.int64))
+        optimizer_state = self.server_optimizer.init_state(self.layout.num_parameters, self.layout.dtype)
+        return ServerState(0, weights, self.config.aggregator.init_state(self.layout.dim),
+                           optimizer_state, torch.zeros(self.data.num_clients, dtype=torch.int64))
 
     def sample_clients(self, round_index: int) -> list[int]:
         """The sorted client ids taking part in round ``round_index`` (1-based).
@@ -221,7 +251,7 @@ class FedAvg:
         sampled = self.sample_clients(r)
         participations = self.participations_after(state, sampled)
         epsilon = self.epsilon_after(r, participations)
-        unchanged = ServerState(r, state.model, state.aggregator_state, state.momentum, participations)
+        unchanged = ServerState(r, state.model, state.aggregator_state, state.optimizer_state, participations)
         if not sampled:
             record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": [],
                       "skipped": "no client sampled", "train_loss": None,
@@ -241,7 +271,7 @@ class FedAvg:
             raise UpdateError(f"aggregator {self.config.aggregator.kind!r} returned an update of "
                               f"shape {tuple(agg.update.shape)} (expected ({self.layout.dim},), "
                               f"finite)")
-        weights, momentum = self.server_step(state, agg.update.to(self.layout.dtype))
+        weights, optimizer_state = self.server_step(state, agg.update.to(self.layout.dtype))
         if self.config.adversary is not None:
             p = self.layout.num_parameters
             self._last_global = (r, (self.layout.flatten(weights)[:p] - self.layout.flatten(state.model)[:p]))
@@ -259,7 +289,7 @@ class FedAvg:
             **self.sample_note(epsilon),
             "seconds": time.perf_counter() - started,
         }
-        return RoundResult(ServerState(r, weights, agg.state, momentum, participations), record)
+        return RoundResult(ServerState(r, weights, agg.state, optimizer_state, participations), record)
 
     def root_update(self, state: ServerState, round_index: int) -> torch.Tensor | None:
         """The server's own update for round ``round_index``: plain local SGD (the clients' local
@@ -301,7 +331,7 @@ class FedAvg:
 
         def defence(stack: torch.Tensor) -> torch.Tensor:
             trial = UpdateBatch(stack.to(batch.updates.dtype), weights, ids, batch.round, batch.seed,
-                                batch.layout, batch.reference)
+                                batch.layout, batch.reference, batch.global_model)
             return self.config.aggregator.aggregate(trial, state.aggregator_state).update
 
         # adversaries written before global_update existed keep working: it is passed only to those
@@ -333,16 +363,14 @@ class FedAvg:
         return {"malicious": malicious, **adversary.metrics(predict, self.data.test_x, self.data.test_y)}
 
     def server_step(self, state: ServerState, update: torch.Tensor
-                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """(new global weights, new momentum) after applying the aggregated ``update`` to ``state``."""
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(new global weights, new server optimizer state) after applying the aggregated ``update``
+        (layout order, ``layout.dim`` coordinates) to ``state``: the server optimizer
+        (:attr:`server_optimizer`) steps the parameter slice, the buffer slice moves by the aggregate."""
         p = self.layout.num_parameters
-        step = update[:p]
-        momentum = state.momentum
-        if momentum is not None:
-            momentum = self.config.server_momentum * momentum + step
-            step = momentum
         current = self.layout.flatten(state.model)
-        new = torch.cat([current[:p] + self.config.server_lr * step, current[p:] + update[p:]])
+        params, optimizer_state = self.server_optimizer.step(current[:p], update[:p], state.optimizer_state)
+        new = torch.cat([params, current[p:] + update[p:]])
         weights = {k: v.clone() for k, v in state.model.items()}
         weights.update(self.layout.unflatten(new))
-        return weights, momentum
+        return weights, optimizer_state

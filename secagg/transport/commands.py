@@ -14,7 +14,7 @@ from typing import Any
 from secagg.crypto.keys import SigningKey
 from secagg.errors import ConfigError
 from secagg.experiment import ExperimentConfig, config_summary
-from secagg.task import load_task_factory, local_data_factory
+from secagg.task import load_task_factory, local_data_factory, task_dataset
 from secagg.transport.auth import load_identity, load_registry, save_identity, save_registry
 from secagg.transport.node import ClientFault, NetworkClient
 from secagg.transport.serve import NetworkServer, ServeOptions
@@ -72,7 +72,8 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
     client.add_argument("--identity", type=Path, required=True, help="this client's private identity PEM")
     client.add_argument("--shard", type=int, default=None, help="data partition to train on (default: --id)")
     client.add_argument("--task", default="digits", metavar="SPEC",
-                        help="the model and data: 'digits' (default, bundled with scikit-learn) or "
+                        help="the model and data: 'digits' (default, bundled with scikit-learn), "
+                             "'breast-cancer' (bundled; checks that the server's run trains on it) or "
                              "'module:function', your own task factory (see secagg.task); name the same one "
                              "as the server's --task")
     client.add_argument("--ca-cert", dest="ca_cert", type=Path, default=None,
@@ -167,7 +168,8 @@ def run_client(args: argparse.Namespace) -> int:
         shard=args.shard, audit_dir=args.audit_dir,
         fault=ClientFault.parse(args.fault) if args.fault else None, give_up_seconds=args.give_up,
         server_name=args.server_name, min_local_noise=args.min_local_noise,
-        task_factory=local_data_factory(load_task_factory(args.task), dataset=getattr(args, "dataset", None),
+        task_factory=local_data_factory(load_task_factory(args.task),
+                                        dataset=task_dataset(args.task, getattr(args, "dataset", None)),
                                         data=getattr(args, "data", None)))
     rounds = client.run()
     print(f"client {args.client_id}: done, took part in {rounds} rounds", flush=True)

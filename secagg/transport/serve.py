@@ -157,7 +157,8 @@ class NetworkSource:
         # the clients ran their steps already: the server runs only its part (with its own root-data
         # update, for a rule that trusts one)
         agg = outcome.server.finish(state.aggregator_state, layout,
-                                    reference=fedavg.root_update(state, outcome.round))
+                                    reference=fedavg.root_update(state, outcome.round),
+                                    global_model=fedavg.layout.flatten(state.model))
         self._audit_aggregate(outcome.round, agg.update)
         loss = weighted_loss([updates[u].train_loss for u in batch.client_ids], batch.weights)
         return Collected(agg, len(batch.client_ids), rejected, loss, metrics=net)

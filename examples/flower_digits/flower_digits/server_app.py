@@ -28,8 +28,7 @@ def make_app(overrides: dict[str, Any] | None = None) -> ServerApp:
             config.fedavg.aggregator, fraction_train=config.fedavg.fraction,
             fraction_evaluate=float(settings.get("fraction-evaluate", 0.0)),
             min_available_nodes=int(settings.get("min-nodes", config.task.num_clients)), min_train_nodes=2,
-            seed=config.seed, server_lr=config.fedavg.server_lr,
-            server_momentum=config.fedavg.server_momentum,
+            seed=config.seed, server_optimizer=config.fedavg.resolved_server_optimizer,
             stage_timeout=float(settings.get("stage-timeout", 60.0)))
 
         def central(round_index: int, arrays: ArrayRecord) -> MetricRecord:

@@ -20,7 +20,8 @@ in a ServerApp, as with Flower's own ``FedAvg``. Each round is one
   covers the survivors exactly, or the round aborts cleanly and the global model stays as it was.
 
 State that lives across rounds stays here: the aggregator's state (adaptive clip norm, centered
-clipping's centre), the server optimizer's momentum, the client roster. Round metrics follow
+clipping's centre), the server optimizer's state (FedAvgM's momentum, FedAdam's moments), the client
+roster. Round metrics follow
 Flower's conventions (a ``MetricRecord`` per round; hyphenated keys) and include ``epsilon`` when the
 aggregator makes a DP claim, from this library's accountant.
 """
@@ -40,6 +41,7 @@ import torch
 from secagg.aggregation import Aggregator, AggState
 from secagg.backend import Pipeline, ServerRound
 from secagg.errors import AbortError, ConfigError, ProtocolError, RemoteProtocolError, UpdateError
+from secagg.fedavg.optimizers import ServerOptimizer, resolve_server_optimizer
 from secagg.integrations.flower.arrays import ArraysLayout, fingerprint
 from secagg.integrations.flower.compat import flwr_version
 from secagg.integrations.flower.records import HELLO, PROTOCOL, RECORD, TASK, pack, unpack
@@ -114,19 +116,24 @@ class SecAggStrategy(FedAvg):
     its :func:`~secagg.integrations.flower.mod.secagg_mod` announces (its ``partition-id`` by default);
     plain Flower clients without the mod are numbered by their node ids' order.
 
-    ``server_lr``, ``server_momentum``: the server optimizer (the global model moves by
-    ``server_lr`` times the aggregate, or its momentum). ``weight_bound``: the public bound W on a
-    client's example count for a weighted secure sum (default: the secure sum's own, else
-    required). ``registry``: client id -> Ed25519 public key (malicious-server mode: the server checks
-    the clients' signatures too). ``stage_timeout``: seconds each secure stage after the first waits
-    for replies (the first uses ``start``'s ``timeout``). The evaluation half and the record keys are
-    Flower's ``FedAvg``'s.
+    ``server_optimizer``: a :class:`~secagg.fedavg.optimizers.ServerOptimizer` (``"sgd"``, ``"adam"``,
+    ``"yogi"``, ``"adagrad"``), stepping every floating-point array of the model with the aggregate as
+    its pseudo-gradient; its state (:attr:`optimizer_state`) lives here across rounds. Without it,
+    ``server_lr`` and ``server_momentum`` are the ``"sgd"`` kind's shorthands (the global model moves
+    by ``server_lr`` times the aggregate, or its momentum), as in
+    :class:`~secagg.fedavg.config.FedAvgConfig`; given with it, they must agree. ``weight_bound``: the
+    public bound W on a client's example count for a weighted secure sum (default: the secure sum's
+    own, else required). ``registry``: client id -> Ed25519 public key (malicious-server mode: the
+    server checks the clients' signatures too). ``stage_timeout``: seconds each secure stage after the
+    first waits for replies (the first uses ``start``'s ``timeout``). The evaluation half and the record
+    keys are Flower's ``FedAvg``'s.
     """
 
     def __init__(self, aggregator: Aggregator, *, fraction_train: float = 1.0, fraction_evaluate: float = 1.0,
                  min_train_nodes: int = 2, min_evaluate_nodes: int = 2, min_available_nodes: int = 2,
                  sampling: str = "fixed", seed: int = 0, secret_sampling: bool = False,
-                 server_lr: float = 1.0, server_momentum: float = 0.0, weight_bound: float | None = None,
+                 server_lr: float = 1.0, server_momentum: float = 0.0,
+                 server_optimizer: ServerOptimizer | None = None, weight_bound: float | None = None,
                  registry: Mapping[int, bytes] | None = None, stage_timeout: float = 60.0,
                  weighted_by_key: str = "num-examples", arrayrecord_key: str = "arrays",
                  configrecord_key: str = "config", **flower: Any) -> None:
@@ -147,6 +154,7 @@ class SecAggStrategy(FedAvg):
         self.secret_sampling = bool(secret_sampling)
         self.server_lr = check_real("server_lr", server_lr, gt=0.0)
         self.server_momentum = check_real("server_momentum", server_momentum, ge=0.0, lt=1.0)
+        self.server_optimizer = resolve_server_optimizer(server_lr, server_momentum, server_optimizer)
         self.stage_timeout = check_real("stage_timeout", stage_timeout, gt=0.0)
         if weight_bound is not None:
             check_real("weight_bound", weight_bound, gt=0.0)
@@ -162,7 +170,8 @@ class SecAggStrategy(FedAvg):
         self.weight_bound = float(bound or 1.0)
         #: the aggregator's state across rounds (adaptive clip norm, centered clipping's centre)
         self.state: AggState | None = None
-        self.momentum: torch.Tensor | None = None
+        #: the server optimizer's state across rounds (``None`` before the first step)
+        self.optimizer_state: dict[str, torch.Tensor] | None = None
         self.layout: ArraysLayout | None = None
         #: client id -> node id of every node that announced itself
         self.roster: dict[int, int] = {}
@@ -178,7 +187,7 @@ class SecAggStrategy(FedAvg):
         log(INFO, "\t├──> Aggregator: %s (%s mode)", self.aggregator.kind, self.mode)
         log(INFO, "\t├──> Sampling: %s, fraction %.2f, %s", self.sampling, self.fraction_train,
             "secret (OS CSPRNG)" if self.secret_sampling else f"public seed {self.seed}")
-        log(INFO, "\t├──> Server optimizer: lr %g, momentum %g", self.server_lr, self.server_momentum)
+        log(INFO, "\t├──> Server optimizer: %s", self.server_optimizer.describe())
         super().summary()
 
     def pipeline(self, dim: int) -> Pipeline:
@@ -255,7 +264,10 @@ class SecAggStrategy(FedAvg):
                 outgoing = server.advance()
                 if not outgoing:
                     try:
-                        aggregate = server.finish(self.state or {}, pending.layout.layout)
+                        model = (pending.layout.flatten(pending.arrays)
+                                 if self.aggregator.needs_global_model() else None)
+                        aggregate = server.finish(self.state or {}, pending.layout.layout,
+                                                  global_model=model)
                     except UpdateError as exc:  # e.g. a robust rule left with too few rows by rejections
                         raise AbortError(f"the aggregator refused the round's updates: {exc}") from None
                 report.timings.append({"stage": stage, "exchange_s": exchange_s,
@@ -432,14 +444,19 @@ class SecAggStrategy(FedAvg):
         row = delta.to(torch.float32).numpy().astype("<f4").tobytes()
         return encode_update(PlainUpdate(examples, loss, row))
 
+    @property
+    def momentum(self) -> torch.Tensor | None:
+        """The ``"sgd"`` server optimizer's momentum buffer (FedAvgM), ``None`` when there is none."""
+        return (self.optimizer_state or {}).get("momentum")
+
     def _server_step(self, pending: _Pending, update: torch.Tensor) -> ArrayRecord:
         layout = pending.layout
         step = update.to(layout.layout.dtype)
-        if self.server_momentum > 0:
-            self.momentum = step if self.momentum is None else self.server_momentum * self.momentum + step
-            step = self.momentum
         current = layout.flatten(pending.arrays)
-        return layout.unflatten(current + self.server_lr * step, pending.arrays)
+        if self.optimizer_state is None:
+            self.optimizer_state = self.server_optimizer.init_state(layout.dim, current.dtype)
+        new, self.optimizer_state = self.server_optimizer.step(current, step, self.optimizer_state)
+        return layout.unflatten(new, pending.arrays)
 
     def _abort(self, report: RoundReport, server: ServerRound, reason: str
                ) -> tuple[None, MetricRecord]:
