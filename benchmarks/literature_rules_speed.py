@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     batch = make_batch(args.n, args.d)
     print(f"n={args.n} d={args.d} float32, torch threads={torch.get_num_threads()}, "
           f"median of {args.repeats}")
-    print(f"{'rule':10s} {'wall':>8s}   {'cpu':>8s}")
+    print(f"{'rule':14s} {'wall':>8s}   {'cpu':>8s}")
     for name, make in rules(args.n).items():
         wall, cpu = time_rule(make(), batch, args.repeats)
-        print(f"{name:10s} {wall:8.3f} s {cpu:8.3f} s")
+        print(f"{name:14s} {wall:8.3f} s {cpu:8.3f} s")
 
 
 if __name__ == "__main__":
