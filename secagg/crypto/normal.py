@@ -1,4 +1,4 @@
-"""Normal draws from a cryptographically secure keystream (never ``numpy.random``/``random``).
+"""Normal draws from a cryptographically secure keystream (never from a simulation generator).
 
 Box-Muller on 53-bit uniforms: for ``u1`` in [0, 1) and ``u2`` in [0, 1),
 ``sqrt(-2 ln(1 - u1)) (cos 2 pi u2, sin 2 pi u2)`` are two independent N(0, 1) draws (``1 - u1`` is in
