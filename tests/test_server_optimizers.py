@@ -455,3 +455,38 @@ def test_fedadam_and_fedprox_on_non_iid_digits_through_secure_aggregation_match_
     initial = plain.fedavg.model.state_dict()
     moved = max(float((plain.state.model[k] - v).abs().max()) for k, v in initial.items())
     assert moved > 1e-2, "the model trained: the agreement is not trivial"
+
+
+class _SlowStartGrid(_Grid):
+    """Nodes 12 and 13 miss the first hello (their app is still loading), then answer."""
+
+    def __init__(self, deltas: dict[int, dict[str, np.ndarray]]) -> None:
+        super().__init__(deltas)
+        self.hellos: list[list[int]] = []
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = super().send_and_receive(messages, timeout)
+        if messages and messages[0].content.get("arrays") is None:
+            self.hellos.append([int(m.metadata.dst_node_id) for m in messages])
+            if len(self.hellos) == 1:
+                return [r for r in replies if int(r.metadata.src_node_id) == 11]
+        return replies
+
+
+def test_a_node_that_misses_the_first_hello_is_asked_again_and_joins_round_one(monkeypatch):
+    # under load a node's first message can outlast the stage timeout: round 1 must not go without it
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from secagg.integrations.flower import SecAggStrategy
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    strategy = SecAggStrategy(Mean(), fraction_evaluate=0.0, min_available_nodes=3)
+    init = {"w": np.zeros((2, 3), np.float32)}
+    grid = _SlowStartGrid({n: {"w": np.full((2, 3), 0.1 * n, np.float32)} for n in (11, 12, 13)})
+    sent = list(strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in init.items()}),
+                                         ConfigRecord(), grid))
+    assert grid.hellos == [[11, 12, 13], [12, 13]]
+    assert sorted(strategy.roster.values()) == [11, 12, 13]
+    assert sorted(int(m.metadata.dst_node_id) for m in sent) == [11, 12, 13]

@@ -60,6 +60,9 @@ from flwr.serverapp.strategy import FedAvg  # noqa: E402
 __all__ = ["RoundReport", "SecAggStrategy"]
 
 
+HELLO_ATTEMPTS = 3  # asks of a silent node before it is left out of the roster (for now)
+
+
 @dataclass
 class RoundReport:
     """What happened in one training round (``strategy.history``, one per round), for logs and tests.
@@ -328,11 +331,9 @@ class SecAggStrategy(FedAvg):
         fresh = [n for n in nodes if n not in self._asked]
         if not fresh:
             return dict(self.roster)
-        messages = [Message(content=RecordDict({RECORD: pack(HELLO, 0)}), message_type=MessageType.TRAIN,
-                            dst_node_id=n) for n in fresh]
         claims: dict[int, list[int]] = {}
         unnamed = []
-        for reply in self._send(grid, messages):
+        for reply in self._hello(grid, fresh):
             node = int(reply.metadata.src_node_id)
             if reply.has_error() and self.mode == "secure":
                 # asked again next round: a node that failed now may join later (it needs the mod)
@@ -368,6 +369,35 @@ class SecAggStrategy(FedAvg):
             for i, node in enumerate(sorted(unnamed)):
                 self.roster[start + i] = node
         return dict(self.roster)
+
+    def _hello(self, grid: Grid, nodes: list[int]) -> list[Message]:
+        """The replies of ``nodes`` to the hello question. A node that sends nothing back within
+        ``stage_timeout`` (one still starting: its first message loads the app) is asked again, up to
+        :data:`HELLO_ATTEMPTS` times in all, so that a slow start does not leave round 1 without
+        clients; a node that answered, or whose loss the SuperLink reported, is not asked again."""
+        replies: list[Message] = []
+        silent = list(nodes)
+        for attempt in range(1, HELLO_ATTEMPTS + 1):
+            messages = [Message(content=RecordDict({RECORD: pack(HELLO, 0)}), message_type=MessageType.TRAIN,
+                                dst_node_id=n) for n in silent]
+            got = self._send(grid, messages)
+            replies += got
+            asked = {}
+            for node, m in zip(silent, messages, strict=True):
+                try:
+                    if m.metadata.message_id:  # empty until the grid pushes it
+                        asked[m.metadata.message_id] = node
+                except KeyError:  # never pushed
+                    continue
+            heard = {int(r.metadata.src_node_id) for r in got}
+            heard |= {asked[r.metadata.reply_to_message_id] for r in got
+                      if r.metadata.reply_to_message_id in asked}
+            silent = [n for n in silent if n not in heard]
+            if not silent or attempt == HELLO_ATTEMPTS:
+                break
+            log(INFO, "secagg: nodes %s did not answer the hello within %gs; asking again", silent,
+                self.stage_timeout)
+        return replies
 
     def _send(self, grid: Grid, messages: list[Message]) -> list[Message]:
         return list(grid.send_and_receive(messages, timeout=self.stage_timeout)) if messages else []
