@@ -2,7 +2,8 @@
 
 For each size (n clients, d coordinates; float32 stack drawn from a standard normal), the robust rules
 of :mod:`secagg.aggregation` (Meamed, MoNNA, ARC and MDA included; the geometric median both with its
-defaults and as ByzFL runs it, 3 steps from 0) are timed on the same stack
+defaults and as ByzFL runs it, 3 steps from 0; the poisoning literature's FLTrust, FLAME, FoolsGold,
+DnC, SignGuard and RLR, with a root update and global weights in the batch) are timed on the same stack
 (median of --repeats calls of ``aggregate``; the ``UpdateBatch`` is built, and validated, outside the
 timing) and its peak memory measured as
 the growth of the process's peak RSS (``resource.getrusage(...).ru_maxrss``) over its value right
@@ -80,6 +81,18 @@ def _rules(n: int) -> dict[str, tuple[Any, str]]:
         f"ARC(f={f}, Median)": (AdaptiveRobustClipping(f=f, inner=CoordinateMedian()), "np.median"),
         f"MDA(f={f})": (MinimumDiameterAveraging(f=f), "mean+gram"),
     }
+    from secagg.aggregation import DnC, FoolsGold, RobustLearningRate, SignGuard
+    from secagg.aggregation.flame import FLAME
+    from secagg.aggregation.fltrust import FLTrust
+    rules |= {  # the poisoning literature's rules (batch.reference: a root update; global weights)
+        "FLTrust": (FLTrust(), "mean+gram"),
+        "FLAME (models)": (FLAME(), "mean+gram"),
+        "FLAME (updates)": (FLAME(cluster_on="updates"), "mean+gram"),
+        "FoolsGold": (FoolsGold(), "mean+gram"),
+        f"DnC(f={f})": (DnC(f=f), "mean"),
+        "SignGuard": (SignGuard(), "mean"),
+        f"RLR(theta={max(1, n // 4)})": (RobustLearningRate(theta=max(1, n // 4)), "mean"),
+    }
     try:
         from secagg.aggregation.bulyan import Bulyan
         if n >= 4 * f + 3:
@@ -139,7 +152,10 @@ def _worker(kind: str, name: str, n: int, d: int, repeats: int, seed: int) -> di
     u = torch.randn(n, d, generator=g, dtype=torch.float32)
     if kind == "rule":
         agg = _rules(n)[name][0]
-        batch = UpdateBatch(u, torch.ones(n, dtype=torch.float64), tuple(range(n)))
+        # a root-data update near the mean (FLTrust) and global weights (FLAME clusters G + u_i)
+        batch = UpdateBatch(u, torch.ones(n, dtype=torch.float64), tuple(range(n)),
+                            reference=u.mean(dim=0) + 0.1 * torch.randn(d, generator=g),
+                            global_model=10.0 * torch.randn(d, generator=g))
         state = agg.init_state(d)
 
         def call() -> Any:
