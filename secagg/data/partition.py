@@ -43,8 +43,8 @@ law's proportions by the largest-remainder method, so sizes sum to ``n`` exactly
 :func:`label_skew` measures how non-IID a partition's labels are, :func:`size_skew` how unequal its
 sizes, :func:`heterogeneity` both; :class:`PartitionConfig` is the serialisable choice of scheme.
 Randomness here comes from seeded NumPy generators: data partitioning is not a secret, so no
-cryptographic generator is needed. (The four original schemes seed numpy's ``default_rng(seed)``
-directly, kept so their partitions stay bit-identical; the quantity-skewed splits draw from
+cryptographic generator is needed. (The four original schemes seed their NumPy generator with the
+seed directly, kept so their partitions stay bit-identical; the quantity-skewed splits draw from
 :func:`secagg.seeding.numpy_rng`.)
 """
 
