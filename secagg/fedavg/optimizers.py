@@ -232,9 +232,8 @@ class _Adaptive(ServerOptimizer):
 
 
 @dataclass(frozen=True)
-class ServerAdam(_Adaptive, kind="adam"):
-    """FedAdam: ``v_t = β2 v_{t-1} + (1 - β2) Δ_t²`` (see the module docstring for the whole step and
-    how ``initial_v``, ``bias_correction``, ``tau`` and the defaults relate to Flower and TFF)."""
+class _SecondMomentDecay(_Adaptive):
+    """The fields FedAdam and FedYogi share: ``beta2`` (the decay of ``v``) and ``bias_correction``."""
 
     lr: float = 0.1
     beta1: float = 0.9
@@ -247,26 +246,23 @@ class ServerAdam(_Adaptive, kind="adam"):
         self._check_common()
         check_real("server_optimizer.beta2", self.beta2, ge=0.0, lt=1.0)
 
+
+@dataclass(frozen=True)
+class ServerAdam(_SecondMomentDecay, kind="adam"):
+    """FedAdam: ``v_t = β2 v_{t-1} + (1 - β2) Δ_t²`` (see the module docstring for the whole step and
+    how ``initial_v``, ``bias_correction``, ``tau`` and the defaults relate to Flower and TFF)."""
+
     def _second_moment(self, v: torch.Tensor, squared: torch.Tensor) -> torch.Tensor:
         return self.beta2 * v + (1.0 - self.beta2) * squared
 
 
 @dataclass(frozen=True)
-class ServerYogi(_Adaptive, kind="yogi"):
+class ServerYogi(_SecondMomentDecay, kind="yogi"):
     """FedYogi: ``v_t = v_{t-1} - (1 - β2) Δ_t² sign(v_{t-1} - Δ_t²)``: ``v`` moves towards ``Δ²`` by
     at most ``(1 - β2) Δ²`` per step (Zaheer et al. 2018), so it stays >= 0 from ``initial_v >= 0``
     (see the module docstring for the whole step and the defaults)."""
 
     lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-    initial_v: float | None = None
-    bias_correction: bool = False
-
-    def __post_init__(self) -> None:
-        self._check_common()
-        check_real("server_optimizer.beta2", self.beta2, ge=0.0, lt=1.0)
 
     def _second_moment(self, v: torch.Tensor, squared: torch.Tensor) -> torch.Tensor:
         return v - (1.0 - self.beta2) * squared * torch.sign(v - squared)
