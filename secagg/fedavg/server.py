@@ -302,6 +302,11 @@ class FedAvg:
                                seed=derive_seed(self.seed, "root", round_index), client_id=-1)
         return update.delta
 
+    def global_model(self, state: ServerState) -> torch.Tensor | None:
+        """The flat global weights for the batch, when the aggregator compares the clients' models
+        (:meth:`~secagg.aggregation.Aggregator.needs_global_model`); ``None`` otherwise (no copy)."""
+        return self.layout.flatten(state.model) if self.config.aggregator.needs_global_model() else None
+
     def attacker_index(self, client_id: int) -> int:
         """The rank of malicious ``client_id`` among the run's malicious clients (0-based, by id): how
         attacks that split a task among the attackers (a distributed backdoor) tell them apart."""

@@ -150,7 +150,7 @@ class LocalSource:
             weights=torch.tensor([u.num_examples for u in updates], dtype=torch.float64),
             client_ids=tuple(u.client_id for u in updates),
             round=r, seed=round_seed(fedavg.seed, r), layout=fedavg.layout,
-            reference=fedavg.root_update(state, r), global_model=fedavg.layout.flatten(state.model))
+            reference=fedavg.root_update(state, r), global_model=fedavg.global_model(state))
         batch = fedavg.attack(batch, state)
         try:
             agg = fedavg.config.aggregator.aggregate(batch, state.aggregator_state)

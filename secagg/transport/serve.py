@@ -158,7 +158,7 @@ class NetworkSource:
         # update, for a rule that trusts one)
         agg = outcome.server.finish(state.aggregator_state, layout,
                                     reference=fedavg.root_update(state, outcome.round),
-                                    global_model=fedavg.layout.flatten(state.model))
+                                    global_model=fedavg.global_model(state))
         self._audit_aggregate(outcome.round, agg.update)
         loss = weighted_loss([updates[u].train_loss for u in batch.client_ids], batch.weights)
         return Collected(agg, len(batch.client_ids), rejected, loss, metrics=net)
