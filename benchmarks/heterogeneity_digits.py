@@ -1,5 +1,6 @@
-"""What the algorithms for heterogeneity buy on digits: FedAvg against FedAvgM, FedProx, FedAdam, FedYogi
-and FedAdagrad on label-skew and feature-shift splits, plain, over a secure sum and with central DP.
+"""What the algorithms for heterogeneity buy on digits: FedAvg against FedAvgM, FedProx, FedAdam, FedYogi,
+FedAdagrad, SCAFFOLD and FedBN on label-skew and feature-shift splits, plain, over a secure sum and with
+central DP.
 
 Setting: digits, 10 clients, every client in every round, ``--rounds`` (R = 30) rounds, local training
 ``ClientConfig()`` (E = 5 epochs, B = 10, lr 0.1: enough local work for client drift to matter), the
@@ -20,6 +21,12 @@ its :class:`~secagg.fedavg.FedAvgConfig` keyword arguments):
 * ``FedProx mu=0.01`` and ``FedProx mu=0.1`` (Li et al. 2020): ``ClientConfig(proximal_mu=mu)``.
 * ``FedAdam``, ``FedYogi``, ``FedAdagrad`` (Reddi et al. 2021, Algorithm 2 as the library implements
   it: beta1 0.9, beta2 0.99, tau 1e-3, no bias correction), server lr from :data:`SERVER_LR`.
+* ``SCAFFOLD`` (Karimireddy et al. 2020, option II; ``FedAvgConfig(scaffold=True)``), server lr 1.
+* ``FedAvg mlp-bn`` and ``FedBN mlp-bn`` (Li et al. 2021; ``norm_layers="local"``): the ``mlp-bn``
+  model (a BatchNorm1d after the hidden layer), federated whole or with each client's BatchNorm kept
+  on the client. FedBN has no global model: its accuracies are each site's own model (shared layers,
+  its BatchNorm), on the clean test set averaged over sites, and on the sites' test set each example
+  classified by its own site's model (:func:`secagg.fedavg.server.evaluate_sites`).
 
 Server learning rates were tuned lightly on the IID split only (seed 0, 30 rounds, plain; ``--tune``
 reruns the sweep): FedAvgM lr in {1, 0.3, 0.1}, FedAdam and FedYogi in {0.003, 0.01, 0.03, 0.1},
@@ -46,7 +53,7 @@ Output: a markdown table (rows: algorithm; columns: split x mode, "final / last-
 (``--json``, default ``OUT/heterogeneity.json``) and a PNG heatmap of final accuracy
 (``OUT/heterogeneity.png``), ``OUT`` = ``--out`` (default ``runs/heterogeneity``).
 
-    python benchmarks/heterogeneity_digits.py                 # 2 seeds, 30 rounds, 168 runs (~30 min)
+    python benchmarks/heterogeneity_digits.py               # 2 seeds, 30 rounds, 240 runs (~45 min, --jobs 2)
     python benchmarks/heterogeneity_digits.py --jobs 2 --seeds 2 --rounds 30
     python benchmarks/heterogeneity_digits.py --quick         # 3 rounds, 1 seed
     python benchmarks/heterogeneity_digits.py --quick --algorithms FedAvg,FedProx --splits label \
@@ -74,7 +81,7 @@ from secagg.data.shift import FeatureShift
 from secagg.experiment import ExperimentConfig, run_experiment
 from secagg.fedavg import ClientConfig, FedAvgConfig
 from secagg.fedavg.optimizers import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
-from secagg.fedavg.server import evaluate
+from secagg.fedavg.server import evaluate, evaluate_sites
 from secagg.task import TaskConfig, build_task
 
 CLIENTS = 10
@@ -98,8 +105,8 @@ def _client(mu: float = 0.0) -> ClientConfig:
     return ClientConfig(proximal_mu=mu)  # E=5, B=10, lr 0.1
 
 
-#: algorithm name -> FedAvgConfig keyword arguments (client config and server optimizer). SCAFFOLD or
-#: FedBN: add one entry here (and, for FedBN, a model with BatchNorm via the task).
+#: algorithm name -> FedAvgConfig keyword arguments (client config, server optimizer, SCAFFOLD, FedBN),
+#: plus ``"model"`` when the algorithm needs another model than :data:`MODEL` (FedBN: BatchNorm)
 ALGORITHMS: dict[str, Callable[[], dict[str, Any]]] = {
     "FedAvg": lambda: {"client": _client(), "server_optimizer": ServerSGD(lr=1.0)},
     "FedAvgM": lambda: {"client": _client(),
@@ -109,7 +116,13 @@ ALGORITHMS: dict[str, Callable[[], dict[str, Any]]] = {
     "FedAdam": lambda: {"client": _client(), "server_optimizer": ServerAdam(lr=SERVER_LR["adam"])},
     "FedYogi": lambda: {"client": _client(), "server_optimizer": ServerYogi(lr=SERVER_LR["yogi"])},
     "FedAdagrad": lambda: {"client": _client(), "server_optimizer": ServerAdagrad(lr=SERVER_LR["adagrad"])},
+    "SCAFFOLD": lambda: {"client": _client(), "server_optimizer": ServerSGD(lr=1.0), "scaffold": True},
+    "FedAvg mlp-bn": lambda: {"model": "mlp-bn", "client": _client(),
+                              "server_optimizer": ServerSGD(lr=1.0)},
+    "FedBN mlp-bn": lambda: {"model": "mlp-bn", "client": _client(), "server_optimizer": ServerSGD(lr=1.0),
+                             "norm_layers": "local"},
 }
+MODEL = "mlp"
 
 
 def _dp(inner: Aggregator, seed: int) -> DPFedAvg:
@@ -128,10 +141,10 @@ MODES: dict[str, Callable[[int], Aggregator]] = {
 DEFAULT_MODES = ("plain", "secure", "dp")
 
 
-def task_config(split: str, *, sites: bool = False) -> TaskConfig:
+def task_config(split: str, *, sites: bool = False, model: str = MODEL) -> TaskConfig:
     partition, shifted = SPLITS[split]
     shift = FeatureShift(test="sites") if sites else FeatureShift() if shifted else None
-    return TaskConfig(num_clients=CLIENTS, partition=partition, shift=shift)
+    return TaskConfig(num_clients=CLIENTS, partition=partition, shift=shift, model=model)
 
 
 def run_cell(split: str, algorithm: str, mode: str, seed: int, rounds: int) -> dict[str, Any]:
@@ -139,17 +152,22 @@ def run_cell(split: str, algorithm: str, mode: str, seed: int, rounds: int) -> d
     the final epsilon and the run time."""
     torch.set_num_threads(1)
     start = time.perf_counter()
-    fedavg = FedAvgConfig(rounds=rounds, aggregator=MODES[mode](seed), **ALGORITHMS[algorithm]())
-    result = run_experiment(ExperimentConfig(task=task_config(split), fedavg=fedavg, seed=seed))
+    kwargs = ALGORITHMS[algorithm]()
+    model = kwargs.pop("model", MODEL)
+    fedavg = FedAvgConfig(rounds=rounds, aggregator=MODES[mode](seed), **kwargs)
+    result = run_experiment(ExperimentConfig(task=task_config(split, model=model), fedavg=fedavg, seed=seed))
     accuracy = [float(r["accuracy"]) for r in result.history]
     cell: dict[str, Any] = {"split": split, "algorithm": algorithm, "mode": mode, "seed": seed,
                             "accuracy": accuracy, "final": accuracy[-1],
                             "last5": statistics.fmean(accuracy[-LAST:]),
                             "epsilon": result.history[-1].get("epsilon")}
     if SPLITS[split][1]:  # same training data; the test set seen through the sites' acquisitions
-        data = build_task(task_config(split, sites=True), seed=seed).data
-        cell["sites_final"] = evaluate(result.fedavg.model, result.state.model, data.test_x,
-                                       data.test_y)["accuracy"]
+        data = build_task(task_config(split, sites=True, model=model), seed=seed).data
+        state, local = result.state, result.fedavg.layout.local
+        cell["sites_final"] = (evaluate_sites(result.fedavg.model, state.model, state.client_states, local,
+                                              data.test_x, data.test_y, CLIENTS, data.test_site)
+                               if local else evaluate(result.fedavg.model, state.model, data.test_x,
+                                                      data.test_y))["accuracy"]
     clipped = [r.get("agg/clipped_fraction") for r in result.history if "agg/clipped_fraction" in r]
     if clipped:
         cell["max_clipped_fraction"] = max(float(c) for c in clipped)

@@ -149,6 +149,8 @@ def save_run(path: Path, config: ExperimentConfig, state: ServerState,
                 for k, v in state.optimizer_state.items()}
     if state.participations is not None:
         tensors["server/participations"] = state.participations
+    tensors |= {f"server/{k}": v for k, v in state.control.items()}  # server/control/<parameter>
+    tensors |= {f"clients/{c}/{k}": v for c, kept in state.client_states.items() for k, v in kept.items()}
     save_checkpoint(path, tensors, {"config": config.to_dict(), "round": state.round,
                                     "history": history})
 
@@ -202,7 +204,22 @@ def load_run(path: Path, config: ExperimentConfig, fedavg: FedAvg
     if participations is None and round_index > 0:
         raise CheckpointError(f"{path}: lacks the per-client participation counts privacy accounting "
                               f"needs (written by an older version); start a new run")
-    return ServerState(round_index, weights, agg, optimizer_state, participations), history
+    control = {k.removeprefix("server/"): v for k, v in tensors.items() if k.startswith("server/control/")}
+    expected_control = set(fedavg.update_layout.control_names)
+    if set(control) != expected_control and not (round_index == 0 and not control):
+        raise CheckpointError(f"{path}: its SCAFFOLD control variates do not match the configured model "
+                              f"({len(control)} entries, expected {len(expected_control)})")
+    if expected_control and not control:
+        control = fedavg.initial_state().control
+    client_states: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("clients/"):
+            client, _, name = k.removeprefix("clients/").partition("/")
+            if not client.isdigit() or not 0 <= int(client) < fedavg.data.num_clients or not name:
+                raise CheckpointError(f"{path}: malformed client state entry {k!r}")
+            client_states.setdefault(int(client), {})[name] = v
+    return ServerState(round_index, weights, agg, optimizer_state, participations, control,
+                       client_states), history
 
 
 def _first_difference(a: Any, b: Any, where: str = "config") -> str:
@@ -228,7 +245,10 @@ def config_summary(config: ExperimentConfig) -> str:
     server = f.resolved_server_optimizer
     server_text = "" if server == ServerSGD() else f", server {server.describe()}"
     prox = f" mu={f.client.proximal_mu}" if f.client.proximal_mu > 0 else ""
+    local = "".join(text for on, text in ((f.scaffold, ", SCAFFOLD"),
+                                          (f.norm_layers == "local", ", FedBN (BatchNorm stays local)"))
+                    if on)
     return (f"{t.dataset}/{t.model}, {t.num_clients} clients, {part}, {sampling} {f.fraction}, "
             f"E={f.client.epochs} B={f.client.batch_size} lr={f.client.lr}{prox}, "
-            f"{f.rounds} rounds, seed {config.seed}, aggregator {f.aggregator}{trainer}{server_text}")
+            f"{f.rounds} rounds, seed {config.seed}, aggregator {f.aggregator}{trainer}{server_text}{local}")
 

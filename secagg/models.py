@@ -39,14 +39,17 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
 
 
 class MLP(nn.Module):
-    """Flatten -> Linear(hidden) -> ReLU -> Linear(num_classes)."""
+    """Flatten -> Linear(hidden) -> ReLU -> Linear(num_classes); ``batchnorm=True`` puts a
+    BatchNorm1d between the hidden Linear and the ReLU (``mlp-bn``: the small model FedBN needs)."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 64) -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 64,
+                 batchnorm: bool = False) -> None:
         super().__init__()
         features = 1
         for s in input_shape:
             features *= s
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(),
+        norm = [nn.BatchNorm1d(hidden)] if batchnorm else []
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), *norm, nn.ReLU(),
                                  nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +119,7 @@ class CNN(nn.Module):
 
 
 register_model("mlp", lambda shape, k: MLP(shape, k))
+register_model("mlp-bn", lambda shape, k: MLP(shape, k, batchnorm=True))
 register_model("cnn", lambda shape, k: CNN(shape, k))
 register_model("cnn-bn", lambda shape, k: CNN(shape, k, batchnorm=True))
 register_model("tabular", lambda shape, k: Tabular(shape, k))

@@ -42,6 +42,13 @@ def check_real(field: str, value: Any, *, gt: float | None = None, ge: float | N
     return float(value)
 
 
+def check_bool(field: str, value: Any, error: type[Exception] = ConfigError) -> bool:
+    """``value`` if it is a ``bool`` (not merely truthy: ``1`` or ``"yes"`` is refused), else ``error``."""
+    if not isinstance(value, bool):
+        raise error(f"{field}: expected true or false, got {value!r}")
+    return value
+
+
 def check_choice(field: str, value: Any, choices: Iterable[str],
                  error: type[Exception] = ConfigError) -> str:
     """Return ``value`` if it is one of ``choices``; raise naming the allowed values otherwise."""

@@ -190,3 +190,23 @@ def test_the_update_a_client_sends_is_its_trained_arrays_minus_the_global_ones()
     layout = ArraysLayout.of(glob)
     delta = layout.flatten(trained) - layout.flatten(glob)
     assert torch.allclose(delta, torch.full((5,), 0.25), atol=1e-7)
+
+
+def test_local_arrays_stay_out_of_the_vector_and_the_servers_copy_is_kept():
+    glob = ArrayRecord({"w": Array(np.ones(4, dtype=np.float32)), "bn": Array(np.zeros(2, dtype=np.float32)),
+                        "step": Array(np.array([1]))})
+    layout = ArraysLayout.of(glob, ("bn",))
+    assert layout.dim == 4 and layout.layout.local == ("bn",)
+    trained = ArrayRecord({"w": Array(np.full(4, 3.0, dtype=np.float32)),
+                           "bn": Array(np.full(2, 9.0, dtype=np.float32)), "step": Array(np.array([1]))})
+    assert torch.equal(layout.flatten(trained), torch.full((4,), 3.0))  # the client's bn is not in it
+    back = layout.unflatten(layout.flatten(trained), glob)
+    assert np.array_equal(back["bn"].numpy(), np.zeros(2, dtype=np.float32))
+    with pytest.raises(ConfigError, match="local_arrays: 'step' is not a floating-point array"):
+        ArraysLayout.of(glob, ("step",))
+    with pytest.raises(ConfigError, match="local_arrays: 'gamma' is not"):
+        ArraysLayout.of(glob, ("gamma",))
+    with pytest.raises(ConfigError, match="local_arrays: expected a collection"):
+        secagg_mod(Mean(), local_arrays="bn")
+    with pytest.raises(ConfigError, match="names an array twice"):
+        SecAggStrategy(Mean(), local_arrays=("bn", "bn"))

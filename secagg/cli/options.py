@@ -40,7 +40,7 @@ from secagg.data.shift import TEST_SETS as SHIFT_TEST_SETS
 from secagg.data.shift import FeatureShift
 from secagg.experiment import ExperimentConfig
 from secagg.fedavg.optimizers import ServerOptimizer
-from secagg.layout import BUFFER_POLICIES
+from secagg.layout import BUFFER_POLICIES, NORM_POLICIES
 from secagg.models import model_names
 from secagg.transport.commands import (
     add_client_parser,
@@ -70,6 +70,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "server_momentum": ("fedavg", "server_momentum"),
     "proximal_mu": ("fedavg", "client", "proximal_mu"),
     "buffers": ("fedavg", "buffers"),
+    "norm_layers": ("fedavg", "norm_layers"),
+    "scaffold": ("fedavg", "scaffold"),
     "seed": ("seed",),
 }
 
@@ -259,6 +261,10 @@ def _add_training_options(train: argparse.ArgumentParser, command: str = "train"
     opt("--server-lr", "server_lr", "server learning rate eta (1 = plain FedAvg; with --server-optimizer "
         "adam/yogi/adagrad the default is that kind's: 0.1/0.01/0.1)")
     opt("--server-momentum", "server_momentum", "server momentum (FedAvgM, --server-optimizer sgd); 0 = off")
+    train.add_argument("--scaffold", dest="scaffold", action="store_true", default=None,
+                       help="SCAFFOLD (Karimireddy et al. 2020, option II): control variates correct every "
+                            "local step; each client's control change is summed with its update (default: "
+                            "--config's, else off)")
     for name, what, default in (("beta1", "first-moment decay", "0.9; adagrad 0"),
                                 ("beta2", "second-moment decay (adam, yogi)", "0.99"),
                                 ("tau", "adaptivity tau added to sqrt(v)", "0.001")):
@@ -279,6 +285,9 @@ def _add_training_options(train: argparse.ArgumentParser, command: str = "train"
     opt("--model", "model", "model architecture", choices=model_names())
     opt("--buffers", "buffers", "BatchNorm-style buffers: aggregate with the update, or keep frozen",
         choices=BUFFER_POLICIES)
+    opt("--norm-layers", "norm_layers", "BatchNorm layers: federated like every layer, or local (FedBN, Li "
+        "et al. 2021: each client keeps its own; needs a model with BatchNorm, e.g. cnn-bn, mlp-bn)",
+        choices=NORM_POLICIES)
     opt("--seed", "seed", "root seed: same seed, same numbers")
     train.add_argument("--clip-norm", type=float, default=None,
                        help="clip each update to this L2 norm before averaging (default: off)")

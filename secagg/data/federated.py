@@ -23,7 +23,11 @@ class ClientData:
 
 @dataclass(frozen=True)
 class FederatedDataset:
-    """Train examples partitioned across clients (``partition[i]`` indexes client i's rows)."""
+    """Train examples partitioned across clients (``partition[i]`` indexes client i's rows).
+
+    ``test_site``: when the test set is split among the sites (a feature shift's ``test="sites"``),
+    the client whose view each test example is shown through (int, one per test row); ``None`` when
+    the test set belongs to no site."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -31,6 +35,7 @@ class FederatedDataset:
     test_y: torch.Tensor
     partition: tuple[np.ndarray, ...]
     num_classes: int
+    test_site: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.train_y.shape[0]
@@ -38,6 +43,11 @@ class FederatedDataset:
             raise DataError("x and y must have the same number of rows")
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise DataError("train and test inputs must have the same shape")
+        if self.test_site is not None and (
+                self.test_site.shape != (self.test_y.shape[0],)
+                or (self.test_site.size and not 0 <= self.test_site.min() <= self.test_site.max()
+                    < len(self.partition))):
+            raise DataError("test_site: needs one client index in [0, num_clients) per test example")
         for i, idx in enumerate(self.partition):
             if idx.size == 0:
                 raise DataError(f"partition: client {i} has no examples")

@@ -223,14 +223,15 @@ class FeatureShift:
         for site, rows in zip(sites, data.partition, strict=True):
             idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             train_x[idx] = site(data.train_x[idx])
-        test_x = data.test_x
+        test_x, owner = data.test_x, None
         if self.test == "sites":
             test_x = test_x.clone()
             owner = self.test_sites(int(test_x.shape[0]), data.num_clients, seed)
             for client in np.unique(owner):
                 idx = torch.from_numpy(np.flatnonzero(owner == client))
                 test_x[idx] = sites[int(client)](data.test_x[idx])
-        return FederatedDataset(train_x, data.train_y, test_x, data.test_y, data.partition, data.num_classes)
+        return FederatedDataset(train_x, data.train_y, test_x, data.test_y, data.partition, data.num_classes,
+                                owner)
 
     def summary(self, num_clients: int, seed: int) -> dict[str, Any]:
         """What a run reports of its feature shift: the strengths, and every site's parameters

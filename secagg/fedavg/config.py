@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 from secagg.aggregation import Aggregator, Mean
 from secagg.config_io import from_plain, to_plain
 from secagg.errors import ConfigError
 from secagg.fedavg.adversary import Adversary
 from secagg.fedavg.optimizers import ServerOptimizer, resolve_server_optimizer
 from secagg.fedavg.trainer import ClientTrainer, SGDTrainer
-from secagg.layout import BUFFER_POLICIES
-from secagg.validation import check_choice, check_int, check_real
+from secagg.layout import BUFFER_POLICIES, NORM_POLICIES, ParamLayout
+from secagg.validation import check_bool, check_choice, check_int, check_real
 
 SAMPLING = ("fixed", "poisson")
 
@@ -77,6 +79,14 @@ class FedAvgConfig:
     the choice. Aggregated buffers (see
     :mod:`secagg.layout`) are always applied with step 1 and no optimizer state, so they become the
     aggregate of the clients' statistics.
+
+    ``norm_layers="local"``: FedBN (Li et al., ICLR 2021): each client keeps its BatchNorm layers'
+    parameters and statistics; they never leave it, the others are federated as usual
+    (:func:`~secagg.layout.local_entries`). The run's accuracy is then each site's model (shared
+    weights, its own BatchNorm) on its own test view (:func:`~secagg.fedavg.server.evaluate_sites`).
+    ``scaffold=True``: SCAFFOLD (Karimireddy et al., ICML 2020) with control variates summed like the
+    update (:mod:`secagg.fedavg.scaffold`). Both keep per-client state between rounds, so they need a
+    trainer that takes it (:attr:`~secagg.fedavg.trainer.ClientTrainer.keeps_client_state`).
     """
 
     rounds: int = 30
@@ -90,6 +100,8 @@ class FedAvgConfig:
     adversary: Adversary | None = None
     sampling: str = "fixed"
     server_optimizer: ServerOptimizer | None = None
+    norm_layers: str = "federated"
+    scaffold: bool = False
 
     def __post_init__(self) -> None:
         check_int("rounds", self.rounds, minimum=1)
@@ -108,6 +120,15 @@ class FedAvgConfig:
                               f"{type(self.adversary).__name__}")
         if not isinstance(self.trainer, ClientTrainer):
             raise ConfigError(f"trainer: expected a ClientTrainer, got {type(self.trainer).__name__}")
+        check_choice("norm_layers", self.norm_layers, NORM_POLICIES)
+        check_bool("scaffold", self.scaffold)
+        stateful = [what for what, on in (("scaffold (SCAFFOLD)", self.scaffold),
+                                          ("norm_layers='local' (FedBN)", self.norm_layers == "local"))
+                    if on]
+        if stateful and not self.trainer.keeps_client_state:
+            raise ConfigError(f"trainer: {' and '.join(stateful)} keep per-client state between rounds, "
+                              f"which the {self.trainer.kind!r} trainer does not take; use the 'sgd' "
+                              f"trainer")
         check_choice("sampling", self.sampling, SAMPLING)
         rate = self.aggregator.poisson_sample_rate()
         if rate is not None:
@@ -125,6 +146,12 @@ class FedAvgConfig:
         """The server optimizer this configuration runs: ``server_optimizer``, or the ``"sgd"`` kind
         with ``server_lr`` and ``server_momentum`` when it is ``None``."""
         return resolve_server_optimizer(self.server_lr, self.server_momentum, self.server_optimizer)
+
+    def update_layout(self, model: nn.Module) -> ParamLayout:
+        """The layout of the vectors this run's clients send for ``model``: its federated entries
+        (``buffers``, ``norm_layers``), widened by the control variates under ``scaffold``."""
+        layout = ParamLayout.from_module(model, self.buffers, self.norm_layers)
+        return layout.with_controls() if self.scaffold else layout
 
     def clients_per_round(self, num_clients: int) -> int:
         """How many of ``num_clients`` take part in each round."""

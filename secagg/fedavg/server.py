@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,8 +19,8 @@ from secagg.data.federated import ClientData, FederatedDataset
 from secagg.errors import ConfigError, UpdateError
 from secagg.fedavg.client import client_update
 from secagg.fedavg.config import FedAvgConfig
+from secagg.fedavg.scaffold import control_step, initial_controls
 from secagg.fedavg.source import LocalSource, UpdateSource
-from secagg.layout import ParamLayout
 from secagg.parallel import ClientExecutor, LocalExecutor
 from secagg.seeding import derive_seed, numpy_rng
 
@@ -32,7 +33,12 @@ class ServerState:
     included); ``optimizer_state`` is the server optimizer's state over the parameter slice (see
     :meth:`~secagg.fedavg.optimizers.ServerOptimizer.state_keys`; empty for plain FedAvg).
     ``participations`` (int64, one entry per client) counts the rounds each client was sampled in, for
-    record-level privacy accounting (``None``: all zero). There is no generator state: all randomness
+    record-level privacy accounting (``None``: all zero). ``control``: SCAFFOLD's server control
+    variates (``control/<parameter>`` entries, broadcast with the model; empty without SCAFFOLD).
+    ``client_states``: **simulation only**, what each simulated client keeps on its own device between
+    rounds (FedBN's BatchNorm entries, SCAFFOLD's ``c_i``), by client id; the server's logic never reads
+    it (a deployment's clients keep theirs themselves), it is here so that a checkpoint resumes the
+    whole simulation bit for bit. There is no generator state: all randomness
     is derived from the run's seed and the round index (see :mod:`secagg.seeding`).
 
     Older code passed the server-momentum buffer (a tensor, or ``None``) as the fourth positional
@@ -45,6 +51,8 @@ class ServerState:
     aggregator_state: AggState = field(default_factory=dict)
     optimizer_state: dict[str, torch.Tensor] = field(default_factory=dict)
     participations: torch.Tensor | None = None
+    control: dict[str, torch.Tensor] = field(default_factory=dict)
+    client_states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.optimizer_state is None:
@@ -101,6 +109,44 @@ def evaluate(model: nn.Module, state_dict: Mapping[str, torch.Tensor], x: torch.
     return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
+def evaluate_sites(model: nn.Module, weights: Mapping[str, torch.Tensor],
+                   client_states: Mapping[int, Mapping[str, torch.Tensor]], local: tuple[str, ...],
+                   x: torch.Tensor, y: torch.Tensor, num_sites: int,
+                   owner: np.ndarray | None = None) -> dict[str, float]:
+    """FedBN's evaluation: site ``i``'s model is the shared ``weights`` with its own values of the
+    ``local`` entries (from ``client_states[i]``; the global values for a site that has not trained
+    yet), evaluated on site ``i``'s test view.
+
+    With ``owner`` (the site of each test example, e.g. :attr:`FederatedDataset.test_site`) each
+    example is classified by its own site's model and ``accuracy``/``loss`` are over all examples;
+    without it every site's model is evaluated on all of ``(x, y)`` and they are the mean over sites.
+    ``site_accuracy_min``/``_max``: the worst and best site."""
+    def site_state(i: int) -> dict[str, torch.Tensor]:
+        own = client_states.get(i, {})
+        return {**weights, **{k: own[k] for k in local if k in own}}
+
+    fresh: dict[str, float] | None = None  # sites without state share the global model's result
+    per_site: list[tuple[int, dict[str, float]]] = []
+    for i in range(num_sites):
+        rows = None if owner is None else torch.from_numpy(np.flatnonzero(owner == i))
+        if rows is not None and rows.numel() == 0:
+            continue
+        xs, ys = (x, y) if rows is None else (x[rows], y[rows])
+        if rows is None and i not in client_states:
+            fresh = fresh if fresh is not None else evaluate(model, site_state(i), xs, ys)
+            per_site.append((int(ys.shape[0]), fresh))
+        else:
+            per_site.append((int(ys.shape[0]), evaluate(model, site_state(i), xs, ys)))
+    accs = [m["accuracy"] for _, m in per_site]
+    if owner is None:
+        acc, loss = float(np.mean(accs)), float(np.mean([m["loss"] for _, m in per_site]))
+    else:
+        total = sum(n for n, _ in per_site)
+        acc = sum(n * m["accuracy"] for n, m in per_site) / total
+        loss = sum(n * m["loss"] for n, m in per_site) / total
+    return {"accuracy": acc, "loss": loss, "site_accuracy_min": min(accs), "site_accuracy_max": max(accs)}
+
+
 def root_data(data: FederatedDataset, count: int, seed: int) -> ClientData | None:
     """The server's clean root dataset: ``count`` training examples drawn without replacement from the
     union of the clients' data (as FLTrust's evaluation draws it; the server collected them itself, so
@@ -145,7 +191,10 @@ class FedAvg:
         self.seed = seed
         self.executor = executor if executor is not None else LocalExecutor()
         self.source: UpdateSource = source if source is not None else LocalSource(self.executor)
-        self.layout = ParamLayout.from_module(model, config.buffers)
+        #: the vectors the clients send (with SCAFFOLD, model change then control change)
+        self.update_layout = config.update_layout(model)
+        #: the model's federated entries: the leading model_dim coordinates of an update
+        self.layout = self.update_layout.model
         #: the server optimizer stepping the global parameters (FedAvgConfig.resolved_server_optimizer)
         self.server_optimizer = config.resolved_server_optimizer
         self.examples = {i: len(part) for i, part in enumerate(data.partition)}
@@ -163,8 +212,23 @@ class FedAvg:
     def initial_state(self) -> ServerState:
         weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         optimizer_state = self.server_optimizer.init_state(self.layout.num_parameters, self.layout.dtype)
-        return ServerState(0, weights, self.config.aggregator.init_state(self.layout.dim),
-                           optimizer_state, torch.zeros(self.data.num_clients, dtype=torch.int64))
+        return ServerState(0, weights, self.config.aggregator.init_state(self.update_layout.dim),
+                           optimizer_state, torch.zeros(self.data.num_clients, dtype=torch.int64),
+                           initial_controls(self.update_layout))
+
+    def broadcast(self, state: ServerState) -> dict[str, torch.Tensor]:
+        """What the server sends every sampled client: the global model's state dict and, with
+        SCAFFOLD, its control variates (``control/...`` entries)."""
+        return {**state.model, **state.control} if state.control else state.model
+
+    def evaluate(self, weights: Mapping[str, torch.Tensor],
+                 client_states: Mapping[int, Mapping[str, torch.Tensor]]) -> dict[str, float]:
+        """The round record's test metrics: the global model on the test set, or with FedBN every
+        site's own model on its test view (:func:`evaluate_sites`)."""
+        if not self.layout.local:
+            return evaluate(self.model, weights, self.data.test_x, self.data.test_y)
+        return evaluate_sites(self.model, weights, client_states, self.layout.local, self.data.test_x,
+                              self.data.test_y, self.data.num_clients, self.data.test_site)
 
     def sample_clients(self, round_index: int) -> list[int]:
         """The sorted client ids taking part in round ``round_index`` (1-based).
@@ -204,7 +268,7 @@ class FedAvg:
         """(who, epsilon after ``round_index`` rounds, budget) for the aggregator and the trainer."""
         agg, trainer = self.config.aggregator, self.config.trainer
         if round_index not in self._agg_epsilon:
-            self._agg_epsilon[round_index] = agg.epsilon_after(round_index, self.layout.dim)
+            self._agg_epsilon[round_index] = agg.epsilon_after(round_index, self.update_layout.dim)
         key = tuple(participations.tolist())
         if self._trainer_epsilon[0] != key:  # privacy_stop and run_round ask for the same counts
             counts = {i: k for i, k in enumerate(key) if k > 0}
@@ -251,27 +315,31 @@ class FedAvg:
         sampled = self.sample_clients(r)
         participations = self.participations_after(state, sampled)
         epsilon = self.epsilon_after(r, participations)
-        unchanged = ServerState(r, state.model, state.aggregator_state, state.optimizer_state, participations)
+        unchanged = ServerState(r, state.model, state.aggregator_state, state.optimizer_state, participations,
+                                state.control, state.client_states)
         if not sampled:
             record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": [],
                       "skipped": "no client sampled", "train_loss": None,
-                      **evaluate(self.model, state.model, self.data.test_x, self.data.test_y),
+                      **self.evaluate(state.model, state.client_states),
                       "update_norm": 0.0, "epsilon": epsilon, "seconds": time.perf_counter() - started}
             return RoundResult(unchanged, record)
         got = (source if source is not None else self.source).collect(self, state, r, sampled)
         if got.aggregate is None:
             record = {**self.sample_note(epsilon), "round": r, "clients": 0, "rejected": got.rejected,
                       "aborted": got.aborted, "train_loss": None,
-                      **evaluate(self.model, state.model, self.data.test_x, self.data.test_y),
+                      **self.evaluate(state.model, state.client_states),
                       "update_norm": 0.0, **got.metrics, "epsilon": epsilon,
                       "seconds": time.perf_counter() - started}
             return RoundResult(unchanged, record)
         agg = got.aggregate
-        if tuple(agg.update.shape) != (self.layout.dim,) or not torch.isfinite(agg.update).all():
+        dim = self.update_layout.dim
+        if tuple(agg.update.shape) != (dim,) or not torch.isfinite(agg.update).all():
             raise UpdateError(f"aggregator {self.config.aggregator.kind!r} returned an update of "
-                              f"shape {tuple(agg.update.shape)} (expected ({self.layout.dim},), "
-                              f"finite)")
-        weights, optimizer_state = self.server_step(state, agg.update.to(self.layout.dtype))
+                              f"shape {tuple(agg.update.shape)} (expected ({dim},), finite)")
+        weights, optimizer_state, control = self.server_step(state, agg.update.to(self.layout.dtype),
+                                                             clients=got.clients)
+        client_states = ({**state.client_states, **got.local_states} if got.local_states
+                         else state.client_states)
         if self.config.adversary is not None:
             p = self.layout.num_parameters
             self._last_global = (r, (self.layout.flatten(weights)[:p] - self.layout.flatten(state.model)[:p]))
@@ -280,7 +348,7 @@ class FedAvg:
             "clients": got.clients,
             "rejected": got.rejected,
             "train_loss": got.train_loss,
-            **evaluate(self.model, weights, self.data.test_x, self.data.test_y),
+            **self.evaluate(weights, client_states),
             "update_norm": float(torch.linalg.vector_norm(agg.update)),
             **{f"agg/{k}": v for k, v in agg.metrics.items()},
             **got.metrics,
@@ -289,7 +357,8 @@ class FedAvg:
             **self.sample_note(epsilon),
             "seconds": time.perf_counter() - started,
         }
-        return RoundResult(ServerState(r, weights, agg.state, optimizer_state, participations), record)
+        return RoundResult(ServerState(r, weights, agg.state, optimizer_state, participations, control,
+                                       client_states), record)
 
     def root_update(self, state: ServerState, round_index: int) -> torch.Tensor | None:
         """The server's own update for round ``round_index``: plain local SGD (the clients' local
@@ -297,15 +366,18 @@ class FedAvg:
         (:meth:`~secagg.aggregation.Aggregator.root_examples`); ``None`` when the rule needs none."""
         if self.root is None:
             return None
-        # the server trains like an honest client
-        update = client_update(self.model, state.model, self.root, self.config.client, self.layout,
-                               seed=derive_seed(self.seed, "root", round_index), client_id=-1)
+        # the server trains like an honest client (with SCAFFOLD, one whose own control is the server's)
+        update = client_update(self.model, self.broadcast(state), self.root, self.config.client,
+                               self.update_layout, seed=derive_seed(self.seed, "root", round_index),
+                               client_id=-1, local_state=state.control)
         return update.delta
 
     def global_model(self, state: ServerState) -> torch.Tensor | None:
         """The flat global weights for the batch, when the aggregator compares the clients' models
         (:meth:`~secagg.aggregation.Aggregator.needs_global_model`); ``None`` otherwise (no copy)."""
-        return self.layout.flatten(state.model) if self.config.aggregator.needs_global_model() else None
+        if not self.config.aggregator.needs_global_model():
+            return None
+        return self.update_layout.flatten(self.broadcast(state))
 
     def attacker_index(self, client_id: int) -> int:
         """The rank of malicious ``client_id`` among the run's malicious clients (0-based, by id): how
@@ -367,15 +439,21 @@ class FedAvg:
         malicious = sum(1 for c in batch.client_ids if c in self.malicious)
         return {"malicious": malicious, **adversary.metrics(predict, self.data.test_x, self.data.test_y)}
 
-    def server_step(self, state: ServerState, update: torch.Tensor
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(new global weights, new server optimizer state) after applying the aggregated ``update``
-        (layout order, ``layout.dim`` coordinates) to ``state``: the server optimizer
-        (:attr:`server_optimizer`) steps the parameter slice, the buffer slice moves by the aggregate."""
-        p = self.layout.num_parameters
+    def server_step(self, state: ServerState, update: torch.Tensor, *, clients: int = 0
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(new global weights, new server optimizer state, new SCAFFOLD controls) after applying the
+        aggregated ``update`` (:attr:`update_layout` order and width) to ``state``: the server
+        optimizer (:attr:`server_optimizer`) steps the parameter slice, the buffer slice moves by the
+        aggregate, and the control slice by ``clients / num_clients`` of it (``clients``: how many
+        clients the aggregate covers; SCAFFOLD's ``|S| / N``)."""
+        p, m = self.layout.num_parameters, self.layout.model_dim
         current = self.layout.flatten(state.model)
         params, optimizer_state = self.server_optimizer.step(current[:p], update[:p], state.optimizer_state)
-        new = torch.cat([params, current[p:] + update[p:]])
+        new = torch.cat([params, current[p:] + update[p:m]])
         weights = {k: v.clone() for k, v in state.model.items()}
         weights.update(self.layout.unflatten(new))
-        return weights, optimizer_state
+        control = state.control
+        if self.update_layout.has_controls:
+            control = control_step(self.update_layout, state.control, update[m:], clients,
+                                   self.data.num_clients)
+        return weights, optimizer_state, control

@@ -44,6 +44,8 @@ class Collected:
 
     ``aggregate``: the aggregator's output (update, new state, metrics), or ``None`` when the round
     produced no update, with the reason in ``aborted`` (a clean protocol abort, too few clients).
+    ``local_states``: simulation only, what each client whose update the aggregate covers keeps for
+    its next round (FedBN, SCAFFOLD; a deployment's clients keep theirs themselves).
     ``clients``: how many clients the aggregate covers; ``rejected``: ids of sampled clients whose
     update was refused; ``train_loss``: the example-weighted mean local loss when the source saw it
     (``None`` behind a secure sum). ``metrics``: extra record entries of the source (``net/*``
@@ -58,6 +60,7 @@ class Collected:
     aborted: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     batch: UpdateBatch | None = None
+    local_states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.aggregate is None) == (self.aborted is None):
@@ -74,12 +77,14 @@ class UpdateSource(Protocol):
 @dataclass(frozen=True)
 class ClientJob:
     """One sampled client's share of a round: its id, the (possibly poisoned) data it trains on, its
-    training seed, and the trainer it uses when not the run's (a malicious client's own)."""
+    training seed, the trainer it uses when not the run's (a malicious client's own), and what it kept
+    from its last round (``local_state``: FedBN, SCAFFOLD; ``None`` before its first or without)."""
 
     client_id: int
     data: ClientData
     seed: int
     trainer: ClientTrainer | None = None
+    local_state: Mapping[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,9 +104,10 @@ def train_client(trainer: ClientTrainer, model: nn.Module, global_state: Mapping
     process.
     """
     trainer = trainer if job.trainer is None else job.trainer
+    extra = {"local_state": job.local_state} if trainer.keeps_client_state else {}
     try:
         return trainer.train(model, global_state, job.data, config, layout, seed=job.seed,
-                             client_id=job.client_id)
+                             client_id=job.client_id, **extra)
     except UpdateError as exc:
         return TrainingRefused(job.client_id, str(exc))
 
@@ -137,9 +143,10 @@ class LocalSource:
                                              derive_seed(fedavg.seed, "poison", r, c), **extra)
                 own = adversary.trainer(fedavg.config.trainer, global_update=fedavg.last_global_update(r))
                 trainer = None if own is fedavg.config.trainer else own
-            jobs.append(ClientJob(c, data, derive_seed(fedavg.seed, "client", r, c), trainer))
-        results = self.executor.map(train_client, jobs, fedavg.config.trainer, fedavg.model, state.model,
-                                    fedavg.config.client, fedavg.layout)
+            jobs.append(ClientJob(c, data, derive_seed(fedavg.seed, "client", r, c), trainer,
+                                  state.client_states.get(c)))
+        results = self.executor.map(train_client, jobs, fedavg.config.trainer, fedavg.model,
+                                    fedavg.broadcast(state), fedavg.config.client, fedavg.update_layout)
         updates = [u for u in results if isinstance(u, ClientUpdate)]
         rejected = [u.client_id for u in results if isinstance(u, TrainingRefused)]
         if not updates:
@@ -149,7 +156,7 @@ class LocalSource:
             updates=torch.stack([u.delta for u in updates]),
             weights=torch.tensor([u.num_examples for u in updates], dtype=torch.float64),
             client_ids=tuple(u.client_id for u in updates),
-            round=r, seed=round_seed(fedavg.seed, r), layout=fedavg.layout,
+            round=r, seed=round_seed(fedavg.seed, r), layout=fedavg.update_layout,
             reference=fedavg.root_update(state, r), global_model=fedavg.global_model(state))
         batch = fedavg.attack(batch, state)
         try:
@@ -158,4 +165,5 @@ class LocalSource:
             # a clean abort (e.g. too few clients left in secure aggregation): no update this round
             return Collected(None, rejected=rejected, aborted=str(exc))
         loss = weighted_loss([u.train_loss for u in updates], batch.weights)
-        return Collected(agg, len(updates), rejected, loss, batch=batch)
+        kept = {u.client_id: u.local_state for u in updates if u.local_state}
+        return Collected(agg, len(updates), rejected, loss, batch=batch, local_states=kept)

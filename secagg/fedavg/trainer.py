@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -25,7 +25,14 @@ if TYPE_CHECKING:  # config.py imports this module for FedAvgConfig.trainer
 
 
 class ClientTrainer(Registered, ABC, family="trainer"):
-    """Base class of client trainers (frozen dataclasses declared with ``kind="..."``)."""
+    """Base class of client trainers (frozen dataclasses declared with ``kind="..."``).
+
+    ``keeps_client_state``: whether :meth:`train` takes the keyword ``local_state`` (what the client
+    kept from its last round) and runs the algorithms that need it, FedBN and SCAFFOLD (see
+    :func:`~secagg.fedavg.client.client_update`); a run configures them only with such a trainer.
+    """
+
+    keeps_client_state: ClassVar[bool] = False
 
     @abstractmethod
     def train(self, model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData,
@@ -44,11 +51,16 @@ class ClientTrainer(Registered, ABC, family="trainer"):
 
 @dataclass(frozen=True)
 class SGDTrainer(ClientTrainer, kind="sgd"):
-    """Plain local SGD: :func:`~secagg.fedavg.client.client_update`."""
+    """Plain local SGD: :func:`~secagg.fedavg.client.client_update` (with FedProx, FedBN and SCAFFOLD
+    when the run configures them)."""
+
+    keeps_client_state: ClassVar[bool] = True
 
     def train(self, model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData,
-              config: ClientConfig, layout: ParamLayout, *, seed: int, client_id: int) -> ClientUpdate:
-        return client_update(model, global_state, data, config, layout, seed=seed, client_id=client_id)
+              config: ClientConfig, layout: ParamLayout, *, seed: int, client_id: int,
+              local_state: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
+        return client_update(model, global_state, data, config, layout, seed=seed, client_id=client_id,
+                             local_state=local_state)
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,8 +73,10 @@ class FrozenSGDTrainer(ClientTrainer):
     """
 
     frozen: torch.Tensor
+    keeps_client_state: ClassVar[bool] = True
 
     def train(self, model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData,
-              config: ClientConfig, layout: ParamLayout, *, seed: int, client_id: int) -> ClientUpdate:
+              config: ClientConfig, layout: ParamLayout, *, seed: int, client_id: int,
+              local_state: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
         return client_update(model, global_state, data, config, layout, seed=seed, client_id=client_id,
-                             frozen=self.frozen)
+                             frozen=self.frozen, local_state=local_state)

@@ -85,6 +85,10 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
                         help="registry.json: needed to take part in malicious-server-mode sessions")
     client.add_argument("--audit-dir", dest="audit_dir", type=Path, default=None,
                         help="write each round's quantized session input here")
+    client.add_argument("--state-file", dest="state_file", type=Path, default=None,
+                        help="keep this client's own state between rounds here (FedBN's BatchNorm layers, "
+                             "SCAFFOLD's control variate; never sent), so a restart goes on from it "
+                             "(default: in memory only)")
     client.add_argument("--give-up", dest="give_up", type=float, default=300.0, metavar="S",
                         help="exit after the server is unreachable this long (default: 300)")
     client.add_argument("--threads", type=int, default=1,
@@ -165,7 +169,7 @@ def run_client(args: argparse.Namespace) -> int:
         args.address, args.client_id, load_identity(args.identity),
         ca_cert=args.ca_cert.read_bytes() if args.ca_cert is not None else None,
         registry=load_registry(args.registry) if args.registry is not None else None,
-        shard=args.shard, audit_dir=args.audit_dir,
+        shard=args.shard, audit_dir=args.audit_dir, state_file=args.state_file,
         fault=ClientFault.parse(args.fault) if args.fault else None, give_up_seconds=args.give_up,
         server_name=args.server_name, min_local_noise=args.min_local_noise,
         task_factory=local_data_factory(load_task_factory(args.task),

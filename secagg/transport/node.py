@@ -33,11 +33,11 @@ import safetensors.torch
 import torch
 
 from secagg.backend import ClientRound, Pipeline
+from secagg.checkpoint import load_checkpoint, save_checkpoint
 from secagg.crypto.keys import SigningKey
 from secagg.errors import ConfigError, ProtocolError, RemoteProtocolError, UpdateError, WireError
 from secagg.experiment import ExperimentConfig
 from secagg.fedavg.client import ClientUpdate
-from secagg.layout import ParamLayout
 from secagg.placement import Placement, place
 from secagg.protocol.messages import Stage
 from secagg.seeding import derive_seed
@@ -122,6 +122,11 @@ class NetworkClient:
     own privacy floor: refuse any run whose configuration does not add local DP noise with noise
     multiplier >= this on the client (``None``: take the server's configuration as it is).
     ``task_factory``: this client's own model and data (:mod:`secagg.task`; default: the bundled task).
+    ``state_file``: where this client keeps what it carries between rounds when the run needs it
+    (FedBN's BatchNorm layers, SCAFFOLD's control variate ``c_i``), as a checkpoint file written
+    after each round it completes and read back when it starts, so that a restarted client goes on
+    from its own state (``None``: in memory only, lost when the process ends). Nothing of it is ever
+    sent: only its change to ``c_i`` goes into the secure sum, masked like the update.
 
     The client derives what it sends from the configuration (:func:`secagg.placement.place`), not
     from what the server says: a server announcing plain mode for a configuration that places a
@@ -133,7 +138,7 @@ class NetworkClient:
                  audit_dir: str | Path | None = None, fault: ClientFault | None = None,
                  give_up_seconds: float = 300.0, poll_seconds: float = 5.0,
                  server_name: str | None = None, min_local_noise: float | None = None,
-                 task_factory: TaskFactory | None = None) -> None:
+                 task_factory: TaskFactory | None = None, state_file: str | Path | None = None) -> None:
         self.address, self.id, self.identity = address, client_id, identity
         self.ca_cert, self.registry = ca_cert, registry
         self.shard = client_id if shard is None else shard
@@ -143,6 +148,9 @@ class NetworkClient:
         self.server_name = server_name
         self.min_local_noise = min_local_noise
         self.task_factory = task_factory
+        self.state_file = Path(state_file) if state_file is not None else None
+        self.local_state: dict[str, torch.Tensor] = {}  # kept between rounds (FedBN, SCAFFOLD)
+        self._pending_state: dict[str, torch.Tensor] | None = None  # this round's, kept once it completes
         self.rounds_done = 0
         self._channel: grpc.Channel | None = None
         self._limit = 2 * ENVELOPE_SLACK
@@ -222,7 +230,8 @@ class NetworkClient:
                               f"(0..{task.data.num_clients - 1})")
         self._config, self._model = config, task.model
         self._data = task.data.client(self.shard)
-        self._layout = ParamLayout.from_module(task.model, config.fedavg.buffers)
+        self._layout = config.fedavg.update_layout(task.model)
+        self.local_state = self._load_state()
         self._pipeline = Pipeline(config.fedavg.aggregator, self._layout.dim, registry=self.registry,
                                   seed=config.seed)
         self._placement = self._pipeline.placement  # placed once, shared with the round objects
@@ -278,9 +287,10 @@ class NetworkClient:
         finally:
             self._audit(work.round, update.delta, round_)
         assert round_.reply_stage is not None
+        self._pending_state = update.local_state
         if round_.reply_stage == UPDATE_STAGE:
             self._send(work.round, UPDATE_STAGE, reply)
-            self.rounds_done += 1
+            self._completed(work.round)
             return
         self._round = round_
         self._send(work.round, round_.reply_stage, reply)
@@ -295,13 +305,16 @@ class NetworkClient:
         except safetensors.SafetensorError as exc:
             raise RemoteProtocolError(f"Work.model: not a safetensors state dict ({exc})") from None
         expected = self._model.state_dict()
-        if set(model) != set(expected) or any(model[k].shape != v.shape or model[k].dtype != v.dtype
-                                              for k, v in expected.items()):
+        controls = set(self._layout.control_names)  # SCAFFOLD's server controls come with the model
+        if set(model) != set(expected) | controls or any(
+                model[k].shape != v.shape or model[k].dtype != v.dtype for k, v in expected.items()):
             raise RemoteProtocolError("Work.model: the server sent a model that does not fit the configured "
                                       "model (other tensor names, shapes or dtypes)")
-        return config.fedavg.trainer.train(
-            self._model, model, self._data, config.fedavg.client, self._layout,
-            seed=derive_seed(config.seed, "client", work.round, self.shard), client_id=self.id)
+        trainer = config.fedavg.trainer
+        extra = {"local_state": self.local_state} if trainer.keeps_client_state else {}
+        return trainer.train(self._model, model, self._data, config.fedavg.client, self._layout,
+                             seed=derive_seed(config.seed, "client", work.round, self.shard),
+                             client_id=self.id, **extra)
 
     def _audit(self, round_index: int, delta: torch.Tensor, round_: ClientRound) -> None:
         """With ``audit_dir``, on this client's own disk: its update before and after its client steps
@@ -325,7 +338,29 @@ class NetworkClient:
         assert stage is not None
         self._send(work.round, stage, reply)
         if stage == int(Stage.UNMASKING):
-            self.rounds_done += 1
+            self._completed(work.round)
+
+    def _completed(self, round_index: int) -> None:
+        """This client's part of round ``round_index`` is done: count it, and keep the state it
+        trained (FedBN, SCAFFOLD) from now on, on disk too with ``state_file``. A round left before
+        its end keeps the previous state, as the server's controls never saw this one's change."""
+        self.rounds_done += 1
+        if self._pending_state:
+            self.local_state, self._pending_state = self._pending_state, None
+            if self.state_file is not None:
+                save_checkpoint(self.state_file, self.local_state,
+                                {"client": self.id, "round": round_index, "layout": self._layout.to_dict()})
+
+    def _load_state(self) -> dict[str, torch.Tensor]:
+        """The state ``state_file`` holds (``{}`` without one, or before this client's first round);
+        :class:`ConfigError` when it was written by another client or for another layout."""
+        if self.state_file is None or not self.state_file.exists():
+            return {}
+        tensors, meta = load_checkpoint(self.state_file)
+        if meta.get("client") != self.id or meta.get("layout") != self._layout.to_dict():
+            raise ConfigError(f"state_file: {self.state_file} was written by client {meta.get('client')} "
+                              f"for another model or algorithm, not by client {self.id} for this run")
+        return tensors
 
     def _send(self, round_index: int, stage: int, payload: bytes) -> None:
         fault = self.fault

@@ -36,7 +36,6 @@ from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, lo
 from secagg.fedavg import FedAvg
 from secagg.fedavg.server import ServerState
 from secagg.fedavg.source import Collected, weighted_loss
-from secagg.layout import ParamLayout
 from secagg.placement import place
 from secagg.task import TaskFactory, make_task
 from secagg.transport.auth import Authenticator
@@ -102,7 +101,7 @@ class NetworkSource:
             outcome = RoundOutcome(r, invited, aborted="secure aggregation needs at least 2 clients")
         else:
             try:
-                outcome = self._exchange(r, invited, state)
+                outcome = self._exchange(r, invited, fedavg.broadcast(state), state)
             except AbortError as exc:  # e.g. fewer clients than distributed DP's noise is planned for
                 outcome = RoundOutcome(r, invited, aborted=str(exc))
         sent, received = self.service.traffic.reset()
@@ -119,11 +118,13 @@ class NetworkSource:
             log.warning("round %d aborted: %s", r, collected.aborted)
         return collected
 
-    def _exchange(self, r: int, invited: tuple[int, ...], state: ServerState) -> RoundOutcome:
+    def _exchange(self, r: int, invited: tuple[int, ...], broadcast: dict[str, torch.Tensor],
+                  state: ServerState) -> RoundOutcome:
         """Run round ``r`` with the clients until the coordinator reports an outcome: one secure session,
-        or one per bucket (secure bucketing), or plain updates. The aggregator's ``state`` gives the
-        round's public values (adaptive clipping's clip norm)."""
-        model = safetensors.torch.save({k: v.contiguous() for k, v in state.model.items()})
+        or one per bucket (secure bucketing), or plain updates. ``broadcast``: what goes to every
+        client (the global model, and SCAFFOLD's server controls beside it). The aggregator's
+        ``state`` gives the round's public values (adaptive clipping's clip norm)."""
+        model = safetensors.torch.save({k: v.contiguous() for k, v in broadcast.items()})
         server = self.pipeline.server(r, invited, weight_bound=self.weight_bound,
                                       model_version=hashlib.sha256(model).digest(),
                                       state=state.aggregator_state)
@@ -134,7 +135,7 @@ class NetworkSource:
         if outcome.aborted is not None or outcome.server is None:
             return Collected(None, rejected=rejected, aborted=outcome.aborted or "the round produced nothing",
                              metrics=net)
-        layout = fedavg.layout
+        layout = fedavg.update_layout
         if self.pipeline.mode == "secure":
             self._audit_sum(outcome)
             for u, peers in sorted(outcome.server.refused.items()):
@@ -226,7 +227,7 @@ class NetworkServer:
                               f"{config.task.num_clients}")
         self.config, self.options, self.out = config, options, Path(out_dir)
         task = make_task(config.task, seed=config.seed, factory=task_factory)
-        dim = ParamLayout.from_module(task.model, config.fedavg.buffers).dim
+        dim = config.fedavg.update_layout(task.model).dim
         # placed once, here (ConfigError for an aggregator that cannot be deployed)
         self.pipeline = Pipeline(config.fedavg.aggregator, dim, registry, seed=config.seed)
         self.placement = self.pipeline.placement

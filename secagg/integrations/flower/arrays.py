@@ -5,22 +5,25 @@ with ``allow_pickle=False``). The pipeline works on one flat float vector per cl
 :class:`ArraysLayout` records which arrays go into it, in the record's order: every floating-point
 array (float16/32/64), as :class:`~secagg.layout.ParamLayout` entries. Integer and boolean arrays
 (a BatchNorm counter) never leave the server: the server keeps the global model's copy, as the
-library's own buffer policy does. A peer's record is checked against the layout (names, dtypes and
-shapes as claimed *and* as decoded) before anything is allocated from it.
+library's own buffer policy does. Arrays named in ``local`` (FedBN: a model's BatchNorm arrays) stay
+out of the vector too: each client keeps its own, and the server's copy never changes. A peer's
+record is checked against the layout (names, dtypes and shapes as claimed *and* as decoded) before
+anything is allocated from it.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from secagg.errors import UpdateError
+from secagg.errors import ConfigError, UpdateError
 from secagg.layout import ParamLayout
 
-__all__ = ["ArraysLayout", "fingerprint"]
+__all__ = ["ArraysLayout", "fingerprint", "local_names"]
 
 _FLOATS = {"float16", "float32", "float64"}
 
@@ -34,18 +37,26 @@ class ArraysLayout:
     entries: tuple[tuple[str, str, tuple[int, ...]], ...]
 
     @classmethod
-    def of(cls, record) -> ArraysLayout:
-        """The layout of the global model's ``record`` (an ``ArrayRecord``); :class:`UpdateError` for a
-        record with no floating-point array."""
+    def of(cls, record, local: Collection[str] = ()) -> ArraysLayout:
+        """The layout of the global model's ``record`` (an ``ArrayRecord``), without the arrays named in
+        ``local`` (kept on the clients, FedBN); :class:`UpdateError` for a record with no
+        floating-point array to federate, :class:`ConfigError` for a ``local`` name the record lacks
+        or holds as a non-float array."""
+        local = tuple(local)
         entries, specs = [], []
         for name, array in record.items():
             dtype, shape = str(array.dtype), tuple(int(s) for s in array.shape)
             entries.append((str(name), dtype, shape))
-            if dtype in _FLOATS:
+            if dtype in _FLOATS and str(name) not in local:
                 specs.append({"name": str(name), "shape": list(shape), "dtype": dtype, "kind": "parameter"})
+        floats = {name for name, dtype, _ in entries if dtype in _FLOATS}
+        for name in local:
+            if name not in floats:
+                raise ConfigError(f"local_arrays: {name!r} is not a floating-point array of the model "
+                                  f"(its float arrays: {sorted(floats)[:8]})")
         if not specs:
             raise UpdateError("arrays: the model has no floating-point array to federate")
-        return cls(ParamLayout.from_dict({"specs": specs}), tuple(entries))
+        return cls(ParamLayout.from_dict({"specs": specs, "local": list(local)}), tuple(entries))
 
     @property
     def dim(self) -> int:
@@ -109,3 +120,13 @@ def fingerprint(record) -> bytes:
             h.update(len(part).to_bytes(8, "big"))
             h.update(part)
     return h.digest()
+
+
+def local_names(names: Collection[str]) -> tuple[str, ...]:
+    """``local_arrays`` as a tuple of distinct names; :class:`ConfigError` for anything else."""
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"local_arrays: expected a collection of array names, got {names!r}")
+    out = tuple(dict.fromkeys(names))
+    if len(out) != len(tuple(names)):
+        raise ConfigError("local_arrays: names an array twice")
+    return out

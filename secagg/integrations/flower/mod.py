@@ -24,7 +24,7 @@ configuration has nothing to hide (plain mode, no client steps); otherwise it is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from secagg.aggregation import Aggregator
 from secagg.backend import ClientRound, Pipeline
 from secagg.crypto.keys import SigningKey
 from secagg.errors import ConfigError, ProtocolError, RemoteProtocolError, SecAggError, UpdateError
-from secagg.integrations.flower.arrays import ArraysLayout, fingerprint
+from secagg.integrations.flower.arrays import ArraysLayout, fingerprint, local_names
 from secagg.integrations.flower.compat import flwr_version
 from secagg.integrations.flower.records import HELLO, PROTOCOL, RECORD, REFUSED, STATE, TASK, pack, unpack
 from secagg.transport.envelope import decode_work
@@ -54,7 +54,7 @@ class SecAggMod:
     def __init__(self, aggregator: Aggregator, *, seed: int = 0, client_id: int | None = None,
                  client_id_key: str = "partition-id", identity: Identity = None,
                  registry: Mapping[int, bytes] | None = None, weighted_by_key: str = "num-examples",
-                 arrayrecord_key: str = "arrays") -> None:
+                 arrayrecord_key: str = "arrays", local_arrays: Collection[str] = ()) -> None:
         if not isinstance(aggregator, Aggregator):
             raise ConfigError(f"aggregator: expected one of this library's Aggregators, got "
                               f"{type(aggregator).__name__}")
@@ -64,6 +64,7 @@ class SecAggMod:
                                                                    maximum=2**31 - 1)
         self.client_id_key, self.identity, self.registry = client_id_key, identity, registry
         self.weighted_by_key, self.arrayrecord_key = weighted_by_key, arrayrecord_key
+        self.local_arrays = local_names(local_arrays)
         self._probe = Pipeline(aggregator, 1, registry=registry, seed=seed)  # refuses an unplaceable rule
         if identity is not None and registry is None:
             raise ConfigError("registry: a client with an identity key needs the operator's registry of "
@@ -120,7 +121,7 @@ class SecAggMod:
         if not isinstance(arrays, ArrayRecord):
             raise RemoteProtocolError(f"the round's first message carries no ArrayRecord "
                                       f"{self.arrayrecord_key!r}")
-        layout = ArraysLayout.of(arrays)
+        layout = ArraysLayout.of(arrays, self.local_arrays)
         cid = self._client_id(context)
         context.state.pop(STATE, None)  # a new round: whatever the last one left is void
         reply = call_next(msg, context)  # the user's own training
@@ -173,7 +174,7 @@ class SecAggMod:
 def secagg_mod(aggregator: Aggregator, *, seed: int = 0, client_id: int | None = None,
                client_id_key: str = "partition-id", identity: Identity = None,
                registry: Mapping[int, bytes] | None = None, weighted_by_key: str = "num-examples",
-               arrayrecord_key: str = "arrays") -> SecAggMod:
+               arrayrecord_key: str = "arrays", local_arrays: Collection[str] = ()) -> SecAggMod:
     """A Flower client mod running ``aggregator``'s client side (the same aggregator and ``seed`` as
     the server's :class:`~secagg.integrations.flower.strategy.SecAggStrategy`).
 
@@ -181,7 +182,11 @@ def secagg_mod(aggregator: Aggregator, *, seed: int = 0, client_id: int | None =
     ``partition-id`` in simulation). ``identity``: its Ed25519 key, or a function of the ``Context``
     returning it, and ``registry``: every client's public key, from the operator (malicious-server
     mode). ``weighted_by_key``: the metric holding the example count in the training reply.
+    ``local_arrays``: FedBN, the names of the arrays this client keeps (its BatchNorm layers'): they
+    are left out of what it sends, and the training function keeps its own values of them (e.g. in
+    ``context.state``) instead of loading the server's; the strategy must name the same arrays.
     """
     return SecAggMod(aggregator, seed=seed, client_id=client_id, client_id_key=client_id_key,
                      identity=identity, registry=registry, weighted_by_key=weighted_by_key,
-                     arrayrecord_key=arrayrecord_key)
+                     arrayrecord_key=arrayrecord_key, local_arrays=local_arrays)
+

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -42,7 +42,7 @@ from secagg.aggregation import Aggregator, AggState
 from secagg.backend import Pipeline, ServerRound
 from secagg.errors import AbortError, ConfigError, ProtocolError, RemoteProtocolError, UpdateError
 from secagg.fedavg.optimizers import ServerOptimizer, resolve_server_optimizer
-from secagg.integrations.flower.arrays import ArraysLayout, fingerprint
+from secagg.integrations.flower.arrays import ArraysLayout, fingerprint, local_names
 from secagg.integrations.flower.compat import flwr_version
 from secagg.integrations.flower.records import HELLO, PROTOCOL, RECORD, TASK, pack, unpack
 from secagg.protocol.messages import Stage
@@ -128,8 +128,10 @@ class SecAggStrategy(FedAvg):
     public bound W on a client's example count for a weighted secure sum (default: the secure sum's
     own, else required). ``registry``: client id -> Ed25519 public key (malicious-server mode: the
     server checks the clients' signatures too). ``stage_timeout``: seconds each secure stage after the
-    first waits for replies (the first uses ``start``'s ``timeout``). The evaluation half and the record
-    keys are Flower's ``FedAvg``'s.
+    first waits for replies (the first uses ``start``'s ``timeout``). ``local_arrays``: FedBN, the
+    arrays each client keeps (its BatchNorm layers'): not in what crosses, never changed here; the
+    clients' :func:`~secagg.integrations.flower.secagg_mod` must name the same ones. The evaluation
+    half and the record keys are Flower's ``FedAvg``'s.
     """
 
     def __init__(self, aggregator: Aggregator, *, fraction_train: float = 1.0, fraction_evaluate: float = 1.0,
@@ -139,7 +141,8 @@ class SecAggStrategy(FedAvg):
                  server_optimizer: ServerOptimizer | None = None, weight_bound: float | None = None,
                  registry: Mapping[int, bytes] | None = None, stage_timeout: float = 60.0,
                  weighted_by_key: str = "num-examples", arrayrecord_key: str = "arrays",
-                 configrecord_key: str = "config", **flower: Any) -> None:
+                 configrecord_key: str = "config", local_arrays: Collection[str] = (),
+                 **flower: Any) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
                          min_train_nodes=min_train_nodes, min_evaluate_nodes=min_evaluate_nodes,
                          min_available_nodes=min_available_nodes, weighted_by_key=weighted_by_key,
@@ -162,6 +165,8 @@ class SecAggStrategy(FedAvg):
         if weight_bound is not None:
             check_real("weight_bound", weight_bound, gt=0.0)
         self.aggregator, self.registry = aggregator, registry
+        #: FedBN: the arrays each client keeps (never in the vector; the global copy never changes)
+        self.local_arrays = local_names(local_arrays)
         probe = Pipeline(aggregator, 1, registry=registry, seed=seed)  # refuses an unplaceable rule now
         self.mode = probe.mode
         session = probe.placement.session
@@ -202,7 +207,7 @@ class SecAggStrategy(FedAvg):
         """Sample the round's clients and open its :class:`~secagg.backend.ServerRound`: the first
         message (global model, ``config``, and this library's Work envelope) for each."""
         self._grid, self._pending = grid, None
-        layout = ArraysLayout.of(arrays)
+        layout = ArraysLayout.of(arrays, self.local_arrays)
         if self.layout is None:
             self.layout = layout
             self.state = self.aggregator.init_state(layout.dim)
