@@ -304,3 +304,20 @@ def test_task_config_model_is_refused(small):
     assert isinstance(small.task.model, GANPair)
     assert isinstance(np.asarray(small.reserve.y), np.ndarray)
     assert PartitionConfig(kind="shards").shards_per_client == 2
+
+
+@pytest.mark.slow
+def test_a_gan_trains_over_a_real_deployment_and_the_server_writes_its_grids(deployment):
+    """``secagg serve --task gan`` with ``secagg client --task gan`` processes over TLS and a secure
+    sum: the server evaluates the GAN and writes its grids, and every round's sum is exact."""
+    dep = deployment(3)
+    dep.serve("--task", "gan", "--gan-steps", "2", "--secure", rounds=2)
+    for u in range(3):
+        dep.client(u, "--task", "gan")
+    rounds = dep.wait_server()["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and not any(r.get("aborted") for r in rounds)
+    for row in rounds:
+        assert 1 <= row["modes_covered"] <= 10 and row["frechet"] > 0
+    audit = dep.audited_rounds()
+    assert sorted(audit) == [1, 2] and all(a["exact"] for a in audit.values())
+    assert (dep.out / "grid.png").stat().st_size > 0

@@ -745,7 +745,8 @@ def test_masked_input_of_the_wrong_length_is_refused_and_its_sender_dropped() ->
     for words in (params.vector_length - 1, params.vector_length + 1, 0):
         vector = (genuine.vector * 2)[: 4 * words]
         before = snapshot(h.server)
-        with pytest.raises(ProtocolError, match=f"has {words} words, the session's vector_length is 8"):
+        with pytest.raises(ProtocolError, match=fr"client {u}: {4 * words} bytes, expected 32 \(8 words of 32 "
+                                                fr"bits\)"):
             h.server.receive(wire(dataclasses.replace(genuine, vector=vector)))
         assert snapshot(h.server) == before
     h.submit(replies)
@@ -762,8 +763,8 @@ def test_truncated_masked_input_in_transit_counts_as_dropped() -> None:
     u = params.client_ids[0]
     report = run_session(params, inputs, tamper=rewrite(
         "to_server", u, Stage.MASKED_INPUT, lambda m: dataclasses.replace(m, vector=m.vector[:-4])))
-    assert report.rejected == [(u, f"server: masked input of client {u} has 7 words, the session's "
-                                   f"vector_length is 8")]
+    assert report.rejected == [(u, f"server: masked input of client {u}: 28 bytes, expected 32 (8 words "
+                                   f"of 32 bits)")]
     assert report.dropped == (u,) and report.survivors == others(params, u)
     assert_exact(params, report.result, inputs, report.survivors)
 
@@ -787,16 +788,40 @@ def test_client_with_a_wrong_length_input_aborts_at_setup() -> None:
 
 
 def test_words_beyond_the_ring_are_refused_with_bits_below_32() -> None:
+    """A client's input word >= 2^bits aborts that client; on the wire the masked words are packed at
+    the ring's width, so a word beyond the ring cannot even be written: the old uint32 form is refused
+    for its length."""
     params = make_params(n=5, t=3, d=8, bits=16)
     inputs = make_inputs(params, 19)
     u, w = params.client_ids[1], params.client_ids[2]
     big = {**inputs, u: inputs[u] | np.uint32(1 << 16)}
-    report = run_session(params, big, tamper=rewrite(  # and w's masked input gets a word >= 2^16
+    report = run_session(params, big, tamper=rewrite(  # w's masked input in 32-bit words
         "to_server", w, Stage.MASKED_INPUT,
-        lambda m: dataclasses.replace(m, vector=(1 << 16).to_bytes(4, "little") + m.vector[4:])))
+        lambda m: dataclasses.replace(m, vector=np.frombuffer(m.vector, "<u2").astype("<u4").tobytes())))
     assert list(report.client_aborts) == [u] and "2^16" in report.client_aborts[u]
-    assert report.rejected == [(w, f"server: masked input of client {w} has words >= 2^16")]
+    assert report.rejected == [(w, f"server: masked input of client {w}: 32 bytes, expected 16 (8 words of "
+                                   f"16 bits)")]
     assert report.dropped == (w,) and report.survivors == others(params, u, w)
+    assert_exact(params, report.result, inputs, report.survivors)
+
+
+def test_masked_words_travel_at_the_ring_width_and_stray_padding_bits_are_refused() -> None:
+    params = make_params(n=4, t=3, d=5, bits=12)  # 60 bits: 8 bytes, the last 4 bits padding
+    inputs = make_inputs(params, 23)
+    u, w = params.client_ids[0], params.client_ids[3]
+    sizes = {}
+
+    def note(m):
+        sizes[m.sender] = len(m.vector)
+        return m
+
+    report = run_session(params, inputs, tamper=rewrite(
+        "to_server", w, Stage.MASKED_INPUT,
+        lambda m: dataclasses.replace(note(m), vector=m.vector[:-1] + bytes([m.vector[-1] | 0x80]))))
+    assert sizes[w] == 8  # ceil(5 * 12 / 8) bytes, where uint32 words took 20
+    assert report.rejected == [(w, f"server: masked input of client {w}: padding bits after the last word "
+                                   f"are not zero")]
+    assert report.survivors == others(params, w) and u in report.survivors
     assert_exact(params, report.result, inputs, report.survivors)
 
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from secagg.crypto.shamir import P, Share, reconstruct
-from secagg.protocol.messages import SessionParams
+from secagg.protocol.messages import MaskedInput, SessionParams
 from secagg.protocol.server import Server
 from secagg.protocol.vectors import FORMAT, derivations, secaggplus, secaggplus_params, vector_params
 from secagg.protocol.wire import decode, encode
@@ -156,7 +156,7 @@ def test_every_derivation_follows_the_written_specification(doc):
              "ConsistencySignature": 10, "ShareCheck": 11, "MaskRequest": 12}
     for name, data in v["wire"].items():
         raw = bytes.fromhex(data)
-        assert msgpack.unpackb(raw)[:3] == [0x5EC6, 3, codes[name]]
+        assert msgpack.unpackb(raw)[:3] == [0x5EC6, 4, codes[name]]
         assert encode(decode(raw)) == raw and type(decode(raw)).__name__ == name
     assert msgpack.unpackb(bytes.fromhex(v["wire"]["Setup"]))[3] == msgpack.unpackb(params)
 
@@ -169,12 +169,20 @@ def test_the_recorded_session_replays_byte_for_byte_into_a_fresh_server(doc, key
     assert isinstance(params, SessionParams) and params.nonce  # the recorded session's nonce
     server = Server(params)
     outgoing = server.start()
+    masked_inputs = 0
     for step in t["steps"]:
         assert [{"to": u, "message": encode(m).hex()} for u, m in outgoing] == step["server"]
         for reply in step["clients"]:
-            server.receive(decode(bytes.fromhex(reply["message"])), sender=reply["from"])
+            message = decode(bytes.fromhex(reply["message"]))
+            if isinstance(message, MaskedInput):  # section 5: d words of `bits` bits, little-endian stream
+                d, bits = params.vector_length, params.bits
+                assert len(message.vector) == -(-d * bits // 8)
+                stream = int.from_bytes(message.vector, "little")
+                assert stream >> (d * bits) == 0  # the padding bits are 0
+                masked_inputs += 1
+            server.receive(message, sender=reply["from"])
         outgoing = server.advance() if server.stage is not None else []
-    assert outgoing == [] and server.result is not None
+    assert outgoing == [] and server.result is not None and masked_inputs >= len(t["survivors"])
     assert server.result.tolist() == t["sum"]
     assert list(server.survivors) == t["survivors"] and list(server.dropped) == t["dropped"]
     want = sum(np.asarray(t["inputs"][str(u)], dtype=np.uint64) for u in t["survivors"]) % (1 << params.bits)
@@ -223,5 +231,5 @@ def test_the_secaggplus_graph_follows_the_written_specification(doc):
     assert status.hex() == g["status_root"]
     # a SecAgg+ Setup: P(params), an empty member list, the recipient's index and its proof
     setup = msgpack.unpackb(bytes.fromhex(g["wire"]["Setup"]))
-    assert setup[:3] == [0x5EC6, 3, 1] and setup[3][2:4] == [n, root] and setup[4:] == [b"", 5, bytes.fromhex(
+    assert setup[:3] == [0x5EC6, 4, 1] and setup[3][2:4] == [n, root] and setup[4:] == [b"", 5, bytes.fromhex(
         g["membership_proof"]["proof"])]

@@ -583,7 +583,8 @@ HEADER_AND_FRAMING_CASES: dict[str, bytes] = {
     "version 2": frame(2, *VALID_FIELDS[2], version=2),  # the format before member roots and proofs
     "version 2, a v2 Setup": frame(1, [0, b"", packed(1, 2, 3), 2, 2, 4, 32, False, 0, b""], version=2),
     "version 2, a v2 KeyDirectory": frame(3, [packed(1), K, K, b"", b""], version=2),
-    "version 4": frame(2, *VALID_FIELDS[2], version=4),
+    "version 3": frame(2, *VALID_FIELDS[2], version=3),  # the format before packed masked words
+    "version 5": frame(2, *VALID_FIELDS[2], version=5),
     "version -1": frame(2, *VALID_FIELDS[2], version=-1),
     "version 2**64-1": frame(2, *VALID_FIELDS[2], version=2**64 - 1),
     "version as bool True": frame(2, *VALID_FIELDS[2], version=True),
@@ -772,10 +773,6 @@ FIELD_CASES.update({
     "ConsistencySignature.sender > MAX_ID": with_field(10, 0, MAX_ID + 1),
     "ConsistencySignature.session_id 33": with_field(10, 1, bytes(33)),
     # vectors
-    "MaskedInput.vector 1 byte": with_field(6, 2, b"\x00"),
-    "MaskedInput.vector 2 bytes": with_field(6, 2, b"\x00" * 2),
-    "MaskedInput.vector 3 bytes": with_field(6, 2, b"\x00" * 3),
-    "MaskedInput.vector 4001 bytes": with_field(6, 2, b"\x00" * 4001),
     "MaskedInput.vector as list": with_field(6, 2, [0, 0, 0, 0]),
     # Setup: [P(params), member list, index, proof]; P(params) has 11 fields
     "Setup.params 6 fields": with_field(1, 0, VALID_FIELDS[1][0][:6]),
@@ -960,7 +957,10 @@ def test_type_codes_of_the_new_messages() -> None:
     assert msgpack.unpackb(encode(ShareCheck(5, SID, (1, 2)))) == [MAGIC, VERSION, 11, 5, SID, packed(1, 2)]
     assert msgpack.unpackb(encode(MaskRequest(SID, (3,)))) == [MAGIC, VERSION, 12, SID, packed(3)]
     assert msgpack.unpackb(encode(MaskedInput(5, SID, bytes(8))))[3:] == [5, SID, bytes(8)]  # no refused
-    assert VERSION == 3
+    assert VERSION == 4  # 4: MaskedInput.vector packed at the ring width (same fields)
+    # any byte length decodes here: only the session knows its width, and its server checks it
+    for size in (1, 3, 4001):
+        assert decode(encode(MaskedInput(5, SID, bytes(size)))).vector == bytes(size)
     assert msgpack.unpackb(encode(ConsistencyRequest(SID, (1,), ())))[:3] == [MAGIC, VERSION, 9]
     assert msgpack.unpackb(encode(ConsistencySignature(1, SID, SIG)))[:3] == [MAGIC, VERSION, 10]
     assert len(msgpack.unpackb(encode(UnmaskRequest(SID, (1,), ())))) == 3 + 4
@@ -1099,7 +1099,7 @@ FIELD_NAME_CASES: list[tuple[bytes, str | tuple[str, ...]]] = [
     (with_field(4, 2, [[1, CT], [MAX_ID + 1, CT]]), "ShareKeys.shares[1].id"),
     (with_field(4, 2, [[2, CT], [1, CT]]), "ShareKeys.shares"),
     (with_field(5, 0, True), "ForwardedShares.recipient"),
-    (with_field(6, 2, b"\x00" * 5), "MaskedInput.vector"),
+    (with_field(6, 2, [0, 0]), "MaskedInput.vector"),
     (with_field(7, 2, packed(4, 4)), "UnmaskRequest.dropped"),
     (with_field(7, 1, packed(1, MAX_ID + 1)), "UnmaskRequest.survivors"),
     (with_field(8, 3, [[1, SH], [2, SH[:-1]]]), "UnmaskResponse.mask_key_shares[1].data"),
@@ -1166,7 +1166,8 @@ FIELD_NAME_CASES: list[tuple[bytes, str | tuple[str, ...]]] = [
     (with_field(10, 1, bytes(31)), "ConsistencySignature.session_id"),
     (frame(2, *VALID_FIELDS[2], version=1), "unsupported version 1"),
     (frame(2, *VALID_FIELDS[2], version=2), "unsupported version 2"),
-    (frame(2, *VALID_FIELDS[2], version=4), "unsupported version 4"),
+    (frame(2, *VALID_FIELDS[2], version=3), "unsupported version 3"),
+    (frame(2, *VALID_FIELDS[2], version=5), "unsupported version 5"),
     (frame(42, *VALID_FIELDS[2]), "unknown message type"),
 ]
 

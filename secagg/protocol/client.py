@@ -60,6 +60,7 @@ from secagg.protocol.messages import (
     status_leaf,
     status_of,
 )
+from secagg.protocol.packing import pack_words
 from secagg.protocol.session import (
     advertisement_message,
     consistency_message,
@@ -563,7 +564,7 @@ class Client:
         accumulate_masks(y, masks)
         if p.bits < 32:
             np.bitwise_and(y, np.uint32((1 << p.bits) - 1), out=y)
-        return MaskedInput(self.id, self.session, y.astype("<u4", copy=False).tobytes())
+        return MaskedInput(self.id, self.session, pack_words(y, p.bits))  # bits a word, not 32
 
     def _check_holders(self, p: SessionParams, peers: frozenset[int]) -> None:
         own = 1 if p.own_share_counts else 0

@@ -305,7 +305,9 @@ class MaskRequest:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """``vector``: the masked input, ``vector_length`` little-endian uint32 words reduced mod 2^bits."""
+    """``vector``: the masked input, ``vector_length`` words of ``bits`` bits reduced mod 2^bits,
+    packed at that width (:mod:`secagg.protocol.packing`: ``ceil(vector_length * bits / 8)`` bytes;
+    at 32 bits the little-endian uint32 array)."""
 
     sender: int
     session_id: bytes

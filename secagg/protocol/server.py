@@ -46,6 +46,7 @@ from secagg.protocol.messages import (
     UnmaskResponse,
     members_tree,
 )
+from secagg.protocol.packing import unpack_words
 from secagg.protocol.session import (
     advertisement_message,
     consistency_message,
@@ -293,15 +294,9 @@ class Server:
         self.shares[msg.sender] = msg
 
     def _receive_MaskedInput(self, msg: MaskedInput) -> None:
-        d = self.params.vector_length
-        if len(msg.vector) != 4 * d:
-            raise RemoteProtocolError(
-                f"server: masked input of client {msg.sender} has {len(msg.vector) // 4} "
-                f"words, the session's vector_length is {d}")
-        y = np.frombuffer(msg.vector, dtype="<u4")
-        if self.params.bits < 32 and int(y.max()) >> self.params.bits:
-            raise RemoteProtocolError(f"server: masked input of client {msg.sender} has words "
-                                      f">= 2^{self.params.bits}")
+        # the words packed at the ring's width: a wrong length or stray padding bits are refused
+        y = unpack_words(msg.vector, self.params.bits, self.params.vector_length,
+                         what=f"server: masked input of client {msg.sender}")
         np.add(self._sum, y, out=self._sum)  # wraps mod 2^32; reduced mod 2^bits at the end
         self.masked.add(msg.sender)
 

@@ -51,7 +51,8 @@ from secagg.protocol.messages import (
 )
 
 MAGIC = 0x5EC6
-VERSION = 3  # 2: nonce, seed commitments, refused shares; 3: O(k) SecAgg+ (member root, proofs), ShareCheck
+VERSION = 4  # 2: nonce, seed commitments, refused shares; 3: O(k) SecAgg+ (member root, proofs), ShareCheck;
+# 4: masked words packed at the ring width (secagg.protocol.packing)
 SESSION_ID_BYTES = 32
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_BYTES
 SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + OVERHEAD
@@ -258,10 +259,9 @@ def _pack_entries(entries: tuple[KeyEntry, ...]) -> list[bytes]:
 
 
 def _vector(v: Any, field: str) -> bytes:
-    b = _bytes(maximum=4 * MAX_VECTOR_LENGTH)(v, field)
-    if len(b) % 4:
-        raise _fail(field, f"length {len(b)} is not a whole number of uint32 words")
-    return b
+    # words packed at the session's ring width (secagg.protocol.packing): the state machine, which
+    # knows the width, checks the exact length
+    return _bytes(maximum=4 * MAX_VECTOR_LENGTH)(v, field)
 
 
 _session = _bytes(SESSION_ID_BYTES)
