@@ -745,8 +745,8 @@ def test_masked_input_of_the_wrong_length_is_refused_and_its_sender_dropped() ->
     for words in (params.vector_length - 1, params.vector_length + 1, 0):
         vector = (genuine.vector * 2)[: 4 * words]
         before = snapshot(h.server)
-        with pytest.raises(ProtocolError, match=fr"client {u}: {4 * words} bytes, expected 32 \(8 words of 32 "
-                                                fr"bits\)"):
+        expected = fr"client {u}: {4 * words} bytes, expected 32 \(8 words of 32 bits\)"
+        with pytest.raises(ProtocolError, match=expected):
             h.server.receive(wire(dataclasses.replace(genuine, vector=vector)))
         assert snapshot(h.server) == before
     h.submit(replies)
