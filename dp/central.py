@@ -58,6 +58,11 @@ def check_sum_inner(inner: Aggregator, where: str = "inner") -> None:
     if not isinstance(inner, Mean | SecureSum) or inner.weighted:
         raise ConfigError(f"{where}: must be Mean(weighted=False) or SecureSum(weighted=False) (the noise "
                           f"is calibrated to the unweighted sum), got {inner!r}")
+    if isinstance(inner, SecureSum) and inner.rotation:
+        raise ConfigError(f"{where}.rotation: the rotated secure sum's modular clipping may wrap (with "
+                          f"probability up to its wrap_probability), which this mechanism's accounting does "
+                          f"not cover; for rotation with DP use distributed DP (--dp distributed), whose "
+                          f"accounting includes its rotation and rounding")
     if isinstance(inner, SecureSum) and inner.max_clients == 0:
         raise ConfigError(f"{where}.max_clients: a DP sum through SecureSum needs a fixed quantization "
                           f"grid (a public bound on the clients per round, e.g. the number of clients); "

@@ -8,7 +8,7 @@ Liu, NeurIPS 2021, "The Skellam Mechanism for Differentially Private Federated L
 
 Client (:meth:`DistributedDP.encode_client`), with the CSPRNG of :mod:`dp.noise` for every secret draw:
     flatten; zero-pad to L = next power of 2 and rotate (public signs from the round seed,
-    :mod:`dp.rotation`); clip to L2 norm ``clip`` (c); scale by 1/gamma; round each coordinate to
+    :mod:`secagg.rotation`); clip to L2 norm ``clip`` (c); scale by 1/gamma; round each coordinate to
     floor or ceil at random (unbiased), redrawing the whole rounding until its L2 norm is at most
     Delta_2 (conditional randomized rounding of Kairouz et al.; the bound of their reference code's
     ``rounded_l2_norm_bound``):
@@ -60,12 +60,12 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from dp.noise import SecureRandom, discrete_gaussian, rational_variance, skellam
-from dp.rotation import pad_length, rotate, unrotate
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.aggregation.secure import GRAPHS, SecureSum, session_traffic, simulated_dropouts
 from secagg.errors import AbortError, ConfigError, RemoteProtocolError, UpdateError
 from secagg.protocol.messages import SessionParams
 from secagg.protocol.runner import run_session
+from secagg.rotation import pad_length, rotate, unrotate
 from secagg.seeding import derive_seed, numpy_rng
 from secagg.validation import check_choice, check_int, check_real
 

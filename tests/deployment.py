@@ -105,9 +105,9 @@ class Deployment:
                 proc.send_signal(signal.SIGKILL)
             proc.wait(10)
 
-    def audited_rounds(self) -> dict[int, dict[str, Any]]:
+    def audited_rounds(self, bits: int = 32) -> dict[int, dict[str, Any]]:
         """Each audited round's survivor sets, with ``exact``: the server's unmasked sum (each session's,
-        with several) equals the sum mod 2^32 of the inputs its surviving clients recorded."""
+        with several) equals the sum mod 2^bits of the inputs its surviving clients recorded."""
         out = {}
         for meta_path in sorted(self.audit.glob("round-*.json")):
             r = int(meta_path.stem.split("-")[1])
@@ -121,7 +121,7 @@ class Deployment:
                 total = np.zeros(row.shape, dtype=np.uint64)
                 for u in members:
                     total += np.load(self.audit / f"client-{u}-round-{r}.npy").astype(np.uint64)
-                exact = exact and bool(np.array_equal(total % (1 << 32), row))
+                exact = exact and bool(np.array_equal(total % (1 << bits), row))
             meta["exact"] = exact
             out[r] = meta
         return out

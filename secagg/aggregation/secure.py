@@ -26,7 +26,8 @@ from secagg.protocol.finder import secaggplus_parameters
 from secagg.protocol.messages import SessionParams, Stage
 from secagg.protocol.runner import SessionReport, run_session
 from secagg.quantize import Quantizer
-from secagg.seeding import numpy_rng
+from secagg.rotated_quantize import DEFAULT_WRAP_PROBABILITY, RotatedQuantizer
+from secagg.seeding import derive_seed, numpy_rng
 from secagg.validation import check_choice, check_int, check_real
 
 GRAPHS = ("full", "secaggplus")
@@ -68,6 +69,12 @@ class SecureSum(Aggregator, kind="secure-sum"):
     (a round with more is refused); 0 plans the grid for each round's own count, so the grid then
     changes with the round size. A DP rule over the sum needs the fixed grid: with it, one client
     joining changes only its own contribution, not every other client's rounding.
+    ``rotation``: compress for the ring (:mod:`secagg.rotated_quantize`): each client clips its
+    weight-scaled update to L2 norm ``clip_norm``, rotates it with the round's public signs, rounds it
+    at random to ``bits`` bits and lets single coordinates wrap, with the quantum chosen from the
+    planned client count and the clip so that the sum wraps with probability at most
+    ``wrap_probability`` (``value_range`` is then unused). It sends ``pad_length(d) + 1`` words of
+    ``bits`` bits, and is far finer than the per-coordinate grid at 8-16 bits.
     ``malicious``: the active-security mode (signed keys, ConsistencyCheck round; see
     :mod:`secagg.protocol.client`), tolerating ``floor(corrupt_fraction * n)`` clients colluding with
     the server: full-graph threshold ``floor((n + corrupt) / 2) + 1`` at least, SecAgg+ parameters
@@ -87,6 +94,9 @@ class SecureSum(Aggregator, kind="secure-sum"):
     dropout: float = 0.0
     malicious: bool = False
     max_clients: int = 0
+    rotation: bool = False
+    clip_norm: float = 0.0
+    wrap_probability: float = DEFAULT_WRAP_PROBABILITY
 
     def __post_init__(self) -> None:
         check_real("value_range", self.value_range, gt=0.0)
@@ -98,9 +108,17 @@ class SecureSum(Aggregator, kind="secure-sum"):
         check_real("weight_bound", self.weight_bound, ge=0.0)
         check_real("dropout", self.dropout, ge=0.0, lt=1.0)
         check_int("max_clients", self.max_clients, minimum=0)
-        for name in ("weighted", "malicious"):
+        for name in ("weighted", "malicious", "rotation"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+        check_real("clip_norm", self.clip_norm, ge=0.0)
+        check_real("wrap_probability", self.wrap_probability, gt=0.0, lt=1.0)
+        if self.rotation and not self.clip_norm > 0:
+            raise ConfigError("clip_norm: rotation clips each client's update to an L2 norm before it "
+                              "rotates it; set clip_norm > 0 (float units)")
+        if self.clip_norm > 0 and not self.rotation:
+            raise ConfigError("clip_norm: only rotation uses it (the per-coordinate grid clips to "
+                              "value_range); set rotation=True or leave clip_norm at 0")
 
     def session_params(self, client_ids: tuple[int, ...], vector_length: int, round_index: int = 0
                        ) -> SessionParams:
@@ -131,12 +149,32 @@ class SecureSum(Aggregator, kind="secure-sum"):
 
         Planned for ``max_clients`` when it is set (:class:`ConfigError` if ``num_clients`` exceeds it),
         else for ``num_clients``."""
+        planned = self.planned_clients(num_clients)
+        return (Quantizer.for_sum(self.value_range, planned, self.bits),
+                Quantizer.for_sum(1.0, planned, self.bits))
+
+    def planned_clients(self, num_clients: int) -> int:
+        """The client count the grid is planned for: ``max_clients`` when set (:class:`ConfigError` if
+        ``num_clients`` exceeds it), else ``num_clients``."""
         if self.max_clients and num_clients > self.max_clients:
             raise ConfigError(f"max_clients: the session has {num_clients} clients, above the bound "
                               f"max_clients={self.max_clients} its quantization grid is planned for")
-        planned = self.max_clients or num_clients
-        return (Quantizer.for_sum(self.value_range, planned, self.bits),
-                Quantizer.for_sum(1.0, planned, self.bits))
+        return self.max_clients or num_clients
+
+    def rotated(self, dim: int, num_clients: int) -> RotatedQuantizer:
+        """The rotation-mode quantizer of a session of ``num_clients`` on ``dim``-coordinate updates."""
+        return RotatedQuantizer(self.clip_norm, self.bits, dim, self.planned_clients(num_clients),
+                                self.wrap_probability)
+
+    def words(self, dim: int) -> int:
+        """Session words for a ``dim``-coordinate update: the values (``dim``, or the rotated length
+        with ``rotation``) and the weight."""
+        return (RotatedQuantizer(1.0, 32, dim, 1).length if self.rotation else dim) + 1
+
+    @staticmethod
+    def rotation_seed(round_seed: int, round_index: int) -> int:
+        """The public rotation signs' seed of round ``round_index`` (every client and the server)."""
+        return derive_seed(round_seed, "secure-sum-rotation", round_index)
 
     def client_weight(self, num_examples: float, bound: float) -> float:
         """A client's weight ``w / W`` in [0, 1] (1 when unweighted); :class:`UpdateError` if out of range.
@@ -154,24 +192,38 @@ class SecureSum(Aggregator, kind="secure-sum"):
         return num_examples / bound
 
     def encode_client(self, update: np.ndarray, weight: float, num_clients: int,
-                      rng: np.random.Generator | None = None  # not secret: dither only
-                      ) -> tuple[np.ndarray, int]:
-        """One client's session input: ``[weight * update, weight]`` quantized (``d + 1`` uint32 words),
-        and how many coordinates were clipped. ``rng``: the stochastic-rounding dither (``None``: the
-        OS CSPRNG, as a deployed client should use; seeded only for reproducible simulation).
+                      rng: np.random.Generator | None = None,  # not secret: dither only
+                      rotation_seed: int = 0) -> tuple[np.ndarray, int]:
+        """One client's session input: ``[weight * update, weight]`` quantized (:meth:`words` uint32
+        words), and how many coordinates were clipped (with ``rotation``: 1 if the vector was clipped
+        to ``clip_norm``). ``rng``: the stochastic-rounding dither (``None``: the OS CSPRNG, as a
+        deployed client should use; seeded only for reproducible simulation). ``rotation_seed``: the
+        round's public signs (:meth:`rotation_seed`), with ``rotation``.
         """
         value_q, weight_q = self.quantizers(num_clients)
-        q, clipped = value_q.encode(np.asarray(update, dtype=np.float64) * weight, rng=rng)
+        x = np.asarray(update, dtype=np.float64) * weight
+        if self.rotation:
+            q, was_clipped = self.rotated(x.size, num_clients).encode(x, rotation_seed, rng)
+            clipped = int(was_clipped)
+        else:
+            q, clipped = value_q.encode(x, rng=rng)
         qw, _ = weight_q.encode(np.array([weight]), rng=rng)
         return np.concatenate([q, qw]), clipped
 
-    def decode_sum(self, result: np.ndarray, num_clients: int, survivors: int) -> tuple[np.ndarray, float]:
+    def decode_sum(self, result: np.ndarray, num_clients: int, survivors: int, dim: int | None = None,
+                   rotation_seed: int = 0) -> tuple[np.ndarray, float]:
         """``(weighted mean, total weight)`` from the unmasked ``result`` of a session that invited
-        ``num_clients`` and summed ``survivors``; :class:`UpdateError` if the total weight is not positive.
+        ``num_clients`` and summed ``survivors`` (with ``rotation``: of ``dim``-coordinate updates,
+        rotated with ``rotation_seed``); :class:`UpdateError` if the total weight is not positive.
         """
         value_q, weight_q = self.quantizers(num_clients)
         d = len(result) - 1
-        total = value_q.decode_sum(result[:d], survivors)
+        if self.rotation:
+            if dim is None:
+                raise ConfigError("dim: decoding a rotated sum needs the update's dimension")
+            total = self.rotated(dim, num_clients).decode_sum(result[:d], rotation_seed)
+        else:
+            total = value_q.decode_sum(result[:d], survivors)
         total_w = float(weight_q.decode_sum(result[d:], survivors)[0])
         if total_w <= 0:
             raise UpdateError("weights: the secure sum of the surviving clients' weights is not positive")
@@ -182,26 +234,38 @@ class SecureSum(Aggregator, kind="secure-sum"):
     is_session: ClassVar[bool] = True
 
     def secure_params(self, client_ids: tuple[int, ...], dim: int, round_index: int) -> SessionParams:
-        """The session of a round with these clients on ``dim``-coordinate updates (d + 1 words)."""
-        return self.session_params(client_ids, dim + 1, round_index)
+        """The session of a round with these clients on ``dim``-coordinate updates (:meth:`words`)."""
+        return self.session_params(client_ids, self.words(dim), round_index)
 
     def session_input(self, release: np.ndarray, num_examples: float, weight_bound: float,
                       params: SessionParams, round_seed: int) -> np.ndarray:
         """One client's session input for its released update (float, d): ``[w x, w]`` quantized, the
         dither from the OS CSPRNG (``round_seed`` is unused here)."""
         weight = self.client_weight(float(num_examples), weight_bound)
-        value, _ = self.encode_client(release, weight, params.num_clients)
+        value, _ = self.encode_client(release, weight, params.num_clients,
+                                      rotation_seed=self.rotation_seed(round_seed, params.round))
         return value
 
     def session_result(self, result: np.ndarray, params: SessionParams, survivors: int, dim: int,
                        round_seed: int) -> Aggregate:
         """The server's reading of an unmasked session sum: the weighted mean of the survivors."""
         n = params.num_clients
-        mean, total_weight = self.decode_sum(result, n, survivors)
+        mean, total_weight = self.decode_sum(result, n, survivors, dim,
+                                             self.rotation_seed(round_seed, params.round))
         return Aggregate(torch.from_numpy(mean), {}, {
             "survivors": float(survivors), "dropped": float(n - survivors),
             "total_weight": float(total_weight),  # in units of the weight bound W
-            "quantization_error_bound": self.quantizers(n)[0].error_bound(survivors)})
+            **self.error_metrics(dim, n, survivors)})
+
+    def error_metrics(self, dim: int, num_clients: int, survivors: int) -> dict[str, float]:
+        """What the quantization may cost, in float units of the sum: the per-coordinate worst case
+        (``quantization_error_bound``), or with ``rotation`` the worst-case L2 norm of the error
+        (``quantization_error_norm_bound``) and the bound on the sum wrapping (``wrap_probability``)."""
+        if not self.rotation:
+            return {"quantization_error_bound": self.quantizers(num_clients)[0].error_bound(survivors)}
+        rq = self.rotated(dim, num_clients)
+        return {"quantization_error_norm_bound": rq.error_norm_bound(survivors),
+                "wrap_probability": rq.wrap_probability_bound(survivors)}
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
         order = sorted(range(batch.num_clients), key=lambda i: batch.client_ids[i])
@@ -213,28 +277,29 @@ class SecureSum(Aggregator, kind="secure-sum"):
         bound = self.weight_bound or float(counts.max())
         n, d = updates.shape
         rng = numpy_rng(batch.seed, "secure-sum-dither")  # not secret: reproducible simulation
+        seed = self.rotation_seed(batch.seed, batch.round)
         inputs, clipped = {}, 0
         for row, u in enumerate(ids):
             inputs[u], c = self.encode_client(updates[row], self.client_weight(float(counts[row]), bound),
-                                              n, rng)
+                                              n, rng, seed)
             clipped += c
-        params = self.session_params(ids, d + 1, batch.round)
+        params = self.session_params(ids, self.words(d), batch.round)
         drop = simulated_dropouts(ids, self.dropout, numpy_rng(batch.seed, "secure-sum-dropout"))
         report = run_session(params, inputs, drop_before=drop)
         assert report.result is not None
         survivors = len(report.survivors)
-        mean, _ = self.decode_sum(report.result, n, survivors)
+        mean, _ = self.decode_sum(report.result, n, survivors, d, seed)
         traffic = session_traffic(report)
         metrics = {
             "survivors": float(survivors),
             "dropped": float(len(report.dropped)),
             "threshold": float(params.threshold),
             "degree": float(params.degree),
-            "clipped_fraction": clipped / (n * d),
+            "clipped_fraction": clipped / (n if self.rotation else n * d),  # rotation: clients clipped
             **traffic,
             "server_bytes": float(report.server_bytes_sent + report.server_bytes_received),
             "expansion": traffic["client_bytes_mean"] / (4.0 * d),
-            "quantization_error_bound": self.quantizers(n)[0].error_bound(survivors),
+            **self.error_metrics(d, n, survivors),
         }
         update = torch.from_numpy(mean).to(batch.updates.dtype)
         return Aggregate(update, dict(state), metrics)

@@ -30,6 +30,7 @@ from secagg.cli.options import (
     DEFAULT_BYZANTINE_F,
     DEFAULT_CLIP,
     DEFAULT_DELTA,
+    DEFAULT_ROTATION_CLIP,
     DEFAULT_SECURE_BITS,
     DEFAULT_SECURE_RANGE,
     DP_MODES,
@@ -267,6 +268,28 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return with_audit(args, _base_config(args))
 
 
+def secure_sum(args: argparse.Namespace) -> SecureSum | None:
+    """The ``--secure*`` flags' SecureSum (``None`` without ``--secure``); :class:`FlagError` for a
+    rotation flag without ``--secure-rotation`` or a per-coordinate range with it."""
+    rotation = bool(getattr(args, "secure_rotation", False))
+    clip_norm = getattr(args, "secure_clip_norm", None)
+    if clip_norm is not None and not rotation:
+        raise FlagError("--secure-clip-norm: is the L2 clip of --secure-rotation; add --secure-rotation")
+    if rotation and not args.secure:
+        raise FlagError("--secure-rotation: compresses the secure sum; add --secure")
+    if rotation and args.secure_range is not None:
+        raise FlagError("--secure-range: the per-coordinate grid's range; --secure-rotation clips to "
+                        "--secure-clip-norm instead")
+    if not args.secure:
+        return None
+    return SecureSum(value_range=DEFAULT_SECURE_RANGE if args.secure_range is None else args.secure_range,
+                     bits=DEFAULT_SECURE_BITS if args.secure_bits is None else args.secure_bits,
+                     graph=args.secure_graph, dropout=args.secure_dropout,
+                     malicious=args.secure_malicious, corrupt_fraction=args.secure_corrupt,
+                     rotation=rotation, clip_norm=(DEFAULT_ROTATION_CLIP if clip_norm is None else clip_norm)
+                     if rotation else 0.0)
+
+
 def _base_config(args: argparse.Namespace) -> ExperimentConfig:
     """:func:`config_from_args` before ``--audit-canaries``."""
     gan = _gan_module(args)  # imported before --config is read: it registers the "gan" trainer
@@ -293,11 +316,7 @@ def _base_config(args: argparse.Namespace) -> ExperimentConfig:
             raise FlagError(f"--sample-rate: must be in (0, 1], got {args.sample_rate}")
         config = _with(_with(config, ("fedavg", "fraction"), args.sample_rate),
                        ("fedavg", "sampling"), "poisson")
-    secure = (SecureSum(value_range=DEFAULT_SECURE_RANGE if args.secure_range is None else args.secure_range,
-                        bits=DEFAULT_SECURE_BITS if args.secure_bits is None else args.secure_bits,
-                        graph=args.secure_graph, dropout=args.secure_dropout,
-                        malicious=args.secure_malicious, corrupt_fraction=args.secure_corrupt)
-              if args.secure else None)
+    secure = secure_sum(args)
     if args.dp not in ("none", "dpsgd"):
         for flag, given in (("--aggregator", args.aggregator is not None),
                             ("--clip-norm", args.clip_norm is not None),

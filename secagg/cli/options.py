@@ -124,6 +124,9 @@ DEFAULT_SECURE_RANGE = 1.0
 
 DEFAULT_SECURE_BITS = 32
 
+#: --secure-rotation's L2 clip: above the digits MLP's weighted updates (0.3-1.8 under the defaults)
+DEFAULT_ROTATION_CLIP = 2.0
+
 
 def _build_parser() -> argparse.ArgumentParser:
     return _build_parsers()[0]
@@ -327,6 +330,14 @@ def _add_training_options(train: argparse.ArgumentParser, command: str = "train"
     secure.add_argument("--secure-bits", type=int, default=None,
                         help=f"ring Z_(2^bits) (default: {DEFAULT_SECURE_BITS}; with --dp distributed, "
                              f"{DistributedDP().bits})")
+    secure.add_argument("--secure-rotation", dest="secure_rotation", action="store_true",
+                        help="compress for the ring: each client clips its update to --secure-clip-norm "
+                             "(L2), rotates it (random Hadamard, public signs) and rounds it at random to "
+                             "--secure-bits bits, single coordinates wrapping; the quantum is chosen from "
+                             "the clients and the clip so the sum wraps with probability <= 1e-9")
+    secure.add_argument("--secure-clip-norm", dest="secure_clip_norm", type=float, default=None, metavar="C",
+                        help=f"--secure-rotation: the L2 clip of each client's weighted update (default: "
+                             f"{DEFAULT_ROTATION_CLIP})")
     secure.add_argument("--secure-dropout", type=float, default=0.0,
                         help="fraction of sampled clients that drop after sharing keys (simulation)")
     secure.add_argument("--secure-malicious", action="store_true",
