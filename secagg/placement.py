@@ -42,7 +42,7 @@ __all__ = ["Placement", "place", "released_batch"]
 
 # aggregators that run secure-aggregation sessions of their own: over the network only a SecureSum
 # directly below the client steps can run its session so far
-SESSION_KINDS = ("secure-sum", "secure-bucketing", "distributed-dp")
+SESSION_KINDS = ("secure-sum", "secure-bucketing", "distributed-dp", "hierarchical-secure-sum")
 
 
 @dataclass(frozen=True)

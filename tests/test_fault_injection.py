@@ -199,7 +199,9 @@ class Injector:
 
         Decided from the bytes alone, without asking the server: the reply that went out must decode
         to a MaskedInput from ``u`` for the real session, of the right length and below 2^bits. A
-        bit-flipped word is still accepted (it is just another input): its difference is returned.
+        bit-flipped word is still accepted (it is just another input): its difference is returned. The
+        words are read as docs/protocol.md writes them (:func:`spec_words`), not with the library's
+        unpacking.
         """
         sent = self.sent.get((u, Stage.MASKED_INPUT))
         if sent is None:
@@ -213,10 +215,12 @@ class Injector:
         if (message.sender, message.session_id, len(message.vector)) != (u, original.session_id,
                                                                           len(original.vector)):
             return None
-        y = np.frombuffer(message.vector, dtype="<u4").astype(np.uint32)
-        if self.params.bits < 32 and bool((y >> np.uint32(self.params.bits)).any()):
+        y = spec_words(message.vector, self.params.bits, self.params.vector_length)
+        if y is None:
             return None
-        return y - np.frombuffer(original.vector, dtype="<u4").astype(np.uint32)  # wraps mod 2^32
+        before = spec_words(original.vector, self.params.bits, self.params.vector_length)
+        assert before is not None
+        return y - before  # wraps mod 2^32
 
 
 class SpyServer(Server):
@@ -233,6 +237,24 @@ class SpyServer(Server):
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+
+def spec_words(vector: bytes, bits: int, count: int) -> np.ndarray | None:
+    """The ``count`` words of ``bits`` bits a MaskedInput carries, read from its little-endian bit stream
+    as the written protocol says; ``None`` for a wrong length or a set padding bit (a refused input)."""
+    if len(vector) != (count * bits + 7) // 8:
+        return None
+    stream = int.from_bytes(vector, "little")
+    if stream >> (count * bits):
+        return None
+    mask = (1 << bits) - 1
+    return np.array([(stream >> (i * bits)) & mask for i in range(count)], dtype=np.uint32)
+
+
+def spec_vector(words: np.ndarray, bits: int) -> bytes:
+    """The inverse of :func:`spec_words`: ``words`` packed as the little-endian bit stream."""
+    stream = sum(int(w) << (i * bits) for i, w in enumerate(words))
+    return stream.to_bytes((len(words) * bits + 7) // 8, "little")
 
 
 def exact_sum(params: SessionParams, inputs: dict[int, np.ndarray], members, deltas=()) -> np.ndarray:
@@ -372,23 +394,27 @@ def test_outcome_is_the_exact_sum_of_the_accepted_clients_or_an_abort_error(case
 
 
 @settings(max_examples=30)
-@given(malicious=st.booleans(), bits=st.sampled_from([8, 16, 31, 32]), word=st.integers(0, 7),
+@given(malicious=st.booleans(), bits=st.sampled_from([8, 12, 16, 31, 32]), word=st.integers(0, 7),
        bit=st.integers(0, 31))
 def test_flipped_bit_in_a_masked_word_is_another_input_or_refused(malicious: bool, bits: int, word: int,
                                                                   bit: int) -> None:
-    """Property 1's bit-flip case pinned down: inside the ring it is another input, beyond it refused."""
+    """Property 1's bit-flip case pinned down: inside the ring it is another input; a word beyond the
+    ring cannot be written in the packed form, so the attempt (the old 32-bit word) is refused."""
     params, inputs = four_clients(malicious, bits)
     seen: list[tuple[np.ndarray, np.ndarray]] = []
 
     def flip(message: MaskedInput) -> MaskedInput:
-        y = np.frombuffer(message.vector, dtype="<u4").astype(np.uint32)
+        y = spec_words(message.vector, bits, params.vector_length)
+        assert y is not None
         flipped = y.copy()
         flipped[word] ^= np.uint32(1 << bit)
         seen.append((y, flipped))
+        if bit < bits:
+            return dataclasses.replace(message, vector=spec_vector(flipped, bits))
         return dataclasses.replace(message, vector=flipped.astype("<u4").tobytes())
     report = run_session(params, inputs, tamper=edit_reply(0, Stage.MASKED_INPUT, flip))
     ((y, flipped),) = seen
-    if bit < bits:
+    if bit < bits or bits == 32:
         assert report.survivors == params.client_ids and not report.rejected
         assert_exact(params, report, inputs, params.client_ids, [flipped - y])
     else:

@@ -20,6 +20,7 @@ from secagg.aggregation.flame import FLAME
 from secagg.aggregation.fltrust import FLTrust
 from secagg.aggregation.foolsgold import FoolsGold
 from secagg.aggregation.geomed import GeometricMedian
+from secagg.aggregation.hierarchical import HierarchicalSecureSum
 from secagg.aggregation.krum import Krum, MultiKrum
 from secagg.aggregation.mda import MinimumDiameterAveraging
 from secagg.aggregation.meamed import Meamed
@@ -48,6 +49,7 @@ __all__ = [
     "FLTrust",
     "FoolsGold",
     "GeometricMedian",
+    "HierarchicalSecureSum",
     "Krum",
     "Meamed",
     "Mean",
