@@ -27,6 +27,7 @@ from secagg.protocol.messages import SessionParams, Stage
 from secagg.protocol.runner import SessionReport, run_session
 from secagg.quantize import Quantizer
 from secagg.rotated_quantize import DEFAULT_WRAP_PROBABILITY, RotatedQuantizer
+from secagg.rotation import pad_length
 from secagg.seeding import derive_seed, numpy_rng
 from secagg.validation import check_choice, check_int, check_real
 
@@ -169,7 +170,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
     def words(self, dim: int) -> int:
         """Session words for a ``dim``-coordinate update: the values (``dim``, or the rotated length
         with ``rotation``) and the weight."""
-        return (RotatedQuantizer(1.0, 32, dim, 1).length if self.rotation else dim) + 1
+        return (pad_length(dim) if self.rotation else dim) + 1
 
     @staticmethod
     def rotation_seed(round_seed: int, round_index: int) -> int:
