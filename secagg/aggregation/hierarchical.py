@@ -42,7 +42,7 @@ import torch
 
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.aggregation.secure import SecureSum, simulated_dropouts
-from secagg.errors import AbortError, ConfigError, UpdateError
+from secagg.errors import AbortError, ConfigError
 from secagg.protocol.messages import Stage
 from secagg.protocol.runner import SessionReport, run_session
 from secagg.seeding import derive_seed, numpy_rng
@@ -155,28 +155,16 @@ class HierarchicalSecureSum(Aggregator, kind="hierarchical-secure-sum"):
                               top.server_bytes_sent + top.server_bytes_received, seconds)
 
     def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
-        order = sorted(range(batch.num_clients), key=lambda i: batch.client_ids[i])
-        ids = tuple(batch.client_ids[i] for i in order)
-        if len(set(ids)) != len(ids):
-            raise UpdateError("client_ids: duplicate client id in the batch")
         secure = self.secure
-        updates = batch.updates[order].to(torch.float64).numpy()
-        counts = batch.weights[order].numpy()
-        bound = secure.weight_bound or float(counts.max())
-        n, d = updates.shape
-        rng = numpy_rng(batch.seed, "secure-sum-dither")  # not secret: reproducible simulation
+        inputs, clipped_fraction = secure.encode_batch(batch)  # on the whole round's grid: the total fits
+        n, d = batch.updates.shape
         rotation = secure.rotation_seed(batch.seed, batch.round)
-        inputs, clipped = {}, 0
-        for row, u in enumerate(ids):  # every client on the grid of the whole round: the total must fit
-            inputs[u], c = secure.encode_client(updates[row], secure.client_weight(float(counts[row]), bound),
-                                                n, rng, rotation)
-            clipped += c
         report = self.run(inputs, secure.words(d), batch.round, derive_seed(batch.seed, "hierarchical"))
         mean, _ = secure.decode_sum(report.total, n, len(report.survivors), d, rotation)
         metrics = {
             "survivors": float(len(report.survivors)), "dropped": float(n - len(report.survivors)),
             "combiners": float(len(report.combiner_sums)), "combiners_summed": float(len(report.combiners)),
-            "clipped_fraction": clipped / (n if secure.rotation else n * d),
+            "clipped_fraction": clipped_fraction,
             "client_bytes_mean": float(np.mean(report.client_bytes)),
             "client_bytes_max": float(np.max(report.client_bytes)),
             "combiner_bytes_max": float(max(report.combiner_bytes.values())),

@@ -268,7 +268,10 @@ class SecureSum(Aggregator, kind="secure-sum"):
         return {"quantization_error_norm_bound": rq.error_norm_bound(survivors),
                 "wrap_probability": rq.wrap_probability_bound(survivors)}
 
-    def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
+    def encode_batch(self, batch: UpdateBatch) -> tuple[dict[int, np.ndarray], float]:
+        """Every client's session input for a simulated round (client id -> words, on the grid planned
+        for the whole batch, the dither seeded by the round: reproducible, simulation only), and the
+        ``clipped_fraction`` metric (coordinates clipped, or with ``rotation`` clients clipped)."""
         order = sorted(range(batch.num_clients), key=lambda i: batch.client_ids[i])
         ids = tuple(batch.client_ids[i] for i in order)
         if len(set(ids)) != len(ids):
@@ -284,6 +287,12 @@ class SecureSum(Aggregator, kind="secure-sum"):
             inputs[u], c = self.encode_client(updates[row], self.client_weight(float(counts[row]), bound),
                                               n, rng, seed)
             clipped += c
+        return inputs, clipped / (n if self.rotation else n * d)
+
+    def aggregate(self, batch: UpdateBatch, state: AggState) -> Aggregate:
+        inputs, clipped_fraction = self.encode_batch(batch)
+        ids, (n, d) = tuple(sorted(inputs)), batch.updates.shape
+        seed = self.rotation_seed(batch.seed, batch.round)
         params = self.session_params(ids, self.words(d), batch.round)
         drop = simulated_dropouts(ids, self.dropout, numpy_rng(batch.seed, "secure-sum-dropout"))
         report = run_session(params, inputs, drop_before=drop)
@@ -296,7 +305,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
             "dropped": float(len(report.dropped)),
             "threshold": float(params.threshold),
             "degree": float(params.degree),
-            "clipped_fraction": clipped / (n if self.rotation else n * d),  # rotation: clients clipped
+            "clipped_fraction": clipped_fraction,
             **traffic,
             "server_bytes": float(report.server_bytes_sent + report.server_bytes_received),
             "expansion": traffic["client_bytes_mean"] / (4.0 * d),
