@@ -57,6 +57,7 @@ AGGREGATORS: dict[str, Aggregator] = {
     "nnm": NearestNeighbourMixing(f=2, inner=TrimmedMean(f=2)),
     "bucketing": Bucketing(bucket_size=2, inner=CoordinateMedian()), "clip-norm": ClipNorm(max_norm=0.5),
     "secure-sum": SecureSum(), "secure-bucketing": SecureBucketing(bucket_size=3, inner=CoordinateMedian()),
+    "hierarchical-secure-sum": agg.HierarchicalSecureSum(combiners=2),
     "dp-fedavg": dp.DPFedAvg(clip=0.5, noise_multiplier=0.5, expected_clients=CLIENTS, sample_rate=1.0,
                              sampling="none"),
     "dp-fedavg-adaptive": dp.AdaptiveClipDP(initial_clip=0.5, noise_multiplier=0.5, expected_clients=CLIENTS,
