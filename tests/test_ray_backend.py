@@ -130,3 +130,23 @@ def test_a_missing_ray_is_a_config_error_naming_the_extra(monkeypatch, tmp_path)
         RayExecutor()
     with pytest.raises(ConfigError, match=message):
         run_grid(parse(tomllib.loads(TINY)), tmp_path, progress=False, backend="ray")
+
+
+def test_combiners_run_as_ray_tasks_and_sum_exactly_the_same(local_ray):
+    """Two-level secure aggregation with each combiner's session (its clients included) a Ray task:
+    the same survivors and the same exact sum as one after the other in this process."""
+    import numpy as np
+
+    from secagg.aggregation import HierarchicalSecureSum, SecureSum
+
+    rng = np.random.default_rng(3)  # test data only
+    inputs = {u: rng.integers(0, 2**16, 9, dtype=np.uint64).astype(np.uint32) for u in range(24)}
+    agg = HierarchicalSecureSum(combiners=4, secure=SecureSum(bits=16, dropout=0.2))
+    local = agg.run(inputs, 9, round_index=2, seed=5)
+    with RayExecutor(threads=1) as executor:
+        remote = agg.run(inputs, 9, round_index=2, seed=5, executor=executor)
+    assert remote.survivors == local.survivors and remote.combiners == local.combiners
+    assert np.array_equal(remote.total, local.total)
+    want = sum(inputs[u].astype(np.uint64) for u in remote.survivors) % (1 << 16)
+    assert np.array_equal(remote.total.astype(np.uint64), want)
+    assert set(remote.seconds) >= {f"combiner_{j}" for j in range(4)}

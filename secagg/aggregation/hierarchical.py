@@ -43,12 +43,26 @@ import torch
 from secagg.aggregation.base import Aggregate, Aggregator, AggState, UpdateBatch
 from secagg.aggregation.secure import SecureSum, simulated_dropouts
 from secagg.errors import AbortError, ConfigError
-from secagg.protocol.messages import Stage
+from secagg.parallel import ClientExecutor, LocalExecutor
+from secagg.protocol.messages import SessionParams, Stage
 from secagg.protocol.runner import SessionReport, run_session
 from secagg.seeding import derive_seed, numpy_rng
 from secagg.validation import check_int, check_real
 
-__all__ = ["HierarchicalSecureSum", "TwoLevelReport"]
+__all__ = ["HierarchicalSecureSum", "TwoLevelReport", "combiner_session"]
+
+
+def combiner_session(job: tuple[int, SessionParams, dict[int, np.ndarray], dict[int, Stage]]
+                     ) -> tuple[int, SessionReport | None, float]:
+    """One combiner's session (module level, so an executor can run it in another process):
+    ``(combiner, its report or None when it aborted below its threshold, wall seconds)``."""
+    j, params, inputs, drop = job
+    start = time.perf_counter()
+    try:
+        report: SessionReport | None = run_session(params, inputs, drop_before=drop)
+    except AbortError:
+        report = None
+    return j, report, time.perf_counter() - start
 
 
 @dataclass(frozen=True)
@@ -62,8 +76,8 @@ class TwoLevelReport:
     client_bytes: list[int]  # sent + received, per client that completed its combiner's session
     combiner_bytes: dict[int, int]  # per combiner: its session as a server + its top session as a client
     top_bytes: int
-    #: wall seconds in this process: ``combiner_J`` (its whole session, its clients' work included: in a
-    #: deployment they run in parallel), ``level1`` (all combiners, one after the other) and ``top``
+    #: wall seconds: ``combiner_J`` (its whole session, its clients' work included, where it ran),
+    #: ``level1`` (all combiners, as the executor ran them) and ``top`` (in this process)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -114,26 +128,29 @@ class HierarchicalSecureSum(Aggregator, kind="hierarchical-secure-sum"):
                               "session needs 2")
         return {j: tuple(m) for j, m in out.items()}
 
-    def run(self, inputs: dict[int, np.ndarray], words: int, round_index: int, seed: int) -> TwoLevelReport:
+    def run(self, inputs: dict[int, np.ndarray], words: int, round_index: int, seed: int,
+            executor: ClientExecutor | None = None) -> TwoLevelReport:
         """Both levels over the clients' encoded ``inputs`` (``words`` uint32 words each); the exact
-        sum of the surviving clients of the surviving combiners, or :class:`AbortError`."""
+        sum of the surviving clients of the surviving combiners, or :class:`AbortError`.
+        ``executor``: where the combiners' sessions run (default: one after the other in this process;
+        a :class:`~secagg.parallel.RayExecutor` runs each combiner, with its clients, as a Ray task,
+        side by side on a cluster); the sums do not depend on it."""
         sums: dict[int, np.ndarray] = {}
         survivors: dict[int, tuple[int, ...]] = {}
         client_bytes: list[int] = []
         combiner_bytes: dict[int, int] = {}
         seconds: dict[str, float] = {}
         started = time.perf_counter()
+        jobs = []
         for j, members in self.groups(tuple(inputs)).items():
-            params = self.secure.session_params(members, words, round_index)
             drop = simulated_dropouts(members, self.secure.dropout,
                                       numpy_rng(seed, "hierarchical-client-dropout", j))
-            session_start = time.perf_counter()
-            try:
-                report = run_session(params, {u: inputs[u] for u in members}, drop_before=drop)
-            except AbortError:
+            jobs.append((j, self.secure.session_params(members, words, round_index),
+                         {u: inputs[u] for u in members}, drop))
+        for j, report, took in (executor or LocalExecutor()).map(combiner_session, jobs):
+            seconds[f"combiner_{j}"] = took
+            if report is None:
                 continue  # below its threshold: this combiner sits the top session out
-            finally:
-                seconds[f"combiner_{j}"] = time.perf_counter() - session_start
             assert report.result is not None
             sums[j], survivors[j] = report.result, report.survivors
             client_bytes += [report.bytes_sent[u] + report.bytes_received[u] for u in report.survivors]
