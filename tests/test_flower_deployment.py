@@ -67,4 +67,8 @@ def test_secure_dp_rounds_survive_a_killed_supernode(tmp_path: Path) -> None:
         assert np.array_equal(np.asarray(session_sum, dtype=np.uint64), want), f"round {r}: inexact sum"
     assert rounds[KILL_ROUND]["aborted"] is None, "two of three survivors are enough for the session"
     assert summed == ROUNDS
-    assert record["accuracy"][str(ROUNDS)] > record["accuracy"]["0"]  # training went on
+    # training went on: the model was stepped and evaluated after every round. Its accuracy is no signal
+    # here: z = 0.5 over 3 clients puts noise of std 0.17 on every coordinate of the mean, which swamps
+    # two rounds of updates of norm <= 1 (an "accuracy rose" check failed one full run in four here)
+    assert sorted(record["accuracy"], key=int) == [str(r) for r in range(ROUNDS + 1)]
+    assert all(np.isfinite(np.asarray(v)).all() for v in record["weights"].values())
