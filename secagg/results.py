@@ -14,6 +14,19 @@ if TYPE_CHECKING:
     from secagg.experiment import ExperimentConfig
 
 
+def save_figure(fig: Any, path: str | Path, *, suptitle: str = "") -> Path:
+    """Write matplotlib figure ``fig`` to ``path`` as a 120-dpi PNG (with ``suptitle`` above it, if
+    given), close it, and return the path: how every plot of a run folder is saved."""
+    import matplotlib.pyplot as plt
+
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -101,9 +114,4 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     ax_loss.set(xlabel="round", ylabel="cross-entropy", title="loss")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()
-    if title:
-        fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, suptitle=title)

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from secagg.results import save_figure
+
 #: the per-round GAN metrics the curves show, with their axis labels
 CURVES = (("modes_covered", "modes covered (of K)"), ("mode_kl", "KL(labels || uniform) (nats)"),
           ("frechet", "Frechet distance (evaluator features)"))
@@ -48,10 +50,7 @@ def save_grid(images: torch.Tensor, path: str | Path, *, title: str = "", cols: 
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_gan_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *,
@@ -71,9 +70,4 @@ def plot_gan_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
         ax.grid(alpha=0.3)
     if len(runs) > 1:
         axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, suptitle=title)
