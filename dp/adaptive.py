@@ -35,7 +35,7 @@ import torch
 from dp.central import GaussianAccounted, check_sum_inner, clip_rows, rounding_slack, secure_clip
 from dp.gaussian import gaussian
 from dp.noise import SecureRandom
-from secagg.aggregation import Aggregate, Aggregator, AggState, Mean, SecureSum, UpdateBatch, Wrapper
+from secagg.aggregation import Aggregate, Aggregator, AggState, Mean, UpdateBatch, Wrapper, secure_encoding
 from secagg.aggregation.base import nest_state, unnest_state
 from secagg.errors import AbortError, ConfigError
 from secagg.validation import check_real
@@ -81,9 +81,10 @@ class AdaptiveClipDP(GaussianAccounted, Wrapper, kind="dp-fedavg-adaptive"):
         self.check_accounting()
         super().__post_init__()
         check_sum_inner(self.inner)
-        if isinstance(self.inner, SecureSum) and self.inner.value_range < BIT_RANGE:
+        secure = secure_encoding(self.inner)
+        if secure is not None and secure.value_range < BIT_RANGE:
             raise ConfigError(f"inner.value_range: must be >= {BIT_RANGE} to carry the centred clip bits "
-                              f"through the secure sum, got {self.inner.value_range}")
+                              f"through the secure sum, got {secure.value_range}")
         if self.noise_multiplier >= 2.0 * self.sigma_b:
             raise ConfigError(f"noise_multiplier: must be < 2 sigma_b = {2.0 * self.sigma_b:g} (sigma_b = "
                               f"count_stddev), got {self.noise_multiplier}; raise count_stddev or leave "
@@ -129,7 +130,8 @@ class AdaptiveClipDP(GaussianAccounted, Wrapper, kind="dp-fedavg-adaptive"):
         :func:`~dp.central.secure_clip` and the bit shrunk by the rounding slack: what enters the sum
         still moves it by at most C and 1/2 (the sensitivities), on the grid ``inner.max_clients`` fixes.
         """
-        planned = self.inner.max_clients if isinstance(self.inner, SecureSum) else 1
+        secure = secure_encoding(self.inner)
+        planned = secure.max_clients if secure is not None else 1
         clipped, norms = clip_rows(updates, secure_clip(self.inner, clip, planned, updates.shape[1]))
         bits = (norms <= clip).to(torch.float64)
         shrink = 1.0 - rounding_slack(self.inner, planned, 1) / BIT_RANGE
@@ -174,7 +176,7 @@ class AdaptiveClipDP(GaussianAccounted, Wrapper, kind="dp-fedavg-adaptive"):
         """:meth:`aggregate`, optionally drawing the noise from ``rng`` (a seeded one: TESTS ONLY): every
         row through the client step, the inner sum, then :meth:`after_sum`."""
         rows, bits = self._released_rows(batch.updates, self.current_clip(state))
-        if isinstance(self.inner, SecureSum) and batch.num_clients < 2:
+        if secure_encoding(self.inner) is not None and batch.num_clients < 2:
             raise AbortError("secure aggregation needs at least 2 clients; the round is skipped")
         inner = self.inner.aggregate(batch.replace(updates=rows, layout=None), unnest_state("inner", state))
         out = self.after_sum(inner, state, num_clients=batch.num_clients, dtype=batch.updates.dtype, rng=rng)

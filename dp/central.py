@@ -31,7 +31,16 @@ import torch
 from dp.accounting import ACCOUNTANTS, SAMPLING, GaussianAccountant
 from dp.gaussian import gaussian
 from dp.noise import SecureRandom
-from secagg.aggregation import Aggregate, Aggregator, AggState, Mean, SecureSum, UpdateBatch, Wrapper
+from secagg.aggregation import (
+    Aggregate,
+    Aggregator,
+    AggState,
+    Mean,
+    SecureSum,
+    UpdateBatch,
+    Wrapper,
+    secure_encoding,
+)
 from secagg.aggregation.base import nest_state, unnest_state
 from secagg.errors import AbortError, ConfigError
 from secagg.validation import check_choice, check_int, check_real
@@ -54,17 +63,24 @@ def clip_rows(updates: torch.Tensor, clip: float | torch.Tensor) -> tuple[torch.
 
 def check_sum_inner(inner: Aggregator, where: str = "inner") -> None:
     """Refuse an inner aggregator whose output times the client count is not the plain sum, and a
-    secure sum whose quantization grid moves with the round size (``max_clients`` unset)."""
-    if not isinstance(inner, Mean | SecureSum) or inner.weighted:
-        raise ConfigError(f"{where}: must be Mean(weighted=False) or SecureSum(weighted=False) (the noise "
-                          f"is calibrated to the unweighted sum), got {inner!r}")
-    if isinstance(inner, SecureSum) and inner.rotation:
-        raise ConfigError(f"{where}.rotation: the rotated secure sum's modular clipping may wrap (with "
+    secure sum whose quantization grid moves with the round size (``max_clients`` unset). A two-level
+    secure sum is checked by the SecureSum both its levels encode with (:func:`secure_encoding`)."""
+    secure = secure_encoding(inner)
+    summed = secure if secure is not None else inner
+    if not isinstance(summed, Mean | SecureSum) or summed.weighted:
+        raise ConfigError(f"{where}: must be Mean(weighted=False) or SecureSum(weighted=False) (or a "
+                          f"two-level sum of one) (the noise is calibrated to the unweighted sum), got "
+                          f"{inner!r}")
+    if secure is None:
+        return
+    at = where if secure is inner else f"{where}.secure"
+    if secure.rotation:
+        raise ConfigError(f"{at}.rotation: the rotated secure sum's modular clipping may wrap (with "
                           f"probability up to its wrap_probability), which this mechanism's accounting does "
                           f"not cover; for rotation with DP use distributed DP (--dp distributed), whose "
                           f"accounting includes its rotation and rounding")
-    if isinstance(inner, SecureSum) and inner.max_clients == 0:
-        raise ConfigError(f"{where}.max_clients: a DP sum through SecureSum needs a fixed quantization "
+    if secure.max_clients == 0:
+        raise ConfigError(f"{at}.max_clients: a DP sum through SecureSum needs a fixed quantization "
                           f"grid (a public bound on the clients per round, e.g. the number of clients); "
                           f"with 0 the grid follows the round size, so one client joining re-rounds "
                           f"every other client's update and the sum moves by more than the clip")
@@ -78,9 +94,10 @@ def rounding_slack(inner: Aggregator, num_clients: int, dim: int) -> float:
     a plain mean adds nothing. Clipping to ``C - slack`` keeps each client's contribution, as summed,
     within the sensitivity ``C`` the noise is calibrated to.
     """
-    if not isinstance(inner, SecureSum):
+    secure = secure_encoding(inner)
+    if secure is None:
         return 0.0
-    return math.sqrt(dim) / inner.quantizers(num_clients)[0].scale
+    return math.sqrt(dim) / secure.quantizers(num_clients)[0].scale
 
 
 def secure_clip(inner: Aggregator, clip: float, num_clients: int, dim: int) -> float:
@@ -188,7 +205,8 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
     def client_step(self, update: torch.Tensor, public: tuple[float, ...] = ()) -> torch.Tensor:
         """One client's update (d,) clipped to :func:`secure_clip` (float64): what it sends into the
         secure sum when this rule runs over one (the grid is fixed by ``inner.max_clients``)."""
-        planned = self.inner.max_clients if isinstance(self.inner, SecureSum) else 1
+        secure = secure_encoding(self.inner)
+        planned = secure.max_clients if secure is not None else 1
         target = secure_clip(self.inner, self.clip, planned, update.numel())
         return clip_rows(update.reshape(1, -1), target)[0][0]
 
@@ -212,7 +230,7 @@ class DPFedAvg(GaussianAccounted, Wrapper, kind="dp-fedavg"):
         # moves the sum by at most clip (the sensitivity the noise is calibrated to)
         target = secure_clip(self.inner, self.clip, batch.num_clients, batch.dim)
         clipped, norms = clip_rows(batch.updates, target)
-        if isinstance(self.inner, SecureSum) and batch.num_clients < 2:
+        if secure_encoding(self.inner) is not None and batch.num_clients < 2:
             raise AbortError("secure aggregation needs at least 2 clients; the round is skipped")
         inner = self.inner.aggregate(batch.replace(updates=clipped), unnest_state("inner", state))
         out = self.after_sum(inner, state, num_clients=batch.num_clients, dtype=batch.updates.dtype, rng=rng)

@@ -57,6 +57,7 @@ from secagg.protocol.server import Server
 from secagg.protocol.wire import decode, encode
 from secagg.seeding import round_seed
 from secagg.transport.envelope import (
+    MAX_PLANNED,
     UPDATE_STAGE,
     PlainUpdate,
     Work,
@@ -125,6 +126,11 @@ class Pipeline:
             state = self.aggregator.init_state(self.dim)
         sessions: list[SessionParams] | None = None
         placement = self.placement
+        if placement.combiners is not None:  # the top server of a two-level round
+            from secagg.two_level import TopRound
+
+            _check_distinct(ids)
+            return TopRound(self, round_index, ids, weight_bound, placement.public(state), model_version)
         if placement.session is not None:
             _check_distinct(ids)  # before seating them in sessions
             groups = placement.session_groups(ids, self.round_seed(round_index))
@@ -132,6 +138,37 @@ class Pipeline:
             if model_version is not None:
                 sessions = [dataclasses.replace(p, model_version=model_version) for p in sessions]
         return ServerRound(self, round_index, ids, weight_bound, placement.public(state), sessions)
+
+    def combiner_server(self, round_index: int, members: Sequence[int], *, planned: int, weight_bound: float,
+                        public: tuple[float, ...] = (), model_version: bytes | None = None) -> ServerRound:
+        """A combiner's side of a two-level round towards its own clients (:mod:`secagg.two_level`):
+        one session over ``members`` (the round's clients under it, as the top server sent them),
+        whose clients encode on the grid of the whole round's ``planned`` clients; ``weight_bound``
+        and ``public`` are the top server's, passed on. :class:`ConfigError` for a plain or one-level
+        pipeline."""
+        placement = self.placement
+        if placement.combiners is None:
+            raise ConfigError(f"combiner_server: {self.aggregator.kind!r} is not a two-level secure sum")
+        ids = tuple(check_int("members", u, minimum=0) for u in members)
+        _check_distinct(ids)
+        params = placement.session_params(tuple(sorted(ids)), self.dim, check_int("round_index", round_index,
+                                                                                   minimum=0))
+        if model_version is not None:
+            params = dataclasses.replace(params, model_version=model_version)
+        return ServerRound(self, round_index, ids, weight_bound, public, [params],
+                           planned=check_int("planned", planned, minimum=len(ids)))
+
+    def combiner(self, combiner_id: int, *, identity: SigningKey | None = None,
+                 model_version: bytes | None = None) -> ClientRound:
+        """Combiner ``combiner_id``'s side of a two-level round towards the top server
+        (:class:`secagg.two_level.CombinerRound`); ``identity``: its Ed25519 key (malicious mode, with
+        this pipeline's ``registry`` of the combiners' keys); ``model_version``: refuse a top session
+        announcing another one."""
+        from secagg.two_level import CombinerRound
+
+        if self.placement.combiners is None:
+            raise ConfigError(f"combiner: {self.aggregator.kind!r} is not a two-level secure sum")
+        return CombinerRound(self, check_int("combiner_id", combiner_id, minimum=0), identity, model_version)
 
     def client(self, client_id: int, update: np.ndarray | torch.Tensor, num_examples: int, *,
                train_loss: float = 0.0, identity: SigningKey | None = None,
@@ -217,7 +254,8 @@ class ServerRound:
 
     def __init__(self, pipeline: Pipeline, round_index: int, client_ids: tuple[int, ...],
                  weight_bound: float, public: tuple[float, ...] = (),
-                 sessions: Sequence[SessionParams] | None = None) -> None:
+                 sessions: Sequence[SessionParams] | None = None, *, planned: int = 0,
+                 members: Mapping[int, tuple[int, ...]] | None = None) -> None:
         _check_distinct(client_ids)
         if not (isinstance(weight_bound, int | float) and weight_bound > 0):
             raise ConfigError(f"weight_bound: must be > 0 (the largest example count a client may have), "
@@ -227,6 +265,9 @@ class ServerRound:
                               f"{'needs' if sessions is None else 'takes no'} session parameters")
         self.pipeline, self.round, self.client_ids = pipeline, round_index, client_ids
         self.weight_bound, self.public = float(weight_bound), tuple(public)
+        #: a two-level round: the client count its grid is planned for, and what each recipient's
+        #: first message lists as its members (see :class:`~secagg.transport.envelope.Work`)
+        self.planned, self.members = planned, dict(members or {})
         self._updates: dict[int, PlainUpdate] = {}
         self._servers: list[Server] = []
         self._server_of: dict[int, Server] = {}
@@ -301,15 +342,17 @@ class ServerRound:
         out = {}
         for server in self._servers:
             # the full graph's Setup is one object (a broadcast); SecAgg+ sends each client its proof
-            encoded: dict[int, bytes] = {}
+            encoded: dict[object, bytes] = {}
             for u, setup in server.start():
-                if id(setup) not in encoded:
-                    encoded[id(setup)] = self._task(encode(setup), model)
-                out[u] = encoded[id(setup)]
+                key = (id(setup), self.members.get(u, ()))
+                if key not in encoded:
+                    encoded[key] = self._task(encode(setup), model, key[1])
+                out[u] = encoded[key]
         return out
 
-    def _task(self, setup: bytes, model: bytes) -> bytes:
-        return encode_work(Work(WorkKind.TASK, self.round, 0, model, setup, self.weight_bound, self.public))
+    def _task(self, setup: bytes, model: bytes, members: tuple[int, ...] = ()) -> bytes:
+        return encode_work(Work(WorkKind.TASK, self.round, 0, model, setup, self.weight_bound, self.public,
+                                self.planned, members))
 
     def receive(self, client_id: int, data: bytes) -> None:
         """One client's reply, as authenticated by the transport (``client_id`` is who sent it).
@@ -362,6 +405,11 @@ class ServerRound:
                 encoded[id(m)] = encode(m)
             out[u] = encoded[id(m)]
         return out
+
+    @property
+    def summed(self) -> int:
+        """How many clients' updates the aggregate covers."""
+        return len(self.survivors)
 
     @property
     def survivors(self) -> tuple[int, ...]:
@@ -504,6 +552,13 @@ class ClientRound:
             raise RemoteProtocolError(
                 f"client {self.id}: expected the round's first message, got {work.kind.name}")
         placement = self.pipeline.placement
+        two_level = placement.combiners is not None
+        if (work.planned > 0 or work.members) and not two_level:
+            raise RemoteProtocolError(f"client {self.id}: the server sent a two-level round's plan or "
+                                      "members, but this pipeline's secure sum has one level")
+        if work.members:
+            raise RemoteProtocolError(f"client {self.id}: the server sent a combiner's member list to "
+                                      "a client")
         if not work.message:  # plain mode: one release, in the clear
             if placement.session is not None:
                 raise RemoteProtocolError(f"client {self.id}: the server asked for a plain update, but this "
@@ -526,6 +581,9 @@ class ClientRound:
         # pipeline would choose for a session of that many clients is the same for any ids
         members = params.client_ids or tuple(range(params.members))
         placement.check_group(members)
+        if two_level and not len(members) <= work.planned <= MAX_PLANNED:
+            raise RemoteProtocolError(f"client {self.id}: a two-level round planned for {work.planned} "
+                                      f"clients, but this client's session alone has {len(members)}")
         if self.model_version is not None and params.model_version != self.model_version:
             raise RemoteProtocolError(
                 f"client {self.id}: the session's model version is not the expected one")
@@ -546,8 +604,10 @@ class ClientRound:
                 f"is below this pipeline's ({want.threshold}{', malicious mode' if want.malicious else ''})")
         self.released = placement.release(self._update.clone(), work.public)
         # every secret draw (dither, distributed DP's noise share) from the OS CSPRNG, here
+        extra = {"planned": work.planned} if two_level else {}  # only the SecureSum takes one
         value = session.session_input(self.released.to(torch.float64).numpy(), float(self.num_examples),
-                                      work.weight_bound, params, self.pipeline.round_seed(params.round))
+                                      work.weight_bound, params, self.pipeline.round_seed(params.round),
+                                      **extra)
         if params.malicious:
             if self.identity is None or self.pipeline.registry is None:
                 missing = "identity" if self.identity is None else "registry"

@@ -55,6 +55,10 @@ class Placement:
     #: a rule that runs one ``session`` per group of the round's clients (secure bucketing: its
     #: ``secure``), then its server part over the groups' sums; ``None``: one session for everybody
     groups: Aggregator | None = None
+    #: the two-level secure sum (:class:`~secagg.aggregation.HierarchicalSecureSum`): each combiner
+    #: runs ``session`` over its clients, the server one top session over the combiners
+    #: (:mod:`secagg.two_level`); ``None``: the server runs the sessions itself
+    combiners: Aggregator | None = None
 
     @property
     def mode(self) -> str:
@@ -113,7 +117,14 @@ class Placement:
 
     def check_group(self, client_ids: tuple[int, ...]) -> None:
         """On a client: :class:`RemoteProtocolError` when the server seated it in a session its
-        configuration does not allow (a bucket below ``bucket_size``)."""
+        configuration does not allow (a bucket below ``bucket_size``, a combiner's session below
+        ``min_clients``)."""
+        if self.combiners is not None:
+            least = int(self.combiners.min_clients)
+            if len(client_ids) < least:
+                raise RemoteProtocolError(f"session: a combiner's session of {len(client_ids)} clients, "
+                                          f"below min_clients={least} (its sum must hide each client "
+                                          f"among others)")
         if self.groups is not None:
             try:
                 self.groups.check_group(tuple(client_ids))
@@ -180,6 +191,9 @@ class Placement:
         """One line for logs: which step runs where."""
         client = ", ".join(s.kind for s in self.client_steps) or "nothing"
         sums = "secure sum" if self.session is not None else f"plain {self.aggregator.kind!r} rows"
+        if self.combiners is not None:
+            sums = (f"secure sums of each of {self.combiners.combiners} combiners' clients, summed "
+                    f"securely again at the top")
         return f"on the clients: {client}; crossing to the server: {sums}"
 
 
@@ -203,6 +217,11 @@ def _chain(aggregator: Aggregator) -> list[Aggregator]:
     return out
 
 
+def _combines(node: Aggregator) -> bool:
+    """Whether ``node`` is the two-level secure sum (combiner sessions under a top session)."""
+    return bool(getattr(node, "combines_sessions", False))
+
+
 def _groups(node: Aggregator) -> bool:
     """Whether ``node`` runs one secure-aggregation session per group of clients (secure bucketing)."""
     return bool(getattr(node, "groups_sessions", False))
@@ -221,12 +240,14 @@ def place(aggregator: Aggregator) -> Placement:
     for node in chain:
         node.check_deployable()
     for node in chain:
-        if node.kind in SESSION_KINDS and not (node.is_session or _groups(node)):
+        if node.kind in SESSION_KINDS and not (node.is_session or _groups(node) or _combines(node)):
             raise ConfigError(f"aggregator: {aggregator.kind!r} runs secure-aggregation sessions inside "
                               f"another rule ({node.kind!r}); over the network only one session (SecureSum "
-                              f"or distributed DP) or secure bucketing, under client steps (local DP, "
-                              f"DP-FedAvg, clipping) or alone, or a rule without sessions is supported")
-    session = next((i for i, node in enumerate(chain) if node.is_session or _groups(node)), None)
+                              "or distributed DP), secure bucketing or the two-level sum, under client "
+                              "steps (local DP, DP-FedAvg, clipping) or alone, or a rule without sessions "
+                              "is supported")
+    session = next((i for i, node in enumerate(chain)
+                    if node.is_session or _groups(node) or _combines(node)), None)
     if session is not None:
         below = [node.kind for node in chain[session + 1:] if node.kind in SESSION_KINDS]
         if below:
@@ -242,6 +263,8 @@ def place(aggregator: Aggregator) -> Placement:
         node = chain[session]
         if _groups(node):  # one session of its secure sum per group of clients
             return Placement(aggregator, tuple(chain[:session]), node.secure, groups=node)
+        if _combines(node):  # the combiners' sessions, then the top's
+            return Placement(aggregator, tuple(chain[:session]), node.secure, combiners=node)
         return Placement(aggregator, tuple(chain[:session]), node)
     top = 0
     while top < len(chain) and chain[top].placement == "client":

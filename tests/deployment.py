@@ -49,13 +49,14 @@ class Deployment:
         self.procs[name] = proc
         return proc
 
-    def serve(self, *flags: str, rounds: int = 3, port: int = 0, timeout: float = 90.0) -> int:
+    def serve(self, *flags: str, rounds: int = 3, port: int = 0, timeout: float = 90.0,
+              registry: str = "registry.json") -> int:
         """Start the server (TLS; ``flags`` add training options) on ``port`` (0: any); return the port."""
         port_file = self.root / "port"
         port_file.unlink(missing_ok=True)
         self.server = self._spawn("server", [
             "serve", "--clients", str(self.clients), "--fraction", "1", "--rounds", str(rounds),
-            "--registry", "registry.json", "--tls-cert", str(self.tls.server_cert),
+            "--registry", registry, "--tls-cert", str(self.tls.server_cert),
             "--tls-key", str(self.tls.server_key), "--address", f"127.0.0.1:{port}",
             "--port-file", str(port_file),
             "--out", str(self.out), "--audit-dir", str(self.audit), "--task-timeout", "60",
@@ -69,9 +70,39 @@ class Deployment:
         self.port = int(port_file.read_text())
         return self.port
 
-    def client(self, u: int, *flags: str) -> subprocess.Popen[bytes]:
+    def combiners(self, m: int) -> None:
+        """Identities and a registry (``combiners/registry.json``) for ``m`` combiners."""
+        registry = {}
+        for j in range(m):
+            key = SigningKey.generate()
+            save_identity(self.root / "combiners" / f"combiner-{j}.pem", key)
+            registry[j] = key.public
+        save_registry(self.root / "combiners" / "registry.json", registry)
+        self.combiner_ports: dict[int, int] = {}
+
+    def combiner(self, j: int, *flags: str, timeout: float = 90.0) -> int:
+        """Start combiner ``j`` under the top server (TLS both ways); return the port it serves on."""
+        port_file = self.root / f"combiner-{j}.port"
+        port_file.unlink(missing_ok=True)
+        proc = self._spawn(f"combiner-{j}", [
+            "serve", "--combiner", str(j), "--top", f"localhost:{self.port}",
+            "--identity", f"combiners/combiner-{j}.pem", "--top-ca-cert", str(self.tls.ca_cert),
+            "--registry", "registry.json", "--tls-cert", str(self.tls.server_cert),
+            "--tls-key", str(self.tls.server_key), "--address", "127.0.0.1:0", "--port-file", str(port_file),
+            "--audit-dir", str(self.audit), "--task-timeout", "60", "--stage-timeout", "20", "--grace", "2",
+            "--give-up", "60", *flags])
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"combiner {j} did not start:\n{self.log(f'combiner-{j}')}")
+            time.sleep(0.1)
+        self.combiner_ports[j] = int(port_file.read_text())
+        return self.combiner_ports[j]
+
+    def client(self, u: int, *flags: str, port: int | None = None) -> subprocess.Popen[bytes]:
+        """Start client ``u``, connected to the server (or to the combiner on ``port``)."""
         return self._spawn(f"client-{u}", [
-            "client", "--address", f"localhost:{self.port}", "--id", str(u),
+            "client", "--address", f"localhost:{port or self.port}", "--id", str(u),
             "--identity", f"clients/client-{u}.pem", "--ca-cert", str(self.tls.ca_cert),
             "--audit-dir", str(self.audit), "--give-up", "60", *flags])
 

@@ -39,6 +39,7 @@ from secagg.aggregation import (
     Bucketing,
     ClipNorm,
     CoordinateMedian,
+    HierarchicalSecureSum,
     Mean,
     NearestNeighbourMixing,
     SecureBucketing,
@@ -98,6 +99,10 @@ def _secure(bits: int) -> SecureSum:
     return SecureSum(weighted=False, bits=bits, value_range=1.0, max_clients=2 * N)
 
 
+def _two_level(bits: int) -> HierarchicalSecureSum:
+    return HierarchicalSecureSum(combiners=2, secure=_secure(bits), min_clients=2)
+
+
 def _central(**kw: object) -> DPFedAvg:
     return DPFedAvg(clip=0.8, noise_multiplier=1.3, expected_clients=N, **kw)
 
@@ -123,6 +128,11 @@ MECHANISMS: list[Mechanism] = [
               _through_aggregate, lambda a: _central_bound(a.inner), lambda a: a.inner.noise_multiplier),
     Mechanism("adaptive/mean", _adaptive_rule, _adaptive, _adaptive_bound, lambda a: a.noise_multiplier),
     Mechanism("adaptive/secure-sum-10bit", lambda: _adaptive_rule(inner=_secure(10)), _adaptive,
+              _adaptive_bound, lambda a: a.noise_multiplier),
+    # the same sums in two levels (combiners under a top session): the release must move no further
+    Mechanism("dp-fedavg/two-level-10bit", lambda: _central(inner=_two_level(10)), _update, _central_bound,
+              lambda a: a.noise_multiplier),
+    Mechanism("adaptive/two-level-10bit", lambda: _adaptive_rule(inner=_two_level(10)), _adaptive,
               _adaptive_bound, lambda a: a.noise_multiplier),
 ]
 

@@ -210,3 +210,12 @@ def test_local_arrays_stay_out_of_the_vector_and_the_servers_copy_is_kept():
         secagg_mod(Mean(), local_arrays="bn")
     with pytest.raises(ConfigError, match="names an array twice"):
         SecAggStrategy(Mean(), local_arrays=("bn", "bn"))
+
+
+def test_the_two_level_sum_is_refused_by_name_on_both_sides():
+    """Flower has one server: a rule whose sessions run in combiner processes cannot be placed there."""
+    from secagg.aggregation import HierarchicalSecureSum
+
+    for build in (lambda a: SecAggStrategy(a), lambda a: secagg_mod(a)):
+        with pytest.raises(ConfigError, match="'hierarchical-secure-sum' sums in two levels"):
+            build(HierarchicalSecureSum(combiners=2))

@@ -121,10 +121,11 @@ def test_poll_round_trip(after_round: int, after_step: int, wait_ms: int) -> Non
 
 @FAST
 @given(st.sampled_from(list(WorkKind)), rounds, st.integers(0, MAX_STEP), st.binary(max_size=64),
-       st.binary(max_size=64), finite)
+       st.binary(max_size=64), finite, st.integers(0, (1 << 32) - 1),
+       st.sets(st.integers(0, MAX_ID), max_size=20))
 def test_work_round_trip(kind: WorkKind, r: int, step: int, weights: bytes, message: bytes,
-                         bound: float) -> None:
-    work = Work(kind, r, step, weights, message, bound)
+                         bound: float, planned: int, members: set[int]) -> None:
+    work = Work(kind, r, step, weights, message, bound, (), planned, tuple(sorted(members)))
     _round_trip(env.encode_work, env.decode_work, work)
     assert type(env.decode_work(env.encode_work(work)).kind) is WorkKind
 
@@ -195,7 +196,8 @@ NONCE, SIG, TOKEN = b"n" * NONCE_BYTES, b"s" * SIGNATURE_BYTES, b"t" * TOKEN_BYT
     (env.decode_hello, msgpack.packb([MAGIC]), r"Hello: expected a msgpack array"),
     (env.decode_hello, msgpack.packb([0x1234, VERSION, 1]), "Hello: bad magic number"),
     (env.decode_hello, msgpack.packb([float(MAGIC), VERSION, 1]), "Hello: bad magic number"),
-    (env.decode_hello, msgpack.packb([MAGIC, 1, 1]), r"Hello: unsupported version 1 \(this build speaks 2\)"),
+    (env.decode_hello, msgpack.packb([MAGIC, 1, 1]),
+     rf"Hello: unsupported version 1 \(this build speaks {VERSION}\)"),
     (env.decode_hello, msgpack.packb([MAGIC, True, 1]), "Hello: unsupported version bool"),
     (env.decode_hello, _packed(1, 2), "Hello: expected 1 fields, got 2"),
     (env.decode_hello, _packed(), "Hello: expected 1 fields, got 0"),
@@ -216,18 +218,33 @@ NONCE, SIG, TOKEN = b"n" * NONCE_BYTES, b"s" * SIGNATURE_BYTES, b"t" * TOKEN_BYT
     (env.decode_poll, _packed(MAX_ROUND + 1, 0, 0), "Poll.after_round: expected an integer"),
     (env.decode_poll, _packed(0, MAX_STEP + 1, 0), "Poll.after_step: expected an integer"),
     (env.decode_poll, _packed(0, 0, MAX_WAIT_MS + 1), "Poll.wait_ms: expected an integer"),
-    (env.decode_work, _packed(4, 0, 0, b"", b"", 0.0, []), "Work.kind: expected an integer in"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", -1.0, []),
+    (env.decode_work, _packed(4, 0, 0, b"", b"", 0.0, [], 0, b""), "Work.kind: expected an integer in"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", -1.0, [], 0, b""),
      r"Work.weight_bound: expected a finite float >= 0"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", math.inf, []), "Work.weight_bound: expected a finite float"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", 1, []), "Work.weight_bound: expected a finite float"),
-    (env.decode_work, _packed(1, 0, 0, "w", b"", 0.0, []), "Work.model: expected bytes"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0), "Work: expected 7 fields, got 6"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [1]), "Work.public: expected finite floats"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [math.nan]), "Work.public: expected finite floats"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, 0.5), "Work.public: expected a list of at most 8"),
-    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [0.5] * 9),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", math.inf, [], 0, b""),
+     "Work.weight_bound: expected a finite float"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 1, [], 0, b""),
+     "Work.weight_bound: expected a finite float"),
+    (env.decode_work, _packed(1, 0, 0, "w", b"", 0.0, [], 0, b""), "Work.model: expected bytes"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [1], 0, b""), "Work.public: expected finite floats"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [math.nan], 0, b""),
+     "Work.public: expected finite floats"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, 0.5, 0, b""),
+     "Work.public: expected a list of at most 8"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [0.5] * 9, 0, b""),
      "Work.public: expected a list of at most 8 floats"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [], 0), "Work: expected 9 fields, got 8"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [], -1, b""), "Work.planned: expected an integer"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [], 1 << 32, b""), "Work.planned: expected an integer"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [], 0, b"\x01\x00\x00"),
+     "Work.members: expected uint32 words, got 3 bytes"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [], 0, [1, 2]), "Work.members: expected bytes"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [], 0, b"\x02\0\0\0\x01\0\0\0"),
+     "Work.members: expected sorted, distinct"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [], 0, b"\x01\0\0\0\x01\0\0\0"),
+     "Work.members: expected sorted, distinct"),
+    (env.decode_work, _packed(1, 0, 0, b"", b"", 0.0, [], 0, b"\xff\xff\xff\xff"),
+     "Work.members: expected sorted, distinct client ids <="),
     (env.decode_submit, _packed(-1, 0, b""), "Submit.round: expected an integer"),
     (env.decode_submit, _packed(MAX_ROUND + 1, 0, b""), "Submit.round: expected an integer"),
     (env.decode_submit, _packed(1, UPDATE_STAGE + 1, b""),
@@ -263,7 +280,7 @@ def test_deeply_nested_version_field_raises_wire_error_not_recursion_error() -> 
     """Regression: the unsupported-version message used to repr the peer's value, and a value nested
     ~1000 deep (still under msgpack's own stack limit) raised RecursionError instead of WireError."""
     data = b"\x93\xcd" + MAGIC.to_bytes(2, "big") + b"\x91" * 1000 + b"\x90" + b"\x01"
-    with pytest.raises(WireError, match=r"Hello: unsupported version list \(this build speaks 2\)"):
+    with pytest.raises(WireError, match=rf"Hello: unsupported version list \(this build speaks {VERSION}\)"):
         env.decode_hello(data)
     huge = b"\x93\xcd" + MAGIC.to_bytes(2, "big") + b"\xdb" + (1 << 20).to_bytes(4, "big") + b"a" * (1 << 20)
     with pytest.raises(WireError) as info:

@@ -29,7 +29,7 @@ from secagg.aggregation.median import CoordinateMedian
 from secagg.aggregation.monna import MoNNA
 from secagg.aggregation.nnm import NearestNeighbourMixing
 from secagg.aggregation.rlr import RobustLearningRate
-from secagg.aggregation.secure import SecureSum
+from secagg.aggregation.secure import SecureSum, secure_encoding
 from secagg.aggregation.secure_bucketing import SecureBucketing
 from secagg.aggregation.signguard import SignGuard
 from secagg.aggregation.trimmed_mean import TrimmedMean
@@ -66,5 +66,6 @@ __all__ = [
     "Wrapper",
     "aggregator_kinds",
     "nest_state",
+    "secure_encoding",
     "unnest_state",
 ]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -101,10 +102,9 @@ class HierarchicalSecureSum(Aggregator, kind="hierarchical-secure-sum"):
         if not isinstance(self.secure, SecureSum):
             raise ConfigError(f"secure: expected a SecureSum, got {type(self.secure).__name__}")
 
-    def check_deployable(self) -> None:
-        raise ConfigError("aggregator: 'hierarchical-secure-sum' runs its combiners in this process "
-                          "(simulation and benchmarks); a deployment with combiner processes is not built "
-                          "yet: deploy SecureSum (one server) meanwhile")
+    #: a deployment runs each combiner's session in a combiner process (:mod:`secagg.two_level`,
+    #: ``secagg serve --combiner``) and the top session on the server (see :func:`secagg.placement.place`)
+    combines_sessions: ClassVar[bool] = True
 
     def combiner_of(self, client_id: int) -> int:
         """The combiner client ``client_id`` belongs to (public, fixed for the run)."""
@@ -127,6 +127,11 @@ class HierarchicalSecureSum(Aggregator, kind="hierarchical-secure-sum"):
             raise ConfigError("combiners: the round's clients sit under fewer than 2 combiners; the top "
                               "session needs 2")
         return {j: tuple(m) for j, m in out.items()}
+
+    def top_params(self, combiner_ids: tuple[int, ...], words: int, round_index: int) -> SessionParams:
+        """The top session of a round over these combiners, on ``words`` words each (a deployment's
+        combiners add one: their survivors' count, see :mod:`secagg.two_level`)."""
+        return self.secure.session_params(tuple(sorted(combiner_ids)), words, round_index)
 
     def run(self, inputs: dict[int, np.ndarray], words: int, round_index: int, seed: int,
             executor: ClientExecutor | None = None) -> TwoLevelReport:
@@ -159,7 +164,7 @@ class HierarchicalSecureSum(Aggregator, kind="hierarchical-secure-sum"):
         if len(sums) < 2:
             raise AbortError(f"only {len(sums)} combiner(s) completed their session; the top needs 2")
         ids = tuple(sorted(sums))
-        top_params = self.secure.session_params(ids, words, round_index)
+        top_params = self.top_params(ids, words, round_index)
         drop = simulated_dropouts(ids, self.combiner_dropout,
                                   numpy_rng(seed, "hierarchical-combiner-dropout"))
         top: SessionReport = run_session(top_params, sums, drop_before={j: Stage.MASKED_INPUT for j in drop})

@@ -239,11 +239,13 @@ class SecureSum(Aggregator, kind="secure-sum"):
         return self.session_params(client_ids, self.words(dim), round_index)
 
     def session_input(self, release: np.ndarray, num_examples: float, weight_bound: float,
-                      params: SessionParams, round_seed: int) -> np.ndarray:
+                      params: SessionParams, round_seed: int, planned: int = 0) -> np.ndarray:
         """One client's session input for its released update (float, d): ``[w x, w]`` quantized, the
-        dither from the OS CSPRNG (``round_seed`` is unused here)."""
+        dither from the OS CSPRNG (``round_seed`` is unused here). ``planned``: the client count the
+        round's grid is planned for when the session is one of several whose sums are added (a
+        combiner's, :mod:`secagg.two_level`); 0: the session's own."""
         weight = self.client_weight(float(num_examples), weight_bound)
-        value, _ = self.encode_client(release, weight, params.num_clients,
+        value, _ = self.encode_client(release, weight, planned or params.num_clients,
                                       rotation_seed=self.rotation_seed(round_seed, params.round))
         return value
 
@@ -313,3 +315,15 @@ class SecureSum(Aggregator, kind="secure-sum"):
         }
         update = torch.from_numpy(mean).to(batch.updates.dtype)
         return Aggregate(update, dict(state), metrics)
+
+
+def secure_encoding(aggregator: Aggregator) -> SecureSum | None:
+    """The :class:`SecureSum` whose grid encodes each client's row when ``aggregator`` is a secure sum:
+    itself, or the one both levels of a two-level sum use (its mean is that SecureSum's of the same
+    clients); ``None`` for any other rule. What a DP wrapper's sensitivity must account for."""
+    if isinstance(aggregator, SecureSum):
+        return aggregator
+    if getattr(aggregator, "combines_sessions", False):
+        secure = getattr(aggregator, "secure", None)
+        return secure if isinstance(secure, SecureSum) else None
+    return None

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from secagg.cli.compose import (
     FlagError,
+    check_no_training_flags,
     config_from_args,
     dp_aggregator,
     robust_aggregator,
@@ -21,7 +22,7 @@ from secagg.cli.compose import (
 from secagg.cli.options import _build_parser, _build_parsers
 from secagg.cli.render import _bench, _train
 from secagg.errors import SecAggError
-from secagg.transport.commands import run_client, run_keys, run_serve
+from secagg.transport.commands import run_client, run_combiner, run_keys, run_serve
 
 __all__ = ["FlagError", "_build_parser", "config_from_args", "dp_aggregator", "main", "robust_aggregator",
            "with_audit"]
@@ -40,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, config)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "serve" and args.combiner is not None:
+            try:
+                check_no_training_flags(args)
+            except FlagError as exc:
+                args.parser.error(str(exc))
+            return run_combiner(args)
         if args.command == "serve":
             try:
                 config = config_from_args(args)

@@ -19,6 +19,7 @@ from secagg.aggregation import (
     Aggregator,
     Bucketing,
     ClipNorm,
+    HierarchicalSecureSum,
     Mean,
     NearestNeighbourMixing,
     SecureBucketing,
@@ -37,6 +38,7 @@ from secagg.cli.options import (
     NOT_ON_SECURE_BUCKETS,
     ROBUST_RULES,
     SHIFT_FLAGS,
+    _add_training_options,
 )
 from secagg.data.datasets import is_bundled
 from secagg.data.shift import FeatureShift
@@ -263,6 +265,23 @@ def with_shift(args: argparse.Namespace, config: ExperimentConfig) -> Experiment
     return _with(config, ("task", "shift"), shift)
 
 
+#: training flags a combiner takes (its model and data, to size the updates), not from the top
+_COMBINER_FLAGS = ("task", "dataset", "data")
+
+
+def check_no_training_flags(args: argparse.Namespace) -> None:
+    """``secagg serve --combiner``: :class:`FlagError` naming a training flag that was given (a combiner
+    takes the run's configuration from the top server)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    _add_training_options(probe, "serve")
+    for action in probe._actions:
+        if action.dest in _COMBINER_FLAGS or not action.option_strings:
+            continue
+        if getattr(args, action.dest, action.default) != action.default:
+            raise FlagError(f"{action.option_strings[0]}: a combiner takes the run's configuration from "
+                            "the top server (--top); give training flags to the top's 'secagg serve'")
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The run configuration: ``--config`` (or the defaults) with the given flags applied."""
     return with_audit(args, _base_config(args))
@@ -325,7 +344,8 @@ def _base_config(args: argparse.Namespace) -> ExperimentConfig:
             if given:
                 raise FlagError(f"{flag}: cannot be combined with --dp {args.dp} (the DP aggregator "
                                 f"clips and aggregates itself)")
-        return _with(config, ("fedavg", "aggregator"), dp_aggregator(args, config, secure))
+        config = _with(config, ("fedavg", "aggregator"), dp_aggregator(args, config, secure))
+        return with_combiners(args, config)
     _check_dp_flags(args)
     if args.dp == "dpsgd":
         config = _with(config, ("fedavg", "trainer"), _dpsgd_trainer(args, config))
@@ -345,7 +365,31 @@ def _base_config(args: argparse.Namespace) -> ExperimentConfig:
     if args.clip_norm is not None:
         config = _with(config, ("fedavg", "aggregator"),
                        ClipNorm(max_norm=args.clip_norm, inner=config.fedavg.aggregator))
-    return config
+    return with_combiners(args, config)
+
+
+def with_combiners(args: argparse.Namespace, config: ExperimentConfig) -> ExperimentConfig:
+    """``--combiners M``: the run's secure sum (alone, or under clipping or central/local DP) summed in
+    two levels (:class:`HierarchicalSecureSum`); :class:`FlagError` when the run has no such sum."""
+    m = getattr(args, "combiners", None)
+    if m is None:
+        return config
+    outer: list[Aggregator] = []
+    node = config.fedavg.aggregator
+    while not isinstance(node, SecureSum) and isinstance(getattr(node, "inner", None), Aggregator):
+        outer.append(node)
+        node = node.inner  # type: ignore[attr-defined]
+    if not isinstance(node, SecureSum):
+        raise FlagError(f"--combiners: sums a SecureSum in two levels; this run's aggregator "
+                        f"({config.fedavg.aggregator.kind!r}) has none (add --secure; --dp distributed and "
+                        f"--aggregator rules have their own sessions)")
+    try:
+        node = HierarchicalSecureSum(combiners=m, secure=node)
+    except ConfigError as exc:
+        raise FlagError(f"--combiners: {exc}") from exc
+    for wrapper in reversed(outer):
+        node = dataclasses.replace(wrapper, inner=node)  # type: ignore[type-var]
+    return _with(config, ("fedavg", "aggregator"), node)
 
 
 def _check_dp_flags(args: argparse.Namespace) -> None:

@@ -345,6 +345,11 @@ def _add_training_options(train: argparse.ArgumentParser, command: str = "train"
                              "(tolerates --secure-corrupt colluding clients)")
     secure.add_argument("--secure-corrupt", type=float, default=0.05,
                         help="fraction of clients that may collude with the server (default: 0.05)")
+    secure.add_argument("--combiners", type=int, default=None, metavar="M",
+                        help="two-level secure sum: client c sits under combiner c mod M, each combiner "
+                             "securely sums its clients, the server securely sums the combiners' sums "
+                             "(secagg serve: the combiners are processes, 'secagg serve --combiner J'; "
+                             "train: simulated in this process) (default: one level)")
     dpg = train.add_argument_group(
         "differential privacy",
         "central: DP-FedAvg, clip + Gaussian noise on the sum by a trusted server (with --secure the sum "

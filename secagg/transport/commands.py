@@ -1,4 +1,4 @@
-"""The deployment subcommands: ``secagg keys``, ``secagg serve`` and ``secagg client``.
+"""The deployment subcommands: ``secagg keys``, ``secagg serve`` (also as a combiner) and ``secagg client``.
 
 ``secagg cli`` owns the parser and the training flags (``serve`` takes every ``train`` flag); this
 module adds the network options and runs the commands.
@@ -16,6 +16,7 @@ from secagg.errors import ConfigError
 from secagg.experiment import ExperimentConfig, config_summary
 from secagg.task import load_task_factory, local_data_factory, task_dataset
 from secagg.transport.auth import load_identity, load_registry, save_identity, save_registry
+from secagg.transport.combiner import NetworkCombiner
 from secagg.transport.node import ClientFault, NetworkClient
 from secagg.transport.serve import NetworkServer, ServeOptions
 from secagg.transport.tls import DEFAULT_HOSTS, TLSFiles, make_tls_files
@@ -33,6 +34,10 @@ def add_keys_parser(sub: Any) -> argparse.ArgumentParser:
                       help=f"a server host name or IP for its certificate (repeatable; default: "
                            f"{', '.join(DEFAULT_HOSTS)})")
     keys.add_argument("--days", type=int, default=365, help="certificate validity in days (default: 365)")
+    keys.add_argument("--combiners", type=int, default=0, metavar="M",
+                      help="also M combiner identities for a two-level deployment: OUT/combiners/"
+                           "combiner-J.pem and OUT/combiners/registry.json, the top server's --registry "
+                           "(default: none)")
     return keys
 
 
@@ -60,6 +65,26 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
                      help="write each secure round's unmasked sum and survivors here")
     net.add_argument("--port-file", dest="port_file", type=Path, default=None,
                      help="write the listening port to this file once serving (useful with port 0)")
+    comb = serve.add_argument_group(
+        "combiner (two-level secure sum)",
+        "With --combiner J this process is combiner J of a run whose top server was started with "
+        "--combiners M: it logs in to the top (--top, --identity) and takes the run's configuration from "
+        "it (no training flags here), and serves its own clients (client c belongs to combiner c mod M; "
+        "--registry: the clients' keys). --address, TLS, timeouts and --audit-dir are its own server's.")
+    comb.add_argument("--combiner", type=int, default=None, metavar="J", help="run as combiner J")
+    comb.add_argument("--top", default=None, metavar="HOST:PORT", help="the top server's address")
+    comb.add_argument("--identity", type=Path, default=None,
+                      help="this combiner's private identity PEM ('secagg keys --combiners')")
+    comb.add_argument("--top-ca-cert", dest="top_ca_cert", type=Path, default=None,
+                      help="CA certificate PEM that signed the top server's certificate")
+    comb.add_argument("--top-server-name", dest="top_server_name", default=None,
+                      help="host name to check in the top server's certificate (default: from --top)")
+    comb.add_argument("--combiner-registry", dest="combiner_registry", type=Path, default=None,
+                      help="the combiners' registry.json: needed for a malicious-mode top session")
+    comb.add_argument("--give-up", dest="give_up", type=float, default=300.0, metavar="S",
+                      help="exit after the top server is unreachable this long (default: 300)")
+    comb.add_argument("--fault", default=None, metavar="KIND@ROUND:STAGE",
+                      help="inject a failure towards the top (kill, hang, reconnect) for drills and tests")
 
 
 def add_client_parser(sub: Any) -> argparse.ArgumentParser:
@@ -113,6 +138,16 @@ def run_keys(args: argparse.Namespace) -> int:
         save_identity(args.out / "clients" / f"client-{u}.pem", key)
         registry[u] = key.public
     save_registry(args.out / "registry.json", registry)
+    if args.combiners < 0:
+        raise ConfigError(f"--combiners: must be >= 0, got {args.combiners}")
+    if args.combiners:
+        combiners = {}
+        for j in range(args.combiners):
+            key = SigningKey.generate()
+            save_identity(args.out / "combiners" / f"combiner-{j}.pem", key)
+            combiners[j] = key.public
+        save_registry(args.out / "combiners" / "registry.json", combiners)
+        print(f"wrote {args.combiners} combiner identities and their registry in {args.out / 'combiners'}")
     tls = make_tls_files(args.out / "tls", tuple(args.host) if args.host else DEFAULT_HOSTS, days=args.days)
     print(f"wrote {args.out / 'registry.json'}, {args.clients} identities in {args.out / 'clients'}, "
           f"{tls.ca_cert}, {tls.server_cert}, {tls.server_key}")
@@ -150,6 +185,46 @@ def run_serve(args: argparse.Namespace, config: ExperimentConfig) -> int:
 
     result = server.run(on_round)
     print(f"finished {len(result.history)} rounds; wrote {args.out / 'results.json'}", flush=True)
+    return 0
+
+
+def run_combiner(args: argparse.Namespace) -> int:
+    """``secagg serve --combiner J``: see :mod:`secagg.transport.combiner`."""
+    for flag, value in (("--top", args.top), ("--identity", args.identity)):
+        if value is None:
+            raise ConfigError(f"{flag}: a combiner needs it (--combiner {args.combiner})")
+    if args.combiner < 0:
+        raise ConfigError(f"--combiner: must be >= 0, got {args.combiner}")
+    if args.resume:
+        raise ConfigError("--resume: a combiner keeps no run of its own (the top server checkpoints)")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert, --tls-key: give both (or --insecure)")
+    if args.tls_cert is None and not args.insecure:
+        raise ConfigError("--tls-cert/--tls-key: a combiner serves its clients over TLS; pass --insecure to "
+                          "listen in the clear")
+    if args.top_ca_cert is None and not args.insecure:
+        raise ConfigError("--top-ca-cert: a combiner checks the top server's certificate; pass --insecure to "
+                          "connect in the clear")
+    tls = TLSFiles(Path(), args.tls_cert, args.tls_key) if args.tls_cert is not None else None
+    options = ServeOptions(args.address, tls, args.task_timeout, args.stage_timeout, args.grace,
+                           audit_dir=args.audit_dir)
+    _logging()
+
+    def on_listen(port: int) -> None:
+        if args.port_file is not None:
+            args.port_file.write_text(f"{port}\n")
+
+    combiner = NetworkCombiner(
+        args.top, args.combiner, load_identity(args.identity), load_registry(args.registry), options,
+        ca_cert=args.top_ca_cert.read_bytes() if args.top_ca_cert is not None else None,
+        registry=load_registry(args.combiner_registry) if args.combiner_registry is not None else None,
+        server_name=args.top_server_name, fault=ClientFault.parse(args.fault) if args.fault else None,
+        give_up_seconds=args.give_up, on_listen=on_listen,
+        task_factory=local_data_factory(load_task_factory(args.task),
+                                        dataset=task_dataset(args.task, getattr(args, "dataset", None)),
+                                        data=getattr(args, "data", None)))
+    rounds = combiner.run()
+    print(f"combiner {args.combiner}: done, took part in {rounds} rounds", flush=True)
     return 0
 
 

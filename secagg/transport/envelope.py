@@ -26,12 +26,13 @@ from secagg.errors import WireError
 from secagg.protocol.messages import MAX_ID
 
 MAGIC = 0x5EC7
-VERSION = 2  # 2: Work carries the round's public values
+VERSION = 3  # 2: Work carries the round's public values; 3: and a two-level round's plan and members
 NONCE_BYTES = 32
 TOKEN_BYTES = 32
 MAX_ROUND = (1 << 31) - 1
 MAX_STEP = 64
 MAX_PUBLIC = 8  # public round values in one Work item (below the array cap)
+MAX_PLANNED = (1 << 32) - 1  # a round's planned client count (ids are below 2^32 - 1)
 MAX_WAIT_MS = 60_000
 MAX_CONFIG_BYTES = 1 << 20
 #: one envelope, at most: a model's weights or update (a 2^28-coordinate float32 model, as the wire
@@ -90,6 +91,10 @@ class Work:
     ``weight_bound`` (public W).
     ``public``: the round's public values for the client steps (adaptive clipping's clip norm; see
     :meth:`secagg.placement.Placement.public`), at most ``MAX_PUBLIC`` finite floats.
+    A two-level round (:mod:`secagg.two_level`): ``planned``, how many clients the whole round's
+    encoding is planned for (every combiner's; 0 in a one-level round: the session's own count), and,
+    in the top server's TASK to a combiner, ``members``: the round's clients under that combiner
+    (sorted, distinct; travels as little-endian uint32 words).
     PROTOCOL: ``message`` (a wire-encoded server message)."""
 
     kind: WorkKind
@@ -99,6 +104,8 @@ class Work:
     message: bytes = b""
     weight_bound: float = 0.0
     public: tuple[float, ...] = ()
+    planned: int = 0
+    members: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,18 +234,29 @@ def decode_poll(data: bytes) -> Poll:
 
 def encode_work(m: Work) -> bytes:
     return _pack(int(m.kind), m.round, m.step, m.model, m.message, float(m.weight_bound),
-                 [float(v) for v in m.public])
+                 [float(v) for v in m.public], m.planned, np.asarray(m.members, dtype="<u4").tobytes())
+
+
+def _members(v: Any, field: str) -> tuple[int, ...]:
+    raw = _bin(v, field)
+    if len(raw) % 4:
+        raise WireError(f"{field}: expected uint32 words, got {len(raw)} bytes")
+    ids = np.frombuffer(raw, dtype="<u4")
+    if ids.size and (ids.max() > MAX_ID or not bool(np.all(ids[1:] > ids[:-1]))):
+        raise WireError(f"{field}: expected sorted, distinct client ids <= {MAX_ID}")
+    return tuple(int(u) for u in ids)
 
 
 def decode_work(data: bytes) -> Work:
-    kind, r, step, model, message, bound, public = _unpack(data, "Work", 7)
+    kind, r, step, model, message, bound, public, planned, members = _unpack(data, "Work", 9)
     try:
         kind = WorkKind(_uint(kind, "Work.kind", max(WorkKind)))
     except ValueError:
         raise WireError("Work.kind: unknown work kind") from None
     return Work(kind, _uint(r, "Work.round", MAX_ROUND), _uint(step, "Work.step", MAX_STEP),
                 _bin(model, "Work.model"), _bin(message, "Work.message"),
-                _float(bound, "Work.weight_bound"), _floats(public, "Work.public", MAX_PUBLIC))
+                _float(bound, "Work.weight_bound"), _floats(public, "Work.public", MAX_PUBLIC),
+                _uint(planned, "Work.planned", MAX_PLANNED), _members(members, "Work.members"))
 
 
 def encode_submit(m: Submit) -> bytes:

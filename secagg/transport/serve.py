@@ -31,7 +31,7 @@ import torch
 
 from secagg.aggregation import Aggregator, UpdateBatch
 from secagg.backend import Pipeline
-from secagg.errors import AbortError, ConfigError
+from secagg.errors import AbortError, ConfigError, RemoteProtocolError
 from secagg.experiment import CHECKPOINT, ExperimentConfig, ExperimentResult, load_run, run_rounds
 from secagg.fedavg import FedAvg
 from secagg.fedavg.server import ServerState
@@ -42,6 +42,7 @@ from secagg.transport.auth import Authenticator
 from secagg.transport.coordinator import Coordinator, RoundOutcome
 from secagg.transport.service import AggregationService, message_limit, start_grpc_server
 from secagg.transport.tls import TLSFiles
+from secagg.two_level import TopRound
 
 log = logging.getLogger("secagg.serve")
 
@@ -112,7 +113,8 @@ class NetworkSource:
                "net/rejected": len(outcome.rejected)}
         try:
             collected = self._aggregate(fedavg, outcome, state, rejected, net)
-        except AbortError as exc:  # e.g. distributed DP with fewer survivors than its noise needs
+        except (AbortError, RemoteProtocolError) as exc:
+            # distributed DP with fewer survivors than its noise needs; combiners misreporting a count
             collected = Collected(None, rejected=rejected, aborted=str(exc), metrics=net)
         if collected.aborted is not None:
             log.warning("round %d aborted: %s", r, collected.aborted)
@@ -125,9 +127,12 @@ class NetworkSource:
         client (the global model, and SCAFFOLD's server controls beside it). The aggregator's
         ``state`` gives the round's public values (adaptive clipping's clip norm)."""
         model = safetensors.torch.save({k: v.contiguous() for k, v in broadcast.items()})
-        server = self.pipeline.server(r, invited, weight_bound=self.weight_bound,
-                                      model_version=hashlib.sha256(model).digest(),
-                                      state=state.aggregator_state)
+        try:
+            server = self.pipeline.server(r, invited, weight_bound=self.weight_bound,
+                                          model_version=hashlib.sha256(model).digest(),
+                                          state=state.aggregator_state)
+        except ConfigError as exc:  # this round's sample cannot be seated (a combiner below min_clients)
+            raise AbortError(f"the round's clients cannot be seated: {exc}") from None
         return self.service.exchange_round(server, model)
 
     def _aggregate(self, fedavg: FedAvg, outcome: RoundOutcome, state: ServerState, rejected: list[int],
@@ -151,7 +156,7 @@ class NetworkSource:
             # the client steps
             agg = outcome.server.finish(state.aggregator_state, layout)
             self._audit_aggregate(outcome.round, agg.update)
-            return Collected(agg, len(outcome.survivors), rejected, metrics=net)
+            return Collected(agg, outcome.server.summed, rejected, metrics=net)
         updates = outcome.updates
         batch = outcome.server.released(layout)  # the rows finish() aggregates, stacked once
         self._audit_plain(outcome.round, batch)
@@ -194,8 +199,14 @@ class NetworkSource:
         sums = (outcome.sums[0].result if len(outcome.sums) == 1
                 else np.stack([one.result for one in outcome.sums]))
         np.save(audit / f"round-{outcome.round}-sum.npy", sums, allow_pickle=False)
-        meta = {"invited": list(outcome.invited), "survivors": list(outcome.survivors),
-                "dropped": list(outcome.dropped)}
+        meta: dict[str, Any] = {"invited": list(outcome.invited), "survivors": list(outcome.survivors),
+                                "dropped": list(outcome.dropped)}
+        if isinstance(outcome.server, TopRound):  # a two-level round: the top sums the combiners' sums
+            top = outcome.server
+            meta = {"invited": list(top.invited),
+                    "combiners": {str(j): list(m) for j, m in top.groups.items()},
+                    "combiners_survived": list(outcome.survivors), "combiners_dropped": list(outcome.dropped),
+                    "summed": top.summed, "seated": list(top.seated)}
         refused = outcome.server.refused if outcome.server is not None else {}
         if refused:  # who reported whose shares as undecryptable: the operator's lead on a bad client
             meta["refused"] = {str(u): list(peers) for u, peers in sorted(refused.items())}
@@ -221,10 +232,15 @@ class NetworkServer:
         if config.fedavg.adversary is not None:
             raise ConfigError("adversary: attacks run in simulation (secagg train/bench), not in a "
                               "deployment")
-        missing = sorted(set(range(config.task.num_clients)) - set(registry))
+        combiners = place(config.fedavg.aggregator).combiners
+        #: who logs in here: the clients, or with a two-level sum the combiners (``secagg serve --combiner``)
+        self.parties = int(combiners.combiners) if combiners is not None else config.task.num_clients
+        missing = sorted(set(range(self.parties)) - set(registry))
         if missing:
-            raise ConfigError(f"registry: has no key for clients {missing[:10]} of the task's "
-                              f"{config.task.num_clients}")
+            who = "combiners" if combiners is not None else "clients"
+            raise ConfigError(f"registry: has no key for {who} {missing[:10]} of the run's {self.parties}"
+                              + (" (a two-level sum's top server logs in its combiners: give their "
+                                 "registry)" if combiners is not None else ""))
         self.config, self.options, self.out = config, options, Path(out_dir)
         task = make_task(config.task, seed=config.seed, factory=task_factory)
         dim = config.fedavg.update_layout(task.model).dim
@@ -261,7 +277,7 @@ class NetworkServer:
         tls = (self.options.tls.server_cert, self.options.tls.server_key) if self.options.tls else None
         self._grpc, self.port = start_grpc_server(self.service, self.options.address, tls=tls,
                                                   max_message_bytes=self._max_message,
-                                                  max_workers=self.config.task.num_clients + 16)
+                                                  max_workers=self.parties + 16)
         return self.port
 
     def stop(self) -> None:
@@ -289,6 +305,8 @@ class NetworkServer:
     def _wait_for_clients(self) -> None:
         """Block until ``wait_clients`` clients have logged in (or ``wait_seconds`` passed)."""
         want = self.options.wait_clients
+        if want is None and self.placement.combiners is not None:
+            want = self.parties
         if want is None:
             want = self.config.fedavg.clients_per_round(self.config.task.num_clients)
         have = self.service.wait_for_logins(want, self.options.wait_seconds)

@@ -66,6 +66,9 @@ class SecAggMod:
         self.weighted_by_key, self.arrayrecord_key = weighted_by_key, arrayrecord_key
         self.local_arrays = local_names(local_arrays)
         self._probe = Pipeline(aggregator, 1, registry=registry, seed=seed)  # refuses an unplaceable rule
+        if self._probe.placement.combiners is not None:
+            raise ConfigError(f"aggregator: {aggregator.kind!r} sums in two levels through combiner "
+                              "processes ('secagg serve --combiner'); Flower has one server: use SecureSum")
         if identity is not None and registry is None:
             raise ConfigError("registry: a client with an identity key needs the operator's registry of "
                               "every client's public key (malicious-server mode)")

@@ -168,6 +168,9 @@ class SecAggStrategy(FedAvg):
         #: FedBN: the arrays each client keeps (never in the vector; the global copy never changes)
         self.local_arrays = local_names(local_arrays)
         probe = Pipeline(aggregator, 1, registry=registry, seed=seed)  # refuses an unplaceable rule now
+        if probe.placement.combiners is not None:
+            raise ConfigError(f"aggregator: {aggregator.kind!r} sums in two levels through combiner "
+                              "processes ('secagg serve --combiner'); Flower has one server: use SecureSum")
         self.mode = probe.mode
         session = probe.placement.session
         own = float(getattr(session, "weight_bound", 0.0) or 0.0)
