@@ -6,6 +6,9 @@
   :class:`~secagg.aggregation.SecureSum`, or distributed DP, whose clients add their integer noise
   inside it), when there is one (the secure mode: only the masked sum crosses to the server), else
   ``None`` (the plain mode);
+* ``groups`` / ``combiners``: with secure bucketing, one session per bucket on the server; with the
+  two-level sum (:class:`~secagg.aggregation.HierarchicalSecureSum`), one session per combiner in
+  the combiner processes and one over the combiners on the server (:mod:`secagg.two_level`);
 * ``client_steps``: the rules whose step each client applies to its own update before anything
   leaves it (:meth:`~secagg.aggregation.Aggregator.client_step`), outermost first. In secure mode
   every wrapper above the sum, each client- or update-placed (local DP's noise, DP-FedAvg's and

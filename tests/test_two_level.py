@@ -36,11 +36,13 @@ def _updates(ids, d: int, seed: int) -> dict[int, np.ndarray]:
     return {u: (0.3 * torch.randn(d, generator=g, dtype=torch.float64)).numpy() for u in ids}
 
 
-def _run_level1(pipe: Pipeline, work: Work, updates, examples, drop: set[int]):
-    """One combiner's session over its members (clients in ``drop`` go silent after their first reply)."""
+def _run_level1(pipe: Pipeline, work: Work, updates, examples, drop: set[int], keys=None):
+    """One combiner's session over its members (clients in ``drop`` go silent after their first reply);
+    ``keys``: the clients' identities (malicious mode; ``pipe`` holds their registry)."""
     level1 = pipe.combiner_server(work.round, work.members, planned=work.planned,
                                   weight_bound=work.weight_bound, public=work.public, model_version=VERSION)
-    clients = {u: pipe.client(u, updates[u], examples[u], model_version=VERSION) for u in work.members}
+    clients = {u: pipe.client(u, updates[u], examples[u], model_version=VERSION,
+                              identity=None if keys is None else keys[u]) for u in work.members}
     inputs = {}
     outgoing = level1.start(MODEL)
     first = True
@@ -57,11 +59,15 @@ def _run_level1(pipe: Pipeline, work: Work, updates, examples, drop: set[int]):
 
 
 def two_level_round(agg, ids, updates, examples, *, client_drop=frozenset(), combiner_drop=frozenset(),
-                    dead_combiners=frozenset(), lie=None, round_index=2):
+                    dead_combiners=frozenset(), lie=None, round_index=2, keys=None, combiner_keys=None):
     """One whole round through bytes; ``combiner_drop``: combiners silent after the top's first stage;
-    ``dead_combiners``: never answer; ``lie``: ``(combiner, count)`` to report instead of its own."""
+    ``dead_combiners``: never answer; ``lie``: ``(combiner, count)`` to report instead of its own;
+    ``keys``, ``combiner_keys``: identities for malicious mode (the registries follow from them)."""
     d = len(next(iter(updates.values())))
-    pipe = Pipeline(agg, d, seed=11)
+    registry = None if combiner_keys is None else {j: k.public for j, k in combiner_keys.items()}
+    pipe = Pipeline(agg, d, seed=11, registry=registry)  # the top's and the combiners' top side
+    clients_pipe = Pipeline(agg, d, seed=11, registry=None if keys is None else {u: k.public
+                                                                                 for u, k in keys.items()})
     top = pipe.server(round_index, ids, weight_bound=float(max(examples.values())), model_version=VERSION)
     combiners, inputs, level1 = {}, {}, {}
     for j, data in top.start(MODEL).items():
@@ -69,11 +75,12 @@ def two_level_round(agg, ids, updates, examples, *, client_drop=frozenset(), com
             continue
         work = decode_work(data)
         assert work.planned == len(ids)
-        c = pipe.combiner(j, model_version=VERSION)
+        own_key = None if combiner_keys is None else combiner_keys[j]
+        c = pipe.combiner(j, model_version=VERSION, identity=own_key)
         members, _ = c.open(work)
         assert members == tuple(u for u in sorted(ids) if u % pipe.placement.combiners.combiners == j)
         try:
-            server, got = _run_level1(pipe, work, updates, examples, set(client_drop))
+            server, got = _run_level1(clients_pipe, work, updates, examples, set(client_drop), keys)
         except AbortError:
             continue  # below its threshold: this combiner sits the top session out
         (s,) = server.sums
@@ -305,3 +312,62 @@ def test_central_dp_above_the_two_level_sum_clips_on_the_clients_and_noises_at_t
     total = sum(inputs[u].astype(np.uint64) for u in ids) % np.uint64(1 << secure.bits)
     mean, _ = secure.decode_sum(total.astype(np.uint32), 12, 12)
     assert np.linalg.norm(mean) <= 0.2 + 1e-6
+
+
+def test_malicious_mode_at_both_levels_signs_and_checks_consistency():
+    """Malicious-server mode: the clients sign for their combiner's session, the combiners for the top's
+    (each side holds its operator's registry), with the consistency round at both levels."""
+    from secagg.crypto.keys import SigningKey
+
+    agg = HierarchicalSecureSum(combiners=2, secure=SecureSum(malicious=True, corrupt_fraction=0.0))
+    ids = tuple(range(10))
+    keys = {u: SigningKey.generate() for u in ids}
+    combiner_keys = {j: SigningKey.generate() for j in range(2)}
+    updates, examples = _updates(ids, 5, 8), dict.fromkeys(ids, 2)
+    top, level1, inputs = two_level_round(agg, ids, updates, examples, keys=keys, combiner_keys=combiner_keys,
+                                          client_drop={3})
+    assert top.sessions[0].params.malicious and all(s.params.malicious for s in level1.values())
+    summed = sorted(u for s in level1.values() for u in s.survivors)
+    assert 3 not in summed and top.summed == len(summed) == 9
+    total = sum(inputs[u].astype(np.uint64) for u in summed) % np.uint64(1 << 32)
+    assert np.array_equal(top.sessions[0].result[:-1].astype(np.uint64), total)
+    # a combiner without its own key, or without the registry, cannot join a malicious top session
+    pipe = Pipeline(agg, 5, registry={j: k.public for j, k in combiner_keys.items()})
+    work = decode_work(pipe.server(1, ids, weight_bound=2.0).start(MODEL)[1])
+    words = np.zeros(6, dtype=np.uint32)  # 5 coordinates and the weight
+    for combiner, match in ((pipe.combiner(1, identity=SigningKey.generate()), "registry: does not hold"),
+                            (pipe.combiner(1), "identity: a malicious-mode top session"),
+                            (Pipeline(agg, 5).combiner(1, identity=combiner_keys[1]),
+                             "registry: a malicious")):
+        combiner.open(work)
+        with pytest.raises(ConfigError, match=match):
+            combiner.answer(words, 4)
+
+
+def test_a_combiner_serves_only_its_own_clients_the_tops_configuration(tmp_path):
+    """Set up from the top's configuration: it logs in only its clients (c mod m), refuses to be a
+    combiner of a one-level run or one that does not exist."""
+    from secagg.crypto.keys import SigningKey
+    from secagg.experiment import ExperimentConfig
+    from secagg.fedavg import FedAvgConfig
+    from secagg.task import TaskConfig
+    from secagg.transport.combiner import NetworkCombiner
+    from secagg.transport.serve import ServeOptions
+
+    clients = {u: SigningKey.generate().public for u in range(9)}
+    two = ExperimentConfig(TaskConfig(num_clients=9),
+                           FedAvgConfig(aggregator=HierarchicalSecureSum(combiners=3)))
+    combiner = NetworkCombiner("localhost:1", 1, SigningKey.generate(), clients,
+                               ServeOptions(address="127.0.0.1:0", linger_seconds=0.0))
+    try:
+        combiner._setup(two.to_json())
+        assert combiner.port > 0 and sorted(combiner.service.auth.registry) == [1, 4, 7]
+    finally:
+        combiner._shutdown()
+    flat = dataclasses.replace(two, fedavg=FedAvgConfig(aggregator=SecureSum()))
+    with pytest.raises(RemoteProtocolError, match="no two-level secure sum"):
+        NetworkCombiner("localhost:1", 1, SigningKey.generate(), clients,
+                        ServeOptions())._setup(flat.to_json())
+    with pytest.raises(ConfigError, match="not one of the run's 3 combiners"):
+        NetworkCombiner("localhost:1", 3, SigningKey.generate(), clients,
+                        ServeOptions())._setup(two.to_json())

@@ -132,6 +132,12 @@ class NetworkCombiner(NetworkClient):
         """The top's first message: this combiner's session over its clients, then its answer to the top."""
         self._round, self._session_round = None, work.round
         assert self._pipeline is not None and self._level1 is not None and self.service is not None
+        if work.round <= self.coordinator.round:
+            # a restarted top replays a round this combiner's clients already took part in: their
+            # positions are past it, so it cannot be run again; the top's protocol counts a dropout
+            log.warning("combiner %d: the top replays round %d, which this combiner already ran; sitting "
+                        "it out", self.id, work.round)
+            return
         version = hashlib.sha256(work.model).digest()
         top = self._pipeline.combiner(self.id, identity=self.identity, model_version=version)
         members, planned = top.open(work)
