@@ -584,6 +584,12 @@ class ClientRound:
         if two_level and not len(members) <= work.planned <= MAX_PLANNED:
             raise RemoteProtocolError(f"client {self.id}: a two-level round planned for {work.planned} "
                                       f"clients, but this client's session alone has {len(members)}")
+        if two_level:
+            try:
+                session.check_plan(work.planned, placement.sum_dim(self.pipeline.dim))  # type: ignore[attr-defined]
+            except ConfigError as exc:
+                raise RemoteProtocolError(f"client {self.id}: the round's plan of {work.planned} clients "
+                                          f"does not fit this pipeline: {exc}") from None
         if self.model_version is not None and params.model_version != self.model_version:
             raise RemoteProtocolError(
                 f"client {self.id}: the session's model version is not the expected one")

@@ -6,8 +6,9 @@ its whole vector to an L2 norm instead and spreads it over all coordinates first
 discrete Gaussian does (Kairouz, Liu, Steinke, ICML 2021; Suresh et al., ICML 2017 for the rotation):
 
 Client (:meth:`RotatedQuantizer.encode`)
-    clip ``x`` (d,) to L2 norm ``clip_norm`` (C; counted, never silent); zero-pad to
-    ``L = pad_length(d)`` and rotate with the round's public signs (:mod:`secagg.rotation`); divide
+    clip ``x`` (d,) to L2 norm ``clip_norm`` (C; counted, never silent); rotate with the round's public
+    signs (:mod:`secagg.rotation`: zero-padded to ``L = pad_length(d)`` for the Hadamard transform,
+    ``L = d`` for the DCT); divide
     by ``gamma``; round each coordinate to floor or ceil at random, up with probability equal to the
     fraction (unbiased: the decoded sum is an unbiased estimate of the clipped sum); reduce mod
     ``2^bits`` (*modular clipping*: a single client's coordinate may wrap, only the sum has to fit).
@@ -17,12 +18,13 @@ Server (:meth:`RotatedQuantizer.decode_sum`)
 
 Choosing gamma so that the sum does not wrap. The survivors' rotated sum is the rotation of a vector
 of norm at most ``n C`` (n = ``num_clients``, the planned count), so with random signs each of its
-coordinates is sub-Gaussian with variance proxy ``n^2 C^2 / (L gamma^2)`` in quanta (Hoeffding), and
-the rounding adds ``n`` bounded mean-zero terms of proxy 1/4 each. With ``T = 2^(bits-1) - 1`` and
+coordinates is sub-Gaussian with variance proxy ``s n^2 C^2 / (L gamma^2)`` in quanta (Hoeffding;
+``s`` the transform's :func:`~secagg.rotation.spread`: 1 for Hadamard, 2 for the DCT), and the
+rounding adds ``n`` bounded mean-zero terms of proxy 1/4 each. With ``T = 2^(bits-1) - 1`` and
 ``M^2 = T^2 / (2 ln(2 L / wrap_probability))``, gamma is the smallest value with
-``n^2 C^2 / (L gamma^2) + n / 4 <= M^2``:
+``s n^2 C^2 / (L gamma^2) + n / 4 <= M^2``:
 
-    ``gamma = n C / sqrt(L (M^2 - n / 4))``
+    ``gamma = n C sqrt(s) / sqrt(L (M^2 - n / 4))``
 
 so that, by a union bound over the L coordinates, the sum leaves the ring with probability at most
 ``wrap_probability`` (:meth:`RotatedQuantizer.wrap_probability_bound`). ``bits`` is too small
@@ -48,7 +50,7 @@ import numpy as np
 
 from secagg.crypto.normal import secret_uniforms
 from secagg.errors import ConfigError, UpdateError
-from secagg.rotation import pad_length, rotate, unrotate
+from secagg.rotation import check_transform, rotate, rotated_length, spread, unrotate
 from secagg.validation import check_int, check_real
 
 __all__ = ["DEFAULT_WRAP_PROBABILITY", "RotatedQuantizer"]
@@ -60,15 +62,18 @@ DEFAULT_WRAP_PROBABILITY = 1e-9
 @dataclass(frozen=True)
 class RotatedQuantizer:
     """Rotation + stochastic rounding + modular clipping into ``Z_(2^bits)`` for sums of ``num_clients``
-    vectors of ``dim`` coordinates, each clipped to L2 norm ``clip_norm`` (float units)."""
+    vectors of ``dim`` coordinates, each clipped to L2 norm ``clip_norm`` (float units), rotated by
+    ``transform`` (:data:`secagg.rotation.TRANSFORMS`)."""
 
     clip_norm: float
     bits: int
     dim: int
     num_clients: int
     wrap_probability: float = DEFAULT_WRAP_PROBABILITY
+    transform: str = "hadamard"
 
     def __post_init__(self) -> None:
+        check_transform(self.transform)
         check_real("clip_norm", self.clip_norm, gt=0.0)
         check_int("bits", self.bits, minimum=2, maximum=32)
         check_int("dim", self.dim, minimum=1)
@@ -86,8 +91,9 @@ class RotatedQuantizer:
 
     @property
     def length(self) -> int:
-        """``L``: the rotated length (``dim`` padded to a power of 2), the words one client sends."""
-        return pad_length(self.dim)
+        """``L``: the rotated length (Hadamard: ``dim`` padded to a power of 2; DCT: ``dim``), the words
+        one client sends."""
+        return rotated_length(self.dim, self.transform)
 
     @property
     def modulus(self) -> int:
@@ -100,7 +106,8 @@ class RotatedQuantizer:
     def gamma(self) -> float:
         """One quantum, in float units of the rotated vector (see the module docstring)."""
         n = self.num_clients
-        return n * self.clip_norm / math.sqrt(self.length * (self._m2() - n / 4.0))
+        return n * self.clip_norm * math.sqrt(spread(self.transform)) / math.sqrt(
+            self.length * (self._m2() - n / 4.0))
 
     def encode(self, x: np.ndarray, rotation_seed: int, rng: np.random.Generator | None = None  # not secret
                ) -> tuple[np.ndarray, bool]:
@@ -116,7 +123,7 @@ class RotatedQuantizer:
         clipped = norm > self.clip_norm
         if clipped:
             v = v * (self.clip_norm / norm)
-        y = rotate(v, rotation_seed) / self.gamma
+        y = rotate(v, rotation_seed, self.transform) / self.gamma
         low = np.floor(y)
         u = secret_uniforms(y.size) if rng is None else rng.random(y.size)  # not secret when seeded
         q = (low + (u < (y - low))).astype(np.int64)
@@ -129,7 +136,7 @@ class RotatedQuantizer:
             raise UpdateError(f"total: expected {self.length} uint32/uint64 words, got {t.dtype} {t.shape}")
         residue = (t.astype(np.uint64) & np.uint64(self.modulus - 1)).astype(np.int64)
         centred = np.where(residue >= self.modulus // 2, residue - self.modulus, residue)
-        return unrotate(centred.astype(np.float64) * self.gamma, rotation_seed, self.dim)
+        return unrotate(centred.astype(np.float64) * self.gamma, rotation_seed, self.dim, self.transform)
 
     def error_norm_bound(self, survivors: int) -> float:
         """Worst-case L2 norm of ``decoded sum - clipped sum`` (float units) for ``survivors`` clients."""
@@ -143,7 +150,8 @@ class RotatedQuantizer:
         if survivors == 0:
             return 0.0
         t = (1 << (self.bits - 1)) - 1
-        var = (survivors * self.clip_norm / self.gamma) ** 2 / self.length + survivors / 4.0
+        var = spread(self.transform) * (survivors * self.clip_norm / self.gamma) ** 2 / self.length \
+            + survivors / 4.0
         return min(1.0, 2.0 * self.length * math.exp(-t * t / (2.0 * var)))
 
 

@@ -78,7 +78,7 @@ class TopRound(ServerRound):
                  public: tuple[float, ...] = (), model_version: bytes | None = None) -> None:
         hier, secure, words = _parts(pipeline)
         groups = hier.groups(tuple(client_ids))
-        secure.planned_clients(len(client_ids))  # ConfigError above max_clients, here rather than on clients
+        secure.check_plan(len(client_ids), pipeline.placement.sum_dim(pipeline.dim))  # here, not on clients
         top = hier.top_params(tuple(groups), words + 1, round_index)
         if model_version is not None:
             top = dataclasses.replace(top, model_version=model_version)
@@ -192,9 +192,10 @@ class CombinerRound(ClientRound):
             raise RemoteProtocolError(f"combiner {self.id}: a round planned for {work.planned} clients, but "
                                       f"this combiner alone seats {len(members)}")
         try:
-            secure.planned_clients(work.planned)
+            secure.check_plan(work.planned, self.pipeline.placement.sum_dim(self.pipeline.dim))
         except ConfigError as exc:
-            raise RemoteProtocolError(f"combiner {self.id}: {exc}") from exc
+            raise RemoteProtocolError(f"combiner {self.id}: the round's plan of {work.planned} clients does "
+                                      f"not fit this pipeline: {exc}") from None
         if len(members) >= 1 << params.bits:
             raise RemoteProtocolError(f"combiner {self.id}: {len(members)} clients do not fit the count word "
                                       f"of a {params.bits}-bit ring")

@@ -65,8 +65,12 @@ def test_secure_dp_rounds_survive_a_killed_supernode(tmp_path: Path) -> None:
             words = np.load(audit / f"node{c}" / f"input-r{r}-c{c}.npy", allow_pickle=False)
             want = (want + words.astype(np.uint64)) % (1 << 20)
         assert np.array_equal(np.asarray(session_sum, dtype=np.uint64), want), f"round {r}: inexact sum"
-    assert rounds[KILL_ROUND]["aborted"] is None, "two of three survivors are enough for the session"
-    assert summed == ROUNDS
+    # two of three survivors are enough for the session. Under a loaded CI machine a second node can
+    # miss the kill round's first deadline too (cold ClientApp processes); the round must then abort by
+    # the threshold, cleanly, and the next round sum the two survivors exactly (checked above)
+    aborted = rounds[KILL_ROUND]["aborted"]
+    assert aborted is None or "fewer than the threshold t=2" in aborted, aborted
+    assert summed == ROUNDS - (aborted is not None) and rounds[ROUNDS]["aborted"] is None
     # training went on: the model was stepped and evaluated after every round. Its accuracy is no signal
     # here: z = 0.5 over 3 clients puts noise of std 0.17 on every coordinate of the mean, which swamps
     # two rounds of updates of norm <= 1 (an "accuracy rose" check failed one full run in four here)

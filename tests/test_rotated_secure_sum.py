@@ -17,7 +17,7 @@ from secagg.aggregation import SecureSum, UpdateBatch
 from secagg.errors import ConfigError, RemoteProtocolError, UpdateError
 from secagg.protocol.packing import pack_words, packed_length, unpack_words
 from secagg.rotated_quantize import RotatedQuantizer
-from secagg.rotation import pad_length
+from secagg.rotation import TRANSFORMS, pad_length, rotate, rotated_length, spread, unrotate
 
 
 @settings(max_examples=200, deadline=None)
@@ -47,13 +47,15 @@ def _vectors(rng: np.random.Generator, n: int, d: int, norm: float) -> np.ndarra
 
 @settings(max_examples=25, deadline=None)
 @given(bits=st.sampled_from([8, 12, 16, 24, 32]), n=st.integers(1, 30), d=st.integers(1, 600),
-       seed=st.integers(0, 2**31), rotation_seed=st.integers(0, 2**31))
-def test_the_rotated_sum_decodes_within_its_error_bound(bits, n, d, seed, rotation_seed):
-    rq = RotatedQuantizer(1.5, bits, d, n)
+       seed=st.integers(0, 2**31), rotation_seed=st.integers(0, 2**31),
+       transform=st.sampled_from(TRANSFORMS))
+def test_the_rotated_sum_decodes_within_its_error_bound(bits, n, d, seed, rotation_seed, transform):
+    rq = RotatedQuantizer(1.5, bits, d, n, transform=transform)
     rng = np.random.default_rng(seed)  # test data and a seeded dither (simulation only)
     x = _vectors(rng, n, d, 1.2)
     words = [rq.encode(row, rotation_seed, rng) for row in x]
-    assert all(w.shape == (pad_length(d),) and int(w.max()) < 2**bits and not c for w, c in words)
+    length = pad_length(d) if transform == "hadamard" else d
+    assert all(w.shape == (length,) and int(w.max()) < 2**bits and not c for w, c in words)
     total = sum(w.astype(np.uint64) for w, _ in words)
     err = float(np.linalg.norm(rq.decode_sum(total, rotation_seed) - x.sum(axis=0)))
     assert err <= rq.error_norm_bound(n)
@@ -101,10 +103,11 @@ def _batch(n: int, d: int, seed: int) -> UpdateBatch:
     return UpdateBatch(u, weights, tuple(range(n)), round=2, seed=seed)
 
 
+@pytest.mark.parametrize("transform", TRANSFORMS)
 @pytest.mark.parametrize("bits", [32, 16, 12, 8])
-def test_a_rotated_secure_sum_is_the_weighted_mean_to_within_its_bound(bits):
+def test_a_rotated_secure_sum_is_the_weighted_mean_to_within_its_bound(bits, transform):
     batch = _batch(12, 300, 1)
-    agg = SecureSum(bits=bits, rotation=True, clip_norm=2.0)
+    agg = SecureSum(bits=bits, rotation=True, clip_norm=2.0, transform=transform)
     out = agg.aggregate(batch, {})
     w = batch.weights / batch.weights.sum()
     exact = (w[:, None] * batch.updates).sum(0)
@@ -113,8 +116,8 @@ def test_a_rotated_secure_sum_is_the_weighted_mean_to_within_its_bound(bits):
     bound = out.metrics["quantization_error_norm_bound"] / float(batch.weights.sum() / batch.weights.max())
     assert float(torch.linalg.vector_norm(out.update - exact)) <= 1.01 * bound + 1e-6
     assert out.metrics["wrap_probability"] <= 1e-9 * (1 + 1e-9) and out.metrics["clipped_fraction"] == 0
-    # every client sends pad_length(d) + 1 words of `bits` bits in its masked input
-    assert agg.words(300) == 513
+    # every client sends pad_length(d) + 1 words (DCT: d + 1) of `bits` bits in its masked input
+    assert agg.words(300) == (513 if transform == "hadamard" else 301)
 
 
 def test_rotation_sends_fewer_bytes_at_fewer_bits_and_beats_the_default_grid_at_8_bits():
@@ -134,6 +137,34 @@ def test_rotation_sends_fewer_bytes_at_fewer_bits_and_beats_the_default_grid_at_
         assert traffic[mode, 32] - traffic[mode, 8] == pytest.approx(3 * words, abs=8)
     # at the flags' defaults (range 1 a coordinate, clip 2 in L2) the rotated quantum is about half the grid's
     assert errors["rotation", 8] < errors["grid", 8] / 1.5
+
+
+@settings(max_examples=30, deadline=None)
+@given(d=st.integers(1, 80), seed=st.integers(0, 2**31), transform=st.sampled_from(TRANSFORMS))
+def test_each_rotation_is_orthogonal_and_spreads_as_its_bound_says(d, seed, transform):
+    """The rotation matrix (the images of the unit vectors) is orthogonal, unrotate inverts it, and its
+    largest squared entry is spread / L: the variance proxy the wrap bound uses."""
+    m = rotate(np.eye(d), seed, transform)  # row k: the rotation of e_k
+    length = rotated_length(d, transform)
+    assert m.shape == (d, length)
+    assert np.allclose(m @ m.T, np.eye(d), atol=1e-12)
+    assert np.allclose(unrotate(m, seed, d, transform), np.eye(d), atol=1e-12)
+    assert float((m**2).max()) * length <= spread(transform) * (1 + 1e-12)
+
+
+def test_the_dct_halves_the_words_of_an_unlucky_length_for_half_a_bit():
+    hadamard = RotatedQuantizer(2.0, 12, 4810, 20)
+    dct = RotatedQuantizer(2.0, 12, 4810, 20, transform="dct")
+    assert (hadamard.length, dct.length) == (8192, 4810)
+    # gamma ~ sqrt(spread / L): sqrt(2 * 8192 / 4810) = 1.85x coarser a quantum, on 41% fewer words;
+    # the error norm bound ~ gamma sqrt(L) grows by sqrt(2) only (up to the log in M)
+    assert dct.gamma / hadamard.gamma == pytest.approx(math.sqrt(2 * 8192 / 4810), rel=0.02)
+    assert dct.error_norm_bound(20) / hadamard.error_norm_bound(20) == pytest.approx(math.sqrt(2), rel=0.02)
+    assert dct.wrap_probability_bound(20) <= 1e-9 * (1 + 1e-9)
+    with pytest.raises(ConfigError, match="transform: must be one of hadamard, dct"):
+        SecureSum(rotation=True, clip_norm=1.0, transform="fourier")
+    with pytest.raises(ConfigError, match="transform: 'dct' is the rotation's"):
+        SecureSum(transform="dct")
 
 
 def test_rotation_is_configured_explicitly_and_central_dp_refuses_it():

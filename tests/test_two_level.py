@@ -167,6 +167,7 @@ def test_members_and_plan_are_checked_where_they_arrive():
     for bad, match in ((dataclasses.replace(work, members=(1, 4, 6, 7)), r"clients \[6\] here"),
                        (dataclasses.replace(work, members=(1, 4)), "below min_clients=3"),
                        (dataclasses.replace(work, planned=3), "planned for 3 clients"),
+                       (dataclasses.replace(work, planned=1 << 31), "does not fit this pipeline"),
                        (dataclasses.replace(work, message=b""), "Setup")):
         with pytest.raises(RemoteProtocolError, match=match):
             pipe.combiner(1, model_version=VERSION).open(bad)
@@ -187,6 +188,7 @@ def test_members_and_plan_are_checked_where_they_arrive():
     task = decode_work(data)
     assert task.planned == 12 and task.members == ()
     for bad, match in ((dataclasses.replace(task, planned=2), "planned for 2 clients"),
+                       (dataclasses.replace(task, planned=1 << 31), "does not fit this pipeline: bits=32"),
                        (dataclasses.replace(task, members=(1, 4, 7)), "member list")):
         with pytest.raises(RemoteProtocolError, match=match):
             pipe.client(u, np.zeros(5), 3, model_version=VERSION).start(bad)
@@ -371,3 +373,32 @@ def test_a_combiner_serves_only_its_own_clients_the_tops_configuration(tmp_path)
     with pytest.raises(ConfigError, match="not one of the run's 3 combiners"):
         NetworkCombiner("localhost:1", 3, SigningKey.generate(), clients,
                         ServeOptions())._setup(two.to_json())
+
+
+def test_a_top_servers_first_stage_waits_its_own_grace_for_slower_combiners():
+    """The top's first stage spans each combiner's whole session: once a quorum of combiners answered
+    it waits ``task_grace_seconds`` (not the stage grace) for the rest; later stages the stage grace."""
+    from secagg.transport.coordinator import Coordinator
+
+    agg = HierarchicalSecureSum(combiners=3)
+    pipe = Pipeline(agg, 4)
+    coordinator = Coordinator("secure", task_seconds=300.0, stage_seconds=30.0, grace_seconds=5.0,
+                              task_grace_seconds=50.0)
+    top = pipe.server(1, tuple(range(9)), weight_bound=1.0)
+    coordinator.begin_round(top, MODEL, 0.0)
+    combiners = {}
+    for j in (0, 1):  # two of three: the top threshold
+        combiners[j] = pipe.combiner(j)
+        combiners[j].open(decode_work(coordinator.poll(j, 0, 0).data))
+        coordinator.submit(j, 1, int(Stage.ADVERTISE_KEYS),
+                           combiners[j].answer(np.zeros(5, dtype=np.uint32), 3), now=10.0)
+    assert top.quorum_reached and not coordinator.due(16.0) and coordinator.wake_at() == 60.0
+    assert coordinator.due(60.0)
+    assert coordinator.advance(60.0) is None  # on to SHARE_KEYS without combiner 2
+    for j in (0, 1):
+        item = coordinator.poll(j, 1, 0)
+        coordinator.submit(j, 1, int(Stage.SHARE_KEYS), combiners[j].handle(decode_work(item.data).message),
+                           now=61.0)
+    assert coordinator.due(61.0)  # everyone who could answer did
+    with pytest.raises(ConfigError, match="task_grace_seconds: must be > 0"):
+        Coordinator("secure", task_grace_seconds=0.0)

@@ -26,6 +26,11 @@ hides an honest client only behind other honest ones: ``min_clients`` (default 3
 sampled clients a combiner may sum; a round with a combiner below it is refused
 (:class:`ConfigError`) rather than run with a weak sum.
 
+Deployed (:mod:`secagg.two_level`, ``secagg serve --combiners M`` and ``secagg serve --combiner J``),
+the combiners are processes of their own and each adds its survivors' count to its sum as one more
+word, so that the top learns the count the decoding needs; here, in one process, the survivors are
+known directly. The two give the same sums.
+
 Costs. A client's work and traffic are those of a SecAgg+ session of its combiner's size; a
 combiner's are a server's of that size plus one client's of the top session (``m`` members); the top
 server's are a server's of ``m`` members. ``benchmarks/hierarchical_scale.py`` measures them against

@@ -27,7 +27,7 @@ from secagg.protocol.messages import SessionParams, Stage
 from secagg.protocol.runner import SessionReport, run_session
 from secagg.quantize import Quantizer
 from secagg.rotated_quantize import DEFAULT_WRAP_PROBABILITY, RotatedQuantizer
-from secagg.rotation import pad_length
+from secagg.rotation import check_transform, rotated_length
 from secagg.seeding import derive_seed, numpy_rng
 from secagg.validation import check_choice, check_int, check_real
 
@@ -74,8 +74,10 @@ class SecureSum(Aggregator, kind="secure-sum"):
     weight-scaled update to L2 norm ``clip_norm``, rotates it with the round's public signs, rounds it
     at random to ``bits`` bits and lets single coordinates wrap, with the quantum chosen from the
     planned client count and the clip so that the sum wraps with probability at most
-    ``wrap_probability`` (``value_range`` is then unused). It sends ``pad_length(d) + 1`` words of
-    ``bits`` bits, and is far finer than the per-coordinate grid at 8-16 bits.
+    ``wrap_probability`` (``value_range`` is then unused). ``transform``: the rotation
+    (:data:`secagg.rotation.TRANSFORMS`): ``"hadamard"`` sends ``pad_length(d) + 1`` words of ``bits``
+    bits; ``"dct"`` pads nothing and sends ``d + 1``, with a quantum ``sqrt(2)`` coarser (its entries
+    spread a vector half as evenly). Both are far finer than the per-coordinate grid at 8-16 bits.
     ``malicious``: the active-security mode (signed keys, ConsistencyCheck round; see
     :mod:`secagg.protocol.client`), tolerating ``floor(corrupt_fraction * n)`` clients colluding with
     the server: full-graph threshold ``floor((n + corrupt) / 2) + 1`` at least, SecAgg+ parameters
@@ -98,6 +100,7 @@ class SecureSum(Aggregator, kind="secure-sum"):
     rotation: bool = False
     clip_norm: float = 0.0
     wrap_probability: float = DEFAULT_WRAP_PROBABILITY
+    transform: str = "hadamard"
 
     def __post_init__(self) -> None:
         check_real("value_range", self.value_range, gt=0.0)
@@ -117,6 +120,10 @@ class SecureSum(Aggregator, kind="secure-sum"):
         if self.rotation and not self.clip_norm > 0:
             raise ConfigError("clip_norm: rotation clips each client's update to an L2 norm before it "
                               "rotates it; set clip_norm > 0 (float units)")
+        check_transform(self.transform)
+        if self.transform != "hadamard" and not self.rotation:
+            raise ConfigError(f"transform: {self.transform!r} is the rotation's; set rotation=True (or leave "
+                              f"transform at 'hadamard')")
         if self.clip_norm > 0 and not self.rotation:
             raise ConfigError("clip_norm: only rotation uses it (the per-coordinate grid clips to "
                               "value_range); set rotation=True or leave clip_norm at 0")
@@ -165,12 +172,20 @@ class SecureSum(Aggregator, kind="secure-sum"):
     def rotated(self, dim: int, num_clients: int) -> RotatedQuantizer:
         """The rotation-mode quantizer of a session of ``num_clients`` on ``dim``-coordinate updates."""
         return RotatedQuantizer(self.clip_norm, self.bits, dim, self.planned_clients(num_clients),
-                                self.wrap_probability)
+                                self.wrap_probability, self.transform)
+
+    def check_plan(self, num_clients: int, dim: int) -> None:
+        """:class:`ConfigError` when a session planned for ``num_clients`` cannot encode
+        ``dim``-coordinate updates (above ``max_clients``, or more clients than the ring holds)."""
+        if self.rotation:
+            self.rotated(dim, num_clients)
+        else:
+            self.quantizers(num_clients)
 
     def words(self, dim: int) -> int:
         """Session words for a ``dim``-coordinate update: the values (``dim``, or the rotated length
         with ``rotation``) and the weight."""
-        return (pad_length(dim) if self.rotation else dim) + 1
+        return (rotated_length(dim, self.transform) if self.rotation else dim) + 1
 
     @staticmethod
     def rotation_seed(round_seed: int, round_index: int) -> int:

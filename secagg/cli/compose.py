@@ -294,6 +294,9 @@ def secure_sum(args: argparse.Namespace) -> SecureSum | None:
     clip_norm = getattr(args, "secure_clip_norm", None)
     if clip_norm is not None and not rotation:
         raise FlagError("--secure-clip-norm: is the L2 clip of --secure-rotation; add --secure-rotation")
+    transform = getattr(args, "secure_transform", None)
+    if transform is not None and not rotation:
+        raise FlagError("--secure-transform: is the rotation of --secure-rotation; add --secure-rotation")
     if rotation and not args.secure:
         raise FlagError("--secure-rotation: compresses the secure sum; add --secure")
     if rotation and args.secure_range is not None:
@@ -306,7 +309,7 @@ def secure_sum(args: argparse.Namespace) -> SecureSum | None:
                      graph=args.secure_graph, dropout=args.secure_dropout,
                      malicious=args.secure_malicious, corrupt_fraction=args.secure_corrupt,
                      rotation=rotation, clip_norm=(DEFAULT_ROTATION_CLIP if clip_norm is None else clip_norm)
-                     if rotation else 0.0)
+                     if rotation else 0.0, transform=transform or "hadamard")
 
 
 def _base_config(args: argparse.Namespace) -> ExperimentConfig:

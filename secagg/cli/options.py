@@ -42,6 +42,7 @@ from secagg.experiment import ExperimentConfig
 from secagg.fedavg.optimizers import ServerOptimizer
 from secagg.layout import BUFFER_POLICIES, NORM_POLICIES
 from secagg.models import model_names
+from secagg.rotation import TRANSFORMS
 from secagg.transport.commands import (
     add_client_parser,
     add_keys_parser,
@@ -338,6 +339,10 @@ def _add_training_options(train: argparse.ArgumentParser, command: str = "train"
     secure.add_argument("--secure-clip-norm", dest="secure_clip_norm", type=float, default=None, metavar="C",
                         help=f"--secure-rotation: the L2 clip of each client's weighted update (default: "
                              f"{DEFAULT_ROTATION_CLIP})")
+    secure.add_argument("--secure-transform", dest="secure_transform", choices=TRANSFORMS, default=None,
+                        help="--secure-rotation: the rotation; hadamard pads the update to a power of 2, "
+                             "dct sends one word per coordinate with a quantum sqrt(2) coarser "
+                             "(default: hadamard)")
     secure.add_argument("--secure-dropout", type=float, default=0.0,
                         help="fraction of sampled clients that drop after sharing keys (simulation)")
     secure.add_argument("--secure-malicious", action="store_true",

@@ -74,7 +74,7 @@ class NetworkCombiner(NetworkClient):
         self.port = 0
         self.lock = threading.Condition()
         self.coordinator = Coordinator("secure", options.task_seconds, options.stage_seconds,
-                                       options.grace_seconds)
+                                       options.grace_seconds, options.task_grace_seconds)
         self.service: AggregationService | None = None
         self._grpc: Any = None
         self._level1: Pipeline | None = None  # its clients' side: the clients' registry

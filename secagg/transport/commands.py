@@ -14,12 +14,21 @@ from typing import Any
 from secagg.crypto.keys import SigningKey
 from secagg.errors import ConfigError
 from secagg.experiment import ExperimentConfig, config_summary
-from secagg.task import load_task_factory, local_data_factory, task_dataset
+from secagg.placement import place
+from secagg.task import TaskFactory, load_task_factory, local_data_factory, task_dataset
 from secagg.transport.auth import load_identity, load_registry, save_identity, save_registry
 from secagg.transport.combiner import NetworkCombiner
 from secagg.transport.node import ClientFault, NetworkClient
 from secagg.transport.serve import NetworkServer, ServeOptions
 from secagg.transport.tls import DEFAULT_HOSTS, TLSFiles, make_tls_files
+
+#: a server's first-stage deadline by default (training + key advertisement), and what a top server
+#: adds above its combiners' whole sessions
+TASK_SECONDS = 120.0
+TOP_SLACK_SECONDS = 60.0
+#: the stages a combiner's session may each spend a grace period in (a client lost in each), which a
+#: top server's first stage waits for above its own quorum
+TOP_GRACE_STAGES = 4
 
 
 def add_keys_parser(sub: Any) -> argparse.ArgumentParser:
@@ -50,13 +59,19 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     net.add_argument("--tls-key", dest="tls_key", type=Path, default=None, help="server private key PEM")
     net.add_argument("--insecure", action="store_true",
                      help="listen without TLS (loopback and trusted networks only)")
-    net.add_argument("--task-timeout", dest="task_timeout", type=float, default=120.0, metavar="S",
-                     help="seconds clients get to train and advertise keys (default: 120)")
+    net.add_argument("--task-timeout", dest="task_timeout", type=float, default=None, metavar="S",
+                     help=f"seconds clients get to train and advertise keys (default: {TASK_SECONDS:g}; a "
+                          f"two-level top server, whose first stage spans the combiners' whole sessions: "
+                          f"{TASK_SECONDS:g} + 4 stage timeouts + {TOP_SLACK_SECONDS:g})")
     net.add_argument("--stage-timeout", dest="stage_timeout", type=float, default=30.0, metavar="S",
                      help="seconds for each later protocol stage (default: 30)")
     net.add_argument("--grace", type=float, default=10.0, metavar="S",
                      help="once a quorum answered a stage, wait at most S more seconds for stragglers "
                           "(default: 10)")
+    net.add_argument("--task-grace", dest="task_grace", type=float, default=None, metavar="S",
+                     help=f"the first stage's --grace (default: --grace; a two-level top server, whose first "
+                          f"stage waits for the combiners' whole sessions: {TOP_GRACE_STAGES} x --grace + "
+                          f"{TOP_SLACK_SECONDS:g})")
     net.add_argument("--wait-clients", dest="wait_clients", type=int, default=None, metavar="N",
                      help="before round 1, wait until N clients logged in (default: clients per round)")
     net.add_argument("--wait-timeout", dest="wait_timeout", type=float, default=300.0, metavar="S",
@@ -85,6 +100,26 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
                       help="exit after the top server is unreachable this long (default: 300)")
     comb.add_argument("--fault", default=None, metavar="KIND@ROUND:STAGE",
                       help="inject a failure towards the top (kill, hang, reconnect) for drills and tests")
+
+
+def task_seconds(args: argparse.Namespace, top_of_combiners: bool = False) -> float:
+    """``--task-timeout``, or its default: a top server's first stage waits for its combiners' whole
+    sessions (their clients' training and four more stages each)."""
+    if args.task_timeout is not None:
+        return float(args.task_timeout)
+    if top_of_combiners:
+        return TASK_SECONDS + 4 * float(args.stage_timeout) + TOP_SLACK_SECONDS
+    return TASK_SECONDS
+
+
+def task_grace(args: argparse.Namespace, top_of_combiners: bool = False) -> float | None:
+    """``--task-grace``, or its default: ``None`` (the stage grace) unless this is a two-level top
+    server, whose combiners' sessions differ in length by up to their own graces and training times."""
+    if args.task_grace is not None:
+        return float(args.task_grace)
+    if top_of_combiners:
+        return TOP_GRACE_STAGES * float(args.grace) + TOP_SLACK_SECONDS
+    return None
 
 
 def add_client_parser(sub: Any) -> argparse.ArgumentParser:
@@ -166,8 +201,10 @@ def run_serve(args: argparse.Namespace, config: ExperimentConfig) -> int:
     if args.tls_cert is None and not args.insecure:
         raise ConfigError("--tls-cert/--tls-key: a server needs TLS; pass --insecure to listen in the clear")
     tls = TLSFiles(Path(), args.tls_cert, args.tls_key) if args.tls_cert is not None else None
-    options = ServeOptions(args.address, tls, args.task_timeout, args.stage_timeout, args.grace,
+    top = place(config.fedavg.aggregator).combiners is not None
+    options = ServeOptions(args.address, tls, task_seconds(args, top), args.stage_timeout, args.grace,
                            audit_dir=args.audit_dir, wait_clients=args.wait_clients,
+                           task_grace_seconds=task_grace(args, top),
                            wait_seconds=args.wait_timeout)
     _logging()
     server = NetworkServer(config, load_registry(args.registry), options, args.out, resume=args.resume,
@@ -188,6 +225,13 @@ def run_serve(args: argparse.Namespace, config: ExperimentConfig) -> int:
     return 0
 
 
+def _task_factory(args: argparse.Namespace) -> TaskFactory:
+    """``--task`` (and ``--dataset``/``--data``): the model and data this process builds."""
+    return local_data_factory(load_task_factory(args.task),
+                              dataset=task_dataset(args.task, getattr(args, "dataset", None)),
+                              data=getattr(args, "data", None))
+
+
 def run_combiner(args: argparse.Namespace) -> int:
     """``secagg serve --combiner J``: see :mod:`secagg.transport.combiner`."""
     for flag, value in (("--top", args.top), ("--identity", args.identity)):
@@ -206,8 +250,8 @@ def run_combiner(args: argparse.Namespace) -> int:
         raise ConfigError("--top-ca-cert: a combiner checks the top server's certificate; pass --insecure to "
                           "connect in the clear")
     tls = TLSFiles(Path(), args.tls_cert, args.tls_key) if args.tls_cert is not None else None
-    options = ServeOptions(args.address, tls, args.task_timeout, args.stage_timeout, args.grace,
-                           audit_dir=args.audit_dir)
+    options = ServeOptions(args.address, tls, task_seconds(args), args.stage_timeout, args.grace,
+                           audit_dir=args.audit_dir, task_grace_seconds=task_grace(args))
     _logging()
 
     def on_listen(port: int) -> None:
@@ -219,10 +263,7 @@ def run_combiner(args: argparse.Namespace) -> int:
         ca_cert=args.top_ca_cert.read_bytes() if args.top_ca_cert is not None else None,
         registry=load_registry(args.combiner_registry) if args.combiner_registry is not None else None,
         server_name=args.top_server_name, fault=ClientFault.parse(args.fault) if args.fault else None,
-        give_up_seconds=args.give_up, on_listen=on_listen,
-        task_factory=local_data_factory(load_task_factory(args.task),
-                                        dataset=task_dataset(args.task, getattr(args, "dataset", None)),
-                                        data=getattr(args, "data", None)))
+        give_up_seconds=args.give_up, on_listen=on_listen, task_factory=_task_factory(args))
     rounds = combiner.run()
     print(f"combiner {args.combiner}: done, took part in {rounds} rounds", flush=True)
     return 0
@@ -247,9 +288,7 @@ def run_client(args: argparse.Namespace) -> int:
         shard=args.shard, audit_dir=args.audit_dir, state_file=args.state_file,
         fault=ClientFault.parse(args.fault) if args.fault else None, give_up_seconds=args.give_up,
         server_name=args.server_name, min_local_noise=args.min_local_noise,
-        task_factory=local_data_factory(load_task_factory(args.task),
-                                        dataset=task_dataset(args.task, getattr(args, "dataset", None)),
-                                        data=getattr(args, "data", None)))
+        task_factory=_task_factory(args))
     rounds = client.run()
     print(f"client {args.client_id}: done, took part in {rounds} rounds", flush=True)
     return 0

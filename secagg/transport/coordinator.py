@@ -14,6 +14,7 @@ Deadlines: the TASK stage closes ``task_seconds`` after the round starts (local 
 inside it), every later stage ``stage_seconds`` after it opened, or as soon as every client that
 could still answer has. Stragglers: once a quorum has answered (the session threshold ``t`` in
 secure mode, a majority of the invited in plain mode), the stage waits at most ``grace_seconds``
+(the first stage: ``task_grace_seconds`` when set)
 more, so a dead client costs a round seconds, not the whole deadline (as in production FL systems,
 which proceed when enough devices report). A client that misses a deadline is a dropout for the round and the
 protocol's recovery takes over. Messages for another round, another stage, from a client not in
@@ -112,6 +113,9 @@ class Coordinator:
     task_seconds: float = 120.0
     stage_seconds: float = 30.0
     grace_seconds: float = 10.0
+    #: the grace of the first stage (``None``: ``grace_seconds``): a two-level top server's first stage
+    #: spans its combiners' whole sessions, whose lengths vary by more than one stage's
+    task_grace_seconds: float | None = None
     round: int = 0
     finished: bool = False
     deadline: float = 0.0
@@ -120,11 +124,14 @@ class Coordinator:
     _open: bool = False
     _rejected: list[tuple[int, str]] = field(default_factory=list)
     _quorum_at: float | None = None
+    _first_stage: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("task_seconds", "stage_seconds", "grace_seconds"):
+        for name in ("task_seconds", "stage_seconds", "grace_seconds", "task_grace_seconds"):
+            if name == "task_grace_seconds" and self.task_grace_seconds is None:
+                continue
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0 seconds, got {getattr(self, name)!r}")
 
@@ -154,6 +161,7 @@ class Coordinator:
         self._rejected = []
         self._open = True
         self._quorum_at = None
+        self._first_stage = True
         self.deadline = now + self.task_seconds
 
     def due(self, now: float) -> bool:
@@ -162,7 +170,7 @@ class Coordinator:
             return False
         if now >= self.deadline:
             return True
-        if self._quorum_at is not None and now >= self._quorum_at + self.grace_seconds:
+        if self._quorum_at is not None and now >= self._quorum_at + self._grace():
             return True
         assert self._server is not None
         return self._server.stage_complete
@@ -172,7 +180,13 @@ class Coordinator:
         stragglers' grace period once a quorum answered."""
         if self._quorum_at is None:
             return self.deadline
-        return min(self.deadline, self._quorum_at + self.grace_seconds)
+        return min(self.deadline, self._quorum_at + self._grace())
+
+    def _grace(self) -> float:
+        """The open stage's wait for stragglers once a quorum answered."""
+        if self._first_stage and self.task_grace_seconds is not None:
+            return self.task_grace_seconds
+        return self.grace_seconds
 
     def advance(self, now: float) -> RoundOutcome | None:
         """Close the open stage. ``None`` while the round goes on (the next stage's messages are queued);
@@ -201,6 +215,7 @@ class Coordinator:
             self._outbox[u].append(items[key])
         self.deadline = now + self.stage_seconds
         self._quorum_at = None
+        self._first_stage = False
         return None
 
     def stage_name(self) -> str:

@@ -57,7 +57,9 @@ class ServeOptions:
     to keep answering DONE after the last round. ``audit_dir``: write each secure round's unmasked
     sum and survivor set.
     ``wait_clients``: before the first round, wait until this many clients have logged in (default:
-    the clients sampled per round), at most ``wait_seconds``."""
+    the clients sampled per round), at most ``wait_seconds``. ``task_grace_seconds``: the first
+    stage's wait for stragglers once a quorum answered (``None``: ``grace_seconds``; a two-level top
+    server needs more, see ``secagg serve --task-grace``)."""
 
     address: str = "127.0.0.1:50051"
     tls: TLSFiles | None = None
@@ -68,6 +70,7 @@ class ServeOptions:
     audit_dir: Path | None = None
     wait_clients: int | None = None
     wait_seconds: float = 300.0
+    task_grace_seconds: float | None = None
 
 
 def network_mode(aggregator: Aggregator) -> str:
@@ -251,7 +254,7 @@ class NetworkServer:
         log.info("placement: %s", self.placement.describe())
         self.lock = threading.Condition()
         self.coordinator = Coordinator(self.mode, options.task_seconds, options.stage_seconds,
-                                       options.grace_seconds)
+                                       options.grace_seconds, options.task_grace_seconds)
         self.service = AggregationService(self.coordinator, Authenticator(registry),
                                           json.dumps(config.to_dict()), self.lock)
         examples = {i: len(part) for i, part in enumerate(task.data.partition)}
