@@ -54,6 +54,7 @@ from secagg.transport.envelope import MAX_PLANNED, Work, WorkKind
 if TYPE_CHECKING:
     from secagg.aggregation import HierarchicalSecureSum, SecureSum
     from secagg.backend import Pipeline
+    from secagg.crypto.keys import SigningKey
 
 __all__ = ["CombinerRound", "TopRound"]
 
@@ -139,10 +140,10 @@ class CombinerRound(ClientRound):
     over the members, :meth:`answer` joins the top session with that session's sum, and
     :meth:`~secagg.backend.ClientRound.handle` answers the top's later messages."""
 
-    def __init__(self, pipeline: Pipeline, client_id: int, identity: object,
+    def __init__(self, pipeline: Pipeline, client_id: int, identity: SigningKey | None,
                  model_version: bytes | None) -> None:
         super().__init__(pipeline, client_id, torch.zeros(0, dtype=torch.float64), 0, 0.0,
-                         identity, model_version)  # type: ignore[arg-type]
+                         identity, model_version)
         self._setup: Setup | None = None
         #: the round's clients under this combiner, and the client count the round's grid is planned for
         self.members: tuple[int, ...] = ()

@@ -71,6 +71,7 @@ class NetworkCombiner(NetworkClient):
         super().__init__(top_address, combiner_id, identity, ca_cert=ca_cert, registry=registry, fault=fault,
                          give_up_seconds=give_up_seconds, server_name=server_name, task_factory=task_factory)
         self.clients, self.options, self.on_listen = dict(clients), options, on_listen
+        self.role = "combiner"
         self.port = 0
         self.lock = threading.Condition()
         self.coordinator = Coordinator("secure", options.task_seconds, options.stage_seconds,

@@ -152,6 +152,7 @@ class NetworkClient:
         self.local_state: dict[str, torch.Tensor] = {}  # kept between rounds (FedBN, SCAFFOLD)
         self._pending_state: dict[str, torch.Tensor] | None = None  # this round's, kept once it completes
         self.rounds_done = 0
+        self.role = "client"  # in log lines (a combiner is the top server's client)
         self._channel: grpc.Channel | None = None
         self._limit = 2 * ENVELOPE_SLACK
         self._token = b""
@@ -218,7 +219,7 @@ class NetworkClient:
             raise RemoteProtocolError(f"the server announced {welcome.mode!r} mode, but its configuration "
                                       f"places {placed!r}: refusing to send updates under the wrong mode")
         self._token, self._mode = welcome.token, welcome.mode
-        log.info("client %d: logged in (%s mode)", self.id, self._mode)
+        log.info("%s %d: logged in (%s mode)", self.role, self.id, self._mode)
 
     def _setup(self, config_json: str) -> None:
         """Build the task, model and data shard from the server's run configuration (JSON)."""
@@ -251,12 +252,12 @@ class NetworkClient:
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
                     raise
-                log.info("client %d: %s; logging in again", self.id, exc.details())
+                log.info("%s %d: %s; logging in again", self.role, self.id, exc.details())
                 self._login()
                 position = (0, 0)  # a restarted server replays its current round from the start
                 continue
             if work.kind is WorkKind.DONE:
-                log.info("client %d: training finished after %d rounds", self.id, self.rounds_done)
+                log.info("%s %d: training finished after %d rounds", self.role, self.id, self.rounds_done)
                 self.close()
                 return self.rounds_done
             if work.kind is WorkKind.WAIT:
@@ -268,7 +269,8 @@ class NetworkClient:
                 else:
                     self._continue_round(work)
             except (ProtocolError, UpdateError, WireError, ConfigError) as exc:
-                log.warning("client %d: round %d: %s; sitting this round out", self.id, work.round, exc)
+                log.warning("%s %d: round %d: %s; sitting this round out", self.role, self.id, work.round,
+                            exc)
                 self._round = None
 
     def _start_round(self, work: Work) -> None:
@@ -365,7 +367,7 @@ class NetworkClient:
     def _send(self, round_index: int, stage: int, payload: bytes) -> None:
         fault = self.fault
         if fault is not None and (fault.round, fault.stage) == (round_index, stage):
-            log.warning("client %d: injected fault %s in round %d", self.id, fault.kind, round_index)
+            log.warning("%s %d: injected fault %s in round %d", self.role, self.id, fault.kind, round_index)
             if fault.kind == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if fault.kind == "hang":
@@ -378,6 +380,6 @@ class NetworkClient:
         try:
             self._call("Submit", encode_submit(Submit(round_index, stage, payload)))
         except grpc.RpcError as exc:
-            log.warning("client %d: round %d stage %d refused: %s", self.id, round_index, stage,
+            log.warning("%s %d: round %d stage %d refused: %s", self.role, self.id, round_index, stage,
                         exc.details())
             self._round = None
