@@ -320,6 +320,15 @@ class ServerRound:
         return all(server.stage_complete() for server in self._servers)
 
     @property
+    def pending(self) -> frozenset[int]:
+        """Who may still answer the current stage (empty before start and once over)."""
+        if self.stage is None:
+            return frozenset()
+        if not self._servers:
+            return frozenset(self.client_ids) - frozenset(self._updates)
+        return frozenset().union(*(server.expected_senders() for server in self._servers))
+
+    @property
     def quorum_reached(self) -> bool:
         """Enough clients answered the current stage to go on: every session's threshold ``t`` (secure
         mode), a majority of the invited (plain mode). A transport may stop waiting for stragglers."""

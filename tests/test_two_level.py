@@ -402,3 +402,41 @@ def test_a_top_servers_first_stage_waits_its_own_grace_for_slower_combiners():
     assert coordinator.due(61.0)  # everyone who could answer did
     with pytest.raises(ConfigError, match="task_grace_seconds: must be > 0"):
         Coordinator("secure", task_grace_seconds=0.0)
+
+
+@pytest.mark.parametrize(("last_seen", "closes_at"), [(None, 10.0), (0.0, 30.0), (25.0, 55.0)])
+def test_liveness_stops_the_top_waiting_for_a_combiner_that_went_silent(last_seen, closes_at):
+    """With ``liveness_seconds``, once a quorum answered, a stage closes when every combiner still
+    missing has made no call for that long (one never seen: at once), before the grace runs out."""
+    from secagg.transport.coordinator import Coordinator
+
+    pipe = Pipeline(HierarchicalSecureSum(combiners=3), 4)
+    coordinator = Coordinator("secure", task_seconds=300.0, stage_seconds=30.0, grace_seconds=5.0,
+                              task_grace_seconds=50.0, liveness_seconds=30.0)
+    top = pipe.server(1, tuple(range(9)), weight_bound=1.0)
+    coordinator.begin_round(top, MODEL, 0.0)
+    if last_seen is not None:
+        coordinator.seen(2, last_seen)  # its poll; then nothing (a killed process)
+    for j in (0, 1):
+        combiner = pipe.combiner(j)
+        combiner.open(decode_work(coordinator.poll(j, 0, 0).data))
+        coordinator.seen(j, 10.0)
+        coordinator.submit(j, 1, int(Stage.ADVERTISE_KEYS), combiner.answer(np.zeros(5, dtype=np.uint32), 3),
+                           now=10.0)
+    assert top.pending == frozenset({2})
+    assert coordinator.wake_at() == closes_at
+    assert not coordinator.due(closes_at - 0.5) or closes_at == 10.0
+    assert coordinator.due(closes_at)
+
+
+def test_liveness_is_for_a_top_server_only(tmp_path, capsys):
+    from secagg.cli import main
+
+    assert main(["keys", "--clients", "4", "--out", str(tmp_path)]) == 0
+    reg = str(tmp_path / "registry.json")
+    assert main(["serve", "--secure", "--clients", "4", "--registry", reg, "--insecure", "--liveness", "9",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "--liveness: only a two-level top server" in capsys.readouterr().err
+    assert main(["serve", "--combiner", "0", "--registry", reg, "--insecure", "--top", "localhost:1",
+                 "--identity", str(tmp_path / "clients" / "client-0.pem"), "--liveness", "9"]) == 2
+    assert "--liveness: a combiner's clients go quiet" in capsys.readouterr().err

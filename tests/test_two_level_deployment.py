@@ -56,10 +56,12 @@ def test_three_combiners_twelve_clients_a_client_and_a_combiner_killed(deploymen
     dep = deployment(N)
     dep.combiners(M)
     # the top's first stage spans a combiner's whole session: a longer deadline than the combiners'
-    # and once 2 of 3 combiners answered, it waits longer for the third than a stage's grace: a combiner
-    # whose own session lost a client is late by its own grace (2 s here)
+    # and once 2 of 3 combiners answered, it waits longer for the third than a stage's grace (a combiner
+    # whose own session lost a client is late by its own grace, 2 s here), unless the third has made no
+    # call for 15 s (a live combiner polls the top every 5 s, also while its own session runs)
     dep.serve("--secure", "--combiners", str(M), "--task-timeout", "150", "--wait-clients", str(M),
-              "--stage-timeout", "30", "--task-grace", "20", rounds=3, registry="combiners/registry.json")
+              "--stage-timeout", "30", "--task-grace", "40", "--liveness", "15", rounds=3,
+              registry="combiners/registry.json")
     ports = {j: dep.combiner(j, *(["--fault", "kill@2:MASKED_INPUT"] if j == 2 else [])) for j in range(M)}
     for u in range(N):
         dep.client(u, *(["--fault", "kill@1:MASKED_INPUT"] if u == 4 else []), port=ports[u % M])

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from secagg.backend import Pipeline
@@ -41,12 +42,21 @@ from secagg.placement import place
 from secagg.task import TaskFactory, make_task
 from secagg.transport.auth import Authenticator
 from secagg.transport.coordinator import Coordinator, RoundOutcome
-from secagg.transport.envelope import Work
+from secagg.transport.envelope import Poll, Work, encode_poll
 from secagg.transport.node import ClientFault, NetworkClient
 from secagg.transport.serve import ServeOptions
-from secagg.transport.service import AggregationService, message_limit, start_grpc_server
+from secagg.transport.service import (
+    SERVICE,
+    TOKEN_METADATA,
+    AggregationService,
+    message_limit,
+    start_grpc_server,
+)
 
 log = logging.getLogger("secagg.combiner")
+
+#: how often a combiner polls the top while its own session runs (the top's --liveness is several times it)
+HEARTBEAT_SECONDS = 5.0
 
 __all__ = ["NetworkCombiner"]
 
@@ -147,7 +157,14 @@ class NetworkCombiner(NetworkClient):
                                               model_version=version)
         started = time.monotonic()
         self.service.traffic.reset()
-        outcome = self.service.exchange_round(level1, work.model)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(work.round, stop), daemon=True)
+        beat.start()
+        try:
+            outcome = self.service.exchange_round(level1, work.model)
+        finally:
+            stop.set()
+            beat.join()
         sent, received = self.service.traffic.reset()
         self._audit_round(outcome, sent, received, time.monotonic() - started)
         if outcome.aborted is not None:
@@ -161,6 +178,20 @@ class NetworkCombiner(NetworkClient):
         self._round = top
         assert top.reply_stage is not None
         self._send(work.round, top.reply_stage, reply)
+
+    def _heartbeat(self, round_index: int, stop: threading.Event) -> None:
+        """While this combiner's own session runs: poll the top every ``HEARTBEAT_SECONDS`` (answered at
+        once, whatever it holds), so that its liveness check knows this combiner is at work."""
+        poll = encode_poll(Poll(round_index, 0, 0))
+        while not stop.wait(HEARTBEAT_SECONDS):
+            channel = self._channel
+            if channel is None:
+                continue
+            try:  # one try, no retries: a missed beat is the top's to judge, the main loop reconnects
+                channel.unary_unary(f"/{SERVICE}/Poll")(poll, timeout=HEARTBEAT_SECONDS,
+                                                        metadata=((TOKEN_METADATA, self._token),))
+            except grpc.RpcError:
+                continue
 
     def _audit_round(self, outcome: RoundOutcome, sent: dict[int, int], received: dict[int, int],
                      seconds: float) -> None:

@@ -29,6 +29,9 @@ TOP_SLACK_SECONDS = 60.0
 #: the stages a combiner's session may each spend a grace period in (a client lost in each), which a
 #: top server's first stage waits for above its own quorum
 TOP_GRACE_STAGES = 4
+#: a two-level top server's --liveness: combiners poll every few seconds (HEARTBEAT_SECONDS), also while
+#: their own session runs, so one silent this long is gone
+TOP_LIVENESS_SECONDS = 30.0
 
 
 def add_keys_parser(sub: Any) -> argparse.ArgumentParser:
@@ -72,6 +75,10 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
                      help=f"the first stage's --grace (default: --grace; a two-level top server, whose first "
                           f"stage waits for the combiners' whole sessions: {TOP_GRACE_STAGES} x --grace + "
                           f"{TOP_SLACK_SECONDS:g})")
+    net.add_argument("--liveness", type=float, default=None, metavar="S",
+                     help=f"once a quorum answered a stage, stop waiting for parties that made no call for S "
+                          f"seconds (default: off; a two-level top server, whose combiners poll it while "
+                          f"they work: {TOP_LIVENESS_SECONDS:g})")
     net.add_argument("--wait-clients", dest="wait_clients", type=int, default=None, metavar="N",
                      help="before round 1, wait until N clients logged in (default: clients per round)")
     net.add_argument("--wait-timeout", dest="wait_timeout", type=float, default=300.0, metavar="S",
@@ -202,9 +209,14 @@ def run_serve(args: argparse.Namespace, config: ExperimentConfig) -> int:
         raise ConfigError("--tls-cert/--tls-key: a server needs TLS; pass --insecure to listen in the clear")
     tls = TLSFiles(Path(), args.tls_cert, args.tls_key) if args.tls_cert is not None else None
     top = place(config.fedavg.aggregator).combiners is not None
+    if args.liveness is not None and not top:
+        raise ConfigError("--liveness: only a two-level top server (--combiners) takes it: its combiners "
+                          "poll it while they work, but clients go quiet while they train")
     options = ServeOptions(args.address, tls, task_seconds(args, top), args.stage_timeout, args.grace,
                            audit_dir=args.audit_dir, wait_clients=args.wait_clients,
                            task_grace_seconds=task_grace(args, top),
+                           liveness_seconds=args.liveness if args.liveness is not None
+                           else TOP_LIVENESS_SECONDS if top else None,
                            wait_seconds=args.wait_timeout)
     _logging()
     server = NetworkServer(config, load_registry(args.registry), options, args.out, resume=args.resume,
@@ -241,6 +253,9 @@ def run_combiner(args: argparse.Namespace) -> int:
         raise ConfigError(f"--combiner: must be >= 0, got {args.combiner}")
     if args.resume:
         raise ConfigError("--resume: a combiner keeps no run of its own (the top server checkpoints)")
+    if args.liveness is not None:
+        raise ConfigError("--liveness: a combiner's clients go quiet while they train; only a top server "
+                          "takes it")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert, --tls-key: give both (or --insecure)")
     if args.tls_cert is None and not args.insecure:

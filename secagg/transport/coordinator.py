@@ -23,6 +23,7 @@ the round, or that the state machine refuses are rejected with :class:`Rejected`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,6 +117,11 @@ class Coordinator:
     #: the grace of the first stage (``None``: ``grace_seconds``): a two-level top server's first stage
     #: spans its combiners' whole sessions, whose lengths vary by more than one stage's
     task_grace_seconds: float | None = None
+    #: a party that has made no call (poll or submit) for this long is taken as gone: once a quorum
+    #: answered, a stage whose every missing party is gone closes without waiting out the grace
+    #: (``None``: off; for parties that call while they work, such as combiners, which poll the top
+    #: while their own session runs, never for clients that go quiet while they train)
+    liveness_seconds: float | None = None
     round: int = 0
     finished: bool = False
     deadline: float = 0.0
@@ -125,12 +131,14 @@ class Coordinator:
     _rejected: list[tuple[int, str]] = field(default_factory=list)
     _quorum_at: float | None = None
     _first_stage: bool = False
+    _seen: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("task_seconds", "stage_seconds", "grace_seconds", "task_grace_seconds"):
-            if name == "task_grace_seconds" and self.task_grace_seconds is None:
+        for name in ("task_seconds", "stage_seconds", "grace_seconds", "task_grace_seconds",
+                     "liveness_seconds"):
+            if name in ("task_grace_seconds", "liveness_seconds") and getattr(self, name) is None:
                 continue
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0 seconds, got {getattr(self, name)!r}")
@@ -170,7 +178,7 @@ class Coordinator:
             return False
         if now >= self.deadline:
             return True
-        if self._quorum_at is not None and now >= self._quorum_at + self._grace():
+        if self._quorum_at is not None and now >= self._stragglers_until(self._quorum_at):
             return True
         assert self._server is not None
         return self._server.stage_complete
@@ -180,7 +188,26 @@ class Coordinator:
         stragglers' grace period once a quorum answered."""
         if self._quorum_at is None:
             return self.deadline
-        return min(self.deadline, self._quorum_at + self._grace())
+        return min(self.deadline, self._stragglers_until(self._quorum_at))
+
+    def _stragglers_until(self, quorum_at: float) -> float:
+        """How long the open stage waits for the rest once a quorum answered at ``quorum_at``: its
+        grace, or less once every party still missing has gone silent (``liveness_seconds``)."""
+        return min(quorum_at + self._grace(), max(quorum_at, self._all_gone_at()))
+
+    def seen(self, client: int, now: float) -> None:
+        """``client`` made an authenticated call at ``now`` (for ``liveness_seconds``)."""
+        self._seen[client] = now
+
+    def _all_gone_at(self) -> float:
+        """When every party still missing from the open stage will have been silent for
+        ``liveness_seconds`` (infinity without liveness, or with nobody missing)."""
+        if self.liveness_seconds is None or self._server is None:
+            return math.inf
+        pending = self._server.pending
+        if not pending:
+            return math.inf
+        return max(self._seen.get(u, -math.inf) for u in pending) + self.liveness_seconds
 
     def _grace(self) -> float:
         """The open stage's wait for stragglers once a quorum answered."""

@@ -59,7 +59,9 @@ class ServeOptions:
     ``wait_clients``: before the first round, wait until this many clients have logged in (default:
     the clients sampled per round), at most ``wait_seconds``. ``task_grace_seconds``: the first
     stage's wait for stragglers once a quorum answered (``None``: ``grace_seconds``; a two-level top
-    server needs more, see ``secagg serve --task-grace``)."""
+    server needs more, see ``secagg serve --task-grace``). ``liveness_seconds``: a party silent this
+    long no longer holds a stage open once a quorum answered (``None``: off; a two-level top server's
+    combiners poll it while they work, see :class:`~secagg.transport.coordinator.Coordinator`)."""
 
     address: str = "127.0.0.1:50051"
     tls: TLSFiles | None = None
@@ -71,6 +73,7 @@ class ServeOptions:
     wait_clients: int | None = None
     wait_seconds: float = 300.0
     task_grace_seconds: float | None = None
+    liveness_seconds: float | None = None
 
 
 def network_mode(aggregator: Aggregator) -> str:
@@ -254,7 +257,8 @@ class NetworkServer:
         log.info("placement: %s", self.placement.describe())
         self.lock = threading.Condition()
         self.coordinator = Coordinator(self.mode, options.task_seconds, options.stage_seconds,
-                                       options.grace_seconds, options.task_grace_seconds)
+                                       options.grace_seconds, options.task_grace_seconds,
+                                       options.liveness_seconds)
         self.service = AggregationService(self.coordinator, Authenticator(registry),
                                           json.dumps(config.to_dict()), self.lock)
         examples = {i: len(part) for i, part in enumerate(task.data.partition)}

@@ -191,6 +191,7 @@ class AggregationService:
             if self._polls[client] >= MAX_POLLS_PER_CLIENT:  # one client must not hold every worker
                 raise Rejected("busy", f"client {client} already has {MAX_POLLS_PER_CLIENT} polls waiting")
             self._polls[client] += 1
+            self.coordinator.seen(client, self.clock())
             try:
                 self.traffic.sent[client] += len(request)
                 while True:
@@ -210,6 +211,7 @@ class AggregationService:
         submit = decode_submit(request)
         with self.lock:
             self.traffic.sent[client] += len(request)
+            self.coordinator.seen(client, self.clock())
             self.coordinator.submit(client, submit.round, submit.stage, submit.payload, self.clock())
             self.lock.notify_all()  # the driver may close the stage now
         return encode_ack()
