@@ -440,3 +440,7 @@ def test_liveness_is_for_a_top_server_only(tmp_path, capsys):
     assert main(["serve", "--combiner", "0", "--registry", reg, "--insecure", "--top", "localhost:1",
                  "--identity", str(tmp_path / "clients" / "client-0.pem"), "--liveness", "9"]) == 2
     assert "--liveness: a combiner's clients go quiet" in capsys.readouterr().err
+    for flags in (["--wait-clients", "3"], ["--out", str(tmp_path / "x")]):
+        assert main(["serve", "--combiner", "0", "--registry", reg, "--insecure", "--top", "localhost:1",
+                     "--identity", str(tmp_path / "clients" / "client-0.pem"), *flags]) == 2
+        assert f"{flags[0]}: the top server's" in capsys.readouterr().err

@@ -256,6 +256,12 @@ def run_combiner(args: argparse.Namespace) -> int:
     if args.liveness is not None:
         raise ConfigError("--liveness: a combiner's clients go quiet while they train; only a top server "
                           "takes it")
+    for flag, given in (("--wait-clients", args.wait_clients is not None),
+                        ("--wait-timeout", args.wait_timeout != 300.0),
+                        ("--out", args.out != Path("runs/serve"))):
+        if given:
+            raise ConfigError(f"{flag}: the top server's (it starts the rounds and writes the run); a "
+                              f"combiner serves its clients whenever the top opens a round")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert, --tls-key: give both (or --insecure)")
     if args.tls_cert is None and not args.insecure:
