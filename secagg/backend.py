@@ -623,11 +623,17 @@ class ClientRound:
         value = session.session_input(self.released.to(torch.float64).numpy(), float(self.num_examples),
                                       work.weight_bound, params, self.pipeline.round_seed(params.round),
                                       **extra)
-        if params.malicious:
+        return self._join(setup, value)
+
+    def _join(self, setup: Setup, value: np.ndarray) -> bytes:
+        """Open this party's session of ``setup`` with ``value`` (its ring words) as its input; the reply
+        to the round's first message. Malicious mode needs the party's identity and the operator's
+        registry (:class:`ConfigError` naming the missing one)."""
+        if setup.params.malicious:
             if self.identity is None or self.pipeline.registry is None:
                 missing = "identity" if self.identity is None else "registry"
-                raise ConfigError(f"{missing}: a malicious-mode session needs this client's identity and "
-                                  f"the registry (from the operator, never from the server)")
+                raise ConfigError(f"{missing}: a malicious-mode session needs {self.id}'s identity and the "
+                                  f"registry (from the operator, never from the server)")
             session_client = Client(self.id, value, identity=self.identity, registry=self.pipeline.registry)
         else:
             session_client = Client(self.id, value)

@@ -46,9 +46,8 @@ from secagg.aggregation import Aggregate, AggState
 from secagg.backend import ClientRound, ServerRound
 from secagg.errors import ConfigError, RemoteProtocolError
 from secagg.layout import ParamLayout
-from secagg.protocol.client import Client
-from secagg.protocol.messages import SessionParams, Setup, Stage
-from secagg.protocol.wire import decode, encode
+from secagg.protocol.messages import SessionParams, Setup
+from secagg.protocol.wire import decode
 from secagg.transport.envelope import MAX_PLANNED, Work, WorkKind
 
 if TYPE_CHECKING:
@@ -214,18 +213,4 @@ class CombinerRound(ClientRound):
             raise ConfigError(f"total: expected {words} uint32 words (the combiner session's sum)")
         if not 0 <= count <= len(self.members):
             raise ConfigError(f"count: expected 0..{len(self.members)} surviving clients, got {count}")
-        params = self._setup.params
-        value = np.concatenate([total, np.array([count], dtype=np.uint32)])
-        if params.malicious:
-            if self.identity is None or self.pipeline.registry is None:
-                missing = "identity" if self.identity is None else "registry"
-                raise ConfigError(f"{missing}: a malicious-mode top session needs this combiner's "
-                                  f"identity and the combiners' registry (from the operator, never from "
-                                  f"the top)")
-            session = Client(self.id, value, identity=self.identity, registry=self.pipeline.registry)
-        else:
-            session = Client(self.id, value)
-        reply = encode(session.handle(self._setup))
-        self._session, self.session_input = session, value
-        self.reply_stage = int(Stage.ADVERTISE_KEYS)
-        return reply
+        return self._join(self._setup, np.concatenate([total, np.array([count], dtype=np.uint32)]))

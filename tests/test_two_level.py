@@ -338,7 +338,7 @@ def test_malicious_mode_at_both_levels_signs_and_checks_consistency():
     work = decode_work(pipe.server(1, ids, weight_bound=2.0).start(MODEL)[1])
     words = np.zeros(6, dtype=np.uint32)  # 5 coordinates and the weight
     for combiner, match in ((pipe.combiner(1, identity=SigningKey.generate()), "registry: does not hold"),
-                            (pipe.combiner(1), "identity: a malicious-mode top session"),
+                            (pipe.combiner(1), "identity: a malicious-mode session"),
                             (Pipeline(agg, 5).combiner(1, identity=combiner_keys[1]),
                              "registry: a malicious")):
         combiner.open(work)
